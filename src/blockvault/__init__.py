@@ -1,0 +1,1 @@
+"""blockvault: disk imaging and backup."""
