@@ -1,1 +1,3 @@
 """blockvault: disk imaging and backup."""
+
+__version__ = "0.1.0"

@@ -16,6 +16,8 @@ an exception into an exit code and a single line on stderr.
     │       ├── TargetHoldsRepository
     │       └── TargetNotEmpty               needs confirmation (--yes)
     ├── DeviceError                 exit 1   reading or writing a device failed
+    ├── StorageError                exit 1   the storage backend failed
+    │   └── ObjectNotFound                   a named object does not exist
     ├── FormatError                 exit 1   foreign on-disk structure we cannot trust
     │   ├── PartitionTableError
     │   └── FilesystemError
@@ -44,12 +46,14 @@ __all__ = [
     "FormatError",
     "IntegrityError",
     "ObjectCorrupt",
+    "ObjectNotFound",
     "PartitionTableError",
     "RepositoryError",
     "RepositoryExists",
     "RepositoryNotFound",
     "SnapshotNotFound",
     "SourceError",
+    "StorageError",
     "TargetError",
     "TargetHoldsRepository",
     "TargetInUse",
@@ -106,6 +110,14 @@ class TargetNotEmpty(TargetError):
 
 class DeviceError(BlockvaultError):
     template = "{path}: {detail}"
+
+
+class StorageError(BlockvaultError):
+    template = "storage {location}: {detail}"
+
+
+class ObjectNotFound(StorageError):
+    template = "storage {location}: object {name} does not exist"
 
 
 class FormatError(BlockvaultError):

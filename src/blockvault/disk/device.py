@@ -67,7 +67,9 @@ class Device:
                     )
                 data += more
         except OSError as exc:
-            raise DeviceError(f"read at offset {offset} failed: {exc.strerror}", path=self.path)
+            raise DeviceError(
+                f"read at offset {offset} failed: {exc.strerror}", path=self.path
+            ) from None
         return data
 
     def readinto_at(self, buffer: bytearray | memoryview, offset: int) -> None:
@@ -84,7 +86,9 @@ class Device:
                     )
                 done += n
         except OSError as exc:
-            raise DeviceError(f"read at offset {offset} failed: {exc.strerror}", path=self.path)
+            raise DeviceError(
+                f"read at offset {offset} failed: {exc.strerror}", path=self.path
+            ) from None
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
         if offset + len(data) > self.size and self.is_block:
@@ -98,7 +102,9 @@ class Device:
             while done < len(view):
                 done += os.pwrite(self.fd, view[done:], offset + done)
         except OSError as exc:
-            raise DeviceError(f"write at offset {offset} failed: {exc.strerror}", path=self.path)
+            raise DeviceError(
+                f"write at offset {offset} failed: {exc.strerror}", path=self.path
+            ) from None
 
     def sync(self) -> None:
         try:
@@ -106,7 +112,7 @@ class Device:
             if self.is_block:
                 fcntl.ioctl(self.fd, BLKFLSBUF)
         except OSError as exc:
-            raise DeviceError(f"flush failed: {exc.strerror}", path=self.path)
+            raise DeviceError(f"flush failed: {exc.strerror}", path=self.path) from None
 
     def region(self, offset: int, length: int) -> Region:
         return Region(self, offset, length)

@@ -1,0 +1,22 @@
+"""Where bytes live: a small backend interface and its implementations.
+
+Glossary:
+  backend   stores opaque objects under slash-separated names ("data/ab/ab12…",
+            "snapshots/…"). It knows nothing of chunks or snapshots.
+  location  the URL or path a user names; ``open_backend`` picks the backend by
+            its scheme, importing it only when used.
+
+Contract of every backend (checked by one conformance suite):
+  * ``write`` is atomic: a reader sees the old object, or none, or the whole new one,
+    never a part, even if the process is killed.
+  * ``read`` of a missing name raises ``ObjectNotFound``; other failures raise
+    ``StorageError``.
+  * ``list`` yields names under a prefix in no particular order.
+"""
+
+from __future__ import annotations
+
+from blockvault.storage.backend import Backend, Capabilities
+from blockvault.storage.registry import open_backend
+
+__all__ = ["Backend", "Capabilities", "open_backend"]

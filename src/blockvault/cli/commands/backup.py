@@ -1,0 +1,59 @@
+"""``blockvault backup SOURCE``: image a disk or chosen partitions."""
+
+from __future__ import annotations
+
+import click
+
+from blockvault.cli import render
+from blockvault.cli.commands import json_option, open_repo
+from blockvault.pipeline.backup import backup
+
+
+def register(group: click.Group) -> None:
+    @group.command("backup")
+    @click.argument("source", type=click.Path(dir_okay=False))
+    @click.option(
+        "-p",
+        "--partition",
+        "partitions",
+        type=int,
+        multiple=True,
+        metavar="N",
+        help="Image only partition N (repeatable); the table and boot areas are always kept.",
+    )
+    @click.option(
+        "--tag", "tags", multiple=True, metavar="T", help="Tag the snapshot (repeatable)."
+    )
+    @click.option(
+        "--compression",
+        metavar="zstd:LEVEL",
+        help="Compression for new chunks: zstd:LEVEL (1-22) or none. Default: the repository's.",
+    )
+    @json_option
+    @click.pass_context
+    def backup_command(
+        ctx: click.Context,
+        source: str,
+        partitions: tuple[int, ...],
+        tags: tuple[str, ...],
+        compression: str | None,
+        as_json: bool,
+    ) -> None:
+        """Image SOURCE (a block device or disk image file) into the repository, reading
+        only the blocks its filesystems use. Prints the new snapshot's id."""
+        repo = open_repo(ctx)
+        if compression:
+            repo = repo.with_compression(compression)
+        with render.progress(as_json) as reporter:
+            snap = backup(repo, source, partitions=partitions, tags=tags, reporter=reporter)
+        if as_json:
+            render.emit_json(snap)
+            return
+        s = snap.stats
+        click.echo(
+            f"snapshot {snap.id[:12]} saved: {render.size(s.used_bytes)} used of "
+            f"{render.size(snap.disk_size)}, {s.new_chunks} new chunks, "
+            f"{render.size(s.stored_bytes)} added to the repository in {s.seconds:.1f}s",
+            err=True,
+        )
+        click.echo(snap.id)

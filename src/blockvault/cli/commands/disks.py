@@ -1,0 +1,40 @@
+"""``blockvault disks``: the block devices of this machine."""
+
+from __future__ import annotations
+
+import click
+
+from blockvault.cli import render
+from blockvault.cli.commands import json_option
+from blockvault.cli.commands.inspect import show_layout
+from blockvault.disk.inventory import list_disks
+
+
+def register(group: click.Group) -> None:
+    @group.command()
+    @json_option
+    def disks(as_json: bool) -> None:
+        """List block devices: model, size, sector sizes, partition table, partitions,
+        filesystem, label and used bytes (reading partitions needs root)."""
+        found = list_disks()
+        if as_json:
+            render.emit_json(found)
+            return
+        render.table(
+            None,
+            ["Device", "Model", "Size", "Sector", "Table", "Used"],
+            [
+                (
+                    d.path,
+                    d.model,
+                    render.size(d.size),
+                    f"{d.logical_sector_size}/{d.physical_sector_size}",
+                    d.layout.table_kind if d.layout else "?",
+                    render.size(d.layout.used_bytes) if d.layout else d.error or "",
+                )
+                for d in found
+            ],
+        )
+        for d in found:
+            if d.layout and d.layout.partitions:
+                show_layout(d.layout, boot_areas=False)

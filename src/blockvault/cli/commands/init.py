@@ -1,0 +1,45 @@
+"""``blockvault -r REPO init``: create an empty repository."""
+
+from __future__ import annotations
+
+import click
+
+from blockvault.cli import render
+from blockvault.cli.commands import json_option, repo_location
+from blockvault.repo import Repository
+
+
+def register(group: click.Group) -> None:
+    @group.command()
+    @click.option(
+        "--chunk-size",
+        default="4MiB",
+        show_default=True,
+        help="Chunk size for disk images, a power of two from 4KiB to 64MiB.",
+    )
+    @click.option(
+        "--compression",
+        default="zstd:3",
+        show_default=True,
+        help="Default compression: zstd:LEVEL (1-22) or none.",
+    )
+    @json_option
+    @click.pass_context
+    def init(ctx: click.Context, chunk_size: str, compression: str, as_json: bool) -> None:
+        """Create a new, empty repository at REPO (a directory; created if missing)."""
+        location = repo_location(ctx)
+        repo = Repository.init(location, chunk_size=parse_size(chunk_size), compression=compression)
+        if as_json:
+            render.emit_json(repo.config)
+        else:
+            click.echo(f"created repository {repo.config.id[:12]} at {repo.location}")
+
+
+def parse_size(text: str) -> int:
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = t[-1] if t and t[-1] in "kmg" else ""
+    try:
+        return int(t.removesuffix(unit)) * units[unit]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size such as 4MiB") from None

@@ -1,0 +1,53 @@
+"""``blockvault inspect SOURCE``: what a backup of this disk or image would hold."""
+
+from __future__ import annotations
+
+import click
+
+from blockvault.cli import render
+from blockvault.cli.commands import json_option
+from blockvault.disk.device import open_device
+from blockvault.disk.layout import DiskLayout, read_layout
+
+
+def show_layout(layout: DiskLayout, *, boot_areas: bool = True) -> None:
+    render.table(
+        f"{layout.path}: {render.size(layout.size)}, {layout.table_kind} table, "
+        f"{layout.sector_size}-byte sectors",
+        ["#", "Start", "Size", "Type", "Filesystem", "Label", "Used"],
+        [
+            (
+                p.number,
+                p.partition.start,
+                render.size(p.partition.size),
+                p.partition.name or p.partition.type,
+                p.fs.type,
+                p.fs.label,
+                render.size(p.fs.used_bytes),
+            )
+            for p in layout.partitions
+        ],
+    )
+    if boot_areas and layout.boot_areas:
+        render.table(
+            "Boot areas (outside partitions, imaged raw, all-zero blocks skipped)",
+            ["Start", "Bytes"],
+            [(e.offset, e.length) for e in layout.boot_areas],
+        )
+    for warning in layout.warnings:
+        render.warn(warning)
+
+
+def register(group: click.Group) -> None:
+    @group.command()
+    @click.argument("source", type=click.Path(dir_okay=False))
+    @json_option
+    def inspect(source: str, as_json: bool) -> None:
+        """Show the layout of SOURCE (a block device or disk image file): partition
+        table, partitions, filesystems, used bytes and the boot areas imaged raw."""
+        with open_device(source) as device:
+            layout = read_layout(device)
+        if as_json:
+            render.emit_json(layout)
+        else:
+            show_layout(layout)

@@ -1,0 +1,63 @@
+"""``blockvault restore SNAPSHOT TARGET``: write a snapshot back to a disk or partition."""
+
+from __future__ import annotations
+
+import click
+
+from blockvault.cli import render
+from blockvault.cli.commands import json_option, open_repo
+from blockvault.pipeline.restore import restore
+
+
+def register(group: click.Group) -> None:
+    @group.command("restore")
+    @click.argument("snapshot")
+    @click.argument("target", type=click.Path(dir_okay=False))
+    @click.option(
+        "-p",
+        "--partition",
+        type=int,
+        metavar="N",
+        help="Restore only partition N; TARGET is then a partition device or file.",
+    )
+    @click.option("-y", "--yes", is_flag=True, help="Overwrite a target that holds data.")
+    @click.option(
+        "--zero-unused",
+        is_flag=True,
+        help="Also write zeros over the unused space the snapshot covers (default: leave it).",
+    )
+    @json_option
+    @click.pass_context
+    def restore_command(
+        ctx: click.Context,
+        snapshot: str,
+        target: str,
+        partition: int | None,
+        yes: bool,
+        zero_unused: bool,
+        as_json: bool,
+    ) -> None:
+        """Restore SNAPSHOT (id, unique prefix or 'latest') onto TARGET: a block device,
+        or an image file (created, sized to the source disk, if missing). Refuses a
+        mounted target, the disk holding the repository and a target too small; asks
+        before overwriting one that holds data."""
+        repo = open_repo(ctx)
+        snap = repo.resolve(snapshot)
+        with render.progress(as_json) as reporter:
+            result = restore(
+                repo,
+                snap,
+                target,
+                partition=partition,
+                confirm=render.confirmer(yes),
+                zero_unused=zero_unused,
+                reporter=reporter,
+            )
+        if as_json:
+            render.emit_json(result)
+            return
+        click.echo(
+            f"restored snapshot {snap.id[:12]} to {target}: {render.size(result.written_bytes)} "
+            f"written in {result.seconds:.1f}s"
+            + ("; GPT backup moved to the end of the larger disk" if result.gpt_moved else "")
+        )

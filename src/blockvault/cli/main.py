@@ -1,0 +1,74 @@
+"""The ``blockvault`` command: options shared by every command, and error handling."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from blockvault import __version__
+from blockvault.cli.commands import register_all
+from blockvault.errors import BlockvaultError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Group(click.Group):
+    """Turns every error into one line on stderr and an exit code (see errors.py)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BlockvaultError as exc:
+            click.echo(f"blockvault: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("blockvault: interrupted; the repository is unchanged", err=True)
+            sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except OSError as exc:
+            if os.environ.get("BLOCKVAULT_DEBUG"):
+                traceback.print_exc()
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"blockvault: error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(1)
+        except Exception as exc:
+            if os.environ.get("BLOCKVAULT_DEBUG"):
+                traceback.print_exc()
+            click.echo(
+                f"blockvault: internal error: {type(exc).__name__}: {exc} "
+                "(set BLOCKVAULT_DEBUG=1 for a traceback, and please report it)",
+                err=True,
+            )
+            sys.exit(70)
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
+@click.option(
+    "-r",
+    "--repo",
+    envvar="BLOCKVAULT_REPO",
+    metavar="REPO",
+    help="Repository location: a directory path. Also from $BLOCKVAULT_REPO.",
+)
+@click.version_option(__version__, "-V", "--version")
+@click.pass_context
+def cli(ctx: click.Context, repo: str | None) -> None:
+    """blockvault: image disks and partitions into a deduplicated, compressed repository.
+
+    Only the blocks each filesystem uses are read (ext2/3/4, FAT, NTFS, swap);
+    boot areas are always kept. Exit codes: 0 ok, 1 error, 2 bad usage or refused
+    target, 3 repository problem, 4 damaged data, 130 interrupted.
+    """
+    ctx.obj = {"repo": repo}
+
+
+register_all(cli)
+
+
+def main() -> None:
+    cli(prog_name="blockvault")

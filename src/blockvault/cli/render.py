@@ -1,0 +1,126 @@
+"""Everything the CLI shows: tables, JSON, sizes, progress bars, prompts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from blockvault.extents import ExtentMap
+from blockvault.pipeline.events import Event, TaskAdvanced, TaskFinished, TaskStarted, Warned
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def size(n: int | float) -> str:
+    """Binary units, three significant digits: 4.00 GiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.3g} {unit}"
+        value /= 1024
+    return f"{value} TiB"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, ExtentMap):
+        return value.to_pairs()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(_plain(value), indent=2, default=str))
+
+
+def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    t = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
+    for col in columns:
+        t.add_column(col, justify="right" if col.lower() in RIGHT else "left")
+    for row in rows:
+        t.add_row(*("" if v is None else str(v) for v in row))
+    console.print(t)
+
+
+RIGHT = {"size", "used", "stored", "start", "bytes", "chunks", "new", "sector", "#", "number"}
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
+
+class ProgressReporter:
+    """Renders pipeline events as progress bars (throughput, ETA) on a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=False,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Warned):
+            warn(event.message)
+        elif not self.enabled:
+            return
+        elif isinstance(event, TaskStarted):
+            self.tasks[event.task] = self.progress.add_task(event.task, total=event.total_bytes)
+        elif isinstance(event, TaskAdvanced) and event.task in self.tasks:
+            self.progress.advance(self.tasks[event.task], event.done_bytes)
+        elif isinstance(event, TaskFinished) and event.task in self.tasks:
+            task = self.tasks.pop(event.task)
+            self.progress.update(task, completed=self.progress.tasks[task].total)
+
+
+@contextmanager
+def progress(json_output: bool) -> Iterator[ProgressReporter]:
+    reporter = ProgressReporter(enabled=not json_output and sys.stderr.isatty())
+    if reporter.enabled:
+        with reporter.progress:
+            yield reporter
+    else:
+        yield reporter
+
+
+def confirmer(yes: bool) -> Any:
+    """The library's confirm callback: --yes says yes; a terminal asks; else no."""
+
+    def confirm(question: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            return False
+        return click.confirm(f"{question}. Overwrite it?", default=False, err=True)
+
+    return confirm

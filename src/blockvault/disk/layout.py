@@ -1,0 +1,104 @@
+"""A disk's layout: its table, its partitions with their used maps, its boot areas.
+
+The layout is what a backup images and what ``inspect`` shows. A disk without a
+partition table is one partition, number 1, spanning the whole disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from blockvault.disk.device import Device, Reader, Region
+from blockvault.disk.fs import FilesystemInfo
+from blockvault.disk.fs.probe import probe
+from blockvault.disk.table import Partition, PartitionTable
+from blockvault.disk.table.gpt import detect_sector_size
+from blockvault.disk.table.probe import read_table
+from blockvault.errors import SourceError
+from blockvault.extents import ExtentMap
+
+__all__ = ["DiskLayout", "PartitionLayout", "read_layout"]
+
+
+@dataclass(frozen=True)
+class PartitionLayout:
+    partition: Partition
+    fs: FilesystemInfo
+
+    @property
+    def number(self) -> int:
+        return self.partition.number
+
+
+@dataclass(frozen=True)
+class DiskLayout:
+    path: str
+    size: int
+    sector_size: int
+    table: PartitionTable | None
+    partitions: tuple[PartitionLayout, ...]
+    boot_areas: ExtentMap  # disk-relative; always imaged raw (zero chunks skipped)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def table_kind(self) -> str:
+        return self.table.kind if self.table else "none"
+
+    def partition(self, number: int) -> PartitionLayout | None:
+        return next((p for p in self.partitions if p.number == number), None)
+
+    @property
+    def used_bytes(self) -> int:
+        return self.boot_areas.total + sum(p.fs.used_bytes for p in self.partitions)
+
+
+def sector_size_of(device: Device) -> int:
+    """The logical sector size the disk's table is written in."""
+    if device.is_block:
+        return device.logical_sector_size
+    return detect_sector_size(device) or 512
+
+
+def read_layout(device: Device) -> DiskLayout:
+    sector_size = sector_size_of(device)
+    table = read_table(device, sector_size)
+    warnings: list[str] = []
+    if table is None:
+        whole = Partition(number=1, start=0, size=device.size, type="", kind="whole")
+        parts = (whole,)
+    else:
+        parts = table.data_partitions
+        for p in parts:
+            if p.end > device.size:
+                raise_truncated(device, p)
+    layouts = []
+    for part in parts:
+        info = probe_partition(device, part)
+        if info.type == "raw":
+            warnings.append(
+                f"partition {part.number}: {info.note or 'unknown content'}; "
+                "imaged raw (all-zero chunks skipped)"
+            )
+        layouts.append(PartitionLayout(part, info))
+    covered = ExtentMap((p.start, p.size) for p in parts)
+    boot = ExtentMap.span(0, device.size) - covered
+    return DiskLayout(
+        str(device.path), device.size, sector_size, table, tuple(layouts), boot, tuple(warnings)
+    )
+
+
+def probe_partition(reader: Reader, part: Partition) -> FilesystemInfo:
+    """The filesystem of one partition, its used map clipped to the partition."""
+    info = probe(Region(reader, part.start, part.size))
+    used = info.used.clip(0, part.size)
+    if used != info.used:
+        info = replace(info, used=used, note="filesystem is larger than its partition")
+    return info
+
+
+def raise_truncated(device: Device, part: Partition) -> None:
+    raise SourceError(
+        f"partition {part.number} ends at byte {part.end} but the disk has only "
+        f"{device.size} bytes: the image is truncated",
+        path=device.path,
+    )

@@ -1,0 +1,219 @@
+"""Back up a disk (or chosen partitions) into a repository.
+
+Plan: read the layout, turn the boot areas and each chosen partition into a
+region with a used map, cut each region into fixed chunks aligned to its start,
+then on a thread pool read, hash, deduplicate, compress and store each chunk.
+The index and the manifest are written last (the commit point).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import blake3
+
+from blockvault.disk.device import Device, open_device
+from blockvault.disk.layout import DiskLayout, read_layout
+from blockvault.disk.table.gpt import backup_area
+from blockvault.disk.usage import mounts_using
+from blockvault.errors import UsageError
+from blockvault.extents import ExtentMap
+from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted, Warned
+from blockvault.pipeline.events import quiet as quiet_reporter
+from blockvault.pipeline.stages import is_zero, ordered_map, read_chunk
+from blockvault.repo import Index, PartitionRecord, Region, Repository, Snapshot, Stats
+from blockvault.repo import format as fmt
+
+__all__ = ["backup", "boot_area_map", "plan_regions"]
+
+BOOT_BLOCK = 4096  # granularity at which non-zero bytes outside partitions are kept
+GAP_KEPT = 1024 * 1024  # the gap before the first partition is kept whole up to here
+
+
+@dataclass(frozen=True)
+class _Task:
+    region: int  # position in the region list
+    number: int  # chunk number within the region
+    base: int  # region start on the disk
+    offset: int  # region-relative
+    length: int
+    used: ExtentMap  # region-relative, clipped to this chunk
+    refine: ExtentMap | None  # for boot areas: bytes kept even when zero
+
+
+@dataclass(frozen=True)
+class _Done:
+    task: _Task
+    chunk_id: bytes
+    used: ExtentMap
+    stored: int  # bytes written to the repository (0 when deduplicated)
+    new_bytes: int
+
+
+def boot_area_map(layout: DiskLayout) -> ExtentMap:
+    """Boot-area bytes always kept, zero or not: the table structures and the first gap."""
+    keep = ExtentMap()
+    if layout.partitions:
+        first = min(p.partition.start for p in layout.partitions)
+        keep = keep | ExtentMap.span(0, min(first, GAP_KEPT))
+    table = layout.table
+    if table is not None and table.kind == "gpt":
+        keep = keep | ExtentMap.span(0, table.first_usable_lba * table.sector_size)
+        offset, length = backup_area(table, layout.size)
+        keep = keep | ExtentMap.span(offset, length)
+    return keep & layout.boot_areas
+
+
+def plan_regions(layout: DiskLayout, partitions: Sequence[int] | None) -> list[Region]:
+    """The regions to image (ids not filled in yet): boot areas, then each partition."""
+    if partitions:
+        known = {p.number for p in layout.partitions}
+        missing = sorted(set(partitions) - known)
+        if missing:
+            raise UsageError(
+                f"{layout.path} has no partition {', '.join(map(str, missing))} "
+                f"(it has {', '.join(str(n) for n in sorted(known)) or 'none'})"
+            )
+    regions = [Region(fmt.REGION_DISK, 0, 0, layout.size, layout.boot_areas, ())]
+    for p in layout.partitions:
+        if partitions and p.number not in partitions:
+            continue
+        part = p.partition
+        regions.append(Region(fmt.REGION_PARTITION, p.number, part.start, part.size, p.fs.used, ()))
+    return regions
+
+
+def _tasks(regions: list[Region], chunk_size: int, keep: ExtentMap) -> Iterator[_Task]:
+    for i, region in enumerate(regions):
+        for k in range(-(-region.size // chunk_size)):
+            offset = k * chunk_size
+            length = min(chunk_size, region.size - offset)
+            refine = keep.clip(offset, length) if region.kind == fmt.REGION_DISK else None
+            yield _Task(
+                i, k, region.start, offset, length, region.used.clip(offset, length), refine
+            )
+
+
+def _nonzero_blocks(data: bytearray, offset: int, used: ExtentMap) -> ExtentMap:
+    """The ``BOOT_BLOCK``-sized blocks of ``data`` that hold a non-zero byte, within ``used``."""
+    view = memoryview(data)
+    blocks = [
+        (offset + pos, BOOT_BLOCK)
+        for pos in range(0, len(data), BOOT_BLOCK)
+        if not is_zero(view[pos : pos + BOOT_BLOCK])
+    ]
+    return ExtentMap(blocks) & used
+
+
+def backup(
+    repo: Repository,
+    source: str,
+    *,
+    partitions: Sequence[int] | None = None,
+    tags: Sequence[str] = (),
+    reporter: Reporter = quiet_reporter,
+) -> Snapshot:
+    """Image ``source`` into ``repo``; returns the committed snapshot."""
+    started = time.monotonic()
+    with open_device(source) as device:
+        layout = read_layout(device)
+        for warning in layout.warnings:
+            reporter(Warned(warning))
+        for mount in mounts_using(device.path):
+            if not mount.read_only:
+                reporter(
+                    Warned(
+                        f"{mount.mountpoint} is mounted read-write from this disk ({mount.via}); "
+                        "the image may be inconsistent"
+                    )
+                )
+        regions = plan_regions(layout, partitions)
+        index, stats = _image(repo, device, regions, boot_area_map(layout), reporter)
+    snapshot = Snapshot(
+        time=datetime.now(UTC).isoformat(timespec="microseconds"),
+        host=socket.gethostname(),
+        source=str(device.path),
+        disk_size=layout.size,
+        sector_size=layout.sector_size,
+        table=layout.table_kind,
+        disk_id=layout.table.disk_id if layout.table else "",
+        partitions=tuple(
+            PartitionRecord(
+                number=p.number,
+                start=p.partition.start,
+                size=p.partition.size,
+                type=p.partition.type,
+                filesystem=p.fs.type,
+                used_bytes=p.fs.used_bytes,
+                imaged=not partitions or p.number in partitions,
+                label=p.fs.label,
+                uuid=p.fs.uuid,
+                name=p.partition.name,
+            )
+            for p in layout.partitions
+        ),
+        index="",
+        chunk_size=repo.config.chunk_size,
+        compression=f"zstd:{repo.codec.level}" if repo.codec.level else "none",
+        tags=tuple(tags),
+        stats=Stats(**{**stats.__dict__, "seconds": round(time.monotonic() - started, 3)}),
+    )
+    return repo.write_snapshot(snapshot, index)
+
+
+def _image(
+    repo: Repository,
+    device: Device,
+    regions: list[Region],
+    keep: ExtentMap,
+    reporter: Reporter,
+) -> tuple[Index, Stats]:
+    chunk_size = repo.config.chunk_size
+
+    def store(task: _Task) -> _Done:
+        data = read_chunk(device, task.base, task.offset, task.length, task.used)
+        if data is None:
+            return _Done(task, fmt.HOLE, task.used, 0, 0)
+        used = task.used
+        if task.refine is not None:
+            used = task.refine | _nonzero_blocks(data, task.offset, task.used)
+        if is_zero(data):
+            return _Done(task, fmt.HOLE, used, 0, 0)
+        digest = blake3.blake3(data).digest()
+        stored = repo.put_chunk(data, digest.hex())
+        return _Done(task, digest, used, stored, len(data) if stored else 0)
+
+    total = sum(r.used.total for r in regions)
+    reporter(TaskStarted("backup", total, str(device.path)))
+    ids: list[list[bytes]] = [[] for _ in regions]
+    used_maps: list[list[ExtentMap]] = [[] for _ in regions]
+    read = chunks = holes = new_chunks = new_bytes = stored_bytes = 0
+    for done in ordered_map(store, _tasks(regions, chunk_size, keep)):
+        ids[done.task.region].append(done.chunk_id)
+        used_maps[done.task.region].append(done.used)
+        read += done.task.used.total
+        if done.chunk_id == fmt.HOLE:
+            holes += 1
+        else:
+            chunks += 1
+        if done.stored:
+            new_chunks += 1
+            new_bytes += done.new_bytes
+            stored_bytes += done.stored
+        reporter(TaskAdvanced("backup", done.task.used.total))
+    reporter(TaskFinished("backup"))
+    final = []
+    for i, region in enumerate(regions):
+        used = region.used
+        if region.kind == fmt.REGION_DISK:
+            used = ExtentMap(e for m in used_maps[i] for e in m)
+        final.append(
+            Region(region.kind, region.number, region.start, region.size, used, tuple(ids[i]))
+        )
+    used_total = sum(r.used.total for r in final)
+    stats = Stats(read, used_total, chunks, holes, new_chunks, new_bytes, stored_bytes)
+    return Index(chunk_size, tuple(final)), stats

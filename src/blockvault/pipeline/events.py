@@ -1,0 +1,44 @@
+"""Progress events: how pipelines tell the world what they are doing.
+
+The library never prints. Each pipeline takes a ``Reporter`` (any callable taking
+an ``Event``) and emits events from the calling thread; the CLI renders them as
+progress bars or JSON lines, an agent could forward them to a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Event", "Reporter", "TaskAdvanced", "TaskFinished", "TaskStarted", "Warned", "quiet"]
+
+
+@dataclass(frozen=True)
+class TaskStarted:
+    task: str  # "backup", "restore", "verify", ...
+    total_bytes: int
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TaskAdvanced:
+    task: str
+    done_bytes: int  # bytes finished since the last event
+
+
+@dataclass(frozen=True)
+class TaskFinished:
+    task: str
+
+
+@dataclass(frozen=True)
+class Warned:
+    message: str
+
+
+Event = TaskStarted | TaskAdvanced | TaskFinished | Warned
+Reporter = Callable[[Event], None]
+
+
+def quiet(event: Event) -> None:
+    """A reporter that drops every event."""

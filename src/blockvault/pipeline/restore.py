@@ -1,0 +1,179 @@
+"""Restore a snapshot onto a disk, or one partition onto a partition.
+
+Only used bytes are written; unused space on the target is left alone unless
+``zero_unused``. Each chunk's hash is checked before a byte of it is written.
+On a larger disk a GPT's backup header and entries move to the new end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from blockvault.disk.table import gpt
+from blockvault.errors import UsageError
+from blockvault.extents import ExtentMap
+from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
+from blockvault.pipeline.events import quiet as quiet_reporter
+from blockvault.pipeline.stages import ordered_map, write_used, zero_fill
+from blockvault.pipeline.target import Confirm, OpenedTarget, open_target
+from blockvault.repo import ChunkRef, Index, Region, Repository, Snapshot
+from blockvault.repo import format as fmt
+from blockvault.repo.image import SnapshotImage
+
+__all__ = ["RestoreResult", "restore"]
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    snapshot: str
+    target: str
+    written_bytes: int
+    chunks: int
+    seconds: float
+    gpt_moved: bool = False
+
+
+def _refuse(answer: str) -> bool:
+    return False
+
+
+def restore(
+    repo: Repository,
+    snapshot: Snapshot,
+    target: str,
+    *,
+    partition: int | None = None,
+    confirm: Confirm = _refuse,
+    zero_unused: bool = False,
+    reporter: Reporter = quiet_reporter,
+) -> RestoreResult:
+    started = time.monotonic()
+    index = repo.load_index(snapshot)
+    repo_path = repo.backend.capabilities.local_path
+    if partition is not None:
+        region = index.region(fmt.REGION_PARTITION, partition)
+        if region is None:
+            imaged = [p.number for p in snapshot.imaged_partitions]
+            raise UsageError(
+                f"snapshot {snapshot.id[:12]} holds no image of partition {partition} "
+                f"(imaged: {', '.join(map(str, imaged)) or 'none'})"
+            )
+        opened = open_target(
+            target,
+            region.size,
+            repository_path=repo_path,
+            confirm=confirm,
+            what=f"restoring partition {partition}",
+        )
+        plan = [(region, -region.start)]
+    else:
+        opened = open_target(
+            target,
+            snapshot.disk_size,
+            repository_path=repo_path,
+            confirm=confirm,
+            what="restoring the disk",
+        )
+        _check_sector_size(opened, snapshot)
+        plan = [(r, 0) for r in index.regions]
+    with opened.device:
+        grown = (
+            partition is None
+            and snapshot.table == "gpt"
+            and (opened.device.size > snapshot.disk_size)
+        )
+        table = None
+        if grown:
+            table = gpt.parse(SnapshotImage(repo, snapshot, index), snapshot.sector_size)
+            if table is not None:
+                # the old backup table would land mid-disk: it is rebuilt at the new end
+                old = ExtentMap.span(*gpt.backup_area(table, snapshot.disk_size))
+                plan = [
+                    (_without(r, old) if r.kind == fmt.REGION_DISK else r, shift)
+                    for r, shift in plan
+                ]
+        written, chunks = _write(repo, index, plan, opened, reporter)
+        if zero_unused:
+            _zero_unused(opened, snapshot, plan)
+        if table is not None:
+            for offset, data in gpt.build(table, opened.device.size):
+                opened.device.write_at(offset, data)
+        opened.device.sync()
+    return RestoreResult(
+        snapshot.id,
+        target,
+        written,
+        chunks,
+        round(time.monotonic() - started, 3),
+        gpt_moved=table is not None,
+    )
+
+
+def _check_sector_size(opened: OpenedTarget, snapshot: Snapshot) -> None:
+    device = opened.device
+    if (
+        device.is_block
+        and snapshot.table != "none"
+        and (device.logical_sector_size != snapshot.sector_size)
+    ):
+        raise UsageError(
+            f"target {device.path} has {device.logical_sector_size}-byte sectors, the snapshot "
+            f"{snapshot.sector_size}-byte ones; converting the partition table is not supported "
+            "yet, nothing was written"
+        )
+
+
+def _without(region: Region, cut: ExtentMap) -> Region:
+    return Region(
+        region.kind, region.number, region.start, region.size, region.used - cut, region.chunk_ids
+    )
+
+
+def _write(
+    repo: Repository,
+    index: Index,
+    plan: list[tuple[Region, int]],
+    opened: OpenedTarget,
+    reporter: Reporter,
+) -> tuple[int, int]:
+    device = opened.device
+
+    def tasks() -> Iterator[tuple[ChunkRef, int]]:
+        for region, shift in plan:
+            for ref in region.chunks(index.chunk_size):
+                if ref.used and not (ref.chunk_id is None and opened.fresh):
+                    yield ref, region.start + shift
+
+    def put(task: tuple[ChunkRef, int]) -> int:
+        ref, base = task
+        data = repo.get_chunk(ref.chunk_id) if ref.chunk_id else None
+        return write_used(device, base, ref.offset, data, ref.used)
+
+    total = sum(r.used.total for r, _ in plan)
+    reporter(TaskStarted("restore", total, str(device.path)))
+    written = chunks = 0
+    for n in ordered_map(put, tasks()):
+        written += n
+        chunks += 1
+        reporter(TaskAdvanced("restore", n))
+    reporter(TaskFinished("restore"))
+    return written, chunks
+
+
+def _zero_unused(opened: OpenedTarget, snapshot: Snapshot, plan: list[tuple[Region, int]]) -> None:
+    """Zero every target byte the snapshot covers but does not use."""
+    if opened.fresh:
+        return
+    size = opened.device.size
+    domain = ExtentMap()
+    used = ExtentMap()
+    for region, shift in plan:
+        base = region.start + shift
+        used = used | region.used.shift(base)
+        domain = domain | ExtentMap.span(base, region.size)
+    if plan and plan[0][0].kind == fmt.REGION_DISK:
+        skipped = ExtentMap((p.start, p.size) for p in snapshot.partitions if not p.imaged)
+        domain = (domain | ExtentMap.span(0, size)) - skipped
+    zero_fill(opened.device, 0, domain.clip(0, size) - used)

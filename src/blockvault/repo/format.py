@@ -1,0 +1,138 @@
+"""Repository format v1: every magic, header and layout. Mirrors docs/FORMAT.md.
+
+All integers are little-endian. Object ids are BLAKE3-256 of the object's
+plaintext, written as 64 lower-case hex digits. Change nothing here without
+changing docs/FORMAT.md and bumping ``VERSION``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = [
+    "CHUNK_MAGIC",
+    "CONFIG_NAME",
+    "DEFAULT_CHUNK_SIZE",
+    "ENVELOPE",
+    "HOLE",
+    "INDEX_EXTENT",
+    "INDEX_HEADER",
+    "INDEX_MAGIC",
+    "INDEX_REGION",
+    "REGION_DISK",
+    "REGION_PARTITION",
+    "SNAPSHOT_MAGIC",
+    "VERSION",
+    "Compression",
+    "EnvelopeHeader",
+    "chunk_name",
+    "index_name",
+    "snapshot_name",
+]
+
+VERSION: Final = 1
+REPOSITORY_FORMAT: Final = "blockvault-repository"
+CONFIG_NAME: Final = "config"
+DEFAULT_CHUNK_SIZE: Final = 4 * 1024 * 1024
+ID_BYTES: Final = 32
+HOLE: Final = bytes(ID_BYTES)  # an index entry of all zeros: no object, read as zeros
+
+# Object folders. Chunks fan out by the first two hex digits of their id.
+DATA_DIR: Final = "data"
+INDEX_DIR: Final = "indexes"
+SNAPSHOT_DIR: Final = "snapshots"
+
+
+def chunk_name(chunk_id: str) -> str:
+    return f"{DATA_DIR}/{chunk_id[:2]}/{chunk_id}"
+
+
+def index_name(index_id: str) -> str:
+    return f"{INDEX_DIR}/{index_id}"
+
+
+def snapshot_name(snapshot_id: str) -> str:
+    return f"{SNAPSHOT_DIR}/{snapshot_id}"
+
+
+# --- Envelope: the 16-byte header in front of every stored object ------------------
+CHUNK_MAGIC: Final = b"BVCK"  # a chunk of disk data
+INDEX_MAGIC: Final = b"BVIX"  # a snapshot's index (binary, below)
+SNAPSHOT_MAGIC: Final = b"BVSN"  # a snapshot manifest (UTF-8 JSON)
+
+ENVELOPE: Final = struct.Struct(
+    "<"
+    "4s"  # magic        one of the *_MAGIC values
+    "B"  # version       VERSION
+    "B"  # compression   Compression
+    "B"  # encryption    0 = none (v1 knows no other)
+    "x"  # reserved      0
+    "Q"  # length        plaintext length in bytes
+)
+assert ENVELOPE.size == 16
+
+
+class Compression:
+    NONE: Final = 0  # payload is the plaintext
+    ZSTD: Final = 1  # payload is one zstd frame
+
+
+@dataclass(frozen=True)
+class EnvelopeHeader:
+    magic: bytes
+    version: int
+    compression: int
+    encryption: int
+    length: int
+
+    def pack(self) -> bytes:
+        return ENVELOPE.pack(
+            self.magic, self.version, self.compression, self.encryption, self.length
+        )
+
+    @classmethod
+    def unpack(cls, data: bytes | memoryview) -> EnvelopeHeader:
+        return cls(*ENVELOPE.unpack_from(data))
+
+
+# --- Index: where each chunk of each region lies ------------------------------------
+# The index plaintext is INDEX_HEADER, then for each region INDEX_REGION, then its
+# used map as `extent_count` INDEX_EXTENT records (region-relative, sorted, merged),
+# then `chunk_count` ids of ID_BYTES each. Chunk k of a region covers region bytes
+# [k * chunk_size, min((k + 1) * chunk_size, size)); bytes outside the used map are
+# zero in the chunk's plaintext. An id equal to HOLE means the chunk is all zeros.
+
+INDEX_HEADER: Final = struct.Struct(
+    "<"
+    "4s"  # magic         INDEX_MAGIC
+    "H"  # version        VERSION
+    "H"  # region_count
+    "I"  # chunk_size     bytes; every region uses the same
+    "I"  # reserved       0
+)
+assert INDEX_HEADER.size == 16
+
+REGION_DISK: Final = 0  # the boot areas: the whole disk, used map = outside partitions
+REGION_PARTITION: Final = 1  # one partition's content
+
+INDEX_REGION: Final = struct.Struct(
+    "<"
+    "B"  # kind           REGION_DISK or REGION_PARTITION
+    "x"  # reserved
+    "H"  # number         partition number (0 for the disk region)
+    "I"  # reserved
+    "Q"  # start          byte offset of the region on the source disk
+    "Q"  # size           bytes
+    "Q"  # extent_count   records in the used map
+    "Q"  # chunk_count    = ceil(size / chunk_size)
+)
+assert INDEX_REGION.size == 40
+
+INDEX_EXTENT: Final = struct.Struct(
+    "<"
+    "Q"  # offset         region-relative byte offset
+    "Q"  # length         bytes
+)
+assert INDEX_EXTENT.size == 16

@@ -1,0 +1,118 @@
+"""A snapshot's index: for each region, its used map and its chunk ids.
+
+Regions are the disk's boot areas (kind ``disk``) and each imaged partition. The
+binary layout is in ``format.py`` and docs/FORMAT.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from blockvault.extents import Extent, ExtentMap
+from blockvault.repo import format as fmt
+
+__all__ = ["ChunkRef", "Index", "Region"]
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """Chunk ``k`` of a region: where it lies and which object holds it."""
+
+    number: int
+    offset: int  # region-relative
+    length: int
+    chunk_id: str | None  # None for a hole (all zeros, no object)
+    used: ExtentMap  # region-relative bytes of this chunk that are in use
+
+
+@dataclass(frozen=True)
+class Region:
+    kind: int  # fmt.REGION_DISK or fmt.REGION_PARTITION
+    number: int
+    start: int  # byte offset on the source disk
+    size: int
+    used: ExtentMap  # region-relative
+    chunk_ids: tuple[bytes, ...]  # raw 32-byte ids; fmt.HOLE for holes
+
+    @property
+    def name(self) -> str:
+        return "boot areas" if self.kind == fmt.REGION_DISK else f"partition {self.number}"
+
+    def chunks(self, chunk_size: int) -> Iterator[ChunkRef]:
+        for k, raw in enumerate(self.chunk_ids):
+            offset = k * chunk_size
+            length = min(chunk_size, self.size - offset)
+            yield ChunkRef(
+                k,
+                offset,
+                length,
+                None if raw == fmt.HOLE else raw.hex(),
+                self.used.clip(offset, length),
+            )
+
+
+@dataclass(frozen=True)
+class Index:
+    chunk_size: int
+    regions: tuple[Region, ...]
+
+    def region(self, kind: int, number: int = 0) -> Region | None:
+        return next((r for r in self.regions if r.kind == kind and r.number == number), None)
+
+    def chunk_ids(self) -> set[str]:
+        return {raw.hex() for r in self.regions for raw in r.chunk_ids if raw != fmt.HOLE}
+
+    def to_bytes(self) -> bytes:
+        parts = [
+            fmt.INDEX_HEADER.pack(
+                fmt.INDEX_MAGIC, fmt.VERSION, len(self.regions), self.chunk_size, 0
+            )
+        ]
+        for r in self.regions:
+            parts.append(
+                fmt.INDEX_REGION.pack(
+                    r.kind, r.number, 0, r.start, r.size, len(r.used), len(r.chunk_ids)
+                )
+            )
+            parts.extend(fmt.INDEX_EXTENT.pack(e.offset, e.length) for e in r.used)
+            parts.extend(r.chunk_ids)
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Index:
+        """Parse; raises ``ValueError`` on any inconsistency."""
+        try:
+            magic, version, count, chunk_size, _ = fmt.INDEX_HEADER.unpack_from(data)
+            if magic != fmt.INDEX_MAGIC or version != fmt.VERSION or chunk_size <= 0:
+                raise ValueError(f"bad header {magic!r} v{version} chunk size {chunk_size}")
+            pos = fmt.INDEX_HEADER.size
+            regions = []
+            for _ in range(count):
+                kind, number, _, start, size, n_ext, n_chunks = fmt.INDEX_REGION.unpack_from(
+                    data, pos
+                )
+                pos += fmt.INDEX_REGION.size
+                extents = [
+                    Extent(*fmt.INDEX_EXTENT.unpack_from(data, pos + i * fmt.INDEX_EXTENT.size))
+                    for i in range(n_ext)
+                ]
+                pos += n_ext * fmt.INDEX_EXTENT.size
+                if n_chunks != -(-size // chunk_size):
+                    raise ValueError(f"region {number}: {n_chunks} chunks for {size} bytes")
+                ids = tuple(
+                    data[pos + i * fmt.ID_BYTES : pos + (i + 1) * fmt.ID_BYTES]
+                    for i in range(n_chunks)
+                )
+                pos += n_chunks * fmt.ID_BYTES
+                if pos > len(data):
+                    raise ValueError("truncated")
+                used = ExtentMap(extents)
+                if used.end > size:
+                    raise ValueError(f"region {number}: used map passes its end")
+                regions.append(Region(kind, number, start, size, used, ids))
+        except Exception as exc:  # struct.error, ValueError
+            raise ValueError(str(exc)) from None
+        if pos != len(data):
+            raise ValueError(f"{len(data) - pos} trailing bytes")
+        return cls(chunk_size, tuple(regions))

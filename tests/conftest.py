@@ -1,0 +1,70 @@
+"""Shared fixtures: loop devices (root only), the CLI runner, tool checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root for loop devices and mounts")
+
+
+def need_tools(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"missing tools: {', '.join(missing)}")
+
+
+def sh(*args: str | os.PathLike[str], input: str | None = None) -> str:
+    """Run a command, fail the test with its stderr if it fails."""
+    proc = subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, input=input, check=False
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+@pytest.fixture
+def loop() -> Iterator[Callable[..., str]]:
+    """``loop(path, sector_size=512, offset=0, size=None) -> /dev/loopN``, detached after."""
+    if not IS_ROOT:
+        pytest.skip("needs root for loop devices")
+    attached: list[str] = []
+
+    def attach(path: Path, sector_size: int = 512, offset: int = 0, size: int | None = None) -> str:
+        args = ["losetup", "--find", "--show", "--sector-size", str(sector_size)]
+        if offset:
+            args += ["--offset", str(offset)]
+        if size:
+            args += ["--sizelimit", str(size)]
+        dev = sh(*args, path).strip()
+        attached.append(dev)
+        return dev
+
+    yield attach
+    for dev in reversed(attached):
+        subprocess.run(["losetup", "-d", dev], check=False)
+
+
+@pytest.fixture
+def mounted() -> Iterator[Callable[..., Path]]:
+    """``mounted(device, mountpoint, *options)``: mount, unmounted after the test."""
+    if not IS_ROOT:
+        pytest.skip("needs root to mount")
+    points: list[Path] = []
+
+    def mount(device: str, mountpoint: Path, *options: str) -> Path:
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        sh("mount", *options, device, mountpoint)
+        points.append(mountpoint)
+        return mountpoint
+
+    yield mount
+    for point in reversed(points):
+        subprocess.run(["umount", "-l", str(point)], check=False)
