@@ -54,14 +54,14 @@ def open_target(
 ) -> OpenedTarget:
     """Open ``path`` for writing ``need`` bytes of ``what`` after every safety check."""
     p = Path(path)
+    if repository_on(p, repository_path):
+        raise TargetHoldsRepository(path=p, repo=repository_path)
     if not p.exists():
         return OpenedTarget(open_device(p, write=True, create_size=need), fresh=True)
     mounts = mounts_using(p)
     if mounts:
         m = mounts[0]
         raise TargetInUse(f"{m.mountpoint} is mounted from it ({m.via})", path=p)
-    if repository_on(p, repository_path):
-        raise TargetHoldsRepository(path=p, repo=repository_path)
     try:
         device = open_device(p, write=True, exclusive=True)
     except DeviceError as exc:

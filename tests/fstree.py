@@ -1,0 +1,88 @@
+"""Independent oracles for the end-to-end tests: the filesystems' own tools.
+
+Partitions are copied out of a disk image into their own file, then checked with
+e2fsck / fsck.vfat / ntfsfix and read back with debugfs / mcopy / ntfs-3g (or ntfscat),
+never with blockvault's own parsers.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from blockvault.sample import manifest
+
+CHECK = {
+    "ext": ["e2fsck", "-fn"],
+    "fat": ["fsck.vfat", "-n"],
+    "ntfs": ["ntfsfix", "-n"],
+}
+
+
+def family(fs: str) -> str:
+    return "ext" if fs.startswith("ext") else "fat" if fs.startswith("fat") else fs
+
+
+def extract(image: Path, offset: int, size: int, out: Path) -> Path:
+    """Copy ``size`` bytes at ``offset`` of ``image`` into a new sparse file ``out``."""
+    with open(image, "rb") as src, open(out, "wb") as dst:
+        dst.truncate(size)
+        src.seek(offset)
+        done = 0
+        while done < size:
+            block = src.read(min(4 << 20, size - done))
+            if block.count(0) != len(block):
+                dst.seek(done)
+                dst.write(block)
+            done += len(block)
+    return out
+
+
+def fsck(part: Path, fs: str) -> None:
+    """Assert the filesystem's own checker finds nothing to fix."""
+    command = CHECK.get(family(fs))
+    if command is None:
+        return
+    proc = subprocess.run([*command, str(part)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, f"{' '.join(command)} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def tree(part: Path, fs: str, out: Path) -> dict[str, str]:
+    """The file tree of a filesystem image, read by the filesystem's own tools."""
+    out.mkdir(parents=True, exist_ok=True)
+    kind = family(fs)
+    if kind == "ext":
+        subprocess.run(
+            ["debugfs", "-R", f"rdump / {out}", str(part)], check=True, capture_output=True
+        )
+        shutil.rmtree(out / "lost+found", ignore_errors=True)
+    elif kind == "fat":
+        proc = subprocess.run(
+            ["mdir", "-i", str(part), "-b", "::/"], capture_output=True, check=False
+        )
+        if proc.stdout.strip():
+            subprocess.run(
+                ["mcopy", "-s", "-n", "-m", "-i", str(part), "::/*", str(out)],
+                check=True,
+                capture_output=True,
+            )
+    elif kind == "ntfs":
+        mnt = out.parent / f"{out.name}-mnt"
+        mnt.mkdir()
+        subprocess.run(
+            ["ntfs-3g", "-o", "ro", str(part), str(mnt)], check=True, capture_output=True
+        )
+        try:
+            shutil.copytree(
+                mnt,
+                out,
+                symlinks=True,
+                dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns("System Volume Information"),
+            )
+        finally:
+            subprocess.run(["umount", str(mnt)], check=False)
+    else:
+        raise ValueError(fs)
+    return manifest(out)
