@@ -63,6 +63,7 @@ def read_layout(device: Device) -> DiskLayout:
     sector_size = sector_size_of(device)
     table = read_table(device, sector_size)
     warnings: list[str] = []
+    parts: tuple[Partition, ...]
     if table is None:
         whole = Partition(number=1, start=0, size=device.size, type="", kind="whole")
         parts = (whole,)

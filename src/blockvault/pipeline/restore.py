@@ -85,8 +85,11 @@ def restore(
             and (opened.device.size > snapshot.disk_size)
         )
         table = None
+        boot_sector = b""
         if grown:
-            table = gpt.parse(SnapshotImage(repo, snapshot, index), snapshot.sector_size)
+            image = SnapshotImage(repo, snapshot, index)
+            table = gpt.parse(image, snapshot.sector_size)
+            boot_sector = image.read_at(0, snapshot.sector_size)
             if table is not None:
                 # the old backup table would land mid-disk: it is rebuilt at the new end
                 old = ExtentMap.span(*gpt.backup_area(table, snapshot.disk_size))
@@ -98,7 +101,8 @@ def restore(
         if zero_unused:
             _zero_unused(opened, snapshot, plan)
         if table is not None:
-            for offset, data in gpt.build(table, opened.device.size):
+            moved = gpt.build(table, opened.device.size, protective=True, boot_sector=boot_sector)
+            for offset, data in moved:
                 opened.device.write_at(offset, data)
         opened.device.sync()
     return RestoreResult(

@@ -104,7 +104,7 @@ def verify(
                 if mine is None or is_zero(mine):
                     return ref.used.total, None
                 data = bytes(ref.length)
-            if mine == data:
+            if mine is not None and mine == data:
                 return ref.used.total, None
             diff = where + _first_difference(mine or bytes(ref.length), data)
             return ref.used.total, Problem(

@@ -20,7 +20,7 @@ class DecodeError(Exception):
     """An object's bytes are not what its name promises (the caller adds context)."""
 
 
-def object_id(plaintext: bytes | memoryview) -> str:
+def object_id(plaintext: bytes | bytearray | memoryview) -> str:
     return blake3.blake3(plaintext).hexdigest()
 
 
@@ -43,10 +43,10 @@ class Codec:
             d = self._local.d = zstandard.ZstdDecompressor()
         return d
 
-    def encode(self, magic: bytes, plaintext: bytes | memoryview) -> bytes:
+    def encode(self, magic: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
         """Envelope + payload; stored uncompressed when zstd does not make it smaller."""
         compression = fmt.Compression.NONE
-        payload: bytes | memoryview = plaintext
+        payload: bytes | bytearray | memoryview = plaintext
         if self.level > 0:
             packed = self._compressor().compress(plaintext)
             if len(packed) < len(plaintext):

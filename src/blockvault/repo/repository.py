@@ -142,7 +142,9 @@ class Repository:
     def has_chunk(self, chunk_id: str) -> bool:
         return chunk_id in self._known_chunks()
 
-    def put_chunk(self, plaintext: bytes | memoryview, chunk_id: str | None = None) -> int:
+    def put_chunk(
+        self, plaintext: bytes | bytearray | memoryview, chunk_id: str | None = None
+    ) -> int:
         """Store a chunk unless present; returns the bytes written (0 when deduplicated)."""
         chunk_id = chunk_id or object_id(plaintext)
         known = self._known_chunks()
