@@ -130,7 +130,7 @@ def test_corrupt_chunk_is_reported_and_never_written(small_disk: BuiltDisk, tmp_
     repo = tmp_path / "repo"
     run("-r", repo, "init")
     assert run("-r", repo, "backup", small_disk.path).returncode == 0
-    chunk = next((repo / fmt.DATA_DIR).rglob("*"))
+    chunk = next(f for f in (repo / fmt.DATA_DIR).rglob("*") if f.is_file())
     raw = bytearray(chunk.read_bytes())
     raw[len(raw) // 2] ^= 0x40
     chunk.write_bytes(bytes(raw))

@@ -14,7 +14,7 @@ from blockvault.disk.fs.probe import probe
 from blockvault.disk.table import Partition, PartitionTable
 from blockvault.disk.table.gpt import detect_sector_size
 from blockvault.disk.table.probe import read_table
-from blockvault.errors import SourceError
+from blockvault.errors import PartitionTableError, SourceError
 from blockvault.extents import ExtentMap
 
 __all__ = ["DiskLayout", "PartitionLayout", "read_layout"]
@@ -61,7 +61,13 @@ def sector_size_of(device: Device) -> int:
 
 def read_layout(device: Device) -> DiskLayout:
     sector_size = sector_size_of(device)
-    table = read_table(device, sector_size)
+    try:
+        table = read_table(device, sector_size)
+    except PartitionTableError as exc:
+        raise SourceError(
+            f"{exc.fields['detail']}: the disk or image is truncated or its table damaged",
+            path=device.path,
+        ) from None
     warnings: list[str] = []
     parts: tuple[Partition, ...]
     if table is None:

@@ -47,6 +47,13 @@ def _dev_id(st_rdev: int) -> str:
     return f"{os.major(st_rdev)}:{os.minor(st_rdev)}"
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
 def _loop_devices_backed_by(path: Path) -> list[str]:
     """major:minor of every loop device whose backing file is ``path``."""
     found = []
@@ -102,9 +109,14 @@ def holders_of(path: str | os.PathLike[str]) -> dict[str, str]:
         for holder in (real / "holders").glob("*"):
             todo.append(((holder / "dev").read_text().strip(), f"holder {holder.name}"))
         devnode = Path("/dev") / real.name
-        if real.name.startswith("loop") or devnode.exists():
+        if devnode.exists():
             todo.extend(
                 (d, f"loop device backed by {real.name}") for d in _loop_devices_backed_by(devnode)
+            )
+        backing = _read(real / "loop" / "backing_file")
+        if backing:  # a loop device shares its bytes with every other loop on that file
+            todo.extend(
+                (d, f"loop device on {backing}") for d in _loop_devices_backed_by(Path(backing))
             )
     return result
 
