@@ -55,6 +55,5 @@ def check_filesystem(
                     out.seek(pos)
                     out.write(reader.read_at(pos, n))
         proc = subprocess.run([*command, str(copy)], capture_output=True, text=True, check=False)
-    return FsckResult(
-        fs_type, " ".join(command), proc.returncode == 0, (proc.stdout + proc.stderr).strip()
-    )
+    output = "\n".join(part.strip() for part in (proc.stderr, proc.stdout) if part.strip())
+    return FsckResult(fs_type, " ".join(command), proc.returncode == 0, output.replace(tmp, "."))
