@@ -6,14 +6,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from blockvault.repo import format as fmt
-from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk
+from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, demo_disk
 from tests.conftest import needs_root, sh
 
 MiB = 1024 * 1024
@@ -247,3 +249,34 @@ def test_loop_device_source_and_target(
             f.truncate(96 * MiB)
         other = loop(other_image, sector_size=512)
         one_line_error(run("-r", repo, "restore", "latest", other, "--yes"), 2, "sectors")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> BuiltDisk:
+    return demo_disk(tmp_path_factory.mktemp("demo") / "demo.img")
+
+
+@pytest.mark.parametrize("delay", [0.2, 0.5, 0.8])
+def test_killed_backup_leaves_a_consistent_repository(
+    delay: float, demo: BuiltDisk, tmp_path: Path
+) -> None:
+    disk = demo
+    repo = tmp_path / "repo"
+    run("-r", repo, "init")
+    proc = subprocess.Popen(
+        ["blockvault", "-r", str(repo), "backup", str(disk.path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    listed = json.loads(run("-r", repo, "snapshots", "--json").stdout)
+    assert len(listed) <= 1
+    assert run("-r", repo, "verify").returncode == 0
+    rerun = run("-r", repo, "backup", disk.path, "--json")
+    assert rerun.returncode == 0, rerun.stderr
+    target = tmp_path / "restored.img"
+    assert run("-r", repo, "restore", "latest", target).returncode == 0
+    assert run("-r", repo, "verify", "latest", "--against", disk.path).returncode == 0
+    assert digest(target) == digest(disk.path)
