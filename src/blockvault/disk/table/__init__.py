@@ -11,6 +11,7 @@ Glossary:
 
 ``mbr`` and ``gpt`` each have ``parse(reader, sector_size) -> PartitionTable | None``
 (None when the disk has no such table) and ``build(table, disk_size) -> list[(offset, bytes)]``.
+``probe.read_table(reader)`` tries GPT, then MBR.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Partition:
     uuid: str | None = None  # GPT unique partition GUID (lower case)
     bootable: bool = False  # MBR active flag
     attributes: int = 0  # GPT attribute bits
+    ebr_offset: int | None = None  # MBR logical only: byte offset of the EBR describing it
 
     @property
     def end(self) -> int:
@@ -54,6 +56,8 @@ class PartitionTable:
     last_usable_lba: int = 0
     entry_count: int = 0
     entry_size: int = 0
+    # what the parser worked around: damaged primary GPT, misplaced backup, broken EBR chain
+    note: str | None = None
 
     @property
     def data_partitions(self) -> tuple[Partition, ...]:
