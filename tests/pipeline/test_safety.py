@@ -280,3 +280,21 @@ def test_killed_backup_leaves_a_consistent_repository(
     assert run("-r", repo, "restore", "latest", target).returncode == 0
     assert run("-r", repo, "verify", "latest", "--against", disk.path).returncode == 0
     assert digest(target) == digest(disk.path)
+
+
+@needs_root
+def test_disks_lists_loop_devices(small_disk: BuiltDisk, loop: Callable[..., str]) -> None:
+    dev = loop(small_disk.path)
+    proc = run("disks", "--json")
+    assert proc.returncode == 0, proc.stderr
+    found = {d["path"]: d for d in json.loads(proc.stdout)}
+    assert dev in found
+    layout = found[dev]["layout"]
+    assert layout["table"]["kind"] == "gpt"
+    assert [p["fs"]["type"] for p in layout["partitions"]] == ["fat32", "ext4"]
+    expected = json.loads(sh("sfdisk", "--json", dev))["partitiontable"]["partitions"]
+    assert [p["partition"]["start"] // 512 for p in layout["partitions"]] == [
+        p["start"] for p in expected
+    ]
+    human = run("disks")
+    assert human.returncode == 0 and dev in human.stdout
