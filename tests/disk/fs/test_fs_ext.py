@@ -64,6 +64,14 @@ def test_freed_blocks_leave_the_map(tmp_path: Path) -> None:
     assert before.total - after.total >= 256 * 1024  # the large file is 3/8 MiB or more
 
 
+def test_unreplayed_journal_is_noted(tmp_path: Path) -> None:
+    image = build_ext(tmp_path, 16 * MiB, "-t", "ext4")
+    sh("debugfs", "-w", "-R", "feature needs_recovery", image)
+    info = read_map(image, ext.read)
+    assert info.note and "journal" in info.note
+    assert info.used == dumpe2fs_used(image)
+
+
 def test_partition_relative_offsets(tmp_path: Path) -> None:
     image = build_ext(tmp_path, 16 * MiB, "-t", "ext3", "-b", "2048")
     disk = tmp_path / "disk.img"

@@ -12,7 +12,7 @@ from blockvault.errors import FilesystemError
 from tests.conftest import need_tools, sh
 from tests.fstree import fsck
 
-from .fsimages import MiB, copy_used, fsck_fat, new_image, read_map
+from .fsimages import MiB, blkid, copy_used, fsck_fat, new_image, read_map
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +40,18 @@ def test_bad_clusters_are_left_out(tmp_path: Path) -> None:
     copy = copy_used(image, info.used, tmp_path / "copy.img")
     fsck(copy, "fat16")
     assert fsck_fat(copy).used_clusters == len(bad)  # still marked bad in the copy's FAT
+
+
+def test_fat32_below_the_minimum_cluster_count(tmp_path: Path) -> None:
+    # mkfs.fat -F 32 makes it; Linux and dosfstools read it as FAT32 (mtools refuses it).
+    image = new_image(tmp_path / "fat.img", 16 * MiB)
+    sh("mkfs.fat", "-F", "32", image)
+    report = fsck_fat(image)
+    assert report.clusters < 65525
+    info = read_map(image, fat.read)
+    assert info.type == "fat32" == blkid(image)["VERSION"].lower()
+    assert info.used.total == report.data_start + report.used_clusters * report.cluster
+    fsck(copy_used(image, info.used, tmp_path / "copy.img"), "fat32")
 
 
 def test_truncated_partition_is_refused(tmp_path: Path) -> None:

@@ -1,0 +1,242 @@
+"""FAT12, FAT16 and FAT32: the allocation map from the file allocation table.
+
+Layout (Microsoft "FAT: General Overview of On-Disk Format", 2000):
+
+  reserved region   the boot sector and, on FAT32, FSInfo and the backup boot
+                    sector: ``BPB_RsvdSecCnt`` sectors, always used.
+  FAT region        ``BPB_NumFATs`` copies of the table, always used.
+  root directory    FAT12/16 only: ``BPB_RootEntCnt`` 32-byte entries, always
+                    used. FAT32 keeps its root in clusters like any directory.
+  data region       clusters numbered from 2; cluster ``n`` is used when its FAT
+                    entry is non-zero (part of a chain or end of chain).
+
+The FAT type follows from the cluster count, as the specification demands:
+below 4085 clusters FAT12, else FAT16. A boot sector in FAT32 form (16-bit FAT
+size zero, the 32-bit one set) is FAT32 whatever its count: ``mkfs.fat -F 32``
+makes such small volumes and Linux and dosfstools read them as FAT32. A FAT16
+form with 65525 clusters or more has no valid reading and is refused.
+
+Bad clusters (entry ``0xFF7``, ``0xFFF7``, ``0x0FFFFFF7``) count as unused, as
+partclone does: no file owns them, their contents mean nothing, and reading
+them on the failing disk they came from would stall or fail the backup. The
+mark itself lives in the FAT, which is copied, so a restore keeps them bad.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dissect.cstruct import cstruct  # type: ignore[import-untyped]
+
+from blockvault.disk.device import Reader
+from blockvault.disk.fs import FilesystemInfo
+from blockvault.disk.fs.bitmap import entry_runs
+from blockvault.errors import FilesystemError
+from blockvault.extents import ExtentMap
+
+__all__ = ["detect", "read"]
+
+# Field names and offsets from the Microsoft FAT specification (fatgen103), section 3.
+_c = cstruct(endian="<").load("""
+/* Boot sector and BPB structure, common to all FAT types (offset 0) */
+struct fat_bpb {
+    uint8   BS_jmpBoot[3];      /* jump to boot code: EB xx 90 or E9 xx xx */
+    char    BS_OEMName[8];      /* name of the formatting system, informational */
+    uint16  BPB_BytsPerSec;     /* 512, 1024, 2048 or 4096 */
+    uint8   BPB_SecPerClus;     /* power of 2, 1 to 128 */
+    uint16  BPB_RsvdSecCnt;     /* sectors of the reserved region, never 0 */
+    uint8   BPB_NumFATs;        /* copies of the FAT, normally 2 */
+    uint16  BPB_RootEntCnt;     /* 32-byte root directory entries; 0 on FAT32 */
+    uint16  BPB_TotSec16;       /* total sectors if < 0x10000, else 0 */
+    uint8   BPB_Media;          /* 0xF0, 0xF8 to 0xFF */
+    uint16  BPB_FATSz16;        /* sectors per FAT on FAT12/16; 0 on FAT32 */
+    uint16  BPB_SecPerTrk;      /* geometry for INT 13h */
+    uint16  BPB_NumHeads;       /* geometry for INT 13h */
+    uint32  BPB_HiddSec;        /* sectors before this partition */
+    uint32  BPB_TotSec32;       /* total sectors if BPB_TotSec16 is 0 */
+};
+
+/* FAT12 and FAT16 extended BPB (offset 36) */
+struct fat16_ebpb {
+    uint8   BS_DrvNum;          /* INT 13h drive number */
+    uint8   BS_Reserved1;       /* used by Windows NT */
+    uint8   BS_BootSig;         /* 0x29: the next three fields are present */
+    uint32  BS_VolID;           /* volume serial number */
+    char    BS_VolLab[11];      /* volume label, "NO NAME    " if none */
+    char    BS_FilSysType[8];   /* "FAT12   " etc., informational only */
+};
+
+/* FAT32 extended BPB (offset 36) */
+struct fat32_ebpb {
+    uint32  BPB_FATSz32;        /* sectors per FAT */
+    uint16  BPB_ExtFlags;       /* bits 0-3 active FAT, bit 7 set: only that one is used */
+    uint16  BPB_FSVer;          /* version, 0:0 */
+    uint32  BPB_RootClus;       /* first cluster of the root directory */
+    uint16  BPB_FSInfo;         /* sector of the FSInfo structure */
+    uint16  BPB_BkBootSec;      /* sector of the backup boot sector */
+    uint8   BPB_Reserved[12];
+    uint8   BS_DrvNum;
+    uint8   BS_Reserved1;
+    uint8   BS_BootSig;         /* 0x29: the next three fields are present */
+    uint32  BS_VolID;
+    char    BS_VolLab[11];
+    char    BS_FilSysType[8];   /* "FAT32   ", informational only */
+};
+""")
+
+EXTENDED_BPB = 36  # offset of the type-specific part
+BOOT_SIGNATURE = 0x29  # serial, label and type follow
+OLD_BOOT_SIGNATURE = 0x28  # serial only
+EXT_FLAGS_MIRRORING_OFF = 0x80
+EXT_FLAGS_ACTIVE_FAT = 0x0F
+FAT12_MAX_CLUSTERS = 4084  # 4085 or more clusters is FAT16
+FAT16_MAX_CLUSTERS = 65524  # 65525 or more clusters is FAT32
+NO_LABEL = b"NO NAME    "
+_FOREIGN_OEM = (b"NTFS    ", b"EXFAT   ")  # share the jump and BPB shape, not the layout
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each region starts, in sectors, derived from the BPB as the specification does."""
+
+    sector: int  # bytes per sector
+    fat32_form: bool  # the BPB gives the FAT size in BPB_FATSz32, not BPB_FATSz16
+    cluster_sectors: int
+    reserved: int
+    fats: int
+    fat_sectors: int
+    root_sectors: int
+    total_sectors: int
+    active_fat: int  # the FAT to read
+
+    @property
+    def data_start(self) -> int:
+        return self.reserved + self.fats * self.fat_sectors + self.root_sectors
+
+    @property
+    def clusters(self) -> int:
+        return max(0, self.total_sectors - self.data_start) // self.cluster_sectors
+
+    @property
+    def bits(self) -> int:
+        """Entry width: the cluster count decides (fatgen103, section 3.5), or the FAT32 form."""
+        if self.fat32_form or self.clusters > FAT16_MAX_CLUSTERS:
+            return 32
+        return 12 if self.clusters <= FAT12_MAX_CLUSTERS else 16
+
+
+def _layout(bpb: Any, ebpb32: Any) -> _Layout:
+    sector = int(bpb.BPB_BytsPerSec)
+    fat32_form = not bpb.BPB_FATSz16 and bool(ebpb32.BPB_FATSz32)
+    active = 0
+    # FAT32 may switch mirroring off and name one active FAT; otherwise the first rules.
+    if fat32_form and ebpb32.BPB_ExtFlags & EXT_FLAGS_MIRRORING_OFF:
+        active = ebpb32.BPB_ExtFlags & EXT_FLAGS_ACTIVE_FAT
+    return _Layout(
+        sector=sector,
+        fat32_form=fat32_form,
+        cluster_sectors=int(bpb.BPB_SecPerClus),
+        reserved=int(bpb.BPB_RsvdSecCnt),
+        fats=int(bpb.BPB_NumFATs),
+        fat_sectors=int(bpb.BPB_FATSz16 or ebpb32.BPB_FATSz32),
+        root_sectors=(bpb.BPB_RootEntCnt * 32 + sector - 1) // sector,
+        total_sectors=int(bpb.BPB_TotSec16 or bpb.BPB_TotSec32),
+        active_fat=int(active),
+    )
+
+
+def _plausible(bpb: Any, oem: bytes) -> bool:
+    """The checks libblkid and the kernel make before trusting a BPB."""
+    return bool(
+        bpb.BS_jmpBoot[0] in (0xEB, 0xE9)
+        and oem not in _FOREIGN_OEM
+        and bpb.BPB_BytsPerSec in (512, 1024, 2048, 4096)
+        and bpb.BPB_SecPerClus in (1, 2, 4, 8, 16, 32, 64, 128)
+        and bpb.BPB_RsvdSecCnt >= 1
+        and bpb.BPB_NumFATs >= 1
+        and (bpb.BPB_Media == 0xF0 or bpb.BPB_Media >= 0xF8)
+        and (bpb.BPB_TotSec16 or bpb.BPB_TotSec32)
+    )
+
+
+def detect(reader: Reader) -> bool:
+    """A boot sector with a sane BPB that is not NTFS or exFAT."""
+    if reader.size < 512:
+        return False
+    head = reader.read_at(0, 512)
+    return _plausible(_c.fat_bpb(head), bytes(head[3:11]))
+
+
+def read(reader: Reader) -> FilesystemInfo:
+    """The allocation map of the FAT filesystem on ``reader``."""
+    head = reader.read_at(0, 512)
+    bpb = _c.fat_bpb(head)
+    layout = _layout(bpb, _c.fat32_ebpb(head[EXTENDED_BPB:]))
+    bits = layout.bits
+    fs = f"fat{bits}"
+    ebpb = _c.fat32_ebpb(head[EXTENDED_BPB:]) if bits == 32 else _c.fat16_ebpb(head[EXTENDED_BPB:])
+
+    def corrupt(detail: str) -> FilesystemError:
+        return FilesystemError(detail, fs=fs, where="boot sector (byte 0)")
+
+    sector = layout.sector
+    size = layout.total_sectors * sector
+    if layout.clusters == 0:
+        raise corrupt(
+            f"{layout.total_sectors} sectors leave no room for data after "
+            f"{layout.data_start} sectors of reserved area, FATs and root directory"
+        )
+    if size > reader.size:
+        raise corrupt(
+            f"the filesystem spans {size} bytes but its partition has only {reader.size}: "
+            "the image is truncated or the partition was shrunk"
+        )
+    if bits == 32 and not layout.fat32_form:
+        raise corrupt(
+            f"{layout.clusters} clusters are more than FAT16 can address, "
+            "but the boot sector is not in FAT32 form"
+        )
+    if bits == 32 and layout.root_sectors:
+        raise corrupt("FAT32 with a fixed root directory: the BPB is inconsistent")
+    if layout.active_fat >= layout.fats:
+        raise corrupt(f"the active FAT is number {layout.active_fat} of only {layout.fats}")
+    entries = layout.clusters + 2  # entries 0 and 1 are reserved
+    if layout.fat_sectors * sector * 8 < entries * bits:
+        raise corrupt(
+            f"a FAT of {layout.fat_sectors} sectors cannot hold {entries} {bits}-bit entries"
+        )
+    fat_offset = (layout.reserved + layout.active_fat * layout.fat_sectors) * sector
+    table = reader.read_at(fat_offset, (entries * bits + 7) // 8)
+
+    cluster = layout.cluster_sectors * sector
+    data = layout.data_start * sector
+    runs = entry_runs(table, bits, 2, layout.clusters, skip_bad=True)
+    used = ExtentMap(
+        [(0, data), *((data + (first - 2) * cluster, count * cluster) for first, count in runs)]
+    )
+    return FilesystemInfo(
+        type=fs,
+        size=size,
+        block_size=cluster,
+        used=used,
+        label=_label(ebpb),
+        uuid=_serial(ebpb),
+    )
+
+
+def _label(ebpb: Any) -> str | None:
+    if ebpb.BS_BootSig != BOOT_SIGNATURE:  # 0x28: a serial but no label
+        return None
+    raw = bytes(ebpb.BS_VolLab)
+    if raw == NO_LABEL:
+        return None
+    return raw.rstrip(b" \0").decode("cp437") or None
+
+
+def _serial(ebpb: Any) -> str | None:
+    """The volume id as Windows and blkid print it, ``ABCD-1234``."""
+    if ebpb.BS_BootSig not in (BOOT_SIGNATURE, OLD_BOOT_SIGNATURE):
+        return None
+    serial = int(ebpb.BS_VolID)
+    return f"{serial >> 16:04X}-{serial & 0xFFFF:04X}"
