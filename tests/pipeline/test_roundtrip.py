@@ -228,3 +228,25 @@ def test_restore_onto_larger_disk_moves_gpt_backup(demo: BuiltDisk, tmp_path: Pa
     assert big["id"] == small["id"]
     assert int(big["lastlba"]) == (demo.size + 64 * MiB) // 512 - 34
     check_partitions(target, demo, tmp_path, trees=False)
+
+
+def test_damaged_filesystem_is_imaged_raw_with_a_warning(demo: BuiltDisk, tmp_path: Path) -> None:
+    from blockvault.pipeline.events import Event, Warned
+
+    source = tmp_path / "damaged.img"
+    sh("cp", "--sparse=always", demo.path, source)
+    root = next(p for p in demo.partitions if p.fs == "ext4")
+    with open(source, "r+b") as f:  # s_blocks_count_lo: claim 4x the blocks the partition has
+        f.seek(root.offset + 1024 + 4)
+        count = int.from_bytes(f.read(4), "little")
+        f.seek(root.offset + 1024 + 4)
+        f.write((count * 4).to_bytes(4, "little"))
+    events: list[Event] = []
+    repo = Repository.init(str(tmp_path / "repo"))
+    snap = backup(repo, str(source), reporter=events.append)
+    warnings = [e.message for e in events if isinstance(e, Warned)]
+    assert any("partition 2" in w and "raw" in w for w in warnings), warnings
+    assert snap.partition(2) is not None and snap.partition(2).filesystem == "raw"  # type: ignore[union-attr]
+    restored = tmp_path / "restored.img"
+    restore(repo, snap, str(restored))
+    assert same_bytes(source, restored)

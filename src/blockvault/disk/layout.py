@@ -6,15 +6,15 @@ partition table is one partition, number 1, spanning the whole disk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from blockvault.disk.device import Device, Reader, Region
 from blockvault.disk.fs import FilesystemInfo
-from blockvault.disk.fs.probe import probe
+from blockvault.disk.fs.probe import probe, raw
 from blockvault.disk.table import Partition, PartitionTable
 from blockvault.disk.table.gpt import detect_sector_size
 from blockvault.disk.table.probe import read_table
-from blockvault.errors import PartitionTableError, SourceError
+from blockvault.errors import FilesystemError, PartitionTableError, SourceError
 from blockvault.extents import ExtentMap
 
 __all__ = ["DiskLayout", "PartitionLayout", "read_layout"]
@@ -83,8 +83,8 @@ def read_layout(device: Device) -> DiskLayout:
         info = probe_partition(device, part)
         if info.type == "raw":
             warnings.append(
-                f"partition {part.number}: {info.note or 'unknown content'}; "
-                "imaged raw (all-zero chunks skipped)"
+                f"partition {part.number}: {info.note or 'unknown content, imaged raw'} "
+                "(all-zero chunks skipped)"
             )
         layouts.append(PartitionLayout(part, info))
     covered = ExtentMap((p.start, p.size) for p in parts)
@@ -95,12 +95,12 @@ def read_layout(device: Device) -> DiskLayout:
 
 
 def probe_partition(reader: Reader, part: Partition) -> FilesystemInfo:
-    """The filesystem of one partition, its used map clipped to the partition."""
-    info = probe(Region(reader, part.start, part.size))
-    used = info.used.clip(0, part.size)
-    if used != info.used:
-        info = replace(info, used=used, note="filesystem is larger than its partition")
-    return info
+    """The filesystem of one partition; a damaged one is imaged raw (the caller warns)."""
+    region = Region(reader, part.start, part.size)
+    try:
+        return probe(region)
+    except FilesystemError as exc:
+        return raw(region, note=f"{exc}; imaged raw")
 
 
 def raise_truncated(device: Device, part: Partition) -> None:

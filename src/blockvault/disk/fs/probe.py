@@ -4,8 +4,8 @@ The modules are tried in a fixed order, each ``detect`` looking only at its
 own signature: ext (magic at byte 1024+56), NTFS (OEM id "NTFS    "), FAT (a
 sane BPB that is not NTFS or exFAT), swap (magic at the end of the first page).
 A signature that matches but leads to inconsistent structures raises
-``FilesystemError`` rather than falling back to raw: silently imaging a damaged
-filesystem in full would hide the damage.
+``FilesystemError`` rather than falling back to raw here: the caller decides (the
+layout images such a partition raw and warns with the reason, never silently).
 """
 
 from __future__ import annotations
