@@ -107,7 +107,8 @@ def test_second_backup_adds_almost_nothing(demo: BuiltDisk, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
-    ("table", "sector_size"), [("gpt", 512), ("gpt", 4096), ("mbr", 512), ("none", 512)]
+    ("table", "sector_size"),
+    [("gpt", 512), ("gpt", 4096), ("mbr", 512), ("mbr", 4096), ("none", 512)],
 )
 def test_tables_round_trip(table: str, sector_size: int, tmp_path: Path) -> None:
     content = tmp_path / "content"
@@ -150,7 +151,7 @@ def test_tables_round_trip(table: str, sector_size: int, tmp_path: Path) -> None
     restored = tmp_path / "restored.img"
     restore(repo, snap, str(restored))
     assert same_bytes(disk.path, restored)
-    if table != "none":
+    if table != "none" and sector_size == 512:  # this sfdisk reads image files as 512 only
         assert sfdisk_json(restored) == sfdisk_json(disk.path)
     check_partitions(restored, disk, tmp_path)
 

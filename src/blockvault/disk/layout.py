@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from blockvault.disk.device import Device, Reader, Region
 from blockvault.disk.fs import FilesystemInfo
-from blockvault.disk.fs.probe import probe, raw
-from blockvault.disk.table import Partition, PartitionTable
-from blockvault.disk.table.gpt import detect_sector_size
+from blockvault.disk.fs.probe import known, probe, raw
+from blockvault.disk.table import Partition, PartitionTable, mbr
+from blockvault.disk.table.gpt import SECTOR_SIZES, detect_sector_size
 from blockvault.disk.table.probe import read_table
 from blockvault.errors import FilesystemError, PartitionTableError, SourceError
 from blockvault.extents import ExtentMap
@@ -53,10 +53,25 @@ class DiskLayout:
 
 
 def sector_size_of(device: Device) -> int:
-    """The logical sector size the disk's table is written in."""
+    """The logical sector size the disk's table is written in.
+
+    A block device says; an image file does not. A GPT header tells by where it lies;
+    an MBR does not, so each size is tried and the one under which more partitions
+    start with a known filesystem wins (512 on a tie).
+    """
     if device.is_block:
         return device.logical_sector_size
-    return detect_sector_size(device) or 512
+    gpt_size = detect_sector_size(device)
+    if gpt_size:
+        return gpt_size
+    scores = {}
+    for size in SECTOR_SIZES:
+        table = mbr.parse(device, size)
+        parts = table.data_partitions if table else ()
+        scores[size] = sum(
+            1 for p in parts if p.end <= device.size and known(Region(device, p.start, p.size))
+        )
+    return max(SECTOR_SIZES, key=lambda size: (scores[size], -size))
 
 
 def read_layout(device: Device) -> DiskLayout:

@@ -16,7 +16,7 @@ from blockvault.disk.device import Reader
 from blockvault.disk.fs import FilesystemInfo, ext, fat, ntfs, swap
 from blockvault.extents import ExtentMap
 
-__all__ = ["RAW_BLOCK_SIZE", "probe", "raw"]
+__all__ = ["RAW_BLOCK_SIZE", "known", "probe", "raw"]
 
 RAW_BLOCK_SIZE = 512
 
@@ -45,3 +45,8 @@ def probe(reader: Reader) -> FilesystemInfo:
         if detect(reader):
             return read(reader)
     return raw(reader)
+
+
+def known(reader: Reader) -> bool:
+    """True when ``reader`` starts with a filesystem signature we can read (cheap)."""
+    return any(detect(reader) for detect, _ in _MODULES)
