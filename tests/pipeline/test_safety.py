@@ -298,3 +298,23 @@ def test_disks_lists_loop_devices(small_disk: BuiltDisk, loop: Callable[..., str
     ]
     human = run("disks")
     assert human.returncode == 0 and dev in human.stdout
+
+
+@needs_root
+def test_backup_of_a_mounted_read_write_filesystem_warns(
+    small_disk: BuiltDisk,
+    repo: Path,
+    tmp_path: Path,
+    loop: Callable[..., str],
+    mounted: Callable[..., Path],
+) -> None:
+    image = tmp_path / "live.img"
+    sh("cp", "--sparse=always", small_disk.path, image)
+    root = small_disk.partitions[1]
+    mounted(loop(image, offset=root.offset, size=root.size), tmp_path / "mnt")
+    proc = run("-r", repo, "backup", image)
+    assert proc.returncode == 0, proc.stderr
+    assert "mounted read-write" in proc.stderr and "inconsistent" in proc.stderr
+    sh("mount", "-o", "remount,ro", tmp_path / "mnt")
+    quiet = run("-r", repo, "backup", image)
+    assert quiet.returncode == 0 and "read-write" not in quiet.stderr
