@@ -131,6 +131,7 @@ def test_tables_round_trip(table: str, sector_size: int, tmp_path: Path) -> None
                 "fat32" if sector_size == 512 else "fat16", 64 * MiB, "ESP", content, "uefi"
             ),
             PartitionSpec("ext4", 48 * MiB, "root", content),
+            PartitionSpec("raw", 1 * MiB, type="bios"),
             PartitionSpec("raw", 8 * MiB),
             PartitionSpec("fat12", 4 * MiB, "SMALL"),
         ]

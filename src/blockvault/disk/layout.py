@@ -19,6 +19,9 @@ from blockvault.extents import ExtentMap
 
 __all__ = ["DiskLayout", "PartitionLayout", "read_layout"]
 
+BIOS_BOOT_GUID = "21686148-6449-6e6f-744e-656564454649"  # GRUB's core image on GPT disks
+BIOS_BOOT_NOTE = "BIOS boot partition (boot loader code), imaged raw"
+
 
 @dataclass(frozen=True)
 class PartitionLayout:
@@ -96,7 +99,7 @@ def read_layout(device: Device) -> DiskLayout:
     layouts = []
     for part in parts:
         info = probe_partition(device, part)
-        if info.type == "raw":
+        if info.type == "raw" and info.note != BIOS_BOOT_NOTE:  # boot code is expected raw
             warnings.append(
                 f"partition {part.number}: {info.note or 'unknown content, imaged raw'} "
                 "(all-zero chunks skipped)"
@@ -112,6 +115,8 @@ def read_layout(device: Device) -> DiskLayout:
 def probe_partition(reader: Reader, part: Partition) -> FilesystemInfo:
     """The filesystem of one partition; a damaged one is imaged raw (the caller warns)."""
     region = Region(reader, part.start, part.size)
+    if part.type == BIOS_BOOT_GUID:
+        return raw(region, note=BIOS_BOOT_NOTE)
     try:
         return probe(region)
     except FilesystemError as exc:
