@@ -6,7 +6,20 @@ import abc
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["Backend", "Capabilities"]
+from blockvault.errors import ObjectNotFound, StorageError
+
+__all__ = ["Backend", "Capabilities", "check_name"]
+
+
+def check_name(name: str, location: str) -> str:
+    """``name`` if it is a relative slash path that stays inside the location.
+
+    Backends that are not a directory (S3 keys) check it too, so that every backend
+    accepts and refuses the same names.
+    """
+    if not name or name.startswith("/") or ".." in name.split("/"):
+        raise StorageError(f"invalid object name {name!r}", location=location)
+    return name
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,24 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def create(self) -> None:
         """Prepare an empty location; ``RepositoryExists``-style checks are the caller's."""
+
+    def modified(self, name: str) -> float:
+        """When ``name`` was last written, in Unix seconds by the *storage's* clock
+        (garbage collection compares these times with each other, never with a
+        client's clock); ``ObjectNotFound`` when it does not exist. Backends that
+        cannot tell raise ``StorageError``: backups still work, ``gc`` refuses."""
+        raise StorageError(
+            "this storage cannot tell when objects were written", location=self.location
+        )
+
+    def list_modified(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        """``(name, modified)`` for the names under ``prefix``; objects deleted while
+        listing are left out. Override it where one listing returns the times."""
+        for name in self.list(prefix):
+            try:
+                yield name, self.modified(name)
+            except ObjectNotFound:
+                continue
 
     def is_empty(self) -> bool:
         return next(iter(self.list()), None) is None

@@ -71,6 +71,30 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             raise ObjectNotFound(name=name, location=self.location) from None
 
+    def modified(self, name: str) -> float:
+        try:
+            return self._path(name).stat().st_mtime
+        except FileNotFoundError:
+            raise ObjectNotFound(name=name, location=self.location) from None
+
+    def list_modified(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        folder = prefix.rpartition("/")[0]
+        base = self.root / folder if folder else self.root
+        for dirpath, dirnames, _ in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            with os.scandir(dirpath) as entries:
+                for entry in entries:
+                    if entry.name.startswith(".tmp-") or not entry.is_file(follow_symlinks=False):
+                        continue
+                    name = entry.name if rel == "." else f"{rel}/{entry.name}"
+                    if not name.startswith(prefix):
+                        continue
+                    try:
+                        yield name, entry.stat(follow_symlinks=False).st_mtime
+                    except FileNotFoundError:
+                        continue
+
     def list(self, prefix: str = "") -> Iterator[str]:
         folder = prefix.rpartition("/")[0]
         base = self.root / folder if folder else self.root

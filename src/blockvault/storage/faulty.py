@@ -1,0 +1,90 @@
+"""Fault injection: a backend wrapper that fails chosen operations on purpose.
+
+Tests put it under ``RetryingBackend`` to check that transient failures are retried
+and that permanent ones surface as one clear error. Nothing in the product uses it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from blockvault.errors import StorageError, TransientStorageError
+from blockvault.storage.backend import Backend
+
+__all__ = ["FaultyBackend"]
+
+
+class FaultyBackend(Backend):
+    """``inner``, except that every ``every``-th call of an operation in ``operations``
+    fails (before touching ``inner``) with a transient error, or with a permanent one
+    when ``transient`` is false. ``every=1`` fails them all."""
+
+    def __init__(
+        self,
+        inner: Backend,
+        *,
+        every: int = 2,
+        operations: frozenset[str] = frozenset({"write"}),
+        transient: bool = True,
+    ) -> None:
+        self.inner = inner
+        self.location = inner.location
+        self.capabilities = inner.capabilities
+        self.every = every
+        self.operations = operations
+        self.transient = transient
+        self.calls = 0
+        self.failures = 0
+        self._lock = threading.Lock()
+
+    def _maybe_fail(self, operation: str, name: str) -> None:
+        if operation not in self.operations:
+            return
+        with self._lock:
+            self.calls += 1
+            fail = self.calls % self.every == 0
+            if fail:
+                self.failures += 1
+        if fail:
+            cls = TransientStorageError if self.transient else StorageError
+            raise cls(f"{operation} {name}: injected fault", location=self.location)
+
+    def read(self, name: str) -> bytes:
+        self._maybe_fail("read", name)
+        return self.inner.read(name)
+
+    def write(self, name: str, data: bytes | memoryview) -> None:
+        self._maybe_fail("write", name)
+        self.inner.write(name, data)
+
+    def exists(self, name: str) -> bool:
+        self._maybe_fail("exists", name)
+        return self.inner.exists(name)
+
+    def size(self, name: str) -> int:
+        self._maybe_fail("size", name)
+        return self.inner.size(name)
+
+    def modified(self, name: str) -> float:
+        self._maybe_fail("modified", name)
+        return self.inner.modified(name)
+
+    def list_modified(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        self._maybe_fail("list", prefix)
+        return self.inner.list_modified(prefix)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        self._maybe_fail("list", prefix)
+        return self.inner.list(prefix)
+
+    def delete(self, name: str) -> None:
+        self._maybe_fail("delete", name)
+        self.inner.delete(name)
+
+    def create(self) -> None:
+        self._maybe_fail("create", "")
+        self.inner.create()
+
+    def close(self) -> None:
+        self.inner.close()
