@@ -1,8 +1,9 @@
 """Repository format v1: every magic, header and layout. Mirrors docs/FORMAT.md.
 
 All integers are little-endian. Object ids are BLAKE3-256 of the object's
-plaintext, written as 64 lower-case hex digits. Change nothing here without
-changing docs/FORMAT.md and bumping ``VERSION``.
+plaintext (keyed with the repository's id key when it is encrypted), written as
+64 lower-case hex digits. Change nothing here without changing docs/FORMAT.md
+and bumping ``VERSION``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ __all__ = [
     "CONFIG_NAME",
     "DEFAULT_CHUNK_SIZE",
     "ENVELOPE",
+    "GCM_NONCE",
+    "GCM_TAG",
     "HOLE",
     "INDEX_EXTENT",
     "INDEX_HEADER",
@@ -26,9 +29,11 @@ __all__ = [
     "SNAPSHOT_MAGIC",
     "VERSION",
     "Compression",
+    "Encryption",
     "EnvelopeHeader",
     "chunk_name",
     "index_name",
+    "key_name",
     "snapshot_name",
 ]
 
@@ -43,6 +48,9 @@ HOLE: Final = bytes(ID_BYTES)  # an index entry of all zeros: no object, read as
 DATA_DIR: Final = "data"
 INDEX_DIR: Final = "indexes"
 SNAPSHOT_DIR: Final = "snapshots"
+KEY_DIR: Final = "keys"  # wrapped master keys of an encrypted repository (JSON, no envelope)
+SESSION_DIR: Final = "sessions"  # markers of running backups (JSON, no envelope)
+GC_DIR: Final = "gc"  # markers of running garbage collections (JSON, no envelope)
 
 
 def chunk_name(chunk_id: str) -> str:
@@ -57,6 +65,10 @@ def snapshot_name(snapshot_id: str) -> str:
     return f"{SNAPSHOT_DIR}/{snapshot_id}"
 
 
+def key_name(key_id: str) -> str:
+    return f"{KEY_DIR}/{key_id}"
+
+
 # --- Envelope: the 16-byte header in front of every stored object ------------------
 CHUNK_MAGIC: Final = b"BVCK"  # a chunk of disk data
 INDEX_MAGIC: Final = b"BVIX"  # a snapshot's index (binary, below)
@@ -67,16 +79,29 @@ ENVELOPE: Final = struct.Struct(
     "4s"  # magic        one of the *_MAGIC values
     "B"  # version       VERSION
     "B"  # compression   Compression
-    "B"  # encryption    0 = none (v1 knows no other)
+    "B"  # encryption    Encryption
     "x"  # reserved      0
     "Q"  # length        plaintext length in bytes
 )
 assert ENVELOPE.size == 16
+ENVELOPE_RESERVED: Final = 7  # offset of the reserved byte; readers require 0
 
 
 class Compression:
     NONE: Final = 0  # payload is the plaintext
     ZSTD: Final = 1  # payload is one zstd frame
+
+
+class Encryption:
+    NONE: Final = 0  # payload as Compression says
+    # payload = nonce (GCM_NONCE bytes) + AES-256-GCM ciphertext of the (compressed)
+    # payload + tag (GCM_TAG bytes); associated data = the 16 header bytes + the
+    # object's 32-byte id, so a header edit or a swapped object fails authentication.
+    AES_256_GCM: Final = 1
+
+
+GCM_NONCE: Final = 12  # random per object
+GCM_TAG: Final = 16
 
 
 @dataclass(frozen=True)

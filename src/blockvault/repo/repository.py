@@ -1,7 +1,10 @@
 """The repository: content-addressed chunks, indexes and snapshot manifests.
 
 Invariants:
-  * An object's name is the BLAKE3 of its plaintext; every read re-checks it.
+  * An object's name is the BLAKE3 of its plaintext (keyed when the repository is
+    encrypted); every read re-checks it.
+  * An encrypted repository seals every chunk, index and manifest; its config
+    (plain JSON) and its wrapped keys are the only objects stored unsealed.
   * A backup writes chunks, then the index, then the manifest. A snapshot exists
     once its manifest does, so a killed backup leaves only unreferenced chunks,
     which a rerun reuses.
@@ -13,27 +16,39 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Final
 
 from blockvault.errors import (
     AmbiguousSnapshot,
     ChunkCorrupt,
     ChunkMissing,
+    IntegrityError,
+    KeyFileInvalid,
+    KeyMissing,
     ObjectCorrupt,
     ObjectNotFound,
+    PassphraseRequired,
     RepositoryError,
     RepositoryExists,
     RepositoryNotFound,
     SnapshotNotFound,
     UsageError,
+    WrongPassphrase,
 )
 from blockvault.repo import format as fmt
+from blockvault.repo.crypto import MasterKey, Sealer
 from blockvault.repo.index import Index
+from blockvault.repo.keys import KeyFile, ScryptParams, unwrap, wrap
 from blockvault.repo.manifest import Snapshot
-from blockvault.repo.objects import Codec, DecodeError, object_id
+from blockvault.repo.objects import Codec, DecodeError
 from blockvault.storage import Backend, open_backend
 
-__all__ = ["Repository", "RepositoryConfig", "parse_compression"]
+__all__ = ["ENCRYPTIONS", "Passphrase", "Repository", "RepositoryConfig", "parse_compression"]
+
+ENCRYPTIONS: Final = ("none", "repokey")  # repokey: the wrapped key lives in keys/
+Passphrase = str | Callable[[], str]  # a callable is asked only if the repository needs it
 
 
 def parse_compression(spec: str) -> int:
@@ -56,18 +71,23 @@ class RepositoryConfig:
     id: str
     chunk_size: int
     compression: str
+    encryption: str = "none"  # one of ENCRYPTIONS
+
+    @property
+    def encrypted(self) -> bool:
+        return self.encryption != "none"
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "format": fmt.REPOSITORY_FORMAT,
-                "version": fmt.VERSION,
-                "id": self.id,
-                "chunk_size": self.chunk_size,
-                "compression": self.compression,
-            },
-            indent=1,
-        ).encode()
+        document: dict[str, object] = {
+            "format": fmt.REPOSITORY_FORMAT,
+            "version": fmt.VERSION,
+            "id": self.id,
+            "chunk_size": self.chunk_size,
+            "compression": self.compression,
+        }
+        if self.encrypted:  # unencrypted configs stay exactly as before encryption existed
+            document["encryption"] = self.encryption
+        return json.dumps(document, indent=1).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> RepositoryConfig:
@@ -76,15 +96,29 @@ class RepositoryConfig:
             raise ValueError("not a blockvault repository")
         if data.get("version") != fmt.VERSION:
             raise ValueError(f"format version {data.get('version')} is not supported")
-        return cls(data["id"], int(data["chunk_size"]), str(data["compression"]))
+        encryption = str(data.get("encryption", "none"))
+        if encryption not in ENCRYPTIONS:
+            raise ValueError(f"encryption {encryption!r} is not supported")
+        return cls(data["id"], int(data["chunk_size"]), str(data["compression"]), encryption)
 
 
 class Repository:
-    def __init__(self, backend: Backend, config: RepositoryConfig) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        config: RepositoryConfig,
+        master: MasterKey | None = None,
+        key_id: str | None = None,
+    ) -> None:
+        if config.encrypted != (master is not None):
+            raise ValueError("an encrypted repository needs its master key, a plain one none")
         self.backend = backend
         self.config = config
         self.location = backend.location
-        self.codec = Codec(parse_compression(config.compression))
+        self._master = master
+        self._sealer = Sealer(master) if master is not None else None
+        self.key_id = key_id  # the key object this session opened, if encrypted
+        self.codec = Codec(parse_compression(config.compression), self._sealer)
         self._known: set[str] | None = None
         self._lock = threading.Lock()
 
@@ -96,39 +130,171 @@ class Repository:
         *,
         chunk_size: int = fmt.DEFAULT_CHUNK_SIZE,
         compression: str = "zstd:3",
+        encryption: str = "none",
+        passphrase: Passphrase | None = None,
+        kdf: ScryptParams | None = None,
     ) -> Repository:
+        """A new, empty repository; ``repokey`` encryption needs a passphrase.
+
+        With encryption the key object is written before the config, so a killed
+        init never leaves an encrypted repository without its key.
+        """
         parse_compression(compression)
         if chunk_size < 4096 or chunk_size & (chunk_size - 1) or chunk_size > 64 << 20:
             raise UsageError(f"chunk size {chunk_size}: use a power of two from 4 KiB to 64 MiB")
+        if encryption not in ENCRYPTIONS:
+            raise UsageError(f"encryption {encryption!r}: use {' or '.join(ENCRYPTIONS)}")
+        secret = _ask(passphrase, location) if encryption != "none" else None
+        if secret == "":
+            raise UsageError("the passphrase is empty; an encrypted repository needs one")
         backend = open_backend(location)
         backend.create()
         if not backend.is_empty():
             raise RepositoryExists(repo=location)
-        config = RepositoryConfig(uuid.uuid4().hex, chunk_size, compression)
+        config = RepositoryConfig(uuid.uuid4().hex, chunk_size, compression, encryption)
+        master = key_id = None
+        if secret is not None:
+            master = MasterKey.generate()
+            key = wrap(master, secret, config.id, kdf)
+            key_id = key.id
+            backend.write(fmt.key_name(key_id), key.to_json())
         backend.write(fmt.CONFIG_NAME, config.to_json())
-        repo = cls(backend, config)
+        repo = cls(backend, config, master, key_id)
         repo._known = set()
         return repo
 
     @classmethod
-    def open(cls, location: str) -> Repository:
+    def open(cls, location: str, *, passphrase: Passphrase | None = None) -> Repository:
+        """Open an existing repository; the passphrase is used (and asked) only if it is
+        encrypted. Raises ``PassphraseRequired``, ``WrongPassphrase`` or ``KeyMissing``."""
         backend = open_backend(location)
-        try:
-            raw = backend.read(fmt.CONFIG_NAME)
-        except ObjectNotFound:
-            raise RepositoryNotFound(repo=location) from None
-        try:
-            config = RepositoryConfig.from_json(raw)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RepositoryError(f"config is unreadable: {exc}", repo=location) from None
-        return cls(backend, config)
+        config = _read_config(backend, location)
+        key_names = list(backend.list(fmt.KEY_DIR + "/"))
+        if not config.encrypted:
+            if key_names:
+                # someone may have rewritten the config to make us write plaintext
+                raise RepositoryError(
+                    "the config says unencrypted but the repository holds keys; "
+                    "refusing to use it (was the config edited?)",
+                    repo=location,
+                )
+            return cls(backend, config)
+        if not key_names:
+            raise KeyMissing(repo=location)
+        secret = _ask(passphrase, location)
+        keys: list[KeyFile] = []
+        for name in sorted(key_names):
+            try:
+                keys.append(KeyFile.from_json(backend.read(name)))
+            except (ValueError, ObjectNotFound):
+                continue  # a damaged or vanished key object: the others may still open
+        if not keys:
+            raise ObjectCorrupt(
+                "no key object can be parsed", kind="key", name=fmt.KEY_DIR, repo=location
+            )
+        for key in keys:
+            if key.repository != config.id:
+                continue
+            master = unwrap(key, secret)
+            if master is not None:
+                return cls(backend, config, master, key.id)
+        raise WrongPassphrase(what=f"any key of repository {location}", repo=location)
 
     def with_compression(self, compression: str) -> Repository:
         """The same repository writing new chunks at another compression setting."""
-        clone = Repository(self.backend, self.config)
-        clone.codec = Codec(parse_compression(compression))
+        clone = Repository(self.backend, self.config, self._master, self.key_id)
+        clone.codec = Codec(parse_compression(compression), self._sealer)
         clone._known, clone._lock = self._known, self._lock
         return clone
+
+    # --- ids and keys --------------------------------------------------------------
+    @property
+    def encrypted(self) -> bool:
+        return self.config.encrypted
+
+    def chunk_id(self, plaintext: bytes | bytearray | memoryview) -> bytes:
+        """The 32-byte id of a chunk: BLAKE3, keyed with the id key when encrypted."""
+        return self.codec.id_of(plaintext)
+
+    def _object_id(self, plaintext: bytes) -> str:
+        return self.codec.id_of(plaintext).hex()
+
+    def _need_key(self) -> tuple[MasterKey, str]:
+        if self._master is None or self.key_id is None:
+            raise UsageError(f"repository {self.location} is not encrypted: it has no key")
+        return self._master, self.key_id
+
+    def export_key(self) -> bytes:
+        """The key file this session opened the repository with, as stored."""
+        _, key_id = self._need_key()
+        try:
+            return self.backend.read(fmt.key_name(key_id))
+        except ObjectNotFound:
+            raise KeyMissing(repo=self.location) from None
+
+    def change_passphrase(self, passphrase: str, kdf: ScryptParams | None = None) -> str:
+        """Re-wrap the master key for ``passphrase``: write the new key object, then
+        delete the one this session opened (a crash in between leaves both, each
+        opening with its own passphrase). Returns the new key id."""
+        master, old = self._need_key()
+        if not passphrase:
+            raise UsageError("the new passphrase is empty")
+        key = wrap(master, passphrase, self.config.id, kdf)
+        self.backend.write(fmt.key_name(key.id), key.to_json())
+        self.key_id = key.id
+        self.backend.delete(fmt.key_name(old))
+        return key.id
+
+    @classmethod
+    def import_key(
+        cls, location: str, key_file: bytes, passphrase: Passphrase, *, origin: str = "key file"
+    ) -> str:
+        """Store an exported key file in the repository (for instance after ``keys/``
+        was lost). The key must belong to this repository, open with ``passphrase``
+        and decrypt the repository's objects. Returns its key id."""
+        backend = open_backend(location)
+        config = _read_config(backend, location)
+        if not config.encrypted:
+            raise UsageError(f"repository {location} is not encrypted; it takes no key")
+        try:
+            key = KeyFile.from_json(key_file)
+        except ValueError as exc:
+            raise KeyFileInvalid(str(exc), path=origin) from None
+        if key.repository != config.id:
+            raise KeyFileInvalid(
+                f"it belongs to repository {key.repository}, not to {location} ({config.id})",
+                path=origin,
+            )
+        master = unwrap(key, _ask(passphrase, location))
+        if master is None:
+            raise WrongPassphrase(what=f"key file {origin}", repo=location)
+        repo = cls(backend, config, master, key.id)
+        if not repo._key_opens_objects():
+            raise KeyFileInvalid(
+                f"it does not decrypt the objects of {location}; nothing was imported",
+                path=origin,
+            )
+        backend.write(fmt.key_name(key.id), key.to_json())
+        return key.id
+
+    def _key_opens_objects(self) -> bool:
+        """Whether one of the first few manifests (else chunks) decrypts; True if empty."""
+        probes: tuple[tuple[str, Callable[[str], object]], ...] = (
+            (fmt.SNAPSHOT_DIR, self.load_snapshot),
+            (fmt.DATA_DIR, self.get_chunk),
+        )
+        for folder, load in probes:
+            names = sorted(self.backend.list(folder + "/"))[:8]
+            if not names:
+                continue
+            for name in names:
+                try:
+                    load(name.rsplit("/", 1)[1])
+                    return True
+                except IntegrityError:
+                    continue
+            return False
+        return True
 
     # --- chunks ------------------------------------------------------------------
     def _known_chunks(self) -> set[str]:
@@ -146,14 +312,14 @@ class Repository:
         self, plaintext: bytes | bytearray | memoryview, chunk_id: str | None = None
     ) -> int:
         """Store a chunk unless present; returns the bytes written (0 when deduplicated)."""
-        chunk_id = chunk_id or object_id(plaintext)
+        chunk_id = chunk_id or self.chunk_id(plaintext).hex()
         known = self._known_chunks()
         with self._lock:
             if chunk_id in known:
                 return 0
             known.add(chunk_id)  # claim it so that concurrent writers skip it
         try:
-            data = self.codec.encode(fmt.CHUNK_MAGIC, plaintext)
+            data = self.codec.encode(fmt.CHUNK_MAGIC, plaintext, chunk_id)
             self.backend.write(fmt.chunk_name(chunk_id), data)
         except BaseException:
             with self._lock:
@@ -182,15 +348,16 @@ class Repository:
     def write_snapshot(self, snapshot: Snapshot, index: Index) -> Snapshot:
         """Write the index, then the manifest (the commit point); returns it with its id."""
         index_plain = index.to_bytes()
-        index_id = object_id(index_plain)
+        index_id = self._object_id(index_plain)
         self.backend.write(
-            fmt.index_name(index_id), self.codec.encode(fmt.INDEX_MAGIC, index_plain)
+            fmt.index_name(index_id), self.codec.encode(fmt.INDEX_MAGIC, index_plain, index_id)
         )
         snapshot = replace(snapshot, index=index_id)
         manifest = snapshot.to_json()
-        snapshot_id = object_id(manifest)
+        snapshot_id = self._object_id(manifest)
         self.backend.write(
-            fmt.snapshot_name(snapshot_id), self.codec.encode(fmt.SNAPSHOT_MAGIC, manifest)
+            fmt.snapshot_name(snapshot_id),
+            self.codec.encode(fmt.SNAPSHOT_MAGIC, manifest, snapshot_id),
         )
         return replace(snapshot, id=snapshot_id)
 
@@ -248,3 +415,35 @@ class Repository:
     def stored_size(self, chunk_ids: set[str]) -> int:
         """Bytes the given chunks take in storage."""
         return sum(self.backend.size(fmt.chunk_name(c)) for c in chunk_ids)
+
+    # --- listing and removal (prune, gc, check) -------------------------------------
+    def stored_chunk_ids(self) -> set[str]:
+        """The ids of every chunk in storage now (one fresh listing, no cache)."""
+        return {name.rsplit("/", 1)[1] for name in self.backend.list(fmt.DATA_DIR + "/")}
+
+    def forget_known_chunks(self) -> None:
+        """Drop the deduplication cache, so that the next backup lists storage afresh
+        (after its session marker exists: see docs/FORMAT.md on concurrency)."""
+        with self._lock:
+            self._known = None
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Remove a manifest (the snapshot is gone; ``gc`` frees what only it used)."""
+        self.backend.delete(fmt.snapshot_name(snapshot_id))
+
+
+def _read_config(backend: Backend, location: str) -> RepositoryConfig:
+    try:
+        raw = backend.read(fmt.CONFIG_NAME)
+    except ObjectNotFound:
+        raise RepositoryNotFound(repo=location) from None
+    try:
+        return RepositoryConfig.from_json(raw)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RepositoryError(f"config is unreadable: {exc}", repo=location) from None
+
+
+def _ask(passphrase: Passphrase | None, location: str) -> str:
+    if passphrase is None:
+        raise PassphraseRequired(repo=location)
+    return passphrase() if callable(passphrase) else passphrase

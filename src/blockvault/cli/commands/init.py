@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, repo_location
+from blockvault.cli.commands import json_option, passphrase_source, repo_location
 from blockvault.repo import Repository
+from blockvault.repo.repository import ENCRYPTIONS
 
 
 def register(group: click.Group) -> None:
@@ -23,14 +24,39 @@ def register(group: click.Group) -> None:
         show_default=True,
         help="Default compression: zstd:LEVEL (1-22) or none.",
     )
+    @click.option(
+        "--encryption",
+        type=click.Choice(ENCRYPTIONS),
+        default="none",
+        show_default=True,
+        help="repokey: encrypt every object with AES-256-GCM under a random key kept in "
+        "the repository, wrapped by your passphrase.",
+    )
     @json_option
     @click.pass_context
-    def init(ctx: click.Context, chunk_size: str, compression: str, as_json: bool) -> None:
-        """Create a new, empty repository at REPO (a directory; created if missing)."""
+    def init(
+        ctx: click.Context, chunk_size: str, compression: str, encryption: str, as_json: bool
+    ) -> None:
+        """Create a new, empty repository at REPO (a directory; created if missing).
+
+        With --encryption repokey the passphrase comes from --password-file,
+        $BLOCKVAULT_PASSWORD, or is asked twice on the terminal."""
         location = repo_location(ctx)
-        repo = Repository.init(location, chunk_size=parse_size(chunk_size), compression=compression)
+        repo = Repository.init(
+            location,
+            chunk_size=parse_size(chunk_size),
+            compression=compression,
+            encryption=encryption,
+            passphrase=passphrase_source(ctx, confirm=True, prompt="New passphrase"),
+        )
         if as_json:
-            render.emit_json(repo.config)
+            render.emit_json({**repo.config.__dict__, "key": repo.key_id})
+        elif repo.encrypted:
+            click.echo(
+                f"created encrypted repository {repo.config.id[:12]} at {repo.location}; "
+                "without the passphrase nothing in it can be read: keep it safe, and a copy "
+                "of the key ('blockvault key export FILE')"
+            )
         else:
             click.echo(f"created repository {repo.config.id[:12]} at {repo.location}")
 
