@@ -11,22 +11,21 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-
-import blake3
 
 from blockvault.disk.device import Device, open_device
 from blockvault.disk.layout import DiskLayout, read_layout
 from blockvault.disk.table.gpt import backup_area
 from blockvault.disk.usage import mounts_using
-from blockvault.errors import UsageError
+from blockvault.errors import SourceError, UsageError
 from blockvault.extents import ExtentMap
 from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted, Warned
 from blockvault.pipeline.events import quiet as quiet_reporter
-from blockvault.pipeline.stages import is_zero, ordered_map, read_chunk
+from blockvault.pipeline.stages import is_zero, ordered_map, read_chunk, workers
 from blockvault.repo import Index, PartitionRecord, Region, Repository, Snapshot, Stats
 from blockvault.repo import format as fmt
+from blockvault.repo.sessions import COMMITTING, DEFAULT_TIMING, SWEEPING, Marker, Timing
 
 __all__ = ["backup", "boot_area_map", "plan_regions"]
 
@@ -116,8 +115,13 @@ def backup(
     partitions: Sequence[int] | None = None,
     tags: Sequence[str] = (),
     reporter: Reporter = quiet_reporter,
+    timing: Timing = DEFAULT_TIMING,
 ) -> Snapshot:
-    """Image ``source`` into ``repo``; returns the committed snapshot."""
+    """Image ``source`` into ``repo``; returns the committed snapshot.
+
+    A session marker is up from before the first chunk is looked up until the
+    manifest is written, so that ``gc`` spares what this backup stores (the
+    protocol is in docs/FORMAT.md, "Concurrency and garbage collection")."""
     started = time.monotonic()
     with open_device(source) as device:
         layout = read_layout(device)
@@ -132,11 +136,26 @@ def backup(
                     )
                 )
         regions = plan_regions(layout, partitions)
-        index, stats = _image(repo, device, regions, boot_area_map(layout), reporter)
-    snapshot = Snapshot(
+        with Marker(repo.backend, fmt.SESSION_DIR, "backup", timing=timing) as session:
+            repo.forget_known_chunks()  # list storage after our marker is up
+            index, stats = _image(repo, device, regions, boot_area_map(layout), reporter)
+            stats = replace(stats, seconds=round(time.monotonic() - started, 3))
+            snapshot = _manifest(repo, layout, partitions, tags, stats)
+            return _commit(repo, session, device, snapshot, index, reporter)
+
+
+def _manifest(
+    repo: Repository,
+    layout: DiskLayout,
+    partitions: Sequence[int] | None,
+    tags: Sequence[str],
+    stats: Stats,
+) -> Snapshot:
+    """The snapshot record of a backup (its index id is filled in at commit)."""
+    return Snapshot(
         time=datetime.now(UTC).isoformat(timespec="microseconds"),
         host=socket.gethostname(),
-        source=str(device.path),
+        source=layout.path,
         disk_size=layout.size,
         sector_size=layout.sector_size,
         table=layout.table_kind,
@@ -160,9 +179,53 @@ def backup(
         chunk_size=repo.config.chunk_size,
         compression=f"zstd:{repo.codec.level}" if repo.codec.level else "none",
         tags=tuple(tags),
-        stats=Stats(**{**stats.__dict__, "seconds": round(time.monotonic() - started, 3)}),
+        stats=stats,
     )
+
+
+def _commit(
+    repo: Repository,
+    session: Marker,
+    device: Device,
+    snapshot: Snapshot,
+    index: Index,
+    reporter: Reporter,
+) -> Snapshot:
+    """Write the index and the manifest, never while a gc sweeps, and only once every
+    chunk the index names is in storage (a gc that ran during the backup may have
+    removed a chunk it deduplicated against: those are read and stored again)."""
+    session.set_state(COMMITTING)
+    session.wait_for(fmt.GC_DIR, SWEEPING, session.timing.gc_grace, "a gc")
+    missing = index.chunk_ids() - repo.stored_chunk_ids()
+    if missing:
+        reporter(
+            Warned(
+                f"a gc removed {len(missing)} chunk(s) this backup had found in the "
+                "repository; they were read again from the source and stored"
+            )
+        )
+        _store_again(repo, device, index, missing)
+    session.check_alive()
     return repo.write_snapshot(snapshot, index)
+
+
+def _store_again(repo: Repository, device: Device, index: Index, missing: set[str]) -> None:
+    """Re-read the chunks in ``missing`` from the source and store them."""
+    repo.forget_known_chunks()
+    for region in index.regions:
+        for ref in region.chunks(index.chunk_size):
+            if ref.chunk_id not in missing:
+                continue
+            data = read_chunk(device, region.start, ref.offset, ref.length, ref.used)
+            if data is None or repo.chunk_id(data).hex() != ref.chunk_id:
+                raise SourceError(
+                    f"changed while it was backed up ({region.name} at byte "
+                    f"{region.start + ref.offset}), and a gc removed the stored copy; "
+                    "nothing was committed, run the backup again",
+                    path=str(device.path),
+                )
+            repo.put_chunk(data, ref.chunk_id)
+            missing.discard(ref.chunk_id)
 
 
 def _image(
@@ -183,7 +246,7 @@ def _image(
             used = task.refine | _nonzero_blocks(data, task.offset, task.used)
         if is_zero(data):
             return _Done(task, fmt.HOLE, used, 0, 0)
-        digest = blake3.blake3(data).digest()
+        digest = repo.chunk_id(data)
         stored = repo.put_chunk(data, digest.hex())
         return _Done(task, digest, used, stored, len(data) if stored else 0)
 
@@ -192,7 +255,8 @@ def _image(
     ids: list[list[bytes]] = [[] for _ in regions]
     used_maps: list[list[ExtentMap]] = [[] for _ in regions]
     read = chunks = holes = new_chunks = new_bytes = stored_bytes = 0
-    for done in ordered_map(store, _tasks(regions, chunk_size, keep)):
+    threads = workers(repo.backend.capabilities.parallel_io)
+    for done in ordered_map(store, _tasks(regions, chunk_size, keep), threads):
         ids[done.task.region].append(done.chunk_id)
         used_maps[done.task.region].append(done.used)
         read += done.task.used.total

@@ -16,7 +16,7 @@ from blockvault.errors import UsageError
 from blockvault.extents import ExtentMap
 from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.pipeline.events import quiet as quiet_reporter
-from blockvault.pipeline.stages import ordered_map, write_used, zero_fill
+from blockvault.pipeline.stages import ordered_map, workers, write_used, zero_fill
 from blockvault.pipeline.target import Confirm, OpenedTarget, open_target
 from blockvault.repo import ChunkRef, Index, Region, Repository, Snapshot
 from blockvault.repo import format as fmt
@@ -158,7 +158,7 @@ def _write(
     total = sum(r.used.total for r, _ in plan)
     reporter(TaskStarted("restore", total, str(device.path)))
     written = chunks = 0
-    for n in ordered_map(put, tasks()):
+    for n in ordered_map(put, tasks(), workers(repo.backend.capabilities.parallel_io)):
         written += n
         chunks += 1
         reporter(TaskAdvanced("restore", n))

@@ -28,8 +28,13 @@ ZEROS = bytes(64 * 1024 * 1024)
 READ_THROUGH_GAP = 256 * 1024  # read across unused gaps smaller than this: one big read wins
 
 
-def workers() -> int:
-    return max(2, (os.cpu_count() or 2) + 1)
+MAX_IO_THREADS = 8  # each thread may hold two chunks in flight: bounds memory
+
+
+def workers(parallel_io: int = 0) -> int:
+    """Threads for a pipeline: every core busy, and more when storage is remote
+    (``parallel_io`` from the backend's capabilities), since then threads mostly wait."""
+    return max(2, (os.cpu_count() or 2) + 1, min(parallel_io, MAX_IO_THREADS))
 
 
 def is_zero(data: bytes | bytearray | memoryview) -> bool:

@@ -12,7 +12,7 @@ from blockvault.disk.device import Device, open_device
 from blockvault.errors import IntegrityError, UsageError
 from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.pipeline.events import quiet as quiet_reporter
-from blockvault.pipeline.stages import is_zero, ordered_map, read_chunk
+from blockvault.pipeline.stages import is_zero, ordered_map, read_chunk, workers
 from blockvault.repo import ChunkRef, Region, Repository, Snapshot
 from blockvault.repo.index import Index
 
@@ -52,6 +52,23 @@ def _first_difference(a: bytes | bytearray, b: bytes | bytearray) -> int:
     return next((i for i in range(lo, hi) if a[i] != b[i]), hi)
 
 
+def _shared_damage(
+    indexes: list[tuple[Snapshot, Index]], bad: dict[str, str], known: list[Problem]
+) -> Iterator[Problem]:
+    """A bad chunk damages every snapshot and region that references it, not only the
+    one it was read for: one problem for each of those not reported yet."""
+    reported = {(p.snapshot, p.region) for p in known}
+    for snap, index in indexes:
+        for region in index.regions:
+            if not bad or (snap.id, region.name) in reported:
+                continue
+            for ref in region.chunks(index.chunk_size):
+                if ref.chunk_id in bad and ref.used:
+                    where = region.start + ref.offset
+                    yield Problem(snap.id, region.name, where, bad[ref.chunk_id])
+                    break
+
+
 def verify(
     repo: Repository,
     snapshots: Sequence[Snapshot],
@@ -77,6 +94,7 @@ def verify(
             except IntegrityError as exc:
                 problems.append(Problem(snap.id, "index", 0, str(exc)))
         seen: set[str] = set()
+        bad: dict[str, str] = {}  # chunk id -> what is wrong with it
 
         def tasks() -> Iterator[tuple[Snapshot, Region, ChunkRef, int]]:
             for snap, index in indexes:
@@ -96,6 +114,8 @@ def verify(
             try:
                 data = repo.get_chunk(ref.chunk_id) if ref.chunk_id else None
             except IntegrityError as exc:
+                if ref.chunk_id:
+                    bad[ref.chunk_id] = str(exc)
                 return ref.used.total, Problem(snap.id, region.name, where, str(exc))
             if source is None:
                 return ref.used.total, None
@@ -115,13 +135,14 @@ def verify(
         total = sum(task[2].used.total for task in work)
         reporter(TaskStarted("verify", total, ", ".join(s.id[:12] for s in snapshots)))
         chunks = covered = 0
-        for n, problem in ordered_map(check, work):
+        for n, problem in ordered_map(check, work, workers(repo.backend.capabilities.parallel_io)):
             chunks += 1
             covered += n
             if problem:
                 problems.append(problem)
             reporter(TaskAdvanced("verify", n))
         reporter(TaskFinished("verify"))
+        problems.extend(_shared_damage(indexes, bad, problems))
     finally:
         if source is not None:
             source.close()

@@ -1,0 +1,60 @@
+"""``blockvault gc``: delete the chunks and indexes no snapshot references."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import click
+
+from blockvault.cli import render
+from blockvault.cli.commands import json_option, open_repo
+from blockvault.repo.gc import collect_garbage
+from blockvault.repo.sessions import DEFAULT_TIMING
+
+
+def register(group: click.Group) -> None:
+    @group.command()
+    @click.option(
+        "--dry-run", "-n", is_flag=True, help="Count what would be deleted; delete nothing."
+    )
+    @click.option(
+        "--margin",
+        type=click.FloatRange(min=0),
+        default=DEFAULT_TIMING.margin,
+        show_default=True,
+        metavar="SECONDS",
+        help="Keep unreferenced objects written less than this long before the oldest "
+        "running backup started (or before now).",
+    )
+    @json_option
+    @click.pass_context
+    def gc(ctx: click.Context, dry_run: bool, margin: float, as_json: bool) -> None:
+        """Delete every chunk and index that no snapshot references, freeing the space
+        of pruned snapshots and of interrupted backups. Safe while backups run:
+        what a running backup may still reference is kept (see docs/FORMAT.md)."""
+        repo = open_repo(ctx)
+        result = collect_garbage(
+            repo, dry_run=dry_run, timing=replace(DEFAULT_TIMING, margin=margin)
+        )
+        if as_json:
+            render.emit_json(result)
+            return
+        verb = "would delete" if dry_run else "deleted"
+        click.echo(
+            f"{result.snapshots} snapshot(s) reference {result.referenced_chunks} chunks; "
+            f"{verb} {result.deleted_chunks} chunks ({render.size(result.deleted_bytes)}) and "
+            f"{result.deleted_indexes} indexes in {result.seconds:.1f}s"
+        )
+        if result.kept_young:
+            hosts = ", ".join(result.kept_by_session)
+            running = (
+                f" ({result.live_sessions} backup(s) running on {hosts})"
+                if result.live_sessions
+                else ""
+            )
+            click.echo(
+                f"kept {result.kept_young} unreferenced object(s) too new to delete{running}; "
+                "a later gc frees them"
+            )
+        if result.stale_sessions:
+            click.echo(f"removed {result.stale_sessions} marker(s) of backups that died")

@@ -1,0 +1,243 @@
+"""Markers that let backups and garbage collection share a repository without locks.
+
+Glossary (the protocol is written out in docs/FORMAT.md, "Concurrency and garbage
+collection"):
+  marker     a small JSON object ``sessions/ID`` (a backup) or ``gc/ID`` (a garbage
+             collection) saying "I am running". Its owner rewrites it every
+             ``heartbeat`` seconds, so the object's modification time, stamped by the
+             storage's clock, is its last sign of life.
+  start      when a backup session began, by the storage's clock: the modification
+             time of its marker's first write.
+  stale      a marker whose last heartbeat is older than its grace period; everyone
+             ignores it and ``gc`` removes it.
+  state      ``running`` or ``committing`` for a backup, ``sweeping`` for a gc. A backup
+             never commits while a gc sweeps, and a gc never sweeps while a backup
+             commits: each writes its state, then reads the other side's.
+
+Times are compared only with other times from the same storage clock, so clients'
+clocks never matter; ``margin`` absorbs steps of that clock and coarse timestamps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final, Self
+
+from blockvault.errors import ObjectNotFound, RepositoryBusy, SessionExpired, StorageError
+from blockvault.repo import format as fmt
+from blockvault.storage import Backend
+
+__all__ = ["DEFAULT_TIMING", "Marker", "MarkerInfo", "Timing", "read_markers"]
+
+RUNNING: Final = "running"
+COMMITTING: Final = "committing"
+SWEEPING: Final = "sweeping"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The protocol's clocks, in seconds. Tests shrink them; users rarely need to."""
+
+    heartbeat: float = 30.0  # a marker is rewritten this often
+    session_grace: float = 2 * 3600.0  # a backup marker silent this long is stale
+    gc_grace: float = 600.0  # a gc marker silent this long is stale
+    margin: float = 600.0  # gc keeps objects newer than (oldest live start - margin)
+    poll: float = 0.5  # a waiting side looks again this often
+    wait: float = 3600.0  # how long one side waits for the other before giving up
+
+
+DEFAULT_TIMING: Final = Timing()
+
+
+@dataclass(frozen=True)
+class MarkerInfo:
+    """A marker as another process reads it."""
+
+    name: str
+    kind: str  # "backup" or "gc"
+    host: str
+    pid: int
+    state: str
+    start: float  # storage clock
+    heartbeat: float  # storage clock: the object's modification time
+
+    def stale(self, now: float, grace: float) -> bool:
+        return now - self.heartbeat > grace
+
+
+def read_markers(backend: Backend, folder: str) -> list[MarkerInfo]:
+    """Every marker under ``folder`` (``fmt.SESSION_DIR`` or ``fmt.GC_DIR``); markers
+    that vanish while being read are left out, unreadable ones count as running."""
+    found = []
+    for name, modified in backend.list_modified(folder + "/"):
+        try:
+            data = json.loads(backend.read(name))
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+        except ObjectNotFound:
+            continue
+        except ValueError:
+            data = {}  # half-understood: assume it is alive, from its mtime
+        start = data.get("start")
+        found.append(
+            MarkerInfo(
+                name=name,
+                kind=str(data.get("kind", "")),
+                host=str(data.get("host", "")),
+                pid=int(data.get("pid", 0)),
+                state=str(data.get("state", RUNNING)),
+                start=float(start) if isinstance(start, int | float) else modified,
+                heartbeat=modified,
+            )
+        )
+    return found
+
+
+class Marker:
+    """This process's marker: written on entry, refreshed by a daemon thread, deleted
+    on exit. ``check_alive`` tells whether others may have given it up as stale."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        folder: str,
+        kind: str,
+        *,
+        timing: Timing = DEFAULT_TIMING,
+        state: str = RUNNING,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.kind = kind
+        self.timing = timing
+        self.grace = timing.session_grace if folder == fmt.SESSION_DIR else timing.gc_grace
+        self.id = uuid.uuid4().hex
+        self.name = f"{folder}/{self.id}"
+        self.state = state
+        self.start: float | None = None
+        self._clock = clock
+        self._last_beat = 0.0  # clock() of the last successful write
+        self._lapsed = False  # a heartbeat came later than the grace period allows
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._written = False
+
+    # --- life cycle ----------------------------------------------------------------
+    def __enter__(self) -> Self:
+        self.write()
+        try:
+            self.start = self.backend.modified(self.name)
+        except StorageError:
+            self.start = None  # this storage has no times: backups work, gc refuses
+        self._thread = threading.Thread(target=self._beat, name=f"{self.kind}-heartbeat")
+        self._thread.daemon = True
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.withdraw()
+
+    def write(self) -> None:
+        """(Re)write the marker now; its modification time becomes the heartbeat."""
+        with self._lock:
+            body = {
+                "kind": self.kind,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "state": self.state,
+                "start": self.start,
+                "client_time": time.time(),  # for people reading the marker only
+            }
+            now = self._clock()
+            if self._written and now - self._last_beat > self.grace:
+                self._lapsed = True
+            self.backend.write(self.name, json.dumps(body).encode())
+            self._last_beat = self._clock()
+            self._written = True
+
+    def withdraw(self) -> None:
+        """Delete the marker (on exit, or when a gc backs off)."""
+        with self._lock:
+            self.backend.delete(self.name)
+            self._written = False
+
+    def now(self) -> float:
+        """The storage's clock: rewrite the marker and read its modification time."""
+        self.write()
+        return self.backend.modified(self.name)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.timing.heartbeat):
+            try:
+                if self._written:
+                    self.write()
+            except StorageError:
+                continue  # try again next time; check_alive notices a long silence
+
+    # --- safety --------------------------------------------------------------------
+    def check_alive(self) -> None:
+        """Raise ``SessionExpired`` unless others surely still see this marker as
+        live: it exists, and no heartbeat came later than half the grace period."""
+        silent = self._clock() - self._last_beat
+        detail = ""
+        if self._lapsed:
+            detail = f"went longer than its grace period of {self.grace:.0f}s without a heartbeat"
+        elif silent > self.grace / 2:
+            detail = f"has had no heartbeat for {silent:.0f}s (grace period {self.grace:.0f}s)"
+        elif not self.backend.exists(self.name):
+            detail = "lost its marker (a gc took it for stale)"
+        if detail:
+            remedy = (
+                "a gc may have removed what it stored, so nothing was committed: run it again"
+                if self.kind == "backup"
+                else "it stopped deleting; run it again"
+            )
+            raise SessionExpired(
+                detail,
+                kind=self.kind,
+                session=self.id[:12],
+                repo=self.backend.location,
+                remedy=remedy,
+            )
+
+    def set_state(self, state: str) -> float:
+        """Publish a new state; returns the storage time it was published at."""
+        self.state = state
+        return self.now()
+
+    def wait_for(self, folder: str, state: str, grace: float, what: str) -> None:
+        """Wait until no live marker under ``folder`` is in ``state``."""
+        deadline = self._clock() + self.timing.wait
+        while True:
+            now = self.now()
+            busy = [
+                m
+                for m in read_markers(self.backend, folder)
+                if m.state == state and m.name != self.name and not m.stale(now, grace)
+            ]
+            if not busy:
+                return
+            if self._clock() > deadline:
+                raise RepositoryBusy(
+                    f"{what} on {', '.join(sorted({m.host for m in busy}))} did not finish "
+                    f"within {self.timing.wait:.0f}s",
+                    repo=self.backend.location,
+                )
+            time.sleep(self.timing.poll)
