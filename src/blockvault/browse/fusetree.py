@@ -1,0 +1,165 @@
+"""The read-only tree a FUSE mount of a snapshot serves.
+
+``/disk.img`` is the whole disk, ``/pN.img`` each imaged partition, read at any
+offset through region readers (holes and unused blocks read as zeros). With
+filesystem views, ``/pN/`` shows partition N's files through blockvault's own
+parsers; directories meant for kernel mounts (``kernel_dirs``) are served empty,
+for ``mount`` to cover.
+
+libfuse calls these methods from several threads: region readers are
+thread-safe, parsers are not, so each view has a lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from mfusepy import FuseOSError, Operations
+
+from blockvault.browse.filesystem import Entry
+from blockvault.browse.volume import Volume
+
+__all__ = ["SnapshotTree"]
+
+
+class Image(Protocol):
+    """A region or the whole disk: ``RegionReader`` or ``DiskReader``."""
+
+    size: int
+
+    def read_at(self, offset: int, length: int) -> bytes: ...
+
+
+class SnapshotTree(Operations):  # type: ignore[misc]
+    use_ns = True
+
+    def __init__(
+        self,
+        images: Mapping[str, Image],
+        views: dict[str, Volume],
+        kernel_dirs: set[str],
+        mtime_ns: int,
+        on_init: Callable[[], None] | None = None,
+    ) -> None:
+        self.images = images  # "disk.img" -> reader
+        self.views = views  # "p1" -> volume
+        self.kernel_dirs = kernel_dirs  # "p2": served empty, for a kernel mount on top
+        self.mtime_ns = mtime_ns
+        self.on_init = on_init
+        self._locks = {name: threading.Lock() for name in views}
+        self._streams: dict[int, tuple[str, Any]] = {}
+        self._next_fh = 1
+        self._fh_lock = threading.Lock()
+
+    # --- helpers ---------------------------------------------------------------------
+    def _split(self, path: str) -> tuple[str, str]:
+        top, _, rest = path.lstrip("/").partition("/")
+        return top, "/" + rest
+
+    def _stat(self, mode: int, size: int, mtime_ns: int, nlink: int = 1) -> dict[str, Any]:
+        return {
+            "st_mode": mode,
+            "st_size": size,
+            "st_nlink": nlink,
+            "st_mtime": mtime_ns,
+            "st_atime": mtime_ns,
+            "st_ctime": mtime_ns,
+            "st_uid": 0,
+            "st_gid": 0,
+            "st_blocks": (size + 511) // 512,
+        }
+
+    def _entry_stat(self, entry: Entry) -> dict[str, Any]:
+        mode = entry.mode & ~0o222  # read-only, whatever the snapshot says
+        result = self._stat(mode, entry.size, entry.mtime_ns, 2 if entry.kind == "dir" else 1)
+        if entry.uid is not None:
+            result["st_uid"], result["st_gid"] = entry.uid, entry.gid
+        if entry.atime_ns is not None:
+            result["st_atime"] = entry.atime_ns
+        return result
+
+    def _view(self, name: str, call: Callable[[Volume], Any]) -> Any:
+        volume = self.views.get(name)
+        if volume is None:
+            raise FuseOSError(errno.ENOENT)
+        with self._locks[name]:
+            try:
+                return call(volume)
+            except Exception as exc:  # PathNotFound and friends
+                raise FuseOSError(errno.ENOENT) from exc
+
+    # --- operations --------------------------------------------------------------------
+    def init(self, path: str) -> None:
+        if self.on_init is not None:
+            self.on_init()
+
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        top, rest = self._split(path)
+        if not top:
+            return self._stat(stat.S_IFDIR | 0o555, 0, self.mtime_ns, 2)
+        if top in self.images and rest == "/":
+            return self._stat(stat.S_IFREG | 0o444, self.images[top].size, self.mtime_ns)
+        if top in self.kernel_dirs and rest == "/":
+            return self._stat(stat.S_IFDIR | 0o555, 0, self.mtime_ns, 2)
+        entry = self._view(top, lambda v: v.entry(rest))
+        return self._entry_stat(entry)
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        top, rest = self._split(path)
+        if not top:
+            return [".", "..", *self.images, *self.views, *self.kernel_dirs]
+        if top in self.kernel_dirs:
+            return [".", ".."]
+        entries = self._view(top, lambda v: v.listdir(rest))
+        return [".", "..", *(e.name for e in entries)]
+
+    def readlink(self, path: str) -> str:
+        top, rest = self._split(path)
+        target: str = self._view(top, lambda v: v.fs.readlink(rest))
+        return target
+
+    def open(self, path: str, flags: int) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            raise FuseOSError(errno.EROFS)
+        top, rest = self._split(path)
+        if top in self.images and rest == "/":
+            return 0
+        stream = self._view(top, lambda v: v.open(rest))
+        with self._fh_lock:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._streams[fh] = (top, stream)
+        return fh
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        if fh == 0:
+            top, _ = self._split(path)
+            image = self.images[top]
+            size = max(0, min(size, image.size - offset))
+            try:
+                data: bytes = image.read_at(offset, size) if size else b""
+            except Exception as exc:  # a missing or damaged chunk: the reader sees EIO
+                raise FuseOSError(errno.EIO) from exc
+            return data
+        name, stream = self._streams[fh]
+
+        def read(_volume: Volume) -> bytes:
+            stream.seek(offset)
+            chunk: bytes = stream.read(size)
+            return chunk
+
+        return bytes(self._view(name, read))
+
+    def release(self, path: str, fh: int) -> int:
+        with self._fh_lock:
+            self._streams.pop(fh, None)
+        return 0
+
+    def statfs(self, path: str) -> dict[str, int]:
+        total = sum(i.size for i in self.images.values())
+        return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": total // 4096, "f_namemax": 255}

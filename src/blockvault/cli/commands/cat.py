@@ -1,0 +1,41 @@
+"""``blockvault cat SNAPSHOT:PART/PATH``: write one file of a snapshot to stdout."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Final
+
+import click
+
+from blockvault.browse.volume import locate, open_volume, require_partition
+from blockvault.cli.commands import open_repo
+
+BLOCK: Final = 1024 * 1024
+
+
+def register(group: click.Group) -> None:
+    @group.command("cat")
+    @click.argument("address", metavar="SNAPSHOT:PART/PATH")
+    @click.pass_context
+    def cat(ctx: click.Context, address: str) -> None:
+        """Write the file at PATH in partition PART of SNAPSHOT to standard output,
+        fetching only the chunks it occupies (symlinks are followed). No root needed.
+        The output is the file itself, so there is no --json."""
+        repo = open_repo(ctx)
+        snap, addr, number = locate(repo, address)
+        volume = open_volume(repo, snap, require_partition(snap, address, number))
+        entry = volume.entry(addr.path, follow=True)
+        stream = volume.open(addr.path)
+        out = sys.stdout.buffer
+        done = 0
+        try:
+            while done < entry.size:
+                block = volume.read_all(stream, addr.path, min(BLOCK, entry.size - done))
+                if not block:
+                    break
+                out.write(block)
+                done += len(block)
+            out.flush()
+        except BrokenPipeError:  # the reader (head, less) has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

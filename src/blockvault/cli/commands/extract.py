@@ -1,0 +1,44 @@
+"""``blockvault extract SNAPSHOT:PART/PATH DEST``: restore one file or directory tree."""
+
+from __future__ import annotations
+
+import click
+
+from blockvault.browse.extract import extract
+from blockvault.browse.volume import locate, open_volume, require_partition
+from blockvault.cli import render
+from blockvault.cli.commands import json_option, open_repo
+
+
+def register(group: click.Group) -> None:
+    @group.command("extract")
+    @click.argument("address", metavar="SNAPSHOT:PART/PATH")
+    @click.argument("dest", type=click.Path())
+    @click.option(
+        "-y", "--yes", is_flag=True, help="Replace existing files and merge into directories."
+    )
+    @click.option(
+        "--no-owner", is_flag=True, help="Do not set owners (default: set them when root)."
+    )
+    @json_option
+    @click.pass_context
+    def extract_command(
+        ctx: click.Context, address: str, dest: str, yes: bool, no_owner: bool, as_json: bool
+    ) -> None:
+        """Copy PATH (a file, symlink or whole directory) out of partition PART of
+        SNAPSHOT to DEST, keeping modes, owners (as root), times and symlinks where
+        the filesystem stores them, and holes of sparse files. DEST is the copy's
+        name; if DEST is an existing directory the copy goes inside it. Nothing
+        existing is replaced without --yes. No root or FUSE needed."""
+        repo = open_repo(ctx)
+        snap, addr, number = locate(repo, address)
+        volume = open_volume(repo, snap, require_partition(snap, address, number))
+        result = extract(volume, addr.path, dest, overwrite=yes, owners=False if no_owner else None)
+        if as_json:
+            render.emit_json(result)
+            return
+        click.echo(
+            f"extracted {result.source} to {result.target}: {result.files} files, "
+            f"{result.directories} directories, {result.symlinks} symlinks, "
+            f"{render.size(result.bytes)}"
+        )

@@ -1,0 +1,56 @@
+"""``blockvault find PATTERN``: which snapshots hold a file, newest first."""
+
+from __future__ import annotations
+
+import click
+
+from blockvault.browse.find import find
+from blockvault.cli import render
+from blockvault.cli.commands import json_option, open_repo
+from blockvault.cli.commands.ls import timestamp
+
+
+def register(group: click.Group) -> None:
+    @group.command("find")
+    @click.argument("pattern")
+    @click.option("-s", "--snapshot", metavar="S", help="Search snapshot S only.")
+    @click.option("-p", "--partition", type=int, metavar="N", help="Search partition N only.")
+    @json_option
+    @click.pass_context
+    def find_command(
+        ctx: click.Context,
+        pattern: str,
+        snapshot: str | None,
+        partition: int | None,
+        as_json: bool,
+    ) -> None:
+        """List files whose name matches PATTERN (a glob such as '*.conf'; with a '/',
+        matched against the whole path, such as 'etc/*.conf') in every snapshot,
+        newest first, with size and modification time (UTC); each line starts with
+        the address to give to cat or extract."""
+        repo = open_repo(ctx)
+        snaps = [repo.resolve(snapshot)] if snapshot else None
+        with render.progress(True) as reporter:
+            matches = find(repo, pattern, snapshots=snaps, partition=partition, reporter=reporter)
+            if as_json:
+                render.emit_json(
+                    [
+                        {
+                            "snapshot": m.snapshot,
+                            "time": m.time,
+                            "partition": m.partition,
+                            "path": m.path,
+                            "kind": m.kind,
+                            "size": m.size,
+                            "mtime": timestamp(m.mtime_ns),
+                            "target": m.target,
+                        }
+                        for m in matches
+                    ]
+                )
+                return
+            for m in matches:
+                kind = "" if m.kind == "file" else f" ({m.kind})"
+                click.echo(
+                    f"{m.address}  {m.size:>12}  {timestamp(m.mtime_ns)}  snapshot {m.time}{kind}"
+                )
