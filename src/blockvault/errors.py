@@ -10,6 +10,13 @@ an exception into an exit code and a single line on stderr.
     BlockvaultError                 exit 1   anything we understood but could not do
     ├── UsageError                  exit 2   the request itself is wrong
     │   ├── SourceError                      source missing, truncated, not a disk
+    │   ├── PassphraseRequired               encrypted repository, no passphrase given
+    │   ├── KeyFileInvalid                   a key file to import is not usable
+    │   ├── BrowseError                      a snapshot path to browse is wrong (browse/)
+    │   │   ├── PartitionNotFound                no such imaged partition in the snapshot
+    │   │   ├── PathNotFound                     no such file or directory in it
+    │   │   ├── UnsupportedFilesystem            swap, raw or unknown content
+    │   │   └── MountpointError                  missing, busy or not empty
     │   └── TargetError                      target refused before anything was written
     │       ├── TargetTooSmall
     │       ├── TargetInUse                  mounted or opened exclusively elsewhere
@@ -17,7 +24,8 @@ an exception into an exit code and a single line on stderr.
     │       └── TargetNotEmpty               needs confirmation (--yes)
     ├── DeviceError                 exit 1   reading or writing a device failed
     ├── StorageError                exit 1   the storage backend failed
-    │   └── ObjectNotFound                   a named object does not exist
+    │   ├── ObjectNotFound                   a named object does not exist
+    │   └── TransientStorageError            a failure worth retrying (dropped link)
     ├── FormatError                 exit 1   foreign on-disk structure we cannot trust
     │   ├── PartitionTableError
     │   └── FilesystemError
@@ -26,6 +34,10 @@ an exception into an exit code and a single line on stderr.
         ├── RepositoryExists
         ├── SnapshotNotFound
         ├── AmbiguousSnapshot
+        ├── WrongPassphrase                  no key of the repository opens with it
+        ├── KeyMissing                       encrypted repository without a key object
+        ├── SessionExpired                   a backup went silent past the gc grace period
+        ├── RepositoryBusy                   gc could not get a quiet moment, or vice versa
         └── IntegrityError          exit 4   stored data is missing or damaged
             ├── ChunkMissing
             ├── ChunkCorrupt
@@ -39,18 +51,27 @@ from typing import Any, ClassVar
 __all__ = [
     "AmbiguousSnapshot",
     "BlockvaultError",
+    "BrowseError",
     "ChunkCorrupt",
     "ChunkMissing",
     "DeviceError",
     "FilesystemError",
     "FormatError",
     "IntegrityError",
+    "KeyFileInvalid",
+    "KeyMissing",
+    "MountpointError",
     "ObjectCorrupt",
     "ObjectNotFound",
+    "PartitionNotFound",
     "PartitionTableError",
+    "PassphraseRequired",
+    "PathNotFound",
+    "RepositoryBusy",
     "RepositoryError",
     "RepositoryExists",
     "RepositoryNotFound",
+    "SessionExpired",
     "SnapshotNotFound",
     "SourceError",
     "StorageError",
@@ -59,7 +80,10 @@ __all__ = [
     "TargetInUse",
     "TargetNotEmpty",
     "TargetTooSmall",
+    "TransientStorageError",
+    "UnsupportedFilesystem",
     "UsageError",
+    "WrongPassphrase",
 ]
 
 
@@ -80,6 +104,43 @@ class UsageError(BlockvaultError):
 
 class SourceError(UsageError):
     template = "source {path}: {detail}"
+
+
+class PassphraseRequired(UsageError):
+    template = (
+        "repository {repo} is encrypted and no passphrase was given: set BLOCKVAULT_PASSWORD, "
+        "pass --password-file FILE, or run on a terminal to be asked"
+    )
+
+
+class KeyFileInvalid(UsageError):
+    template = "key file {path}: {detail}"
+
+
+class BrowseError(UsageError):
+    template = "{detail}"
+
+
+class PartitionNotFound(BrowseError):
+    template = (
+        "snapshot {snapshot} has no imaged partition {partition}{detail}; "
+        "'blockvault info {snapshot}' lists its partitions"
+    )
+
+
+class PathNotFound(BrowseError):
+    template = "{path} {detail} in partition {partition} of snapshot {snapshot}"
+
+
+class UnsupportedFilesystem(BrowseError):
+    template = (
+        "partition {partition} of snapshot {snapshot} holds {fs}, which cannot be browsed "
+        "(ext2/3/4, FAT and NTFS can); 'blockvault mount' still shows its image p{partition}.img"
+    )
+
+
+class MountpointError(BrowseError):
+    template = "mountpoint {path}: {detail}"
 
 
 class TargetError(UsageError):
@@ -120,6 +181,13 @@ class ObjectNotFound(StorageError):
     template = "storage {location}: object {name} does not exist"
 
 
+class TransientStorageError(StorageError):
+    """A failure that may pass if the request is repeated (connection dropped or reset,
+    timeout, server busy or 5xx). Backends raise it; the retry wrapper retries it."""
+
+    template = "storage {location}: {detail}"
+
+
 class FormatError(BlockvaultError):
     template = "{detail}"
 
@@ -151,6 +219,27 @@ class SnapshotNotFound(RepositoryError):
 
 class AmbiguousSnapshot(RepositoryError):
     template = "{ref!r} matches {count} snapshots in {repo}; give more characters of the id"
+
+
+class WrongPassphrase(RepositoryError):
+    template = (
+        "wrong passphrase: it does not open {what}; check BLOCKVAULT_PASSWORD or --password-file"
+    )
+
+
+class KeyMissing(RepositoryError):
+    template = (
+        "repository {repo} is encrypted but holds no key; restore an exported one with "
+        "'blockvault -r {repo} key import FILE'"
+    )
+
+
+class SessionExpired(RepositoryError):
+    template = "{kind} session {session} in {repo} {detail}; {remedy}"
+
+
+class RepositoryBusy(RepositoryError):
+    template = "repository {repo} is busy: {detail}; try again later"
 
 
 class IntegrityError(RepositoryError):

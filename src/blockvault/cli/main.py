@@ -53,18 +53,39 @@ class Group(click.Group):
     "--repo",
     envvar="BLOCKVAULT_REPO",
     metavar="REPO",
-    help="Repository location: a directory path. Also from $BLOCKVAULT_REPO.",
+    help="Repository location: a directory path, sftp://[user@]host[:port]/path or "
+    "s3://bucket/prefix. Also from $BLOCKVAULT_REPO.",
+)
+@click.option(
+    "--password-file",
+    envvar="BLOCKVAULT_PASSWORD_FILE",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Read the passphrase of an encrypted repository from FILE (first line). "
+    "Else $BLOCKVAULT_PASSWORD, else a prompt.",
+)
+@click.option(
+    "--s3-endpoint",
+    metavar="URL",
+    help="Endpoint of an S3-compatible server for s3:// repositories, such as "
+    "http://minio.lan:9000. Else $AWS_ENDPOINT_URL, else AWS itself.",
 )
 @click.version_option(__version__, "-V", "--version")
 @click.pass_context
-def cli(ctx: click.Context, repo: str | None) -> None:
+def cli(
+    ctx: click.Context, repo: str | None, password_file: str | None, s3_endpoint: str | None
+) -> None:
     """blockvault: image disks and partitions into a deduplicated, compressed repository.
 
     Only the blocks each filesystem uses are read (ext2/3/4, FAT, NTFS, swap);
     boot areas are always kept. Exit codes: 0 ok, 1 error, 2 bad usage or refused
     target, 3 repository problem, 4 damaged data, 130 interrupted.
     """
-    ctx.obj = {"repo": repo}
+    ctx.obj = {"repo": repo, "password_file": password_file, "s3_endpoint": s3_endpoint}
+    if s3_endpoint:
+        # the S3 backend reads it like boto3 does; this reaches every way a command
+        # opens a repository (the S3-only variable, so other AWS tools are not redirected)
+        os.environ["AWS_ENDPOINT_URL_S3"] = s3_endpoint
 
 
 register_all(cli)

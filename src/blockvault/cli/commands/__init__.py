@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
+
 import click
 
-from blockvault.errors import UsageError
+from blockvault.errors import PassphraseRequired, UsageError
 from blockvault.repo import Repository
 
-__all__ = ["open_repo", "register_all", "repo_location"]
+__all__ = ["open_repo", "passphrase_source", "read_password_file", "register_all", "repo_location"]
+
+PASSWORD_ENV = "BLOCKVAULT_PASSWORD"
 
 
 def repo_location(ctx: click.Context) -> str:
@@ -17,8 +23,46 @@ def repo_location(ctx: click.Context) -> str:
     return location
 
 
+def read_password_file(path: str) -> str:
+    """The first line of ``path``, without its line ending."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"password file {path}: {reason}") from None
+
+
+def passphrase_source(
+    ctx: click.Context,
+    *,
+    confirm: bool = False,
+    file: str | None = None,
+    env: str = PASSWORD_ENV,
+    prompt: str = "Passphrase",
+) -> Callable[[], str]:
+    """Where a passphrase comes from, asked only when the repository needs one:
+    ``file`` (default: the global --password-file), else ``$env``, else a prompt that
+    never echoes (``confirm``: typed twice) when stdin is a terminal."""
+
+    def ask() -> str:
+        path = file if file is not None else (ctx.obj or {}).get("password_file")
+        if path:
+            return read_password_file(path)
+        if env in os.environ:
+            return os.environ[env]
+        if not sys.stdin.isatty():
+            raise PassphraseRequired(repo=repo_location(ctx))
+        text: str = click.prompt(
+            prompt, hide_input=True, confirmation_prompt=confirm, err=True, type=str
+        )
+        return text
+
+    return ask
+
+
 def open_repo(ctx: click.Context) -> Repository:
-    return Repository.open(repo_location(ctx))
+    return Repository.open(repo_location(ctx), passphrase=passphrase_source(ctx))
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -27,15 +71,45 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 def register_all(group: click.Group) -> None:
     from blockvault.cli.commands import (
         backup,
+        cat,
+        check,
         demo,
         disks,
+        extract,
+        find,
+        gc,
         info,
         init,
         inspect,
+        key,
+        ls,
+        mount,
+        prune,
         restore,
         snapshots,
+        umount,
         verify,
     )
 
-    for module in (disks, inspect, init, backup, snapshots, info, restore, verify, demo):
+    for module in (
+        disks,
+        inspect,
+        init,
+        key,
+        backup,
+        snapshots,
+        info,
+        restore,
+        verify,
+        ls,
+        cat,
+        extract,
+        find,
+        mount,
+        umount,
+        prune,
+        gc,
+        check,
+        demo,
+    ):
         module.register(group)
