@@ -562,6 +562,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "repeat": args.repeat,
+        "commit": commit,
         "machine": machine_info(),
         "versions": versions(commit),
         "disk": {**meta, "partition": {**meta["partition"], "offset": offset, "size": psize}},
@@ -826,6 +827,7 @@ def render(results: dict[str, Any]) -> str:
         f"Measured {results['date']} with `python bench/run_bench.py --size {label} "
         f"--fill {d['fill']:g} --repeat {repeat}"
         + (" --profile" if "profiles" in results else "")
+        + (f" --commit {results['commit']}" if results.get("commit") else "")
         + "` (see [README.md](README.md)); raw numbers, every round included, in "
         f"`bench/work/results-{label}.json`. Each of the {repeat} rounds runs every step once, "
         "in the order of the table; every timed step starts with "
