@@ -28,7 +28,7 @@ __all__ = ["SnapshotTree"]
 
 
 class Image(Protocol):
-    """A region or the whole disk: ``RegionReader`` or ``DiskReader``."""
+    """A region or the whole disk: ``RegionReader`` or ``SnapshotImage``."""
 
     size: int
 

@@ -28,11 +28,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Final
 
-from blockvault.browse.stream import DiskReader, region_reader
+from blockvault.browse.stream import BROWSE_CACHE_CHUNKS, region_reader
 from blockvault.browse.volume import PARSERS, Volume, open_volume
 from blockvault.errors import BlockvaultError, MountpointError, UsageError
 from blockvault.repo import format as fmt
-from blockvault.repo.image import RegionReader
+from blockvault.repo.image import RegionReader, SnapshotImage
 from blockvault.repo.manifest import Snapshot
 from blockvault.repo.repository import Repository
 
@@ -168,8 +168,8 @@ def _serve(
         for region in index.regions:
             if region.kind == fmt.REGION_PARTITION:
                 readers[region.number] = region_reader(repo, region, index.chunk_size)
-        images: dict[str, RegionReader | DiskReader] = {
-            "disk.img": DiskReader(repo, snap, index, readers)
+        images: dict[str, RegionReader | SnapshotImage] = {
+            "disk.img": SnapshotImage(repo, snap, index, parts=readers, cache=BROWSE_CACHE_CHUNKS)
         }
         images.update({f"p{n}.img": r for n, r in sorted(readers.items())})
         shown: dict[str, Volume] = {}

@@ -11,13 +11,11 @@ from __future__ import annotations
 import io
 from typing import Final
 
-from blockvault.repo import format as fmt
-from blockvault.repo.image import RegionReader
-from blockvault.repo.index import Index, Region
-from blockvault.repo.manifest import Snapshot
+from blockvault.repo.image import RegionReader, SnapshotImage
+from blockvault.repo.index import Region
 from blockvault.repo.repository import Repository
 
-__all__ = ["BROWSE_CACHE_CHUNKS", "DiskReader", "RegionFile", "region_reader"]
+__all__ = ["BROWSE_CACHE_CHUNKS", "RegionFile", "region_reader"]
 
 BROWSE_CACHE_CHUNKS: Final = 16
 """Chunks each region keeps decoded (64 MiB at the default chunk size): enough for a
@@ -31,7 +29,7 @@ def region_reader(repo: Repository, region: Region, chunk_size: int) -> RegionRe
 class RegionFile(io.RawIOBase):
     """A read-only file over a ``RegionReader`` (anything with ``size`` and ``read_at``)."""
 
-    def __init__(self, reader: RegionReader | DiskReader) -> None:
+    def __init__(self, reader: RegionReader | SnapshotImage) -> None:
         super().__init__()
         self.reader = reader
         self.size = reader.size
@@ -67,37 +65,3 @@ class RegionFile(io.RawIOBase):
         data = self.reader.read_at(self._pos, n) if n else b""
         self._pos += n
         return data
-
-
-class DiskReader:
-    """The whole disk of a snapshot, sharing the partitions' readers (and their caches)
-    with whoever else reads them; bytes outside partitions come from the boot areas."""
-
-    def __init__(
-        self, repo: Repository, snapshot: Snapshot, index: Index, parts: dict[int, RegionReader]
-    ) -> None:
-        self.size = snapshot.disk_size
-        disk = index.region(fmt.REGION_DISK)
-        if disk is None:
-            raise ValueError("index has no disk region")
-        self._disk = region_reader(repo, disk, index.chunk_size)
-        self._parts = sorted(parts.values(), key=lambda r: r.region.start)
-
-    def read_at(self, offset: int, length: int) -> bytes:
-        out = bytearray()
-        pos, end = offset, min(offset + length, self.size)
-        while pos < end:
-            part = next(
-                (r for r in self._parts if r.region.start <= pos < r.region.start + r.size), None
-            )
-            if part is not None:
-                n = min(end, part.region.start + part.size) - pos
-                out += part.read_at(pos - part.region.start, n)
-            else:
-                nxt = min(
-                    (r.region.start for r in self._parts if r.region.start > pos), default=end
-                )
-                n = min(end, nxt) - pos
-                out += self._disk.read_at(pos, n)
-            pos += n
-        return bytes(out)

@@ -62,17 +62,34 @@ class RegionReader:
 
 
 class SnapshotImage:
-    """The whole disk of a snapshot: partitions from their regions, the rest from boot areas."""
+    """The whole disk of a snapshot: partitions from their regions, the rest from boot areas.
 
-    def __init__(self, repo: Repository, snapshot: Snapshot, index: Index) -> None:
+    ``parts`` lets a caller share partition readers (and their caches) it already has,
+    keyed by partition number; the others are made here with ``cache`` chunks each.
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        snapshot: Snapshot,
+        index: Index,
+        parts: dict[int, RegionReader] | None = None,
+        cache: int = 8,
+    ) -> None:
         self.size = snapshot.disk_size
-        self._regions = [RegionReader(repo, r, index.chunk_size) for r in index.regions]
+        given = parts or {}
+        self._regions = [
+            given[r.number]
+            if r.kind == fmt.REGION_PARTITION and r.number in given
+            else RegionReader(repo, r, index.chunk_size, cache)
+            for r in index.regions
+        ]
         self._disk = next(r for r in self._regions if r.region.kind == fmt.REGION_DISK)
         self._parts = [r for r in self._regions if r.region.kind == fmt.REGION_PARTITION]
 
     def read_at(self, offset: int, length: int) -> bytes:
         out = bytearray()
-        pos, end = offset, offset + length
+        pos, end = offset, min(offset + length, self.size)
         while pos < end:
             part = next(
                 (r for r in self._parts if r.region.start <= pos < r.region.start + r.size), None
