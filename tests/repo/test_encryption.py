@@ -33,12 +33,12 @@ from blockvault.errors import (
     UsageError,
     WrongPassphrase,
 )
-from blockvault.extents import ExtentMap
-from blockvault.repo import Index, Region, Repository, Snapshot
+from blockvault.repo import Repository
 from blockvault.repo import format as fmt
 from blockvault.repo.crypto import MasterKey, Sealer
 from blockvault.repo.keys import KeyFile, ScryptParams, wrap
 from blockvault.repo.objects import Codec, DecodeError
+from tests.repo.records import commit_chunks
 
 FAST = ScryptParams(n=2**10)  # the default costs 0.4 s per open; the format is the same
 MAGICS = (fmt.CHUNK_MAGIC, fmt.INDEX_MAGIC, fmt.SNAPSHOT_MAGIC)
@@ -53,28 +53,6 @@ def new_repo(tmp_path: Path, encrypted: bool, name: str = "repo") -> Repository:
 
 def reopen(repo: Repository) -> Repository:
     return Repository.open(repo.location, passphrase="pw")
-
-
-def add_snapshot(repo: Repository, chunks: list[bytes], when: str) -> Snapshot:
-    size = repo.config.chunk_size * len(chunks)
-    ids = tuple(repo.chunk_id(c) for c in chunks)
-    for chunk in chunks:
-        repo.put_chunk(chunk)
-    region = Region(fmt.REGION_DISK, 0, 0, size, ExtentMap.span(0, size), ids)
-    snap = Snapshot(
-        time=when,
-        host="h",
-        source="/dev/x",
-        disk_size=size,
-        sector_size=512,
-        table="none",
-        disk_id="",
-        partitions=(),
-        index="",
-        chunk_size=repo.config.chunk_size,
-        compression="zstd:3",
-    )
-    return repo.write_snapshot(snap, Index(repo.config.chunk_size, (region,)))
 
 
 def master_key_by_hand(repo_dir: Path, passphrase: str) -> tuple[bytes, bytes]:
@@ -172,7 +150,7 @@ def test_encrypted_ids_are_keyed_and_objects_hold_no_plaintext(tmp_path: Path) -
     repo = new_repo(tmp_path, encrypted=True)
     marker = b"A KNOWN PLAINTEXT STRING THAT MUST NOT BE STORED "
     chunk = marker * 2000 + os.urandom(1000)
-    snap = add_snapshot(repo, [chunk], "2026-01-01T00:00:00+00:00")
+    snap = commit_chunks(repo, [chunk], "2026-01-01T00:00:00+00:00")
     encryption_key, id_key = master_key_by_hand(tmp_path / "repo", "pw")
     expected = blake3.blake3(chunk, key=id_key).hexdigest()
     assert repo.chunk_id(chunk).hex() == expected != blake3.blake3(chunk).hexdigest()
@@ -193,7 +171,7 @@ def test_encrypted_ids_are_keyed_and_objects_hold_no_plaintext(tmp_path: Path) -
 def test_unencrypted_repository_is_unchanged(tmp_path: Path) -> None:
     repo = new_repo(tmp_path, encrypted=False)
     chunk = b"plain" * 1000
-    add_snapshot(repo, [chunk], "2026-01-01T00:00:00+00:00")
+    commit_chunks(repo, [chunk], "2026-01-01T00:00:00+00:00")
     assert repo.chunk_id(chunk) == blake3.blake3(chunk).digest()
     config = json.loads((tmp_path / "repo" / "config").read_bytes())
     assert set(config) == {"format", "version", "id", "chunk_size", "compression"}
@@ -227,7 +205,7 @@ def test_passphrase_errors(tmp_path: Path) -> None:
 
 def test_change_passphrase_export_import(tmp_path: Path) -> None:
     repo = new_repo(tmp_path, encrypted=True)
-    snap = add_snapshot(repo, [b"x" * 5000], "2026-01-01T00:00:00+00:00")
+    snap = commit_chunks(repo, [b"x" * 5000], "2026-01-01T00:00:00+00:00")
     exported = repo.export_key()
     assert KeyFile.from_json(exported).repository == repo.config.id
     new_id = repo.change_passphrase("new", kdf=FAST)
@@ -256,7 +234,7 @@ def test_key_that_does_not_decrypt_the_objects_is_refused(tmp_path: Path) -> Non
     """A key file for this repository id that opens with the passphrase but holds
     another master key (forged, or from a re-initialised repository)."""
     repo = new_repo(tmp_path, encrypted=True)
-    add_snapshot(repo, [b"y" * 5000], "2026-01-01T00:00:00+00:00")
+    commit_chunks(repo, [b"y" * 5000], "2026-01-01T00:00:00+00:00")
     forged = wrap(MasterKey.generate(), "pw", repo.config.id, FAST)
     with pytest.raises(KeyFileInvalid, match="does not decrypt"):
         Repository.import_key(repo.location, forged.to_json(), "pw")
@@ -324,8 +302,8 @@ TAMPERS = {
 @pytest.mark.parametrize("kind", ["chunk", "index", "manifest"])
 def test_tampering_is_detected(tmp_path: Path, encrypted: bool, how: str, kind: str) -> None:
     repo = new_repo(tmp_path, encrypted)
-    a = add_snapshot(repo, [os.urandom(3000) * 4, b"a" * 9000], "2026-01-01T00:00:00+00:00")
-    b = add_snapshot(repo, [os.urandom(3000) * 4], "2026-01-02T00:00:00+00:00")
+    a = commit_chunks(repo, [os.urandom(3000) * 4, b"a" * 9000], "2026-01-01T00:00:00+00:00")
+    b = commit_chunks(repo, [os.urandom(3000) * 4], "2026-01-02T00:00:00+00:00")
     root = Path(repo.location)
     a_chunk = repo.load_index(a).regions[0].chunk_ids[0].hex()
     b_chunk = repo.load_index(b).regions[0].chunk_ids[0].hex()
@@ -356,7 +334,7 @@ def test_tampering_is_detected(tmp_path: Path, encrypted: bool, how: str, kind: 
 @pytest.mark.parametrize("encrypted", [True, False], ids=["encrypted", "plain"])
 def test_every_byte_of_an_index_and_a_manifest_is_covered(tmp_path: Path, encrypted: bool) -> None:
     repo = new_repo(tmp_path, encrypted)
-    snap = add_snapshot(repo, [b"q" * 7000], "2026-01-01T00:00:00+00:00")
+    snap = commit_chunks(repo, [b"q" * 7000], "2026-01-01T00:00:00+00:00")
     for path, load in (
         (Path(repo.location) / fmt.index_name(snap.index), lambda: repo.load_index(snap)),
         (Path(repo.location) / fmt.snapshot_name(snap.id), lambda: repo.load_snapshot(snap.id)),

@@ -12,44 +12,23 @@ from pathlib import Path
 import pytest
 
 from blockvault.errors import RepositoryBusy, RepositoryError, SessionExpired
-from blockvault.extents import ExtentMap
 from blockvault.pipeline.backup import backup
 from blockvault.pipeline.events import Event, TaskAdvanced, Warned
 from blockvault.pipeline.restore import restore
-from blockvault.repo import Index, Region, Repository, Snapshot
+from blockvault.repo import Repository, Snapshot
 from blockvault.repo import format as fmt
 from blockvault.repo.check import check_repository
 from blockvault.repo.gc import collect_garbage
 from blockvault.repo.sessions import COMMITTING, SWEEPING, Marker, Timing, read_markers
 from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
+from tests.repo.records import commit_chunks
 
 MiB = 1024 * 1024
 FAST = Timing(heartbeat=0.05, session_grace=60, gc_grace=60, margin=0, poll=0.02, wait=5)
 
 
 def snapshot_of(repo: Repository, *chunks: bytes) -> Snapshot:
-    ids = tuple(repo.chunk_id(c) for c in chunks)
-    for c, i in zip(chunks, ids, strict=True):
-        repo.put_chunk(c, i.hex())
-    size = len(chunks) * repo.config.chunk_size
-    index = Index(
-        repo.config.chunk_size,
-        (Region(fmt.REGION_DISK, 0, 0, size, ExtentMap.span(0, size), ids),),
-    )
-    snap = Snapshot(
-        time=f"2024-01-01T00:00:{len(repo.snapshot_ids()):02d}+00:00",
-        host="h",
-        source="/dev/x",
-        disk_size=size,
-        sector_size=512,
-        table="none",
-        disk_id="",
-        partitions=(),
-        index="",
-        chunk_size=repo.config.chunk_size,
-        compression="zstd:3",
-    )
-    return repo.write_snapshot(snap, index)
+    return commit_chunks(repo, chunks, f"2024-01-01T00:00:{len(repo.snapshot_ids()):02d}+00:00")
 
 
 def chunk(n: int) -> bytes:

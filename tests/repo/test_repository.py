@@ -21,38 +21,11 @@ from blockvault.extents import ExtentMap
 from blockvault.repo import Index, Region, Repository, Snapshot
 from blockvault.repo import format as fmt
 from blockvault.repo.objects import object_id
+from tests.repo.records import commit_chunks
 
 
 def make_snapshot(repo: Repository, chunk: bytes, when: str) -> Snapshot:
-    chunk_id = object_id(chunk)
-    repo.put_chunk(chunk)
-    index = Index(
-        repo.config.chunk_size,
-        (
-            Region(
-                fmt.REGION_DISK,
-                0,
-                0,
-                len(chunk),
-                ExtentMap.span(0, len(chunk)),
-                (bytes.fromhex(chunk_id),),
-            ),
-        ),
-    )
-    snap = Snapshot(
-        time=when,
-        host="h",
-        source="/dev/x",
-        disk_size=len(chunk),
-        sector_size=512,
-        table="none",
-        disk_id="",
-        partitions=(),
-        index="",
-        chunk_size=repo.config.chunk_size,
-        compression="zstd:3",
-    )
-    return repo.write_snapshot(snap, index)
+    return commit_chunks(repo, [chunk], when)
 
 
 def test_init_open_and_refusals(tmp_path: Path) -> None:
