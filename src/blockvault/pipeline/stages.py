@@ -38,7 +38,10 @@ def workers(parallel_io: int = 0) -> int:
 
 
 def is_zero(data: bytes | bytearray | memoryview) -> bool:
-    return data == ZEROS[: len(data)]
+    # startswith compares in place; slicing ZEROS would copy the whole length first
+    if len(data) <= len(ZEROS):
+        return ZEROS.startswith(data)
+    return bytes(data).count(0) == len(data)
 
 
 def read_chunk(
