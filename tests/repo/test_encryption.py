@@ -362,6 +362,7 @@ def test_with_compression_keeps_encrypting(tmp_path: Path) -> None:
     repo = new_repo(tmp_path, encrypted=True).with_compression("none")
     chunk = b"abc" * 5000
     repo.put_chunk(chunk)
+    repo.flush()
     chunk_id = repo.chunk_id(chunk).hex()
     stored = (tmp_path / "repo" / fmt.chunk_name(chunk_id)).read_bytes()
     header = fmt.EnvelopeHeader.unpack(stored)

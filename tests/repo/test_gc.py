@@ -78,6 +78,7 @@ def test_live_session_protects_what_it_wrote(repo: Repository, tmp_path: Path) -
     age(tmp_path / "repo", 3600)
     with Marker(repo.backend, fmt.SESSION_DIR, "backup", timing=FAST):
         repo.put_chunk(chunk(2))  # written by the running backup, not yet referenced
+        repo.flush()  # as a running backup does every second
         result = collect_garbage(repo, timing=FAST)
         assert result.live_sessions == 1
         assert repo.stored_chunk_ids() == {repo.chunk_id(chunk(2)).hex()}  # old one went

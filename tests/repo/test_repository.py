@@ -45,6 +45,7 @@ def test_chunks_are_stored_once(tmp_path: Path) -> None:
     data = b"x" * 100_000
     assert repo.put_chunk(data) > 0
     assert repo.put_chunk(data) == 0
+    repo.flush()  # chunks are listed once durable
     reopened = Repository.open(repo.location)
     assert reopened.put_chunk(data) == 0  # known from the listing, not just this session
     assert reopened.get_chunk(object_id(data)) == data
@@ -55,6 +56,7 @@ def test_damaged_chunk_is_detected(tmp_path: Path) -> None:
     repo = Repository.init(str(tmp_path / "repo"))
     data = os.urandom(50_000)
     repo.put_chunk(data)
+    repo.flush()
     chunk_id = object_id(data)
     path = Path(repo.location) / fmt.chunk_name(chunk_id)
     raw = bytearray(path.read_bytes())
@@ -67,6 +69,7 @@ def test_damaged_chunk_is_detected(tmp_path: Path) -> None:
         repo.get_chunk(chunk_id)
     other = b"another chunk" * 100
     repo.put_chunk(other)
+    repo.flush()
     path.write_bytes((Path(repo.location) / fmt.chunk_name(object_id(other))).read_bytes())
     with pytest.raises(ChunkCorrupt, match="does not match"):
         repo.get_chunk(chunk_id)

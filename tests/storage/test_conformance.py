@@ -97,6 +97,22 @@ def test_no_partial_object_is_ever_visible(backend: Backend, tmp_path: Path) -> 
         assert [p.name for p in (Path(root) / "data" / "12").iterdir()] == ["1234"]
 
 
+def test_batched_writes_are_readable_at_once_and_listed_after_flush(backend: Backend) -> None:
+    """Chunks go through write_batched: this process reads them back at once, and
+    after flush every one is listed, whole, with no temporary file left."""
+    payloads = {f"data/{i:02x}/{i:064x}": os.urandom(100_000 + i) for i in range(40)}
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda item: backend.write_batched(*item), payloads.items()))
+        assert dict(zip(payloads, pool.map(backend.read, payloads), strict=True)) == payloads
+    assert all(backend.exists(name) for name in payloads)
+    backend.flush()
+    assert set(backend.list("data/")) == set(payloads)
+    assert {name: backend.read(name) for name in payloads} == payloads
+    root = backend.capabilities.local_path
+    if root is not None:
+        assert not list(Path(root).rglob(".tmp-*"))
+
+
 def test_unknown_scheme() -> None:
     with pytest.raises(UsageError, match="unknown scheme"):
         open_backend("gopher://host/path")

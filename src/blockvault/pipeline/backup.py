@@ -8,6 +8,7 @@ The index and the manifest are written last (the commit point).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -18,7 +19,7 @@ from blockvault.disk.device import Device, open_device
 from blockvault.disk.layout import DiskLayout, read_layout
 from blockvault.disk.table.gpt import backup_area
 from blockvault.disk.usage import mounts_using
-from blockvault.errors import SourceError, UsageError
+from blockvault.errors import BlockvaultError, SourceError, UsageError
 from blockvault.extents import ExtentMap
 from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted, Warned
 from blockvault.pipeline.events import quiet as quiet_reporter
@@ -138,7 +139,12 @@ def backup(
         regions = plan_regions(layout, partitions)
         with Marker(repo.backend, fmt.SESSION_DIR, "backup", timing=timing) as session:
             repo.forget_known_chunks()  # list storage after our marker is up
-            index, stats = _image(repo, device, regions, boot_area_map(layout), reporter)
+            try:
+                index, stats = _image(repo, device, regions, boot_area_map(layout), reporter)
+            finally:
+                # what was stored stays for a rerun to reuse, even if the backup failed
+                with contextlib.suppress(BlockvaultError):
+                    repo.flush()
             stats = replace(stats, seconds=round(time.monotonic() - started, 3))
             snapshot = _manifest(repo, layout, partitions, tags, stats)
             return _commit(repo, session, device, snapshot, index, reporter)

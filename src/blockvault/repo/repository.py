@@ -320,7 +320,7 @@ class Repository:
             known.add(chunk_id)  # claim it so that concurrent writers skip it
         try:
             data = self.codec.encode(fmt.CHUNK_MAGIC, plaintext, chunk_id)
-            self.backend.write(fmt.chunk_name(chunk_id), data)
+            self.backend.write_batched(fmt.chunk_name(chunk_id), data)
         except BaseException:
             with self._lock:
                 known.discard(chunk_id)
@@ -345,8 +345,14 @@ class Repository:
         return self.decode_chunk(chunk_id, self.read_raw_chunk(chunk_id))
 
     # --- snapshots -----------------------------------------------------------------
+    def flush(self) -> None:
+        """Make every chunk stored so far durable and listed (see ``Backend.flush``)."""
+        self.backend.flush()
+
     def write_snapshot(self, snapshot: Snapshot, index: Index) -> Snapshot:
-        """Write the index, then the manifest (the commit point); returns it with its id."""
+        """Write the index, then the manifest (the commit point); returns it with its id.
+        Chunks are flushed first: a snapshot never names a chunk that is not durable."""
+        self.flush()
         index_plain = index.to_bytes()
         index_id = self._object_id(index_plain)
         self.backend.write(

@@ -44,6 +44,21 @@ class Backend(abc.ABC):
     def write(self, name: str, data: bytes | memoryview) -> None:
         """Store ``data`` under ``name`` atomically, replacing any old object."""
 
+    def write_batched(self, name: str, data: bytes | memoryview) -> None:
+        """Like ``write`` for one of many objects in a row (chunks): atomic, but durable
+        (and on some backends visible to others) only once ``flush`` returns. Backends
+        whose every write is durable at once simply write."""
+        self.write(name, data)
+
+    def flush(self) -> None:  # noqa: B027 - optional hook
+        """Make every ``write_batched`` object durable and visible; on failure those not
+        yet durable are dropped (never left half written under their names)."""
+
+    def sweep_partial(self, before: float) -> int:
+        """Remove the leftovers of writes interrupted before ``before`` (storage time),
+        such as a killed process's temporary files; returns how many went."""
+        return 0
+
     @abc.abstractmethod
     def exists(self, name: str) -> bool: ...
 

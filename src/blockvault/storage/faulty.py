@@ -58,6 +58,17 @@ class FaultyBackend(Backend):
         self._maybe_fail("write", name)
         self.inner.write(name, data)
 
+    def write_batched(self, name: str, data: bytes | memoryview) -> None:
+        self._maybe_fail("write", name)
+        self.inner.write_batched(name, data)
+
+    def flush(self) -> None:
+        self._maybe_fail("flush", "")
+        self.inner.flush()
+
+    def sweep_partial(self, before: float) -> int:
+        return self.inner.sweep_partial(before)
+
     def exists(self, name: str) -> bool:
         self._maybe_fail("exists", name)
         return self.inner.exists(name)

@@ -87,6 +87,16 @@ class RetryingBackend(Backend):
     def write(self, name: str, data: bytes | memoryview) -> None:
         self._call(f"writing {name}", lambda: self.inner.write(name, data))
 
+    def write_batched(self, name: str, data: bytes | memoryview) -> None:
+        self._call(f"writing {name}", lambda: self.inner.write_batched(name, data))
+
+    def flush(self) -> None:
+        # not retried: a failed flush dropped what it held, which a retry cannot bring back
+        self.inner.flush()
+
+    def sweep_partial(self, before: float) -> int:
+        return self._call("removing partial writes", lambda: self.inner.sweep_partial(before))
+
     def exists(self, name: str) -> bool:
         return self._call(f"looking up {name}", lambda: self.inner.exists(name))
 
