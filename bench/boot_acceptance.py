@@ -58,6 +58,13 @@ SECTION = "## Boot acceptance (`bench/boot_acceptance.py`)"
 
 
 @dataclass
+class Source:
+    status: str
+    boot_seconds: float
+    size: int
+
+
+@dataclass
 class Case:
     firmware: Firmware
     operation: str  # "restore" or "clone"
@@ -72,6 +79,8 @@ class Case:
 
     @property
     def name(self) -> str:
+        if self.operation == "control":
+            return "control: restore → larger, then root UUID changed (tune2fs -U)"
         grow = " --grow" if self.grow else ""
         sectors = f", {self.sector_size}-byte sectors" if self.sector_size != 512 else ""
         return f"{self.operation}{grow} → {self.target}{sectors}"
@@ -165,7 +174,7 @@ def copy(case: Case, disk: BootDisk, repo: Path, snapshot: str, target: Path) ->
     if case.sector_size != 512:
         with loop_device(target, case.sector_size) as dev:
             proc = blockvault("restore", snapshot, dev, *options, repo=repo)
-    elif case.operation == "restore":
+    elif case.operation in ("restore", "control"):
         proc = blockvault("restore", snapshot, target, *options, repo=repo)
     else:
         proc = blockvault("clone", disk.path, target, *options)
@@ -303,6 +312,9 @@ def run_case(
         if case.why:
             return
         checks_ok = check(case, target, source, tmp)
+        if case.operation == "control":
+            control(case, target, disk, tmp, timeout)
+            return
         result = boot(
             target,
             case.firmware,
@@ -320,8 +332,32 @@ def run_case(
             (WORK / f"console-{case.firmware}-{slug(case.name)}.log").write_text(result.console)
 
 
+def control(case: Case, target: Path, disk: BootDisk, tmp: Path, timeout: float) -> None:
+    """A copy whose root has a new filesystem UUID must NOT boot: the check can fail."""
+    root = partitions(target, 512)[-1]
+    dev = run(
+        "losetup",
+        "--find",
+        "--show",
+        "--offset",
+        str(root["offset"]),
+        "--sizelimit",
+        str(root["size"]),
+        target,
+    ).stdout.strip()
+    try:
+        run("tune2fs", "-U", "random", dev)
+    finally:
+        run("losetup", "-d", dev, check=False)
+    result = boot(target, case.firmware, expect_token=disk.token, timeout=timeout, workdir=tmp)
+    case.boot_seconds = result.seconds
+    case.status = "FAILED" if result.booted else "did not boot, as expected"
+    case.why = "booted with a changed root UUID" if result.booted else result.reason
+
+
 def cases_for(firmware: Firmware) -> list[Case]:
     cases = [
+        Case(firmware, "control", "larger"),
         Case(firmware, "restore", "larger"),
         Case(firmware, "restore", "larger", grow=True),
         Case(firmware, "restore", "smaller"),
@@ -334,15 +370,15 @@ def cases_for(firmware: Firmware) -> list[Case]:
     return cases
 
 
-def table(sources: dict[str, dict[str, object]], cases: list[Case]) -> str:
+def table(sources: dict[str, Source], cases: list[Case]) -> str:
     lines = [
         "| disk | operation | result | copy s | boot s | checks |",
         "|---|---|---|---:|---:|---|",
     ]
     for fw, info in sources.items():
         lines.append(
-            f"| {fw} | source as built | {info['status']} |  | {info['boot_seconds']:.1f} "
-            f"| {info['size'] // MIB} MiB image |"
+            f"| {fw} | source as built | {info.status} |  | {info.boot_seconds:.1f} "
+            f"| {info.size // MIB} MiB image |"
         )
     for c in cases:
         result = c.status if not c.why else f"{c.status}: {c.why}"
@@ -403,19 +439,16 @@ def main() -> int:
     ensure_packages()
     have = features()
     log(f"blockvault offers: {have}")
-    sources: dict[str, dict[str, object]] = {}
+    sources: dict[str, Source] = {}
     cases: list[Case] = []
     kernel = "?"
     for fw in args.firmware or FIRMWARES:
         disk = build_boot_disk(fw, WORK / f"{fw}.img")
         kernel = disk.kernel
         result = boot(disk.path, fw, expect_token=disk.token, timeout=args.timeout, workdir=WORK)
-        sources[fw] = {
-            "status": "booted" if result.booted else f"FAILED: {result.reason}",
-            "boot_seconds": result.seconds,
-            "size": disk.size,
-        }
-        log(f"{fw} source: {sources[fw]['status']} in {result.seconds:.1f}s")
+        status = "booted" if result.booted else f"FAILED: {result.reason}"
+        sources[fw] = Source(status, result.seconds, disk.size)
+        log(f"{fw} source: {sources[fw].status} in {result.seconds:.1f}s")
         if not result.booted:
             continue
         repo = WORK / f"repo-{fw}"
@@ -435,12 +468,18 @@ def main() -> int:
     report = table(sources, cases)
     print(report)
     (WORK / "results.json").write_text(
-        json.dumps({"sources": sources, "cases": [asdict(c) for c in cases]}, indent=1)
+        json.dumps(
+            {
+                "sources": {k: asdict(v) for k, v in sources.items()},
+                "cases": [asdict(c) for c in cases],
+            },
+            indent=1,
+        )
     )
     if not args.no_write:
         write_section(section(report, kernel, have), BENCH / "BENCHMARKS.md")
     failed = [c for c in cases if c.status == "FAILED"]
-    return 1 if failed or any(s["status"] != "booted" for s in sources.values()) else 0
+    return 1 if failed or any(s.status != "booted" for s in sources.values()) else 0
 
 
 if __name__ == "__main__":

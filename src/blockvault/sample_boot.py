@@ -86,19 +86,10 @@ ESP_SIZE: Final = 260 * MIB
 # dependencies are added from modinfo). crc32c: ext4 checksums ask for it.
 INITRAMFS_MODULES: Final = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4")
 
+_GRUB_COMMON = ("part_gpt", "ext2", "search", "search_fs_uuid", "linux", "echo", "serial")
 GRUB_MODULES: Final[dict[Firmware, tuple[str, ...]]] = {
-    "bios": (
-        "biosdisk",
-        "part_gpt",
-        "ext2",
-        "search",
-        "search_fs_uuid",
-        "linux",
-        "echo",
-        "serial",
-        "terminal",
-    ),
-    "uefi": ("part_gpt", "ext2", "search", "search_fs_uuid", "linux", "echo", "serial", "terminal"),
+    "bios": ("biosdisk", *_GRUB_COMMON, "terminal", "halt"),
+    "uefi": (*_GRUB_COMMON, "terminal", "halt"),
 }
 GRUB_FORMAT: Final[dict[Firmware, str]] = {"bios": "i386-pc", "uefi": "x86_64-efi"}
 GRUB_DIR: Final = Path("/usr/lib/grub")
@@ -179,7 +170,7 @@ class BootResult:
             return "booted"
         fail = re.search(rf"{FAIL_LINE} (.*)", self.console)
         if fail:
-            return f"initramfs: {fail.group(1).strip()}"
+            return f"{FAIL_LINE} {fail.group(1).strip()}"
         tail = [line for line in self.console.splitlines() if line.strip()]
         return f"no OK line; last console line: {tail[-1].strip()[:120] if tail else '(none)'}"
 
@@ -317,6 +308,10 @@ def _grub_config(root_uuid: str) -> str:
         f"linux /boot/vmlinuz console=ttyS0,115200 bv_root=UUID={root_uuid} panic=-1 quiet\n"
         "initrd /boot/initrd.img\n"
         "boot\n"
+        # Reached only when a step above failed (the embedded config runs on): say so and
+        # power off, so a broken copy fails in seconds instead of waiting at a prompt.
+        f"echo '{FAIL_LINE} grub could not load the kernel'\n"
+        "halt\n"
     )
 
 
