@@ -393,20 +393,24 @@ def table(sources: dict[str, Source], cases: list[Case]) -> str:
 
 
 def section(report: str, kernel: str, have: dict[str, bool]) -> str:
+    commit = run("git", "-C", ROOT, "rev-parse", "--short", "HEAD").stdout.strip()
+    dirty = run("git", "-C", ROOT, "status", "--porcelain", "src").stdout.strip()
     offered = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in have.items())
     return f"""{SECTION}
 
-Measured {datetime.now(UTC).isoformat(timespec="seconds")} with `python bench/boot_acceptance.py`.
-Each disk is built by `blockvault.sample_boot` (GPT; BIOS: 1 MiB BIOS boot partition with
-GRUB i386-pc core.img and boot.img in the MBR, ext4 root; UEFI: 260 MiB FAT32 ESP with GRUB
-x86_64-efi as `\\EFI\\BOOT\\BOOTX64.EFI`, ext4 root), kernel {kernel} with a busybox
-initramfs. "booted" means the copy's initramfs found the root filesystem by UUID and printed
-this disk's random token on the serial console of `qemu-system-x86_64` (TCG emulation, no KVM;
+Measured {datetime.now(UTC).isoformat(timespec="seconds")} with `python bench/boot_acceptance.py`
+(blockvault {commit}{"+dirty" if dirty else ""}). Each disk is built by
+`blockvault.sample_boot` (GPT; BIOS: 1 MiB BIOS boot partition with GRUB i386-pc
+core.img and boot.img in the MBR, ext4 root; UEFI: 260 MiB FAT32 ESP with GRUB x86_64-efi
+as `\\EFI\\BOOT\\BOOTX64.EFI`, ext4 root), kernel {kernel} with a busybox initramfs.
+"booted" means the copy's initramfs found the root filesystem by UUID and printed this
+disk's random token on the serial console of `qemu-system-x86_64` (TCG emulation, no KVM;
 SeaBIOS or OVMF; virtio-blk), and `sgdisk -v`, `e2fsck -fn` / `fsck.vfat -n` were clean and
-every file equal to the source's. Larger = twice the source; smaller = {SMALLER["bios"] // MIB}
-MiB (BIOS) and {SMALLER["uefi"] // MIB} MiB (UEFI). Boot times are whole emulated boots
-(firmware to power-off) on a shared 2-vCPU machine: they show the check is cheap, not how
-fast anything is. blockvault offered: {offered}.
+every file equal to the source's. Larger = twice the source; smaller =
+{SMALLER["bios"] // MIB} MiB (BIOS) and {SMALLER["uefi"] // MIB} MiB (UEFI). Boot times
+are whole emulated boots (firmware to power-off) on a machine shared with other sessions
+(2 vCPUs): they show the check is cheap, not how fast anything is.
+blockvault offered: {offered}.
 
 {report}
 """
