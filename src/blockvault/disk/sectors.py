@@ -1,0 +1,243 @@
+"""Moving a disk between 512-byte and 4096-byte logical sectors.
+
+A partition table counts in sectors, and so do the FAT and NTFS boot sectors;
+ext2/3/4 count in their own blocks and need nothing. Everything here is pure:
+it takes the bytes or the parsed table of the source and returns what the
+target must hold, or says in one line why the copy cannot be converted
+without moving file data (which a block copy never does).
+
+FAT: the data region (the clusters) must start on a whole new sector and a
+cluster must hold at least one; everything before it (reserved region, FATs,
+FAT12/16 root directory) is metadata and is rebuilt whole by ``convert_fat``,
+so FATs that did not start on a 4096-byte boundary are simply moved within
+that region. NTFS: only the boot sector and its backup change.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import replace
+
+from blockvault.disk.table import PartitionTable
+from blockvault.disk.table import gpt as gpt_table
+
+__all__ = [
+    "check_fat",
+    "check_ntfs",
+    "check_table",
+    "convert_fat",
+    "convert_ntfs",
+    "fat_metadata_size",
+    "rescale_table",
+]
+
+SECTOR_SIZES = (512, 4096)
+
+
+def check_table(table: PartitionTable, new_ss: int) -> str | None:
+    """Why ``table`` cannot be written in ``new_ss``-byte sectors, or None when it can."""
+    if new_ss not in SECTOR_SIZES:
+        return f"{new_ss}-byte sectors are not supported (only 512 and 4096)"
+    for p in table.partitions:
+        if p.start % new_ss or p.size % new_ss:
+            return (
+                f"partition {p.number} (start byte {p.start}, {p.size} bytes) is not whole "
+                f"{new_ss}-byte sectors, so it cannot be described on the target"
+            )
+        if p.ebr_offset is not None and p.ebr_offset % new_ss:
+            return f"the EBR of partition {p.number} is not on a {new_ss}-byte sector"
+    return None
+
+
+def rescale_table(table: PartitionTable, new_ss: int) -> PartitionTable:
+    """``table`` as it reads in ``new_ss``-byte sectors; build it with ``gpt.build``/``mbr.build``.
+
+    Partitions are kept in bytes. For a GPT the first usable LBA keeps its byte
+    offset when it can (rounded up) and never overlaps the new primary entry array;
+    the last usable LBA and the backup are recomputed by ``gpt.build`` for the disk.
+    Raises ValueError with ``check_table``'s reason.
+    """
+    reason = check_table(table, new_ss)
+    if reason is not None:
+        raise ValueError(reason)
+    if table.kind != "gpt":
+        return replace(table, sector_size=new_ss)
+    count = table.entry_count or gpt_table.DEFAULT_ENTRY_COUNT
+    esize = table.entry_size or gpt_table.ENTRY_SIZE
+    array_blocks = -(-count * esize // new_ss)
+    first_byte = (table.first_usable_lba or 0) * table.sector_size
+    first = max(2 + array_blocks, -(-first_byte // new_ss))
+    if any(p.start < first * new_ss for p in table.partitions):
+        first = 2 + array_blocks
+    return replace(
+        table,
+        sector_size=new_ss,
+        first_usable_lba=first,
+        last_usable_lba=0,  # gpt.build computes it for the target disk
+    )
+
+
+# --- FAT ------------------------------------------------------------------------------
+# Byte offsets of the BPB fields (Microsoft fatgen103, section 3; names as in fs/fat.py).
+_BYTS_PER_SEC, _SEC_PER_CLUS, _RSVD_SEC_CNT, _NUM_FATS = 11, 13, 14, 16
+_ROOT_ENT_CNT, _TOT_SEC16, _FAT_SZ16, _HIDD_SEC, _TOT_SEC32 = 17, 19, 22, 28, 32
+_FAT_SZ32, _FS_INFO, _BK_BOOT_SEC = 36, 48, 50
+_FAT32_RESERVED_MIN = 4  # boot sector, FSInfo and their backups
+
+
+def _u16(b: bytes, at: int) -> int:
+    return int(struct.unpack_from("<H", b, at)[0])
+
+
+def _u32(b: bytes, at: int) -> int:
+    return int(struct.unpack_from("<I", b, at)[0])
+
+
+def _fat_geometry(boot: bytes) -> dict[str, int]:
+    ss = _u16(boot, _BYTS_PER_SEC)
+    fat16 = _u16(boot, _FAT_SZ16)
+    return {
+        "ss": ss,
+        "spc": boot[_SEC_PER_CLUS],
+        "reserved": _u16(boot, _RSVD_SEC_CNT),
+        "fats": boot[_NUM_FATS],
+        "root_bytes": _u16(boot, _ROOT_ENT_CNT) * 32,
+        "fat": fat16 or _u32(boot, _FAT_SZ32),
+        "fat32": int(not fat16),
+        "total": _u16(boot, _TOT_SEC16) or _u32(boot, _TOT_SEC32),
+    }
+
+
+def fat_metadata_size(boot: bytes) -> int:
+    """Bytes from the start of the FAT volume to its first cluster: what convert_fat rewrites."""
+    g = _fat_geometry(boot)
+    root_sectors = -(-g["root_bytes"] // g["ss"])
+    return (g["reserved"] + g["fats"] * g["fat"] + root_sectors) * g["ss"]
+
+
+def _fat_plan(boot: bytes, new_ss: int) -> dict[str, int] | str:
+    g = _fat_geometry(boot)
+    ss = g["ss"]
+    data_start = fat_metadata_size(boot)
+    cluster = g["spc"] * ss
+    if data_start % new_ss:
+        return (
+            f"its clusters start at byte {data_start}, not on a {new_ss}-byte sector; "
+            "converting would move file data"
+        )
+    if cluster < new_ss:
+        return f"its {cluster}-byte clusters are smaller than a {new_ss}-byte sector"
+    fat = -(-g["fat"] * ss // new_ss)
+    root = -(-g["root_bytes"] // new_ss)
+    reserved = data_start // new_ss - g["fats"] * fat - root
+    need = _FAT32_RESERVED_MIN if g["fat32"] else 1
+    if reserved < need:
+        return f"its reserved region would shrink to {reserved} sectors of {new_ss} bytes"
+    total = g["total"] * ss // new_ss
+    return {"reserved": reserved, "fat": fat, "total": total, "spc": cluster // new_ss}
+
+
+def check_fat(boot: bytes, new_ss: int) -> str | None:
+    """Why this FAT volume cannot move to ``new_ss``-byte sectors, or None."""
+    plan = _fat_plan(boot, new_ss)
+    return plan if isinstance(plan, str) else None
+
+
+def convert_fat(metadata: bytes, new_ss: int, partition_start: int) -> bytes:
+    """The first ``fat_metadata_size`` bytes of a FAT volume, rewritten for ``new_ss``-byte sectors.
+
+    ``metadata`` is that region as the source holds it. The boot sector fields that
+    count sectors are recomputed, the FATs and the root directory are laid out again
+    right before the unchanged first cluster, and on FAT32 the FSInfo sector and the
+    backup boot sector get sectors of their own. ``partition_start`` (bytes) gives
+    the hidden sector count. Raises ValueError with ``check_fat``'s reason.
+    """
+    plan = _fat_plan(metadata, new_ss)
+    if isinstance(plan, str):
+        raise ValueError(plan)
+    g = _fat_geometry(metadata)
+    ss = g["ss"]
+    boot = bytearray(metadata[:512])
+    struct.pack_into("<H", boot, _BYTS_PER_SEC, new_ss)
+    boot[_SEC_PER_CLUS] = plan["spc"]
+    struct.pack_into("<H", boot, _RSVD_SEC_CNT, plan["reserved"])
+    struct.pack_into("<I", boot, _HIDD_SEC, min(partition_start // new_ss, 0xFFFF_FFFF))
+    if plan["total"] < 0x10000 and not g["fat32"]:
+        struct.pack_into("<H", boot, _TOT_SEC16, plan["total"])
+        struct.pack_into("<I", boot, _TOT_SEC32, 0)
+    else:
+        struct.pack_into("<H", boot, _TOT_SEC16, 0)
+        struct.pack_into("<I", boot, _TOT_SEC32, plan["total"])
+    if g["fat32"]:
+        struct.pack_into("<I", boot, _FAT_SZ32, plan["fat"])
+    else:
+        struct.pack_into("<H", boot, _FAT_SZ16, plan["fat"])
+
+    out = bytearray(len(metadata))
+
+    def put(sector: int, data: bytes | bytearray) -> None:
+        out[sector * new_ss : sector * new_ss + len(data)] = data
+
+    if g["fat32"]:
+        fsinfo = metadata[_u16(metadata, _FS_INFO) * ss :][:512]
+        backup = 6 if plan["reserved"] >= 8 else 2
+        struct.pack_into("<H", boot, _FS_INFO, 1)
+        struct.pack_into("<H", boot, _BK_BOOT_SEC, backup)
+        put(1, fsinfo)
+        put(backup, boot)
+        put(backup + 1, fsinfo)
+    put(0, boot)
+    old_fat_at = g["reserved"] * ss
+    fat_bytes = g["fat"] * ss
+    for i in range(g["fats"]):
+        copy = metadata[old_fat_at + i * fat_bytes :][:fat_bytes]
+        put(plan["reserved"] + i * plan["fat"], copy)
+    root_at = old_fat_at + g["fats"] * fat_bytes
+    put(plan["reserved"] + g["fats"] * plan["fat"], metadata[root_at : root_at + g["root_bytes"]])
+    return bytes(out)
+
+
+# --- NTFS -----------------------------------------------------------------------------
+# Offsets in the NTFS boot sector (ntfs-3g layout.h, as in fs/ntfs.py).
+_NTFS_BYTES_PER_SECTOR, _NTFS_SPC, _NTFS_HIDDEN, _NTFS_SECTORS = 11, 13, 28, 40
+
+
+def _ntfs_cluster(boot: bytes) -> int:
+    spc = boot[_NTFS_SPC]
+    if spc > 0x80:
+        spc = 1 << (256 - spc)
+    return int(spc) * _u16(boot, _NTFS_BYTES_PER_SECTOR)
+
+
+def check_ntfs(boot: bytes, new_ss: int) -> str | None:
+    """Why this NTFS volume cannot move to ``new_ss``-byte sectors, or None."""
+    cluster = _ntfs_cluster(boot)
+    if cluster < new_ss:
+        return f"its {cluster}-byte clusters are smaller than a {new_ss}-byte sector"
+    return None
+
+
+def convert_ntfs(boot: bytes, new_ss: int, partition_start: int) -> list[tuple[int, bytes]]:
+    """Writes, as ``(byte offset in the volume, bytes)``, for the boot sector and its backup.
+
+    ``boot`` is the start of the source volume, at least ``new_ss`` bytes. The backup
+    boot sector lies in the last sector of the volume, which moves with the sector
+    size; it becomes a whole copy of the new first sector, as ntfsfix and Windows
+    compare them.
+    """
+    if len(boot) < new_ss:
+        raise ValueError(f"give the first {new_ss} bytes of the volume, not {len(boot)}")
+    reason = check_ntfs(boot, new_ss)
+    if reason is not None:
+        raise ValueError(reason)
+    old_ss = _u16(boot, _NTFS_BYTES_PER_SECTOR)
+    # the volume ends with its backup boot sector: keep that end where it was
+    end = (struct.unpack_from("<q", boot, _NTFS_SECTORS)[0] + 1) * old_ss
+    total = end // new_ss - 1
+    spc = _ntfs_cluster(boot) // new_ss
+    new = bytearray(boot[:new_ss])
+    struct.pack_into("<H", new, _NTFS_BYTES_PER_SECTOR, new_ss)
+    new[_NTFS_SPC] = spc if spc <= 0x80 else 256 - (spc.bit_length() - 1)
+    struct.pack_into("<I", new, _NTFS_HIDDEN, min(partition_start // new_ss, 0xFFFF_FFFF))
+    struct.pack_into("<q", new, _NTFS_SECTORS, total)
+    return [(0, bytes(new)), (total * new_ss, bytes(new))]
