@@ -71,6 +71,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 def register_all(group: click.Group) -> None:
     from blockvault.cli.commands import (
         backup,
+        cast,
         cat,
         check,
         demo,
@@ -111,5 +112,6 @@ def register_all(group: click.Group) -> None:
         gc,
         check,
         demo,
+        cast,
     ):
         module.register(group)

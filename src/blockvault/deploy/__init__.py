@@ -1,0 +1,1 @@
+"""Multicast deployment: one snapshot to many computers at once (see docs/CAST.md)."""

@@ -1,0 +1,331 @@
+"""The sending side of a cast: announce, admit receivers, stream passes, report.
+
+Each pass sends every chunk some receiver still lacks; receivers answer each pass
+with what they still need (NAKs). The rate follows the median receiver's loss, so
+one lossy or slow receiver is served in later passes instead of slowing the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import blake3
+import zstandard
+
+from blockvault.deploy import wire
+from blockvault.errors import UsageError
+from blockvault.pipeline.events import Reporter, Warned
+from blockvault.pipeline.events import quiet as quiet_reporter
+from blockvault.pipeline.stages import ordered_map
+from blockvault.repo import Repository, Snapshot
+from blockvault.repo import format as fmt
+
+__all__ = ["CastResult", "ReceiverReport", "send"]
+
+PASS_REPLY_WAIT = 3.0  # seconds to wait for receivers' NAKs after a pass
+STALL_PASSES = 6  # passes without progress before a receiver is dropped
+MIN_RATE = 5.0  # Mbit/s
+
+
+@dataclass
+class ReceiverReport:
+    address: str
+    host: str
+    status: str = "joining"  # joining, ready, verified, failed, dropped
+    bytes: int = 0
+    seconds: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class CastResult:
+    snapshot: str
+    session: str
+    passes: int
+    seconds: float
+    final_rate_mbit: float
+    receivers: list[ReceiverReport]
+
+
+@dataclass
+class _Peer:
+    sock: socket.socket
+    report: ReceiverReport
+    missing: set[int] = field(default_factory=set)
+    answered: int = -1
+    joined: float = 0.0
+    stalled: int = 0
+
+
+def plan(
+    repo: Repository, snapshot: Snapshot, partition: int | None
+) -> tuple[int, list[dict[str, Any]]]:
+    """Bytes the target needs and the manifest items (one per chunk with used bytes)."""
+    index = repo.load_index(snapshot)
+    if partition is not None:
+        region = index.region(fmt.REGION_PARTITION, partition)
+        if region is None:
+            raise UsageError(f"snapshot {snapshot.id[:12]} holds no image of partition {partition}")
+        regions, need, shift = [region], region.size, -region.start
+    else:
+        regions, need, shift = list(index.regions), snapshot.disk_size, 0
+    items = []
+    for region in regions:
+        for ref in region.chunks(index.chunk_size):
+            if ref.used:
+                items.append(
+                    {
+                        "base": region.start + shift,
+                        "offset": ref.offset,
+                        "length": ref.length,
+                        "used": [[e.offset, e.length] for e in ref.used],
+                        "id": ref.chunk_id,
+                    }
+                )
+    return need, items
+
+
+def wire_form(repo: Repository, chunk_id: str) -> bytes:
+    """flag (0 plain, 1 zstd) + unkeyed BLAKE3 of the plaintext + payload.
+
+    An unencrypted repository's stored frame goes as-is (its id is the unkeyed hash);
+    an encrypted one is opened here, since receivers hold no key.
+    """
+    if not repo.encrypted:
+        raw = repo.read_raw_chunk(chunk_id)
+        header = fmt.EnvelopeHeader.unpack(raw)
+        flag = 1 if header.compression == fmt.Compression.ZSTD else 0
+        return bytes([flag]) + bytes.fromhex(chunk_id) + raw[fmt.ENVELOPE.size :]
+    plain = repo.get_chunk(chunk_id)
+    return b"\1" + blake3.blake3(plain).digest() + zstandard.ZstdCompressor(level=3).compress(plain)
+
+
+def send(
+    repo: Repository,
+    snapshot: Snapshot,
+    *,
+    partition: int | None = None,
+    interface: str | None = None,
+    session: str = "default",
+    port: int = 9520,
+    min_receivers: int = 1,
+    max_wait: float = 60.0,
+    max_rate: float = 1000.0,
+    timeout: float = 3600.0,
+    reporter: Reporter = quiet_reporter,
+) -> CastResult:
+    started = time.monotonic()
+    need, items = plan(repo, snapshot, partition)
+    chunks = [i for i, item in enumerate(items) if item["id"]]
+    manifest = {
+        "type": "manifest",
+        "session": session,
+        "snapshot": snapshot.id,
+        "need": need,
+        "partition": partition,
+        "items": items,
+        "data_port": wire.DATA_PORT,
+    }
+    address = wire.interface_address(interface)
+    peers: list[_Peer] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((address, port))
+    listener.listen(64)
+    listener.settimeout(0.5)
+
+    def serve(peer: _Peer) -> None:
+        lines = wire.Lines(peer.sock)
+        try:
+            wire.send_message(peer.sock, manifest)
+            while not stop.is_set():
+                message = lines.read()
+                if message is None:
+                    raise ConnectionError("connection closed")
+                kind = message.get("type")
+                with lock:
+                    if kind == "ready":
+                        peer.report.status = "ready"
+                        peer.missing = set(chunks)
+                        peer.joined = time.monotonic()
+                        reporter(Warned(f"{peer.report.address} joined"))
+                    elif kind == "need":
+                        before = len(peer.missing)
+                        peer.missing = set(message["chunks"])
+                        peer.answered = message["pass"]
+                        peer.stalled = peer.stalled + 1 if len(peer.missing) >= before else 0
+                    elif kind == "done":
+                        peer.report.status = "verified"
+                        peer.report.bytes = message["bytes"]
+                        peer.report.seconds = round(time.monotonic() - peer.joined, 3)
+                        peer.missing = set()
+                        return
+                    elif kind == "error":
+                        peer.report.status = "failed"
+                        peer.report.reason = message.get("reason", "")
+                        return
+        except (OSError, ValueError) as exc:
+            with lock:
+                if peer.report.status in ("joining", "ready"):
+                    peer.report.status = "failed"
+                    peer.report.reason = f"lost contact: {exc}"
+                    peer.missing = set()
+
+    def admit() -> None:
+        while not stop.is_set():
+            try:
+                conn, (host, _) = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            hello = None
+            try:
+                conn.settimeout(10)
+                hello = wire.Lines(conn).read()
+                conn.settimeout(None)
+            except (OSError, ValueError):
+                pass
+            if not hello or hello.get("session") != session:
+                conn.close()
+                continue
+            peer = _Peer(conn, ReceiverReport(host, str(hello.get("host", ""))))
+            with lock:
+                peers.append(peer)
+            threading.Thread(target=serve, args=(peer,), daemon=True).start()
+
+    def announce() -> None:
+        sock = wire.multicast_sender(address)
+        text = f'{{"type":"announce","session":"{session}","port":{port}}}'.encode()
+        while not stop.wait(0.5):
+            with contextlib.suppress(OSError):
+                sock.sendto(text, (wire.ANNOUNCE_GROUP, wire.ANNOUNCE_PORT))
+        sock.close()
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (admit, announce)]
+    for t in threads:
+        t.start()
+    data = wire.multicast_sender(address)
+    tag = wire.tag_of(session)
+    rate = max_rate
+    passes = 0
+    try:
+        wait_end = time.monotonic() + max_wait
+        while time.monotonic() < wait_end:
+            with lock:
+                if sum(p.report.status == "ready" for p in peers) >= min_receivers:
+                    break
+            time.sleep(0.2)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with lock:
+                active = [p for p in peers if p.report.status == "ready"]
+                wanted = sorted(set().union(*(p.missing for p in active)))
+                joining = any(p.report.status == "joining" for p in peers)
+            if not active and not joining:
+                break
+            if not wanted:
+                time.sleep(0.2)
+                continue
+            _stream(repo, items, wanted, data, tag, rate)
+            passes += 1
+            for p in active:
+                _tell(p, {"type": "pass", "pass": passes})
+            reply_end = time.monotonic() + PASS_REPLY_WAIT
+            while time.monotonic() < reply_end:
+                with lock:
+                    if all(p.answered >= passes or p.report.status != "ready" for p in active):
+                        break
+                time.sleep(0.02)
+            rate = _adapt(rate, max_rate, wanted, active, lock)
+            with lock:
+                for p in active:
+                    if p.report.status == "ready" and p.stalled >= STALL_PASSES:
+                        _drop(p, f"no progress in {STALL_PASSES} passes")
+                        reporter(Warned(f"{p.report.address} dropped: no progress"))
+        with lock:
+            for p in peers:
+                if p.report.status in ("ready", "joining"):
+                    _drop(p, "session time limit reached")
+    finally:
+        stop.set()
+        listener.close()
+        data.close()
+        with lock:
+            for p in peers:
+                _tell(p, {"type": "bye"})
+                p.sock.close()
+    return CastResult(
+        snapshot.id,
+        session,
+        passes,
+        round(time.monotonic() - started, 3),
+        round(rate, 1),
+        [p.report for p in peers],
+    )
+
+
+def _stream(
+    repo: Repository,
+    items: list[dict[str, Any]],
+    wanted: list[int],
+    sock: socket.socket,
+    tag: int,
+    rate_mbit: float,
+) -> None:
+    """Send ``wanted`` chunks as fragments at no more than ``rate_mbit``."""
+    bytes_per_second = rate_mbit * 125_000
+    start = time.monotonic()
+    sent = 0
+
+    def load(n: int) -> tuple[int, bytes]:
+        return n, wire_form(repo, items[n]["id"])
+
+    loaded: Iterator[tuple[int, bytes]] = ordered_map(load, wanted, 2)
+    for n, body in loaded:
+        for datagram in wire.fragments(tag, n, body):
+            ahead = sent / bytes_per_second - (time.monotonic() - start)
+            if ahead > 0.002:
+                time.sleep(ahead)
+            try:
+                sock.sendto(datagram, (wire.DATA_GROUP, wire.DATA_PORT))
+            except OSError:  # ENOBUFS: the queue is full; the datagram counts as lost
+                time.sleep(0.001)
+            sent += len(datagram) + 28
+
+
+def _adapt(
+    rate: float, max_rate: float, wanted: list[int], active: list[_Peer], lock: threading.Lock
+) -> float:
+    sent = set(wanted)
+    with lock:
+        losses = [len(p.missing & sent) / len(sent) for p in active if p.report.status == "ready"]
+    if not losses:
+        return rate
+    median = statistics.median(losses)
+    if median > 0.05:
+        return max(MIN_RATE, rate * 0.6)
+    if median < 0.01:
+        return min(max_rate, rate * 1.25)
+    return rate
+
+
+def _tell(peer: _Peer, message: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):
+        wire.send_message(peer.sock, message)
+
+
+def _drop(peer: _Peer, reason: str) -> None:
+    peer.report.status = "dropped"
+    peer.report.reason = reason
+    peer.missing = set()
+    _tell(peer, {"type": "drop", "reason": reason})

@@ -1,0 +1,241 @@
+"""Multicast deployment with real processes in network namespaces.
+
+A bridge in its own namespace joins one sender and several receivers over veth
+pairs; loss is made with nftables drops inside a receiver's namespace (no netem on
+the CI kernel). Every finished target must equal the source and fsck clean.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from blockvault.pipeline.backup import backup
+from blockvault.repo import Repository
+from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
+from tests.conftest import IS_ROOT, need_tools, sh
+from tests.fstree import extract, fsck
+
+pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root for network namespaces")
+
+MiB = 1024 * 1024
+LIMIT = 60  # seconds any one cast process may run
+
+
+@dataclass
+class Net:
+    prefix: str
+    sender: str
+    receivers: list[str]
+
+    def run(self, ns: str, *args: str | os.PathLike[str]) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            ["ip", "netns", "exec", ns, "blockvault", *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def lose(self, ns: str, percent: int) -> None:
+        """Drop ``percent`` % of the UDP datagrams arriving in ``ns``."""
+        rules = (
+            "add table inet cast\n"
+            "add chain inet cast input { type filter hook input priority 0 ; }\n"
+            f"add rule inet cast input meta l4proto udp numgen random mod 100 < {percent} drop\n"
+        )
+        sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=rules)
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    need_tools("ip", "nft")
+    prefix = f"bvc{os.getpid() % 100000}{int(time.monotonic() * 1000) % 1000}"
+    bridge = f"{prefix}b"
+    names = [f"{prefix}s"] + [f"{prefix}r{i}" for i in range(4)]
+    created: list[str] = []
+    try:
+        for ns in [bridge, *names]:
+            sh("ip", "netns", "add", ns)
+            created.append(ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", bridge, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+        sh("ip", "-n", bridge, "link", "set", "br0", "up")
+        for i, ns in enumerate(names):
+            # veth names are global while being created: unique per run
+            a, b = f"{prefix}a{i}", f"{prefix}c{i}"
+            sh("ip", "link", "add", a, "netns", bridge, "type", "veth", "peer", b, "netns", ns)
+            sh("ip", "-n", bridge, "link", "set", a, "master", "br0", "up")
+            sh("ip", "-n", ns, "link", "set", b, "name", "cast0")
+            sh("ip", "-n", ns, "addr", "add", f"10.77.0.{i + 1}/24", "dev", "cast0")
+            sh("ip", "-n", ns, "link", "set", "cast0", "up")
+        yield Net(prefix, names[0], names[1:])
+    finally:
+        for ns in reversed(created):
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[BuiltDisk, Path, str]:
+    work = tmp_path_factory.mktemp("cast")
+    make_tree(work / "tree", 12 * MiB, seed=6)
+    disk = build_disk(
+        DiskSpec("gpt", 48 * MiB, [PartitionSpec("ext4", 40 * MiB, content=work / "tree")]),
+        work / "disk.img",
+    )
+    repo = Repository.init(str(work / "repo"))
+    snap = backup(repo, str(disk.path))
+    return disk, work / "repo", snap.id
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=LIMIT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"cast process ran over {LIMIT}s: {err}") from None
+    return proc.returncode, out, err
+
+
+def check_copy(target: Path, disk: BuiltDisk, tmp: Path) -> None:
+    assert filecmp.cmp(disk.path, target, shallow=False)
+    part = disk.partitions[0]
+    fsck(extract(target, part.offset, part.size, tmp / f"{target.stem}.part"), part.fs)
+
+
+def cast(
+    net: Net,
+    source: tuple[BuiltDisk, Path, str],
+    tmp: Path,
+    receivers: int,
+    *extra: str,
+) -> tuple[list[subprocess.Popen[str]], subprocess.Popen[str], list[Path]]:
+    _disk, repo, snap = source
+    targets = [tmp / f"target{i}.img" for i in range(receivers)]
+    procs = [
+        net.run(
+            ns,
+            "cast",
+            "receive",
+            t,
+            "--interface",
+            "cast0",
+            "--session",
+            net.prefix,
+            "--max-wait",
+            "30",
+            "--json",
+        )
+        for ns, t in zip(net.receivers, targets, strict=False)
+    ]
+    sender = net.run(
+        net.sender,
+        "-r",
+        repo,
+        "cast",
+        "send",
+        snap,
+        "--interface",
+        "cast0",
+        "--session",
+        net.prefix,
+        "--min-receivers",
+        str(receivers),
+        "--max-wait",
+        "20",
+        "--timeout",
+        "40",
+        "--json",
+        *extra,
+    )
+    return procs, sender, targets
+
+
+@pytest.mark.parametrize("loss", [0, 1, 5])
+def test_three_receivers_one_lossy_link(
+    net: Net, source: tuple[BuiltDisk, Path, str], tmp_path: Path, loss: int
+) -> None:
+    if loss:
+        net.lose(net.receivers[2], loss)
+    procs, sender, targets = cast(net, source, tmp_path, 3)
+    results = [finish(p) for p in procs]
+    code, out, err = finish(sender)
+    assert code == 0, err
+    report = json.loads(out)
+    assert sorted(r["status"] for r in report["receivers"]) == ["verified"] * 3
+    for (rc, _, rerr), target in zip(results, targets, strict=True):
+        assert rc == 0, rerr
+        check_copy(target, source[0], tmp_path)
+
+
+def test_killed_receiver_does_not_stop_the_others(
+    net: Net, source: tuple[BuiltDisk, Path, str], tmp_path: Path
+) -> None:
+    procs, sender, targets = cast(net, source, tmp_path, 4, "--max-rate", "30")
+    time.sleep(1.5)
+    target = targets[3]
+    deadline = time.monotonic() + 20
+    while not (target.exists() and target.stat().st_blocks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    procs[3].kill()
+    results = [finish(p) for p in procs]
+    code, out, _err = finish(sender)
+    assert code == 1  # one receiver did not finish: the session says so
+    report = {r["address"]: r for r in json.loads(out)["receivers"]}
+    assert report["10.77.0.5"]["status"] == "failed"
+    assert [report[f"10.77.0.{i}"]["status"] for i in (2, 3, 4)] == ["verified"] * 3
+    for (rc, _, rerr), t in zip(results[:3], targets[:3], strict=True):
+        assert rc == 0, rerr
+        check_copy(t, source[0], tmp_path)
+
+
+def test_too_small_target_refused_before_writing(
+    net: Net, source: tuple[BuiltDisk, Path, str], tmp_path: Path
+) -> None:
+    _disk, repo, snap = source
+    small = tmp_path / "small.img"
+    small.write_bytes(b"\x55" * MiB)
+    proc = net.run(
+        net.receivers[0],
+        "cast",
+        "receive",
+        small,
+        "--interface",
+        "cast0",
+        "--session",
+        net.prefix,
+        "--max-wait",
+        "20",
+    )
+    sender = net.run(
+        net.sender,
+        "-r",
+        repo,
+        "cast",
+        "send",
+        snap,
+        "--interface",
+        "cast0",
+        "--session",
+        net.prefix,
+        "--max-wait",
+        "5",
+        "--json",
+    )
+    rc, _, err = finish(proc)
+    assert rc != 0
+    assert len(err.strip().splitlines()) == 1 and "too small" in err, err
+    assert "Traceback" not in err
+    assert small.read_bytes() == b"\x55" * MiB
+    code, out, _ = finish(sender)
+    assert code == 1
+    assert json.loads(out)["receivers"][0]["status"] == "failed"
