@@ -42,6 +42,7 @@ class ReceiverReport:
     bytes: int = 0
     seconds: float = 0.0
     reason: str = ""
+    naks: int = 0  # chunks asked for again after FEC could not repair them
 
 
 @dataclass
@@ -161,6 +162,7 @@ def send(
                     elif kind == "need":
                         before = len(peer.missing)
                         peer.missing = set(message["chunks"])
+                        peer.report.naks += len(peer.missing)
                         peer.answered = message["pass"]
                         peer.stalled = peer.stalled + 1 if len(peer.missing) >= before else 0
                     elif kind == "done":
