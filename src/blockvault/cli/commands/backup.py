@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from blockvault.cli import render
 from blockvault.cli.commands import json_option, open_repo
+from blockvault.disk.system import choose_system
+from blockvault.errors import UsageError
 from blockvault.pipeline.backup import backup
 
 
 def register(group: click.Group) -> None:
     @group.command("backup")
-    @click.argument("source", type=click.Path(dir_okay=False))
+    @click.argument("source", type=click.Path(dir_okay=False), required=False)
     @click.option(
         "-p",
         "--partition",
@@ -29,18 +33,38 @@ def register(group: click.Group) -> None:
         metavar="zstd:LEVEL",
         help="Compression for new chunks: zstd:LEVEL (1-22) or none. Default: the repository's.",
     )
+    @click.option(
+        "--system",
+        is_flag=True,
+        help="Image what the running system needs instead of SOURCE: the disk holding / "
+        "and the partitions of /, /boot, /boot/efi, EFI System and BIOS boot.",
+    )
+    @click.option(
+        "--root",
+        type=click.Path(file_okay=False, exists=True),
+        default="/",
+        show_default=True,
+        help="With --system: the directory to treat as the system's /.",
+    )
     @json_option
     @click.pass_context
     def backup_command(
         ctx: click.Context,
-        source: str,
+        source: str | None,
         partitions: tuple[int, ...],
         tags: tuple[str, ...],
         compression: str | None,
+        system: bool,
+        root: str,
         as_json: bool,
     ) -> None:
         """Image SOURCE (a block device or disk image file) into the repository, reading
         only the blocks its filesystems use. Prints the new snapshot's id."""
+        if system == (source is not None):
+            raise UsageError("give either SOURCE or --system, not both or neither")
+        if source is None:
+            choice = choose_system(Path(root))
+            source, partitions = str(choice.disk), partitions or choice.partitions
         repo = open_repo(ctx)
         if compression:
             repo = repo.with_compression(compression)

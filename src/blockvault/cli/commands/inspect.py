@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from blockvault.cli import render
 from blockvault.cli.commands import json_option
 from blockvault.disk.device import open_device
 from blockvault.disk.layout import DiskLayout, read_layout
+from blockvault.disk.system import choose_system
+from blockvault.errors import UsageError
 
 
 def show_layout(layout: DiskLayout, *, boot_areas: bool = True) -> None:
@@ -40,12 +44,35 @@ def show_layout(layout: DiskLayout, *, boot_areas: bool = True) -> None:
 
 def register(group: click.Group) -> None:
     @group.command()
-    @click.argument("source", type=click.Path(dir_okay=False))
+    @click.argument("source", type=click.Path(dir_okay=False), required=False)
+    @click.option(
+        "--system", is_flag=True, help="Show what 'backup --system' would image, and why."
+    )
+    @click.option(
+        "--root",
+        type=click.Path(file_okay=False, exists=True),
+        default="/",
+        show_default=True,
+        help="With --system: the directory to treat as the system's /.",
+    )
     @json_option
-    def inspect(source: str, as_json: bool) -> None:
+    def inspect(source: str | None, system: bool, root: str, as_json: bool) -> None:
         """Show the layout of SOURCE (a block device or disk image file): partition
         table, partitions, filesystems, used bytes and the boot areas imaged raw."""
-        with open_device(source) as device:
+        if system == (source is not None):
+            raise UsageError("give either SOURCE or --system, not both or neither")
+        if system:
+            choice = choose_system(Path(root))
+            if as_json:
+                render.emit_json(choice)
+                return
+            render.table(
+                f"backup --system would image {choice.disk}",
+                ["#", "Why"],
+                list(zip(choice.partitions, choice.reasons, strict=True)),
+            )
+            return
+        with open_device(str(source)) as device:
             layout = read_layout(device)
         if as_json:
             render.emit_json(layout)
