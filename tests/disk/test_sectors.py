@@ -21,32 +21,13 @@ MiB = 1 << 20
 
 
 def convert_disk(disk: BuiltDisk, out: Path, new_ss: int) -> Path:
-    """What restore does when the target has other sectors: copy, rescale, fix boot sectors."""
+    """What restore does when the target has other sectors: copy the bytes, then convert."""
     sh("cp", "--sparse=always", disk.path, out)
-    with open_device(disk.path) as src:
-        table = (gpt.parse if disk.table == "gpt" else mbr.parse)(src, disk.sector_size)
+    with open_device(out, write=True) as dev:
+        table = (gpt.parse if disk.table == "gpt" else mbr.parse)(dev, disk.sector_size)
         assert table is not None
-        boot = src.read_at(0, 512)
-        heads = {p.number: src.read_at(p.offset, 4 << 20) for p in disk.partitions}
-    new = sectors.rescale_table(table, new_ss)
-    writes: list[tuple[int, bytes]] = []
-    if new.kind == "gpt":
-        writes.append((0, bytes(34 * 512)))  # the old primary header lies elsewhere now
-        writes += gpt.build(new, disk.size, protective=True, boot_sector=boot)
-    else:
-        writes += mbr.build(new, disk.size, boot_sector=boot)
-    for p in disk.partitions:
-        head = heads[p.number]
-        if p.fs.startswith("fat"):
-            size = sectors.fat_metadata_size(head)
-            writes.append((p.offset, sectors.convert_fat(head[:size], new_ss, p.offset)))
-        elif p.fs == "ntfs":
-            for at, chunk in sectors.convert_ntfs(head, new_ss, p.offset):
-                writes.append((p.offset + at, chunk))
-    with open(out, "r+b") as f:
-        for offset, chunk in writes:
-            f.seek(offset)
-            f.write(chunk)
+        done = sectors.convert_disk(dev, table, new_ss)
+    assert len(done) == 4, done
     return out
 
 
@@ -163,3 +144,19 @@ def test_refusals_name_the_reason(tmp_path: Path) -> None:
     assert table is not None
     reason = sectors.check_table(table, 4096)
     assert reason is not None and "partition 1" in reason
+
+
+def test_a_disk_that_cannot_convert_is_refused_before_writing(tmp_path: Path) -> None:
+    need_tools("sfdisk", "mkfs.fat")
+    # mkfs.fat's default for 12 MiB: 2 KiB clusters, smaller than a 4096-byte sector
+    spec = DiskSpec("gpt", 16 * MiB, [PartitionSpec("fat16", 12 * MiB, "SMALL")])
+    disk = build_disk(spec, tmp_path / "d.img")
+    before = disk.path.read_bytes()
+    with open_device(disk.path, write=True) as dev:
+        table = gpt.parse(dev, 512)
+        assert table is not None
+        reason = sectors.check_disk(dev, table, 4096)
+        assert reason is not None and reason.startswith("partition 1 (FAT)")
+        with pytest.raises(ValueError, match="partition 1"):
+            sectors.convert_disk(dev, table, 4096)
+    assert disk.path.read_bytes() == before

@@ -18,13 +18,18 @@ from __future__ import annotations
 import struct
 from dataclasses import replace
 
+from blockvault.disk.device import Device, Reader, Region
+from blockvault.disk.fs import fat, ntfs
 from blockvault.disk.table import PartitionTable
 from blockvault.disk.table import gpt as gpt_table
+from blockvault.disk.table import mbr as mbr_table
 
 __all__ = [
+    "check_disk",
     "check_fat",
     "check_ntfs",
     "check_table",
+    "convert_disk",
     "convert_fat",
     "convert_ntfs",
     "fat_metadata_size",
@@ -241,3 +246,77 @@ def convert_ntfs(boot: bytes, new_ss: int, partition_start: int) -> list[tuple[i
     struct.pack_into("<I", new, _NTFS_HIDDEN, min(partition_start // new_ss, 0xFFFF_FFFF))
     struct.pack_into("<q", new, _NTFS_SECTORS, total)
     return [(0, bytes(new)), (total * new_ss, bytes(new))]
+
+
+# --- on a whole disk ------------------------------------------------------------------
+_METADATA_READ = 64 << 20  # FAT metadata beyond this (a FAT of 16M clusters) is refused
+
+
+def _volume_kind(reader: Reader) -> str | None:
+    if ntfs.detect(reader):
+        return "ntfs"
+    return "fat" if fat.detect(reader) else None
+
+
+def check_disk(source: Reader, table: PartitionTable, new_ss: int) -> str | None:
+    """Why the disk on ``source`` cannot be copied to ``new_ss``-byte sectors, or None.
+
+    Call it before writing anything: it reads only the source.
+    """
+    reason = check_table(table, new_ss)
+    if reason is not None:
+        return reason
+    for p in table.data_partitions:
+        volume = Region(source, p.start, p.size)
+        kind = _volume_kind(volume)
+        if kind is None:
+            continue
+        boot = volume.read_at(0, 512)
+        if kind == "fat":
+            reason = check_fat(boot, new_ss)
+            if reason is None and fat_metadata_size(boot) > _METADATA_READ:
+                reason = "its FATs are larger than 64 MiB"
+        else:
+            reason = check_ntfs(boot, new_ss)
+        if reason is not None:
+            return f"partition {p.number} ({kind.upper()}): {reason}"
+    return None
+
+
+def convert_disk(device: Device, table: PartitionTable, new_ss: int) -> list[str]:
+    """Rewrite a disk copied byte for byte from one with ``table`` for ``new_ss``-byte sectors.
+
+    ``device`` already holds the source's bytes. The table is rebuilt for the new
+    sectors (GPT: protective MBR, headers and entries at the new LBAs, backup at the
+    device's end), then each FAT and NTFS volume's boot sector (FAT: with its FATs)
+    is rewritten. Returns one line per change for the report. Raises ValueError with
+    ``check_disk``'s reason, before writing, when it cannot.
+    """
+    reason = check_disk(device, table, new_ss)
+    if reason is not None:
+        raise ValueError(reason)
+    new = rescale_table(table, new_ss)
+    boot = device.read_at(0, 512)
+    writes: list[tuple[int, bytes]] = []
+    if new.kind == "gpt":
+        writes += gpt_table.build(new, device.size, protective=True, boot_sector=boot)
+    else:
+        writes += mbr_table.build(new, device.size, boot_sector=boot)
+    done = [f"{table.kind} table rewritten for {new_ss}-byte sectors"]
+    for p in table.data_partitions:
+        volume = device.region(p.start, p.size)
+        kind = _volume_kind(volume)
+        if kind == "fat":
+            size = fat_metadata_size(volume.read_at(0, 512))
+            metadata = volume.read_at(0, size)
+            writes.append((p.start, convert_fat(metadata, new_ss, p.start)))
+        elif kind == "ntfs":
+            head = volume.read_at(0, max(512, new_ss))
+            writes += [(p.start + at, data) for at, data in convert_ntfs(head, new_ss, p.start)]
+        else:
+            continue
+        done.append(f"partition {p.number}: {kind.upper()} boot sector rewritten")
+    for offset, data in writes:
+        device.write_at(offset, data)
+    device.sync()
+    return done
