@@ -160,3 +160,62 @@ def test_a_disk_that_cannot_convert_is_refused_before_writing(tmp_path: Path) ->
         with pytest.raises(ValueError, match="partition 1"):
             sectors.convert_disk(dev, table, 4096)
     assert disk.path.read_bytes() == before
+
+
+def sgdisk_ext4(path: Path, block: int) -> tuple[int, int]:
+    """sgdisk's last partition ends at the last usable 512-byte LBA, mid 4096-byte sector."""
+    with open(path, "wb") as f:
+        f.truncate(40 * MiB)
+    sh("sgdisk", "-n", "1:2048:0", path)
+    start = 2048 * 512
+    last = int(sh("sgdisk", "-i", "1", path).split("Last sector: ")[1].split()[0])
+    size = (last + 1) * 512 - start
+    sh(
+        "mke2fs",
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-b",
+        str(block),
+        "-E",
+        f"offset={start}",
+        path,
+        str(size // block),
+    )
+    return start, size
+
+
+def test_last_partition_ending_mid_sector_is_trimmed_when_its_fs_ends_before(
+    tmp_path: Path, loop: Callable[..., str]
+) -> None:
+    need_tools("sgdisk", "mke2fs", "e2fsck")
+    image = tmp_path / "d.img"
+    start, size = sgdisk_ext4(image, 4096)
+    assert size % 4096
+    with open_device(image, write=True) as dev:
+        table = gpt.parse(dev, 512)
+        assert table is not None
+        sectors.convert_disk(dev, table, 4096)
+    dev4k = loop(image, sector_size=4096)
+    assert "No problems found" in sh("sgdisk", "-v", dev4k)
+    part = loop(image, sector_size=4096, offset=start, size=size // 4096 * 4096)
+    sh("e2fsck", "-fn", part)
+
+
+def test_ext_with_blocks_smaller_than_the_new_sector_is_refused(tmp_path: Path) -> None:
+    need_tools("sgdisk", "mke2fs")
+    image = tmp_path / "d.img"
+    sgdisk_ext4(image, 1024)
+    with open_device(image) as dev:
+        table = gpt.parse(dev, 512)
+        assert table is not None
+        # the 1 KiB-block filesystem also fills the odd tail: either reason is a refusal
+        assert sectors.check_disk(dev, table, 4096) is not None
+    sh("sgdisk", "-d", "1", "-n", "1:2048:+16M", image)
+    sh("mke2fs", "-q", "-F", "-t", "ext4", "-b", "1024", "-E", "offset=1048576", image, "16384")
+    with open_device(image) as dev:
+        table = gpt.parse(dev, 512)
+        assert table is not None
+        reason = sectors.check_disk(dev, table, 4096)
+    assert reason is not None and "1024-byte blocks" in reason

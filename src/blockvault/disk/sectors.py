@@ -16,10 +16,12 @@ that region. NTFS: only the boot sector and its backup change.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import replace
 
 from blockvault.disk.device import Device, Reader, Region
-from blockvault.disk.fs import fat, ntfs
+from blockvault.disk.fs import ext, fat, ntfs
+from blockvault.disk.fs.probe import probe
 from blockvault.disk.table import PartitionTable
 from blockvault.disk.table import gpt as gpt_table
 from blockvault.disk.table import mbr as mbr_table
@@ -39,12 +41,22 @@ __all__ = [
 SECTOR_SIZES = (512, 4096)
 
 
-def check_table(table: PartitionTable, new_ss: int) -> str | None:
-    """Why ``table`` cannot be written in ``new_ss``-byte sectors, or None when it can."""
+def check_table(
+    table: PartitionTable, new_ss: int, fs_sizes: Mapping[int, int] | None = None
+) -> str | None:
+    """Why ``table`` cannot be written in ``new_ss``-byte sectors, or None when it can.
+
+    A partition must start on a new sector. Its size may end mid-sector when
+    ``fs_sizes`` (partition number -> bytes its filesystem spans) says the content
+    ends before: ``rescale_table`` then drops the tail (a GPT's last partition often
+    ends at the last usable 512-byte LBA, not on a 4096-byte one).
+    """
     if new_ss not in SECTOR_SIZES:
         return f"{new_ss}-byte sectors are not supported (only 512 and 4096)"
+    sizes = fs_sizes or {}
     for p in table.partitions:
-        if p.start % new_ss or p.size % new_ss:
+        rounded = p.size // new_ss * new_ss
+        if p.start % new_ss or sizes.get(p.number, p.size) > rounded or not rounded:
             return (
                 f"partition {p.number} (start byte {p.start}, {p.size} bytes) is not whole "
                 f"{new_ss}-byte sectors, so it cannot be described on the target"
@@ -54,7 +66,9 @@ def check_table(table: PartitionTable, new_ss: int) -> str | None:
     return None
 
 
-def rescale_table(table: PartitionTable, new_ss: int) -> PartitionTable:
+def rescale_table(
+    table: PartitionTable, new_ss: int, fs_sizes: Mapping[int, int] | None = None
+) -> PartitionTable:
     """``table`` as it reads in ``new_ss``-byte sectors; build it with ``gpt.build``/``mbr.build``.
 
     Partitions are kept in bytes. For a GPT the first usable LBA keeps its byte
@@ -62,9 +76,11 @@ def rescale_table(table: PartitionTable, new_ss: int) -> PartitionTable:
     the last usable LBA and the backup are recomputed by ``gpt.build`` for the disk.
     Raises ValueError with ``check_table``'s reason.
     """
-    reason = check_table(table, new_ss)
+    reason = check_table(table, new_ss, fs_sizes)
     if reason is not None:
         raise ValueError(reason)
+    parts = tuple(replace(p, size=p.size // new_ss * new_ss) for p in table.partitions)
+    table = replace(table, partitions=parts)
     if table.kind != "gpt":
         return replace(table, sector_size=new_ss)
     count = table.entry_count or gpt_table.DEFAULT_ENTRY_COUNT
@@ -92,6 +108,10 @@ _FAT32_RESERVED_MIN = 4  # boot sector, FSInfo and their backups
 
 def _u16(b: bytes, at: int) -> int:
     return int(struct.unpack_from("<H", b, at)[0])
+
+
+def _u64(b: bytes, at: int) -> int:
+    return int(struct.unpack_from("<q", b, at)[0])
 
 
 def _u32(b: bytes, at: int) -> int:
@@ -258,17 +278,38 @@ def _volume_kind(reader: Reader) -> str | None:
     return "fat" if fat.detect(reader) else None
 
 
+def _fs_sizes(source: Reader, table: PartitionTable, new_ss: int) -> dict[int, int]:
+    """Bytes each filesystem spans, for the partitions that end mid-sector."""
+    sizes = {}
+    for p in table.data_partitions:
+        if p.size % new_ss:
+            volume = Region(source, p.start, p.size)
+            if ntfs.detect(volume):  # the backup boot sector ends the volume
+                boot = volume.read_at(0, 512)
+                sizes[p.number] = (_u64(boot, _NTFS_SECTORS) + 1) * _u16(boot, 11)
+            else:
+                sizes[p.number] = probe(volume).size
+    return sizes
+
+
 def check_disk(source: Reader, table: PartitionTable, new_ss: int) -> str | None:
     """Why the disk on ``source`` cannot be copied to ``new_ss``-byte sectors, or None.
 
     Call it before writing anything: it reads only the source.
     """
-    reason = check_table(table, new_ss)
+    reason = check_table(table, new_ss, _fs_sizes(source, table, new_ss))
     if reason is not None:
         return reason
     for p in table.data_partitions:
         volume = Region(source, p.start, p.size)
         kind = _volume_kind(volume)
+        if kind is None and ext.detect(volume):
+            block = probe(volume).block_size  # Linux mounts no ext block below a sector
+            if block < new_ss:
+                return (
+                    f"partition {p.number} (ext): its {block}-byte blocks are smaller than "
+                    f"a {new_ss}-byte sector, so it could not be mounted there"
+                )
         if kind is None:
             continue
         boot = volume.read_at(0, 512)
@@ -295,7 +336,7 @@ def convert_disk(device: Device, table: PartitionTable, new_ss: int) -> list[str
     reason = check_disk(device, table, new_ss)
     if reason is not None:
         raise ValueError(reason)
-    new = rescale_table(table, new_ss)
+    new = rescale_table(table, new_ss, _fs_sizes(device, table, new_ss))
     boot = device.read_at(0, 512)
     writes: list[tuple[int, bytes]] = []
     if new.kind == "gpt":
