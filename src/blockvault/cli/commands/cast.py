@@ -96,7 +96,7 @@ def register(group: click.Group) -> None:
         else:
             render.table(
                 f"cast {snap.id[:12]}: {result.passes} passes in {result.seconds:.1f}s",
-                ["receiver", "host", "status", "written", "seconds", "reason"],
+                ["receiver", "host", "status", "written", "seconds", "NAKed", "reason"],
                 [
                     [
                         r.address,
@@ -104,6 +104,7 @@ def register(group: click.Group) -> None:
                         r.status,
                         render.size(r.bytes),
                         f"{r.seconds:.1f}",
+                        r.naks,
                         r.reason,
                     ]
                     for r in result.receivers

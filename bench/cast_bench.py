@@ -1,0 +1,194 @@
+"""Multicast deployment: blockvault cast against udpcast carrying partclone+zstd.
+
+On a bridge in its own network namespace, one sender and 1, 3 and 6 receivers
+(each in a namespace, joined over veth pairs) get the cached benchmark disk of
+``run_bench.py``. blockvault sends the snapshot from a repository; udpcast's
+``udp-sender`` sends a ``partclone.ext4 -c | zstd -3`` image that each receiver
+pipes through ``zstd -dc | partclone.ext4 -r`` onto its target, as Clonezilla does.
+Each case is timed from the start of every process to the last exit, page cache
+dropped before. ``--loss`` adds the 1 % case: nftables drops UDP on one receiver.
+
+    sudo python3 bench/cast_bench.py [--size 4G] [--receivers 1,3,6]
+
+Results: bench/work/cast/results.json (summarised by hand in BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_bench import WORK, drop_caches, ensure_disk, log, machine_info, parse_size
+
+CAST = WORK / "cast"
+LIMIT = 1800  # seconds one case may take
+
+
+def sh(*argv: str | Path, input: str | None = None) -> str:
+    return subprocess.run(
+        [str(a) for a in argv], check=True, capture_output=True, text=True, input=input
+    ).stdout
+
+
+class Net:
+    """A bridge namespace, a sender namespace and ``n`` receiver namespaces."""
+
+    def __init__(self, receivers: int) -> None:
+        self.prefix = f"bvb{os.getpid() % 100000}"
+        self.bridge = f"{self.prefix}b"
+        self.sender = f"{self.prefix}s"
+        self.receivers = [f"{self.prefix}r{i}" for i in range(receivers)]
+        self.created: list[str] = []
+
+    def __enter__(self) -> Net:
+        for ns in [self.bridge, self.sender, *self.receivers]:
+            sh("ip", "netns", "add", ns)
+            self.created.append(ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", self.bridge, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+        sh("ip", "-n", self.bridge, "link", "set", "br0", "up")
+        for i, ns in enumerate([self.sender, *self.receivers]):
+            a, b = f"{self.prefix}a{i}", f"{self.prefix}c{i}"
+            sh("ip", "link", "add", a, "netns", self.bridge, "type", "veth", "peer", b, "netns", ns)
+            sh("ip", "-n", self.bridge, "link", "set", a, "master", "br0", "up")
+            sh("ip", "-n", ns, "link", "set", b, "name", "cast0")
+            sh("ip", "-n", ns, "addr", "add", f"10.78.0.{i + 1}/24", "dev", "cast0")
+            sh("ip", "-n", ns, "link", "set", "cast0", "up")
+            # the route udpcast needs for its multicast traffic
+            sh("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", "cast0")
+        return self
+
+    def lose(self, ns: str, percent: int) -> None:
+        rules = (
+            "add table inet cast\n"
+            "add chain inet cast input { type filter hook input priority 0 ; }\n"
+            f"add rule inet cast input meta l4proto udp numgen random mod 100 < {percent} drop\n"
+        )
+        sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=rules)
+
+    def __exit__(self, *exc: object) -> None:
+        for ns in reversed(self.created):
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def run_case(commands: list[tuple[str, str]]) -> float:
+    """Start every (namespace, shell command) at once; seconds until the last exits."""
+    drop_caches()
+    start = time.monotonic()
+    procs = [
+        subprocess.Popen(["ip", "netns", "exec", ns, "sh", "-c", cmd], stdout=subprocess.DEVNULL)
+        for ns, cmd in commands
+    ]
+    for proc, (_, cmd) in zip(procs, commands, strict=True):
+        if proc.wait(timeout=LIMIT) != 0:
+            raise SystemExit(f"failed ({proc.returncode}): {cmd}")
+    return round(time.monotonic() - start, 2)
+
+
+def blockvault_case(net: Net, repo: Path, snap: str, targets: list[Path]) -> list[tuple[str, str]]:
+    receive = [
+        (ns, f"blockvault cast receive {t} --interface cast0 --session bench --max-wait 60")
+        for ns, t in zip(net.receivers, targets, strict=False)
+    ]
+    send = (
+        f"blockvault -r {repo} cast send {snap} --interface cast0 --session bench "
+        f"--min-receivers {len(targets)} --max-wait 60 --json > {CAST}/send-report.json"
+    )
+    return [*receive, (net.sender, send)]
+
+
+def udpcast_case(
+    net: Net, image: Path, part_size: int, targets: list[Path]
+) -> list[tuple[str, str]]:
+    receive = [
+        (
+            ns,
+            f"truncate -s {part_size} {t} && udp-receiver --interface cast0 --nokbd "
+            f"--no-progress 2>/dev/null | zstd -dcq | partclone.ext4 -r -q -s - -o {t} "
+            f"-L {CAST}/partclone-{i}.log",
+        )
+        for i, (ns, t) in enumerate(zip(net.receivers, targets, strict=False))
+    ]
+    send = (
+        f"udp-sender --file {image} --interface cast0 --nokbd --no-progress "
+        f"--min-receivers {len(targets)} --max-wait 60 2>/dev/null"
+    )
+    return [*receive, (net.sender, send)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="4G")
+    parser.add_argument("--fill", type=float, default=0.45)
+    parser.add_argument("--receivers", default="1,3,6")
+    parser.add_argument("--loss-receivers", type=int, default=3)
+    parser.add_argument("--tools", default="blockvault,udpcast")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("cast_bench.py needs root: network namespaces and drop_caches")
+    disk = ensure_disk(parse_size(args.size), args.fill, 0)
+    CAST.mkdir(parents=True, exist_ok=True)
+    repo = CAST / "repo"
+    if not (CAST / "snapshot").exists():
+        subprocess.run(["rm", "-rf", str(repo)], check=True)
+        sh("blockvault", "-r", repo, "init")
+        out = json.loads(sh("blockvault", "-r", repo, "backup", disk["path"], "--json"))
+        (CAST / "snapshot").write_text(out["id"])
+    snap = (CAST / "snapshot").read_text().strip()
+    part = disk["partition"]
+    image = CAST / "partclone.zst"
+    if not image.exists():
+        log("partclone + zstd image")
+        dev = sh(
+            "losetup",
+            "-f",
+            "--show",
+            "-o",
+            str(part["offset"]),
+            "--sizelimit",
+            str(part["size"]),
+            "-r",
+            disk["path"],
+        ).strip()
+        try:
+            subprocess.run(
+                f"partclone.ext4 -c -q -s {dev} -o - | zstd -T0 -3 -q > {image}",
+                shell=True,
+                check=True,
+            )
+        finally:
+            sh("losetup", "-d", dev)
+    cases = [(int(n), 0) for n in args.receivers.split(",")] + [(args.loss_receivers, 1)]
+    results: list[dict[str, Any]] = []
+    for receivers, loss in cases:
+        for tool in args.tools.split(","):
+            with Net(receivers) as net:
+                if loss:
+                    net.lose(net.receivers[-1], loss)
+                targets = [CAST / f"target{i}.img" for i in range(receivers)]
+                for t in targets:
+                    t.unlink(missing_ok=True)
+                if tool == "blockvault":
+                    commands = blockvault_case(net, repo, snap, targets)
+                else:
+                    commands = udpcast_case(net, image, part["size"], targets)
+                seconds = run_case(commands)
+                for t in targets:
+                    t.unlink(missing_ok=True)
+            row = {"tool": tool, "receivers": receivers, "loss_percent": loss, "seconds": seconds}
+            log(json.dumps(row))
+            results.append(row)
+            (CAST / "results.json").write_text(
+                json.dumps({"machine": machine_info(), "disk": disk, "results": results}, indent=1)
+            )
+
+
+if __name__ == "__main__":
+    main()
