@@ -20,7 +20,7 @@ MiB = 1 << 20
 def system(
     tmp_path: Path, loop: Callable[..., str], mounted: Callable[..., Path]
 ) -> tuple[Path, Path]:
-    """A GPT disk: ESP, ext4 /boot, ext4 /, ext4 data; / and /boot mounted under a temp root."""
+    """GPT: ESP, ext4 /boot, ext4 /, BIOS boot, ext4 data; / and /boot mounted under a temp dir."""
     need_tools("sfdisk", "mkfs.fat", "mke2fs")
     disk = build_disk(
         DiskSpec(
@@ -30,6 +30,7 @@ def system(
                 PartitionSpec("fat32", 36 * MiB, "ESP", type="uefi"),
                 PartitionSpec("ext4", 16 * MiB, "BOOT"),
                 PartitionSpec("ext4", 32 * MiB, "ROOT"),
+                PartitionSpec("empty", 1 * MiB, type="bios"),
                 PartitionSpec("ext4", 0, "DATA"),
             ],
         ),
@@ -46,8 +47,8 @@ def test_choice_is_root_boot_and_esp(system: tuple[Path, Path]) -> None:
     image, root = system
     choice = choose_system(root)
     assert choice.disk == image
-    assert choice.partitions == (1, 2, 3)
-    assert choice.reasons == ("EFI System", "mounted on /boot", "mounted on /")
+    assert choice.partitions == (1, 2, 3, 4)
+    assert choice.reasons == ("EFI System", "mounted on /boot", "mounted on /", "BIOS boot")
 
 
 def test_backup_system_images_exactly_those(system: tuple[Path, Path], tmp_path: Path) -> None:
@@ -58,12 +59,12 @@ def test_backup_system_images_exactly_those(system: tuple[Path, Path], tmp_path:
     assert out.returncode == 0, out.stderr
     snap = json.loads(out.stdout)
     imaged = sorted(p["number"] for p in snap["partitions"] if p.get("imaged", True))
-    assert imaged == [1, 2, 3], snap["partitions"]
+    assert imaged == [1, 2, 3, 4], snap["partitions"]
     shown = blockvault("inspect", "--system", "--root", root)
     assert shown.returncode == 0, shown.stderr
     assert "mounted on /boot" in shown.stdout
     as_json = json.loads(blockvault("inspect", "--system", "--root", root, "--json").stdout)
-    assert as_json["disk"] == str(image) and as_json["partitions"] == [1, 2, 3]
+    assert as_json["disk"] == str(image) and as_json["partitions"] == [1, 2, 3, 4]
     both = blockvault("inspect", "--system", image)
     assert both.returncode == 2 and len(both.stderr.strip().splitlines()) == 1
 
