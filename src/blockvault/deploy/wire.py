@@ -64,33 +64,44 @@ def parse(datagram: bytes) -> Fragment | None:
 
 
 class Assembly:
-    """The fragments of one chunk received so far; repairs one loss per group."""
+    """The fragments of one chunk received so far; repairs one loss per group.
+
+    Work per datagram is constant: only the arriving fragment's group is looked at.
+    """
 
     def __init__(self, count: int, size: int) -> None:
         self.count = count
         self.size = size
         self.pieces: dict[int, bytes] = {}
         self.parity: dict[int, bytes] = {}
+        self.have = [0] * (-(-count // GROUP))  # data fragments held per group
 
     def add(self, frag: Fragment) -> bytes | None:
         if frag.index < self.count:
+            if frag.index in self.pieces:
+                return None
             self.pieces[frag.index] = frag.payload
+            group = frag.index // GROUP
+            self.have[group] += 1
         else:
-            self.parity[frag.index - self.count] = frag.payload
-        if len(self.pieces) < self.count:
-            self._repair()
+            group = frag.index - self.count
+            if group >= len(self.have):
+                return None
+            self.parity[group] = frag.payload
+        self._repair(group)
         if len(self.pieces) < self.count:
             return None
         return b"".join(self.pieces[i] for i in range(self.count))
 
-    def _repair(self) -> None:
-        for g, parity in self.parity.items():
-            members = range(g * GROUP, min((g + 1) * GROUP, self.count))
-            missing = [i for i in members if i not in self.pieces]
-            if len(missing) == 1:
-                i = missing[0]
-                width = min(PAYLOAD, self.size - i * PAYLOAD)
-                self.pieces[i] = xor([parity, *(self.pieces[j] for j in members if j != i)])[:width]
+    def _repair(self, group: int) -> None:
+        members = range(group * GROUP, min((group + 1) * GROUP, self.count))
+        parity = self.parity.get(group)
+        if parity is None or self.have[group] != len(members) - 1:
+            return
+        (i,) = [j for j in members if j not in self.pieces]
+        width = min(PAYLOAD, self.size - i * PAYLOAD)
+        self.pieces[i] = xor([parity, *(self.pieces[j] for j in members if j != i)])[:width]
+        self.have[group] += 1
 
 
 def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
