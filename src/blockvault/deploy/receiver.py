@@ -120,7 +120,6 @@ def receive(
         writes: queue.Queue[tuple[int, bytes] | None] = queue.Queue(256)
         writer = threading.Thread(target=_writer, args=(writes, items, device, state), daemon=True)
         writer.start()
-        assemblies: dict[int, wire.Assembly] = {}
         tag = wire.tag_of(session)
         last = time.monotonic()
         try:
@@ -133,21 +132,22 @@ def receive(
                     datagram = data.recv(65536)
                 except TimeoutError:
                     continue
-                last = time.monotonic()
+                last = state.last_datagram = time.monotonic()
                 frag = wire.parse(datagram)
                 if frag is None or frag.tag != tag or frag.chunk >= len(items):
                     continue
                 with state.lock:
+                    state.received += 1
                     if frag.chunk not in state.missing or frag.chunk in state.queued:
                         continue
-                a = assemblies.get(frag.chunk)
-                if a is None or a.size != frag.size:
-                    a = assemblies[frag.chunk] = wire.Assembly(frag.count, frag.size)
-                body = a.add(frag)
-                if body is not None:
-                    del assemblies[frag.chunk]
-                    with state.lock:
+                    a = state.assemblies.get(frag.chunk)
+                    if a is None or a.size != frag.size:
+                        a = state.assemblies[frag.chunk] = wire.Assembly(frag.count, frag.size)
+                    body = a.add(frag)
+                    if body is not None:
+                        del state.assemblies[frag.chunk]
                         state.queued.add(frag.chunk)
+                if body is not None:
                     writes.put((frag.chunk, body))
                 for n in state.take_progress():
                     reporter(TaskAdvanced("cast", n))
@@ -189,6 +189,9 @@ class _State:
         self.progress: list[int] = []
         self.failure = ""
         self.ended = ""
+        self.assemblies: dict[int, wire.Assembly] = {}  # chunks partly received
+        self.received = 0  # datagrams of this session since the last pass
+        self.last_datagram = 0.0
 
     def finished(self) -> bool:
         with self.lock:
@@ -209,9 +212,19 @@ def _control(lines: wire.Lines, sock: socket.socket, state: _State) -> None:
                 state.ended = state.ended or "connection closed"
                 return
             if message["type"] == "pass":
+                # let datagrams still queued in the socket be taken first (bounded)
+                end = time.monotonic() + 1.0
+                while time.monotonic() - state.last_datagram < 0.05 < end - time.monotonic():
+                    time.sleep(0.01)
                 with state.lock:
-                    need = sorted(state.missing - state.queued)
-                wire.send_message(sock, {"type": "need", "pass": message["pass"], "chunks": need})
+                    need = [
+                        [c, a.missing_groups() if (a := state.assemblies.get(c)) else None]
+                        for c in sorted(state.missing - state.queued)
+                    ]
+                    loss = max(0.0, 1 - state.received / max(1, message.get("sent", 1)))
+                    state.received = 0
+                reply = {"type": "need", "pass": message["pass"], "chunks": need, "loss": loss}
+                wire.send_message(sock, reply)
             elif message["type"] in ("drop", "bye"):
                 state.ended = message.get("reason", "bye")
                 return

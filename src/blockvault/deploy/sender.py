@@ -59,7 +59,8 @@ class CastResult:
 class _Peer:
     sock: socket.socket
     report: ReceiverReport
-    missing: set[int] = field(default_factory=set)
+    missing: dict[int, set[int] | None] = field(default_factory=dict)  # chunk -> groups
+    loss: float = 0.0  # share of the last pass's datagrams this receiver did not get
     answered: int = -1
     joined: float = 0.0
     stalled: int = 0
@@ -156,20 +157,23 @@ def send(
                 with lock:
                     if kind == "ready":
                         peer.report.status = "ready"
-                        peer.missing = set(chunks)
+                        peer.missing = dict.fromkeys(chunks)
                         peer.joined = time.monotonic()
                         reporter(Warned(f"{peer.report.address} joined"))
                     elif kind == "need":
-                        before = len(peer.missing)
-                        peer.missing = set(message["chunks"])
+                        before = peer.missing
+                        peer.missing = {
+                            c: None if g is None else set(g) for c, g in message["chunks"]
+                        }
+                        peer.loss = float(message.get("loss", 0.0))
                         peer.report.naks += len(peer.missing)
                         peer.answered = message["pass"]
-                        peer.stalled = peer.stalled + 1 if len(peer.missing) >= before else 0
+                        peer.stalled = peer.stalled + 1 if peer.missing == before else 0
                     elif kind == "done":
                         peer.report.status = "verified"
                         peer.report.bytes = message["bytes"]
                         peer.report.seconds = round(time.monotonic() - peer.joined, 3)
-                        peer.missing = set()
+                        peer.missing = {}
                         return
                     elif kind == "error":
                         peer.report.status = "failed"
@@ -180,7 +184,7 @@ def send(
                 if peer.report.status in ("joining", "ready"):
                     peer.report.status = "failed"
                     peer.report.reason = f"lost contact: {exc}"
-                    peer.missing = set()
+                    peer.missing = {}
 
     def admit() -> None:
         while not stop.is_set():
@@ -231,24 +235,24 @@ def send(
         while time.monotonic() < deadline:
             with lock:
                 active = [p for p in peers if p.report.status == "ready"]
-                wanted = sorted(set().union(*(p.missing for p in active)))
+                wanted = _union([p.missing for p in active])
                 joining = any(p.report.status == "joining" for p in peers)
             if not active and not joining:
                 break
             if not wanted:
                 time.sleep(0.2)
                 continue
-            _stream(repo, items, wanted, data, tag, rate)
+            sent = _stream(repo, items, wanted, data, tag, rate)
             passes += 1
             for p in active:
-                _tell(p, {"type": "pass", "pass": passes})
+                _tell(p, {"type": "pass", "pass": passes, "sent": sent})
             reply_end = time.monotonic() + PASS_REPLY_WAIT
             while time.monotonic() < reply_end:
                 with lock:
                     if all(p.answered >= passes or p.report.status != "ready" for p in active):
                         break
                 time.sleep(0.02)
-            rate = _adapt(rate, max_rate, wanted, active, lock)
+            rate = _adapt(rate, max_rate, active, lock)
             with lock:
                 for p in active:
                     if p.report.status == "ready" and p.stalled >= STALL_PASSES:
@@ -276,25 +280,36 @@ def send(
     )
 
 
+def _union(wants: list[dict[int, set[int] | None]]) -> dict[int, set[int] | None]:
+    """What a pass must carry: per chunk every group anyone lacks (None = all)."""
+    out: dict[int, set[int] | None] = {}
+    for want in wants:
+        for chunk, groups in want.items():
+            have = out.get(chunk, set())
+            out[chunk] = None if groups is None or have is None else have | groups
+    return dict(sorted(out.items()))
+
+
 def _stream(
     repo: Repository,
     items: list[dict[str, Any]],
-    wanted: list[int],
+    wanted: dict[int, set[int] | None],
     sock: socket.socket,
     tag: int,
     rate_mbit: float,
-) -> None:
-    """Send ``wanted`` chunks as fragments at no more than ``rate_mbit``."""
+) -> int:
+    """Send the ``wanted`` groups of chunks at no more than ``rate_mbit``; returns
+    the number of datagrams sent."""
     bytes_per_second = rate_mbit * 125_000
     start = time.monotonic()
-    sent = 0
+    sent = count = 0
 
     def load(n: int) -> tuple[int, bytes]:
         return n, wire_form(repo, items[n]["id"])
 
-    loaded: Iterator[tuple[int, bytes]] = ordered_map(load, wanted, 2)
+    loaded: Iterator[tuple[int, bytes]] = ordered_map(load, list(wanted), 2)
     for n, body in loaded:
-        for datagram in wire.fragments(tag, n, body):
+        for datagram in wire.fragments(tag, n, body, wanted[n]):
             ahead = sent / bytes_per_second - (time.monotonic() - start)
             if ahead > 0.002:
                 time.sleep(ahead)
@@ -303,14 +318,13 @@ def _stream(
             except OSError:  # ENOBUFS: the queue is full; the datagram counts as lost
                 time.sleep(0.001)
             sent += len(datagram) + 28
+            count += 1
+    return count
 
 
-def _adapt(
-    rate: float, max_rate: float, wanted: list[int], active: list[_Peer], lock: threading.Lock
-) -> float:
-    sent = set(wanted)
+def _adapt(rate: float, max_rate: float, active: list[_Peer], lock: threading.Lock) -> float:
     with lock:
-        losses = [len(p.missing & sent) / len(sent) for p in active if p.report.status == "ready"]
+        losses = [p.loss for p in active if p.report.status == "ready"]
     if not losses:
         return rate
     median = statistics.median(losses)
@@ -329,5 +343,5 @@ def _tell(peer: _Peer, message: dict[str, Any]) -> None:
 def _drop(peer: _Peer, reason: str) -> None:
     peer.report.status = "dropped"
     peer.report.reason = reason
-    peer.missing = set()
+    peer.missing = {}
     _tell(peer, {"type": "drop", "reason": reason})

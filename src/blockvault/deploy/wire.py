@@ -37,14 +37,21 @@ def tag_of(session: str) -> int:
     return int.from_bytes(session.encode()[:16].ljust(4, b"\0")[:4], "big") ^ len(session)
 
 
-def fragments(tag: int, chunk: int, data: bytes) -> list[bytes]:
-    """The datagrams carrying ``data``: data fragments, then one parity per group."""
+def fragments(tag: int, chunk: int, data: bytes, groups: set[int] | None = None) -> list[bytes]:
+    """The datagrams carrying ``data`` (only ``groups``, when given): each group's
+    data fragments followed by its parity fragment."""
     count = max(1, -(-len(data) // PAYLOAD))
-    pieces = [data[i * PAYLOAD : (i + 1) * PAYLOAD] for i in range(count)]
-    out = [HEADER.pack(MAGIC, tag, chunk, i, count, len(data)) + p for i, p in enumerate(pieces)]
-    for g in range(0, count, GROUP):
-        parity = xor(pieces[g : g + GROUP])
-        out.append(HEADER.pack(MAGIC, tag, chunk, count + g // GROUP, count, len(data)) + parity)
+    out = []
+    for g in range(-(-count // GROUP)):
+        if groups is not None and g not in groups:
+            continue
+        members = range(g * GROUP, min((g + 1) * GROUP, count))
+        pieces = [data[i * PAYLOAD : (i + 1) * PAYLOAD] for i in members]
+        out += [
+            HEADER.pack(MAGIC, tag, chunk, i, count, len(data)) + p
+            for i, p in zip(members, pieces, strict=True)
+        ]
+        out.append(HEADER.pack(MAGIC, tag, chunk, count + g, count, len(data)) + xor(pieces))
     return out
 
 
@@ -92,6 +99,9 @@ class Assembly:
         if len(self.pieces) < self.count:
             return None
         return b"".join(self.pieces[i] for i in range(self.count))
+
+    def missing_groups(self) -> list[int]:
+        return [g for g, have in enumerate(self.have) if have < min(GROUP, self.count - g * GROUP)]
 
     def _repair(self, group: int) -> None:
         members = range(group * GROUP, min((group + 1) * GROUP, self.count))
