@@ -76,7 +76,7 @@ def _coalesce(used: ExtentMap, gap: int) -> list[tuple[int, int]]:
 
 
 def write_used(
-    device: Device, target_base: int, offset: int, data: bytes | None, used: ExtentMap
+    device: Device, target_base: int, offset: int, data: bytes | bytearray | None, used: ExtentMap
 ) -> int:
     """Write the ``used`` parts of a chunk (``data`` None = zeros); returns bytes written."""
     view = memoryview(data) if data is not None else None

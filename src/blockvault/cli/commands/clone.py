@@ -1,0 +1,66 @@
+"""``blockvault clone SOURCE TARGET``: copy a disk or partition straight onto another."""
+
+from __future__ import annotations
+
+import click
+
+from blockvault.cli import render
+from blockvault.cli.commands import json_option
+from blockvault.pipeline.clone import clone
+
+
+def register(group: click.Group) -> None:
+    @group.command("clone")
+    @click.argument("source", type=click.Path(dir_okay=False))
+    @click.argument("target", type=click.Path(dir_okay=False))
+    @click.option("-y", "--yes", is_flag=True, help="Overwrite a target that holds data.")
+    @click.option(
+        "--verify",
+        is_flag=True,
+        help="Afterwards re-read the used bytes of both sides and compare their hashes.",
+    )
+    @click.option(
+        "--allow-mounted",
+        is_flag=True,
+        help="Clone a source that is mounted read-write (it may change during the copy).",
+    )
+    @click.option(
+        "--new-ids",
+        is_flag=True,
+        help="Give the copy new GPT disk/partition GUIDs (MBR signature) and filesystem "
+        "UUIDs/serials, to live beside the original. Default: keep them (a replacement boots).",
+    )
+    @json_option
+    def clone_command(
+        source: str,
+        target: str,
+        yes: bool,
+        verify: bool,
+        allow_mounted: bool,
+        new_ids: bool,
+        as_json: bool,
+    ) -> None:
+        """Copy SOURCE (a disk, partition or image file) onto TARGET, reading only used
+        blocks. TARGET is a block device or an image file (created at the source's size
+        if missing); on a larger GPT disk the backup table moves to the end. Refuses the
+        source itself or an overlapping range, a mounted target and one too small; asks
+        before overwriting one that holds data."""
+        with render.progress(as_json) as reporter:
+            result = clone(
+                source,
+                target,
+                confirm=render.confirmer(yes),
+                allow_mounted=allow_mounted,
+                verify=verify,
+                new_ids=new_ids,
+                reporter=reporter,
+            )
+        if as_json:
+            render.emit_json(result)
+            return
+        click.echo(
+            f"cloned {source} to {target}: {render.size(result.written_bytes)} written in "
+            f"{result.seconds:.1f}s"
+            + ("; GPT backup moved to the end of the larger disk" if result.gpt_moved else "")
+            + ("; verified" if result.verified else "")
+        )

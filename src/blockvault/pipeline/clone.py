@@ -1,0 +1,263 @@
+"""Clone a disk (or one partition) straight onto another, without a repository.
+
+The same stages as backup and restore: the source's layout gives the used map
+(backup.plan_regions), read_chunk reads only used bytes, write_used puts them on
+a target opened by open_target (all its refusals). Placement is one to one; on a
+larger disk a GPT's backup header and entries move to the new end.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from blockvault.disk import ids, sectors
+from blockvault.disk.device import Device, open_device
+from blockvault.disk.layout import DiskLayout, read_layout
+from blockvault.disk.table import gpt
+from blockvault.disk.table.probe import read_table
+from blockvault.disk.usage import mounts_using
+from blockvault.errors import SourceError, UsageError
+from blockvault.extents import ExtentMap
+from blockvault.pipeline.backup import boot_area_map, plan_regions
+from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
+from blockvault.pipeline.events import quiet as quiet_reporter
+from blockvault.pipeline.stages import is_zero, ordered_map, read_chunk, workers, write_used
+from blockvault.pipeline.target import Confirm, open_target
+from blockvault.repo import format as fmt
+
+__all__ = ["CloneResult", "clone"]
+
+CHUNK = fmt.DEFAULT_CHUNK_SIZE
+
+
+@dataclass(frozen=True)
+class CloneResult:
+    source: str
+    target: str
+    used_bytes: int
+    written_bytes: int
+    seconds: float
+    gpt_moved: bool = False
+    verified: bool | None = None
+
+
+@dataclass(frozen=True)
+class _Piece:
+    base: int  # disk offset of the region
+    offset: int  # region-relative start of this chunk
+    length: int
+    used: ExtentMap  # region-relative, clipped to the chunk
+    keep_zeros: bool  # write even when all zero (table structures)
+
+
+def _refuse(answer: str) -> bool:
+    return False
+
+
+def clone(
+    source: str,
+    target: str,
+    *,
+    confirm: Confirm = _refuse,
+    allow_mounted: bool = False,
+    verify: bool = False,
+    new_ids: bool = False,
+    reporter: Reporter = quiet_reporter,
+) -> CloneResult:
+    started = time.monotonic()
+    src = Path(source)
+    if not src.exists():
+        raise SourceError("does not exist", path=src)
+    _refuse_same(src, Path(target))
+    if not allow_mounted:
+        writable = [m for m in mounts_using(src) if not m.read_only]
+        if writable:
+            raise SourceError(
+                f"{writable[0].mountpoint} is mounted read-write from it and may change "
+                "during the copy; unmount it, mount it read-only or pass --allow-mounted",
+                path=src,
+            )
+    with open_device(src) as device:
+        layout = read_layout(device)
+        pieces = list(_pieces(layout))
+        opened = open_target(
+            target, layout.size, repository_path=None, confirm=confirm, what="cloning"
+        )
+        with opened.device:
+            out = opened.device
+            new_ss = _sector_conversion(device, layout, out)
+            old_gpt = _moving_gpt(layout, out.size)
+            if old_gpt:
+                pieces = [_without(p, old_gpt) for p in pieces]
+            written = _copy(device, out, pieces, opened.fresh, reporter)
+            if old_gpt:
+                assert layout.table is not None
+                boot = device.read_at(0, layout.sector_size)
+                for offset, data in gpt.build(
+                    layout.table, out.size, protective=True, boot_sector=boot
+                ):
+                    out.write_at(offset, data)
+            _after_write(out, layout, bool(old_gpt), new_ss, new_ids)
+            out.sync()
+            # a converted or renamed copy differs from its source by design
+            verify = verify and not (new_ss or new_ids)
+            verified = None
+            if verify:
+                # the rebuilt table differs from the source's on purpose (sgdisk -v checks it)
+                rebuilt = old_gpt | _table_head(layout) if old_gpt else ExtentMap()
+                verified = _verify(device, out, [_without(p, rebuilt) for p in pieces], reporter)
+    if verified is False:
+        raise UsageError(f"verify failed: {target} differs from {source} in used bytes")
+    return CloneResult(
+        source,
+        target,
+        sum(p.used.total for p in pieces),
+        written,
+        round(time.monotonic() - started, 3),
+        gpt_moved=bool(old_gpt),
+        verified=verified,
+    )
+
+
+def _after_write(
+    device: Device, layout: DiskLayout, gpt_moved: bool, new_ss: int | None, new_ids: bool
+) -> None:
+    """Hook for fix-ups on the written target (sector conversion, new ids): the
+    target is open, all data is written, sync follows. ``layout`` is the source's."""
+    table = layout.table
+    if new_ss is not None and table is not None:
+        sectors.convert_disk(device, table, new_ss)
+        table = read_table(device, new_ss)
+    if new_ids:
+        ids.renew_ids(device, table)
+
+
+def _sector_conversion(source: Device, layout: DiskLayout, target: Device) -> int | None:
+    """The target's sector size when the copy must be converted to it; checked before
+    anything is written, so a copy that cannot convert is refused untouched."""
+    new_ss = target.logical_sector_size
+    if not target.is_block or layout.table is None or new_ss == layout.sector_size:
+        return None
+    reason = sectors.check_disk(source, layout.table, new_ss)
+    if reason is not None:
+        raise UsageError(
+            f"target {target.path} has {new_ss}-byte sectors, the source "
+            f"{layout.sector_size}-byte ones, and the copy cannot be converted: {reason}; "
+            "nothing was written"
+        )
+    return new_ss
+
+
+def _identity(path: Path) -> tuple[tuple[int, int], int, int]:
+    """(what holds the bytes, offset, length): a loop device resolves to its backing file."""
+    st = path.stat()
+    if stat.S_ISBLK(st.st_mode):
+        name = f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+        backing = _sys(Path(name) / "loop" / "backing_file")
+        if backing and Path(backing).exists():
+            bst = Path(backing).stat()
+            offset = int(_sys(Path(name) / "loop" / "offset") or 0)
+            limit = int(_sys(Path(name) / "loop" / "sizelimit") or 0)
+            size = int(_sys(Path(name) / "size") or 0) * 512
+            return (bst.st_dev, bst.st_ino), offset, limit or size
+        return (-1, st.st_rdev), 0, 1 << 62
+    return (st.st_dev, st.st_ino), 0, st.st_size
+
+
+def _sys(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _refuse_same(source: Path, target: Path) -> None:
+    if not target.exists():
+        return
+    s_id, s_off, s_len = _identity(source)
+    t_id, t_off, t_len = _identity(target)
+    if s_id != t_id:
+        return
+    if (s_off, s_len) == (t_off, t_len) or source.resolve() == target.resolve():
+        raise UsageError(f"target {target} is the source {source}; nothing was written")
+    if s_off < t_off + t_len and t_off < s_off + s_len:
+        raise UsageError(
+            f"target {target} overlaps the source {source} on the same disk; nothing was written"
+        )
+
+
+def _pieces(layout: DiskLayout) -> Iterator[_Piece]:
+    keep = boot_area_map(layout)
+    for region in plan_regions(layout, None):
+        for offset in range(0, region.size, CHUNK):
+            length = min(CHUNK, region.size - offset)
+            used = region.used.clip(offset, length)
+            if used:
+                yield _Piece(
+                    region.start,
+                    offset,
+                    length,
+                    used,
+                    bool(keep.clip(region.start + offset, length)),
+                )
+
+
+def _moving_gpt(layout: DiskLayout, target_size: int) -> ExtentMap:
+    """The source's backup GPT area when the target is larger (it would land mid-disk)."""
+    table = layout.table
+    if table is None or table.kind != "gpt" or target_size <= layout.size:
+        return ExtentMap()
+    return ExtentMap.span(*gpt.backup_area(table, layout.size))
+
+
+def _table_head(layout: DiskLayout) -> ExtentMap:
+    table = layout.table
+    assert table is not None
+    return ExtentMap.span(0, table.first_usable_lba * table.sector_size)
+
+
+def _without(piece: _Piece, cut: ExtentMap) -> _Piece:
+    used = piece.used - cut.shift(-piece.base)
+    return _Piece(piece.base, piece.offset, piece.length, used, piece.keep_zeros)
+
+
+def _copy(
+    source: Device, target: Device, pieces: list[_Piece], fresh: bool, reporter: Reporter
+) -> int:
+    def move(piece: _Piece) -> int:
+        data = read_chunk(source, piece.base, piece.offset, piece.length, piece.used)
+        if data is not None and fresh and not piece.keep_zeros and is_zero(data):
+            return 0  # a new file reads as zeros already
+        return write_used(target, piece.base, piece.offset, data, piece.used)
+
+    reporter(TaskStarted("clone", sum(p.used.total for p in pieces), str(target.path)))
+    written = 0
+    for n in ordered_map(move, pieces, workers()):
+        written += n
+        reporter(TaskAdvanced("clone", n))
+    reporter(TaskFinished("clone"))
+    return written
+
+
+def _verify(source: Device, target: Device, pieces: list[_Piece], reporter: Reporter) -> bool:
+    """Re-read the used bytes of both sides and compare their hashes."""
+
+    def digests(piece: _Piece) -> bool:
+        a = read_chunk(source, piece.base, piece.offset, piece.length, piece.used)
+        b = read_chunk(target, piece.base, piece.offset, piece.length, piece.used)
+        return blake3.blake3(a or b"").digest() == blake3.blake3(b or b"").digest()
+
+    reporter(TaskStarted("verify", len(pieces), str(target.path)))
+    same = True
+    for ok in ordered_map(digests, pieces, workers()):
+        same = same and ok
+        reporter(TaskAdvanced("verify", 1))
+    reporter(TaskFinished("verify"))
+    return same

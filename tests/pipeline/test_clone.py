@@ -1,0 +1,127 @@
+"""Clone disk to disk and partition to partition with no repository in between.
+
+Sample disks are built in fresh sparse files, so a clone into a fresh file must equal
+the source byte for byte; fsck and the filesystems' own readers are the other oracles.
+"""
+
+from __future__ import annotations
+
+import filecmp
+from pathlib import Path
+
+import pytest
+
+from blockvault.pipeline.clone import clone
+from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
+from tests.conftest import IS_ROOT, blockvault, needs_root, sh
+from tests.fstree import extract, family, fsck, tree
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("clone")
+
+
+def _disk(workdir: Path, table: str) -> BuiltDisk:
+    content = workdir / "tree"
+    if not content.exists():
+        make_tree(content, 3 * MiB, seed=7)
+    spec = DiskSpec(
+        table,
+        48 * MiB,
+        [
+            PartitionSpec("ext4", 16 * MiB, label="root", content=content),
+            PartitionSpec("fat16", 12 * MiB, label="data", content=content),
+            PartitionSpec("ntfs", 0, label="win", content=content),
+        ],
+    )
+    return build_disk(spec, workdir / f"{table}.img")
+
+
+@pytest.fixture(scope="module")
+def gpt_disk(workdir: Path) -> BuiltDisk:
+    return _disk(workdir, "gpt")
+
+
+@pytest.fixture(scope="module")
+def mbr_disk(workdir: Path) -> BuiltDisk:
+    return _disk(workdir, "mbr")
+
+
+def check_copy(copy: Path, disk: BuiltDisk, tmp: Path) -> None:
+    for part in disk.partitions:
+        mine = extract(copy, part.offset, part.size, tmp / f"c{part.number}.img")
+        fsck(mine, part.fs)
+        if family(part.fs) != "ntfs" or IS_ROOT:
+            theirs = extract(disk.path, part.offset, part.size, tmp / f"s{part.number}.img")
+            assert tree(mine, part.fs, tmp / f"tc{part.number}") == tree(
+                theirs, part.fs, tmp / f"ts{part.number}"
+            )
+
+
+@pytest.mark.parametrize("table", ["gpt", "mbr"])
+def test_clone_to_new_file_is_identical(
+    table: str, gpt_disk: BuiltDisk, mbr_disk: BuiltDisk, tmp_path: Path
+) -> None:
+    disk = gpt_disk if table == "gpt" else mbr_disk
+    target = tmp_path / "copy.img"
+    result = clone(str(disk.path), str(target), verify=True)
+    assert result.verified is True
+    assert filecmp.cmp(disk.path, target, shallow=False)
+    assert result.used_bytes < disk.size // 2  # only used blocks were read
+    sh("sfdisk", "--verify", target)
+    check_copy(target, disk, tmp_path)
+
+
+def test_clone_to_larger_disk_moves_gpt_backup(gpt_disk: BuiltDisk, tmp_path: Path) -> None:
+    target = tmp_path / "big.img"
+    with open(target, "wb") as f:
+        f.truncate(gpt_disk.size + 32 * MiB)
+    proc = blockvault("clone", gpt_disk.path, target, "--verify")
+    assert proc.returncode == 0, proc.stderr
+    assert "GPT backup moved" in proc.stdout
+    out = sh("sgdisk", "-v", target)
+    assert "No problems found" in out, out
+    check_copy(target, gpt_disk, tmp_path)
+
+
+def test_refusals_write_nothing(gpt_disk: BuiltDisk, tmp_path: Path) -> None:
+    same = blockvault("clone", gpt_disk.path, gpt_disk.path, "--yes")
+    assert same.returncode == 2 and "is the source" in same.stderr, same.stderr
+    assert "Traceback" not in same.stderr
+
+    small = tmp_path / "small.img"
+    with open(small, "wb") as f:
+        f.truncate(gpt_disk.size - MiB)
+    too_small = blockvault("clone", gpt_disk.path, small)
+    assert too_small.returncode == 2 and "Traceback" not in too_small.stderr
+    assert small.read_bytes().count(0) == small.stat().st_size
+
+    full = tmp_path / "full.img"
+    clone(str(gpt_disk.path), str(full))
+    before = full.stat().st_mtime_ns
+    asked = blockvault("clone", gpt_disk.path, full)
+    assert asked.returncode == 2 and "--yes" in asked.stderr, asked.stderr
+    assert full.stat().st_mtime_ns == before
+
+
+@needs_root
+def test_partition_to_partition_and_overlap(gpt_disk: BuiltDisk, tmp_path: Path, loop) -> None:
+    root = gpt_disk.by_label("root")
+    target_disk = tmp_path / "target.img"
+    with open(target_disk, "wb") as f:
+        f.truncate(gpt_disk.size)
+    source = loop(gpt_disk.path, offset=root.offset, size=root.size)
+    target = loop(target_disk, offset=root.offset, size=root.size)
+    result = clone(source, target, verify=True)
+    assert result.verified is True
+    copy = extract(target_disk, root.offset, root.size, tmp_path / "p.img")
+    fsck(copy, root.fs)
+    theirs = extract(gpt_disk.path, root.offset, root.size, tmp_path / "s.img")
+    assert tree(copy, root.fs, tmp_path / "a") == tree(theirs, root.fs, tmp_path / "b")
+
+    overlapping = loop(gpt_disk.path, offset=root.offset + MiB, size=root.size)
+    proc = blockvault("clone", source, overlapping, "--yes")
+    assert proc.returncode == 2 and "overlaps the source" in proc.stderr, proc.stderr
