@@ -148,7 +148,7 @@ def test_refusals_name_the_reason(tmp_path: Path) -> None:
 
 def test_a_disk_that_cannot_convert_is_refused_before_writing(tmp_path: Path) -> None:
     need_tools("sfdisk", "mkfs.fat")
-    # mkfs.fat's default for 12 MiB: 2 KiB clusters, smaller than a 4096-byte sector
+    # mkfs.fat's default for 12 MiB puts the first cluster at byte 43008, mid 4096-byte sector
     spec = DiskSpec("gpt", 16 * MiB, [PartitionSpec("fat16", 12 * MiB, "SMALL")])
     disk = build_disk(spec, tmp_path / "d.img")
     before = disk.path.read_bytes()
