@@ -7,6 +7,7 @@ the source byte for byte; fsck and the filesystems' own readers are the other or
 from __future__ import annotations
 
 import filecmp
+import json
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,14 @@ def mbr_disk(workdir: Path) -> BuiltDisk:
 
 
 def check_copy(copy: Path, disk: BuiltDisk, tmp: Path) -> None:
+    """fsck every filesystem of ``copy`` (at its own, maybe grown, size) and compare
+    its files with the source's."""
+    tmp.mkdir(exist_ok=True)
+    table = json.loads(sh("sfdisk", "--json", copy))["partitiontable"]
+    sizes = {p["start"] * 512: p["size"] * 512 for p in table["partitions"]}
     for part in disk.partitions:
-        mine = extract(copy, part.offset, part.size, tmp / f"c{part.number}.img")
+        size = sizes[part.offset]
+        mine = extract(copy, part.offset, size, tmp / f"c{part.number}.img")
         fsck(mine, part.fs)
         if family(part.fs) != "ntfs" or IS_ROOT:
             theirs = extract(disk.path, part.offset, part.size, tmp / f"s{part.number}.img")
@@ -125,3 +132,67 @@ def test_partition_to_partition_and_overlap(gpt_disk: BuiltDisk, tmp_path: Path,
     overlapping = loop(gpt_disk.path, offset=root.offset + MiB, size=root.size)
     proc = blockvault("clone", source, overlapping, "--yes")
     assert proc.returncode == 2 and "overlaps the source" in proc.stderr, proc.stderr
+
+
+def test_grow_last_partition_ntfs(gpt_disk: BuiltDisk, mbr_disk: BuiltDisk, tmp_path: Path) -> None:
+    for disk in (gpt_disk, mbr_disk):
+        target = tmp_path / f"{disk.table}-big.img"
+        with open(target, "wb") as f:
+            f.truncate(disk.size + 32 * MiB)
+        proc = blockvault("clone", disk.path, target, "--grow")
+        assert proc.returncode == 0, proc.stderr
+        if disk.table == "gpt":
+            assert "No problems found" in sh("sgdisk", "-v", target)
+        sh("sfdisk", "--verify", target)
+        last = disk.partitions[-1]
+        parts = json.loads(sh("sfdisk", "--json", target))["partitiontable"]["partitions"]
+        grown = parts[-1]["size"] * 512
+        assert grown >= last.size + 31 * MiB
+        copy = extract(target, last.offset, grown, tmp_path / f"{disk.table}-grown.img")
+        fsck(copy, last.fs)
+        boot = copy.read_bytes()[:512]
+        volume_sectors = int.from_bytes(boot[0x28:0x30], "little")
+        assert volume_sectors * 512 >= grown - 4096  # the volume fills its partition
+        check_copy(target, disk, tmp_path / disk.table)
+
+
+def test_grow_refusals(gpt_disk: BuiltDisk, tmp_path: Path) -> None:
+    target = tmp_path / "big.img"
+    with open(target, "wb") as f:
+        f.truncate(gpt_disk.size + 32 * MiB)
+    proc = blockvault("clone", gpt_disk.path, target, "--grow-partition", "1")
+    assert proc.returncode == 2 and "no free space after it" in proc.stderr, proc.stderr
+    assert target.read_bytes().count(0) == target.stat().st_size  # nothing written
+
+    same = tmp_path / "same.img"
+    with open(same, "wb") as f:
+        f.truncate(gpt_disk.size)
+    proc = blockvault("clone", gpt_disk.path, same, "--grow")
+    assert proc.returncode == 2 and "not larger" in proc.stderr, proc.stderr
+
+
+@needs_root
+def test_grow_partition_to_partition(gpt_disk: BuiltDisk, tmp_path: Path, loop) -> None:
+    root = gpt_disk.by_label("root")
+    source = loop(gpt_disk.path, offset=root.offset, size=root.size)
+    target = tmp_path / "root-big.img"
+    with open(target, "wb") as f:
+        f.truncate(root.size * 2)
+    result = clone(source, str(target), grow=True, verify=True)
+    assert result.grown and result.verified
+    fsck(target, root.fs)
+    blocks = sh("dumpe2fs", "-h", target)
+    count = int(next(x for x in blocks.splitlines() if x.startswith("Block count:")).split()[-1])
+    size = int(next(x for x in blocks.splitlines() if x.startswith("Block size:")).split()[-1])
+    assert count * size == root.size * 2
+    theirs = extract(gpt_disk.path, root.offset, root.size, tmp_path / "s.img")
+    assert tree(target, root.fs, tmp_path / "a") == tree(theirs, root.fs, tmp_path / "b")
+
+    fat = gpt_disk.by_label("data")
+    fat_source = loop(gpt_disk.path, offset=fat.offset, size=fat.size)
+    fat_target = tmp_path / "fat-big.img"
+    with open(fat_target, "wb") as f:
+        f.truncate(fat.size * 2)
+    proc = blockvault("clone", fat_source, fat_target, "--grow")
+    assert proc.returncode == 2 and "FAT" in proc.stderr, proc.stderr
+    assert fat_target.read_bytes().count(0) == fat_target.stat().st_size

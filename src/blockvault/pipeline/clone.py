@@ -25,6 +25,7 @@ from blockvault.disk.table.probe import read_table
 from blockvault.disk.usage import mounts_using
 from blockvault.errors import SourceError, UsageError
 from blockvault.extents import ExtentMap
+from blockvault.pipeline.adapt import apply_grow, plan_grow
 from blockvault.pipeline.backup import boot_area_map, plan_regions
 from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.pipeline.events import quiet as quiet_reporter
@@ -46,6 +47,7 @@ class CloneResult:
     seconds: float
     gpt_moved: bool = False
     verified: bool | None = None
+    grown: str | None = None  # what --grow did
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,12 @@ def clone(
     allow_mounted: bool = False,
     verify: bool = False,
     new_ids: bool = False,
+    grow: bool = False,
+    grow_partition: int | None = None,
     reporter: Reporter = quiet_reporter,
 ) -> CloneResult:
+    """Copy ``source``'s used bytes onto ``target``; with ``grow`` (or ``grow_partition``)
+    the last (or that) partition and its filesystem then fill a larger target."""
     started = time.monotonic()
     src = Path(source)
     if not src.exists():
@@ -93,13 +99,22 @@ def clone(
         with opened.device:
             out = opened.device
             new_ss = _sector_conversion(device, layout, out)
+            growing = None
+            if grow or grow_partition is not None:
+                if new_ss is not None:
+                    raise UsageError(
+                        "growing while converting the sector size is not supported yet; "
+                        "nothing was written"
+                    )
+                fss = {p.number: p.fs.type for p in layout.partitions}
+                growing = plan_grow(layout.table, fss, layout.size, out.size, grow_partition)
             old_gpt = _moving_gpt(layout, out.size)
             if old_gpt:
                 pieces = [_without(p, old_gpt) for p in pieces]
             written = _copy(device, out, pieces, opened.fresh, reporter)
+            boot = device.read_at(0, layout.sector_size)
             if old_gpt:
                 assert layout.table is not None
-                boot = device.read_at(0, layout.sector_size)
                 for offset, data in gpt.build(
                     layout.table, out.size, protective=True, boot_sector=boot
                 ):
@@ -113,6 +128,7 @@ def clone(
                 # the rebuilt table differs from the source's on purpose (sgdisk -v checks it)
                 rebuilt = old_gpt | _table_head(layout) if old_gpt else ExtentMap()
                 verified = _verify(device, out, [_without(p, rebuilt) for p in pieces], reporter)
+            grown = apply_grow(out, growing, boot) if growing else None
     if verified is False:
         raise UsageError(f"verify failed: {target} differs from {source} in used bytes")
     return CloneResult(
@@ -123,6 +139,7 @@ def clone(
         round(time.monotonic() - started, 3),
         gpt_moved=bool(old_gpt),
         verified=verified,
+        grown=grown,
     )
 
 

@@ -30,6 +30,18 @@ def register(group: click.Group) -> None:
         help="Give the copy new GPT disk/partition GUIDs (MBR signature) and filesystem "
         "UUIDs/serials, to live beside the original. Default: keep them (a replacement boots).",
     )
+    @click.option(
+        "--grow",
+        is_flag=True,
+        help="On a larger target, grow the last partition and its filesystem (ext2/3/4, "
+        "NTFS) to fill the free space after it.",
+    )
+    @click.option(
+        "--grow-partition",
+        type=int,
+        metavar="N",
+        help="Like --grow, for partition N (the space after it must be free).",
+    )
     @json_option
     def clone_command(
         source: str,
@@ -38,6 +50,8 @@ def register(group: click.Group) -> None:
         verify: bool,
         allow_mounted: bool,
         new_ids: bool,
+        grow: bool,
+        grow_partition: int | None,
         as_json: bool,
     ) -> None:
         """Copy SOURCE (a disk, partition or image file) onto TARGET, reading only used
@@ -53,6 +67,8 @@ def register(group: click.Group) -> None:
                 allow_mounted=allow_mounted,
                 verify=verify,
                 new_ids=new_ids,
+                grow=grow,
+                grow_partition=grow_partition,
                 reporter=reporter,
             )
         if as_json:
@@ -63,4 +79,5 @@ def register(group: click.Group) -> None:
             f"{result.seconds:.1f}s"
             + ("; GPT backup moved to the end of the larger disk" if result.gpt_moved else "")
             + ("; verified" if result.verified else "")
+            + (f"; {result.grown}" if result.grown else "")
         )
