@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from blockvault.disk.table import gpt
+from blockvault.disk import ids, sectors
+from blockvault.disk.table import PartitionTable, gpt
+from blockvault.disk.table.probe import read_table
 from blockvault.errors import UsageError
 from blockvault.extents import ExtentMap
+from blockvault.pipeline.adapt import GrowPlan, apply_grow, plan_grow
 from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.pipeline.events import quiet as quiet_reporter
 from blockvault.pipeline.stages import ordered_map, workers, write_used, zero_fill
@@ -33,6 +37,7 @@ class RestoreResult:
     chunks: int
     seconds: float
     gpt_moved: bool = False
+    grown: str | None = None  # what --grow did
 
 
 def _refuse(answer: str) -> bool:
@@ -47,11 +52,15 @@ def restore(
     partition: int | None = None,
     confirm: Confirm = _refuse,
     zero_unused: bool = False,
+    new_ids: bool = False,
+    grow: bool = False,
+    grow_partition: int | None = None,
     reporter: Reporter = quiet_reporter,
 ) -> RestoreResult:
     started = time.monotonic()
     index = repo.load_index(snapshot)
     repo_path = repo.backend.capabilities.local_path
+    conversion: tuple[int, PartitionTable] | None = None
     if partition is not None:
         region = index.region(fmt.REGION_PARTITION, partition)
         if region is None:
@@ -76,11 +85,21 @@ def restore(
             confirm=confirm,
             what="restoring the disk",
         )
-        _check_sector_size(opened, snapshot)
+        conversion = _sector_conversion(opened, snapshot, SnapshotImage(repo, snapshot, index))
         plan = [(r, 0) for r in index.regions]
+    growing = None
+    if grow or grow_partition is not None:
+        with _closing_on_error(opened):
+            growing = _plan_grow(repo, snapshot, index, opened, partition, grow_partition)
+            if conversion is not None:
+                raise UsageError(
+                    "growing while converting the sector size is not supported yet; "
+                    "nothing was written"
+                )
     with opened.device:
         grown = (
             partition is None
+            and conversion is None  # a conversion rebuilds the whole table for this disk
             and snapshot.table == "gpt"
             and (opened.device.size > snapshot.disk_size)
         )
@@ -104,6 +123,16 @@ def restore(
             moved = gpt.build(table, opened.device.size, protective=True, boot_sector=boot_sector)
             for offset, data in moved:
                 opened.device.write_at(offset, data)
+        if conversion is not None:
+            sectors.convert_disk(opened.device, conversion[1], conversion[0])
+        grew = None
+        if growing is not None:
+            head = SnapshotImage(repo, snapshot, index).read_at(0, snapshot.sector_size)
+            grew = apply_grow(opened.device, growing, head)
+        if new_ids:
+            out = opened.device
+            ss = out.logical_sector_size if out.is_block else None
+            ids.renew_ids(out, read_table(out, ss) if partition is None else None)
         opened.device.sync()
     return RestoreResult(
         snapshot.id,
@@ -112,21 +141,57 @@ def restore(
         chunks,
         round(time.monotonic() - started, 3),
         gpt_moved=table is not None,
+        grown=grew,
     )
 
 
-def _check_sector_size(opened: OpenedTarget, snapshot: Snapshot) -> None:
+def _sector_conversion(
+    opened: OpenedTarget, snapshot: Snapshot, image: SnapshotImage
+) -> tuple[int, PartitionTable] | None:
+    """The target's sector size and the snapshot's table when the restored disk must be
+    converted to other sectors; checked on the snapshot before anything is written."""
     device = opened.device
-    if (
-        device.is_block
-        and snapshot.table != "none"
-        and (device.logical_sector_size != snapshot.sector_size)
-    ):
+    new_ss = device.logical_sector_size
+    if not device.is_block or snapshot.table == "none" or new_ss == snapshot.sector_size:
+        return None
+    table = read_table(image, snapshot.sector_size)
+    reason = sectors.check_disk(image, table, new_ss) if table else "its table cannot be read"
+    if reason is not None or table is None:
         raise UsageError(
-            f"target {device.path} has {device.logical_sector_size}-byte sectors, the snapshot "
-            f"{snapshot.sector_size}-byte ones; converting the partition table is not supported "
-            "yet, nothing was written"
+            f"target {device.path} has {new_ss}-byte sectors, the snapshot "
+            f"{snapshot.sector_size}-byte ones, and it cannot be converted: {reason}; "
+            "nothing was written"
         )
+    return new_ss, table
+
+
+@contextmanager
+def _closing_on_error(opened: OpenedTarget) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        opened.device.close()
+        raise
+
+
+def _plan_grow(
+    repo: Repository,
+    snapshot: Snapshot,
+    index: Index,
+    opened: OpenedTarget,
+    partition: int | None,
+    number: int | None,
+) -> GrowPlan:
+    """Check --grow before a byte is written: the table and filesystem types come from
+    the snapshot (its image of the disk's first and last sectors)."""
+    filesystems = {p.number: p.filesystem for p in snapshot.partitions}
+    if partition is not None:
+        region = index.region(fmt.REGION_PARTITION, partition)
+        assert region is not None
+        fs = {1: filesystems.get(partition, "")}
+        return plan_grow(None, fs, region.size, opened.device.size, None)
+    table = read_table(SnapshotImage(repo, snapshot, index), snapshot.sector_size)
+    return plan_grow(table, filesystems, snapshot.disk_size, opened.device.size, number)
 
 
 def _without(region: Region, cut: ExtentMap) -> Region:

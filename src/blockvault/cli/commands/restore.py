@@ -26,6 +26,24 @@ def register(group: click.Group) -> None:
         is_flag=True,
         help="Also write zeros over the unused space the snapshot covers (default: leave it).",
     )
+    @click.option(
+        "--new-ids",
+        is_flag=True,
+        help="Give the copy new GPT disk/partition GUIDs (MBR signature) and filesystem "
+        "UUIDs/serials, to live beside the original. Default: keep them (a replacement boots).",
+    )
+    @click.option(
+        "--grow",
+        is_flag=True,
+        help="On a larger target, grow the last partition and its filesystem (ext2/3/4, "
+        "NTFS) to fill the free space after it (with -p: the filesystem fills TARGET).",
+    )
+    @click.option(
+        "--grow-partition",
+        type=int,
+        metavar="N",
+        help="Like --grow, for partition N (the space after it must be free).",
+    )
     @json_option
     @click.pass_context
     def restore_command(
@@ -35,6 +53,9 @@ def register(group: click.Group) -> None:
         partition: int | None,
         yes: bool,
         zero_unused: bool,
+        new_ids: bool,
+        grow: bool,
+        grow_partition: int | None,
         as_json: bool,
     ) -> None:
         """Restore SNAPSHOT (id, unique prefix or 'latest') onto TARGET: a block device,
@@ -51,6 +72,9 @@ def register(group: click.Group) -> None:
                 partition=partition,
                 confirm=render.confirmer(yes),
                 zero_unused=zero_unused,
+                new_ids=new_ids,
+                grow=grow,
+                grow_partition=grow_partition,
                 reporter=reporter,
             )
         if as_json:
@@ -60,4 +84,5 @@ def register(group: click.Group) -> None:
             f"restored snapshot {snap.id[:12]} to {target}: {render.size(result.written_bytes)} "
             f"written in {result.seconds:.1f}s"
             + ("; GPT backup moved to the end of the larger disk" if result.gpt_moved else "")
+            + (f"; {result.grown}" if result.grown else "")
         )
