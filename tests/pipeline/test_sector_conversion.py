@@ -84,3 +84,25 @@ def test_clone_new_ids_gives_new_ids_and_keeps_files(content: Path, tmp_path: Pa
     renewed = ids(fresh)
     assert all(a != b for a, b in zip(renewed, source, strict=True)), (source, renewed)
     check_partitions(disk, fresh, tmp_path)
+
+
+def test_restore_onto_a_4096_sector_disk_converts(
+    content: Path, tmp_path: Path, loop: Callable[..., str]
+) -> None:
+    need_tools("sfdisk", "sgdisk", "mkfs.fat", "mkntfs", "fsck.vfat", "ntfsfix", "mcopy")
+    disk = sample("mbr", content, tmp_path)
+    repo = tmp_path / "repo"
+    assert blockvault("-r", repo, "init").returncode == 0
+    backup = blockvault("-r", repo, "backup", disk.path)
+    assert backup.returncode == 0, backup.stderr
+    target = tmp_path / "4k.img"
+    with open(target, "wb") as f:
+        f.truncate(disk.size)
+    dev = loop(target, sector_size=4096)
+    done = blockvault("-r", repo, "restore", "latest", dev, "--yes", "--new-ids")
+    assert done.returncode == 0, done.stderr
+    sh("sfdisk", "--verify", dev)
+    table = json.loads(sh("sfdisk", "--json", dev))["partitiontable"]
+    assert table["sectorsize"] == 4096
+    assert table["id"] != json.loads(sh("sfdisk", "--json", disk.path))["partitiontable"]["id"]
+    check_partitions(disk, target, tmp_path)
