@@ -59,9 +59,9 @@ class Net:
             sh("ip", "link", "add", a, "netns", self.bridge, "type", "veth", "peer", b, "netns", ns)
             sh("ip", "-n", self.bridge, "link", "set", a, "master", "br0", "up")
             sh("ip", "-n", ns, "link", "set", b, "name", "cast0")
-            sh("ip", "-n", ns, "addr", "add", f"10.78.0.{i + 1}/24", "dev", "cast0")
+            sh("ip", "-n", ns, "addr", "add", f"10.78.0.{i + 1}/24", "brd", "+", "dev", "cast0")
             sh("ip", "-n", ns, "link", "set", "cast0", "up")
-            # the route udpcast needs for its multicast traffic
+            # udpcast needs a broadcast address (brd +) and a multicast route
             sh("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", "cast0")
         return self
 
@@ -88,6 +88,8 @@ def run_case(commands: list[tuple[str, str]]) -> float:
     ]
     for proc, (_, cmd) in zip(procs, commands, strict=True):
         if proc.wait(timeout=LIMIT) != 0:
+            for other in procs:  # leave nothing running behind
+                subprocess.run(["pkill", "-P", str(other.pid)], check=False)
             raise SystemExit(f"failed ({proc.returncode}): {cmd}")
     return round(time.monotonic() - start, 2)
 
@@ -111,7 +113,7 @@ def udpcast_case(
         (
             ns,
             f"truncate -s {part_size} {t} && udp-receiver --interface cast0 --nokbd "
-            f"--no-progress 2>/dev/null | zstd -dcq | partclone.ext4 -r -q -s - -o {t} "
+            f"--no-progress 2>/dev/null | zstd -dcq | partclone.ext4 -r -q -s - -O {t} "
             f"-L {CAST}/partclone-{i}.log",
         )
         for i, (ns, t) in enumerate(zip(net.receivers, targets, strict=False))
