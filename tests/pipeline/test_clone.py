@@ -196,3 +196,21 @@ def test_grow_partition_to_partition(gpt_disk: BuiltDisk, tmp_path: Path, loop) 
     proc = blockvault("clone", fat_source, fat_target, "--grow")
     assert proc.returncode == 2 and "FAT" in proc.stderr, proc.stderr
     assert fat_target.read_bytes().count(0) == fat_target.stat().st_size
+
+
+@needs_root
+def test_mounted_source_refused_unless_read_only(
+    gpt_disk: BuiltDisk, tmp_path: Path, loop, mounted
+) -> None:
+    work = tmp_path / "src.img"
+    work.write_bytes(gpt_disk.path.read_bytes())
+    root = gpt_disk.by_label("root")
+    part = loop(work, offset=root.offset, size=root.size)
+    mounted(part, tmp_path / "mnt")
+    target = tmp_path / "copy.img"
+    proc = blockvault("clone", work, target)
+    assert proc.returncode == 2 and "--allow-mounted" in proc.stderr, proc.stderr
+    assert not target.exists()
+    sh("mount", "-o", "remount,ro", tmp_path / "mnt")
+    proc = blockvault("clone", work, target, "--verify")
+    assert proc.returncode == 0, proc.stderr
