@@ -236,6 +236,8 @@ def build_boot_disk(
             "mkfs.ext4",
             "-q",
             "-F",
+            "-b",  # 4 KiB blocks (not mke2fs's 1 KiB for small fs): a 4Kn copy can mount it
+            "4096",
             "-U",
             root_uuid,
             "-L",
