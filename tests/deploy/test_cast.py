@@ -242,3 +242,56 @@ def test_too_small_target_refused_before_writing(
     code, out, _ = finish(sender)
     assert code == 1
     assert json.loads(out)["receivers"][0]["status"] == "failed"
+
+
+def test_late_joiner_gets_what_it_missed(
+    net: Net, source: tuple[BuiltDisk, Path, str], tmp_path: Path
+) -> None:
+    _disk, repo, snap = source
+    targets = [tmp_path / f"target{i}.img" for i in range(3)]
+
+    def receiver(i: int) -> subprocess.Popen[str]:
+        return net.run(
+            net.receivers[i],
+            "cast",
+            "receive",
+            targets[i],
+            "--interface",
+            "cast0",
+            "--session",
+            net.prefix,
+            "--max-wait",
+            "30",
+        )
+
+    early = [receiver(0), receiver(1)]
+    sender = net.run(
+        net.sender,
+        "-r",
+        repo,
+        "cast",
+        "send",
+        snap,
+        "--interface",
+        "cast0",
+        "--session",
+        net.prefix,
+        "--min-receivers",
+        "2",
+        "--max-wait",
+        "20",
+        "--max-rate",
+        "30",
+        "--json",
+    )
+    deadline = time.monotonic() + 20
+    while not (targets[0].exists() and targets[0].stat().st_blocks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    late = receiver(2)  # streaming has begun: the first pass is under way
+    results = [finish(p) for p in [*early, late]]
+    code, out, err = finish(sender)
+    assert code == 0, err
+    assert [r["status"] for r in json.loads(out)["receivers"]] == ["verified"] * 3
+    for (rc, _, rerr), t in zip(results, targets, strict=True):
+        assert rc == 0, rerr
+        check_copy(t, source[0], tmp_path)
