@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -32,6 +32,7 @@ __all__ = ["backup", "boot_area_map", "plan_regions"]
 
 BOOT_BLOCK = 4096  # granularity at which non-zero bytes outside partitions are kept
 GAP_KEPT = 1024 * 1024  # the gap before the first partition is kept whole up to here
+READ_UNIT = 4 * 1024 * 1024  # bytes of consecutive chunks read at once (see _read_units)
 
 
 @dataclass(frozen=True)
@@ -98,13 +99,27 @@ def _tasks(regions: list[Region], chunk_size: int, keep: ExtentMap) -> Iterator[
             )
 
 
-def _nonzero_blocks(data: bytearray, offset: int, used: ExtentMap) -> ExtentMap:
+def _read_units(tasks: Iterable[_Task], unit: int) -> Iterator[list[_Task]]:
+    """Consecutive chunks of one region, about ``unit`` bytes together: a worker reads
+    them in one go, since one large read is much faster than several small ones."""
+    batch: list[_Task] = []
+    for task in tasks:
+        if batch and (
+            task.region != batch[0].region or task.offset + task.length - batch[0].offset > unit
+        ):
+            yield batch
+            batch = []
+        batch.append(task)
+    if batch:
+        yield batch
+
+
+def _nonzero_blocks(data: memoryview, offset: int, used: ExtentMap) -> ExtentMap:
     """The ``BOOT_BLOCK``-sized blocks of ``data`` that hold a non-zero byte, within ``used``."""
-    view = memoryview(data)
     blocks = [
         (offset + pos, BOOT_BLOCK)
         for pos in range(0, len(data), BOOT_BLOCK)
-        if not is_zero(view[pos : pos + BOOT_BLOCK])
+        if not is_zero(data[pos : pos + BOOT_BLOCK])
     ]
     return ExtentMap(blocks) & used
 
@@ -243,9 +258,8 @@ def _image(
 ) -> tuple[Index, Stats]:
     chunk_size = repo.config.chunk_size
 
-    def store(task: _Task) -> _Done:
-        data = read_chunk(device, task.base, task.offset, task.length, task.used)
-        if data is None:
+    def store_one(task: _Task, data: memoryview | None) -> _Done:
+        if data is None or not task.used:
             return _Done(task, fmt.HOLE, task.used, 0, 0)
         used = task.used
         if task.refine is not None:
@@ -256,13 +270,30 @@ def _image(
         stored = repo.put_chunk(data, digest.hex())
         return _Done(task, digest, used, stored, len(data) if stored else 0)
 
+    def store(batch: list[_Task]) -> list[_Done]:
+        first, last = batch[0], batch[-1]
+        span = last.offset + last.length - first.offset
+        used = ExtentMap(extent for task in batch for extent in task.used)
+        data = read_chunk(device, first.base, first.offset, span, used)
+        view = memoryview(data) if data is not None else None
+        return [
+            store_one(
+                task,
+                view[task.offset - first.offset : task.offset - first.offset + task.length]
+                if view is not None
+                else None,
+            )
+            for task in batch
+        ]
+
     total = sum(r.used.total for r in regions)
     reporter(TaskStarted("backup", total, str(device.path)))
     ids: list[list[bytes]] = [[] for _ in regions]
     used_maps: list[list[ExtentMap]] = [[] for _ in regions]
     read = chunks = holes = new_chunks = new_bytes = stored_bytes = 0
     threads = workers(repo.backend.capabilities.parallel_io)
-    for done in ordered_map(store, _tasks(regions, chunk_size, keep), threads):
+    units = _read_units(_tasks(regions, chunk_size, keep), READ_UNIT)
+    for done in (d for batch in ordered_map(store, units, threads) for d in batch):
         ids[done.task.region].append(done.chunk_id)
         used_maps[done.task.region].append(done.used)
         read += done.task.used.total
