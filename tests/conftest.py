@@ -30,6 +30,22 @@ def sh(*args: str | os.PathLike[str], input: str | None = None) -> str:
     return proc.stdout
 
 
+def blockvault(
+    *args: str | os.PathLike[str], env: dict[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``blockvault`` CLI as a user would (``env`` added to ours); never raises,
+    so tests can assert on the exit code and the one-line error."""
+    return subprocess.run(
+        ["blockvault", *map(str, args)],
+        capture_output=True,
+        text=True,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
 @pytest.fixture
 def loop() -> Iterator[Callable[..., str]]:
     """``loop(path, sector_size=512, offset=0, size=None) -> /dev/loopN``, detached after."""

@@ -16,20 +16,10 @@ import pytest
 
 from blockvault.repo import format as fmt
 from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, demo_disk
+from tests.conftest import blockvault as run
 from tests.conftest import needs_root, sh
 
 MiB = 1024 * 1024
-
-
-def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["blockvault", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
@@ -248,7 +238,14 @@ def test_loop_device_source_and_target(
         with open(other_image, "wb") as f:
             f.truncate(96 * MiB)
         other = loop(other_image, sector_size=512)
-        one_line_error(run("-r", repo, "restore", "latest", other, "--yes"), 2, "sectors")
+        # a 512-byte-sector disk gets the table rescaled (see tests/disk/test_sectors.py)
+        proc = run("-r", repo, "restore", "latest", other, "--yes")
+        assert proc.returncode == 0, proc.stderr
+        sh("sfdisk", "--verify", other)
+        moved = json.loads(sh("sfdisk", "--json", other))["partitiontable"]["partitions"][0]
+        assert (moved["start"], moved["size"]) == (parts[0]["start"] * 8, parts[0]["size"] * 8)
+        converted_p1 = loop(other_image, offset=moved["start"] * 512, size=moved["size"] * 512)
+        sh("e2fsck", "-fn", converted_p1)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ damage is found and named by snapshot and partition; exit 4."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,19 +14,13 @@ from blockvault.repo import Repository
 from blockvault.repo import format as fmt
 from blockvault.repo.check import Subset, check_repository, parse_subset
 from blockvault.sample import DiskSpec, PartitionSpec, build_disk, make_tree
+from tests.conftest import blockvault
 
 MiB = 1024 * 1024
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["blockvault", *map(str, args)],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        check=False,
-        env={**os.environ, "BLOCKVAULT_PASSWORD": "check-test"},
-    )
+    return blockvault(*args, env={"BLOCKVAULT_PASSWORD": "check-test"})
 
 
 @pytest.fixture(scope="module")

@@ -16,20 +16,11 @@ from pathlib import Path
 import pytest
 
 from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, change_tree, make_tree
+from tests.conftest import blockvault as run
 from tests.conftest import sh
 from tests.fstree import extract, fsck, tree
 
 MiB = 1024 * 1024
-
-
-def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["blockvault", *map(str, args)],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
 
 
 def sha(path: Path) -> str:
