@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Final
 
-from blockvault.browse.stream import BROWSE_CACHE_CHUNKS, region_reader
+from blockvault.browse.stream import cache_chunks, region_reader
 from blockvault.browse.volume import PARSERS, Volume, open_volume
 from blockvault.errors import BlockvaultError, MountpointError, UsageError
 from blockvault.repo import format as fmt
@@ -169,7 +169,9 @@ def _serve(
             if region.kind == fmt.REGION_PARTITION:
                 readers[region.number] = region_reader(repo, region, index.chunk_size)
         images: dict[str, RegionReader | SnapshotImage] = {
-            "disk.img": SnapshotImage(repo, snap, index, parts=readers, cache=BROWSE_CACHE_CHUNKS)
+            "disk.img": SnapshotImage(
+                repo, snap, index, parts=readers, cache=cache_chunks(index.chunk_size)
+            )
         }
         images.update({f"p{n}.img": r for n, r in sorted(readers.items())})
         shown: dict[str, Volume] = {}

@@ -15,15 +15,19 @@ from blockvault.repo.image import RegionReader, SnapshotImage
 from blockvault.repo.index import Region
 from blockvault.repo.repository import Repository
 
-__all__ = ["BROWSE_CACHE_CHUNKS", "RegionFile", "region_reader"]
+__all__ = ["BROWSE_CACHE_BYTES", "RegionFile", "cache_chunks", "region_reader"]
 
-BROWSE_CACHE_CHUNKS: Final = 16
-"""Chunks each region keeps decoded (64 MiB at the default chunk size): enough for a
-directory walk to revisit inode tables and directory blocks without refetching them."""
+BROWSE_CACHE_BYTES: Final = 64 * 1024 * 1024
+"""Decoded chunks each region keeps (at least 16): enough for a directory walk to
+revisit inode tables and directory blocks without refetching them."""
+
+
+def cache_chunks(chunk_size: int) -> int:
+    return max(16, BROWSE_CACHE_BYTES // chunk_size)
 
 
 def region_reader(repo: Repository, region: Region, chunk_size: int) -> RegionReader:
-    return RegionReader(repo, region, chunk_size, cache=BROWSE_CACHE_CHUNKS)
+    return RegionReader(repo, region, chunk_size, cache=cache_chunks(chunk_size))
 
 
 class RegionFile(io.RawIOBase):

@@ -1,7 +1,7 @@
 """The repository: where snapshots of disks are kept.
 
 Glossary:
-  chunk     a fixed-size piece of a region (default 4 MiB), aligned to the region's
+  chunk     a fixed-size piece of a region (default 256 KiB), aligned to the region's
             start; bytes outside the used map are zero. Stored once per content.
   hole      a chunk that is all zeros or wholly unused: no object is stored.
   region    the boot areas of a disk, or one partition; each has a used map.

@@ -40,7 +40,7 @@ __all__ = [
 VERSION: Final = 1
 REPOSITORY_FORMAT: Final = "blockvault-repository"
 CONFIG_NAME: Final = "config"
-DEFAULT_CHUNK_SIZE: Final = 4 * 1024 * 1024
+DEFAULT_CHUNK_SIZE: Final = 256 * 1024
 ID_BYTES: Final = 32
 HOLE: Final = bytes(ID_BYTES)  # an index entry of all zeros: no object, read as zeros
 
