@@ -31,28 +31,10 @@ ROOT = BENCH.parent
 sys.path[:0] = [str(BENCH), str(ROOT)]
 
 import run_bench  # noqa: E402
-from incremental_bench import detach, loop  # noqa: E402
+from incremental_bench import change_partition  # noqa: E402
 from run_bench import WORK, drop_caches, ensure_disk, log, machine_info, parse_size  # noqa: E402
 
 MB = 1_000_000
-
-
-def change_day(image: Path, meta: dict[str, Any], fraction: float, seed: int) -> None:
-    """Change ``fraction`` of the files on the disk's ext4 partition, mounted read-write."""
-    from blockvault import sample
-
-    part = meta["partition"]
-    device = loop(image, part["offset"], part["size"], read_only=False)
-    mnt = WORK / "gc-mnt"
-    mnt.mkdir(parents=True, exist_ok=True)
-    try:
-        run_bench.sh("mount", "-t", "ext4", device, mnt)
-        try:
-            sample.change_tree(mnt, fraction, seed=seed)
-        finally:
-            run_bench.sh("umount", mnt)
-    finally:
-        detach(device)
 
 
 def blockvault(*args: str | Path) -> dict[str, Any]:
@@ -87,7 +69,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     backups = []
     for day in range(args.snapshots):
         if day:
-            change_day(image, meta, args.daily_change, seed=1000 + day)
+            change_partition(image, meta["partition"], args.daily_change, 1000 + day, work / "mnt")
         seconds, out = timed("-r", repo, "backup", image)
         stats = out.get("stats", {})
         backups.append({"day": day, "seconds": seconds, "stored_bytes": stats.get("stored_bytes")})

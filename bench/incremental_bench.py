@@ -149,7 +149,6 @@ def detach(device: str) -> None:
 
 def ensure_changed(meta: dict[str, Any], fraction: float, seed: int) -> dict[str, Any]:
     """A copy of the disk with ``fraction`` of its file data changed in place (cached)."""
-    from blockvault import sample
 
     image = Path(meta["path"])
     changed = image.with_name(f"{meta['key']}-changed{fraction:g}-seed{seed}.img")
@@ -161,22 +160,30 @@ def ensure_changed(meta: dict[str, Any], fraction: float, seed: int) -> dict[str
     log(f"copying {image.name} and changing {fraction:.0%} of its files")
     partial = changed.with_suffix(".partial")
     run_bench.sh("cp", "--sparse=never", image, partial)
-    part = meta["partition"]
-    device = loop(partial, part["offset"], part["size"], read_only=False)
-    mnt = WORK / "incremental-mnt"
-    mnt.mkdir(parents=True, exist_ok=True)
-    try:
-        run_bench.sh("mount", "-t", "ext4", device, mnt)
-        try:
-            summary = sample.change_tree(mnt, fraction, seed=seed)
-        finally:
-            run_bench.sh("umount", mnt)
-    finally:
-        detach(device)
+    summary = change_partition(partial, meta["partition"], fraction, seed, WORK / "incremental-mnt")
     partial.rename(changed)
     info = {"path": str(changed), "fraction": fraction, "seed": seed, "change": _plain(summary)}
     info_path.write_text(json.dumps(info, indent=1) + "\n")
     return info
+
+
+def change_partition(
+    image: Path, part: dict[str, int], fraction: float, seed: int, mnt: Path
+) -> object:
+    """Change ``fraction`` of the files on the image's ext4 partition, loop-mounted
+    read-write at ``mnt``; returns sample.change_tree's summary."""
+    from blockvault import sample
+
+    device = loop(image, part["offset"], part["size"], read_only=False)
+    mnt.mkdir(parents=True, exist_ok=True)
+    try:
+        run_bench.sh("mount", "-t", "ext4", device, mnt)
+        try:
+            return sample.change_tree(mnt, fraction, seed=seed)
+        finally:
+            run_bench.sh("umount", mnt)
+    finally:
+        detach(device)
 
 
 def _plain(summary: object) -> Any:
