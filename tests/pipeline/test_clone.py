@@ -170,6 +170,11 @@ def test_grow_refusals(gpt_disk: BuiltDisk, tmp_path: Path) -> None:
     proc = blockvault("clone", gpt_disk.path, same, "--grow")
     assert proc.returncode == 2 and "not larger" in proc.stderr, proc.stderr
 
+    missing = tmp_path / "missing.img"  # created at the source's size, so not larger
+    proc = blockvault("clone", gpt_disk.path, missing, "--grow")
+    assert proc.returncode == 2 and "not larger" in proc.stderr, proc.stderr
+    assert not missing.exists()  # a refused copy leaves no file behind
+
 
 @needs_root
 def test_grow_partition_to_partition(gpt_disk: BuiltDisk, tmp_path: Path, loop) -> None:

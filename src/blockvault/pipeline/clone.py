@@ -97,10 +97,10 @@ def clone(
         opened = open_target(
             target, layout.size, repository_path=None, confirm=confirm, what="cloning"
         )
-        with opened.device:
-            out = opened.device
+        out = opened.device
+        growing = None
+        with opened.refusals():
             new_ss = _sector_conversion(device, layout, out)
-            growing = None
             if grow or grow_partition is not None:
                 if new_ss is not None:
                     raise UsageError(
@@ -109,6 +109,7 @@ def clone(
                     )
                 fss = {p.number: p.fs.type for p in layout.partitions}
                 growing = plan_grow(layout.table, fss, layout.size, out.size, grow_partition)
+        with opened.device:
             old_gpt = _moving_gpt(layout, out.size)
             if old_gpt:
                 pieces = [_without(p, old_gpt) for p in pieces]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from blockvault.disk import ids, sectors
@@ -85,11 +84,12 @@ def restore(
             confirm=confirm,
             what="restoring the disk",
         )
-        conversion = _sector_conversion(opened, snapshot, SnapshotImage(repo, snapshot, index))
+        with opened.refusals():
+            conversion = _sector_conversion(opened, snapshot, SnapshotImage(repo, snapshot, index))
         plan = [(r, 0) for r in index.regions]
     growing = None
     if grow or grow_partition is not None:
-        with _closing_on_error(opened):
+        with opened.refusals():
             growing = _plan_grow(repo, snapshot, index, opened, partition, grow_partition)
             if conversion is not None:
                 raise UsageError(
@@ -163,15 +163,6 @@ def _sector_conversion(
             "nothing was written"
         )
     return new_ss, table
-
-
-@contextmanager
-def _closing_on_error(opened: OpenedTarget) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        opened.device.close()
-        raise
 
 
 def _plan_grow(

@@ -6,9 +6,10 @@ not to hold the repository, large enough, and (if it holds data) confirmed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,20 @@ PROBE = 1024 * 1024
 class OpenedTarget:
     device: Device
     fresh: bool  # created (or grown from empty) by us: every byte is already zero
+    created: bool = False  # the file did not exist before open_target
+
+    @contextlib.contextmanager
+    def refusals(self) -> Iterator[None]:
+        """For checks made after opening, before the first write: a refusal closes the
+        target and removes the file if we created it, so a refused copy leaves nothing."""
+        try:
+            yield
+        except BaseException:
+            self.device.close()
+            if self.created:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.device.path)
+            raise
 
 
 def _holds_data(device: Device) -> bool:
@@ -57,7 +72,7 @@ def open_target(
     if repository_on(p, repository_path):
         raise TargetHoldsRepository(path=p, repo=repository_path)
     if not p.exists():
-        return OpenedTarget(open_device(p, write=True, create_size=need), fresh=True)
+        return OpenedTarget(open_device(p, write=True, create_size=need), fresh=True, created=True)
     mounts = mounts_using(p)
     if mounts:
         m = mounts[0]
