@@ -69,6 +69,13 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
 RIGHT = {"size", "used", "stored", "start", "bytes", "chunks", "new", "sector", "#", "number"}
 
 
+def adapted(gpt_moved: bool, grown: str | None) -> str:
+    """What a restore or clone changed to fit the target, as a tail for its summary line."""
+    return ("; GPT backup moved to the end of the larger disk" if gpt_moved else "") + (
+        f"; {grown}" if grown else ""
+    )
+
+
 def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
 

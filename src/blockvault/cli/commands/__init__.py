@@ -11,7 +11,17 @@ import click
 from blockvault.errors import PassphraseRequired, UsageError
 from blockvault.repo import Repository
 
-__all__ = ["open_repo", "passphrase_source", "read_password_file", "register_all", "repo_location"]
+__all__ = [
+    "grow_partition_option",
+    "json_option",
+    "new_ids_option",
+    "open_repo",
+    "passphrase_source",
+    "read_password_file",
+    "register_all",
+    "repo_location",
+    "system_root_option",
+]
 
 PASSWORD_ENV = "BLOCKVAULT_PASSWORD"
 
@@ -66,6 +76,27 @@ def open_repo(ctx: click.Context) -> Repository:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+# options that backup and inspect, and restore and clone, share
+system_root_option = click.option(
+    "--root",
+    type=click.Path(file_okay=False, exists=True),
+    default="/",
+    show_default=True,
+    help="With --system: the directory to treat as the system's /.",
+)
+new_ids_option = click.option(
+    "--new-ids",
+    is_flag=True,
+    help="Give the copy new GPT disk/partition GUIDs (MBR signature) and filesystem "
+    "UUIDs/serials, to live beside the original. Default: keep them (a replacement boots).",
+)
+grow_partition_option = click.option(
+    "--grow-partition",
+    type=int,
+    metavar="N",
+    help="Like --grow, for partition N (the space after it must be free).",
+)
 
 
 def register_all(group: click.Group) -> None:

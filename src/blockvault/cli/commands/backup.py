@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, open_repo
+from blockvault.cli.commands import json_option, open_repo, system_root_option
 from blockvault.disk.system import choose_system
 from blockvault.errors import UsageError
 from blockvault.pipeline.backup import backup
@@ -39,13 +39,7 @@ def register(group: click.Group) -> None:
         help="Image what the running system needs instead of SOURCE: the disk holding / "
         "and the partitions of /, /boot, /boot/efi, EFI System and BIOS boot.",
     )
-    @click.option(
-        "--root",
-        type=click.Path(file_okay=False, exists=True),
-        default="/",
-        show_default=True,
-        help="With --system: the directory to treat as the system's /.",
-    )
+    @system_root_option
     @json_option
     @click.pass_context
     def backup_command(

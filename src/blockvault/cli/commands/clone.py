@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from blockvault.cli import render
-from blockvault.cli.commands import json_option
+from blockvault.cli.commands import grow_partition_option, json_option, new_ids_option
 from blockvault.pipeline.clone import clone
 
 
@@ -24,24 +24,14 @@ def register(group: click.Group) -> None:
         is_flag=True,
         help="Clone a source that is mounted read-write (it may change during the copy).",
     )
-    @click.option(
-        "--new-ids",
-        is_flag=True,
-        help="Give the copy new GPT disk/partition GUIDs (MBR signature) and filesystem "
-        "UUIDs/serials, to live beside the original. Default: keep them (a replacement boots).",
-    )
+    @new_ids_option
     @click.option(
         "--grow",
         is_flag=True,
         help="On a larger target, grow the last partition and its filesystem (ext2/3/4, "
         "NTFS) to fill the free space after it.",
     )
-    @click.option(
-        "--grow-partition",
-        type=int,
-        metavar="N",
-        help="Like --grow, for partition N (the space after it must be free).",
-    )
+    @grow_partition_option
     @json_option
     def clone_command(
         source: str,
@@ -77,7 +67,6 @@ def register(group: click.Group) -> None:
         click.echo(
             f"cloned {source} to {target}: {render.size(result.written_bytes)} written in "
             f"{result.seconds:.1f}s"
-            + ("; GPT backup moved to the end of the larger disk" if result.gpt_moved else "")
+            + render.adapted(result.gpt_moved, result.grown)
             + ("; verified" if result.verified else "")
-            + (f"; {result.grown}" if result.grown else "")
         )

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from blockvault.cli import render
-from blockvault.cli.commands import json_option
+from blockvault.cli.commands import json_option, system_root_option
 from blockvault.disk.device import open_device
 from blockvault.disk.layout import DiskLayout, read_layout
 from blockvault.disk.system import choose_system
@@ -48,13 +48,7 @@ def register(group: click.Group) -> None:
     @click.option(
         "--system", is_flag=True, help="Show what 'backup --system' would image, and why."
     )
-    @click.option(
-        "--root",
-        type=click.Path(file_okay=False, exists=True),
-        default="/",
-        show_default=True,
-        help="With --system: the directory to treat as the system's /.",
-    )
+    @system_root_option
     @json_option
     def inspect(source: str | None, system: bool, root: str, as_json: bool) -> None:
         """Show the layout of SOURCE (a block device or disk image file): partition

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, open_repo
+from blockvault.cli.commands import grow_partition_option, json_option, new_ids_option, open_repo
 from blockvault.pipeline.restore import restore
 
 
@@ -26,24 +26,14 @@ def register(group: click.Group) -> None:
         is_flag=True,
         help="Also write zeros over the unused space the snapshot covers (default: leave it).",
     )
-    @click.option(
-        "--new-ids",
-        is_flag=True,
-        help="Give the copy new GPT disk/partition GUIDs (MBR signature) and filesystem "
-        "UUIDs/serials, to live beside the original. Default: keep them (a replacement boots).",
-    )
+    @new_ids_option
     @click.option(
         "--grow",
         is_flag=True,
         help="On a larger target, grow the last partition and its filesystem (ext2/3/4, "
         "NTFS) to fill the free space after it (with -p: the filesystem fills TARGET).",
     )
-    @click.option(
-        "--grow-partition",
-        type=int,
-        metavar="N",
-        help="Like --grow, for partition N (the space after it must be free).",
-    )
+    @grow_partition_option
     @json_option
     @click.pass_context
     def restore_command(
@@ -82,7 +72,5 @@ def register(group: click.Group) -> None:
             return
         click.echo(
             f"restored snapshot {snap.id[:12]} to {target}: {render.size(result.written_bytes)} "
-            f"written in {result.seconds:.1f}s"
-            + ("; GPT backup moved to the end of the larger disk" if result.gpt_moved else "")
-            + (f"; {result.grown}" if result.grown else "")
+            f"written in {result.seconds:.1f}s" + render.adapted(result.gpt_moved, result.grown)
         )
