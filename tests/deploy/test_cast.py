@@ -45,6 +45,36 @@ class Net:
             text=True,
         )
 
+    def receive(self, ns: str, target: Path, *options: str) -> subprocess.Popen[str]:
+        """``cast receive TARGET`` in ``ns``, on this bridge's interface and session."""
+        return self.run(
+            ns,
+            "cast",
+            "receive",
+            target,
+            "--interface",
+            "cast0",
+            "--session",
+            self.prefix,
+            *options,
+        )
+
+    def send(self, repo: Path, snap: str, *options: str) -> subprocess.Popen[str]:
+        """``cast send SNAP`` from the sender, on this bridge's interface and session."""
+        return self.run(
+            self.sender,
+            "-r",
+            repo,
+            "cast",
+            "send",
+            snap,
+            "--interface",
+            "cast0",
+            "--session",
+            self.prefix,
+            *options,
+        )
+
     def lose(self, ns: str, percent: int) -> None:
         """Drop ``percent`` % of the UDP datagrams arriving in ``ns``."""
         rules = (
@@ -122,32 +152,12 @@ def cast(
     _disk, repo, snap = source
     targets = [tmp / f"target{i}.img" for i in range(receivers)]
     procs = [
-        net.run(
-            ns,
-            "cast",
-            "receive",
-            t,
-            "--interface",
-            "cast0",
-            "--session",
-            net.prefix,
-            "--max-wait",
-            "30",
-            "--json",
-        )
+        net.receive(ns, t, "--max-wait", "30", "--json")
         for ns, t in zip(net.receivers, targets, strict=False)
     ]
-    sender = net.run(
-        net.sender,
-        "-r",
+    sender = net.send(
         repo,
-        "cast",
-        "send",
         snap,
-        "--interface",
-        "cast0",
-        "--session",
-        net.prefix,
         "--min-receivers",
         str(receivers),
         "--max-wait",
@@ -207,33 +217,8 @@ def test_too_small_target_refused_before_writing(
     _disk, repo, snap = source
     small = tmp_path / "small.img"
     small.write_bytes(b"\x55" * MiB)
-    proc = net.run(
-        net.receivers[0],
-        "cast",
-        "receive",
-        small,
-        "--interface",
-        "cast0",
-        "--session",
-        net.prefix,
-        "--max-wait",
-        "20",
-    )
-    sender = net.run(
-        net.sender,
-        "-r",
-        repo,
-        "cast",
-        "send",
-        snap,
-        "--interface",
-        "cast0",
-        "--session",
-        net.prefix,
-        "--max-wait",
-        "5",
-        "--json",
-    )
+    proc = net.receive(net.receivers[0], small, "--max-wait", "20")
+    sender = net.send(repo, snap, "--max-wait", "5", "--json")
     rc, _, err = finish(proc)
     assert rc != 0
     assert len(err.strip().splitlines()) == 1 and "too small" in err, err
@@ -251,31 +236,12 @@ def test_late_joiner_gets_what_it_missed(
     targets = [tmp_path / f"target{i}.img" for i in range(3)]
 
     def receiver(i: int) -> subprocess.Popen[str]:
-        return net.run(
-            net.receivers[i],
-            "cast",
-            "receive",
-            targets[i],
-            "--interface",
-            "cast0",
-            "--session",
-            net.prefix,
-            "--max-wait",
-            "30",
-        )
+        return net.receive(net.receivers[i], targets[i], "--max-wait", "30")
 
     early = [receiver(0), receiver(1)]
-    sender = net.run(
-        net.sender,
-        "-r",
+    sender = net.send(
         repo,
-        "cast",
-        "send",
         snap,
-        "--interface",
-        "cast0",
-        "--session",
-        net.prefix,
         "--min-receivers",
         "2",
         "--max-wait",
