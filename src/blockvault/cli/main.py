@@ -10,14 +10,23 @@ from typing import Any
 import click
 
 from blockvault import __version__
-from blockvault.cli.commands import register_all
+from blockvault.cli import commands
 from blockvault.errors import BlockvaultError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class Group(click.Group):
-    """Turns every error into one line on stderr and an exit code (see errors.py)."""
+    """Loads each command when it is used, and turns every error into one line on
+    stderr and an exit code (see errors.py)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(commands.COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in commands.COMMANDS:
+            commands.register(self, cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -86,9 +95,6 @@ def cli(
         # the S3 backend reads it like boto3 does; this reaches every way a command
         # opens a repository (the S3-only variable, so other AWS tools are not redirected)
         os.environ["AWS_ENDPOINT_URL_S3"] = s3_endpoint
-
-
-register_all(cli)
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
-"""One module per command; ``register_all`` adds them to the top-level group."""
+"""One module per command; ``register`` adds one to the top-level group when it is used."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -12,13 +13,14 @@ from blockvault.errors import PassphraseRequired, UsageError
 from blockvault.repo import Repository
 
 __all__ = [
+    "COMMANDS",
     "grow_partition_option",
     "json_option",
     "new_ids_option",
     "open_repo",
     "passphrase_source",
     "read_password_file",
-    "register_all",
+    "register",
     "repo_location",
     "system_root_option",
 ]
@@ -99,52 +101,34 @@ grow_partition_option = click.option(
 )
 
 
-def register_all(group: click.Group) -> None:
-    from blockvault.cli.commands import (
-        backup,
-        cast,
-        cat,
-        check,
-        clone,
-        demo,
-        disks,
-        extract,
-        find,
-        gc,
-        info,
-        init,
-        inspect,
-        key,
-        ls,
-        mount,
-        prune,
-        restore,
-        snapshots,
-        umount,
-        verify,
-    )
+# every command, each in the module of its name (imported only when that command runs)
+COMMANDS = (
+    "disks",
+    "inspect",
+    "init",
+    "key",
+    "backup",
+    "snapshots",
+    "info",
+    "restore",
+    "clone",
+    "verify",
+    "ls",
+    "cat",
+    "extract",
+    "find",
+    "mount",
+    "umount",
+    "prune",
+    "gc",
+    "check",
+    "demo",
+    "cast",
+)
 
-    for module in (
-        disks,
-        inspect,
-        init,
-        key,
-        backup,
-        snapshots,
-        info,
-        restore,
-        clone,
-        verify,
-        ls,
-        cat,
-        extract,
-        find,
-        mount,
-        umount,
-        prune,
-        gc,
-        check,
-        demo,
-        cast,
-    ):
-        module.register(group)
+
+def register(group: click.Group, name: str) -> None:
+    """Add command ``name`` to ``group``, importing its module only now: a command
+    pulls in only what it needs, and startup stays short."""
+    module = importlib.import_module(f"{__name__}.{name}")
+    module.register(group)
