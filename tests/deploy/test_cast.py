@@ -7,12 +7,13 @@ the CI kernel). Every finished target must equal the source and fsck clean.
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 
 from blockvault.pipeline.backup import backup
 from blockvault.repo import Repository
+from blockvault.repo.keys import ScryptParams
 from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.conftest import IS_ROOT, need_tools, sh
 from tests.fstree import extract, fsck
@@ -36,13 +38,16 @@ class Net:
     sender: str
     receivers: list[str]
 
-    def run(self, ns: str, *args: str | os.PathLike[str]) -> subprocess.Popen[str]:
+    def run(
+        self, ns: str, *args: str | os.PathLike[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
         return subprocess.Popen(
             ["ip", "netns", "exec", ns, "blockvault", *map(str, args)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             text=True,
+            env=None if env is None else {**os.environ, **env},
         )
 
     def receive(self, ns: str, target: Path, *options: str) -> subprocess.Popen[str]:
@@ -59,7 +64,9 @@ class Net:
             *options,
         )
 
-    def send(self, repo: Path, snap: str, *options: str) -> subprocess.Popen[str]:
+    def send(
+        self, repo: Path, snap: str, *options: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
         """``cast send SNAP`` from the sender, on this bridge's interface and session."""
         return self.run(
             self.sender,
@@ -73,6 +80,7 @@ class Net:
             "--session",
             self.prefix,
             *options,
+            env=env,
         )
 
     def lose(self, ns: str, percent: int) -> None:
@@ -85,12 +93,14 @@ class Net:
         sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=rules)
 
 
-@pytest.fixture
-def net() -> Iterator[Net]:
+@contextlib.contextmanager
+def bridge(mtus: list[int]) -> Iterator[Net]:
+    """A bridge namespace and one namespace per entry of ``mtus`` (the sender's
+    first), each on a veth pair whose namespace end has that MTU."""
     need_tools("ip", "nft")
     prefix = f"bvc{os.getpid() % 100000}{int(time.monotonic() * 1000) % 1000}"
     bridge = f"{prefix}b"
-    names = [f"{prefix}s"] + [f"{prefix}r{i}" for i in range(4)]
+    names = [f"{prefix}s"] + [f"{prefix}r{i}" for i in range(len(mtus) - 1)]
     created: list[str] = []
     try:
         for ns in [bridge, *names]:
@@ -98,19 +108,26 @@ def net() -> Iterator[Net]:
             created.append(ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
         sh("ip", "-n", bridge, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
-        sh("ip", "-n", bridge, "link", "set", "br0", "up")
-        for i, ns in enumerate(names):
+        for i, (ns, mtu) in enumerate(zip(names, mtus, strict=True)):
             # veth names are global while being created: unique per run
             a, b = f"{prefix}a{i}", f"{prefix}c{i}"
             sh("ip", "link", "add", a, "netns", bridge, "type", "veth", "peer", b, "netns", ns)
-            sh("ip", "-n", bridge, "link", "set", a, "master", "br0", "up")
+            sh("ip", "-n", bridge, "link", "set", a, "mtu", str(max(mtus)), "master", "br0", "up")
             sh("ip", "-n", ns, "link", "set", b, "name", "cast0")
+            sh("ip", "-n", ns, "link", "set", "cast0", "mtu", str(mtu))
             sh("ip", "-n", ns, "addr", "add", f"10.77.0.{i + 1}/24", "dev", "cast0")
             sh("ip", "-n", ns, "link", "set", "cast0", "up")
+        sh("ip", "-n", bridge, "link", "set", "br0", "mtu", str(max(mtus)), "up")
         yield Net(prefix, names[0], names[1:])
     finally:
         for ns in reversed(created):
             subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    with bridge([1500] * 5) as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +199,7 @@ def test_three_receivers_one_lossy_link(
     assert code == 0, err
     report = json.loads(out)
     assert sorted(r["status"] for r in report["receivers"]) == ["verified"] * 3
+    assert report["payload"] == 1500 - 28 - 22  # a 1500-byte MTU, less IP, UDP and our header
     if loss == 5:  # XOR parity repairs one loss in nine: at 5 % some chunks need a NAK
         lossy = next(r for r in report["receivers"] if r["address"] == "10.77.0.4")
         assert lossy["naks"] > 0 and report["passes"] > 1
@@ -261,3 +279,125 @@ def test_late_joiner_gets_what_it_missed(
     for (rc, _, rerr), t in zip(results, targets, strict=True):
         assert rc == 0, rerr
         check_copy(t, source[0], tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("mtus", "payload"),
+    [([9000, 9000, 9000], 9000 - 28 - 22), ([9000, 9000, 1500], 1500 - 28 - 22)],
+    ids=["jumbo", "one-receiver-at-1500"],
+)
+def test_datagrams_fill_the_smallest_receivers_mtu(
+    source: tuple[BuiltDisk, Path, str], tmp_path: Path, mtus: list[int], payload: int
+) -> None:
+    with bridge(mtus) as jumbo:
+        procs, sender, targets = cast(jumbo, source, tmp_path, 2)
+        results = [finish(p) for p in procs]
+        code, out, err = finish(sender)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["payload"] == payload
+    assert [r["status"] for r in report["receivers"]] == ["verified"] * 2
+    for (rc, _, rerr), target in zip(results, targets, strict=True):
+        assert rc == 0, rerr
+        check_copy(target, source[0], tmp_path)
+
+
+def test_larger_target_gets_the_gpt_backup_at_its_end(
+    net: Net, source: tuple[BuiltDisk, Path, str], tmp_path: Path
+) -> None:
+    need_tools("sgdisk")
+    disk, repo, snap = source
+    target = tmp_path / "larger.img"
+    with open(target, "wb") as f:
+        f.truncate(64 * MiB)
+    proc = net.receive(net.receivers[0], target, "--max-wait", "30")
+    sender = net.send(repo, snap, "--max-wait", "20", "--timeout", "40", "--json")
+    rc, _, err = finish(proc)
+    assert rc == 0, err
+    code, _, serr = finish(sender)
+    assert code == 0, serr
+    assert "No problems found" in sh("sgdisk", "-v", target)
+    table = json.loads(sh("sfdisk", "--json", target))["partitiontable"]
+    assert table["lastlba"] == 64 * MiB // 512 - 34
+    # the old backup (entries + header) was not written mid-disk
+    with open(target, "rb") as f:
+        f.seek(disk.path.stat().st_size - 33 * 512)
+        assert f.read(33 * 512) == bytes(33 * 512)
+    part = disk.partitions[0]
+    with open(disk.path, "rb") as a, open(target, "rb") as b:
+        a.seek(part.offset)
+        b.seek(part.offset)
+        assert a.read(part.size) == b.read(part.size)
+    fsck(extract(target, part.offset, part.size, tmp_path / "larger.part"), part.fs)
+
+
+@pytest.fixture(scope="module")
+def encrypted(
+    source: tuple[BuiltDisk, Path, str], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
+    repo_path = tmp_path_factory.mktemp("cast-encrypted") / "repo"
+    repo = Repository.init(
+        str(repo_path), encryption="repokey", passphrase="cast", kdf=ScryptParams(n=2**10)
+    )
+    return repo_path, backup(repo, str(source[0].path)).id
+
+
+def test_encrypted_repository_receivers_need_no_key(
+    net: Net,
+    source: tuple[BuiltDisk, Path, str],
+    encrypted: tuple[Path, str],
+    tmp_path: Path,
+) -> None:
+    repo, snap = encrypted
+    targets = [tmp_path / f"target{i}.img" for i in range(2)]
+    procs = [
+        net.receive(ns, t, "--max-wait", "30", "--json")
+        for ns, t in zip(net.receivers, targets, strict=False)
+    ]
+    sender = net.send(
+        repo,
+        snap,
+        "--min-receivers",
+        "2",
+        "--max-wait",
+        "20",
+        "--timeout",
+        "40",
+        "--json",
+        env={"BLOCKVAULT_PASSWORD": "cast"},
+    )
+    results = [finish(p) for p in procs]
+    code, out, err = finish(sender)
+    assert code == 0, err
+    assert [r["status"] for r in json.loads(out)["receivers"]] == ["verified"] * 2
+    for (rc, _, rerr), target in zip(results, targets, strict=True):
+        assert rc == 0, rerr
+        check_copy(target, source[0], tmp_path)
+
+
+def test_mounted_target_refused_before_writing(
+    net: Net,
+    source: tuple[BuiltDisk, Path, str],
+    tmp_path: Path,
+    loop: Callable[..., str],
+    mounted: Callable[..., Path],
+) -> None:
+    need_tools("mkfs.ext4")
+    _disk, repo, snap = source
+    image = tmp_path / "mounted.img"
+    with open(image, "wb") as f:
+        f.truncate(64 * MiB)
+    sh("mkfs.ext4", "-q", "-E", "lazy_itable_init=0,lazy_journal_init=0", image)
+    device = loop(image)
+    mounted(device, tmp_path / "mnt", "-o", "ro")
+    before = image.read_bytes()
+    proc = net.receive(net.receivers[0], Path(device), "--max-wait", "20", "--yes")
+    sender = net.send(repo, snap, "--max-wait", "5", "--json")
+    rc, _, err = finish(proc)
+    assert rc != 0
+    assert len(err.strip().splitlines()) == 1 and "mounted" in err, err
+    assert "Traceback" not in err
+    assert image.read_bytes() == before
+    code, out, _ = finish(sender)
+    assert code == 1
+    assert json.loads(out)["receivers"][0]["status"] == "failed"

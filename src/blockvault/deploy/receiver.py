@@ -8,6 +8,7 @@ written; ``done`` is reported only when every chunk passed.
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 import socket
 import threading
@@ -18,8 +19,9 @@ from typing import Any
 import blake3
 import zstandard
 
-from blockvault.deploy import wire
+from blockvault.deploy import mmsg, wire
 from blockvault.disk.device import Device
+from blockvault.disk.table import gpt
 from blockvault.errors import BlockvaultError, UsageError
 from blockvault.extents import ExtentMap
 from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
@@ -30,6 +32,8 @@ from blockvault.pipeline.target import Confirm, open_target
 __all__ = ["CastFailed", "ReceiveResult", "receive"]
 
 IDLE_LIMIT = 60.0  # seconds without a datagram or message before giving up
+PARTIAL_LIMIT = 256 << 20  # bytes of partly received chunk bodies held in memory
+QUEUE_LIMIT = 64 << 20  # bytes of complete chunk bodies waiting to be written
 
 
 class CastFailed(UsageError):
@@ -43,14 +47,15 @@ class ReceiveResult:
     written_bytes: int
     chunks: int
     seconds: float
+    peak_buffered: int = 0  # most bytes of chunk bodies held in memory at once
 
 
 def _refuse(answer: str) -> bool:
     return False
 
 
-def find_sender(session: str, interface: str, wait: float) -> tuple[str, int]:
-    """The address and control port of the sender announcing ``session``."""
+def find_sender(session: str, interface: str, wait: float) -> tuple[str, dict[str, Any]]:
+    """The address and announcement of the sender announcing ``session``."""
     sock = wire.multicast_listener(wire.ANNOUNCE_GROUP, wire.ANNOUNCE_PORT, interface)
     end = time.monotonic() + wait
     try:
@@ -61,11 +66,10 @@ def find_sender(session: str, interface: str, wait: float) -> tuple[str, int]:
             except TimeoutError:
                 break
             if data.startswith(b'{"type":"announce"'):
-                import json
-
-                message = json.loads(data)
-                if message.get("session") == session:
-                    return host, int(message["port"])
+                with contextlib.suppress(ValueError):
+                    message = json.loads(data)
+                    if message.get("session") == session:
+                        return host, message
     finally:
         sock.close()
     raise CastFailed(f"no sender announced session {session!r} within {wait:g}s")
@@ -82,11 +86,14 @@ def receive(
 ) -> ReceiveResult:
     started = time.monotonic()
     address = wire.interface_address(interface)
-    host, port = find_sender(session, address, max_wait)
-    control = socket.create_connection((host, port), timeout=10)
+    host, announce = find_sender(session, address, max_wait)
+    # the sender never sends more than we say we take: our link's MTU
+    payload = min(wire.payload_for(wire.link_mtu(interface)), announce.get("payload", 1 << 16))
+    control = socket.create_connection((host, int(announce["port"])), timeout=10)
     control.settimeout(None)
     lines = wire.Lines(control)
-    wire.send_message(control, {"type": "hello", "session": session, "host": socket.gethostname()})
+    hello = {"type": "hello", "session": session, "host": socket.gethostname(), "payload": payload}
+    wire.send_message(control, hello)
     manifest = lines.read()
     if not manifest or manifest.get("type") != "manifest":
         raise CastFailed("the sender sent no manifest")
@@ -98,6 +105,13 @@ def receive(
             confirm=confirm,
             what=f"casting snapshot {manifest['snapshot'][:12]}",
         )
+        with opened.refusals():
+            ss = opened.device.logical_sector_size
+            if opened.device.is_block and ss != manifest["sector_size"]:
+                raise CastFailed(
+                    f"{target} has {ss}-byte sectors, the snapshot "
+                    f"{manifest['sector_size']}-byte ones; restore converts, cast does not"
+                )
     except BlockvaultError as exc:
         wire.send_message(control, {"type": "error", "reason": str(exc)})
         control.close()
@@ -105,62 +119,38 @@ def receive(
     items = manifest["items"]
     device = opened.device
     written = 0
+    # on a larger disk the GPT backup moves to the end (as restore does): the old
+    # one would land mid-disk, so it is not written
+    backup = manifest.get("gpt_backup") if device.size > manifest["disk_size"] else None
+    for item in items:
+        item["used"] = _used(item, backup)
     with device:
         for item in items:
             if item["id"] is None and not opened.fresh:
-                written += write_used(device, item["base"], item["offset"], None, _used(item))
+                written += write_used(device, item["base"], item["offset"], None, item["used"])
         data = wire.multicast_listener(wire.DATA_GROUP, manifest["data_port"], address)
-        data.settimeout(0.5)
-        missing = {i for i, item in enumerate(items) if item["id"]}
-        total = sum(sum(n for _, n in items[i]["used"]) for i in missing)
-        reporter(TaskStarted("cast", total, target))
+        wire.receive_timeout(data, 0.05)
+        state = _State(items)
+        reporter(TaskStarted("cast", state.total, target))
         wire.send_message(control, {"type": "ready"})
-        state = _State(missing)
-        threading.Thread(target=_control, args=(lines, control, state), daemon=True).start()
-        writes: queue.Queue[tuple[int, bytes] | None] = queue.Queue(256)
-        writer = threading.Thread(target=_writer, args=(writes, items, device, state), daemon=True)
+        threading.Thread(target=_control, args=(lines, state), daemon=True).start()
+        writer = threading.Thread(target=_writer, args=(items, device, state), daemon=True)
         writer.start()
-        tag = wire.tag_of(session)
-        last = time.monotonic()
         try:
-            while not state.finished():
-                if state.ended:
-                    raise CastFailed(f"the sender ended the session: {state.ended}")
-                if time.monotonic() - last > IDLE_LIMIT:
-                    raise CastFailed(f"nothing heard from the sender for {IDLE_LIMIT:g}s")
-                try:
-                    datagram = data.recv(65536)
-                except TimeoutError:
-                    continue
-                last = state.last_datagram = time.monotonic()
-                frag = wire.parse(datagram)
-                if frag is None or frag.tag != tag or frag.chunk >= len(items):
-                    continue
-                with state.lock:
-                    state.received += 1
-                    if frag.chunk not in state.missing or frag.chunk in state.queued:
-                        continue
-                    a = state.assemblies.get(frag.chunk)
-                    if a is None or a.size != frag.size:
-                        a = state.assemblies[frag.chunk] = wire.Assembly(frag.count, frag.size)
-                    body = a.add(frag)
-                    if body is not None:
-                        del state.assemblies[frag.chunk]
-                        state.queued.add(frag.chunk)
-                if body is not None:
-                    writes.put((frag.chunk, body))
-                for n in state.take_progress():
-                    reporter(TaskAdvanced("cast", n))
-            writes.put(None)
+            slot = wire.HEADER.size + payload
+            _collect(data, slot, wire.tag_of(session), control, state, reporter)
+            state.writes.put(None)
             writer.join()
             if state.failure:
                 raise CastFailed(state.failure)
+            if backup is not None:
+                _move_gpt_backup(device, manifest["sector_size"])
             device.sync()
             written += state.written
             reporter(TaskFinished("cast"))
             wire.send_message(control, {"type": "done", "bytes": written})
         except BaseException as exc:
-            writes.put(None)
+            state.writes.put(None)
             with contextlib.suppress(OSError):
                 wire.send_message(control, {"type": "error", "reason": str(exc)})
             raise
@@ -173,38 +163,148 @@ def receive(
         written,
         len([i for i in items if i["id"]]),
         round(time.monotonic() - started, 3),
+        state.peak_partial,
     )
 
 
-def _used(item: dict[str, Any]) -> ExtentMap:
-    return ExtentMap((o, n) for o, n in item["used"])
+def _used(item: dict[str, Any], skip: list[int] | None) -> ExtentMap:
+    """The item's used extents (region-relative), less the absolute span ``skip``."""
+    used = ExtentMap((o, n) for o, n in item["used"])
+    if skip is not None and skip[0] >= item["base"]:
+        used = used - ExtentMap.span(skip[0] - item["base"], skip[1])
+    return used
+
+
+def _move_gpt_backup(device: Device, sector_size: int) -> None:
+    """Write the backup GPT header and entries at the end of ``device`` (the primary
+    copy was cast in place; its alternate LBA is updated too)."""
+    table = gpt.parse(device, sector_size)
+    if table is None:
+        return
+    boot_sector = device.read_at(0, sector_size)
+    for offset, data in gpt.build(table, device.size, protective=True, boot_sector=boot_sector):
+        device.write_at(offset, data)
 
 
 class _State:
-    def __init__(self, missing: set[int]) -> None:
+    """Shared by the collecting loop (owns ``assemblies``), the writer and the
+    control thread. ``pending[c]`` is 1 while chunk ``c`` still wants datagrams;
+    ``missing`` holds the chunks not yet written (the writer removes them)."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
         self.lock = threading.Lock()
-        self.missing = missing
-        self.queued: set[int] = set()
+        chunks = [i for i, item in enumerate(items) if item["id"]]
+        self.missing = set(chunks)
+        self.total = sum(items[i]["used"].total for i in chunks)
+        self.pending = bytearray(len(items))
+        for i in chunks:
+            self.pending[i] = 1
+        self.assemblies: dict[int, wire.Assembly] = {}  # chunks partly received, oldest first
+        self.partial = 0  # bytes held by assemblies
+        self.peak_partial = 0
+        self.writes: queue.Queue[tuple[int, bytearray] | None] = queue.Queue()
+        self.queued = 0  # bytes waiting for the writer
         self.written = 0
         self.progress: list[int] = []
         self.failure = ""
         self.ended = ""
-        self.assemblies: dict[int, wire.Assembly] = {}  # chunks partly received
-        self.received = 0  # datagrams of this session since the last pass
-        self.last_datagram = 0.0
+        self.pass_request: dict[str, Any] | None = None
+        self.requested = 0.0
 
-    def finished(self) -> bool:
-        with self.lock:
-            return not self.missing or bool(self.failure)
+    def start(self, chunk: int, count: int, size: int, payload: int) -> wire.Assembly:
+        """A new assembly for ``chunk``; the oldest partial ones are let go (their
+        chunks come again whole in a later pass) to keep within PARTIAL_LIMIT."""
+        old = self.assemblies.pop(chunk, None)
+        if old is not None:
+            self.partial -= old.size
+        while self.assemblies and self.partial + size > PARTIAL_LIMIT:
+            self.partial -= self.assemblies.pop(next(iter(self.assemblies))).size
+        a = self.assemblies[chunk] = wire.Assembly(count, size, payload)
+        self.partial += size
+        self.peak_partial = max(self.peak_partial, self.partial + self.queued)
+        return a
 
-    def take_progress(self) -> list[int]:
+    def complete(self, chunk: int, a: wire.Assembly) -> None:
+        del self.assemblies[chunk]
+        self.partial -= a.size
         with self.lock:
-            out, self.progress = self.progress, []
+            if self.queued + a.size > QUEUE_LIMIT:
+                return  # the writer is behind: let the next pass bring it again
+            self.queued += a.size
+        self.pending[chunk] = 0
+        self.writes.put((chunk, a.body))
+
+    def need(self) -> list[list[Any]]:
+        """The NAK: every chunk still wanted, with its missing groups when partly here."""
+        with self.lock:
+            wanted = sorted(c for c in self.missing if self.pending[c])
+        out: list[list[Any]] = []
+        for c in wanted:
+            a = self.assemblies.get(c)
+            out.append([c, a.missing_groups() if a else None])
         return out
 
 
-def _control(lines: wire.Lines, sock: socket.socket, state: _State) -> None:
-    """Answer each pass with a NAK: every chunk not yet received."""
+def _collect(
+    data: socket.socket,
+    slot: int,
+    tag: int,
+    control: socket.socket,
+    state: _State,
+    reporter: Reporter,
+) -> None:
+    """Drain the data socket until every chunk is written: many datagrams per system
+    call, each copied once into its chunk's place; NAKs are answered from here, where
+    the assemblies live."""
+    inbox = mmsg.Inbox(data, slot)
+    view, lengths = inbox.view, inbox.lengths
+    unpack, head = wire.HEADER.unpack_from, wire.HEADER.size
+    pending, assemblies, magic = state.pending, state.assemblies, wire.MAGIC
+    chunks = len(pending)
+    received = 0
+    last = time.monotonic()
+    while state.missing and not state.failure:
+        n = inbox.receive()
+        for k in range(n):
+            off = k * slot
+            length = lengths[k]
+            if length < head:
+                continue
+            mark, t, chunk, index, count, size, payload = unpack(view, off)
+            if t != tag or mark != magic or chunk >= chunks:
+                continue
+            received += 1
+            if not pending[chunk]:
+                continue
+            a = assemblies.get(chunk)
+            if a is None or a.size != size or a.payload != payload or a.count != count:
+                a = state.start(chunk, count, size, payload)
+            if a.add(index, view[off + head : off + length]):
+                state.complete(chunk, a)
+        now = time.monotonic()
+        if n:
+            last = now
+        elif now - last > IDLE_LIMIT:
+            raise CastFailed(f"nothing heard from the sender for {IDLE_LIMIT:g}s")
+        if state.ended:
+            raise CastFailed(f"the sender ended the session: {state.ended}")
+        request = state.pass_request
+        # answer a pass once the datagrams still queued in the socket are taken
+        if request is not None and (now - last > 0.05 or now - state.requested > 1.0):
+            state.pass_request = None
+            loss = max(0.0, 1 - received / max(1, request.get("sent", 1)))
+            received = 0
+            reply = {"type": "need", "pass": request["pass"], "chunks": state.need(), "loss": loss}
+            wire.send_message(control, reply)
+        if state.progress:
+            with state.lock:
+                done, state.progress = state.progress, []
+            for count in done:
+                reporter(TaskAdvanced("cast", count))
+
+
+def _control(lines: wire.Lines, state: _State) -> None:
+    """Hand each pass to the collecting loop; note the end of the session."""
     try:
         while True:
             message = lines.read()
@@ -212,19 +312,8 @@ def _control(lines: wire.Lines, sock: socket.socket, state: _State) -> None:
                 state.ended = state.ended or "connection closed"
                 return
             if message["type"] == "pass":
-                # let datagrams still queued in the socket be taken first (bounded)
-                end = time.monotonic() + 1.0
-                while time.monotonic() - state.last_datagram < 0.05 < end - time.monotonic():
-                    time.sleep(0.01)
-                with state.lock:
-                    need = [
-                        [c, a.missing_groups() if (a := state.assemblies.get(c)) else None]
-                        for c in sorted(state.missing - state.queued)
-                    ]
-                    loss = max(0.0, 1 - state.received / max(1, message.get("sent", 1)))
-                    state.received = 0
-                reply = {"type": "need", "pass": message["pass"], "chunks": need, "loss": loss}
-                wire.send_message(sock, reply)
+                state.requested = time.monotonic()
+                state.pass_request = message
             elif message["type"] in ("drop", "bye"):
                 state.ended = message.get("reason", "bye")
                 return
@@ -232,31 +321,29 @@ def _control(lines: wire.Lines, sock: socket.socket, state: _State) -> None:
         state.ended = state.ended or "connection lost"
 
 
-def _writer(
-    writes: queue.Queue[tuple[int, bytes] | None],
-    items: list[dict[str, Any]],
-    device: Device,
-    state: _State,
-) -> None:
+def _writer(items: list[dict[str, Any]], device: Device, state: _State) -> None:
+    """Decompress, verify and write complete chunks (zstd, BLAKE3 and pwrite release
+    the GIL, so this runs beside the collecting loop)."""
     decompressor = zstandard.ZstdDecompressor()
-    while (job := writes.get()) is not None:
+    while (job := state.writes.get()) is not None:
         n, body = job
         item = items[n]
-        flag, digest, payload = body[0], body[1:33], body[33:]
+        view = memoryview(body)
         try:
             plain = (
-                decompressor.decompress(payload, max_output_size=item["length"])
-                if flag == 1
-                else payload
+                decompressor.decompress(view[33:], max_output_size=item["length"])
+                if body[0] == 1
+                else bytes(view[33:])
             )
         except zstandard.ZstdError:
             plain = b""
-        if len(plain) != item["length"] or blake3.blake3(plain).digest() != digest:
-            with state.lock:  # damaged in transit: ask for it again
-                state.queued.discard(n)
+        with state.lock:
+            state.queued -= len(body)
+        if len(plain) != item["length"] or blake3.blake3(plain).digest() != view[1:33]:
+            state.pending[n] = 1  # damaged in transit: ask for it again
             continue
         try:
-            count = write_used(device, item["base"], item["offset"], plain, _used(item))
+            count = write_used(device, item["base"], item["offset"], plain, item["used"])
         except OSError as exc:
             with state.lock:
                 state.failure = f"writing the target: {exc}"
@@ -265,4 +352,3 @@ def _writer(
             state.written += count
             state.progress.append(count)
             state.missing.discard(n)
-            state.queued.discard(n)

@@ -8,6 +8,7 @@ one lossy or slow receiver is served in later passes instead of slowing the rest
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import statistics
 import threading
@@ -19,19 +20,22 @@ from typing import Any
 import blake3
 import zstandard
 
-from blockvault.deploy import wire
+from blockvault.deploy import mmsg, wire
+from blockvault.disk.table import gpt
 from blockvault.errors import UsageError
 from blockvault.pipeline.events import Reporter, Warned
 from blockvault.pipeline.events import quiet as quiet_reporter
 from blockvault.pipeline.stages import ordered_map
 from blockvault.repo import Repository, Snapshot
 from blockvault.repo import format as fmt
+from blockvault.repo.image import SnapshotImage
 
 __all__ = ["CastResult", "ReceiverReport", "send"]
 
 PASS_REPLY_WAIT = 3.0  # seconds to wait for receivers' NAKs after a pass
 STALL_PASSES = 6  # passes without progress before a receiver is dropped
 MIN_RATE = 5.0  # Mbit/s
+BURST = 16  # datagrams per system call between pacing checks
 
 
 @dataclass
@@ -53,6 +57,7 @@ class CastResult:
     seconds: float
     final_rate_mbit: float
     receivers: list[ReceiverReport]
+    payload: int = 0  # fragment bytes per datagram in the last pass
 
 
 @dataclass
@@ -64,13 +69,21 @@ class _Peer:
     answered: int = -1
     joined: float = 0.0
     stalled: int = 0
+    payload: int = wire.MAX_PAYLOAD  # largest fragment it takes (its link's MTU)
 
 
 def plan(
     repo: Repository, snapshot: Snapshot, partition: int | None
-) -> tuple[int, list[dict[str, Any]]]:
-    """Bytes the target needs and the manifest items (one per chunk with used bytes)."""
+) -> tuple[int, list[dict[str, Any]], tuple[int, int] | None]:
+    """Bytes the target needs, the manifest items (one per chunk with used bytes) and
+    where the GPT backup (entries + header) lies on the snapshot's disk, if it has one."""
     index = repo.load_index(snapshot)
+    skip = None
+    if partition is None and snapshot.table == "gpt":
+        # a larger target gets the backup GPT at its own end: receivers skip the old one
+        table = gpt.parse(SnapshotImage(repo, snapshot, index), snapshot.sector_size)
+        if table is not None:
+            skip = gpt.backup_area(table, snapshot.disk_size)
     if partition is not None:
         region = index.region(fmt.REGION_PARTITION, partition)
         if region is None:
@@ -91,7 +104,7 @@ def plan(
                         "id": ref.chunk_id,
                     }
                 )
-    return need, items
+    return need, items, skip
 
 
 def wire_form(repo: Repository, chunk_id: str) -> bytes:
@@ -124,7 +137,7 @@ def send(
     reporter: Reporter = quiet_reporter,
 ) -> CastResult:
     started = time.monotonic()
-    need, items = plan(repo, snapshot, partition)
+    need, items, gpt_backup = plan(repo, snapshot, partition)
     chunks = [i for i, item in enumerate(items) if item["id"]]
     manifest = {
         "type": "manifest",
@@ -134,8 +147,12 @@ def send(
         "partition": partition,
         "items": items,
         "data_port": wire.DATA_PORT,
+        "disk_size": snapshot.disk_size,
+        "sector_size": snapshot.sector_size,
+        "gpt_backup": gpt_backup,
     }
     address = wire.interface_address(interface)
+    own_payload = wire.payload_for(wire.link_mtu(interface))
     peers: list[_Peer] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -205,13 +222,18 @@ def send(
                 conn.close()
                 continue
             peer = _Peer(conn, ReceiverReport(host, str(hello.get("host", ""))))
+            with contextlib.suppress(TypeError, ValueError):
+                peer.payload = max(wire.MIN_PAYLOAD, int(hello.get("payload", peer.payload)))
             with lock:
                 peers.append(peer)
             threading.Thread(target=serve, args=(peer,), daemon=True).start()
 
     def announce() -> None:
         sock = wire.multicast_sender(address)
-        text = f'{{"type":"announce","session":"{session}","port":{port}}}'.encode()
+        text = json.dumps(
+            {"type": "announce", "session": session, "port": port, "payload": own_payload},
+            separators=(",", ":"),
+        ).encode()
         while not stop.wait(0.5):
             with contextlib.suppress(OSError):
                 sock.sendto(text, (wire.ANNOUNCE_GROUP, wire.ANNOUNCE_PORT))
@@ -220,8 +242,9 @@ def send(
     threads = [threading.Thread(target=f, daemon=True) for f in (admit, announce)]
     for t in threads:
         t.start()
-    data = wire.multicast_sender(address)
+    data = mmsg.Outbox(wire.multicast_sender(address), (wire.DATA_GROUP, wire.DATA_PORT))
     tag = wire.tag_of(session)
+    payload = own_payload
     rate = max_rate
     passes = 0
     try:
@@ -237,12 +260,15 @@ def send(
                 active = [p for p in peers if p.report.status == "ready"]
                 wanted = _union([p.missing for p in active])
                 joining = any(p.report.status == "joining" for p in peers)
+                sizes = [p.payload for p in active]
             if not active and not joining:
                 break
             if not wanted:
                 time.sleep(0.2)
                 continue
-            sent = _stream(repo, items, wanted, data, tag, rate)
+            # the largest datagram every receiver takes (a smaller late joiner lowers it)
+            payload = min([own_payload, *sizes])
+            sent = _stream(repo, items, wanted, data, tag, payload, rate)
             passes += 1
             for p in active:
                 _tell(p, {"type": "pass", "pass": passes, "sent": sent})
@@ -265,7 +291,7 @@ def send(
     finally:
         stop.set()
         listener.close()
-        data.close()
+        data.sock.close()
         with lock:
             for p in peers:
                 _tell(p, {"type": "bye"})
@@ -277,6 +303,7 @@ def send(
         round(time.monotonic() - started, 3),
         round(rate, 1),
         [p.report for p in peers],
+        payload,
     )
 
 
@@ -294,12 +321,13 @@ def _stream(
     repo: Repository,
     items: list[dict[str, Any]],
     wanted: dict[int, set[int] | None],
-    sock: socket.socket,
+    out: mmsg.Outbox,
     tag: int,
+    payload: int,
     rate_mbit: float,
 ) -> int:
-    """Send the ``wanted`` groups of chunks at no more than ``rate_mbit``; returns
-    the number of datagrams sent."""
+    """Send the ``wanted`` groups of chunks at no more than ``rate_mbit``, a few
+    dozen datagrams per system call; returns the number of datagrams sent."""
     bytes_per_second = rate_mbit * 125_000
     start = time.monotonic()
     sent = count = 0
@@ -309,16 +337,20 @@ def _stream(
 
     loaded: Iterator[tuple[int, bytes]] = ordered_map(load, list(wanted), 2)
     for n, body in loaded:
-        for datagram in wire.fragments(tag, n, body, wanted[n]):
+        buffer, bounds = wire.datagrams(tag, n, body, payload, wanted[n])
+        total = len(bounds) - 1
+        first = 0
+        while first < total:
             ahead = sent / bytes_per_second - (time.monotonic() - start)
             if ahead > 0.002:
                 time.sleep(ahead)
-            try:
-                sock.sendto(datagram, (wire.DATA_GROUP, wire.DATA_PORT))
-            except OSError:  # ENOBUFS: the queue is full; the datagram counts as lost
+            last = min(total, first + BURST)
+            took = out.send(buffer, bounds, first, last)
+            if took < last - first:  # ENOBUFS: the queue is full; the rest count as lost
                 time.sleep(0.001)
-            sent += len(datagram) + 28
-            count += 1
+            sent += bounds[last] - bounds[first] + wire.IP_UDP * (last - first)
+            count += last - first
+            first = last
     return count
 
 

@@ -10,108 +10,159 @@ import fcntl
 import json
 import socket
 import struct
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 ANNOUNCE_GROUP = "239.255.77.1"
 ANNOUNCE_PORT = 9521
 DATA_GROUP = "239.255.77.2"
 DATA_PORT = 9522
-PAYLOAD = 1400  # fragment bytes: 1400 + header + UDP/IP headers fits a 1500-byte MTU
 GROUP = 8  # data fragments per XOR parity fragment
-HEADER = struct.Struct(">4sIIHHI")  # magic, session tag, chunk, fragment, fragments, chunk size
-MAGIC = b"BVC1"
-
-
-@dataclass(frozen=True)
-class Fragment:
-    tag: int
-    chunk: int
-    index: int  # < count: data; >= count: parity of group index - count
-    count: int
-    size: int
-    payload: bytes
+# magic, session tag, chunk, fragment, fragments, chunk body size, payload size
+HEADER = struct.Struct(">4sIIHHIH")
+MAGIC = b"BVC2"
+IP_UDP = 28  # IPv4 (no options) + UDP header bytes
+MIN_PAYLOAD = 512  # an MTU below 576 is not worth a cast
+MAX_PAYLOAD = 65507 - HEADER.size  # largest UDP payload over IPv4, less our header
+DEFAULT_MTU = 1500
+SIOCGIFMTU = 0x8921  # <linux/sockios.h>
+IP_MTU = 14  # <linux/in.h>: the route's MTU on a connected socket
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>: root may pass the sysctl caps
 
 
 def tag_of(session: str) -> int:
     return int.from_bytes(session.encode()[:16].ljust(4, b"\0")[:4], "big") ^ len(session)
 
 
-def fragments(tag: int, chunk: int, data: bytes, groups: set[int] | None = None) -> list[bytes]:
-    """The datagrams carrying ``data`` (only ``groups``, when given): each group's
-    data fragments followed by its parity fragment."""
-    count = max(1, -(-len(data) // PAYLOAD))
-    out = []
+def payload_for(mtu: int) -> int:
+    """Fragment bytes that fit one unfragmented datagram on a link of ``mtu``."""
+    return max(MIN_PAYLOAD, min(MAX_PAYLOAD, mtu - IP_UDP - HEADER.size))
+
+
+def link_mtu(interface: str | None) -> int:
+    """The MTU of ``interface``, or of the route to the data group when None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            if interface:
+                request = struct.pack("16s16x", interface.encode())
+                ifreq = fcntl.ioctl(s.fileno(), SIOCGIFMTU, request)
+                return int(struct.unpack_from("i", ifreq, 16)[0])
+            s.connect((DATA_GROUP, DATA_PORT))
+            return int(s.getsockopt(socket.IPPROTO_IP, IP_MTU))
+        except OSError:
+            return DEFAULT_MTU
+
+
+def datagrams(
+    tag: int, chunk: int, body: bytes, payload: int, groups: set[int] | None = None
+) -> tuple[bytearray, list[int]]:
+    """The datagrams carrying ``body`` (only ``groups``, when given), back to back in
+    one buffer, and their bounds (datagram k is ``buffer[bounds[k]:bounds[k + 1]]``):
+    each group's data fragments followed by its parity fragment."""
+    size = len(body)
+    count = max(1, -(-size // payload))
+    if count > 0xFFFF:
+        raise ValueError(f"chunk {chunk}: {size} bytes need more than 65535 fragments")
+    view = memoryview(body)
+    out = bytearray()
+    bounds = [0]
+    pack = HEADER.pack
     for g in range(-(-count // GROUP)):
         if groups is not None and g not in groups:
             continue
         members = range(g * GROUP, min((g + 1) * GROUP, count))
-        pieces = [data[i * PAYLOAD : (i + 1) * PAYLOAD] for i in members]
-        out += [
-            HEADER.pack(MAGIC, tag, chunk, i, count, len(data)) + p
-            for i, p in zip(members, pieces, strict=True)
-        ]
-        out.append(HEADER.pack(MAGIC, tag, chunk, count + g, count, len(data)) + xor(pieces))
-    return out
+        for i in members:
+            out += pack(MAGIC, tag, chunk, i, count, size, payload)
+            out += view[i * payload : (i + 1) * payload]
+            bounds.append(len(out))
+        out += pack(MAGIC, tag, chunk, count + g, count, size, payload)
+        out += xor([view[i * payload : (i + 1) * payload] for i in members])
+        bounds.append(len(out))
+    return out, bounds
 
 
-def xor(pieces: list[bytes]) -> bytes:
+def xor(pieces: Sequence[bytes | memoryview]) -> bytes:
+    """XOR of ``pieces``, each padded with zeros to the longest."""
     width = max(len(p) for p in pieces)
     acc = 0
     for p in pieces:
-        acc ^= int.from_bytes(p.ljust(width, b"\0"), "little")
+        acc ^= int.from_bytes(p, "little")  # little endian: short pieces pad at the top
     return acc.to_bytes(width, "little")
 
 
-def parse(datagram: bytes) -> Fragment | None:
-    if len(datagram) < HEADER.size or datagram[:4] != MAGIC:
-        return None
-    _, tag, chunk, index, count, size = HEADER.unpack_from(datagram)
-    return Fragment(tag, chunk, index, count, size, datagram[HEADER.size :])
-
-
 class Assembly:
-    """The fragments of one chunk received so far; repairs one loss per group.
+    """One chunk body being received: its fragments are copied into place as they
+    arrive, and one loss per group is rebuilt from the group's parity.
 
-    Work per datagram is constant: only the arriving fragment's group is looked at.
+    Work per datagram is a copy and a few counters; the XOR runs only for a group
+    that lost exactly one fragment.
     """
 
-    def __init__(self, count: int, size: int) -> None:
+    __slots__ = ("body", "count", "got", "group_have", "have", "parity", "payload", "size")
+
+    def __init__(self, count: int, size: int, payload: int) -> None:
         self.count = count
         self.size = size
-        self.pieces: dict[int, bytes] = {}
+        self.payload = payload
+        self.body = bytearray(size)
+        self.got = bytearray(count)  # 1 where the data fragment is in place
+        self.group_have = bytearray(-(-count // GROUP))  # data fragments in place per group
+        self.have = 0
         self.parity: dict[int, bytes] = {}
-        self.have = [0] * (-(-count // GROUP))  # data fragments held per group
 
-    def add(self, frag: Fragment) -> bytes | None:
-        if frag.index < self.count:
-            if frag.index in self.pieces:
-                return None
-            self.pieces[frag.index] = frag.payload
-            group = frag.index // GROUP
-            self.have[group] += 1
+    def width(self, index: int) -> int:
+        """Bytes of data fragment ``index`` (of parity fragment ``count + g``: its group's
+        first member's width)."""
+        if index >= self.count:
+            index = (index - self.count) * GROUP
+        return min(self.payload, self.size - index * self.payload)
+
+    def add(self, index: int, data: memoryview) -> bool:
+        """Take fragment ``index``; True once the whole body is in place."""
+        if index < self.count:
+            n = len(data)
+            last = index == self.count - 1
+            if self.got[index] or ((n != self.payload or last) and n != self.width(index)):
+                return False
+            self.got[index] = 1
+            start = index * self.payload
+            self.body[start : start + n] = data
+            group = index // GROUP
+            self.group_have[group] += 1
+            self.have += 1
+            if self.have == self.count:
+                return True
+            if group in self.parity:
+                self._repair(group)
         else:
-            group = frag.index - self.count
-            if group >= len(self.have):
-                return None
-            self.parity[group] = frag.payload
-        self._repair(group)
-        if len(self.pieces) < self.count:
-            return None
-        return b"".join(self.pieces[i] for i in range(self.count))
+            group = index - self.count
+            if group >= len(self.group_have) or group in self.parity:
+                return False
+            if self.group_have[group] == self._members(group) or len(data) != self.width(index):
+                return False  # the usual case: nothing lost, the parity is not needed
+            self.parity[group] = bytes(data)
+            self._repair(group)
+        return self.have == self.count
 
     def missing_groups(self) -> list[int]:
-        return [g for g, have in enumerate(self.have) if have < min(GROUP, self.count - g * GROUP)]
+        return [g for g, have in enumerate(self.group_have) if have < self._members(g)]
+
+    def _members(self, group: int) -> int:
+        return min(GROUP, self.count - group * GROUP)
 
     def _repair(self, group: int) -> None:
-        members = range(group * GROUP, min((group + 1) * GROUP, self.count))
-        parity = self.parity.get(group)
-        if parity is None or self.have[group] != len(members) - 1:
+        first = group * GROUP
+        members = range(first, first + self._members(group))
+        if self.group_have[group] != len(members) - 1:
             return
-        (i,) = [j for j in members if j not in self.pieces]
-        width = min(PAYLOAD, self.size - i * PAYLOAD)
-        self.pieces[i] = xor([parity, *(self.pieces[j] for j in members if j != i)])[:width]
-        self.have[group] += 1
+        (lost,) = [i for i in members if not self.got[i]]
+        p, view = self.payload, memoryview(self.body)
+        others = [view[i * p : i * p + self.width(i)] for i in members if i != lost]
+        width = self.width(lost)
+        self.body[lost * p : lost * p + width] = xor([self.parity[group], *others])[:width]
+        self.got[lost] = 1
+        self.group_have[group] += 1
+        self.have += 1
 
 
 def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -148,7 +199,10 @@ def multicast_sender(interface: str) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
     s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
     s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 8 << 20)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
     if interface != "0.0.0.0":
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
     return s
@@ -157,8 +211,20 @@ def multicast_sender(interface: str) -> socket.socket:
 def multicast_listener(group: str, port: int, interface: str) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+    try:  # as root past net.core.rmem_max: a burst must not overflow while Python is busy
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
     s.bind((group, port))
     membership = socket.inet_aton(group) + socket.inet_aton(interface)
     s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
     return s
+
+
+def receive_timeout(sock: socket.socket, seconds: float) -> None:
+    """A kernel receive timeout on a blocking socket: one system call per receive
+    (a Python socket timeout polls before every receive)."""
+    sock.settimeout(None)
+    micros = int(seconds * 1_000_000)
+    timeval = struct.pack("ll", micros // 1_000_000, micros % 1_000_000)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)

@@ -1,0 +1,79 @@
+"""The cast datagram layer without a network: fragments, XOR repair, sizes, memory bound."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from blockvault.deploy import receiver, wire
+from blockvault.extents import ExtentMap
+
+
+def deliver(assembly: wire.Assembly, buffer: bytearray, bounds: list[int], lost: set[int]) -> bool:
+    done = False
+    for k in range(len(bounds) - 1):
+        if k in lost:
+            continue
+        datagram = memoryview(buffer)[bounds[k] : bounds[k + 1]]
+        _, _, _, index, _, _, _ = wire.HEADER.unpack_from(datagram)
+        done = assembly.add(index, datagram[wire.HEADER.size :]) or done
+    return done
+
+
+@pytest.mark.parametrize("size", [1, 1449, 1450, 1451, 8 * 1450, 8 * 1450 + 1, 100_000])
+@pytest.mark.parametrize("seed", range(4))
+def test_losses_are_repaired_or_named(size: int, seed: int) -> None:
+    rnd = random.Random(seed * 1_000_003 + size)
+    body = rnd.randbytes(size)
+    buffer, bounds = wire.datagrams(7, 3, body, 1450)
+    count = -(-size // 1450)
+    assert len(bounds) - 1 == count + -(-count // wire.GROUP)  # data + one parity per group
+    lost = {k for k in range(len(bounds) - 1) if rnd.random() < 0.15}
+    a = wire.Assembly(count, size, 1450)
+    if not deliver(a, buffer, bounds, lost):
+        missing = set(a.missing_groups())
+        assert missing
+        again, again_bounds = wire.datagrams(7, 3, body, 1450, missing)
+        assert deliver(a, again, again_bounds, set())
+    assert bytes(a.body) == body
+
+
+def test_one_loss_per_group_needs_no_resend() -> None:
+    body = random.Random(1).randbytes(50_000)
+    buffer, bounds = wire.datagrams(1, 0, body, 1450)
+    a = wire.Assembly(-(-len(body) // 1450), len(body), 1450)
+    lost = set(range(0, len(bounds) - 1, wire.GROUP + 1))  # the first fragment of each group
+    assert deliver(a, buffer, bounds, lost)
+    assert bytes(a.body) == body
+
+
+def test_wrong_length_fragment_is_ignored() -> None:
+    a = wire.Assembly(2, 2000, 1450)
+    assert not a.add(1, memoryview(bytes(1450)))  # the last fragment holds 550 bytes
+    assert len(a.body) == 2000 and a.missing_groups() == [0]
+
+
+def test_payload_fits_the_mtu() -> None:
+    assert wire.payload_for(1500) + wire.HEADER.size + 28 == 1500
+    assert wire.payload_for(9000) == 9000 - 28 - wire.HEADER.size
+    assert wire.payload_for(65536) == wire.MAX_PAYLOAD  # loopback
+    assert wire.link_mtu("lo") == int(Path("/sys/class/net/lo/mtu").read_text())
+
+
+def test_partial_chunks_stay_within_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    size, payload = 100_000, 1450
+    monkeypatch.setattr(receiver, "PARTIAL_LIMIT", 3 * size)
+    items = [{"id": f"{i:064x}", "used": ExtentMap([(0, size)])} for i in range(10)]
+    state = receiver._State(items)
+    body = bytes(size)
+    for chunk in range(10):
+        buffer, bounds = wire.datagrams(1, chunk, body, payload)
+        a = state.start(chunk, -(-size // payload), size, payload)
+        deliver(a, buffer, bounds, {0, 1})  # two losses in group 0: not repairable
+        assert state.partial <= receiver.PARTIAL_LIMIT
+    assert list(state.assemblies) == [7, 8, 9]
+    need = dict((c, g) for c, g in state.need())
+    assert [need[c] for c in range(7)] == [None] * 7  # let go: asked for whole
+    assert [need[c] for c in (7, 8, 9)] == [[0]] * 3  # kept: only the lost group
