@@ -33,7 +33,7 @@ class Extent:
 class ExtentMap:
     """An immutable set of byte ranges kept as merged, sorted extents."""
 
-    __slots__ = ("_ends", "_starts")
+    __slots__ = ("_ends", "_starts", "_total")
 
     def __init__(self, extents: Iterable[Extent | tuple[int, int]] = ()) -> None:
         runs = sorted(
@@ -53,12 +53,14 @@ class ExtentMap:
                 ends.append(end)
         self._starts = starts
         self._ends = ends
+        self._total: int | None = None
 
     @classmethod
     def _from_sorted(cls, starts: list[int], ends: list[int]) -> ExtentMap:
         new = cls.__new__(cls)
         new._starts = starts
         new._ends = ends
+        new._total = None
         return new
 
     @classmethod
@@ -89,8 +91,10 @@ class ExtentMap:
 
     @property
     def total(self) -> int:
-        """Number of bytes covered."""
-        return sum(e - s for s, e in zip(self._starts, self._ends, strict=True))
+        """Number of bytes covered (counted once: a map never changes)."""
+        if self._total is None:
+            self._total = sum(self._ends) - sum(self._starts)
+        return self._total
 
     @property
     def start(self) -> int:

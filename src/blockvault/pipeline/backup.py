@@ -12,8 +12,9 @@ import contextlib
 import socket
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from blockvault.disk.device import Device, open_device
 from blockvault.disk.layout import DiskLayout, read_layout
@@ -35,8 +36,7 @@ GAP_KEPT = 1024 * 1024  # the gap before the first partition is kept whole up to
 READ_UNIT = 4 * 1024 * 1024  # bytes of consecutive chunks read at once (see _read_units)
 
 
-@dataclass(frozen=True)
-class _Task:
+class _Task(NamedTuple):  # a tuple: some 30,000 are made per 2 GB backed up
     region: int  # position in the region list
     number: int  # chunk number within the region
     base: int  # region start on the disk
@@ -46,8 +46,7 @@ class _Task:
     refine: ExtentMap | None  # for boot areas: bytes kept even when zero
 
 
-@dataclass(frozen=True)
-class _Done:
+class _Done(NamedTuple):
     task: _Task
     chunk_id: bytes
     used: ExtentMap
@@ -88,9 +87,19 @@ def plan_regions(layout: DiskLayout, partitions: Sequence[int] | None) -> list[R
     return regions
 
 
+def _touched(used: ExtentMap, chunk_size: int) -> Iterator[int]:
+    """Numbers of the chunks that hold a used byte, in order: the rest are holes
+    and never enter the pipeline (half of a typical disk)."""
+    last = -1
+    for extent in used:
+        for k in range(max(last + 1, extent.offset // chunk_size), -(-extent.end // chunk_size)):
+            yield k
+            last = k
+
+
 def _tasks(regions: list[Region], chunk_size: int, keep: ExtentMap) -> Iterator[_Task]:
     for i, region in enumerate(regions):
-        for k in range(-(-region.size // chunk_size)):
+        for k in _touched(region.used, chunk_size):
             offset = k * chunk_size
             length = min(chunk_size, region.size - offset)
             refine = keep.clip(offset, length) if region.kind == fmt.REGION_DISK else None
@@ -288,24 +297,27 @@ def _image(
 
     total = sum(r.used.total for r in regions)
     reporter(TaskStarted("backup", total, str(device.path)))
-    ids: list[list[bytes]] = [[] for _ in regions]
-    used_maps: list[list[ExtentMap]] = [[] for _ in regions]
-    read = chunks = holes = new_chunks = new_bytes = stored_bytes = 0
+    counts = [-(-r.size // chunk_size) for r in regions]
+    ids = [[fmt.HOLE] * n for n in counts]  # filled in below for each chunk read
+    used_maps = [[ExtentMap()] * n for n in counts]
+    read = chunks = new_chunks = new_bytes = stored_bytes = 0
     threads = workers(repo.backend.capabilities.parallel_io)
     units = _read_units(_tasks(regions, chunk_size, keep), READ_UNIT)
-    for done in (d for batch in ordered_map(store, units, threads) for d in batch):
-        ids[done.task.region].append(done.chunk_id)
-        used_maps[done.task.region].append(done.used)
-        read += done.task.used.total
-        if done.chunk_id == fmt.HOLE:
-            holes += 1
-        else:
-            chunks += 1
-        if done.stored:
-            new_chunks += 1
-            new_bytes += done.new_bytes
-            stored_bytes += done.stored
-        reporter(TaskAdvanced("backup", done.task.used.total))
+    for batch in ordered_map(store, units, threads):
+        advanced = 0
+        for done in batch:
+            task = done.task
+            ids[task.region][task.number] = done.chunk_id
+            used_maps[task.region][task.number] = done.used
+            advanced += task.used.total
+            if done.chunk_id != fmt.HOLE:
+                chunks += 1
+            if done.stored:
+                new_chunks += 1
+                new_bytes += done.new_bytes
+                stored_bytes += done.stored
+        read += advanced
+        reporter(TaskAdvanced("backup", advanced))
     reporter(TaskFinished("backup"))
     final = []
     for i, region in enumerate(regions):
@@ -316,5 +328,6 @@ def _image(
             Region(region.kind, region.number, region.start, region.size, used, tuple(ids[i]))
         )
     used_total = sum(r.used.total for r in final)
+    holes = sum(counts) - chunks
     stats = Stats(read, used_total, chunks, holes, new_chunks, new_bytes, stored_bytes)
     return Index(chunk_size, tuple(final)), stats
