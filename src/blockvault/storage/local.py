@@ -54,6 +54,7 @@ class LocalBackend(Backend):
         # final path -> (temporary file, size): written, not yet durable nor renamed;
         # a flush moves its batch to _flushing until the renames are done
         self._pending: dict[Path, tuple[Path, int]] = {}
+        self._pending_bytes = 0  # what the temporary files of _pending hold
         self._flushing: dict[Path, tuple[Path, int]] = {}
         self._last_flush = time.monotonic()
         self._pending_lock = threading.Lock()
@@ -95,8 +96,9 @@ class LocalBackend(Backend):
         tmp = self._write_temporary(name, path, data, durable=False)
         with self._pending_lock:
             self._pending[path] = (tmp, len(data))
+            self._pending_bytes += len(data)
             due = (
-                sum(size for _, size in self._pending.values()) >= BATCH_BYTES
+                self._pending_bytes >= BATCH_BYTES
                 or len(self._pending) >= BATCH_OBJECTS
                 or time.monotonic() - self._last_flush >= BATCH_SECONDS
             )
@@ -108,6 +110,7 @@ class LocalBackend(Backend):
             with self._pending_lock:
                 batch = self._flushing = self._pending  # later writes wait for the next flush
                 self._pending = {}
+                self._pending_bytes = 0
                 self._last_flush = time.monotonic()
             if not batch:
                 return
