@@ -26,16 +26,23 @@ from blockvault.disk.usage import mounts_using
 from blockvault.errors import SourceError, UsageError
 from blockvault.extents import ExtentMap
 from blockvault.pipeline.adapt import apply_grow, plan_grow
-from blockvault.pipeline.backup import boot_area_map, plan_regions
+from blockvault.pipeline.backup import READ_UNIT, boot_area_map, plan_regions
 from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.pipeline.events import quiet as quiet_reporter
-from blockvault.pipeline.stages import is_zero, ordered_map, read_chunk, workers, write_used
+from blockvault.pipeline.stages import (
+    READ_THROUGH_GAP,
+    is_zero,
+    ordered_map,
+    read_chunk,
+    workers,
+    write_used,
+)
 from blockvault.pipeline.target import Confirm, open_target
 from blockvault.repo import format as fmt
 
 __all__ = ["CloneResult", "clone"]
 
-CHUNK = fmt.DEFAULT_CHUNK_SIZE
+PIECE = READ_UNIT  # bytes read and written at once: no chunks to cut here, so large
 IO_THREADS = 8  # disk to disk mostly waits on I/O: more requests in flight (bench: 8 s vs 12 s)
 
 
@@ -58,6 +65,7 @@ class _Piece:
     length: int
     used: ExtentMap  # region-relative, clipped to the chunk
     keep_zeros: bool  # write even when all zero (table structures)
+    gap: int  # used runs closer than this are written as one (inside a partition only)
 
 
 def _refuse(answer: str) -> bool:
@@ -215,8 +223,11 @@ def _refuse_same(source: Path, target: Path) -> None:
 def _pieces(layout: DiskLayout) -> Iterator[_Piece]:
     keep = boot_area_map(layout)
     for region in plan_regions(layout, None):
-        for offset in range(0, region.size, CHUNK):
-            length = min(CHUNK, region.size - offset)
+        # between the used runs of a partition lie its free blocks; between those of
+        # the disk region lie other partitions, which must never be written over
+        gap = READ_THROUGH_GAP if region.kind == fmt.REGION_PARTITION else 0
+        for offset in range(0, region.size, PIECE):
+            length = min(PIECE, region.size - offset)
             used = region.used.clip(offset, length)
             if used:
                 yield _Piece(
@@ -225,6 +236,7 @@ def _pieces(layout: DiskLayout) -> Iterator[_Piece]:
                     length,
                     used,
                     bool(keep.clip(region.start + offset, length)),
+                    gap,
                 )
 
 
@@ -244,23 +256,26 @@ def _table_head(layout: DiskLayout) -> ExtentMap:
 
 def _without(piece: _Piece, cut: ExtentMap) -> _Piece:
     used = piece.used - cut.shift(-piece.base)
-    return _Piece(piece.base, piece.offset, piece.length, used, piece.keep_zeros)
+    return _Piece(piece.base, piece.offset, piece.length, used, piece.keep_zeros, piece.gap)
 
 
 def _copy(
     source: Device, target: Device, pieces: list[_Piece], fresh: bool, reporter: Reporter
 ) -> int:
-    def move(piece: _Piece) -> int:
+    """Copy every piece; returns the bytes written (a new file's zeros are skipped)."""
+
+    def move(piece: _Piece) -> tuple[int, int]:
         data = read_chunk(source, piece.base, piece.offset, piece.length, piece.used)
         if data is not None and fresh and not piece.keep_zeros and is_zero(data):
-            return 0  # a new file reads as zeros already
-        return write_used(target, piece.base, piece.offset, data, piece.used)
+            return 0, piece.used.total  # a new file reads as zeros already
+        n = write_used(target, piece.base, piece.offset, data, piece.used, through_gaps=piece.gap)
+        return n, piece.used.total
 
     reporter(TaskStarted("clone", sum(p.used.total for p in pieces), str(target.path)))
     written = 0
-    for n in ordered_map(move, pieces, workers(IO_THREADS)):
+    for n, done in ordered_map(move, pieces, workers(IO_THREADS)):
         written += n
-        reporter(TaskAdvanced("clone", n))
+        reporter(TaskAdvanced("clone", done))
     reporter(TaskFinished("clone"))
     return written
 

@@ -76,19 +76,25 @@ def _coalesce(used: ExtentMap, gap: int) -> list[tuple[int, int]]:
 
 
 def write_used(
-    device: Device, target_base: int, offset: int, data: bytes | bytearray | None, used: ExtentMap
+    device: Device,
+    target_base: int,
+    offset: int,
+    data: bytes | bytearray | None,
+    used: ExtentMap,
+    *,
+    through_gaps: int = 0,
 ) -> int:
-    """Write the ``used`` parts of a chunk (``data`` None = zeros); returns bytes written."""
+    """Write the ``used`` parts of a chunk (``data`` None = zeros); returns bytes written.
+
+    ``through_gaps``: used parts closer than this are written as one run, gap included
+    (fewer, larger writes; only where the gap's target bytes are free to overwrite,
+    such as unused blocks inside the partition being written)."""
     view = memoryview(data) if data is not None else None
     written = 0
-    for extent in used:
-        piece = (
-            view[extent.offset - offset : extent.end - offset]
-            if view is not None
-            else ZEROS[: extent.length]
-        )
-        device.write_at(target_base + extent.offset, piece)
-        written += extent.length
+    for start, end in _coalesce(used, through_gaps):
+        piece = view[start - offset : end - offset] if view is not None else ZEROS[: end - start]
+        device.write_at(target_base + start, piece)
+        written += end - start
     return written
 
 
