@@ -71,9 +71,13 @@ def test_partial_chunks_stay_within_the_limit(monkeypatch: pytest.MonkeyPatch) -
     for chunk in range(10):
         buffer, bounds = wire.datagrams(1, chunk, body, payload)
         a = state.start(chunk, -(-size // payload), size, payload)
+        assert a is not None
         deliver(a, buffer, bounds, {0, 1})  # two losses in group 0: not repairable
         assert state.partial <= receiver.PARTIAL_LIMIT
     assert list(state.assemblies) == [7, 8, 9]
     need = dict((c, g) for c, g in state.need())
     assert [need[c] for c in range(7)] == [None] * 7  # let go: asked for whole
     assert [need[c] for c in (7, 8, 9)] == [[0]] * 3  # kept: only the lost group
+    # the next pass starts again at a low chunk: the partial ones ahead are kept
+    assert state.start(2, -(-size // payload), size, payload) is None
+    assert list(state.assemblies) == [7, 8, 9]

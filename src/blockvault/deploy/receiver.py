@@ -199,8 +199,9 @@ class _State:
         self.pending = bytearray(len(items))
         for i in chunks:
             self.pending[i] = 1
-        self.assemblies: dict[int, wire.Assembly] = {}  # chunks partly received, oldest first
+        self.assemblies: dict[int, wire.Assembly] = {}  # chunks partly received
         self.partial = 0  # bytes held by assemblies
+        self.refused = -1  # the chunk last turned away for want of memory
         self.peak_partial = 0
         self.writes: queue.Queue[tuple[int, bytearray] | None] = queue.Queue()
         self.queued = 0  # bytes waiting for the writer
@@ -211,14 +212,24 @@ class _State:
         self.pass_request: dict[str, Any] | None = None
         self.requested = 0.0
 
-    def start(self, chunk: int, count: int, size: int, payload: int) -> wire.Assembly:
-        """A new assembly for ``chunk``; the oldest partial ones are let go (their
-        chunks come again whole in a later pass) to keep within PARTIAL_LIMIT."""
+    def start(self, chunk: int, count: int, size: int, payload: int) -> wire.Assembly | None:
+        """A new assembly for ``chunk``, within PARTIAL_LIMIT bytes of partly received
+        bodies. A pass sends chunks in ascending order, so partial chunks behind
+        ``chunk`` get nothing more in this pass: they are let go first (their chunks
+        come again whole in the next pass); those ahead are about to be completed and
+        are kept. With nothing behind to let go, ``chunk`` itself waits (None)."""
+        if chunk == self.refused:
+            return None
         old = self.assemblies.pop(chunk, None)
         if old is not None:
             self.partial -= old.size
-        while self.assemblies and self.partial + size > PARTIAL_LIMIT:
-            self.partial -= self.assemblies.pop(next(iter(self.assemblies))).size
+        while self.partial + size > PARTIAL_LIMIT:
+            behind = [c for c in self.assemblies if c < chunk]
+            if not behind:
+                self.refused = chunk
+                return None
+            self.partial -= self.assemblies.pop(min(behind)).size
+        self.refused = -1
         a = self.assemblies[chunk] = wire.Assembly(count, size, payload)
         self.partial += size
         self.peak_partial = max(self.peak_partial, self.partial + self.queued)
@@ -279,6 +290,8 @@ def _collect(
             a = assemblies.get(chunk)
             if a is None or a.size != size or a.payload != payload or a.count != count:
                 a = state.start(chunk, count, size, payload)
+                if a is None:
+                    continue
             if a.add(index, view[off + head : off + length]):
                 state.complete(chunk, a)
         now = time.monotonic()
