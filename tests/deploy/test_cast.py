@@ -401,3 +401,17 @@ def test_mounted_target_refused_before_writing(
     code, out, _ = finish(sender)
     assert code == 1
     assert json.loads(out)["receivers"][0]["status"] == "failed"
+
+
+def test_loss_of_the_link_itself_does_not_slow_the_cast(
+    net: Net, source: tuple[BuiltDisk, Path, str], tmp_path: Path
+) -> None:
+    net.lose(net.receivers[0], 5)  # random loss whatever the rate: not congestion
+    procs, sender, targets = cast(net, source, tmp_path, 1)
+    rc, _, rerr = finish(procs[0])
+    code, out, err = finish(sender)
+    assert code == 0 and rc == 0, err + rerr
+    report = json.loads(out)
+    assert report["receivers"][0]["naks"] > 0
+    assert report["final_rate_mbit"] >= 500  # not cut down towards the 5 Mbit/s floor
+    check_copy(targets[0], source[0], tmp_path)

@@ -35,6 +35,7 @@ __all__ = ["CastResult", "ReceiverReport", "send"]
 PASS_REPLY_WAIT = 3.0  # seconds to wait for receivers' NAKs after a pass
 STALL_PASSES = 6  # passes without progress before a receiver is dropped
 MIN_RATE = 5.0  # Mbit/s
+SLOWER = 0.6  # rate factor after a pass that lost too much
 BURST = 16  # datagrams per system call between pacing checks
 
 
@@ -245,7 +246,7 @@ def send(
     data = mmsg.Outbox(wire.multicast_sender(address), (wire.DATA_GROUP, wire.DATA_PORT))
     tag = wire.tag_of(session)
     payload = own_payload
-    rate = max_rate
+    pace = _Pace(max_rate, max_rate)
     passes = 0
     try:
         wait_end = time.monotonic() + max_wait
@@ -268,7 +269,7 @@ def send(
                 continue
             # the largest datagram every receiver takes (a smaller late joiner lowers it)
             payload = min([own_payload, *sizes])
-            sent = _stream(repo, items, wanted, data, tag, payload, rate)
+            sent = _stream(repo, items, wanted, data, tag, payload, pace.rate)
             passes += 1
             for p in active:
                 _tell(p, {"type": "pass", "pass": passes, "sent": sent})
@@ -278,7 +279,8 @@ def send(
                     if all(p.answered >= passes or p.report.status != "ready" for p in active):
                         break
                 time.sleep(0.02)
-            rate = _adapt(rate, max_rate, active, lock)
+            with lock:
+                pace.update([p.loss for p in active if p.report.status == "ready"])
             with lock:
                 for p in active:
                     if p.report.status == "ready" and p.stalled >= STALL_PASSES:
@@ -301,7 +303,7 @@ def send(
         session,
         passes,
         round(time.monotonic() - started, 3),
-        round(rate, 1),
+        round(pace.rate, 1),
         [p.report for p in peers],
         payload,
     )
@@ -354,17 +356,39 @@ def _stream(
     return count
 
 
-def _adapt(rate: float, max_rate: float, active: list[_Peer], lock: threading.Lock) -> float:
-    with lock:
-        losses = [p.loss for p in active if p.report.status == "ready"]
-    if not losses:
-        return rate
-    median = statistics.median(losses)
-    if median > 0.05:
-        return max(MIN_RATE, rate * 0.6)
-    if median < 0.01:
-        return min(max_rate, rate * 1.25)
-    return rate
+@dataclass
+class _Pace:
+    """The sending rate, steered by the median receiver's loss.
+
+    Loss the link has at any rate (a bad cable, a lossy radio hop) is not caused by
+    our pace. After a cut the loss is compared with what it would be had the old
+    rate overrun the path (the receiver got ``(1 - loss) * rate``: that much fits);
+    when it stayed nearer the old loss, the old rate comes back and that loss
+    becomes the baseline the thresholds are measured above.
+    """
+
+    rate: float
+    max_rate: float
+    baseline: float = 0.0  # loss that persists whatever the rate
+    cut_from: tuple[float, float] | None = None  # (rate, loss) before the last cut
+
+    def update(self, losses: list[float]) -> None:
+        if not losses:
+            return
+        median = statistics.median(losses)
+        cut, self.cut_from = self.cut_from, None
+        if cut is not None:
+            # had the old rate overrun the path, the slower one would lose about this
+            expected = max(0.0, 1 - (1 - cut[1]) / SLOWER)
+            if median > (cut[1] + expected) / 2:
+                self.rate, self.baseline = cut[0], median
+                return
+        excess = median - self.baseline
+        if excess > 0.05:
+            self.cut_from = (self.rate, median)
+            self.rate = max(MIN_RATE, self.rate * SLOWER)
+        elif excess < 0.01:
+            self.rate = min(self.max_rate, self.rate * 1.25)
 
 
 def _tell(peer: _Peer, message: dict[str, Any]) -> None:
