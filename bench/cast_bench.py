@@ -6,11 +6,16 @@ On a bridge in its own network namespace, one sender and 1, 3 and 6 receivers
 ``udp-sender`` sends a ``partclone.ext4 -c | zstd -3`` image that each receiver
 pipes through ``zstd -dc | partclone.ext4 -r`` onto its target, as Clonezilla does.
 Each case is timed from the start of every process to the last exit, page cache
-dropped before. ``--loss`` adds the 1 % case: nftables drops UDP on one receiver.
+dropped before; ``/usr/bin/time`` records each process's CPU seconds and peak RSS
+(a receiver's pipeline counted whole), since on a small shared machine CPU per
+receiver is what scales with the number of receivers. The 1 % case drops UDP with
+nftables on one receiver. ``--mtu 9000`` runs every link with jumbo frames.
 
-    sudo python3 bench/cast_bench.py [--size 4G] [--receivers 1,3,6]
+    sudo python3 bench/cast_bench.py [--size 4G] [--receivers 1,3,6] [--mtu 9000]
 
-Results: bench/work/cast/results.json (summarised by hand in BENCHMARKS.md).
+Results: bench/work/cast/results.json (results-mtu9000.json for jumbo frames),
+summarised by hand in BENCHMARKS.md. The snapshot is made once, again when the
+default chunk size changes.
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_bench import WORK, drop_caches, ensure_disk, log, machine_info, parse_size
 
+from blockvault.repo.format import DEFAULT_CHUNK_SIZE
+
 CAST = WORK / "cast"
 LIMIT = 1800  # seconds one case may take
+TIME = ["/usr/bin/time", "-f", "%U %S %M", "-o"]  # user s, system s, peak RSS KiB
 
 
 def sh(*argv: str | Path, input: str | None = None) -> str:
@@ -40,7 +48,8 @@ def sh(*argv: str | Path, input: str | None = None) -> str:
 class Net:
     """A bridge namespace, a sender namespace and ``n`` receiver namespaces."""
 
-    def __init__(self, receivers: int) -> None:
+    def __init__(self, receivers: int, mtu: int = 1500) -> None:
+        self.mtu = mtu
         self.prefix = f"bvb{os.getpid() % 100000}"
         self.bridge = f"{self.prefix}b"
         self.sender = f"{self.prefix}s"
@@ -57,8 +66,9 @@ class Net:
         for i, ns in enumerate([self.sender, *self.receivers]):
             a, b = f"{self.prefix}a{i}", f"{self.prefix}c{i}"
             sh("ip", "link", "add", a, "netns", self.bridge, "type", "veth", "peer", b, "netns", ns)
-            sh("ip", "-n", self.bridge, "link", "set", a, "master", "br0", "up")
-            sh("ip", "-n", ns, "link", "set", b, "name", "cast0")
+            sh("ip", "-n", self.bridge, "link", "set", a, "mtu", str(self.mtu), "master", "br0")
+            sh("ip", "-n", self.bridge, "link", "set", a, "up")
+            sh("ip", "-n", ns, "link", "set", b, "name", "cast0", "mtu", str(self.mtu))
             sh("ip", "-n", ns, "addr", "add", f"10.78.0.{i + 1}/24", "brd", "+", "dev", "cast0")
             sh("ip", "-n", ns, "link", "set", "cast0", "up")
             # udpcast needs a broadcast address (brd +) and a multicast route
@@ -78,20 +88,31 @@ class Net:
             subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
-def run_case(commands: list[tuple[str, str]]) -> float:
-    """Start every (namespace, shell command) at once; seconds until the last exits."""
+def run_case(commands: list[tuple[str, str]]) -> tuple[float, list[dict[str, float]]]:
+    """Start every (namespace, shell command) at once; seconds until the last exits,
+    and each command's CPU seconds (user + system, its children included) and peak
+    RSS, from ``/usr/bin/time``. The sender is the last command."""
     drop_caches()
+    stats = [CAST / f"time-{i}.txt" for i in range(len(commands))]
     start = time.monotonic()
     procs = [
-        subprocess.Popen(["ip", "netns", "exec", ns, "sh", "-c", cmd], stdout=subprocess.DEVNULL)
-        for ns, cmd in commands
+        subprocess.Popen(
+            ["ip", "netns", "exec", ns, *TIME, str(out), "sh", "-c", cmd],
+            stdout=subprocess.DEVNULL,
+        )
+        for (ns, cmd), out in zip(commands, stats, strict=True)
     ]
     for proc, (_, cmd) in zip(procs, commands, strict=True):
         if proc.wait(timeout=LIMIT) != 0:
             for other in procs:  # leave nothing running behind
                 subprocess.run(["pkill", "-P", str(other.pid)], check=False)
             raise SystemExit(f"failed ({proc.returncode}): {cmd}")
-    return round(time.monotonic() - start, 2)
+    seconds = round(time.monotonic() - start, 2)
+    usage = []
+    for out in stats:
+        user, system, rss = out.read_text().split()[-3:]
+        usage.append({"cpu_s": round(float(user) + float(system), 2), "rss_mib": int(rss) // 1024})
+    return seconds, usage
 
 
 def blockvault_case(net: Net, repo: Path, snap: str, targets: list[Path]) -> list[tuple[str, str]]:
@@ -132,12 +153,17 @@ def main() -> None:
     parser.add_argument("--receivers", default="1,3,6")
     parser.add_argument("--loss-receivers", type=int, default=3)
     parser.add_argument("--tools", default="blockvault,udpcast")
+    parser.add_argument("--mtu", type=int, default=1500, help="MTU of every link (9000: jumbo)")
+    parser.add_argument("--no-loss-case", action="store_true", help="skip the 1 %% loss case")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("cast_bench.py needs root: network namespaces and drop_caches")
     disk = ensure_disk(parse_size(args.size), args.fill, 0)
     CAST.mkdir(parents=True, exist_ok=True)
     repo = CAST / "repo"
+    config = repo / "config"
+    if config.exists() and json.loads(config.read_text())["chunk_size"] != DEFAULT_CHUNK_SIZE:
+        (CAST / "snapshot").unlink(missing_ok=True)  # made before the default chunk size changed
     if not (CAST / "snapshot").exists():
         subprocess.run(["rm", "-rf", str(repo)], check=True)
         sh("blockvault", "-r", repo, "init")
@@ -167,11 +193,14 @@ def main() -> None:
             )
         finally:
             sh("losetup", "-d", dev)
-    cases = [(int(n), 0) for n in args.receivers.split(",")] + [(args.loss_receivers, 1)]
+    cases = [(int(n), 0) for n in args.receivers.split(",")]
+    if not args.no_loss_case:
+        cases.append((args.loss_receivers, 1))
     results: list[dict[str, Any]] = []
+    results_name = "results.json" if args.mtu == 1500 else f"results-mtu{args.mtu}.json"
     for receivers, loss in cases:
         for tool in args.tools.split(","):
-            with Net(receivers) as net:
+            with Net(receivers, args.mtu) as net:
                 if loss:
                     net.lose(net.receivers[-1], loss)
                 targets = [CAST / f"target{i}.img" for i in range(receivers)]
@@ -181,13 +210,24 @@ def main() -> None:
                     commands = blockvault_case(net, repo, snap, targets)
                 else:
                     commands = udpcast_case(net, image, part["size"], targets)
-                seconds = run_case(commands)
+                seconds, usage = run_case(commands)
                 for t in targets:
                     t.unlink(missing_ok=True)
-            row = {"tool": tool, "receivers": receivers, "loss_percent": loss, "seconds": seconds}
+            receiving = usage[:-1]
+            row = {
+                "tool": tool,
+                "receivers": receivers,
+                "loss_percent": loss,
+                "mtu": args.mtu,
+                "seconds": seconds,
+                "receiver_cpu_s": round(sum(u["cpu_s"] for u in receiving) / len(receiving), 2),
+                "receiver_rss_mib": max(u["rss_mib"] for u in receiving),
+                "sender_cpu_s": usage[-1]["cpu_s"],
+                "load_average": round(os.getloadavg()[0], 2),
+            }
             log(json.dumps(row))
             results.append(row)
-            (CAST / "results.json").write_text(
+            (CAST / results_name).write_text(
                 json.dumps({"machine": machine_info(), "disk": disk, "results": results}, indent=1)
             )
 
