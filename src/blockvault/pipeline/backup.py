@@ -33,7 +33,9 @@ __all__ = ["backup", "boot_area_map", "plan_regions"]
 
 BOOT_BLOCK = 4096  # granularity at which non-zero bytes outside partitions are kept
 GAP_KEPT = 1024 * 1024  # the gap before the first partition is kept whole up to here
-READ_UNIT = 4 * 1024 * 1024  # bytes of consecutive chunks read at once (see _read_units)
+# bytes of consecutive chunks read at once (see _read_units); on the benchmark disk,
+# cold, 16 MiB spent less system time than 4 or 8 (32 MiB reads are mmap'ed afresh each)
+READ_UNIT = 16 * 1024 * 1024
 
 
 class _Task(NamedTuple):  # a tuple: some 30,000 are made per 2 GB backed up
