@@ -1,4 +1,8 @@
-"""Everything the CLI shows: tables, JSON, sizes, progress bars, prompts."""
+"""Everything the CLI shows: tables, JSON, sizes, progress bars, prompts.
+
+rich is imported only when something is drawn with it: a backup run by cron or a
+script (no terminal, or --json) starts without it.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +11,24 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
 from blockvault.extents import ExtentMap
 from blockvault.pipeline.events import Event, TaskAdvanced, TaskFinished, TaskStarted, Warned
 
-console = Console()
-err_console = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
+
+@cache
+def console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr)
 
 
 def size(n: int | float) -> str:
@@ -58,12 +60,14 @@ def emit_json(value: Any) -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
     for col in columns:
         t.add_column(col, justify="right" if col.lower() in RIGHT else "left")
     for row in rows:
         t.add_row(*("" if v is None else str(v) for v in row))
-    console.print(t)
+    console().print(t)
 
 
 RIGHT = {"size", "used", "stored", "start", "bytes", "chunks", "new", "sector", "#", "number"}
@@ -77,7 +81,7 @@ def adapted(gpt_moved: bool, grown: str | None) -> str:
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    console(stderr=True).print(f"[yellow]warning:[/yellow] {message}", highlight=False)
 
 
 class ProgressReporter:
@@ -85,21 +89,13 @@ class ProgressReporter:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=False,
-        )
+        self.progress: Progress | None = _progress_bars() if enabled else None
         self.tasks: dict[str, TaskID] = {}
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Warned):
             warn(event.message)
-        elif not self.enabled:
+        elif self.progress is None:
             return
         elif isinstance(event, TaskStarted):
             self.tasks[event.task] = self.progress.add_task(event.task, total=event.total_bytes)
@@ -110,10 +106,31 @@ class ProgressReporter:
             self.progress.update(task, completed=self.progress.tasks[task].total)
 
 
+def _progress_bars() -> Progress:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console(stderr=True),
+        transient=False,
+    )
+
+
 @contextmanager
 def progress(json_output: bool) -> Iterator[ProgressReporter]:
     reporter = ProgressReporter(enabled=not json_output and sys.stderr.isatty())
-    if reporter.enabled:
+    if reporter.progress is not None:
         with reporter.progress:
             yield reporter
     else:
