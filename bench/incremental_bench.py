@@ -19,7 +19,8 @@ below ``--max-load``:
 * ``partclone.ext4 -c | zstd -T0 -3`` of the changed partition.
 
 Reports wall time, bytes added to the repository (``du -sb`` before and after) and the
-peak RSS of the largest process (``wait4`` rusage). Results go to
+peak RSS of the largest process (``wait4`` rusage); with ``--repeat N`` every step runs in
+N rounds and the tables show each step's median run and the range. Results go to
 ``bench/work/incremental-results-<size>.json`` and a Markdown table on stdout. Root.
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -232,21 +234,39 @@ def bench_partclone(t: Timer, work: Path, device: str) -> None:
     shutil.rmtree(out)
 
 
+def _median_steps(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per step name, the run with the median wall + sync time, with the range of all
+    runs and their count added."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for step in steps:
+        runs.setdefault(step["name"], []).append(step)
+    out = {}
+    for name, group in runs.items():
+        ordered = sorted(group, key=lambda s: s["with_sync_seconds"])
+        median = dict(ordered[(len(ordered) - 1) // 2])
+        median["runs"] = len(ordered)
+        median["range"] = f"{ordered[0]['with_sync_seconds']}-{ordered[-1]['with_sync_seconds']}"
+        out[name] = median
+    return out
+
+
 def table(steps: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| step | wall s | +sync s | bytes added | peak RSS MB | load at start |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| step | runs | wall s | +sync s | range s | bytes added | peak RSS MB | load at start |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for s in steps:
+    by = _median_steps(steps)
+    for s in by.values():
         lines.append(
-            f"| {s['name']} | {s['wall_seconds']} | {s['with_sync_seconds']} | "
-            f"{s['bytes_added'] / MB:,.1f} MB | {s['peak_rss_mb']} | {s['load_at_start']} |"
+            f"| {s['name']} | {s['runs']} | {s['wall_seconds']} | {s['with_sync_seconds']} | "
+            f"{s['range']} | {s['bytes_added'] / MB:,.1f} MB | {s['peak_rss_mb']} | "
+            f"{s['load_at_start']} |"
         )
-    by = {s["name"]: s for s in steps}
     others = ("partclone+zstd full of changed", "restic incremental", "borg incremental")
     lines += ["", "| incremental | vs | time ratio (x faster) | bytes added (ours / theirs) |"]
     lines.append("|---|---|---:|---:|")
-    for inc in (s for s in steps if s["name"].startswith("blockvault") and "incr" in s["name"]):
+    ours_steps = [s for s in by.values() if s["name"].startswith("blockvault")]
+    for inc in (s for s in ours_steps if "incr" in s["name"]):
         for other in (by[o] for o in others if o in by):
             speed = other["with_sync_seconds"] / inc["with_sync_seconds"]
             ours, theirs = inc["bytes_added"] / MB, other["bytes_added"] / MB
@@ -267,6 +287,9 @@ def main() -> None:
     parser.add_argument("--max-load", type=float, default=1.0, help="1-min load to wait for")
     parser.add_argument("--patience", type=float, default=300.0, help="max wait, seconds")
     parser.add_argument("--prepare-only", action="store_true", help="build the copies, stop")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of every step; tables show the median"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("incremental_bench.py needs root (loop devices, drop_caches)")
@@ -311,7 +334,7 @@ def main() -> None:
         if "blockvault" in tools:
             for c in chunks[1:]:
                 order.append(("blockvault", lambda c=c: bench_blockvault(t, work, images, c)))
-        for _name, fn in order:
+        for _round, (_name, fn) in itertools.product(range(args.repeat), order):
             fn()
             report = {
                 "disk": {k: meta[k] for k in ("key", "size", "fill", "partition", "tree")},
