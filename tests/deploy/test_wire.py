@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+import socket
 from pathlib import Path
 
 import pytest
 
-from blockvault.deploy import receiver, wire
+from blockvault.deploy import mmsg, receiver, wire
 from blockvault.extents import ExtentMap
 
 
@@ -81,3 +82,24 @@ def test_partial_chunks_stay_within_the_limit(monkeypatch: pytest.MonkeyPatch) -
     # the next pass starts again at a low chunk: the partial ones ahead are kept
     assert state.start(2, -(-size // payload), size, payload) is None
     assert list(state.assemblies) == [7, 8, 9]
+
+
+@pytest.mark.parametrize("segmented", [True, False], ids=["udp-gso", "sendmmsg"])
+def test_batched_send_and_receive_keep_every_datagram(segmented: bool) -> None:
+    body = random.Random(5).randbytes(100_000)
+    buffer, bounds = wire.datagrams(9, 4, body, 1450)
+    expected = [bytes(buffer[bounds[k] : bounds[k + 1]]) for k in range(len(bounds) - 1)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        wire.receive_timeout(rx, 0.5)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            out = mmsg.Outbox(tx, rx.getsockname())
+            out.gso = segmented
+            assert out.send(buffer, bounds, 0, len(expected)) == len(expected)
+            assert out.gso == segmented  # loopback offloads: no fallback was taken
+        inbox = mmsg.Inbox(rx, 1472, slots=16)
+        got: list[bytes] = []
+        while len(got) < len(expected) and (n := inbox.receive()):
+            got += [bytes(inbox.view[k * 1472 : k * 1472 + inbox.lengths[k]]) for k in range(n)]
+    assert got == expected

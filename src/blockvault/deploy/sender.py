@@ -36,7 +36,7 @@ PASS_REPLY_WAIT = 3.0  # seconds to wait for receivers' NAKs after a pass
 STALL_PASSES = 6  # passes without progress before a receiver is dropped
 MIN_RATE = 5.0  # Mbit/s
 SLOWER = 0.6  # rate factor after a pass that lost too much
-BURST = 16  # datagrams per system call between pacing checks
+BURST = 64  # datagrams between pacing checks (one or two system calls)
 
 
 @dataclass
