@@ -84,8 +84,12 @@ def test_partial_chunks_stay_within_the_limit(monkeypatch: pytest.MonkeyPatch) -
     assert list(state.assemblies) == [7, 8, 9]
 
 
-@pytest.mark.parametrize("segmented", [True, False], ids=["udp-gso", "sendmmsg"])
-def test_batched_send_and_receive_keep_every_datagram(segmented: bool) -> None:
+@pytest.mark.parametrize(
+    ("segmented", "coalesce"),
+    [(True, True), (True, False), (False, False)],
+    ids=["udp-gso-and-gro", "udp-gso", "sendmmsg-recvmmsg"],
+)
+def test_batched_send_and_receive_keep_every_datagram(segmented: bool, coalesce: bool) -> None:
     body = random.Random(5).randbytes(100_000)
     buffer, bounds = wire.datagrams(9, 4, body, 1450)
     expected = [bytes(buffer[bounds[k] : bounds[k + 1]]) for k in range(len(bounds) - 1)]
@@ -93,13 +97,21 @@ def test_batched_send_and_receive_keep_every_datagram(segmented: bool) -> None:
         rx.bind(("127.0.0.1", 0))
         rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         wire.receive_timeout(rx, 0.5)
+        inbox = mmsg.Inbox(rx, 1472, slots=16, coalesce=coalesce)
+        assert inbox.coalesce == coalesce
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
             out = mmsg.Outbox(tx, rx.getsockname())
             out.gso = segmented
             assert out.send(buffer, bounds, 0, len(expected)) == len(expected)
             assert out.gso == segmented  # loopback offloads: no fallback was taken
-        inbox = mmsg.Inbox(rx, 1472, slots=16)
         got: list[bytes] = []
+        runs = 0
         while len(got) < len(expected) and (n := inbox.receive()):
-            got += [bytes(inbox.view[k * 1472 : k * 1472 + inbox.lengths[k]]) for k in range(n)]
+            for k in range(n):
+                start, step = k * inbox.slot, inbox.segments[k]
+                end = start + inbox.lengths[k]
+                got += [bytes(inbox.view[o : min(o + step, end)]) for o in range(start, end, step)]
+                runs += 1
     assert got == expected
+    if coalesce:  # runs of datagrams arrived whole
+        assert runs < len(expected) // 10

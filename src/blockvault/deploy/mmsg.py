@@ -9,6 +9,7 @@ back in one buffer. Both fall back to one call per datagram where libc lacks the
 
 from __future__ import annotations
 
+import array
 import ctypes
 import ctypes.util
 import errno
@@ -23,6 +24,11 @@ MSG_WAITFORONE = 0x10000
 SOL_UDP, UDP_SEGMENT = 17, 103  # <linux/udp.h>: segmentation offload (Linux 4.18)
 GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS
 GSO_BYTES = 65507  # one IPv4 datagram's payload: the run before it is cut
+UDP_GRO = 104  # <linux/udp.h>: receive coalesced runs, the size in a control message
+GRO_SLOT = 65536  # bytes one coalesced run may take
+CMSG_HEADER = 16  # struct cmsghdr on LP64
+CONTROL = 32  # control bytes per message: CMSG_SPACE(sizeof(u16))
+_U16 = struct.Struct("=H")
 
 
 class _Iovec(ctypes.Structure):
@@ -68,20 +74,29 @@ _LEN_OFFSET = _Mmsghdr.len.offset
 
 
 class Inbox:
-    """A ring of ``slots`` buffers of ``slot`` bytes, filled by ``receive``.
+    """A ring of ``slots`` buffers, filled by ``receive``.
 
-    After ``n = receive()``, datagram ``k < n`` is ``view[k * slot : k * slot +
-    length(k)]``. The socket must be blocking with SO_RCVTIMEO set (``receive``
-    returns 0 when it expires).
+    After ``n = receive()``, message ``k < n`` is ``view[k * slot : k * slot +
+    lengths[k]]``: one datagram, or with ``coalesce`` a run of datagrams of
+    ``segments[k]`` bytes each (the last may be shorter) that the kernel kept
+    together (UDP GRO, Linux 5.0: the sender's segmentation-offloaded runs arrive as
+    sent, and receive offload may merge datagrams of one flow), so the stack's work per
+    datagram is paid once per run. The socket must be blocking with SO_RCVTIMEO
+    set (``receive`` returns 0 when it expires).
     """
 
-    def __init__(self, sock: socket.socket, slot: int, slots: int = 64) -> None:
+    def __init__(
+        self, sock: socket.socket, slot: int, slots: int = 64, coalesce: bool = False
+    ) -> None:
         self.sock = sock
-        self.slot = slot
         self.slots = slots if _LIBC is not None else 1
+        self.coalesce = coalesce and _LIBC is not None and _enable_gro(sock)
+        self.slot = GRO_SLOT if self.coalesce else slot
+        slot = self.slot
         self.buffer = bytearray(slot * self.slots)
         self.view = memoryview(self.buffer)
         self.lengths: list[int] | memoryview = [0] * self.slots
+        self.segments: list[int] | memoryview = self.lengths
         if _LIBC is None:
             return
         self._iov = (_Iovec * self.slots)()
@@ -95,7 +110,21 @@ class Inbox:
         # every message's msg_len, read in place: a strided view of the u32s
         words = memoryview(self._msgs).cast("B").cast("I")
         stride = ctypes.sizeof(_Mmsghdr) // 4
-        self.lengths = words[_LEN_OFFSET // 4 :: stride]
+        self.lengths = self.segments = words[_LEN_OFFSET // 4 :: stride]
+        if not self.coalesce:
+            return
+        self._control = (ctypes.c_char * (CONTROL * self.slots))()
+        address = ctypes.addressof(self._control)
+        for k in range(self.slots):
+            self._msgs[k].hdr.control = address + k * CONTROL
+        longs = memoryview(self._msgs).cast("B").cast("Q")
+        offset = (_Mmsghdr.hdr.offset + _Msghdr.controllen.offset) // 8
+        self._control_lengths = longs[offset :: ctypes.sizeof(_Mmsghdr) // 8]
+        self._full = memoryview(array.array("Q", [CONTROL] * self.slots))
+        self._control_lengths[:] = self._full
+        self._cmsgs = memoryview(self._control).cast("B")
+        self._segments = [0] * self.slots
+        self.segments = self._segments
 
     def receive(self) -> int:
         """Wait for at least one datagram, take as many as are queued (up to the ring)."""
@@ -111,7 +140,24 @@ class Inbox:
             if code in (errno.EAGAIN, errno.EINTR):  # SO_RCVTIMEO expired, or a signal
                 return 0
             raise OSError(code, os.strerror(code))
+        if self.coalesce:
+            used, cmsgs, segments = self._control_lengths, self._cmsgs, self._segments
+            for k in range(n):
+                # struct cmsghdr {size_t len; int level; int type;} then the u16 size
+                if used[k] >= CMSG_HEADER + 2:
+                    segments[k] = _U16.unpack_from(cmsgs, k * CONTROL + CMSG_HEADER)[0]
+                else:
+                    segments[k] = self.lengths[k]
+            self._control_lengths[:n] = self._full[:n]
         return int(n)
+
+
+def _enable_gro(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
 
 
 class Outbox:

@@ -267,8 +267,8 @@ def _collect(
     """Drain the data socket until every chunk is written: many datagrams per system
     call, each copied once into its chunk's place; NAKs are answered from here, where
     the assemblies live."""
-    inbox = mmsg.Inbox(data, slot)
-    view, lengths = inbox.view, inbox.lengths
+    inbox = mmsg.Inbox(data, slot, coalesce=True)
+    view, lengths, segments, slot = inbox.view, inbox.lengths, inbox.segments, inbox.slot
     unpack, head = wire.HEADER.unpack_from, wire.HEADER.size
     pending, assemblies, magic = state.pending, state.assemblies, wire.MAGIC
     chunks = len(pending)
@@ -277,23 +277,26 @@ def _collect(
     while state.missing and not state.failure:
         n = inbox.receive()
         for k in range(n):
-            off = k * slot
-            length = lengths[k]
-            if length < head:
-                continue
-            mark, t, chunk, index, count, size, payload = unpack(view, off)
-            if t != tag or mark != magic or chunk >= chunks:
-                continue
-            received += 1
-            if not pending[chunk]:
-                continue
-            a = assemblies.get(chunk)
-            if a is None or a.size != size or a.payload != payload or a.count != count:
-                a = state.start(chunk, count, size, payload)
-                if a is None:
+            start = k * slot
+            end = start + lengths[k]
+            step = segments[k] or 1
+            for off in range(start, end, step):  # one datagram, or a run of them
+                length = min(step, end - off)
+                if length < head:
+                    break
+                mark, t, chunk, index, count, size, payload = unpack(view, off)
+                if t != tag or mark != magic or chunk >= chunks:
+                    break
+                received += 1
+                if not pending[chunk]:
                     continue
-            if a.add(index, view[off + head : off + length]):
-                state.complete(chunk, a)
+                a = assemblies.get(chunk)
+                if a is None or a.size != size or a.payload != payload or a.count != count:
+                    a = state.start(chunk, count, size, payload)
+                    if a is None:
+                        continue
+                if a.add(index, view[off + head : off + length]):
+                    state.complete(chunk, a)
         now = time.monotonic()
         if n:
             last = now
