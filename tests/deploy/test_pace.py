@@ -35,3 +35,14 @@ def test_one_lossy_receiver_does_not_set_the_pace() -> None:
     pace = _Pace(1000.0, 1000.0)
     pace.update([0.0, 0.0, 0.5])
     assert pace.rate == 1000.0
+
+
+def test_overrun_mid_pass_slows_at_once_and_holds_after_the_pass() -> None:
+    pace = _Pace(1000.0, 1000.0)
+    pace.slow_down()
+    pace.slow_down()
+    assert pace.rate == 640.0
+    pace.update([0.0])  # the pass ended clean because it slowed: no speed-up yet
+    assert pace.rate == 640.0
+    pace.update([0.0])
+    assert pace.rate == 800.0

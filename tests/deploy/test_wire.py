@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 from pathlib import Path
@@ -115,3 +116,19 @@ def test_batched_send_and_receive_keep_every_datagram(segmented: bool, coalesce:
     assert got == expected
     if coalesce:  # runs of datagrams arrived whole
         assert runs < len(expected) // 10
+
+
+def test_socket_drops_counts_what_a_full_buffer_refused() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a few datagrams fit
+        assert wire.socket_drops(rx) == 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for _ in range(100):
+                tx.sendto(bytes(1000), rx.getsockname())
+        queued = 0
+        rx.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while rx.recv(2000):
+                queued += 1
+        assert wire.socket_drops(rx) == 100 - queued > 0

@@ -34,6 +34,7 @@ __all__ = ["CastFailed", "ReceiveResult", "receive"]
 IDLE_LIMIT = 60.0  # seconds without a datagram or message before giving up
 PARTIAL_LIMIT = 256 << 20  # bytes of partly received chunk bodies held in memory
 QUEUE_LIMIT = 64 << 20  # bytes of complete chunk bodies waiting to be written
+OVERFLOW_CHECK = 0.25  # seconds between looks at the socket's drop counter
 
 
 class CastFailed(UsageError):
@@ -273,7 +274,8 @@ def _collect(
     pending, assemblies, magic = state.pending, state.assemblies, wire.MAGIC
     chunks = len(pending)
     received = 0
-    last = time.monotonic()
+    last = check = time.monotonic()
+    drops = wire.socket_drops(data)
     while state.missing and not state.failure:
         n = inbox.receive()
         for k in range(n):
@@ -304,6 +306,12 @@ def _collect(
             raise CastFailed(f"nothing heard from the sender for {IDLE_LIMIT:g}s")
         if state.ended:
             raise CastFailed(f"the sender ended the session: {state.ended}")
+        if now - check > OVERFLOW_CHECK:
+            # datagrams the kernel dropped because this loop fell behind: the sender
+            # slows down at once when most receivers say so
+            check, before, drops = now, drops, wire.socket_drops(data)
+            if drops > before:
+                wire.send_message(control, {"type": "overflow", "drops": drops})
         request = state.pass_request
         # answer a pass once the datagrams still queued in the socket are taken
         if request is not None and (now - last > 0.05 or now - state.requested > 1.0):

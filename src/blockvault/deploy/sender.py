@@ -13,7 +13,7 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,8 @@ STALL_PASSES = 6  # passes without progress before a receiver is dropped
 MIN_RATE = 5.0  # Mbit/s
 SLOWER = 0.6  # rate factor after a pass that lost too much
 BURST = 64  # datagrams between pacing checks (one or two system calls)
+CHECK = 0.25  # seconds between looks at receivers' overflow reports during a pass
+OVERRUN_SLOWER = 0.8  # rate factor when most receivers overflow mid-pass
 
 
 @dataclass
@@ -71,6 +73,7 @@ class _Peer:
     joined: float = 0.0
     stalled: int = 0
     payload: int = wire.MAX_PAYLOAD  # largest fragment it takes (its link's MTU)
+    overflowed: float = 0.0  # when it last said its socket buffer overflowed
 
 
 def plan(
@@ -187,6 +190,8 @@ def send(
                         peer.report.naks += len(peer.missing)
                         peer.answered = message["pass"]
                         peer.stalled = peer.stalled + 1 if peer.missing == before else 0
+                    elif kind == "overflow":
+                        peer.overflowed = time.monotonic()
                     elif kind == "done":
                         peer.report.status = "verified"
                         peer.report.bytes = message["bytes"]
@@ -240,6 +245,13 @@ def send(
                 sock.sendto(text, (wire.ANNOUNCE_GROUP, wire.ANNOUNCE_PORT))
         sock.close()
 
+    def overrun() -> bool:
+        """True when most ready receivers reported overflowing in the last CHECK."""
+        since = time.monotonic() - 2 * CHECK
+        with lock:
+            ready = [p for p in peers if p.report.status == "ready"]
+            return bool(ready) and sum(p.overflowed > since for p in ready) * 2 > len(ready)
+
     threads = [threading.Thread(target=f, daemon=True) for f in (admit, announce)]
     for t in threads:
         t.start()
@@ -269,7 +281,7 @@ def send(
                 continue
             # the largest datagram every receiver takes (a smaller late joiner lowers it)
             payload = min([own_payload, *sizes])
-            sent = _stream(repo, items, wanted, data, tag, payload, pace.rate)
+            sent = _stream(repo, items, wanted, data, tag, payload, pace, overrun)
             passes += 1
             for p in active:
                 _tell(p, {"type": "pass", "pass": passes, "sent": sent})
@@ -326,13 +338,18 @@ def _stream(
     out: mmsg.Outbox,
     tag: int,
     payload: int,
-    rate_mbit: float,
+    pace: _Pace,
+    overrun: Callable[[], bool],
 ) -> int:
-    """Send the ``wanted`` groups of chunks at no more than ``rate_mbit``, a few
-    dozen datagrams per system call; returns the number of datagrams sent."""
-    bytes_per_second = rate_mbit * 125_000
-    start = time.monotonic()
-    sent = count = 0
+    """Send the ``wanted`` groups of chunks at no more than ``pace.rate``, a few
+    dozen datagrams per system call; returns the number of datagrams sent.
+
+    Every CHECK seconds ``overrun()`` says whether most receivers are dropping
+    datagrams for want of CPU; then the rate is cut at once, not after the pass."""
+    now = time.monotonic()
+    due = now  # when the next burst may go
+    check = now + CHECK
+    count = 0
 
     def load(n: int) -> tuple[int, bytes]:
         return n, wire_form(repo, items[n]["id"])
@@ -343,14 +360,20 @@ def _stream(
         total = len(bounds) - 1
         first = 0
         while first < total:
-            ahead = sent / bytes_per_second - (time.monotonic() - start)
-            if ahead > 0.002:
-                time.sleep(ahead)
+            now = time.monotonic()
+            if now >= check:
+                check = now + CHECK
+                if overrun():
+                    pace.slow_down()
+            if due - now > 0.002:
+                time.sleep(due - now)
+            due = max(due, now - 0.05)  # after a stall, no burst to catch up
             last = min(total, first + BURST)
             took = out.send(buffer, bounds, first, last)
             if took < last - first:  # ENOBUFS: the queue is full; the rest count as lost
                 time.sleep(0.001)
-            sent += bounds[last] - bounds[first] + wire.IP_UDP * (last - first)
+            wire_bytes = bounds[last] - bounds[first] + wire.IP_UDP * (last - first)
+            due += wire_bytes / (pace.rate * 125_000)
             count += last - first
             first = last
     return count
@@ -371,6 +394,7 @@ class _Pace:
     max_rate: float
     baseline: float = 0.0  # loss that persists whatever the rate
     cut_from: tuple[float, float] | None = None  # (rate, loss) before the last cut
+    overran: bool = False  # slowed down during the pass: do not speed up after it
 
     def update(self, losses: list[float]) -> None:
         if not losses:
@@ -387,8 +411,14 @@ class _Pace:
         if excess > 0.05:
             self.cut_from = (self.rate, median)
             self.rate = max(MIN_RATE, self.rate * SLOWER)
-        elif excess < 0.01:
+        elif excess < 0.01 and not self.overran:
             self.rate = min(self.max_rate, self.rate * 1.25)
+        self.overran = False
+
+    def slow_down(self) -> None:
+        """Most receivers overflowed their socket buffers during this pass."""
+        self.rate = max(MIN_RATE, self.rate * OVERRUN_SLOWER)
+        self.overran = True
 
 
 def _tell(peer: _Peer, message: dict[str, Any]) -> None:

@@ -228,3 +228,17 @@ def receive_timeout(sock: socket.socket, seconds: float) -> None:
     micros = int(seconds * 1_000_000)
     timeval = struct.pack("ll", micros // 1_000_000, micros % 1_000_000)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+
+
+SO_MEMINFO = 55  # <asm-generic/socket.h>: u32 counters, SK_MEMINFO_DROPS is the ninth
+
+
+def socket_drops(sock: socket.socket) -> int:
+    """Datagrams the kernel dropped on ``sock`` because its buffer was full (0 where
+    the counter cannot be read)."""
+    try:
+        return int(
+            struct.unpack_from("32xI", sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))[0]
+        )
+    except (OSError, struct.error):
+        return 0
