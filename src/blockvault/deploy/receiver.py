@@ -32,8 +32,8 @@ from blockvault.pipeline.target import Confirm, open_target
 __all__ = ["CastFailed", "ReceiveResult", "receive"]
 
 IDLE_LIMIT = 60.0  # seconds without a datagram or message before giving up
-PARTIAL_LIMIT = 256 << 20  # bytes of partly received chunk bodies held in memory
-QUEUE_LIMIT = 64 << 20  # bytes of complete chunk bodies waiting to be written
+PARTIAL_LIMIT = 128 << 20  # bytes of partly received chunk bodies held in memory
+QUEUE_LIMIT = 32 << 20  # bytes of complete chunk bodies waiting to be written
 OVERFLOW_CHECK = 0.25  # seconds between looks at the socket's drop counter
 
 
