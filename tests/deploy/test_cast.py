@@ -415,3 +415,23 @@ def test_loss_of_the_link_itself_does_not_slow_the_cast(
     assert report["receivers"][0]["naks"] > 0
     assert report["final_rate_mbit"] >= 500  # not cut down towards the 5 Mbit/s floor
     check_copy(targets[0], source[0], tmp_path)
+
+
+def test_other_sector_size_refused_before_writing(
+    net: Net, source: tuple[BuiltDisk, Path, str], tmp_path: Path, loop: Callable[..., str]
+) -> None:
+    _disk, repo, snap = source
+    image = tmp_path / "4k.img"
+    image.write_bytes(b"\x55" * MiB)
+    with open(image, "r+b") as f:
+        f.truncate(64 * MiB)
+    device = loop(image, sector_size=4096)
+    proc = net.receive(net.receivers[0], Path(device), "--max-wait", "20", "--yes")
+    sender = net.send(repo, snap, "--max-wait", "5", "--json")
+    rc, _, err = finish(proc)
+    assert rc != 0
+    assert len(err.strip().splitlines()) == 1 and "4096-byte sectors" in err, err
+    assert image.read_bytes()[:MiB] == b"\x55" * MiB
+    code, out, _ = finish(sender)
+    assert code == 1
+    assert json.loads(out)["receivers"][0]["status"] == "failed"

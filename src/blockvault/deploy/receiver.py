@@ -108,7 +108,8 @@ def receive(
         )
         with opened.refusals():
             ss = opened.device.logical_sector_size
-            if opened.device.is_block and ss != manifest["sector_size"]:
+            whole_disk = manifest.get("partition") is None
+            if whole_disk and opened.device.is_block and ss != manifest["sector_size"]:
                 raise CastFailed(
                     f"{target} has {ss}-byte sectors, the snapshot "
                     f"{manifest['sector_size']}-byte ones; restore converts, cast does not"
