@@ -56,6 +56,7 @@ class CloneResult:
     gpt_moved: bool = False
     verified: bool | None = None
     grown: str | None = None  # what --grow did
+    added: str | None = None  # the new partition --into-free made
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class _Piece:
     used: ExtentMap  # region-relative, clipped to the chunk
     keep_zeros: bool  # write even when all zero (table structures)
     gap: int  # used runs closer than this are written as one (inside a partition only)
+    shift: int = 0  # target offset minus source offset (a partition cloned elsewhere)
 
 
 def _refuse(answer: str) -> bool:
@@ -88,17 +90,7 @@ def clone(
     the last (or that) partition and its filesystem then fill a larger target."""
     started = time.monotonic()
     src = Path(source)
-    if not src.exists():
-        raise SourceError("does not exist", path=src)
-    _refuse_same(src, Path(target))
-    if not allow_mounted:
-        writable = [m for m in mounts_using(src) if not m.read_only]
-        if writable:
-            raise SourceError(
-                f"{writable[0].mountpoint} is mounted read-write from it and may change "
-                "during the copy; unmount it, mount it read-only or pass --allow-mounted",
-                path=src,
-            )
+    check_source(src, Path(target), allow_mounted)
     with open_device(src) as device:
         layout = read_layout(device)
         pieces = list(_pieces(layout))
@@ -151,6 +143,21 @@ def clone(
         verified=verified,
         grown=grown,
     )
+
+
+def check_source(src: Path, target: Path, allow_mounted: bool) -> None:
+    """Refuse a missing source, a target on the source's bytes, a source that may change."""
+    if not src.exists():
+        raise SourceError("does not exist", path=src)
+    _refuse_same(src, target)
+    if not allow_mounted:
+        writable = [m for m in mounts_using(src) if not m.read_only]
+        if writable:
+            raise SourceError(
+                f"{writable[0].mountpoint} is mounted read-write from it and may change "
+                "during the copy; unmount it, mount it read-only or pass --allow-mounted",
+                path=src,
+            )
 
 
 def _after_write(
@@ -268,7 +275,8 @@ def _copy(
         data = read_chunk(source, piece.base, piece.offset, piece.length, piece.used)
         if data is not None and fresh and not piece.keep_zeros and is_zero(data):
             return 0, piece.used.total  # a new file reads as zeros already
-        n = write_used(target, piece.base, piece.offset, data, piece.used, through_gaps=piece.gap)
+        base = piece.base + piece.shift
+        n = write_used(target, base, piece.offset, data, piece.used, through_gaps=piece.gap)
         return n, piece.used.total
 
     reporter(TaskStarted("clone", sum(p.used.total for p in pieces), str(target.path)))
@@ -285,7 +293,7 @@ def _verify(source: Device, target: Device, pieces: list[_Piece], reporter: Repo
 
     def digests(piece: _Piece) -> bool:
         a = read_chunk(source, piece.base, piece.offset, piece.length, piece.used)
-        b = read_chunk(target, piece.base, piece.offset, piece.length, piece.used)
+        b = read_chunk(target, piece.base + piece.shift, piece.offset, piece.length, piece.used)
         return blake3.blake3(a or b"").digest() == blake3.blake3(b or b"").digest()
 
     reporter(TaskStarted("verify", len(pieces), str(target.path)))

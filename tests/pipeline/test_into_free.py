@@ -1,0 +1,166 @@
+"""clone --into-free: a new partition in a target disk's free space, the rest untouched.
+
+Targets are real sfdisk-made disks whose free space is filled with random bytes
+first (so nothing relies on zeros there). Oracles: sgdisk -v / sfdisk --verify,
+sfdisk --json for the new entry, the filesystems' own fsck and readers for the
+copy, and a hash of every existing partition's bytes before and after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from blockvault.pipeline.into_free import clone_into_free
+from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
+from tests.conftest import blockvault, needs_root, sh
+from tests.fstree import extract, fsck, tree
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> BuiltDisk:
+    work = tmp_path_factory.mktemp("into-free")
+    make_tree(work / "tree", 2 * MiB, seed=11)
+    spec = DiskSpec(
+        "gpt",
+        40 * MiB,
+        [
+            PartitionSpec("ext4", 16 * MiB, label="root", content=work / "tree"),
+            PartitionSpec("fat16", 0, label="data", content=work / "tree"),
+        ],
+    )
+    return build_disk(spec, work / "source.img")
+
+
+def _target(path: Path, table: str, size: int = 64 * MiB) -> BuiltDisk:
+    """A disk with one 10 MiB ext4 partition, the rest free and full of random bytes."""
+    content = path.parent / "ttree"
+    make_tree(content, MiB, seed=5)
+    spec = DiskSpec(table, size, [PartitionSpec("ext4", 10 * MiB, label="a", content=content)])
+    disk = build_disk(spec, path)
+    end = disk.partitions[0].offset + disk.partitions[0].size
+    with open(path, "r+b") as f:
+        f.seek(end)
+        f.write(os.urandom(size - end - 64 * 512))  # keep the backup GPT
+    return disk
+
+
+def _digest(path: Path, offset: int, size: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return hashlib.sha256(f.read(size)).hexdigest()
+
+
+def _parts(path: Path) -> list[dict[str, object]]:
+    parts: list[dict[str, object]] = json.loads(sh("sfdisk", "--json", path))["partitiontable"][
+        "partitions"
+    ]
+    return parts
+
+
+def _check_copy(target: Path, start: int, size: int, src: BuiltDisk, label: str, tmp: Path) -> None:
+    part = src.by_label(label)
+    mine = extract(target, start, size, tmp / f"{label}-copy.img")
+    fsck(mine, part.fs)
+    theirs = extract(src.path, part.offset, part.size, tmp / f"{label}-src.img")
+    assert tree(mine, part.fs, tmp / f"{label}-a") == tree(theirs, part.fs, tmp / f"{label}-b")
+
+
+@pytest.mark.parametrize("table", ["gpt", "mbr"])
+def test_into_free_from_image_partition(table: str, source: BuiltDisk, tmp_path: Path) -> None:
+    target = tmp_path / "target.img"
+    disk = _target(target, table)
+    kept = disk.partitions[0]
+    before = _digest(target, kept.offset, kept.size)
+    for number in (2, 1):
+        proc = blockvault("clone", source.path, target, "--into-free", "--partition", number)
+        assert proc.returncode == 0, proc.stderr
+        assert "new partition" in proc.stdout
+    if table == "gpt":
+        assert "No problems found" in sh("sgdisk", "-v", target)
+    sh("sfdisk", "--verify", target)
+    assert _digest(target, kept.offset, kept.size) == before
+    parts = _parts(target)
+    assert len(parts) == 3
+    # first fit: data right after the existing partition, root after data, 1 MiB aligned
+    data, root = parts[1], parts[2]
+    assert data["start"] == (kept.offset + kept.size) // 512
+    assert data["size"] == source.by_label("data").size // 512
+    assert root["start"] == data["start"] + data["size"]  # type: ignore[operator]
+    if table == "gpt":
+        assert (data["name"], root["name"]) == ("data", "root")
+        assert data["type"] == source.by_label("data").type
+    else:
+        assert (data["type"], root["type"]) == ("e", "83")  # FAT16 LBA, Linux: mapped from GPT
+    for entry, label in ((data, "data"), (root, "root")):
+        start, size = int(entry["start"]) * 512, int(entry["size"]) * 512  # type: ignore[call-overload]
+        _check_copy(target, start, size, source, label, tmp_path)
+
+
+@needs_root
+def test_into_free_from_partition_device_with_grow(source: BuiltDisk, tmp_path: Path, loop) -> None:
+    root = source.by_label("root")
+    device = loop(source.path, offset=root.offset, size=root.size)
+    target = tmp_path / "target.img"
+    disk = _target(target, "mbr", 48 * MiB)
+    kept = disk.partitions[0]
+    before = _digest(target, kept.offset, kept.size)
+    result = clone_into_free(device, str(target), grow=True, verify=True)
+    assert result.verified is True and result.grown
+    sh("sfdisk", "--verify", target)
+    assert _digest(target, kept.offset, kept.size) == before
+    new = _parts(target)[1]
+    start, size = int(new["start"]) * 512, int(new["size"]) * 512  # type: ignore[call-overload]
+    assert new["type"] == "83"  # the source's GPT Linux type, as an MBR byte
+    assert (start, start + size) == (kept.offset + kept.size, 48 * MiB)  # the whole free extent
+    copy = extract(target, start, size, tmp_path / "grown.img")
+    header = sh("dumpe2fs", "-h", copy).splitlines()
+    count = int(next(x for x in header if x.startswith("Block count:")).split()[-1])
+    block = int(next(x for x in header if x.startswith("Block size:")).split()[-1])
+    assert count * block == size
+    _check_copy(target, start, size, source, "root", tmp_path)
+
+
+def test_refusals_write_nothing(source: BuiltDisk, tmp_path: Path) -> None:
+    small = tmp_path / "small.img"
+    _target(small, "gpt", 24 * MiB)
+    whole = small.read_bytes()
+    proc = blockvault("clone", source.path, small, "--into-free", "--partition", "2")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    need = source.by_label("data").size
+    assert f"needs {need} bytes" in proc.stderr and "largest free extent" in proc.stderr
+    assert small.read_bytes() == whole
+
+    bare = tmp_path / "bare.img"
+    with open(bare, "wb") as f:
+        f.truncate(64 * MiB)
+    proc = blockvault("clone", source.path, bare, "--into-free", "--partition", "2")
+    assert proc.returncode == 2 and "has no partition table" in proc.stderr, proc.stderr
+    assert bare.read_bytes().count(0) == 64 * MiB
+
+    proc = blockvault("clone", source.path, source.path, "--into-free", "--partition", "1")
+    assert proc.returncode == 2 and "is the source" in proc.stderr, proc.stderr
+
+    proc = blockvault("clone", source.path, small, "--into-free")
+    assert proc.returncode == 2 and "--partition N" in proc.stderr, proc.stderr
+
+    proc = blockvault("clone", source.path, small, "--into-free", "--partition", "7")
+    assert proc.returncode == 2 and "has no partition 7" in proc.stderr, proc.stderr
+    assert small.read_bytes() == whole
+
+
+@needs_root
+def test_mounted_target_is_refused(source: BuiltDisk, tmp_path: Path, loop, mounted) -> None:
+    target = tmp_path / "target.img"
+    disk = _target(target, "gpt")
+    kept = disk.partitions[0]
+    mounted(loop(target, offset=kept.offset, size=kept.size), tmp_path / "mnt")
+    proc = blockvault("clone", source.path, target, "--into-free", "--partition", "2")
+    assert proc.returncode == 2 and "is mounted from it" in proc.stderr, proc.stderr
+    assert len(_parts(target)) == 1
