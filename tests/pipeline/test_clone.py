@@ -198,9 +198,22 @@ def test_grow_partition_to_partition(gpt_disk: BuiltDisk, tmp_path: Path, loop) 
     fat_target = tmp_path / "fat-big.img"
     with open(fat_target, "wb") as f:
         f.truncate(fat.size * 2)
-    proc = blockvault("clone", fat_source, fat_target, "--grow")
-    assert proc.returncode == 2 and "FAT" in proc.stderr, proc.stderr
-    assert fat_target.read_bytes().count(0) == fat_target.stat().st_size
+    proc = blockvault("clone", fat_source, fat_target, "--grow")  # FAT grows too (fat_grow.py)
+    assert proc.returncode == 0 and "fat16 filesystem grown" in proc.stdout, proc.stderr
+    fsck(fat_target, fat.fs)
+    theirs = extract(gpt_disk.path, fat.offset, fat.size, tmp_path / "fs.img")
+    assert tree(fat_target, fat.fs, tmp_path / "c") == tree(theirs, fat.fs, tmp_path / "d")
+
+    swap = tmp_path / "raw.img"  # nothing blockvault can grow: refused before writing
+    swap.write_bytes(bytes(MiB))
+    with open(swap, "r+b") as f:
+        f.write(b"\xffunknown")
+    big = tmp_path / "raw-big.img"
+    with open(big, "wb") as f:
+        f.truncate(2 * MiB)
+    proc = blockvault("clone", swap, big, "--grow")
+    assert proc.returncode == 2 and "no filesystem blockvault can grow" in proc.stderr, proc.stderr
+    assert big.read_bytes().count(0) == 2 * MiB
 
 
 @needs_root

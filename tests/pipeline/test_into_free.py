@@ -164,3 +164,21 @@ def test_mounted_target_is_refused(source: BuiltDisk, tmp_path: Path, loop, moun
     proc = blockvault("clone", source.path, target, "--into-free", "--partition", "2")
     assert proc.returncode == 2 and "is mounted from it" in proc.stderr, proc.stderr
     assert len(_parts(target)) == 1
+
+
+def test_into_free_grow_fat(source: BuiltDisk, tmp_path: Path) -> None:
+    target = tmp_path / "target.img"
+    disk = _target(target, "gpt")
+    kept = disk.partitions[0]
+    before = _digest(target, kept.offset, kept.size)
+    proc = blockvault("clone", source.path, target, "--into-free", "--partition", "2", "--grow")
+    assert proc.returncode == 0 and "fat16 filesystem grown" in proc.stdout, proc.stderr
+    assert "No problems found" in sh("sgdisk", "-v", target)
+    assert _digest(target, kept.offset, kept.size) == before
+    new = _parts(target)[1]
+    start, size = int(new["start"]) * 512, int(new["size"]) * 512  # type: ignore[call-overload]
+    assert start + size == 64 * MiB - 33 * 512  # up to the backup entries and header
+    _check_copy(target, start, size, source, "data", tmp_path)
+    boot = (tmp_path / "data-copy.img").read_bytes()[:512]
+    sectors = int.from_bytes(boot[19:21], "little") or int.from_bytes(boot[32:36], "little")
+    assert sectors * 512 == size  # the filesystem fills the new partition

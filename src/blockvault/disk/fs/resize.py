@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from blockvault.disk.device import open_device
+from blockvault.disk.fs.fat_grow import grow_fat
 from blockvault.errors import DeviceError, UsageError
 
 __all__ = ["can_grow", "grow_filesystem"]
@@ -19,10 +21,8 @@ __all__ = ["can_grow", "grow_filesystem"]
 
 def can_grow(fs: str) -> str | None:
     """None when ``fs`` can be grown, else why not (checked before anything is written)."""
-    if fs.startswith("ext") or fs == "ntfs":
+    if fs.startswith(("ext", "fat")) or fs == "ntfs":
         return None
-    if fs.startswith("fat"):
-        return "growing a FAT filesystem is not supported (no fatresize here); grow it elsewhere"
     return f"a {fs or 'unknown'} partition has no filesystem blockvault can grow"
 
 
@@ -31,6 +31,11 @@ def grow_filesystem(path: str | os.PathLike[str], offset: int, size: int, fs: st
     reason = can_grow(fs)
     if reason:
         raise UsageError(reason)
+    if fs.startswith("fat"):  # our own code (fat_grow.py says why): no loop device needed
+        with open_device(path, write=True) as device:
+            done = grow_fat(device, offset, size)
+            device.sync()
+        return done
     if os.geteuid() != 0:
         raise UsageError("growing a filesystem needs root (a loop device over the partition)")
     with _loop(Path(path), offset, size) as device:
