@@ -30,7 +30,7 @@ def register(group: click.Group) -> None:
         "--grow",
         is_flag=True,
         help="On a larger target, grow the last partition and its filesystem (ext2/3/4, "
-        "NTFS) to fill the free space after it.",
+        "NTFS, FAT) to fill the free space after it.",
     )
     @grow_partition_option
     @click.option(
