@@ -182,3 +182,18 @@ def test_into_free_grow_fat(source: BuiltDisk, tmp_path: Path) -> None:
     boot = (tmp_path / "data-copy.img").read_bytes()[:512]
     sectors = int.from_bytes(boot[19:21], "little") or int.from_bytes(boot[32:36], "little")
     assert sectors * 512 == size  # the filesystem fills the new partition
+
+
+@needs_root
+def test_partition_device_keeps_its_gpt_entry(source: BuiltDisk, tmp_path: Path, loop) -> None:
+    """A loop device over a partition of an image names its entry: type, name, attributes."""
+    data = source.by_label("data")
+    device = loop(source.path, offset=data.offset, size=data.size)
+    target = tmp_path / "target.img"
+    _target(target, "gpt")
+    result = clone_into_free(device, str(target))
+    assert result.added and "partition 2" in result.added
+    new = _parts(target)[1]
+    assert (new["name"], new["type"]) == ("data", data.type)  # found through the loop's offset
+    start, size = int(new["start"]) * 512, int(new["size"]) * 512  # type: ignore[call-overload]
+    _check_copy(target, start, size, source, "data", tmp_path)

@@ -61,11 +61,9 @@ def _read_fat(raw: bytes, bits: int, count: int) -> list[int]:
     return out
 
 
-def _pack_fat(entries: list[int], bits: int, length: int) -> bytes:
-    if bits == 16:
-        raw = array("H", entries).tobytes()
-    elif bits == 32:
-        raw = array("I", entries).tobytes()
+def _pack_fat(entries: array[int], bits: int, length: int) -> bytes:
+    if bits != 12:
+        raw = entries.tobytes()
     else:
         buf = bytearray((len(entries) * 3 + 1) // 2)
         for n, v in enumerate(entries):
@@ -139,7 +137,7 @@ def grow_fat(device: Device, offset: int, size: int) -> str:
         data = device.read_at(old_data + (c - 2) * cluster_bytes, cluster_bytes)
         device.write_at(old_data + (target + k - 2) * cluster_bytes, data)
 
-    entries = [0] * (clusters + 2)
+    entries = array("I" if bits == 32 else "H", bytes((4 if bits == 32 else 2) * (clusters + 2)))
     entries[0], entries[1] = old[0], old[1]
     for c in range(2, last_old + 1):
         v = old[c]
