@@ -29,10 +29,11 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> BuiltDisk:
     make_tree(work / "tree", 2 * MiB, seed=11)
     spec = DiskSpec(
         "gpt",
-        40 * MiB,
+        48 * MiB,
         [
             PartitionSpec("ext4", 16 * MiB, label="root", content=work / "tree"),
-            PartitionSpec("fat16", 0, label="data", content=work / "tree"),
+            PartitionSpec("fat16", 16 * MiB, label="data", content=work / "tree"),
+            PartitionSpec("ntfs", 0, label="win", content=work / "tree"),
         ],
     )
     return build_disk(spec, work / "source.img")
@@ -78,7 +79,7 @@ def test_into_free_from_image_partition(table: str, source: BuiltDisk, tmp_path:
     disk = _target(target, table)
     kept = disk.partitions[0]
     before = _digest(target, kept.offset, kept.size)
-    for number in (2, 1):
+    for number in (2, 1, 3):
         proc = blockvault("clone", source.path, target, "--into-free", "--partition", number)
         assert proc.returncode == 0, proc.stderr
         assert "new partition" in proc.stdout
@@ -87,9 +88,9 @@ def test_into_free_from_image_partition(table: str, source: BuiltDisk, tmp_path:
     sh("sfdisk", "--verify", target)
     assert _digest(target, kept.offset, kept.size) == before
     parts = _parts(target)
-    assert len(parts) == 3
+    assert len(parts) == 4
     # first fit: data right after the existing partition, root after data, 1 MiB aligned
-    data, root = parts[1], parts[2]
+    data, root, win = parts[1], parts[2], parts[3]
     assert data["start"] == (kept.offset + kept.size) // 512
     assert data["size"] == source.by_label("data").size // 512
     assert root["start"] == data["start"] + data["size"]  # type: ignore[operator]
@@ -97,10 +98,14 @@ def test_into_free_from_image_partition(table: str, source: BuiltDisk, tmp_path:
         assert (data["name"], root["name"]) == ("data", "root")
         assert data["type"] == source.by_label("data").type
     else:
-        assert (data["type"], root["type"]) == ("e", "83")  # FAT16 LBA, Linux: mapped from GPT
-    for entry, label in ((data, "data"), (root, "root")):
+        # FAT16 LBA, Linux, NTFS: mapped from the GPT types
+        assert (data["type"], root["type"], win["type"]) == ("e", "83", "7")
+    for entry, label in ((data, "data"), (root, "root"), (win, "win")):
         start, size = int(entry["start"]) * 512, int(entry["size"]) * 512  # type: ignore[call-overload]
         _check_copy(target, start, size, source, label, tmp_path)
+        if label != "root":  # FAT and NTFS boot sectors count the sectors before them
+            boot = (tmp_path / f"{label}-copy.img").read_bytes()[:512]
+            assert int.from_bytes(boot[28:32], "little") == start // 512
 
 
 @needs_root
