@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from blockvault.disk.fs.resize import grow_filesystem
 from blockvault.pipeline.backup import backup
 from blockvault.pipeline.clone import clone
 from blockvault.pipeline.restore import restore
@@ -49,6 +50,12 @@ def _volume_bytes(image: Path) -> int:
     fields = dict(re.findall(r"^(small size|big size|sector size): (\d+)", info, re.MULTILINE))
     sectors = int(fields.get("small size", "0")) or int(fields["big size"])
     return sectors * int(fields["sector size"])
+
+
+def _fat_sectors(image: Path) -> int:
+    info = sh("minfo", "-i", image, "::")
+    fields = dict(re.findall(r"^(sectors per fat|Big fatlen)[:=] ?(\d+)", info, re.MULTILINE))
+    return int(fields.get("sectors per fat", "0")) or int(fields["Big fatlen"])
 
 
 def _check_grown(target: Path, disk: BuiltDisk, tmp: Path) -> tuple[int, str]:
@@ -111,3 +118,32 @@ def test_restore_grow_fat32(content: Path, tmp_path: Path) -> None:
     assert result.grown and "fat32 filesystem grown" in result.grown
     size, copy = _check_grown(target, disk, tmp_path)
     assert _volume_bytes(Path(copy)) == size
+
+
+@pytest.mark.parametrize(("fat", "cluster_sectors"), [("12", "4"), ("16", "1"), ("32", "1")])
+def test_grow_moves_directory_clusters(
+    fat: str, cluster_sectors: str, content: Path, tmp_path: Path
+) -> None:
+    """Small clusters: many of the first clusters (directories among them, one spanning
+    several clusters with long names) lie under the grown FATs and must move."""
+    crowd = tmp_path / "crowd"
+    crowd.mkdir()
+    for n in range(120):
+        (crowd / f"a file with a long name number {n:03d}.txt").write_text(f"{n}\n" * n)
+    image = tmp_path / "fat.img"
+    with open(image, "wb") as f:
+        f.truncate({"12": 2, "16": 16, "32": 34}[fat] * MiB)
+    sh("mkfs.fat", "-F", fat, "-s", cluster_sectors, image)
+    sh("mcopy", "-s", "-i", image, crowd, "::/crowd")
+    if fat != "12":
+        sh("mcopy", "-s", "-i", image, content, "::/t")
+    source = tmp_path / "source.img"
+    source.write_bytes(image.read_bytes())
+    with open(image, "r+b") as f:
+        f.truncate(3 * image.stat().st_size)
+    done = grow_filesystem(image, 0, image.stat().st_size, f"fat{fat}")
+    assert "grown" in done, done
+    fsck(image, f"fat{fat}")
+    assert _volume_bytes(image) > _volume_bytes(source)
+    assert _fat_sectors(image) > _fat_sectors(source)  # so the data region moved on
+    assert tree(image, "fat", tmp_path / "a") == tree(source, "fat", tmp_path / "b")
