@@ -160,8 +160,8 @@ def test_grow_refusals(gpt_disk: BuiltDisk, tmp_path: Path) -> None:
     target = tmp_path / "big.img"
     with open(target, "wb") as f:
         f.truncate(gpt_disk.size + 32 * MiB)
-    proc = blockvault("clone", gpt_disk.path, target, "--grow-partition", "1")
-    assert proc.returncode == 2 and "no free space after it" in proc.stderr, proc.stderr
+    proc = blockvault("clone", gpt_disk.path, target, "--grow-partition", "9")
+    assert proc.returncode == 2 and "no partition 9" in proc.stderr, proc.stderr
     assert target.read_bytes().count(0) == target.stat().st_size  # nothing written
 
     same = tmp_path / "same.img"

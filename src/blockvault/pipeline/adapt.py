@@ -1,20 +1,53 @@
-"""Adapt a copied disk to a larger target: grow one partition and its filesystem.
+"""Adapt a copied disk to a target of another size: grow, move or shrink partitions.
 
-Shared by clone and restore. ``plan_grow`` runs before a byte is written (every
-refusal happens there); ``apply_grow`` runs after the data is on the target.
+Shared by clone and restore. ``plan_grow`` and ``plan_shrink`` run before a byte is
+written (every refusal they can make happens there); ``apply_layout`` writes the
+source's partitions at their new places (a ``Source`` says how: clone reads its
+disk, restore its snapshot), shrinking filesystems in sparse scratch files first;
+``apply_grow`` runs after the data is on the target.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
-from blockvault.disk.device import Device
-from blockvault.disk.fs.resize import can_grow, grow_filesystem
-from blockvault.disk.plan import grown_table, last_partition
+from blockvault.disk.device import Device, Region, open_device
+from blockvault.disk.fs.probe import probe
+from blockvault.disk.fs.resize import can_grow, can_shrink, grow_filesystem, shrink_filesystem
+from blockvault.disk.layout import DiskLayout
+from blockvault.disk.plan import (
+    LayoutPlan,
+    grown_table,
+    last_partition,
+    moved_layout,
+    shrunk_layout,
+)
 from blockvault.disk.table import PartitionTable, gpt, mbr
 from blockvault.errors import UsageError
+from blockvault.extents import ExtentMap
+from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
+from blockvault.pipeline.stages import READ_THROUGH_GAP, ordered_map, read_chunk, write_used
 
-__all__ = ["GrowPlan", "apply_grow", "plan_grow"]
+__all__ = [
+    "DeviceSource",
+    "GrowPlan",
+    "Source",
+    "apply_grow",
+    "apply_layout",
+    "copy_used",
+    "plan_grow",
+    "plan_shrink",
+    "shrunk_summary",
+]
+
+MIB = 1024 * 1024
+PIECE = 4 * MIB
+THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -24,6 +57,7 @@ class GrowPlan:
     offset: int
     size: int  # the partition's new size
     fs: str
+    moves: LayoutPlan | None = None  # partitions after it move to the end first
 
 
 def plan_grow(
@@ -44,10 +78,17 @@ def plan_grow(
         plan = GrowPlan(None, 1, 0, target_size, fs)
     else:
         number = number if number is not None else last_partition(table)
-        new = grown_table(table, target_size, number)
+        moves = None
+        part = table.partition(number)
+        if part is not None and any(p.start >= part.end for p in table.data_partitions):
+            moves = moved_layout(table, target_size, number)
+            new = moves.table
+        else:
+            new = grown_table(table, target_size, number)
         part = new.partition(number)
         assert part is not None
-        plan = GrowPlan(new, number, part.start, part.size, filesystems.get(number, ""))
+        fs = filesystems.get(number, "")
+        plan = GrowPlan(new, number, part.start, part.size, fs, moves)
     reason = can_grow(plan.fs)
     if reason:
         raise UsageError(f"cannot grow partition {plan.number}: {reason}; nothing was written")
@@ -57,12 +98,167 @@ def plan_grow(
 def apply_grow(device: Device, plan: GrowPlan, boot_sector: bytes) -> str:
     """Write the grown table, then grow the filesystem into it; a report line."""
     if plan.table is not None:
-        if plan.table.kind == "gpt":
-            writes = gpt.build(plan.table, device.size, protective=True, boot_sector=boot_sector)
-        else:
-            writes = mbr.build(plan.table, device.size, boot_sector=boot_sector)
-        for offset, data in writes:
-            device.write_at(offset, data)
+        write_table(device, plan.table, boot_sector)
     device.sync()
     done = grow_filesystem(device.path, plan.offset, plan.size, plan.fs)
     return f"partition {plan.number}: {done}"
+
+
+def fs_minimum(fs: str, used: int) -> int | None:
+    """A filesystem's smallest size, estimated from its used bytes before anything is
+    written (the tool's own figure is checked on the scratch copy); None: cannot shrink."""
+    if not can_shrink(fs):
+        return None
+    return used + used // 8 + (8 if fs == "ntfs" else 4) * MIB
+
+
+def plan_shrink(
+    table: PartitionTable | None,
+    filesystems: dict[int, str],
+    used: dict[int, int],
+    target_size: int,
+    scratch: str | None,
+) -> LayoutPlan:
+    """The layout on a smaller target; refuses (nothing written) when the used data
+    cannot fit, and when a filesystem must shrink but no usable scratch directory is given."""
+    if table is None:
+        raise UsageError(
+            "the target is smaller than the source, which has no partition table to lay "
+            "out anew; nothing was written"
+        )
+    minimums = {n: fs_minimum(filesystems.get(n, ""), used.get(n, 0)) for n in filesystems}
+    plan = shrunk_layout(table, target_size, minimums)
+    shrinking = [p.number for p in plan.placements if p.action == "shrink"]
+    need = sum(used.get(n, 0) for n in shrinking)
+    names = ", ".join(map(str, shrinking))
+    if shrinking and scratch is None:
+        raise UsageError(
+            f"the target is smaller than the source: partition(s) {names} must shrink; "
+            f"pass --scratch DIR, a directory with about {need} bytes free for sparse "
+            "scratch files; nothing was written"
+        )
+    if shrinking and scratch is not None:
+        if not Path(scratch).is_dir():
+            raise UsageError(f"--scratch {scratch} is not a directory; nothing was written")
+        free = shutil.disk_usage(scratch).free
+        if free < need:
+            raise UsageError(
+                f"--scratch {scratch} has {free} bytes free, shrinking partition(s) {names} "
+                f"needs about {need}; nothing was written"
+            )
+    return plan
+
+
+class Source(Protocol):
+    """Where the source's bytes come from: clone reads its disk, restore its snapshot."""
+
+    def write_partition(self, number: int, dest: Device, shift: int, fresh: bool) -> int:
+        """Write partition ``number``'s used bytes to ``dest``, ``shift`` bytes from its place."""
+        ...
+
+    def write_head(self, dest: Device, end: int, fresh: bool) -> int:
+        """Write the boot-area bytes before ``end`` (boot code, the gap with core.img)."""
+        ...
+
+
+@dataclass(frozen=True)
+class DeviceSource:
+    """A source disk read through its layout (clone)."""
+
+    device: Device
+    layout: DiskLayout
+
+    def write_partition(self, number: int, dest: Device, shift: int, fresh: bool) -> int:
+        part = self.layout.partition(number)
+        assert part is not None
+        start = part.partition.start
+        return copy_used(self.device, start, part.fs.used, dest, start + shift)
+
+    def write_head(self, dest: Device, end: int, fresh: bool) -> int:
+        return copy_used(self.device, 0, self.layout.boot_areas.clip(0, end), dest, 0)
+
+
+def copy_used(source: Device, base: int, used: ExtentMap, target: Device, target_base: int) -> int:
+    """Copy the ``used`` bytes (relative to ``base`` on ``source``) to ``target_base``."""
+    size = used.end if used else 0
+
+    def move(offset: int) -> int:
+        length = min(PIECE, size - offset)
+        piece = used.clip(offset, length)
+        data = read_chunk(source, base, offset, length, piece)
+        return write_used(target, target_base, offset, data, piece, through_gaps=READ_THROUGH_GAP)
+
+    offsets = [o for o in range(0, size, PIECE) if used.clip(o, min(PIECE, size - o))]
+    return sum(ordered_map(move, offsets, THREADS))
+
+
+def apply_layout(
+    device: Device,
+    plan: LayoutPlan,
+    filesystems: dict[int, str],
+    source: Source,
+    *,
+    fresh: bool,
+    scratch: str | None,
+    boot_sector: bytes,
+    reporter: Reporter,
+) -> int:
+    """Write the source onto ``device`` laid out as ``plan``; bytes written.
+
+    Every filesystem that shrinks is first written to a sparse file in ``scratch``,
+    checked and shrunk there by its own tool (a refusal then still leaves the target
+    unwritten), and its used blocks, read by our own probe, go to its new start.
+    Scratch files are removed afterwards, also on failure."""
+    shrinking = [p for p in plan.placements if p.action == "shrink"]
+    files: dict[int, Path] = {}
+    reporter(TaskStarted("adapt", len(plan.placements) + 1, str(device.path)))
+    try:
+        for p in shrinking:
+            assert scratch is not None
+            path = Path(scratch) / f"blockvault-{os.getpid()}-partition-{p.number}.img"
+            files[p.number] = path
+            path.unlink(missing_ok=True)
+            with open_device(path, write=True, create_size=p.old_size) as copy:
+                source.write_partition(p.number, copy, -p.old_start, True)
+                copy.sync()
+            shrink_filesystem(path, p.size, filesystems.get(p.number, ""))
+        written = source.write_head(device, plan.first_start, fresh)
+        reporter(TaskAdvanced("adapt", 1))
+        for p in plan.placements:
+            if p.number in files:
+                with open_device(files[p.number]) as copy:
+                    used = probe(Region(copy, 0, p.size)).used
+                    if filesystems.get(p.number) == "ntfs":  # ntfsresize's backup boot sector
+                        used = used | ExtentMap.span(p.size - 512, 512)
+                    written += copy_used(copy, 0, used, device, p.start)
+            else:
+                written += source.write_partition(p.number, device, p.shift, fresh)
+            reporter(TaskAdvanced("adapt", 1))
+    finally:
+        for path in files.values():
+            with contextlib.suppress(OSError):
+                path.unlink()
+    write_table(device, plan.table, boot_sector)
+    reporter(TaskFinished("adapt"))
+    return written
+
+
+def write_table(device: Device, table: PartitionTable, boot_sector: bytes) -> None:
+    """Write ``table`` for ``device``'s size (a GPT's backup lands at its end)."""
+    if table.kind == "gpt":
+        writes = gpt.build(table, device.size, protective=True, boot_sector=boot_sector)
+    else:
+        writes = mbr.build(table, device.size, boot_sector=boot_sector)
+    for offset, data in writes:
+        device.write_at(offset, data)
+
+
+def shrunk_summary(plan: LayoutPlan) -> str:
+    """A report line: which partitions shrank or moved."""
+    done = [
+        f"partition {p.number} {'shrunk' if p.action == 'shrink' else 'moved'} "
+        f"to {p.size} bytes at byte {p.start}"
+        for p in plan.placements
+        if p.action == "shrink" or p.shift
+    ]
+    return "; ".join(done) or "laid out anew"

@@ -23,9 +23,16 @@ from blockvault.disk.layout import DiskLayout, read_layout
 from blockvault.disk.table import gpt
 from blockvault.disk.table.probe import read_table
 from blockvault.disk.usage import mounts_using
-from blockvault.errors import SourceError, UsageError
+from blockvault.errors import SourceError, TargetTooSmall, UsageError
 from blockvault.extents import ExtentMap
-from blockvault.pipeline.adapt import apply_grow, plan_grow
+from blockvault.pipeline.adapt import (
+    DeviceSource,
+    apply_grow,
+    apply_layout,
+    plan_grow,
+    plan_shrink,
+    shrunk_summary,
+)
 from blockvault.pipeline.backup import boot_area_map, plan_regions
 from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.pipeline.events import quiet as quiet_reporter
@@ -84,19 +91,31 @@ def clone(
     new_ids: bool = False,
     grow: bool = False,
     grow_partition: int | None = None,
+    scratch: str | None = None,
     reporter: Reporter = quiet_reporter,
 ) -> CloneResult:
     """Copy ``source``'s used bytes onto ``target``; with ``grow`` (or ``grow_partition``)
-    the last (or that) partition and its filesystem then fill a larger target."""
+    the last (or that) partition and its filesystem then fill a larger target. On a
+    smaller target the partitions are laid out anew (adapt.plan_shrink), shrinking
+    filesystems in sparse files in ``scratch``."""
     started = time.monotonic()
     src = Path(source)
     check_source(src, Path(target), allow_mounted)
     with open_device(src) as device:
         layout = read_layout(device)
         pieces = list(_pieces(layout))
-        opened = open_target(
-            target, layout.size, repository_path=None, confirm=confirm, what="cloning"
-        )
+        fss = {p.number: p.fs.type for p in layout.partitions}
+        try:
+            opened = open_target(
+                target, layout.size, repository_path=None, confirm=confirm, what="cloning"
+            )
+            moves = None
+        except TargetTooSmall as exc:  # lay the partitions out anew, if they fit
+            used = {p.number: p.fs.used_bytes for p in layout.partitions}
+            moves = plan_shrink(layout.table, fss, used, exc.fields["have"], scratch)
+            opened = open_target(
+                target, exc.fields["have"], repository_path=None, confirm=confirm, what="cloning"
+            )
         out = opened.device
         growing = None
         with opened.refusals():
@@ -107,8 +126,39 @@ def clone(
                         "growing while converting the sector size is not supported yet; "
                         "nothing was written"
                     )
-                fss = {p.number: p.fs.type for p in layout.partitions}
                 growing = plan_grow(layout.table, fss, layout.size, out.size, grow_partition)
+                moves = growing.moves
+            if moves is not None and (new_ss is not None or verify):
+                raise UsageError(
+                    "moving or shrinking partitions does not go with converting the sector "
+                    "size or --verify yet; nothing was written"
+                )
+        if moves is not None:
+            with opened.device:
+                boot = device.read_at(0, layout.sector_size)
+                written = apply_layout(
+                    out,
+                    moves,
+                    fss,
+                    DeviceSource(device, layout),
+                    fresh=opened.fresh,
+                    scratch=scratch,
+                    boot_sector=boot,
+                    reporter=reporter,
+                )
+                if new_ids:
+                    ids.renew_ids(out, moves.table)
+                out.sync()
+                grown = apply_grow(out, growing, boot) if growing else None
+            return CloneResult(
+                source,
+                target,
+                sum(p.used.total for p in pieces),
+                written,
+                round(time.monotonic() - started, 3),
+                gpt_moved=moves.table.kind == "gpt",
+                grown=grown or shrunk_summary(moves),
+            )
         with opened.device:
             old_gpt = _moving_gpt(layout, out.size)
             if old_gpt:

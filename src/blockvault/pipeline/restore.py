@@ -12,11 +12,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from blockvault.disk import ids, sectors
+from blockvault.disk.device import Device
+from blockvault.disk.plan import LayoutPlan
 from blockvault.disk.table import PartitionTable, gpt
 from blockvault.disk.table.probe import read_table
-from blockvault.errors import UsageError
+from blockvault.errors import TargetTooSmall, UsageError
 from blockvault.extents import ExtentMap
-from blockvault.pipeline.adapt import GrowPlan, apply_grow, plan_grow
+from blockvault.pipeline.adapt import (
+    GrowPlan,
+    apply_grow,
+    apply_layout,
+    plan_grow,
+    plan_shrink,
+    shrunk_summary,
+)
 from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.pipeline.events import quiet as quiet_reporter
 from blockvault.pipeline.stages import ordered_map, workers, write_used, zero_fill
@@ -54,12 +63,14 @@ def restore(
     new_ids: bool = False,
     grow: bool = False,
     grow_partition: int | None = None,
+    scratch: str | None = None,
     reporter: Reporter = quiet_reporter,
 ) -> RestoreResult:
     started = time.monotonic()
     index = repo.load_index(snapshot)
     repo_path = repo.backend.capabilities.local_path
     conversion: tuple[int, PartitionTable] | None = None
+    moves: LayoutPlan | None = None
     if partition is not None:
         region = index.region(fmt.REGION_PARTITION, partition)
         if region is None:
@@ -77,13 +88,23 @@ def restore(
         )
         plan = [(region, -region.start)]
     else:
-        opened = open_target(
-            target,
-            snapshot.disk_size,
-            repository_path=repo_path,
-            confirm=confirm,
-            what="restoring the disk",
-        )
+        try:
+            opened = open_target(
+                target,
+                snapshot.disk_size,
+                repository_path=repo_path,
+                confirm=confirm,
+                what="restoring the disk",
+            )
+        except TargetTooSmall as exc:  # lay the partitions out anew, if they fit
+            moves = _plan_shrink(repo, snapshot, index, exc.fields["have"], scratch)
+            opened = open_target(
+                target,
+                exc.fields["have"],
+                repository_path=repo_path,
+                confirm=confirm,
+                what="restoring the disk",
+            )
         with opened.refusals():
             conversion = _sector_conversion(opened, snapshot, SnapshotImage(repo, snapshot, index))
         plan = [(r, 0) for r in index.regions]
@@ -91,11 +112,22 @@ def restore(
     if grow or grow_partition is not None:
         with opened.refusals():
             growing = _plan_grow(repo, snapshot, index, opened, partition, grow_partition)
+            moves = growing.moves
             if conversion is not None:
                 raise UsageError(
                     "growing while converting the sector size is not supported yet; "
                     "nothing was written"
                 )
+    if moves is not None:
+        with opened.refusals():
+            if conversion is not None or zero_unused:
+                raise UsageError(
+                    "moving or shrinking partitions does not go with converting the sector "
+                    "size or --zero-unused yet; nothing was written"
+                )
+        return _restore_moved(
+            repo, snapshot, index, opened, moves, growing, new_ids, scratch, started, reporter
+        )
     with opened.device:
         grown = (
             partition is None
@@ -143,6 +175,82 @@ def restore(
         gpt_moved=table is not None,
         grown=grew,
     )
+
+
+def _restore_moved(
+    repo: Repository,
+    snapshot: Snapshot,
+    index: Index,
+    opened: OpenedTarget,
+    moves: LayoutPlan,
+    growing: GrowPlan | None,
+    new_ids: bool,
+    scratch: str | None,
+    started: float,
+    reporter: Reporter,
+) -> RestoreResult:
+    """Restore with the partitions at new places (smaller target, or grown with
+    partitions moved after it): adapt.apply_layout writes through ``_SnapshotSource``."""
+    image = SnapshotImage(repo, snapshot, index)
+    head = image.read_at(0, snapshot.sector_size)
+    filesystems = {p.number: p.filesystem for p in snapshot.partitions}
+    with opened.device as out:
+        written = apply_layout(
+            out,
+            moves,
+            filesystems,
+            _SnapshotSource(repo, index, reporter),
+            fresh=opened.fresh,
+            scratch=scratch,
+            boot_sector=head,
+            reporter=reporter,
+        )
+        if new_ids:
+            ids.renew_ids(out, moves.table)
+        out.sync()
+        grew = apply_grow(out, growing, head) if growing is not None else None
+        out.sync()
+    return RestoreResult(
+        snapshot.id,
+        str(opened.device.path),
+        written,
+        0,
+        round(time.monotonic() - started, 3),
+        gpt_moved=moves.table.kind == "gpt",
+        grown=grew or shrunk_summary(moves),
+    )
+
+
+@dataclass(frozen=True)
+class _SnapshotSource:
+    """adapt.Source over a snapshot: the restore writer, with a shift per partition."""
+
+    repo: Repository
+    index: Index
+    reporter: Reporter
+
+    def write_partition(self, number: int, dest: Device, shift: int, fresh: bool) -> int:
+        region = self.index.region(fmt.REGION_PARTITION, number)
+        if region is None:  # not imaged: nothing of it to write
+            return 0
+        target = OpenedTarget(dest, fresh=fresh)
+        return _write(self.repo, self.index, [(region, shift)], target, self.reporter)[0]
+
+    def write_head(self, dest: Device, end: int, fresh: bool) -> int:
+        beyond = ExtentMap.span(end, 1 << 62)
+        plan = [(_without(r, beyond), 0) for r in self.index.regions if r.kind == fmt.REGION_DISK]
+        target = OpenedTarget(dest, fresh=fresh)
+        return _write(self.repo, self.index, plan, target, self.reporter)[0]
+
+
+def _plan_shrink(
+    repo: Repository, snapshot: Snapshot, index: Index, have: int, scratch: str | None
+) -> LayoutPlan:
+    """The layout on a target of ``have`` bytes, from the snapshot's table and used maps."""
+    table = read_table(SnapshotImage(repo, snapshot, index), snapshot.sector_size)
+    filesystems = {p.number: p.filesystem for p in snapshot.partitions}
+    used = {p.number: p.used_bytes for p in snapshot.partitions}
+    return plan_shrink(table, filesystems, used, have, scratch)
 
 
 def _sector_conversion(

@@ -22,6 +22,7 @@ __all__ = [
     "read_password_file",
     "register",
     "repo_location",
+    "scratch_option",
     "system_root_option",
 ]
 
@@ -97,7 +98,15 @@ grow_partition_option = click.option(
     "--grow-partition",
     type=int,
     metavar="N",
-    help="Like --grow, for partition N (the space after it must be free).",
+    help="Like --grow, for partition N; the partitions after it move to the disk's end.",
+)
+scratch_option = click.option(
+    "--scratch",
+    type=click.Path(file_okay=False, exists=True, writable=True),
+    metavar="DIR",
+    help="On a smaller target: a directory for sparse scratch files in which ext2/3/4 "
+    "and NTFS filesystems are shrunk before they are written (needs about their used "
+    "bytes free; the files are removed afterwards).",
 )
 
 

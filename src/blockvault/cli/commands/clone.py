@@ -5,7 +5,12 @@ from __future__ import annotations
 import click
 
 from blockvault.cli import render
-from blockvault.cli.commands import grow_partition_option, json_option, new_ids_option
+from blockvault.cli.commands import (
+    grow_partition_option,
+    json_option,
+    new_ids_option,
+    scratch_option,
+)
 from blockvault.errors import UsageError
 from blockvault.pipeline.clone import clone
 
@@ -33,6 +38,7 @@ def register(group: click.Group) -> None:
         "NTFS, FAT) to fill the free space after it.",
     )
     @grow_partition_option
+    @scratch_option
     @click.option(
         "--into-free",
         is_flag=True,
@@ -56,6 +62,7 @@ def register(group: click.Group) -> None:
         new_ids: bool,
         grow: bool,
         grow_partition: int | None,
+        scratch: str | None,
         into_free: bool,
         partition: int | None,
         as_json: bool,
@@ -89,6 +96,7 @@ def register(group: click.Group) -> None:
                 new_ids=new_ids,
                 grow=grow,
                 grow_partition=grow_partition,
+                scratch=scratch,
                 reporter=reporter,
             )
         if as_json:

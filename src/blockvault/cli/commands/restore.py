@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 
 from blockvault.cli import render
-from blockvault.cli.commands import grow_partition_option, json_option, new_ids_option, open_repo
+from blockvault.cli.commands import (
+    grow_partition_option,
+    json_option,
+    new_ids_option,
+    open_repo,
+    scratch_option,
+)
 from blockvault.pipeline.restore import restore
 
 
@@ -34,6 +40,7 @@ def register(group: click.Group) -> None:
         "NTFS) to fill the free space after it (with -p: the filesystem fills TARGET).",
     )
     @grow_partition_option
+    @scratch_option
     @json_option
     @click.pass_context
     def restore_command(
@@ -46,6 +53,7 @@ def register(group: click.Group) -> None:
         new_ids: bool,
         grow: bool,
         grow_partition: int | None,
+        scratch: str | None,
         as_json: bool,
     ) -> None:
         """Restore SNAPSHOT (id, unique prefix or 'latest') onto TARGET: a block device,
@@ -65,6 +73,7 @@ def register(group: click.Group) -> None:
                 new_ids=new_ids,
                 grow=grow,
                 grow_partition=grow_partition,
+                scratch=scratch,
                 reporter=reporter,
             )
         if as_json:

@@ -7,6 +7,7 @@ through a loop device over exactly its bytes (``losetup -o OFFSET --sizelimit SI
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from blockvault.disk.device import open_device
 from blockvault.disk.fs.fat_grow import grow_fat
 from blockvault.errors import DeviceError, UsageError
 
-__all__ = ["can_grow", "grow_filesystem"]
+__all__ = ["can_grow", "can_shrink", "grow_filesystem", "shrink_filesystem"]
 
 
 def can_grow(fs: str) -> str | None:
@@ -45,6 +46,43 @@ def grow_filesystem(path: str | os.PathLike[str], offset: int, size: int, fs: st
         else:
             _run("ntfsresize", "--force", "--force", device, stdin="y\n")
     return f"{fs} filesystem grown to {size} bytes"
+
+
+def can_shrink(fs: str) -> bool:
+    """True for the filesystems shrunk here (ext2/3/4 with resize2fs, NTFS with ntfsresize)."""
+    return fs.startswith("ext") or fs == "ntfs"
+
+
+def shrink_filesystem(path: str | os.PathLike[str], size: int, fs: str) -> None:
+    """Shrink the ``fs`` filesystem filling the file ``path`` (a scratch copy) to ``size``
+    bytes; first asks the tool for its minimum and refuses, missing bytes given, below it."""
+    if fs.startswith("ext"):
+        _run("e2fsck", "-f", "-y", path, ok=(0, 1))
+        blocks = _run("resize2fs", "-P", path).splitlines()[-1].split()[-1]
+        block = next(
+            int(line.split()[-1])
+            for line in _run("dumpe2fs", "-h", path).splitlines()
+            if line.startswith("Block size:")
+        )
+        _refuse_below(fs, int(blocks) * block, size)
+        _run("resize2fs", path, f"{size // 1024}K")
+    elif fs == "ntfs":
+        info = _run("ntfsresize", "--force", "--info", path)
+        found = re.search(r"resize at (\d+) bytes", info)
+        if found is None:
+            raise DeviceError(f"ntfsresize gave no minimum size: {info[-200:]}", path=path)
+        _refuse_below(fs, int(found.group(1)), size)
+        _run("ntfsresize", "--force", "--force", "--size", str(size), path, stdin="y\n")
+    else:
+        raise UsageError(f"a {fs or 'unknown'} filesystem cannot be shrunk")
+
+
+def _refuse_below(fs: str, minimum: int, size: int) -> None:
+    if minimum > size:
+        raise UsageError(
+            f"the {fs} filesystem cannot shrink to {size} bytes: its tool needs {minimum} "
+            f"({minimum - size} bytes missing); nothing was written to the target"
+        )
 
 
 @contextmanager
