@@ -18,7 +18,7 @@ from blockvault.pipeline.clone import clone
 from blockvault.pipeline.restore import restore
 from blockvault.repo import Repository
 from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
-from tests.conftest import need_tools, needs_root, sh
+from tests.conftest import blockvault, need_tools, needs_root, sh
 from tests.fstree import extract, fsck, tree
 
 MiB = 1024 * 1024
@@ -143,10 +143,15 @@ def test_refused_without_scratch(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"pass --scratch DIR.* \d+ bytes free"):
         clone(str(disk.path), str(target), confirm=lambda _: True)
     assert _digest(target) == before
+    proc = blockvault("clone", disk.path, target, "--yes")  # the CLI: one line, exit 2
+    assert proc.returncode == 2 and "--scratch DIR" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert _digest(target) == before
 
 
 @needs_root
-def test_grow_middle_partition_moves_the_next(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["restore", "clone"])
+def test_grow_middle_partition_moves_the_next(tmp_path: Path, how: str) -> None:
     need_tools("resize2fs", "sgdisk")
     make_tree(tmp_path / "tree", 2 * MiB, seed=9)
     spec = DiskSpec(
@@ -159,8 +164,13 @@ def test_grow_middle_partition_moves_the_next(tmp_path: Path) -> None:
     )
     disk = build_disk(spec, tmp_path / "disk.img")
     target = _target(tmp_path / "big.img", 80 * MiB)
-    result = clone(str(disk.path), str(target), confirm=lambda _: True, grow_partition=1)
-    assert result.grown and "ext4" in result.grown
+    if how == "restore":
+        repo = Repository.init(str(tmp_path / "repo"))
+        snap = backup(repo, str(disk.path))
+        grown = restore(repo, snap, str(target), confirm=lambda _: True, grow_partition=1).grown
+    else:
+        grown = clone(str(disk.path), str(target), confirm=lambda _: True, grow_partition=1).grown
+    assert grown and "ext4" in grown
     assert "No problems found" in sh("sgdisk", "-v", target)
     (s1, n1), (s2, n2) = _parts(target)
     assert s1 == disk.partitions[0].offset and n1 > disk.partitions[0].size + 30 * MiB

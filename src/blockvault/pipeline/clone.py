@@ -156,7 +156,7 @@ def clone(
                 sum(p.used.total for p in pieces),
                 written,
                 round(time.monotonic() - started, 3),
-                gpt_moved=moves.table.kind == "gpt",
+                gpt_moved=moves.table.kind == "gpt" and out.size > layout.size,
                 grown=grown or shrunk_summary(moves),
             )
         with opened.device:

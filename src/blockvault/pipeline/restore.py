@@ -216,7 +216,7 @@ def _restore_moved(
         written,
         0,
         round(time.monotonic() - started, 3),
-        gpt_moved=moves.table.kind == "gpt",
+        gpt_moved=moves.table.kind == "gpt" and opened.device.size > snapshot.disk_size,
         grown=grew or shrunk_summary(moves),
     )
 
@@ -248,7 +248,8 @@ def _plan_shrink(
 ) -> LayoutPlan:
     """The layout on a target of ``have`` bytes, from the snapshot's table and used maps."""
     table = read_table(SnapshotImage(repo, snapshot, index), snapshot.sector_size)
-    filesystems = {p.number: p.filesystem for p in snapshot.partitions}
+    # a partition the snapshot did not image has nothing to shrink: it keeps its size
+    filesystems = {p.number: p.filesystem if p.imaged else "" for p in snapshot.partitions}
     used = {p.number: p.used_bytes for p in snapshot.partitions}
     return plan_shrink(table, filesystems, used, have, scratch)
 
