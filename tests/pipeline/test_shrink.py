@@ -88,6 +88,11 @@ def test_gpt_onto_smaller_disk(tmp_path: Path, how: str) -> None:
     assert placed[0] == (disk.partitions[0].offset, disk.partitions[0].size)  # ESP kept
     assert placed[1][1] < disk.partitions[1].size and placed[2][1] < disk.partitions[2].size
     assert all(start % MiB == 0 for start, _ in placed)
+    ntfs_start = placed[2][0]
+    assert ntfs_start != disk.partitions[2].offset  # moved: its hidden sectors follow it
+    with open(target, "rb") as f:
+        f.seek(ntfs_start + 28)
+        assert int.from_bytes(f.read(4), "little") == ntfs_start // 512
     _same_files(disk, target, tmp_path)
     assert list(scratch.iterdir()) == []
 
