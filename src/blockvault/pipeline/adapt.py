@@ -202,9 +202,11 @@ def apply_layout(
     fresh: bool,
     scratch: str | None,
     boot_sector: bytes,
+    used_bytes: int,
     reporter: Reporter,
 ) -> int:
     """Write the source onto ``device`` laid out as ``plan``; bytes written.
+    ``used_bytes`` (the source's) sizes the progress bar, advanced per partition.
 
     Every filesystem that shrinks is first written to a sparse file in ``scratch``,
     checked and shrunk there by its own tool (a refusal then still leaves the target
@@ -212,7 +214,7 @@ def apply_layout(
     Scratch files are removed afterwards, also on failure."""
     shrinking = [p for p in plan.placements if p.action == "shrink"]
     files: dict[int, Path] = {}
-    reporter(TaskStarted("adapt", len(plan.placements) + 1, str(device.path)))
+    reporter(TaskStarted("lay out", used_bytes, str(device.path)))
     try:
         for p in shrinking:
             assert scratch is not None
@@ -224,8 +226,9 @@ def apply_layout(
                 copy.sync()
             shrink_filesystem(path, p.size, filesystems.get(p.number, ""))
         written = source.write_head(device, plan.first_start, fresh)
-        reporter(TaskAdvanced("adapt", 1))
+        reporter(TaskAdvanced("lay out", written))
         for p in plan.placements:
+            before = written
             if p.number in files:
                 with open_device(files[p.number]) as copy:
                     used = probe(Region(copy, 0, p.size)).used
@@ -234,7 +237,7 @@ def apply_layout(
                     written += copy_used(copy, 0, used, device, p.start)
             else:
                 written += source.write_partition(p.number, device, p.shift, fresh)
-            reporter(TaskAdvanced("adapt", 1))
+            reporter(TaskAdvanced("lay out", written - before))
     finally:
         for path in files.values():
             with contextlib.suppress(OSError):
@@ -243,7 +246,7 @@ def apply_layout(
         if p.shift:
             fix_hidden_sectors(device, p.start, p.size, plan.table.sector_size)
     write_table(device, plan.table, boot_sector)
-    reporter(TaskFinished("adapt"))
+    reporter(TaskFinished("lay out"))
     return written
 
 

@@ -144,6 +144,7 @@ def clone(
                     fresh=opened.fresh,
                     scratch=scratch,
                     boot_sector=boot,
+                    used_bytes=sum(p.used.total for p in pieces),
                     reporter=reporter,
                 )
                 if new_ids:

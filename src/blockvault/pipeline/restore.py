@@ -203,6 +203,7 @@ def _restore_moved(
             fresh=opened.fresh,
             scratch=scratch,
             boot_sector=head,
+            used_bytes=sum(r.used.total for r in index.regions),
             reporter=reporter,
         )
         if new_ids:
