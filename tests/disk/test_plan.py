@@ -100,3 +100,16 @@ def test_bios_boot_partition_never_moves() -> None:
     )
     with pytest.raises(UsageError, match="BIOS boot partition 2 would move"):
         moved_layout(table, 64 * MiB, 1)
+
+
+def test_mbr_logical_partitions_are_refused() -> None:
+    parts = (
+        Partition(1, MiB, 8 * MiB, "0x83", kind="primary"),
+        Partition(2, 9 * MiB, 20 * MiB, "0x05", kind="extended"),
+        Partition(5, 10 * MiB, 19 * MiB, "0x83", kind="logical", ebr_offset=9 * MiB),
+    )
+    table = PartitionTable("mbr", 512, "0x12345678", parts)
+    with pytest.raises(UsageError, match="MBR logical partitions"):
+        shrunk_layout(table, 20 * MiB, {1: None, 5: 4 * MiB})
+    with pytest.raises(UsageError, match="MBR logical partitions"):
+        moved_layout(table, 64 * MiB, 1)

@@ -156,7 +156,9 @@ def _layout(
 
 def _plain(table: PartitionTable, what: str) -> list[Partition]:
     if any(p.kind in ("logical", "extended") for p in table.partitions):
-        raise UsageError(f"{what} a disk with MBR logical partitions is not supported")
+        raise UsageError(
+            f"{what}: moving MBR logical partitions is not supported; nothing was written"
+        )
     return sorted(table.data_partitions, key=lambda p: p.start)
 
 
@@ -172,7 +174,7 @@ def shrunk_layout(
     share the room left in proportion to their original sizes, never below their
     minimum nor above their original size. Raises DoesNotFit with the missing bytes.
     """
-    parts = _plain(table, "restoring onto a smaller disk")
+    parts = _plain(table, "the target is smaller than the source")
     base, end = parts[0].start, _usable_end(table, disk_size)
     fixed = {p.number for p in parts if minimums.get(p.number) is None}
 
@@ -211,7 +213,7 @@ def shrunk_layout(
 def moved_layout(table: PartitionTable, disk_size: int, number: int) -> LayoutPlan:
     """Partition ``number`` grown, the partitions after it moved to the disk's end
     (sizes and order kept, starts MiB aligned)."""
-    parts = _plain(table, "growing a partition that others follow on")
+    parts = _plain(table, "other partitions follow the one to grow")
     part = table.partition(number)
     if part is None or not part.is_data:
         have = ", ".join(str(p.number) for p in parts)
