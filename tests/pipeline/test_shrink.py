@@ -174,10 +174,30 @@ def test_grow_middle_partition_moves_the_next(tmp_path: Path, how: str) -> None:
         snap = backup(repo, str(disk.path))
         grown = restore(repo, snap, str(target), confirm=lambda _: True, grow_partition=1).grown
     else:
-        grown = clone(str(disk.path), str(target), confirm=lambda _: True, grow_partition=1).grown
+        done = clone(
+            str(disk.path), str(target), confirm=lambda _: True, grow_partition=1, new_ids=True
+        )
+        grown = done.grown
     assert grown and "ext4" in grown
     assert "No problems found" in sh("sgdisk", "-v", target)
+    guid = [line for line in sh("sgdisk", "-p", disk.path).splitlines() if "GUID" in line]
+    new_guid = [line for line in sh("sgdisk", "-p", target).splitlines() if "GUID" in line]
+    assert (guid == new_guid) == (how == "restore")  # --new-ids survives the grow
     (s1, n1), (s2, n2) = _parts(target)
     assert s1 == disk.partitions[0].offset and n1 > disk.partitions[0].size + 30 * MiB
     assert n2 == disk.partitions[1].size and s2 == s1 + n1
     _same_files(disk, target, tmp_path)
+
+
+@needs_root
+def test_clone_grow_keeps_new_ids(tmp_path: Path) -> None:
+    """--grow rewrites the table: the new GUIDs of --new-ids must survive it."""
+    need_tools("resize2fs", "sgdisk")
+    disk = _gpt_disk(tmp_path)
+    target = _target(tmp_path / "big.img", 100 * MiB)
+    clone(str(disk.path), str(target), confirm=lambda _: True, grow=True, new_ids=True)
+    assert "No problems found" in sh("sgdisk", "-v", target)
+    for args in (("-p",), ("-i", "3")):
+        old = [x for x in sh("sgdisk", *args, disk.path).splitlines() if "GUID" in x]
+        new = [x for x in sh("sgdisk", *args, target).splitlines() if "GUID" in x]
+        assert old and old != new

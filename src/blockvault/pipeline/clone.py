@@ -147,10 +147,11 @@ def clone(
                     used_bytes=sum(p.used.total for p in pieces),
                     reporter=reporter,
                 )
-                if new_ids:
-                    ids.renew_ids(out, moves.table)
                 out.sync()
                 grown = apply_grow(out, growing, boot) if growing else None
+                if new_ids:  # last: growing rewrites the table with the source's ids
+                    ids.renew_ids(out, read_table(out, layout.sector_size))
+                out.sync()
             return CloneResult(
                 source,
                 target,
@@ -172,7 +173,7 @@ def clone(
                     layout.table, out.size, protective=True, boot_sector=boot
                 ):
                     out.write_at(offset, data)
-            _after_write(out, layout, bool(old_gpt), new_ss, new_ids)
+            _after_write(out, layout, bool(old_gpt), new_ss, new_ids and not growing)
             out.sync()
             # a converted or renamed copy differs from its source by design
             verify = verify and not (new_ss or new_ids)
@@ -182,6 +183,8 @@ def clone(
                 rebuilt = old_gpt | _table_head(layout) if old_gpt else ExtentMap()
                 verified = _verify(device, out, [_without(p, rebuilt) for p in pieces], reporter)
             grown = apply_grow(out, growing, boot) if growing else None
+            if growing and new_ids:  # growing rewrote the table with the source's ids
+                ids.renew_ids(out, read_table(out, layout.sector_size))
     if verified is False:
         raise UsageError(f"verify failed: {target} differs from {source} in used bytes")
     return CloneResult(

@@ -206,10 +206,10 @@ def _restore_moved(
             used_bytes=sum(r.used.total for r in index.regions),
             reporter=reporter,
         )
-        if new_ids:
-            ids.renew_ids(out, moves.table)
         out.sync()
         grew = apply_grow(out, growing, head) if growing is not None else None
+        if new_ids:  # last: growing rewrites the table with the source's ids
+            ids.renew_ids(out, read_table(out, snapshot.sector_size))
         out.sync()
     return RestoreResult(
         snapshot.id,
