@@ -21,7 +21,8 @@ from pathlib import Path
 
 from blockvault.disk.device import Device, Reader
 from blockvault.disk.fs import ext, fat, ntfs
-from blockvault.disk.table import PartitionTable, gpt, mbr
+from blockvault.disk.table import PartitionTable
+from blockvault.disk.table.write import write_table
 from blockvault.errors import DeviceError
 
 __all__ = ["fat_serial_writes", "new_table_ids", "ntfs_serial_writes", "renew_ids"]
@@ -93,13 +94,7 @@ def renew_ids(device: Device, table: PartitionTable | None) -> list[str]:
     changed: list[str] = []
     if table is not None:
         renewed = new_table_ids(table)
-        boot = device.read_at(0, table.sector_size)
-        if table.kind == "gpt":
-            writes = gpt.build(renewed, device.size, protective=True, boot_sector=boot)
-        else:
-            writes = mbr.build(renewed, device.size, boot_sector=boot)
-        for offset, data in writes:
-            device.write_at(offset, data)
+        write_table(device, renewed)
         changed.append(f"{table.kind} disk id {table.disk_id} -> {renewed.disk_id}")
         spans = [(p.number, p.start, p.size) for p in table.data_partitions]
     else:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from blockvault.disk.device import Device, Region, open_device
-from blockvault.disk.fs import fat
+from blockvault.disk.fs.hidden import move_hidden_sectors
 from blockvault.disk.fs.probe import probe
 from blockvault.disk.fs.resize import can_grow, can_shrink, grow_filesystem, shrink_filesystem
 from blockvault.disk.layout import DiskLayout
@@ -28,7 +28,8 @@ from blockvault.disk.plan import (
     moved_layout,
     shrunk_layout,
 )
-from blockvault.disk.table import PartitionTable, gpt, mbr
+from blockvault.disk.table import PartitionTable
+from blockvault.disk.table.write import write_table
 from blockvault.errors import UsageError
 from blockvault.extents import ExtentMap
 from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
@@ -244,46 +245,10 @@ def apply_layout(
                 path.unlink()
     for p in plan.placements:
         if p.shift:
-            fix_hidden_sectors(device, p.start, p.size, plan.table.sector_size)
+            move_hidden_sectors(device, p.start, p.size, plan.table.sector_size)
     write_table(device, plan.table, boot_sector)
     reporter(TaskFinished("lay out"))
     return written
-
-
-NTFS_OEM, FAT_BACKUP_BOOT, HIDDEN_SECTORS = b"NTFS    ", 0x32, 28
-
-
-def fix_hidden_sectors(device: Device, start: int, size: int, sector_size: int) -> None:
-    """Point a moved FAT or NTFS volume's "hidden sectors" (its partition's first sector,
-    which Windows' and DOS's boot code use) at its new start, in its boot sector and the
-    copies of it: FAT32's backup, NTFS's in the partition's last sector."""
-    first = device.read_at(start, 512)
-    is_ntfs = first[3:11] == NTFS_OEM
-    if not is_ntfs and not fat.detect(Region(device, start, size)):
-        return
-    where = [start]
-    if is_ntfs:
-        last = start + size - 512
-        if device.read_at(last, 512)[3:11] == NTFS_OEM:
-            where.append(last)
-    else:
-        backup = int.from_bytes(first[FAT_BACKUP_BOOT : FAT_BACKUP_BOOT + 2], "little")
-        bytes_per_sector = int.from_bytes(first[11:13], "little")
-        if backup and first[0x52:0x57] == b"FAT32":
-            where.append(start + backup * bytes_per_sector)
-    value = min(start // sector_size, 0xFFFF_FFFF).to_bytes(4, "little")
-    for at in where:
-        device.write_at(at + HIDDEN_SECTORS, value)
-
-
-def write_table(device: Device, table: PartitionTable, boot_sector: bytes) -> None:
-    """Write ``table`` for ``device``'s size (a GPT's backup lands at its end)."""
-    if table.kind == "gpt":
-        writes = gpt.build(table, device.size, protective=True, boot_sector=boot_sector)
-    else:
-        writes = mbr.build(table, device.size, boot_sector=boot_sector)
-    for offset, data in writes:
-        device.write_at(offset, data)
 
 
 def shrunk_summary(plan: LayoutPlan) -> str:

@@ -22,6 +22,7 @@ from blockvault.disk.device import Device, open_device
 from blockvault.disk.layout import DiskLayout, read_layout
 from blockvault.disk.table import gpt
 from blockvault.disk.table.probe import read_table
+from blockvault.disk.table.write import write_table
 from blockvault.disk.usage import mounts_using
 from blockvault.errors import SourceError, TargetTooSmall, UsageError
 from blockvault.extents import ExtentMap
@@ -169,10 +170,7 @@ def clone(
             boot = device.read_at(0, layout.sector_size)
             if old_gpt:
                 assert layout.table is not None
-                for offset, data in gpt.build(
-                    layout.table, out.size, protective=True, boot_sector=boot
-                ):
-                    out.write_at(offset, data)
+                write_table(out, layout.table, boot)
             _after_write(out, layout, bool(old_gpt), new_ss, new_ids and not growing)
             out.sync()
             # a converted or renamed copy differs from its source by design

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import os
 import stat
-import struct
 import time
 import uuid
 from pathlib import Path
 
 from blockvault.disk.device import Device, open_device
 from blockvault.disk.free_space import Placement, entry_type, place_partition
+from blockvault.disk.fs.hidden import move_hidden_sectors
 from blockvault.disk.fs.resize import can_grow, grow_filesystem
 from blockvault.disk.layout import PartitionLayout, read_layout, sector_size_of
-from blockvault.disk.table import Partition, PartitionTable, gpt, mbr
+from blockvault.disk.table import Partition
 from blockvault.disk.table.probe import read_table
+from blockvault.disk.table.write import write_table
 from blockvault.errors import BlockvaultError, SourceError, TargetError, UsageError
 from blockvault.pipeline.clone import PIECE, CloneResult, _copy, _Piece, _verify, check_source
 from blockvault.pipeline.events import Reporter
@@ -33,11 +34,6 @@ from blockvault.pipeline.stages import READ_THROUGH_GAP
 from blockvault.pipeline.target import open_target
 
 __all__ = ["clone_into_free"]
-
-# boot sector fields (FAT: fatgen103 BPB; NTFS: ntfs-3g layout.h), as in disk/sectors.py
-HIDDEN_SECTORS = 28  # BPB_HiddSec / hidden_sectors: sectors before the partition
-FAT32_BACKUP_BOOT = 50  # BPB_BkBootSec: sector of the backup boot sector
-NTFS_SECTORS = 40  # number_of_sectors: the backup boot sector lies right after them
 
 
 def _yes(answer: str) -> bool:
@@ -73,12 +69,11 @@ def clone_into_free(
             shift = start - part.partition.start
             pieces = _pieces(part, shift)
             written = _copy(device, out, pieces, False, reporter)
-            _write_table(out, placement.table)
+            write_table(out, placement.table)
             out.sync()
             verified = _verify(device, out, pieces, reporter) if verify else None
             # after verify: the boot sectors now differ from the source's on purpose
-            was = entry[0].start if entry else part.partition.start  # on the source's disk
-            _move_hidden_sectors(out, part, was, start, placement.table.sector_size)
+            move_hidden_sectors(out, start, part.partition.size, placement.table.sector_size)
             out.sync()
             grown = None
             if placement.partition.size > part.partition.size and grow:
@@ -206,34 +201,3 @@ def _pieces(part: PartitionLayout, shift: int) -> list[_Piece]:
         if clipped:
             pieces.append(_Piece(start, offset, length, clipped, False, READ_THROUGH_GAP, shift))
     return pieces
-
-
-def _move_hidden_sectors(out: Device, part: PartitionLayout, was: int, start: int, ss: int) -> None:
-    """FAT and NTFS boot sectors (and their backups) count the sectors before their
-    partition, and Windows boots by that count: it follows the partition to ``start``.
-    A count that did not name the source's start (0: never set) is left alone."""
-    fs = part.fs.type
-    if not fs.startswith("fat") and fs != "ntfs":
-        return
-    boot = out.read_at(start, ss)
-    old, new = was // ss, min(start // ss, 0xFFFF_FFFF)
-    copies = [0]
-    if fs == "fat32" and struct.unpack_from("<H", boot, FAT32_BACKUP_BOOT)[0]:
-        copies.append(struct.unpack_from("<H", boot, FAT32_BACKUP_BOOT)[0] * ss)
-    if fs == "ntfs":
-        copies.append(struct.unpack_from("<q", boot, NTFS_SECTORS)[0] * ss)
-    for at in copies:
-        if at + ss <= part.partition.size:
-            field = start + at + HIDDEN_SECTORS
-            if struct.unpack("<I", out.read_at(field, 4))[0] == old:
-                out.write_at(field, struct.pack("<I", new))
-
-
-def _write_table(out: Device, table: PartitionTable) -> None:
-    boot = out.read_at(0, table.sector_size)
-    if table.kind == "gpt":
-        writes = gpt.build(table, out.size, protective=True, boot_sector=boot)
-    else:
-        writes = mbr.build(table, out.size, boot_sector=boot)
-    for offset, data in writes:
-        out.write_at(offset, data)

@@ -16,6 +16,7 @@ from blockvault.disk.device import Device
 from blockvault.disk.plan import LayoutPlan
 from blockvault.disk.table import PartitionTable, gpt
 from blockvault.disk.table.probe import read_table
+from blockvault.disk.table.write import write_table
 from blockvault.errors import TargetTooSmall, UsageError
 from blockvault.extents import ExtentMap
 from blockvault.pipeline.adapt import (
@@ -152,9 +153,7 @@ def restore(
         if zero_unused:
             _zero_unused(opened, snapshot, plan)
         if table is not None:
-            moved = gpt.build(table, opened.device.size, protective=True, boot_sector=boot_sector)
-            for offset, data in moved:
-                opened.device.write_at(offset, data)
+            write_table(opened.device, table, boot_sector)
         if conversion is not None:
             sectors.convert_disk(opened.device, conversion[1], conversion[0])
         grew = None
