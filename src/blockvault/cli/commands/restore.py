@@ -37,7 +37,7 @@ def register(group: click.Group) -> None:
         "--grow",
         is_flag=True,
         help="On a larger target, grow the last partition and its filesystem (ext2/3/4, "
-        "NTFS) to fill the free space after it (with -p: the filesystem fills TARGET).",
+        "NTFS, FAT) to fill the free space after it (with -p: the filesystem fills TARGET).",
     )
     @grow_partition_option
     @scratch_option
