@@ -39,6 +39,8 @@ SLOWER = 0.6  # rate factor after a pass that lost too much
 BURST = 64  # datagrams between pacing checks (one or two system calls)
 CHECK = 0.25  # seconds between looks at receivers' overflow reports during a pass
 OVERRUN_SLOWER = 0.8  # rate factor when most receivers overflow mid-pass
+RECOVER_CHECKS = 4  # quiet checks (1 s) before the rate grows again within a pass
+RECOVER_FASTER = 1.1
 
 
 @dataclass
@@ -345,11 +347,13 @@ def _stream(
     dozen datagrams per system call; returns the number of datagrams sent.
 
     Every CHECK seconds ``overrun()`` says whether most receivers are dropping
-    datagrams for want of CPU; then the rate is cut at once, not after the pass."""
+    datagrams for want of CPU; then the rate is cut at once, not after the pass,
+    and after a quiet second it grows back by 10 % a second, up to where it began."""
     now = time.monotonic()
     due = now  # when the next burst may go
     check = now + CHECK
-    count = 0
+    count = quiet = 0
+    ceiling = pace.rate  # what the last pass's loss allowed: overflow recovery stops there
 
     def load(n: int) -> tuple[int, bytes]:
         return n, wire_form(repo, items[n]["id"])
@@ -365,6 +369,10 @@ def _stream(
                 check = now + CHECK
                 if overrun():
                     pace.slow_down()
+                    quiet = 0
+                elif (quiet := quiet + 1) >= RECOVER_CHECKS and pace.rate < ceiling:
+                    pace.rate = min(ceiling, pace.rate * RECOVER_FASTER)  # they caught up
+                    quiet = 0
             if due - now > 0.002:
                 time.sleep(due - now)
             due = max(due, now - 0.05)  # after a stall, no burst to catch up
