@@ -21,8 +21,10 @@ default chunk size changes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -99,13 +101,15 @@ def run_case(commands: list[tuple[str, str]]) -> tuple[float, list[dict[str, flo
         subprocess.Popen(
             ["ip", "netns", "exec", ns, *TIME, str(out), "sh", "-c", cmd],
             stdout=subprocess.DEVNULL,
+            start_new_session=True,  # one process group per command, pipelines included
         )
         for (ns, cmd), out in zip(commands, stats, strict=True)
     ]
     for proc, (_, cmd) in zip(procs, commands, strict=True):
         if proc.wait(timeout=LIMIT) != 0:
-            for other in procs:  # leave nothing running behind
-                subprocess.run(["pkill", "-P", str(other.pid)], check=False)
+            for other in procs:  # leave nothing running behind (a pipeline's every part)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(other.pid, signal.SIGKILL)
             raise SystemExit(f"failed ({proc.returncode}): {cmd}")
     seconds = round(time.monotonic() - start, 2)
     usage = []
