@@ -119,20 +119,23 @@ def run_case(commands: list[tuple[str, str]]) -> tuple[float, list[dict[str, flo
     return seconds, usage
 
 
-def blockvault_case(net: Net, repo: Path, snap: str, targets: list[Path]) -> list[tuple[str, str]]:
+def blockvault_case(
+    net: Net, repo: Path, snap: str, targets: list[Path], rate: str
+) -> list[tuple[str, str]]:
     receive = [
         (ns, f"blockvault cast receive {t} --interface cast0 --session bench --max-wait 60")
         for ns, t in zip(net.receivers, targets, strict=False)
     ]
     send = (
         f"blockvault -r {repo} cast send {snap} --interface cast0 --session bench "
-        f"--min-receivers {len(targets)} --max-wait 60 --json > {CAST}/send-report.json"
+        f"--min-receivers {len(targets)} --max-wait 60{rate and f' --max-rate {rate}'} "
+        f"--json > {CAST}/send-report.json"
     )
     return [*receive, (net.sender, send)]
 
 
 def udpcast_case(
-    net: Net, image: Path, part_size: int, targets: list[Path]
+    net: Net, image: Path, part_size: int, targets: list[Path], rate: str
 ) -> list[tuple[str, str]]:
     receive = [
         (
@@ -145,7 +148,8 @@ def udpcast_case(
     ]
     send = (
         f"udp-sender --file {image} --interface cast0 --nokbd --no-progress "
-        f"--min-receivers {len(targets)} --max-wait 60 2>/dev/null"
+        f"--min-receivers {len(targets)} --max-wait 60{rate and f' --max-bitrate {rate}m'} "
+        "2>/dev/null"
     )
     return [*receive, (net.sender, send)]
 
@@ -159,6 +163,12 @@ def main() -> None:
     parser.add_argument("--tools", default="blockvault,udpcast")
     parser.add_argument("--mtu", type=int, default=1500, help="MTU of every link (9000: jumbo)")
     parser.add_argument("--no-loss-case", action="store_true", help="skip the 1 %% loss case")
+    parser.add_argument(
+        "--max-rate",
+        default="",
+        metavar="MBIT",
+        help="cap both senders (a network slower than the machine; default: their own)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("cast_bench.py needs root: network namespaces and drop_caches")
@@ -201,7 +211,8 @@ def main() -> None:
     if not args.no_loss_case:
         cases.append((args.loss_receivers, 1))
     results: list[dict[str, Any]] = []
-    results_name = "results.json" if args.mtu == 1500 else f"results-mtu{args.mtu}.json"
+    results_name = "results" + (f"-mtu{args.mtu}" if args.mtu != 1500 else "")
+    results_name += (f"-{args.max_rate}mbit" if args.max_rate else "") + ".json"
     for receivers, loss in cases:
         for tool in args.tools.split(","):
             with Net(receivers, args.mtu) as net:
@@ -211,9 +222,9 @@ def main() -> None:
                 for t in targets:
                     t.unlink(missing_ok=True)
                 if tool == "blockvault":
-                    commands = blockvault_case(net, repo, snap, targets)
+                    commands = blockvault_case(net, repo, snap, targets, args.max_rate)
                 else:
-                    commands = udpcast_case(net, image, part["size"], targets)
+                    commands = udpcast_case(net, image, part["size"], targets, args.max_rate)
                 seconds, usage = run_case(commands)
                 for t in targets:
                     t.unlink(missing_ok=True)
@@ -223,6 +234,7 @@ def main() -> None:
                 "receivers": receivers,
                 "loss_percent": loss,
                 "mtu": args.mtu,
+                "max_rate_mbit": args.max_rate or None,
                 "seconds": seconds,
                 "receiver_cpu_s": round(sum(u["cpu_s"] for u in receiving) / len(receiving), 2),
                 "receiver_rss_mib": max(u["rss_mib"] for u in receiving),
