@@ -51,6 +51,20 @@ def test_one_loss_per_group_needs_no_resend() -> None:
     assert bytes(a.body) == body
 
 
+def test_without_parity_a_loss_is_named_then_resent_with_it() -> None:
+    body = random.Random(2).randbytes(50_000)
+    count = -(-len(body) // 1450)
+    buffer, bounds = wire.datagrams(1, 0, body, 1450, parity=False)
+    assert len(bounds) - 1 == count  # data fragments only
+    a = wire.Assembly(count, len(body), 1450)
+    assert not deliver(a, buffer, bounds, {0, 9})  # one loss in each of two groups
+    missing = set(a.missing_groups())
+    assert missing == {0, 1}
+    again, again_bounds = wire.datagrams(1, 0, body, 1450, missing)
+    assert deliver(a, again, again_bounds, {0})  # the repair pass has parity
+    assert bytes(a.body) == body
+
+
 def test_wrong_length_fragment_is_ignored() -> None:
     a = wire.Assembly(2, 2000, 1450)
     assert not a.add(1, memoryview(bytes(1450)))  # the last fragment holds 550 bytes

@@ -54,11 +54,16 @@ def link_mtu(interface: str | None) -> int:
 
 
 def datagrams(
-    tag: int, chunk: int, body: bytes, payload: int, groups: set[int] | None = None
+    tag: int,
+    chunk: int,
+    body: bytes,
+    payload: int,
+    groups: set[int] | None = None,
+    parity: bool = True,
 ) -> tuple[bytearray, list[int]]:
     """The datagrams carrying ``body`` (only ``groups``, when given), back to back in
     one buffer, and their bounds (datagram k is ``buffer[bounds[k]:bounds[k + 1]]``):
-    each group's data fragments followed by its parity fragment."""
+    each group's data fragments followed, with ``parity``, by its parity fragment."""
     size = len(body)
     count = max(1, -(-size // payload))
     if count > 0xFFFF:
@@ -75,9 +80,10 @@ def datagrams(
             out += pack(MAGIC, tag, chunk, i, count, size, payload)
             out += view[i * payload : (i + 1) * payload]
             bounds.append(len(out))
-        out += pack(MAGIC, tag, chunk, count + g, count, size, payload)
-        out += xor([view[i * payload : (i + 1) * payload] for i in members])
-        bounds.append(len(out))
+        if parity:
+            out += pack(MAGIC, tag, chunk, count + g, count, size, payload)
+            out += xor([view[i * payload : (i + 1) * payload] for i in members])
+            bounds.append(len(out))
     return out, bounds
 
 
