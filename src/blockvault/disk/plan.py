@@ -83,8 +83,8 @@ class DoesNotFit(UsageError):
 
     def __init__(self, missing: int, have: int) -> None:
         super().__init__(
-            f"the used data does not fit: the target has {have} bytes, {missing} bytes "
-            "are missing even with every shrinkable filesystem at its minimum; "
+            f"the target is too small: it has {have} bytes, and {missing} bytes are "
+            "missing even with every shrinkable filesystem at its minimum; "
             "nothing was written",
         )
         self.missing = missing
