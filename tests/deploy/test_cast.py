@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,6 +166,7 @@ def cast(
     tmp: Path,
     receivers: int,
     *extra: str,
+    env: dict[str, str] | None = None,
 ) -> tuple[list[subprocess.Popen[str]], subprocess.Popen[str], list[Path]]:
     _disk, repo, snap = source
     targets = [tmp / f"target{i}.img" for i in range(receivers)]
@@ -183,8 +185,29 @@ def cast(
         "40",
         "--json",
         *extra,
+        env=env,
     )
     return procs, sender, targets
+
+
+def all_verified(
+    procs: list[subprocess.Popen[str]],
+    sender: subprocess.Popen[str],
+    targets: list[Path],
+    disk: BuiltDisk,
+    tmp: Path,
+) -> dict[str, Any]:
+    """Wait for a cast every receiver should finish: the sender's report says each one
+    verified, each exits 0 and its target equals the source. Returns the report."""
+    results = [finish(p) for p in procs]
+    code, out, err = finish(sender)
+    assert code == 0, err
+    report: dict[str, Any] = json.loads(out)
+    assert sorted(r["status"] for r in report["receivers"]) == ["verified"] * len(targets)
+    for (rc, _, rerr), target in zip(results, targets, strict=True):
+        assert rc == 0, rerr
+        check_copy(target, disk, tmp)
+    return report
 
 
 @pytest.mark.parametrize("loss", [0, 1, 5])
@@ -193,19 +216,11 @@ def test_three_receivers_one_lossy_link(
 ) -> None:
     if loss:
         net.lose(net.receivers[2], loss)
-    procs, sender, targets = cast(net, source, tmp_path, 3)
-    results = [finish(p) for p in procs]
-    code, out, err = finish(sender)
-    assert code == 0, err
-    report = json.loads(out)
-    assert sorted(r["status"] for r in report["receivers"]) == ["verified"] * 3
+    report = all_verified(*cast(net, source, tmp_path, 3), source[0], tmp_path)
     assert report["payload"] == 1500 - 28 - 22  # a 1500-byte MTU, less IP, UDP and our header
     if loss == 5:  # XOR parity repairs one loss in nine: at 5 % some chunks need a NAK
         lossy = next(r for r in report["receivers"] if r["address"] == "10.77.0.4")
         assert lossy["naks"] > 0 and report["passes"] > 1
-    for (rc, _, rerr), target in zip(results, targets, strict=True):
-        assert rc == 0, rerr
-        check_copy(target, source[0], tmp_path)
 
 
 def test_killed_receiver_does_not_stop_the_others(
@@ -290,16 +305,8 @@ def test_datagrams_fill_the_smallest_receivers_mtu(
     source: tuple[BuiltDisk, Path, str], tmp_path: Path, mtus: list[int], payload: int
 ) -> None:
     with bridge(mtus) as jumbo:
-        procs, sender, targets = cast(jumbo, source, tmp_path, 2)
-        results = [finish(p) for p in procs]
-        code, out, err = finish(sender)
-    assert code == 0, err
-    report = json.loads(out)
+        report = all_verified(*cast(jumbo, source, tmp_path, 2), source[0], tmp_path)
     assert report["payload"] == payload
-    assert [r["status"] for r in report["receivers"]] == ["verified"] * 2
-    for (rc, _, rerr), target in zip(results, targets, strict=True):
-        assert rc == 0, rerr
-        check_copy(target, source[0], tmp_path)
 
 
 def test_larger_target_gets_the_gpt_backup_at_its_end(
@@ -349,30 +356,8 @@ def test_encrypted_repository_receivers_need_no_key(
     tmp_path: Path,
 ) -> None:
     repo, snap = encrypted
-    targets = [tmp_path / f"target{i}.img" for i in range(2)]
-    procs = [
-        net.receive(ns, t, "--max-wait", "30", "--json")
-        for ns, t in zip(net.receivers, targets, strict=False)
-    ]
-    sender = net.send(
-        repo,
-        snap,
-        "--min-receivers",
-        "2",
-        "--max-wait",
-        "20",
-        "--timeout",
-        "40",
-        "--json",
-        env={"BLOCKVAULT_PASSWORD": "cast"},
-    )
-    results = [finish(p) for p in procs]
-    code, out, err = finish(sender)
-    assert code == 0, err
-    assert [r["status"] for r in json.loads(out)["receivers"]] == ["verified"] * 2
-    for (rc, _, rerr), target in zip(results, targets, strict=True):
-        assert rc == 0, rerr
-        check_copy(target, source[0], tmp_path)
+    sent = cast(net, (source[0], repo, snap), tmp_path, 2, env={"BLOCKVAULT_PASSWORD": "cast"})
+    all_verified(*sent, source[0], tmp_path)
 
 
 def test_mounted_target_refused_before_writing(
