@@ -285,18 +285,26 @@ def _pieces(layout: DiskLayout) -> Iterator[_Piece]:
         # between the used runs of a partition lie its free blocks; between those of
         # the disk region lie other partitions, which must never be written over
         gap = READ_THROUGH_GAP if region.kind == fmt.REGION_PARTITION else 0
-        for offset in range(0, region.size, PIECE):
-            length = min(PIECE, region.size - offset)
-            used = region.used.clip(offset, length)
-            if used:
-                yield _Piece(
-                    region.start,
-                    offset,
-                    length,
-                    used,
-                    bool(keep.clip(region.start + offset, length)),
-                    gap,
-                )
+        yield from _cut(region.start, region.size, region.used, gap=gap, keep=keep)
+
+
+def _cut(
+    start: int,
+    size: int,
+    used: ExtentMap,
+    *,
+    gap: int,
+    keep: ExtentMap | None = None,
+    shift: int = 0,
+) -> Iterator[_Piece]:
+    """The ``PIECE``-sized pieces of the region at ``start`` that hold a used byte
+    (``used`` is region-relative; ``keep``: disk bytes written even when zero)."""
+    for offset in range(0, size, PIECE):
+        length = min(PIECE, size - offset)
+        clipped = used.clip(offset, length)
+        if clipped:
+            keep_zeros = keep is not None and bool(keep.clip(start + offset, length))
+            yield _Piece(start, offset, length, clipped, keep_zeros, gap, shift)
 
 
 def _moving_gpt(layout: DiskLayout, target_size: int) -> ExtentMap:

@@ -27,7 +27,7 @@ from blockvault.disk.table import Partition
 from blockvault.disk.table.probe import read_table
 from blockvault.disk.table.write import write_table
 from blockvault.errors import BlockvaultError, SourceError, TargetError, UsageError
-from blockvault.pipeline.clone import PIECE, CloneResult, _copy, _Piece, _verify, check_source
+from blockvault.pipeline.clone import CloneResult, _copy, _cut, _Piece, _verify, check_source
 from blockvault.pipeline.events import Reporter
 from blockvault.pipeline.events import quiet as quiet_reporter
 from blockvault.pipeline.stages import READ_THROUGH_GAP
@@ -193,11 +193,5 @@ def _read(path: Path) -> str:
 
 def _pieces(part: PartitionLayout, shift: int) -> list[_Piece]:
     """Clone's pieces of one partition, each to be written ``shift`` bytes further on."""
-    start, size, used = part.partition.start, part.partition.size, part.fs.used
-    pieces = []
-    for offset in range(0, size, PIECE):
-        length = min(PIECE, size - offset)
-        clipped = used.clip(offset, length)
-        if clipped:
-            pieces.append(_Piece(start, offset, length, clipped, False, READ_THROUGH_GAP, shift))
-    return pieces
+    p = part.partition
+    return list(_cut(p.start, p.size, part.fs.used, gap=READ_THROUGH_GAP, shift=shift))
