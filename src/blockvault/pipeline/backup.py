@@ -269,9 +269,7 @@ def _image(
 ) -> tuple[Index, Stats]:
     chunk_size = repo.config.chunk_size
 
-    def store_one(task: _Task, data: memoryview | None) -> _Done:
-        if data is None or not task.used:
-            return _Done(task, fmt.HOLE, task.used, 0, 0)
+    def store_one(task: _Task, data: memoryview) -> _Done:
         used = task.used
         if task.refine is not None:
             used = task.refine | _nonzero_blocks(data, task.offset, task.used)
@@ -286,16 +284,10 @@ def _image(
         span = last.offset + last.length - first.offset
         used = ExtentMap(extent for task in batch for extent in task.used)
         data = read_chunk(device, first.base, first.offset, span, used)
-        view = memoryview(data) if data is not None else None
-        return [
-            store_one(
-                task,
-                view[task.offset - first.offset : task.offset - first.offset + task.length]
-                if view is not None
-                else None,
-            )
-            for task in batch
-        ]
+        assert data is not None  # every task holds a used byte (_touched)
+        view = memoryview(data)
+        at = [task.offset - first.offset for task in batch]  # each chunk's place in data
+        return [store_one(t, view[a : a + t.length]) for t, a in zip(batch, at, strict=True)]
 
     total = sum(r.used.total for r in regions)
     reporter(TaskStarted("backup", total, str(device.path)))
