@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import blake3
-
 from blockvault.disk import ids, sectors
 from blockvault.disk.device import Device, open_device
 from blockvault.disk.layout import DiskLayout, read_layout
@@ -35,23 +33,14 @@ from blockvault.pipeline.adapt import (
     shrunk_summary,
 )
 from blockvault.pipeline.backup import boot_area_map, plan_regions
-from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
+from blockvault.pipeline.events import Reporter
 from blockvault.pipeline.events import quiet as quiet_reporter
-from blockvault.pipeline.stages import (
-    READ_THROUGH_GAP,
-    is_zero,
-    ordered_map,
-    read_chunk,
-    workers,
-    write_used,
-)
+from blockvault.pipeline.pieces import Piece, copy_pieces, cut, verify_pieces
+from blockvault.pipeline.stages import READ_THROUGH_GAP
 from blockvault.pipeline.target import Confirm, open_target
 from blockvault.repo import format as fmt
 
 __all__ = ["CloneResult", "clone"]
-
-PIECE = 4 * 1024 * 1024  # bytes read and written at once (no chunks to cut here)
-IO_THREADS = 8  # disk to disk mostly waits on I/O: more requests in flight (bench: 8 s vs 12 s)
 
 
 @dataclass(frozen=True)
@@ -65,17 +54,6 @@ class CloneResult:
     verified: bool | None = None
     grown: str | None = None  # what --grow did
     added: str | None = None  # the new partition --into-free made
-
-
-@dataclass(frozen=True)
-class _Piece:
-    base: int  # disk offset of the region
-    offset: int  # region-relative start of this chunk
-    length: int
-    used: ExtentMap  # region-relative, clipped to the chunk
-    keep_zeros: bool  # write even when all zero (table structures)
-    gap: int  # used runs closer than this are written as one (inside a partition only)
-    shift: int = 0  # target offset minus source offset (a partition cloned elsewhere)
 
 
 def _refuse(answer: str) -> bool:
@@ -165,8 +143,8 @@ def clone(
         with opened.device:
             old_gpt = _moving_gpt(layout, out.size)
             if old_gpt:
-                pieces = [_without(p, old_gpt) for p in pieces]
-            written = _copy(device, out, pieces, opened.fresh, reporter)
+                pieces = [p.without(old_gpt) for p in pieces]
+            written = copy_pieces(device, out, pieces, opened.fresh, reporter)
             boot = device.read_at(0, layout.sector_size)
             if old_gpt:
                 assert layout.table is not None
@@ -179,7 +157,8 @@ def clone(
             if verify:
                 # the rebuilt table differs from the source's on purpose (sgdisk -v checks it)
                 rebuilt = old_gpt | _table_head(layout) if old_gpt else ExtentMap()
-                verified = _verify(device, out, [_without(p, rebuilt) for p in pieces], reporter)
+                compared = [p.without(rebuilt) for p in pieces]
+                verified = verify_pieces(device, out, compared, reporter)
             grown = apply_grow(out, growing, boot) if growing else None
             if growing and new_ids:  # growing rewrote the table with the source's ids
                 ids.renew_ids(out, read_table(out, layout.sector_size))
@@ -279,32 +258,13 @@ def _refuse_same(source: Path, target: Path) -> None:
         )
 
 
-def _pieces(layout: DiskLayout) -> Iterator[_Piece]:
+def _pieces(layout: DiskLayout) -> Iterator[Piece]:
     keep = boot_area_map(layout)
     for region in plan_regions(layout, None):
         # between the used runs of a partition lie its free blocks; between those of
         # the disk region lie other partitions, which must never be written over
         gap = READ_THROUGH_GAP if region.kind == fmt.REGION_PARTITION else 0
-        yield from _cut(region.start, region.size, region.used, gap=gap, keep=keep)
-
-
-def _cut(
-    start: int,
-    size: int,
-    used: ExtentMap,
-    *,
-    gap: int,
-    keep: ExtentMap | None = None,
-    shift: int = 0,
-) -> Iterator[_Piece]:
-    """The ``PIECE``-sized pieces of the region at ``start`` that hold a used byte
-    (``used`` is region-relative; ``keep``: disk bytes written even when zero)."""
-    for offset in range(0, size, PIECE):
-        length = min(PIECE, size - offset)
-        clipped = used.clip(offset, length)
-        if clipped:
-            keep_zeros = keep is not None and bool(keep.clip(start + offset, length))
-            yield _Piece(start, offset, length, clipped, keep_zeros, gap, shift)
+        yield from cut(region.start, region.size, region.used, gap=gap, keep=keep)
 
 
 def _moving_gpt(layout: DiskLayout, target_size: int) -> ExtentMap:
@@ -319,47 +279,3 @@ def _table_head(layout: DiskLayout) -> ExtentMap:
     table = layout.table
     assert table is not None
     return ExtentMap.span(0, table.first_usable_lba * table.sector_size)
-
-
-def _without(piece: _Piece, cut: ExtentMap) -> _Piece:
-    used = piece.used - cut.shift(-piece.base)
-    return _Piece(piece.base, piece.offset, piece.length, used, piece.keep_zeros, piece.gap)
-
-
-def _copy(
-    source: Device, target: Device, pieces: list[_Piece], fresh: bool, reporter: Reporter
-) -> int:
-    """Copy every piece; returns the bytes written (a new file's zeros are skipped)."""
-
-    def move(piece: _Piece) -> tuple[int, int]:
-        data = read_chunk(source, piece.base, piece.offset, piece.length, piece.used)
-        if data is not None and fresh and not piece.keep_zeros and is_zero(data):
-            return 0, piece.used.total  # a new file reads as zeros already
-        base = piece.base + piece.shift
-        n = write_used(target, base, piece.offset, data, piece.used, through_gaps=piece.gap)
-        return n, piece.used.total
-
-    reporter(TaskStarted("clone", sum(p.used.total for p in pieces), str(target.path)))
-    written = 0
-    for n, done in ordered_map(move, pieces, workers(IO_THREADS)):
-        written += n
-        reporter(TaskAdvanced("clone", done))
-    reporter(TaskFinished("clone"))
-    return written
-
-
-def _verify(source: Device, target: Device, pieces: list[_Piece], reporter: Reporter) -> bool:
-    """Re-read the used bytes of both sides and compare their hashes."""
-
-    def digests(piece: _Piece) -> bool:
-        a = read_chunk(source, piece.base, piece.offset, piece.length, piece.used)
-        b = read_chunk(target, piece.base + piece.shift, piece.offset, piece.length, piece.used)
-        return blake3.blake3(a or b"").digest() == blake3.blake3(b or b"").digest()
-
-    reporter(TaskStarted("verify", len(pieces), str(target.path)))
-    same = True
-    for ok in ordered_map(digests, pieces, workers(IO_THREADS)):
-        same = same and ok
-        reporter(TaskAdvanced("verify", 1))
-    reporter(TaskFinished("verify"))
-    return same

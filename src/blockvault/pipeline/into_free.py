@@ -1,8 +1,8 @@
 """Clone one partition into the free space of another disk, as a new partition there.
 
 ``clone --into-free``: the planning (which free extent, which entry) is
-``disk.free_space.place_partition``; the copy is clone's own (its pieces, ``_copy``
-and ``_verify`` with a shift from the source's offset to the new partition's),
+``disk.free_space.place_partition``; the copy is clone's own (``pipeline.pieces``,
+with a shift from the source's offset to the new partition's),
 after ``open_target`` made its refusals. The source's used bytes are written first
 and the table last, so a copy that fails half way leaves the target's table, and
 so every existing partition, as it was. Nothing outside the free extent is written
@@ -27,9 +27,10 @@ from blockvault.disk.table import Partition
 from blockvault.disk.table.probe import read_table
 from blockvault.disk.table.write import write_table
 from blockvault.errors import BlockvaultError, SourceError, TargetError, UsageError
-from blockvault.pipeline.clone import CloneResult, _copy, _cut, _Piece, _verify, check_source
+from blockvault.pipeline.clone import CloneResult, check_source
 from blockvault.pipeline.events import Reporter
 from blockvault.pipeline.events import quiet as quiet_reporter
+from blockvault.pipeline.pieces import Piece, copy_pieces, cut, verify_pieces
 from blockvault.pipeline.stages import READ_THROUGH_GAP
 from blockvault.pipeline.target import open_target
 
@@ -68,10 +69,10 @@ def clone_into_free(
             start = placement.partition.start
             shift = start - part.partition.start
             pieces = _pieces(part, shift)
-            written = _copy(device, out, pieces, False, reporter)
+            written = copy_pieces(device, out, pieces, False, reporter)
             write_table(out, placement.table)
             out.sync()
-            verified = _verify(device, out, pieces, reporter) if verify else None
+            verified = verify_pieces(device, out, pieces, reporter) if verify else None
             # after verify: the boot sectors now differ from the source's on purpose
             move_hidden_sectors(out, start, part.partition.size, placement.table.sector_size)
             out.sync()
@@ -191,7 +192,7 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _pieces(part: PartitionLayout, shift: int) -> list[_Piece]:
+def _pieces(part: PartitionLayout, shift: int) -> list[Piece]:
     """Clone's pieces of one partition, each to be written ``shift`` bytes further on."""
     p = part.partition
-    return list(_cut(p.start, p.size, part.fs.used, gap=READ_THROUGH_GAP, shift=shift))
+    return list(cut(p.start, p.size, part.fs.used, gap=READ_THROUGH_GAP, shift=shift))
