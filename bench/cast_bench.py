@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' network
 from run_bench import WORK, drop_caches, ensure_disk, log, machine_info, parse_size
+from tests.netns import Bridge, bridge
 
 from blockvault.repo.format import DEFAULT_CHUNK_SIZE
 
@@ -45,49 +47,6 @@ def sh(*argv: str | Path, input: str | None = None) -> str:
     return subprocess.run(
         [str(a) for a in argv], check=True, capture_output=True, text=True, input=input
     ).stdout
-
-
-class Net:
-    """A bridge namespace, a sender namespace and ``n`` receiver namespaces."""
-
-    def __init__(self, receivers: int, mtu: int = 1500) -> None:
-        self.mtu = mtu
-        self.prefix = f"bvb{os.getpid() % 100000}"
-        self.bridge = f"{self.prefix}b"
-        self.sender = f"{self.prefix}s"
-        self.receivers = [f"{self.prefix}r{i}" for i in range(receivers)]
-        self.created: list[str] = []
-
-    def __enter__(self) -> Net:
-        for ns in [self.bridge, self.sender, *self.receivers]:
-            sh("ip", "netns", "add", ns)
-            self.created.append(ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", self.bridge, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
-        sh("ip", "-n", self.bridge, "link", "set", "br0", "up")
-        for i, ns in enumerate([self.sender, *self.receivers]):
-            a, b = f"{self.prefix}a{i}", f"{self.prefix}c{i}"
-            sh("ip", "link", "add", a, "netns", self.bridge, "type", "veth", "peer", b, "netns", ns)
-            sh("ip", "-n", self.bridge, "link", "set", a, "mtu", str(self.mtu), "master", "br0")
-            sh("ip", "-n", self.bridge, "link", "set", a, "up")
-            sh("ip", "-n", ns, "link", "set", b, "name", "cast0", "mtu", str(self.mtu))
-            sh("ip", "-n", ns, "addr", "add", f"10.78.0.{i + 1}/24", "brd", "+", "dev", "cast0")
-            sh("ip", "-n", ns, "link", "set", "cast0", "up")
-            # udpcast needs a broadcast address (brd +) and a multicast route
-            sh("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", "cast0")
-        return self
-
-    def lose(self, ns: str, percent: int) -> None:
-        rules = (
-            "add table inet cast\n"
-            "add chain inet cast input { type filter hook input priority 0 ; }\n"
-            f"add rule inet cast input meta l4proto udp numgen random mod 100 < {percent} drop\n"
-        )
-        sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=rules)
-
-    def __exit__(self, *exc: object) -> None:
-        for ns in reversed(self.created):
-            subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
 def run_case(commands: list[tuple[str, str]]) -> tuple[float, list[dict[str, float]]]:
@@ -120,7 +79,7 @@ def run_case(commands: list[tuple[str, str]]) -> tuple[float, list[dict[str, flo
 
 
 def blockvault_case(
-    net: Net, repo: Path, snap: str, targets: list[Path], rate: str
+    net: Bridge, repo: Path, snap: str, targets: list[Path], rate: str
 ) -> list[tuple[str, str]]:
     receive = [
         (ns, f"blockvault cast receive {t} --interface cast0 --session bench --max-wait 60")
@@ -135,7 +94,7 @@ def blockvault_case(
 
 
 def udpcast_case(
-    net: Net, image: Path, part_size: int, targets: list[Path], rate: str
+    net: Bridge, image: Path, part_size: int, targets: list[Path], rate: str
 ) -> list[tuple[str, str]]:
     receive = [
         (
@@ -215,7 +174,7 @@ def main() -> None:
     results_name += (f"-{args.max_rate}mbit" if args.max_rate else "") + ".json"
     for receivers, loss in cases:
         for tool in args.tools.split(","):
-            with Net(receivers, args.mtu) as net:
+            with bridge(Bridge, [args.mtu] * (receivers + 1), subnet="10.78.0") as net:
                 if loss:
                     net.lose(net.receivers[-1], loss)
                 targets = [CAST / f"target{i}.img" for i in range(receivers)]

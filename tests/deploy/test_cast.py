@@ -14,7 +14,6 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from blockvault.repo.keys import ScryptParams
 from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.conftest import IS_ROOT, need_tools, sh
 from tests.fstree import extract, fsck
+from tests.netns import Bridge, bridge
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root for network namespaces")
 
@@ -33,11 +33,8 @@ MiB = 1024 * 1024
 LIMIT = 60  # seconds any one cast process may run
 
 
-@dataclass
-class Net:
-    prefix: str
-    sender: str
-    receivers: list[str]
+class Net(Bridge):
+    """The cast network, with ``blockvault`` run in its namespaces."""
 
     def run(
         self, ns: str, *args: str | os.PathLike[str], env: dict[str, str] | None = None
@@ -84,50 +81,16 @@ class Net:
             env=env,
         )
 
-    def lose(self, ns: str, percent: int) -> None:
-        """Drop ``percent`` % of the UDP datagrams arriving in ``ns``."""
-        rules = (
-            "add table inet cast\n"
-            "add chain inet cast input { type filter hook input priority 0 ; }\n"
-            f"add rule inet cast input meta l4proto udp numgen random mod 100 < {percent} drop\n"
-        )
-        sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=rules)
 
-
-@contextlib.contextmanager
-def bridge(mtus: list[int]) -> Iterator[Net]:
-    """A bridge namespace and one namespace per entry of ``mtus`` (the sender's
-    first), each on a veth pair whose namespace end has that MTU."""
+def network(mtus: list[int]) -> contextlib.AbstractContextManager[Net]:
+    """A namespace per entry of ``mtus`` (the sender's first) on one bridge."""
     need_tools("ip", "nft")
-    prefix = f"bvc{os.getpid() % 100000}{int(time.monotonic() * 1000) % 1000}"
-    bridge = f"{prefix}b"
-    names = [f"{prefix}s"] + [f"{prefix}r{i}" for i in range(len(mtus) - 1)]
-    created: list[str] = []
-    try:
-        for ns in [bridge, *names]:
-            sh("ip", "netns", "add", ns)
-            created.append(ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", bridge, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
-        for i, (ns, mtu) in enumerate(zip(names, mtus, strict=True)):
-            # veth names are global while being created: unique per run
-            a, b = f"{prefix}a{i}", f"{prefix}c{i}"
-            sh("ip", "link", "add", a, "netns", bridge, "type", "veth", "peer", b, "netns", ns)
-            sh("ip", "-n", bridge, "link", "set", a, "mtu", str(max(mtus)), "master", "br0", "up")
-            sh("ip", "-n", ns, "link", "set", b, "name", "cast0")
-            sh("ip", "-n", ns, "link", "set", "cast0", "mtu", str(mtu))
-            sh("ip", "-n", ns, "addr", "add", f"10.77.0.{i + 1}/24", "dev", "cast0")
-            sh("ip", "-n", ns, "link", "set", "cast0", "up")
-        sh("ip", "-n", bridge, "link", "set", "br0", "mtu", str(max(mtus)), "up")
-        yield Net(prefix, names[0], names[1:])
-    finally:
-        for ns in reversed(created):
-            subprocess.run(["ip", "netns", "del", ns], check=False)
+    return bridge(Net, mtus)
 
 
 @pytest.fixture
 def net() -> Iterator[Net]:
-    with bridge([1500] * 5) as made:
+    with network([1500] * 5) as made:
         yield made
 
 
@@ -210,6 +173,21 @@ def all_verified(
     return report
 
 
+def refused(net: Net, source: tuple[BuiltDisk, Path, str], target: Path, words: str) -> None:
+    """A receiver that must refuse ``target`` before writing: a one-line error with
+    ``words`` and a non-zero exit; the sender reports the receiver failed."""
+    _disk, repo, snap = source
+    proc = net.receive(net.receivers[0], target, "--max-wait", "20", "--yes")
+    sender = net.send(repo, snap, "--max-wait", "5", "--json")
+    rc, _, err = finish(proc)
+    assert rc != 0
+    assert len(err.strip().splitlines()) == 1 and words in err, err
+    assert "Traceback" not in err
+    code, out, _ = finish(sender)
+    assert code == 1
+    assert json.loads(out)["receivers"][0]["status"] == "failed"
+
+
 @pytest.mark.parametrize("loss", [0, 1, 5])
 def test_three_receivers_one_lossy_link(
     net: Net, source: tuple[BuiltDisk, Path, str], tmp_path: Path, loss: int
@@ -247,19 +225,10 @@ def test_killed_receiver_does_not_stop_the_others(
 def test_too_small_target_refused_before_writing(
     net: Net, source: tuple[BuiltDisk, Path, str], tmp_path: Path
 ) -> None:
-    _disk, repo, snap = source
     small = tmp_path / "small.img"
     small.write_bytes(b"\x55" * MiB)
-    proc = net.receive(net.receivers[0], small, "--max-wait", "20")
-    sender = net.send(repo, snap, "--max-wait", "5", "--json")
-    rc, _, err = finish(proc)
-    assert rc != 0
-    assert len(err.strip().splitlines()) == 1 and "too small" in err, err
-    assert "Traceback" not in err
+    refused(net, source, small, "too small")
     assert small.read_bytes() == b"\x55" * MiB
-    code, out, _ = finish(sender)
-    assert code == 1
-    assert json.loads(out)["receivers"][0]["status"] == "failed"
 
 
 def test_late_joiner_gets_what_it_missed(
@@ -304,7 +273,7 @@ def test_late_joiner_gets_what_it_missed(
 def test_datagrams_fill_the_smallest_receivers_mtu(
     source: tuple[BuiltDisk, Path, str], tmp_path: Path, mtus: list[int], payload: int
 ) -> None:
-    with bridge(mtus) as jumbo:
+    with network(mtus) as jumbo:
         report = all_verified(*cast(jumbo, source, tmp_path, 2), source[0], tmp_path)
     assert report["payload"] == payload
 
@@ -368,7 +337,6 @@ def test_mounted_target_refused_before_writing(
     mounted: Callable[..., Path],
 ) -> None:
     need_tools("mkfs.ext4")
-    _disk, repo, snap = source
     image = tmp_path / "mounted.img"
     with open(image, "wb") as f:
         f.truncate(64 * MiB)
@@ -376,16 +344,8 @@ def test_mounted_target_refused_before_writing(
     device = loop(image)
     mounted(device, tmp_path / "mnt", "-o", "ro")
     before = image.read_bytes()
-    proc = net.receive(net.receivers[0], Path(device), "--max-wait", "20", "--yes")
-    sender = net.send(repo, snap, "--max-wait", "5", "--json")
-    rc, _, err = finish(proc)
-    assert rc != 0
-    assert len(err.strip().splitlines()) == 1 and "mounted" in err, err
-    assert "Traceback" not in err
+    refused(net, source, Path(device), "mounted")
     assert image.read_bytes() == before
-    code, out, _ = finish(sender)
-    assert code == 1
-    assert json.loads(out)["receivers"][0]["status"] == "failed"
 
 
 def test_loss_of_the_link_itself_does_not_slow_the_cast(
@@ -405,18 +365,10 @@ def test_loss_of_the_link_itself_does_not_slow_the_cast(
 def test_other_sector_size_refused_before_writing(
     net: Net, source: tuple[BuiltDisk, Path, str], tmp_path: Path, loop: Callable[..., str]
 ) -> None:
-    _disk, repo, snap = source
     image = tmp_path / "4k.img"
     image.write_bytes(b"\x55" * MiB)
     with open(image, "r+b") as f:
         f.truncate(64 * MiB)
     device = loop(image, sector_size=4096)
-    proc = net.receive(net.receivers[0], Path(device), "--max-wait", "20", "--yes")
-    sender = net.send(repo, snap, "--max-wait", "5", "--json")
-    rc, _, err = finish(proc)
-    assert rc != 0
-    assert len(err.strip().splitlines()) == 1 and "4096-byte sectors" in err, err
+    refused(net, source, Path(device), "4096-byte sectors")
     assert image.read_bytes()[:MiB] == b"\x55" * MiB
-    code, out, _ = finish(sender)
-    assert code == 1
-    assert json.loads(out)["receivers"][0]["status"] == "failed"
