@@ -196,9 +196,14 @@ def test_three_receivers_one_lossy_link(
         net.lose(net.receivers[2], loss)
     report = all_verified(*cast(net, source, tmp_path, 3), source[0], tmp_path)
     assert report["payload"] == 1500 - 28 - 22  # a 1500-byte MTU, less IP, UDP and our header
+    passes = report["pass_reports"]
+    assert len(passes) == report["passes"]
+    assert not passes[0]["parity"]  # nobody had lost anything yet
+    assert [p["chunks"] for p in passes] == sorted((p["chunks"] for p in passes), reverse=True)
     if loss == 5:  # XOR parity repairs one loss in nine: at 5 % some chunks need a NAK
         lossy = next(r for r in report["receivers"] if r["address"] == "10.77.0.4")
         assert lossy["naks"] > 0 and report["passes"] > 1
+        assert passes[0]["worst_loss"] > 0 and passes[1]["parity"]
 
 
 def test_killed_receiver_does_not_stop_the_others(

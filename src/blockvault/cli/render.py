@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from blockvault.extents import ExtentMap
-from blockvault.pipeline.events import Event, TaskAdvanced, TaskFinished, TaskStarted, Warned
+from blockvault.pipeline.events import (
+    Event,
+    Noted,
+    TaskAdvanced,
+    TaskFinished,
+    TaskStarted,
+    Warned,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -93,8 +100,12 @@ class ProgressReporter:
         self.tasks: dict[str, TaskID] = {}
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, Warned):
-            warn(event.message)
+        if isinstance(event, Warned | Noted):
+            # above the live bars when there are some: another console would tear them
+            out = self.progress.console if self.progress else console(stderr=True)
+            if isinstance(event, Warned):
+                out.print("[yellow]warning:[/yellow] ", end="")
+            out.print(event.message, highlight=False, markup=False)
         elif self.progress is None:
             return
         elif isinstance(event, TaskStarted):

@@ -8,6 +8,7 @@ one lossy or slow receiver is served in later passes instead of slowing the rest
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import socket
 import statistics
@@ -23,14 +24,21 @@ import zstandard
 from blockvault.deploy import mmsg, wire
 from blockvault.disk.table import gpt
 from blockvault.errors import UsageError
-from blockvault.pipeline.events import Reporter, Warned
+from blockvault.pipeline.events import (
+    Noted,
+    Reporter,
+    TaskAdvanced,
+    TaskFinished,
+    TaskStarted,
+    Warned,
+)
 from blockvault.pipeline.events import quiet as quiet_reporter
 from blockvault.pipeline.stages import ordered_map
 from blockvault.repo import Repository, Snapshot
 from blockvault.repo import format as fmt
 from blockvault.repo.image import SnapshotImage
 
-__all__ = ["CastResult", "ReceiverReport", "send"]
+__all__ = ["CastResult", "PassReport", "ReceiverReport", "send"]
 
 PASS_REPLY_WAIT = 3.0  # seconds to wait for receivers' NAKs after a pass
 STALL_PASSES = 6  # passes without progress before a receiver is dropped
@@ -55,6 +63,20 @@ class ReceiverReport:
 
 
 @dataclass
+class PassReport:
+    """One pass over what receivers still lacked, and how it went."""
+
+    chunks: int
+    datagrams: int
+    seconds: float
+    start_mbit: float  # the rate it began at (overflow reports may cut it mid-pass)
+    end_mbit: float
+    parity: bool
+    worst_loss: float  # share of its datagrams the most lossy receiver did not get
+    overflow_cuts: int  # times most receivers' socket buffers overflowed and the rate fell
+
+
+@dataclass
 class CastResult:
     snapshot: str
     session: str
@@ -63,6 +85,7 @@ class CastResult:
     final_rate_mbit: float
     receivers: list[ReceiverReport]
     payload: int = 0  # fragment bytes per datagram in the last pass
+    pass_reports: list[PassReport] = field(default_factory=list)
 
 
 @dataclass
@@ -145,6 +168,7 @@ def send(
     started = time.monotonic()
     need, items, gpt_backup = plan(repo, snapshot, partition)
     chunks = [i for i, item in enumerate(items) if item["id"]]
+    sizes_of = [sum(length for _, length in item["used"]) for item in items]  # for progress
     manifest = {
         "type": "manifest",
         "session": session,
@@ -182,7 +206,13 @@ def send(
                         peer.report.status = "ready"
                         peer.missing = dict.fromkeys(chunks)
                         peer.joined = time.monotonic()
-                        reporter(Warned(f"{peer.report.address} joined"))
+                        ready = sum(p.report.status == "ready" for p in peers)
+                        reporter(
+                            Noted(
+                                f"{peer.report.address} ({peer.report.host}) joined: "
+                                f"{ready} ready, {min_receivers} awaited"
+                            )
+                        )
                     elif kind == "need":
                         before = peer.missing
                         peer.missing = {
@@ -262,6 +292,7 @@ def send(
     payload = own_payload
     pace = _Pace(max_rate, max_rate)
     passes = 0
+    reports: list[PassReport] = []
     try:
         wait_end = time.monotonic() + max_wait
         while time.monotonic() < wait_end:
@@ -286,8 +317,24 @@ def send(
             # parity costs 12.5 % of the wire: sent only once a receiver has lost datagrams
             with lock:
                 parity = any(p.loss > 0 for p in active)
-            sent = _stream(repo, items, wanted, data, tag, payload, pace, overrun, parity)
             passes += 1
+            task = f"pass {passes}"
+            total = sum(sizes_of[n] for n in wanted)
+            reporter(TaskStarted(task, total, f"{len(active)} receivers"))
+            began, start_rate, cuts = time.monotonic(), pace.rate, pace.cuts
+            sent = _stream(
+                repo,
+                items,
+                wanted,
+                data,
+                tag,
+                payload,
+                pace,
+                overrun,
+                parity,
+                functools.partial(_advanced, reporter, task, sizes_of),
+            )
+            reporter(TaskFinished(task))
             for p in active:
                 _tell(p, {"type": "pass", "pass": passes, "sent": sent})
             reply_end = time.monotonic() + PASS_REPLY_WAIT
@@ -297,6 +344,19 @@ def send(
                         break
                 time.sleep(0.02)
             with lock:
+                losses = [p.loss for p in active if p.answered >= passes]
+                reports.append(
+                    PassReport(
+                        len(wanted),
+                        sent,
+                        round(time.monotonic() - began, 3),
+                        round(start_rate, 1),
+                        round(pace.rate, 1),
+                        parity,
+                        round(max(losses, default=0.0), 4),
+                        pace.cuts - cuts,
+                    )
+                )
                 pace.update([p.loss for p in active if p.report.status == "ready"])
             with lock:
                 for p in active:
@@ -323,6 +383,7 @@ def send(
         round(pace.rate, 1),
         [p.report for p in peers],
         payload,
+        reports,
     )
 
 
@@ -346,6 +407,7 @@ def _stream(
     pace: _Pace,
     overrun: Callable[[], bool],
     parity: bool,
+    advance: Callable[[int], None],
 ) -> int:
     """Send the ``wanted`` groups of chunks at no more than ``pace.rate``, a few
     dozen datagrams per system call; returns the number of datagrams sent.
@@ -388,6 +450,7 @@ def _stream(
             due += wire_bytes / (pace.rate * 125_000)
             count += last - first
             first = last
+        advance(n)
     return count
 
 
@@ -407,6 +470,7 @@ class _Pace:
     baseline: float = 0.0  # loss that persists whatever the rate
     cut_from: tuple[float, float] | None = None  # (rate, loss) before the last cut
     overran: bool = False  # slowed down during the pass: do not speed up after it
+    cuts: int = 0  # times slowed down mid-pass, in all
 
     def update(self, losses: list[float]) -> None:
         if not losses:
@@ -431,6 +495,11 @@ class _Pace:
         """Most receivers overflowed their socket buffers during this pass."""
         self.rate = max(MIN_RATE, self.rate * OVERRUN_SLOWER)
         self.overran = True
+        self.cuts += 1
+
+
+def _advanced(reporter: Reporter, task: str, sizes_of: list[int], n: int) -> None:
+    reporter(TaskAdvanced(task, sizes_of[n]))
 
 
 def _tell(peer: _Peer, message: dict[str, Any]) -> None:

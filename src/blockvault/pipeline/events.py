@@ -10,7 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Event", "Reporter", "TaskAdvanced", "TaskFinished", "TaskStarted", "Warned", "quiet"]
+__all__ = [
+    "Event",
+    "Noted",
+    "Reporter",
+    "TaskAdvanced",
+    "TaskFinished",
+    "TaskStarted",
+    "Warned",
+    "quiet",
+]
 
 
 @dataclass(frozen=True)
@@ -36,7 +45,14 @@ class Warned:
     message: str
 
 
-Event = TaskStarted | TaskAdvanced | TaskFinished | Warned
+@dataclass(frozen=True)
+class Noted:
+    """Something a user watching wants to know that is not a problem (a receiver joined)."""
+
+    message: str
+
+
+Event = TaskStarted | TaskAdvanced | TaskFinished | Warned | Noted
 Reporter = Callable[[Event], None]
 
 

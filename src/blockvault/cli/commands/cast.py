@@ -78,19 +78,20 @@ def register(group: click.Group) -> None:
         what they lost and print a per-receiver report."""
         repo = open_repo(ctx)
         snap = repo.resolve(snapshot)
-        result = send(
-            repo,
-            snap,
-            partition=partition,
-            interface=interface,
-            session=session,
-            port=port,
-            min_receivers=min_receivers,
-            max_wait=max_wait,
-            max_rate=max_rate,
-            timeout=timeout,
-            reporter=lambda e: render.warn(e.message) if hasattr(e, "message") else None,
-        )
+        with render.progress(as_json) as reporter:
+            result = send(
+                repo,
+                snap,
+                partition=partition,
+                interface=interface,
+                session=session,
+                port=port,
+                min_receivers=min_receivers,
+                max_wait=max_wait,
+                max_rate=max_rate,
+                timeout=timeout,
+                reporter=reporter,
+            )
         if as_json:
             render.emit_json(result)
         else:
