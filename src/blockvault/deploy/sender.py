@@ -41,6 +41,8 @@ from blockvault.repo.image import SnapshotImage
 __all__ = ["CastResult", "PassReport", "ReceiverReport", "send"]
 
 PASS_REPLY_WAIT = 3.0  # seconds to wait for receivers' NAKs after a pass
+ANNOUNCE_EVERY = 0.5  # seconds between announcements
+POLL = 0.05  # seconds between looks at who is ready or done
 STALL_PASSES = 6  # passes without progress before a receiver is dropped
 MIN_RATE = 5.0  # Mbit/s
 SLOWER = 0.6  # rate factor after a pass that lost too much
@@ -272,9 +274,11 @@ def send(
             {"type": "announce", "session": session, "port": port, "payload": own_payload},
             separators=(",", ":"),
         ).encode()
-        while not stop.wait(0.5):
+        while True:  # at once, then every ANNOUNCE_EVERY: receivers already waiting join now
             with contextlib.suppress(OSError):
                 sock.sendto(text, (wire.ANNOUNCE_GROUP, wire.ANNOUNCE_PORT))
+            if stop.wait(ANNOUNCE_EVERY):
+                break
         sock.close()
 
     def overrun() -> bool:
@@ -299,7 +303,7 @@ def send(
             with lock:
                 if sum(p.report.status == "ready" for p in peers) >= min_receivers:
                     break
-            time.sleep(0.2)
+            time.sleep(POLL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with lock:
@@ -310,7 +314,7 @@ def send(
             if not active and not joining:
                 break
             if not wanted:
-                time.sleep(0.2)
+                time.sleep(POLL)
                 continue
             # the largest datagram every receiver takes (a smaller late joiner lowers it)
             payload = min([own_payload, *sizes])
