@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import random
 import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -97,6 +99,42 @@ def test_partial_chunks_stay_within_the_limit(monkeypatch: pytest.MonkeyPatch) -
     # the next pass starts again at a low chunk: the partial ones ahead are kept
     assert state.start(2, -(-size // payload), size, payload) is None
     assert list(state.assemblies) == [7, 8, 9]
+
+
+def test_a_complete_chunk_waits_for_the_writer_then_is_let_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    size, payload = 100_000, 1450
+    monkeypatch.setattr(receiver, "QUEUE_LIMIT", size)
+    items = [{"id": f"{i:064x}", "used": ExtentMap([(0, size)])} for i in range(3)]
+    state = receiver._State(items)
+
+    def arrive(chunk: int) -> None:
+        buffer, bounds = wire.datagrams(1, chunk, bytes(size), payload)
+        a = state.start(chunk, -(-size // payload), size, payload)
+        assert a is not None and deliver(a, buffer, bounds, set())
+        state.complete(chunk, a)
+
+    arrive(0)  # fills the queue
+    writer = threading.Timer(0.05, take_one, (state,))
+    writer.start()
+    arrive(1)  # waits until the writer takes chunk 0
+    writer.join()
+    assert state.pending[1] == 0 and state.discarded == 0
+    started = time.monotonic()
+    arrive(2)  # nobody takes chunk 1: let go after WRITER_WAIT, asked for again
+    assert time.monotonic() - started >= receiver.WRITER_WAIT
+    assert state.pending[2] == 1 and state.discarded == 1
+    assert [c for c, _ in state.need()] == [2]  # the queued ones are not asked for
+
+
+def take_one(state: receiver._State) -> None:
+    """What the writer does on taking a body off its queue."""
+    job = state.writes.get()
+    assert job is not None
+    with state.lock:
+        state.queued -= len(job[1])
+        state.room.notify()
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ __all__ = ["CastFailed", "ReceiveResult", "receive"]
 IDLE_LIMIT = 60.0  # seconds without a datagram or message before giving up
 PARTIAL_LIMIT = 128 << 20  # bytes of partly received chunk bodies held in memory
 QUEUE_LIMIT = 32 << 20  # bytes of complete chunk bodies waiting to be written
+WRITER_WAIT = 0.2  # seconds a complete chunk may wait for room in the writer's queue
 OVERFLOW_CHECK = 0.25  # seconds between looks at the socket's drop counter
 
 
@@ -195,6 +196,7 @@ class _State:
 
     def __init__(self, items: list[dict[str, Any]]) -> None:
         self.lock = threading.Lock()
+        self.room = threading.Condition(self.lock)  # the writer took a body off its queue
         chunks = [i for i, item in enumerate(items) if item["id"]]
         self.missing = set(chunks)
         self.total = sum(items[i]["used"].total for i in chunks)
@@ -207,6 +209,7 @@ class _State:
         self.peak_partial = 0
         self.writes: queue.Queue[tuple[int, bytearray] | None] = queue.Queue()
         self.queued = 0  # bytes waiting for the writer
+        self.discarded = 0  # complete chunks let go because the writer stayed behind
         self.written = 0
         self.progress: list[int] = []
         self.failure = ""
@@ -241,8 +244,13 @@ class _State:
         del self.assemblies[chunk]
         self.partial -= a.size
         with self.lock:
-            if self.queued + a.size > QUEUE_LIMIT:
-                return  # the writer is behind: let the next pass bring it again
+            # the socket's buffer holds what arrives meanwhile; when the writer stays
+            # behind, the chunk comes again in the next pass and the sender is told
+            # to slow down (as for a socket overflow)
+            fits = self.room.wait_for(lambda: self.queued + a.size <= QUEUE_LIMIT, WRITER_WAIT)
+            if not fits:
+                self.discarded += 1
+                return
             self.queued += a.size
         self.pending[chunk] = 0
         self.writes.put((chunk, a.body))
@@ -276,7 +284,7 @@ def _collect(
     chunks = len(pending)
     received = 0
     last = check = time.monotonic()
-    drops = wire.socket_drops(data)
+    drops, discarded = wire.socket_drops(data), 0
     while state.missing and not state.failure:
         n = inbox.receive()
         for k in range(n):
@@ -308,11 +316,15 @@ def _collect(
         if state.ended:
             raise CastFailed(f"the sender ended the session: {state.ended}")
         if now - check > OVERFLOW_CHECK:
-            # datagrams the kernel dropped because this loop fell behind: the sender
-            # slows down at once when most receivers say so
-            check, before, drops = now, drops, wire.socket_drops(data)
-            if drops > before:
-                wire.send_message(control, {"type": "overflow", "drops": drops})
+            # datagrams the kernel dropped because this loop fell behind, or chunks let
+            # go because the writer did: the sender slows down at once when most
+            # receivers say so
+            before = drops + discarded
+            check, drops, discarded = now, wire.socket_drops(data), state.discarded
+            if drops + discarded > before:
+                wire.send_message(
+                    control, {"type": "overflow", "drops": drops, "discarded": discarded}
+                )
         request = state.pass_request
         # answer a pass once the datagrams still queued in the socket are taken
         if request is not None and (now - last > 0.05 or now - state.requested > 1.0):
@@ -364,6 +376,7 @@ def _writer(items: list[dict[str, Any]], device: Device, state: _State) -> None:
             plain = b""
         with state.lock:
             state.queued -= len(body)
+            state.room.notify()
         if len(plain) != item["length"] or blake3.blake3(plain).digest() != view[1:33]:
             state.pending[n] = 1  # damaged in transit: ask for it again
             continue
