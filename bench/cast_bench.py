@@ -49,6 +49,10 @@ def sh(*argv: str | Path, input: str | None = None) -> str:
     ).stdout
 
 
+class CaseFailed(Exception):
+    """One process of a case exited non-zero (udpcast's receiver sometimes ends early)."""
+
+
 def run_case(commands: list[tuple[str, str]]) -> tuple[float, list[dict[str, float]]]:
     """Start every (namespace, shell command) at once; seconds until the last exits,
     and each command's CPU seconds (user + system, its children included) and peak
@@ -69,7 +73,7 @@ def run_case(commands: list[tuple[str, str]]) -> tuple[float, list[dict[str, flo
             for other in procs:  # leave nothing running behind (a pipeline's every part)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(other.pid, signal.SIGKILL)
-            raise SystemExit(f"failed ({proc.returncode}): {cmd}")
+            raise CaseFailed(f"failed ({proc.returncode}): {cmd}")
     seconds = round(time.monotonic() - start, 2)
     usage = []
     for out in stats:
@@ -184,9 +188,16 @@ def main() -> None:
                     commands = blockvault_case(net, repo, snap, targets, args.max_rate)
                 else:
                     commands = udpcast_case(net, image, part["size"], targets, args.max_rate)
-                seconds, usage = run_case(commands)
-                for t in targets:
-                    t.unlink(missing_ok=True)
+                try:
+                    seconds, usage = run_case(commands)
+                except CaseFailed as exc:  # recorded, and the other cases still run
+                    log(str(exc))
+                    failed = {"tool": tool, "receivers": receivers, "loss_percent": loss}
+                    results.append({**failed, "failed": str(exc)})
+                    continue
+                finally:
+                    for t in targets:
+                        t.unlink(missing_ok=True)
             receiving = usage[:-1]
             row = {
                 "tool": tool,
@@ -200,6 +211,10 @@ def main() -> None:
                 "sender_cpu_s": usage[-1]["cpu_s"],
                 "load_average": round(os.getloadavg()[0], 2),
             }
+            if tool == "blockvault":  # how many passes, and how much they carried again
+                report = json.loads((CAST / "send-report.json").read_text())
+                row["passes"] = report["passes"]
+                row["chunks_sent_again"] = sum(p["chunks"] for p in report["pass_reports"][1:])
             log(json.dumps(row))
             results.append(row)
             (CAST / results_name).write_text(
