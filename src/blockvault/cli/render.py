@@ -87,8 +87,15 @@ def adapted(gpt_moved: bool, grown: str | None) -> str:
     )
 
 
-def warn(message: str) -> None:
-    console(stderr=True).print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+def warn(message: str, out: Console | None = None) -> None:
+    """``warning: message`` on stderr (or ``out``); the message is shown as written,
+    not read as rich markup (a path may hold brackets)."""
+    say("[yellow]warning:[/yellow] ", out, end="", markup=True)
+    say(message, out)
+
+
+def say(text: str, out: Console | None = None, end: str = "\n", markup: bool = False) -> None:
+    (out or console(stderr=True)).print(text, end=end, highlight=False, markup=markup)
 
 
 class ProgressReporter:
@@ -100,12 +107,12 @@ class ProgressReporter:
         self.tasks: dict[str, TaskID] = {}
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, Warned | Noted):
-            # above the live bars when there are some: another console would tear them
-            out = self.progress.console if self.progress else console(stderr=True)
-            if isinstance(event, Warned):
-                out.print("[yellow]warning:[/yellow] ", end="")
-            out.print(event.message, highlight=False, markup=False)
+        # messages go above the live bars when there are some: another console would tear them
+        out = self.progress.console if self.progress else None
+        if isinstance(event, Warned):
+            warn(event.message, out)
+        elif isinstance(event, Noted):
+            say(event.message, out)
         elif self.progress is None:
             return
         elif isinstance(event, TaskStarted):
