@@ -29,6 +29,7 @@ from blockvault.pipeline.events import (
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
+    from rich.text import Text
 
 
 @cache
@@ -88,14 +89,16 @@ def adapted(gpt_moved: bool, grown: str | None) -> str:
 
 
 def warn(message: str, out: Console | None = None) -> None:
-    """``warning: message`` on stderr (or ``out``); the message is shown as written,
-    not read as rich markup (a path may hold brackets)."""
-    say("[yellow]warning:[/yellow] ", out, end="", markup=True)
-    say(message, out)
+    """``warning: message`` on stderr (or ``out``)."""
+    from rich.text import Text
+
+    say(Text.assemble(("warning:", "yellow"), " ", message), out)
 
 
-def say(text: str, out: Console | None = None, end: str = "\n", markup: bool = False) -> None:
-    (out or console(stderr=True)).print(text, end=end, highlight=False, markup=markup)
+def say(text: str | Text, out: Console | None = None) -> None:
+    """One line on stderr (or ``out``) as written: not read as rich markup (a path may
+    hold brackets) and not wrapped (scripts read it)."""
+    (out or console(stderr=True)).print(text, highlight=False, markup=False, soft_wrap=True)
 
 
 class ProgressReporter:
