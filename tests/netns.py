@@ -20,8 +20,8 @@ from typing import TypeVar
 __all__ = ["Bridge", "bridge"]
 
 
-def _run(*args: str) -> None:
-    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+def _run(*args: str, input: str | None = None) -> None:
+    proc = subprocess.run(args, input=input, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed: {proc.stderr.strip()}")
 
@@ -39,15 +39,7 @@ class Bridge:
             "add chain inet cast input { type filter hook input priority 0 ; }\n"
             f"add rule inet cast input meta l4proto udp numgen random mod 100 < {percent} drop\n"
         )
-        proc = subprocess.run(
-            ["ip", "netns", "exec", ns, "nft", "-f", "-"],
-            input=rules,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"nft in {ns} failed: {proc.stderr.strip()}")
+        _run("ip", "netns", "exec", ns, "nft", "-f", "-", input=rules)
 
 
 B = TypeVar("B", bound=Bridge)
