@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Boot acceptance: system disks copied by blockvault onto other disks still boot.
 
-Builds a BIOS and a UEFI system disk with :mod:`blockvault.sample_boot` (GPT, GRUB,
+Builds a BIOS and a UEFI system disk with :mod:`blockvault_demo.sample_boot` (GPT, GRUB,
 a Debian kernel and a busybox initramfs that prints its disk's random token once it
 has mounted the root filesystem found by UUID), then for each disk:
 
@@ -38,9 +38,8 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path[:0] = [str(ROOT / "src")]
 
-from blockvault.sample_boot import (  # noqa: E402
+from blockvault_demo.sample_boot import (  # noqa: E402
     FIRMWARES,
     BootDisk,
     Firmware,
@@ -400,7 +399,7 @@ def section(report: str, kernel: str, have: dict[str, bool]) -> str:
 
 Measured {datetime.now(UTC).isoformat(timespec="seconds")} with `python bench/boot_acceptance.py`
 (blockvault {commit}{"+dirty" if dirty else ""}). Each disk is built by
-`blockvault.sample_boot` (GPT; BIOS: 1 MiB BIOS boot partition with GRUB i386-pc
+`blockvault_demo.sample_boot` (GPT; BIOS: 1 MiB BIOS boot partition with GRUB i386-pc
 core.img and boot.img in the MBR, ext4 root; UEFI: 260 MiB FAT32 ESP with GRUB x86_64-efi
 as `\\EFI\\BOOT\\BOOTX64.EFI`, ext4 root), kernel {kernel} with a busybox initramfs.
 "booted" means the copy's initramfs found the root filesystem by UUID and printed this

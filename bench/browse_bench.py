@@ -23,16 +23,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path[:0] = [str(ROOT / "src")]
 
-from blockvault.sample import DiskSpec, PartitionSpec, build_disk  # noqa: E402
+from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

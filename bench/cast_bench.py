@@ -31,12 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' network
 from run_bench import WORK, drop_caches, ensure_disk, log, machine_info, parse_size
-from tests.netns import Bridge, bridge
 
 from blockvault.repo.format import DEFAULT_CHUNK_SIZE
+from blockvault_demo.netns import Bridge, bridge
 
 CAST = WORK / "cast"
 LIMIT = 1800  # seconds one case may take

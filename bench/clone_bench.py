@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -23,7 +22,6 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path[:0] = [str(BENCH), str(ROOT)]
 
 from run_bench import (  # noqa: E402
     WORK,

@@ -3,7 +3,7 @@
 
 Uses the cached sample disk of ``run_bench.py`` (GPT + ext4, ``--fill`` of ``--size``).
 A working copy of it is changed between backups as between days of use: its ext4
-partition is loop-mounted read-write and :func:`blockvault.sample.change_tree` rewrites,
+partition is loop-mounted read-write and :func:`blockvault_demo.sample.change_tree` rewrites,
 appends, adds and deletes about ``--daily-change`` of the file data (a new seed each
 day). After each change the whole disk is backed up into one repository. Then
 ``prune --keep-last`` keeps the newest half, and ``gc`` runs timed (caches dropped),
@@ -20,7 +20,6 @@ import argparse
 import json
 import shutil
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +27,6 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path[:0] = [str(BENCH), str(ROOT)]
 
 import run_bench  # noqa: E402
 from incremental_bench import change_partition  # noqa: E402

@@ -3,7 +3,7 @@
 restic, borg and a second full partclone + zstd.
 
 Uses the cached sample disk of ``run_bench.py`` (GPT + ext4, ``--fill`` of ``--size``)
-and a copy of it in which :func:`blockvault.sample.change_tree` rewrote, appended, added
+and a copy of it in which :func:`blockvault_demo.sample.change_tree` rewrote, appended, added
 and deleted about ``--change`` of the file data in place (the copy's ext4 partition
 loop-mounted read-write; the copy is cached next to the disk). Then, each timed step
 after ``sync; echo 3 > drop_caches`` and a wait until the 1-minute load average is
@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +40,6 @@ from typing import IO, Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path[:0] = [str(BENCH), str(ROOT)]
 
 import run_bench  # noqa: E402
 from run_bench import WORK, drop_caches, ensure_disk, log, machine_info, parse_size  # noqa: E402
@@ -174,7 +172,7 @@ def change_partition(
 ) -> object:
     """Change ``fraction`` of the files on the image's ext4 partition, loop-mounted
     read-write at ``mnt``; returns sample.change_tree's summary."""
-    from blockvault import sample
+    from blockvault_demo import sample
 
     device = loop(image, part["offset"], part["size"], read_only=False)
     mnt.mkdir(parents=True, exist_ok=True)

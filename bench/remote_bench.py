@@ -2,7 +2,7 @@
 """Backup and restore throughput to remote repositories on loopback, against local.
 
 Uses the cached sample disk of ``run_bench.py`` (GPT + ext4 with ``--fill`` of
-``--size`` in :func:`blockvault.sample.make_tree` files; default about 1 GiB used),
+``--size`` in :func:`blockvault_demo.sample.make_tree` files; default about 1 GiB used),
 starts a real OpenSSH ``sshd`` and moto's standalone S3 server on 127.0.0.1 (the same
 servers the tests use), and for each repository kind (local directory, ``sftp://``,
 ``s3://``) times ``blockvault backup`` into a fresh repository and ``blockvault
@@ -18,7 +18,6 @@ import filecmp
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -27,10 +26,10 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path[:0] = [str(BENCH), str(ROOT)]
 
 import run_bench  # noqa: E402
-from tests.storage.servers import start_moto, start_sshd, stop  # noqa: E402
+
+from blockvault_demo.servers import start_moto, start_sshd, stop  # noqa: E402
 
 MB = 1_000_000
 

@@ -2,7 +2,7 @@
 """Benchmark blockvault against partclone + zstd, dd + zstd and the read limit.
 
 Builds (once, cached in ``bench/work/disks``) a GPT disk image with one ext4 partition
-about 45 % full of :func:`blockvault.sample.make_tree` data, then in one run, dropping
+about 45 % full of :func:`blockvault_demo.sample.make_tree` data, then in one run, dropping
 the page cache before each timed step, measures wall time, CPU time and peak RSS of:
 
 * ``dd`` of the partition to ``/dev/null`` (the read limit);
@@ -339,7 +339,7 @@ def file_mix(root: Path) -> dict[str, dict[str, int]]:
 def ensure_disk(size: int, fill: float, seed: int) -> dict[str, Any]:
     """The cached sample disk for these parameters, built when missing; returns its
     metadata (path, partition offset and size, tree summary and file mix)."""
-    from blockvault import sample
+    from blockvault_demo import sample
 
     builder = hashlib.sha256(Path(sample.__file__).read_bytes()).hexdigest()[:8]
     key = f"gpt-ext4-{size_label(size)}-fill{fill:g}-seed{seed}-{builder}"
@@ -852,7 +852,7 @@ def render(results: dict[str, Any]) -> str:
     add(
         f"* {d['size'] / GiB:g} GiB GPT disk image, one ext4 partition of "
         f"{d['partition']['size'] / MB:,.0f} MB at offset {d['partition']['offset']}, built by "
-        "`blockvault.sample.build_disk` (`mkfs.ext4 -d`) from `make_tree(size="
+        "`blockvault_demo.sample.build_disk` (`mkfs.ext4 -d`) from `make_tree(size="
         f"{d['fill']:g} × disk size, seed={d['seed']})`, then written densely (free space is "
         "zeros on the disk, not holes in the file)"
     )

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from blockvault.sample import manifest
+from blockvault_demo.sample import manifest
 
 CHECK = {
     "ext": ["e2fsck", "-fn"],

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from blockvault.errors import UsageError
-from blockvault.sample import (
+from blockvault_demo.sample import (
     TREE_KINDS,
     BuiltDisk,
     DiskSpec,
@@ -349,7 +349,7 @@ def test_builds_as_unprivileged_user(request: pytest.FixtureRequest) -> None:
     shutil.chown(work, "nobody")
     script = (
         "from pathlib import Path\n"
-        "from blockvault.sample import *\n"
+        "from blockvault_demo.sample import *\n"
         f"w = Path({str(work)!r})\n"
         "make_tree(w / 't', 1 << 20, kinds=TREE_KINDS - {'symlink'})\n"
         "spec = DiskSpec('mbr', 96 << 20, [PartitionSpec('ext4', 32 << 20, 'r', w / 't'),\n"
@@ -375,7 +375,7 @@ def test_builds_as_unprivileged_user(request: pytest.FixtureRequest) -> None:
 
 def test_missing_tool_names_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    monkeypatch.setattr("blockvault.sample._SBIN", ())
+    monkeypatch.setattr("blockvault_demo.sample._SBIN", ())
     with pytest.raises(UsageError, match=r"^sfdisk not found: apt-get install fdisk$"):
         build_disk(DiskSpec("gpt", 8 * MiB, [PartitionSpec("empty", 1 * MiB)]), tmp_path / "x")
     with pytest.raises(UsageError, match=r"^mkntfs not found: apt-get install ntfs-3g$"):

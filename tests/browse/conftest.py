@@ -20,7 +20,14 @@ import pytest
 
 from blockvault.pipeline.backup import backup
 from blockvault.repo import Repository, Snapshot
-from blockvault.sample import TREE_KINDS, BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
+from blockvault_demo.sample import (
+    TREE_KINDS,
+    BuiltDisk,
+    DiskSpec,
+    PartitionSpec,
+    build_disk,
+    make_tree,
+)
 
 MiB = 1024 * 1024
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from blockvault.browse import extract, find, open_volume
-from blockvault.sample import manifest
+from blockvault_demo.sample import manifest
 from tests.browse.conftest import Backed
 from tests.conftest import IS_ROOT
 
@@ -211,7 +211,7 @@ def test_errors_are_one_line_and_an_exit_code(multi: Backed, address: str, words
 def test_unsupported_filesystem_and_missing_partition_in_cat(tmp_path: Path) -> None:
     from blockvault.pipeline.backup import backup
     from blockvault.repo import Repository
-    from blockvault.sample import DiskSpec, PartitionSpec, build_disk
+    from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk
 
     disk = build_disk(
         DiskSpec("mbr", 24 * MiB, [PartitionSpec("swap", 8 * MiB), PartitionSpec("raw", 0)]),

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from blockvault.browse.mount import state_path
-from blockvault.sample import manifest
+from blockvault_demo.sample import manifest
 from tests.browse.conftest import Backed
 from tests.conftest import IS_ROOT, sh
 

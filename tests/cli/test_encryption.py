@@ -25,7 +25,7 @@ import pytest
 
 from blockvault.repo import Repository
 from blockvault.repo import format as fmt
-from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
+from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
 
 MiB = 1024 * 1024
 PASSWORD = "correct horse battery staple"

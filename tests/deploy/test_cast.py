@@ -22,10 +22,10 @@ import pytest
 from blockvault.pipeline.backup import backup
 from blockvault.repo import Repository
 from blockvault.repo.keys import ScryptParams
-from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
+from blockvault_demo.netns import Bridge, bridge
+from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.conftest import IS_ROOT, need_tools, sh
 from tests.fstree import extract, fsck
-from tests.netns import Bridge, bridge
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root for network namespaces")
 

@@ -11,7 +11,7 @@ import pytest
 from blockvault.disk import ids
 from blockvault.disk.device import open_device
 from blockvault.disk.table import gpt, mbr
-from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk
+from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk
 from tests.conftest import IS_ROOT, need_tools, sh
 from tests.fstree import extract, fsck, tree
 

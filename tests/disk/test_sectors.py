@@ -13,7 +13,7 @@ import pytest
 from blockvault.disk import sectors
 from blockvault.disk.device import open_device
 from blockvault.disk.table import gpt, mbr
-from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk
+from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk
 from tests.conftest import need_tools, sh
 from tests.fstree import extract, fsck, tree
 

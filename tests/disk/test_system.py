@@ -10,7 +10,7 @@ import pytest
 
 from blockvault.disk.system import choose_system
 from blockvault.errors import SourceError
-from blockvault.sample import DiskSpec, PartitionSpec, build_disk
+from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk
 from tests.conftest import blockvault, need_tools
 
 MiB = 1 << 20

@@ -1,6 +1,6 @@
 """A restored system disk boots: BIOS, GRUB, kernel and root found through restored bytes.
 
-The disk is built by ``blockvault.sample_boot`` (GRUB i386-pc in the MBR and BIOS boot
+The disk is built by ``blockvault_demo.sample_boot`` (GRUB i386-pc in the MBR and BIOS boot
 partition, a Debian kernel and a busybox initramfs on ext4) and booted under QEMU (TCG,
 about 15 s). The oracle is the booted system itself: its initramfs prints the random
 token of this disk's marker file only after finding the root filesystem by UUID. The
@@ -18,7 +18,7 @@ import pytest
 from blockvault.pipeline.backup import backup
 from blockvault.pipeline.restore import restore
 from blockvault.repo import Repository
-from blockvault.sample_boot import BootDisk, boot, build_boot_disk
+from blockvault_demo.sample_boot import BootDisk, boot, build_boot_disk
 from tests.conftest import need_tools, sh
 from tests.fstree import extract, fsck
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from blockvault.pipeline.clone import clone
-from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
+from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.conftest import IS_ROOT, blockvault, needs_root, sh
 from tests.fstree import extract, family, fsck, tree
 

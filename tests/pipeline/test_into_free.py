@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from blockvault.pipeline.into_free import clone_into_free
-from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
+from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.conftest import blockvault, needs_root, sh
 from tests.fstree import extract, fsck, tree
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from blockvault.pipeline.backup import backup
 from blockvault.pipeline.restore import restore
 from blockvault.repo import Repository
-from blockvault.sample import DiskSpec, PartitionSpec, build_disk, make_tree
+from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.conftest import needs_root, sh
 from tests.fstree import extract, fsck, tree
 

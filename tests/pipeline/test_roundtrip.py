@@ -21,7 +21,14 @@ from blockvault.pipeline.backup import backup
 from blockvault.pipeline.restore import restore
 from blockvault.pipeline.verify import verify
 from blockvault.repo import Repository
-from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, demo_disk, make_tree
+from blockvault_demo.sample import (
+    BuiltDisk,
+    DiskSpec,
+    PartitionSpec,
+    build_disk,
+    demo_disk,
+    make_tree,
+)
 from tests.conftest import IS_ROOT, sh
 from tests.fstree import extract, family, fsck, tree
 

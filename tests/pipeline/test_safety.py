@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from blockvault.repo import format as fmt
-from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, demo_disk
+from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, demo_disk
 from tests.conftest import blockvault as run
 from tests.conftest import needs_root, sh
 

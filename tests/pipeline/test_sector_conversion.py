@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from blockvault.sample import DiskSpec, PartitionSpec, build_disk
+from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk
 from tests.conftest import blockvault, need_tools, sh
 from tests.disk.test_sectors import check_partitions, sample
 

@@ -17,7 +17,7 @@ from blockvault.pipeline.backup import backup
 from blockvault.pipeline.clone import clone
 from blockvault.pipeline.restore import restore
 from blockvault.repo import Repository
-from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
+from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.conftest import blockvault, need_tools, needs_root, sh
 from tests.fstree import extract, fsck, tree
 

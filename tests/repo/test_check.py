@@ -13,7 +13,7 @@ import pytest
 from blockvault.repo import Repository
 from blockvault.repo import format as fmt
 from blockvault.repo.check import Subset, check_repository, parse_subset
-from blockvault.sample import DiskSpec, PartitionSpec, build_disk, make_tree
+from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.conftest import blockvault
 
 MiB = 1024 * 1024

@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from blockvault.sample import DiskSpec, PartitionSpec, build_disk, change_tree, make_tree
+from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk, change_tree, make_tree
 
 MiB = 1024 * 1024
 DISKS = 3

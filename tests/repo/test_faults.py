@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, change_tree, make_tree
+from blockvault_demo.sample import (
+    BuiltDisk,
+    DiskSpec,
+    PartitionSpec,
+    build_disk,
+    change_tree,
+    make_tree,
+)
 from tests.conftest import blockvault as run
 from tests.conftest import sh
 from tests.fstree import extract, fsck, tree

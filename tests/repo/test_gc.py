@@ -20,7 +20,7 @@ from blockvault.repo import format as fmt
 from blockvault.repo.check import check_repository
 from blockvault.repo.gc import collect_garbage
 from blockvault.repo.sessions import COMMITTING, SWEEPING, Marker, Timing, read_markers
-from blockvault.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
+from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.repo.records import commit_chunks
 
 MiB = 1024 * 1024

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from blockvault.sample import BuiltDisk, DiskSpec, MiB, PartitionSpec, build_disk, make_tree
+from blockvault_demo.sample import BuiltDisk, DiskSpec, MiB, PartitionSpec, build_disk, make_tree
+from blockvault_demo.servers import S3Server, SSHServer, start_moto, start_sshd, stop
 from tests.conftest import IS_ROOT
-from tests.storage.servers import S3Server, SSHServer, start_moto, start_sshd, stop
 
 
 @pytest.fixture(scope="session")

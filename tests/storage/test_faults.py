@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from blockvault.errors import ObjectNotFound, StorageError, TransientStorageError
-from blockvault.sample import BuiltDisk
 from blockvault.storage.faulty import FaultyBackend
 from blockvault.storage.local import LocalBackend
 from blockvault.storage.retry import RetryingBackend, RetryPolicy
+from blockvault_demo.sample import BuiltDisk
+from blockvault_demo.servers import S3Server, SSHServer, dropping_proxy
 from tests.storage.conftest import ok
-from tests.storage.servers import S3Server, SSHServer, dropping_proxy
 
 # --- the wrapper ---------------------------------------------------------------------
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from blockvault.errors import StorageError, UsageError
-from blockvault.sample import BuiltDisk
 from blockvault.storage import Backend, open_backend
+from blockvault_demo.sample import BuiltDisk
+from blockvault_demo.servers import S3Server, SSHServer, keygen
 from tests.storage.conftest import ok
-from tests.storage.servers import S3Server, SSHServer, keygen
 
 
 def round_trip(env: dict[str, str], repo: list[str], disk: BuiltDisk, tmp: Path) -> None:

@@ -20,7 +20,7 @@ from blockvault.disk.device import open_device
 from blockvault.disk.fs import FilesystemInfo
 from blockvault.disk.fs.probe import probe
 from blockvault.extents import ExtentMap
-from blockvault.sample import make_tree, manifest
+from blockvault_demo.sample import make_tree, manifest
 from tests.conftest import sh
 from tests.fstree import tree
 

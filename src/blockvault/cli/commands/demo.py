@@ -9,7 +9,6 @@ import click
 
 from blockvault.cli import render
 from blockvault.cli.commands import json_option
-from blockvault.pipeline.demo import run_demo
 
 
 def register(group: click.Group) -> None:
@@ -27,6 +26,8 @@ def register(group: click.Group) -> None:
         """Build a sample GPT disk (EFI System FAT32, ext4, swap, NTFS, with real files),
         back it up twice into REPO (default ./demo-repo), restore it into a new image,
         verify it and run each filesystem's checker. Exits 1 if any check fails."""
+        from blockvault_demo.demo import run_demo  # fixtures load only for the demo
+
         repository = (ctx.obj or {}).get("repo") or "demo-repo"
         with render.progress(as_json) as reporter:
             result = run_demo(Path(workdir), repository, reporter)

@@ -21,7 +21,7 @@ from blockvault.pipeline.events import quiet as quiet_reporter
 from blockvault.pipeline.restore import restore
 from blockvault.pipeline.verify import verify
 from blockvault.repo import Repository, Snapshot
-from blockvault.sample import demo_disk
+from blockvault_demo.sample import demo_disk
 
 __all__ = ["DemoResult", "run_demo"]
 
