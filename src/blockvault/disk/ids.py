@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import struct
 import subprocess
 import uuid
 from dataclasses import replace
@@ -21,14 +20,18 @@ from pathlib import Path
 
 from blockvault.disk.device import Device, Reader
 from blockvault.disk.fs import ext, fat, ntfs
+from blockvault.disk.fs.c_fat import EXTENDED_BPB, c_fat
+from blockvault.disk.fs.c_ntfs import c_ntfs
 from blockvault.disk.table import PartitionTable
 from blockvault.disk.table.write import write_table
 from blockvault.errors import DeviceError
 
 __all__ = ["fat_serial_writes", "new_table_ids", "ntfs_serial_writes", "renew_ids"]
 
-_FAT16_VOL_ID, _FAT32_VOL_ID, _FAT_SZ16, _BK_BOOT_SEC = 39, 67, 22, 50
-_NTFS_SECTORS, _NTFS_SERIAL = 40, 72
+# where the serial lives: BS_VolID (in either extended BPB), volume_serial_number
+_FAT16_VOL_ID = EXTENDED_BPB + c_fat.fat16_ebpb.fields["BS_VolID"].offset  # 39
+_FAT32_VOL_ID = EXTENDED_BPB + c_fat.fat32_ebpb.fields["BS_VolID"].offset  # 67
+_NTFS_SERIAL = c_ntfs.NTFS_BOOT_SECTOR.fields["volume_serial_number"].offset  # 72
 
 
 def new_table_ids(table: PartitionTable) -> PartitionTable:
@@ -44,24 +47,24 @@ def fat_serial_writes(boot: bytes, serial: int) -> list[tuple[int, bytes]]:
 
     FAT32 keeps a backup boot sector; it gets the same id so the two still agree.
     """
-    ss = struct.unpack_from("<H", boot, 11)[0]
-    fat32 = struct.unpack_from("<H", boot, _FAT_SZ16)[0] == 0
+    sector = c_fat.fat_boot_sector(boot[:512])
+    fat32 = sector.bpb.BPB_FATSz16 == 0
     at = _FAT32_VOL_ID if fat32 else _FAT16_VOL_ID
-    value = struct.pack("<I", serial & 0xFFFF_FFFF)
+    value = (serial & 0xFFFF_FFFF).to_bytes(4, "little")
     writes = [(at, value)]
-    backup = struct.unpack_from("<H", boot, _BK_BOOT_SEC)[0] if fat32 else 0
+    backup = sector.fat32.BPB_BkBootSec if fat32 else 0
     if backup not in (0, 0xFFFF):
-        writes.append((backup * ss + at, value))
+        writes.append((backup * sector.bpb.BPB_BytsPerSec + at, value))
     return writes
 
 
 def ntfs_serial_writes(boot: bytes, serial: int) -> list[tuple[int, bytes]]:
     """Writes (offset in the volume, bytes) giving an NTFS volume the serial ``serial``,
     in the boot sector and in the backup at the volume's last sector."""
-    ss = struct.unpack_from("<H", boot, 11)[0]
-    sectors = struct.unpack_from("<q", boot, _NTFS_SECTORS)[0]
-    value = struct.pack("<Q", serial & 0xFFFF_FFFF_FFFF_FFFF)
-    return [(_NTFS_SERIAL, value), (sectors * ss + _NTFS_SERIAL, value)]
+    sector = c_ntfs.NTFS_BOOT_SECTOR(boot[:512])
+    value = (serial & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little")
+    backup = sector.number_of_sectors * sector.bpb.bytes_per_sector
+    return [(_NTFS_SERIAL, value), (backup + _NTFS_SERIAL, value)]
 
 
 def _ext_new_uuid(path: Path, offset: int, size: int) -> None:

@@ -15,12 +15,14 @@ that region. NTFS: only the boot sector and its backup change.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 from blockvault.disk.device import Device, Reader, Region
 from blockvault.disk.fs import ext, fat, ntfs
+from blockvault.disk.fs.c_fat import DIR_ENTRY_SIZE, c_fat
+from blockvault.disk.fs.c_ntfs import c_ntfs
 from blockvault.disk.fs.probe import probe
 from blockvault.disk.table import PartitionTable
 from blockvault.disk.table import gpt as gpt_table
@@ -99,37 +101,22 @@ def rescale_table(
 
 
 # --- FAT ------------------------------------------------------------------------------
-# Byte offsets of the BPB fields (Microsoft fatgen103, section 3; names as in fs/fat.py).
-_BYTS_PER_SEC, _SEC_PER_CLUS, _RSVD_SEC_CNT, _NUM_FATS = 11, 13, 14, 16
-_ROOT_ENT_CNT, _TOT_SEC16, _FAT_SZ16, _HIDD_SEC, _TOT_SEC32 = 17, 19, 22, 28, 32
-_FAT_SZ32, _FS_INFO, _BK_BOOT_SEC = 36, 48, 50
 _FAT32_RESERVED_MIN = 4  # boot sector, FSInfo and their backups
 
 
-def _u16(b: bytes, at: int) -> int:
-    return int(struct.unpack_from("<H", b, at)[0])
-
-
-def _u64(b: bytes, at: int) -> int:
-    return int(struct.unpack_from("<q", b, at)[0])
-
-
-def _u32(b: bytes, at: int) -> int:
-    return int(struct.unpack_from("<I", b, at)[0])
-
-
 def _fat_geometry(boot: bytes) -> dict[str, int]:
-    ss = _u16(boot, _BYTS_PER_SEC)
-    fat16 = _u16(boot, _FAT_SZ16)
+    sector = c_fat.fat_boot_sector(boot[:512])
+    bpb = sector.bpb
+    fat16 = int(bpb.BPB_FATSz16)
     return {
-        "ss": ss,
-        "spc": boot[_SEC_PER_CLUS],
-        "reserved": _u16(boot, _RSVD_SEC_CNT),
-        "fats": boot[_NUM_FATS],
-        "root_bytes": _u16(boot, _ROOT_ENT_CNT) * 32,
-        "fat": fat16 or _u32(boot, _FAT_SZ32),
+        "ss": bpb.BPB_BytsPerSec,
+        "spc": bpb.BPB_SecPerClus,
+        "reserved": bpb.BPB_RsvdSecCnt,
+        "fats": bpb.BPB_NumFATs,
+        "root_bytes": bpb.BPB_RootEntCnt * DIR_ENTRY_SIZE,
+        "fat": fat16 or sector.fat32.BPB_FATSz32,
         "fat32": int(not fat16),
-        "total": _u16(boot, _TOT_SEC16) or _u32(boot, _TOT_SEC32),
+        "total": bpb.BPB_TotSec16 or bpb.BPB_TotSec32,
     }
 
 
@@ -182,21 +169,20 @@ def convert_fat(metadata: bytes, new_ss: int, partition_start: int) -> bytes:
         raise ValueError(plan)
     g = _fat_geometry(metadata)
     ss = g["ss"]
-    boot = bytearray(metadata[:512])
-    struct.pack_into("<H", boot, _BYTS_PER_SEC, new_ss)
-    boot[_SEC_PER_CLUS] = plan["spc"]
-    struct.pack_into("<H", boot, _RSVD_SEC_CNT, plan["reserved"])
-    struct.pack_into("<I", boot, _HIDD_SEC, min(partition_start // new_ss, 0xFFFF_FFFF))
+    boot = c_fat.fat_boot_sector(metadata[:512])
+    bpb = boot.bpb
+    bpb.BPB_BytsPerSec = new_ss
+    bpb.BPB_SecPerClus = plan["spc"]
+    bpb.BPB_RsvdSecCnt = plan["reserved"]
+    bpb.BPB_HiddSec = min(partition_start // new_ss, 0xFFFF_FFFF)
     if plan["total"] < 0x10000 and not g["fat32"]:
-        struct.pack_into("<H", boot, _TOT_SEC16, plan["total"])
-        struct.pack_into("<I", boot, _TOT_SEC32, 0)
+        bpb.BPB_TotSec16, bpb.BPB_TotSec32 = plan["total"], 0
     else:
-        struct.pack_into("<H", boot, _TOT_SEC16, 0)
-        struct.pack_into("<I", boot, _TOT_SEC32, plan["total"])
+        bpb.BPB_TotSec16, bpb.BPB_TotSec32 = 0, plan["total"]
     if g["fat32"]:
-        struct.pack_into("<I", boot, _FAT_SZ32, plan["fat"])
+        boot.fat32.BPB_FATSz32 = plan["fat"]
     else:
-        struct.pack_into("<H", boot, _FAT_SZ16, plan["fat"])
+        bpb.BPB_FATSz16 = plan["fat"]
 
     out = bytearray(len(metadata))
 
@@ -204,14 +190,14 @@ def convert_fat(metadata: bytes, new_ss: int, partition_start: int) -> bytes:
         out[sector * new_ss : sector * new_ss + len(data)] = data
 
     if g["fat32"]:
-        fsinfo = metadata[_u16(metadata, _FS_INFO) * ss :][:512]
+        fsinfo = metadata[boot.fat32.BPB_FSInfo * ss :][:512]
         backup = 6 if plan["reserved"] >= 8 else 2
-        struct.pack_into("<H", boot, _FS_INFO, 1)
-        struct.pack_into("<H", boot, _BK_BOOT_SEC, backup)
+        boot.fat32.BPB_FSInfo = 1
+        boot.fat32.BPB_BkBootSec = backup
         put(1, fsinfo)
-        put(backup, boot)
+        put(backup, boot.dumps())
         put(backup + 1, fsinfo)
-    put(0, boot)
+    put(0, boot.dumps())
     old_fat_at = g["reserved"] * ss
     fat_bytes = g["fat"] * ss
     for i in range(g["fats"]):
@@ -223,20 +209,23 @@ def convert_fat(metadata: bytes, new_ss: int, partition_start: int) -> bytes:
 
 
 # --- NTFS -----------------------------------------------------------------------------
-# Offsets in the NTFS boot sector (ntfs-3g layout.h, as in fs/ntfs.py).
-_NTFS_BYTES_PER_SECTOR, _NTFS_SPC, _NTFS_HIDDEN, _NTFS_SECTORS = 11, 13, 28, 40
 
 
-def _ntfs_cluster(boot: bytes) -> int:
-    spc = boot[_NTFS_SPC]
+def _ntfs_cluster(bpb: Any) -> int:
+    spc = bpb.sectors_per_cluster
     if spc > 0x80:
         spc = 1 << (256 - spc)
-    return int(spc) * _u16(boot, _NTFS_BYTES_PER_SECTOR)
+    return int(spc) * int(bpb.bytes_per_sector)
+
+
+def _ntfs_size(boot: Any) -> int:
+    """Bytes the volume spans: its sectors and the backup boot sector after them."""
+    return (int(boot.number_of_sectors) + 1) * int(boot.bpb.bytes_per_sector)
 
 
 def check_ntfs(boot: bytes, new_ss: int) -> str | None:
     """Why this NTFS volume cannot move to ``new_ss``-byte sectors, or None."""
-    cluster = _ntfs_cluster(boot)
+    cluster = _ntfs_cluster(c_ntfs.NTFS_BOOT_SECTOR(boot[:512]).bpb)
     if cluster < new_ss:
         return f"its {cluster}-byte clusters are smaller than a {new_ss}-byte sector"
     return None
@@ -255,17 +244,17 @@ def convert_ntfs(boot: bytes, new_ss: int, partition_start: int) -> list[tuple[i
     reason = check_ntfs(boot, new_ss)
     if reason is not None:
         raise ValueError(reason)
-    old_ss = _u16(boot, _NTFS_BYTES_PER_SECTOR)
+    sector = c_ntfs.NTFS_BOOT_SECTOR(boot[:512])
+    bpb = sector.bpb
     # the volume ends with its backup boot sector: keep that end where it was
-    end = (struct.unpack_from("<q", boot, _NTFS_SECTORS)[0] + 1) * old_ss
-    total = end // new_ss - 1
-    spc = _ntfs_cluster(boot) // new_ss
-    new = bytearray(boot[:new_ss])
-    struct.pack_into("<H", new, _NTFS_BYTES_PER_SECTOR, new_ss)
-    new[_NTFS_SPC] = spc if spc <= 0x80 else 256 - (spc.bit_length() - 1)
-    struct.pack_into("<I", new, _NTFS_HIDDEN, min(partition_start // new_ss, 0xFFFF_FFFF))
-    struct.pack_into("<q", new, _NTFS_SECTORS, total)
-    return [(0, bytes(new)), (total * new_ss, bytes(new))]
+    total = _ntfs_size(sector) // new_ss - 1
+    spc = _ntfs_cluster(bpb) // new_ss
+    bpb.bytes_per_sector = new_ss
+    bpb.sectors_per_cluster = spc if spc <= 0x80 else 256 - (spc.bit_length() - 1)
+    bpb.hidden_sectors = min(partition_start // new_ss, 0xFFFF_FFFF)
+    sector.number_of_sectors = total
+    new = sector.dumps() + boot[512:new_ss]
+    return [(0, new), (total * new_ss, new)]
 
 
 # --- on a whole disk ------------------------------------------------------------------
@@ -285,8 +274,7 @@ def _fs_sizes(source: Reader, table: PartitionTable, new_ss: int) -> dict[int, i
         if p.size % new_ss:
             volume = Region(source, p.start, p.size)
             if ntfs.detect(volume):  # the backup boot sector ends the volume
-                boot = volume.read_at(0, 512)
-                sizes[p.number] = (_u64(boot, _NTFS_SECTORS) + 1) * _u16(boot, 11)
+                sizes[p.number] = _ntfs_size(c_ntfs.NTFS_BOOT_SECTOR(volume.read_at(0, 512)))
             else:
                 sizes[p.number] = probe(volume).size
     return sizes

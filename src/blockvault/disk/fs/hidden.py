@@ -6,30 +6,31 @@ from __future__ import annotations
 
 from blockvault.disk.device import Device, Region
 from blockvault.disk.fs import fat
+from blockvault.disk.fs.c_fat import c_fat
+from blockvault.disk.fs.c_ntfs import NTFS_OEM_ID, c_ntfs
 
 __all__ = ["move_hidden_sectors"]
 
-HIDDEN_SECTORS = 28  # BPB_HiddSec (FAT), hidden_sectors (NTFS): sectors before the partition
-FAT32_BACKUP_BOOT = 0x32  # BPB_BkBootSec: the sector of FAT32's backup boot sector
-NTFS_SECTORS = 40  # number_of_sectors: NTFS's backup boot sector lies right after them
-NTFS_OEM = b"NTFS    "
+# BPB_HiddSec (FAT) and bpb.hidden_sectors (NTFS) share one offset and width
+HIDDEN_SECTORS = c_fat.fat_bpb.fields["BPB_HiddSec"].offset  # 28
 
 
 def move_hidden_sectors(device: Device, start: int, size: int, sector_size: int) -> bool:
     """Set the hidden-sector count of the volume at ``start`` (``size`` bytes) to its
     start in ``sector_size`` sectors; False when it is neither FAT nor NTFS."""
     boot = device.read_at(start, 512)
-    bytes_per_sector = int.from_bytes(boot[11:13], "little")
     copies = [0]
-    if boot[3:11] == NTFS_OEM:
+    ntfs_boot = c_ntfs.NTFS_BOOT_SECTOR(boot)
+    if bytes(ntfs_boot.oem_id) == NTFS_OEM_ID:
         # the backup follows the volume's last sector; ntfs-3g also reads it in the
         # partition's last sector, which differs when the partition is larger
-        sectors = int.from_bytes(boot[NTFS_SECTORS : NTFS_SECTORS + 8], "little")
-        copies += sorted({sectors * bytes_per_sector, size - 512})
+        end = ntfs_boot.number_of_sectors * ntfs_boot.bpb.bytes_per_sector
+        copies += sorted({end, size - 512})
     elif fat.detect(Region(device, start, size)):
-        backup = int.from_bytes(boot[FAT32_BACKUP_BOOT : FAT32_BACKUP_BOOT + 2], "little")
-        if boot[0x52:0x57] == b"FAT32" and backup:
-            copies.append(backup * bytes_per_sector)
+        fat_boot = c_fat.fat_boot_sector(boot)
+        backup = fat_boot.fat32.BPB_BkBootSec
+        if bytes(fat_boot.fat32.BS_FilSysType).startswith(b"FAT32") and backup:
+            copies.append(backup * fat_boot.bpb.BPB_BytsPerSec)
     else:
         return False
     value = min(start // sector_size, 0xFFFF_FFFF).to_bytes(4, "little")
