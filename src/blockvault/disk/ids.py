@@ -19,14 +19,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from blockvault.disk.device import Device, Reader
-from blockvault.disk.fs import ext, fat, ntfs
+from blockvault.disk.fs import ext, fat
 from blockvault.disk.fs.c_fat import EXTENDED_BPB, c_fat
-from blockvault.disk.fs.c_ntfs import c_ntfs
+from blockvault.disk.fs.c_ntfs import NTFS_OEM_ID, c_ntfs
+from blockvault.disk.fs.hidden import boot_sector_copies
 from blockvault.disk.table import PartitionTable
 from blockvault.disk.table.write import write_table
 from blockvault.errors import DeviceError
 
-__all__ = ["fat_serial_writes", "new_table_ids", "ntfs_serial_writes", "renew_ids"]
+__all__ = ["new_table_ids", "renew_ids"]
 
 # where the serial lives: BS_VolID (in either extended BPB), volume_serial_number
 _FAT16_VOL_ID = EXTENDED_BPB + c_fat.fat16_ebpb.fields["BS_VolID"].offset  # 39
@@ -42,29 +43,12 @@ def new_table_ids(table: PartitionTable) -> PartitionTable:
     return replace(table, disk_id=f"0x{secrets.randbelow(0xFFFF_FFFF) + 1:08x}")
 
 
-def fat_serial_writes(boot: bytes, serial: int) -> list[tuple[int, bytes]]:
-    """Writes (offset in the volume, bytes) giving a FAT volume the id ``serial``.
-
-    FAT32 keeps a backup boot sector; it gets the same id so the two still agree.
-    """
-    sector = c_fat.fat_boot_sector(boot[:512])
-    fat32 = sector.bpb.BPB_FATSz16 == 0
-    at = _FAT32_VOL_ID if fat32 else _FAT16_VOL_ID
-    value = (serial & 0xFFFF_FFFF).to_bytes(4, "little")
-    writes = [(at, value)]
-    backup = sector.fat32.BPB_BkBootSec if fat32 else 0
-    if backup not in (0, 0xFFFF):
-        writes.append((backup * sector.bpb.BPB_BytsPerSec + at, value))
-    return writes
-
-
-def ntfs_serial_writes(boot: bytes, serial: int) -> list[tuple[int, bytes]]:
-    """Writes (offset in the volume, bytes) giving an NTFS volume the serial ``serial``,
-    in the boot sector and in the backup at the volume's last sector."""
-    sector = c_ntfs.NTFS_BOOT_SECTOR(boot[:512])
-    value = (serial & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little")
-    backup = sector.number_of_sectors * sector.bpb.bytes_per_sector
-    return [(_NTFS_SERIAL, value), (backup + _NTFS_SERIAL, value)]
+def _serial_field(boot: bytes) -> tuple[int, int]:
+    """Where a FAT or NTFS boot sector keeps its volume serial: (offset, bytes)."""
+    if bytes(c_ntfs.NTFS_BOOT_SECTOR(boot).oem_id) == NTFS_OEM_ID:
+        return _NTFS_SERIAL, 8
+    fat32 = fat.geometry(c_fat.fat_boot_sector(boot)).fat32_form
+    return (_FAT32_VOL_ID if fat32 else _FAT16_VOL_ID), 4
 
 
 def _ext_new_uuid(path: Path, offset: int, size: int) -> None:
@@ -105,20 +89,15 @@ def renew_ids(device: Device, table: PartitionTable | None) -> list[str]:
     ext_spans: list[tuple[int, int, int]] = []
     for number, start, size in spans:
         volume: Reader = device.region(start, size)
-        if fat.detect(volume) and not ntfs.detect(volume):
-            boot = volume.read_at(0, 512)
-            writes = fat_serial_writes(boot, secrets.randbits(32))
-        elif ntfs.detect(volume):
-            boot = volume.read_at(0, 512)
-            writes = ntfs_serial_writes(boot, secrets.randbits(64))
+        copies = boot_sector_copies(volume)  # FAT and NTFS: the serial in each
+        if copies is not None:
+            at, width = _serial_field(volume.read_at(0, 512))
+            serial = secrets.token_bytes(width)
+            for copy in copies:
+                device.write_at(start + copy + at, serial)
+            changed.append(f"partition {number}: new filesystem serial")
         elif ext.detect(volume):
             ext_spans.append((number, start, size))
-            continue
-        else:
-            continue
-        for offset, data in writes:
-            device.write_at(start + offset, data)
-        changed.append(f"partition {number}: new filesystem serial")
     device.sync()
     for number, start, size in ext_spans:
         _ext_new_uuid(device.path, start, size)

@@ -21,8 +21,13 @@ from typing import Any
 
 from blockvault.disk.device import Device, Reader, Region
 from blockvault.disk.fs import ext, fat, ntfs
-from blockvault.disk.fs.c_fat import DIR_ENTRY_SIZE, c_fat
-from blockvault.disk.fs.c_ntfs import c_ntfs
+from blockvault.disk.fs.c_fat import c_fat
+from blockvault.disk.fs.c_ntfs import (
+    backup_boot_offset,
+    c_ntfs,
+    cluster_sectors,
+    cluster_sectors_field,
+)
 from blockvault.disk.fs.probe import probe
 from blockvault.disk.table import PartitionTable
 from blockvault.disk.table import gpt as gpt_table
@@ -104,34 +109,21 @@ def rescale_table(
 _FAT32_RESERVED_MIN = 4  # boot sector, FSInfo and their backups
 
 
-def _fat_geometry(boot: bytes) -> dict[str, int]:
-    sector = c_fat.fat_boot_sector(boot[:512])
-    bpb = sector.bpb
-    fat16 = int(bpb.BPB_FATSz16)
-    return {
-        "ss": bpb.BPB_BytsPerSec,
-        "spc": bpb.BPB_SecPerClus,
-        "reserved": bpb.BPB_RsvdSecCnt,
-        "fats": bpb.BPB_NumFATs,
-        "root_bytes": bpb.BPB_RootEntCnt * DIR_ENTRY_SIZE,
-        "fat": fat16 or sector.fat32.BPB_FATSz32,
-        "fat32": int(not fat16),
-        "total": bpb.BPB_TotSec16 or bpb.BPB_TotSec32,
-    }
+def _fat_geometry(boot: bytes) -> fat.Geometry:
+    return fat.geometry(c_fat.fat_boot_sector(boot[:512]))
 
 
 def fat_metadata_size(boot: bytes) -> int:
     """Bytes from the start of the FAT volume to its first cluster: what convert_fat rewrites."""
     g = _fat_geometry(boot)
-    root_sectors = -(-g["root_bytes"] // g["ss"])
-    return (g["reserved"] + g["fats"] * g["fat"] + root_sectors) * g["ss"]
+    return g.data_start * g.sector
 
 
 def _fat_plan(boot: bytes, new_ss: int) -> dict[str, int] | str:
     g = _fat_geometry(boot)
-    ss = g["ss"]
-    data_start = fat_metadata_size(boot)
-    cluster = g["spc"] * ss
+    ss = g.sector
+    data_start = g.data_start * ss
+    cluster = g.cluster_sectors * ss
     if data_start % new_ss:
         return (
             f"its clusters start at byte {data_start}, not on a {new_ss}-byte sector; "
@@ -139,14 +131,14 @@ def _fat_plan(boot: bytes, new_ss: int) -> dict[str, int] | str:
         )
     if cluster < new_ss:
         return f"its {cluster}-byte clusters are smaller than a {new_ss}-byte sector"
-    fat = -(-g["fat"] * ss // new_ss)
-    root = -(-g["root_bytes"] // new_ss)
-    reserved = data_start // new_ss - g["fats"] * fat - root
-    need = _FAT32_RESERVED_MIN if g["fat32"] else 1
+    fat_sectors = -(-g.fat_sectors * ss // new_ss)
+    root = -(-g.root_bytes // new_ss)
+    reserved = data_start // new_ss - g.fats * fat_sectors - root
+    need = _FAT32_RESERVED_MIN if g.fat32_form else 1
     if reserved < need:
         return f"its reserved region would shrink to {reserved} sectors of {new_ss} bytes"
-    total = g["total"] * ss // new_ss
-    return {"reserved": reserved, "fat": fat, "total": total, "spc": cluster // new_ss}
+    total = g.total_sectors * ss // new_ss
+    return {"reserved": reserved, "fat": fat_sectors, "total": total, "spc": cluster // new_ss}
 
 
 def check_fat(boot: bytes, new_ss: int) -> str | None:
@@ -168,18 +160,18 @@ def convert_fat(metadata: bytes, new_ss: int, partition_start: int) -> bytes:
     if isinstance(plan, str):
         raise ValueError(plan)
     g = _fat_geometry(metadata)
-    ss = g["ss"]
+    ss = g.sector
     boot = c_fat.fat_boot_sector(metadata[:512])
     bpb = boot.bpb
     bpb.BPB_BytsPerSec = new_ss
     bpb.BPB_SecPerClus = plan["spc"]
     bpb.BPB_RsvdSecCnt = plan["reserved"]
     bpb.BPB_HiddSec = min(partition_start // new_ss, 0xFFFF_FFFF)
-    if plan["total"] < 0x10000 and not g["fat32"]:
+    if plan["total"] < 0x10000 and not g.fat32_form:
         bpb.BPB_TotSec16, bpb.BPB_TotSec32 = plan["total"], 0
     else:
         bpb.BPB_TotSec16, bpb.BPB_TotSec32 = 0, plan["total"]
-    if g["fat32"]:
+    if g.fat32_form:
         boot.fat32.BPB_FATSz32 = plan["fat"]
     else:
         bpb.BPB_FATSz16 = plan["fat"]
@@ -189,7 +181,7 @@ def convert_fat(metadata: bytes, new_ss: int, partition_start: int) -> bytes:
     def put(sector: int, data: bytes | bytearray) -> None:
         out[sector * new_ss : sector * new_ss + len(data)] = data
 
-    if g["fat32"]:
+    if g.fat32_form:
         fsinfo = metadata[boot.fat32.BPB_FSInfo * ss :][:512]
         backup = 6 if plan["reserved"] >= 8 else 2
         boot.fat32.BPB_FSInfo = 1
@@ -198,13 +190,13 @@ def convert_fat(metadata: bytes, new_ss: int, partition_start: int) -> bytes:
         put(backup, boot.dumps())
         put(backup + 1, fsinfo)
     put(0, boot.dumps())
-    old_fat_at = g["reserved"] * ss
-    fat_bytes = g["fat"] * ss
-    for i in range(g["fats"]):
+    old_fat_at = g.reserved * ss
+    fat_bytes = g.fat_sectors * ss
+    for i in range(g.fats):
         copy = metadata[old_fat_at + i * fat_bytes :][:fat_bytes]
         put(plan["reserved"] + i * plan["fat"], copy)
-    root_at = old_fat_at + g["fats"] * fat_bytes
-    put(plan["reserved"] + g["fats"] * plan["fat"], metadata[root_at : root_at + g["root_bytes"]])
+    root_at = old_fat_at + g.fats * fat_bytes
+    put(plan["reserved"] + g.fats * plan["fat"], metadata[root_at : root_at + g.root_bytes])
     return bytes(out)
 
 
@@ -212,15 +204,12 @@ def convert_fat(metadata: bytes, new_ss: int, partition_start: int) -> bytes:
 
 
 def _ntfs_cluster(bpb: Any) -> int:
-    spc = bpb.sectors_per_cluster
-    if spc > 0x80:
-        spc = 1 << (256 - spc)
-    return int(spc) * int(bpb.bytes_per_sector)
+    return cluster_sectors(int(bpb.sectors_per_cluster)) * int(bpb.bytes_per_sector)
 
 
 def _ntfs_size(boot: Any) -> int:
     """Bytes the volume spans: its sectors and the backup boot sector after them."""
-    return (int(boot.number_of_sectors) + 1) * int(boot.bpb.bytes_per_sector)
+    return backup_boot_offset(boot) + int(boot.bpb.bytes_per_sector)
 
 
 def check_ntfs(boot: bytes, new_ss: int) -> str | None:
@@ -250,7 +239,7 @@ def convert_ntfs(boot: bytes, new_ss: int, partition_start: int) -> list[tuple[i
     total = _ntfs_size(sector) // new_ss - 1
     spc = _ntfs_cluster(bpb) // new_ss
     bpb.bytes_per_sector = new_ss
-    bpb.sectors_per_cluster = spc if spc <= 0x80 else 256 - (spc.bit_length() - 1)
+    bpb.sectors_per_cluster = cluster_sectors_field(spc)
     bpb.hidden_sectors = min(partition_start // new_ss, 0xFFFF_FFFF)
     sector.number_of_sectors = total
     new = sector.dumps() + boot[512:new_ss]

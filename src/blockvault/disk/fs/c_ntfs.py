@@ -10,7 +10,14 @@ from typing import Any
 
 from dissect.cstruct import cstruct  # type: ignore[import-untyped]
 
-__all__ = ["FILE_MAGIC", "NTFS_OEM_ID", "c_ntfs"]
+__all__ = [
+    "FILE_MAGIC",
+    "NTFS_OEM_ID",
+    "backup_boot_offset",
+    "c_ntfs",
+    "cluster_sectors",
+    "cluster_sectors_field",
+]
 
 # From ntfs-3g include/ntfs-3g/layout.h (the Linux-NTFS project's documentation of the
 # format); comments shortened. Its u8/s8 are spelled uint8/int8: in cstruct "u8" means
@@ -105,3 +112,20 @@ typedef struct {
 
 NTFS_OEM_ID = b"NTFS    "  # oem_id
 FILE_MAGIC = b"FILE"  # MFT_RECORD.magic
+
+
+def cluster_sectors(field: int) -> int:
+    """The sectors per cluster that ``bpb.sectors_per_cluster`` stands for: above 0x80
+    it is a negative power of two, ``2 ** (256 - field)`` (clusters of 64 KiB and more)."""
+    return 1 << (256 - field) if field > 0x80 else field
+
+
+def cluster_sectors_field(sectors: int) -> int:
+    """``bpb.sectors_per_cluster`` for clusters of ``sectors`` sectors (a power of two)."""
+    return sectors if sectors <= 0x80 else 256 - (sectors.bit_length() - 1)
+
+
+def backup_boot_offset(boot: Any) -> int:
+    """Byte offset of the backup boot sector in the volume: right after the sectors the
+    parsed boot sector counts (``number_of_sectors`` leaves it out)."""
+    return int(boot.number_of_sectors) * int(boot.bpb.bytes_per_sector)

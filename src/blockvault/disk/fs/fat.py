@@ -32,6 +32,7 @@ from blockvault.disk.fs import FilesystemInfo
 from blockvault.disk.fs.bitmap import entry_runs
 from blockvault.disk.fs.c_fat import (
     BOOT_SIGNATURE,
+    DIR_ENTRY_SIZE,
     FOREIGN_OEM,
     NO_LABEL,
     OLD_BOOT_SIGNATURE,
@@ -40,7 +41,7 @@ from blockvault.disk.fs.c_fat import (
 from blockvault.errors import FilesystemError
 from blockvault.extents import ExtentMap
 
-__all__ = ["detect", "plausible", "read"]
+__all__ = ["Geometry", "detect", "geometry", "plausible", "read"]
 
 
 EXT_FLAGS_MIRRORING_OFF = 0x80
@@ -50,7 +51,7 @@ FAT16_MAX_CLUSTERS = 65524  # 65525 or more clusters is FAT32
 
 
 @dataclass(frozen=True)
-class _Layout:
+class Geometry:
     """Where each region starts, in sectors, derived from the BPB as the specification does."""
 
     sector: int  # bytes per sector
@@ -59,9 +60,17 @@ class _Layout:
     reserved: int
     fats: int
     fat_sectors: int
-    root_sectors: int
+    root_entries: int  # of the FAT12/16 fixed root directory, 32 bytes each
     total_sectors: int
     active_fat: int  # the FAT to read
+
+    @property
+    def root_bytes(self) -> int:
+        return self.root_entries * DIR_ENTRY_SIZE
+
+    @property
+    def root_sectors(self) -> int:
+        return -(-self.root_bytes // self.sector)
 
     @property
     def data_start(self) -> int:
@@ -79,7 +88,7 @@ class _Layout:
         return 12 if self.clusters <= FAT12_MAX_CLUSTERS else 16
 
 
-def _layout(boot: Any) -> _Layout:
+def geometry(boot: Any) -> Geometry:
     """The regions of the volume whose parsed ``fat_boot_sector`` is ``boot``."""
     bpb, ebpb32 = boot.bpb, boot.fat32
     sector = int(bpb.BPB_BytsPerSec)
@@ -88,14 +97,14 @@ def _layout(boot: Any) -> _Layout:
     # FAT32 may switch mirroring off and name one active FAT; otherwise the first rules.
     if fat32_form and ebpb32.BPB_ExtFlags & EXT_FLAGS_MIRRORING_OFF:
         active = ebpb32.BPB_ExtFlags & EXT_FLAGS_ACTIVE_FAT
-    return _Layout(
+    return Geometry(
         sector=sector,
         fat32_form=fat32_form,
         cluster_sectors=int(bpb.BPB_SecPerClus),
         reserved=int(bpb.BPB_RsvdSecCnt),
         fats=int(bpb.BPB_NumFATs),
         fat_sectors=int(bpb.BPB_FATSz16 or ebpb32.BPB_FATSz32),
-        root_sectors=(bpb.BPB_RootEntCnt * 32 + sector - 1) // sector,
+        root_entries=int(bpb.BPB_RootEntCnt),
         total_sectors=int(bpb.BPB_TotSec16 or bpb.BPB_TotSec32),
         active_fat=int(active),
     )
@@ -127,7 +136,7 @@ def read(reader: Reader) -> FilesystemInfo:
     """The allocation map of the FAT filesystem on ``reader``."""
     head = reader.read_at(0, 512)
     boot = c_fat.fat_boot_sector(head)
-    layout = _layout(boot)
+    layout = geometry(boot)
     bits = layout.bits
     fs = f"fat{bits}"
     ebpb = boot.fat32 if bits == 32 else boot.fat16

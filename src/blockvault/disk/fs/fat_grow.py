@@ -26,7 +26,7 @@ from typing import Any
 
 from blockvault.disk.device import Device
 from blockvault.disk.fs.c_fat import DIR_ENTRY_SIZE, c_fat
-from blockvault.disk.fs.fat import FAT12_MAX_CLUSTERS, FAT16_MAX_CLUSTERS, _Layout, _layout
+from blockvault.disk.fs.fat import FAT12_MAX_CLUSTERS, FAT16_MAX_CLUSTERS, Geometry, geometry
 from blockvault.errors import FilesystemError
 
 __all__ = ["grow_fat"]
@@ -69,7 +69,7 @@ def _pack_fat(entries: array[int], bits: int, length: int) -> bytes:
     return raw.ljust(length, b"\0")
 
 
-def _new_geometry(lay: _Layout, bits: int, total: int) -> tuple[int, int]:
+def _new_geometry(lay: Geometry, bits: int, total: int) -> tuple[int, int]:
     """(sectors per FAT, clusters) for ``total`` sectors, FATs growing in whole clusters."""
     step = lay.cluster_sectors // gcd(lay.cluster_sectors, lay.fats)
     fat = lay.fat_sectors
@@ -84,7 +84,7 @@ def _new_geometry(lay: _Layout, bits: int, total: int) -> tuple[int, int]:
 def grow_fat(device: Device, offset: int, size: int) -> str:
     """Grow the FAT filesystem at ``offset`` of ``device`` to up to ``size`` bytes."""
     boot = c_fat.fat_boot_sector(device.read_at(offset, 512))
-    lay = _layout(boot)
+    lay = geometry(boot)
     bits, ss, spc = lay.bits, lay.sector, lay.cluster_sectors
     fs = f"fat{bits}"
     cluster_bytes = ss * spc

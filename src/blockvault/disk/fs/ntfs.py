@@ -27,7 +27,7 @@ from typing import Any
 from blockvault.disk.device import Reader
 from blockvault.disk.fs import FilesystemInfo
 from blockvault.disk.fs.bitmap import set_runs
-from blockvault.disk.fs.c_ntfs import FILE_MAGIC, NTFS_OEM_ID, c_ntfs
+from blockvault.disk.fs.c_ntfs import FILE_MAGIC, NTFS_OEM_ID, c_ntfs, cluster_sectors
 from blockvault.errors import FilesystemError
 from blockvault.extents import ExtentMap
 
@@ -218,9 +218,7 @@ def _volume(reader: Reader) -> tuple[_Volume, Any]:
     sector = int(boot.bpb.bytes_per_sector)
     if sector not in (256, 512, 1024, 2048, 4096):
         raise fail(f"{sector} bytes per sector")
-    spc = int(boot.bpb.sectors_per_cluster)
-    if spc > 0x80:  # large clusters are written as a negative power of two
-        spc = 1 << (256 - spc)
+    spc = cluster_sectors(int(boot.bpb.sectors_per_cluster))
     if spc == 0 or spc & (spc - 1):
         raise fail(f"{boot.bpb.sectors_per_cluster} sectors per cluster")
     cluster = sector * spc
