@@ -23,7 +23,13 @@ from hypothesis import strategies as st
 
 from blockvault.disk.fs.c_ext import EXT4_SUPER_MAGIC, SUPERBLOCK_OFFSET, c_ext
 from blockvault.disk.fs.c_fat import FSINFO_LEAD_SIG, FSINFO_STRUC_SIG, c_fat
-from blockvault.disk.fs.c_ntfs import FILE_MAGIC, NTFS_OEM_ID, c_ntfs
+from blockvault.disk.fs.c_ntfs import (
+    FILE_MAGIC,
+    NTFS_OEM_ID,
+    c_ntfs,
+    cluster_sectors,
+    cluster_sectors_field,
+)
 from blockvault.disk.fs.c_swap import c_swap_be, c_swap_le
 from blockvault.disk.table.gpt import c_gpt
 from blockvault.disk.table.mbr import MBR_SIGNATURE, c_mbr
@@ -172,6 +178,16 @@ def test_parse_and_build_are_inverse(struct: Any, size: int, data: st.DataObject
     record = struct(raw)
     assert record.dumps() == raw
     assert _plain(struct(record.dumps())) == _plain(record)
+
+
+@given(st.integers(min_value=0, max_value=24))
+def test_ntfs_cluster_field_round_trips(power: int) -> None:
+    field = cluster_sectors_field(1 << power)
+    assert 0 < field <= 0xFF
+    assert cluster_sectors(field) == 1 << power
+    # layout.h: up to 128 sectors as they are, then 2^(256 - n): 0xF8 is 256 sectors
+    assert (field > 0x80) == (power > 7)
+    assert cluster_sectors(0xF8) == 256
 
 
 def _image(path: Path, size: int) -> Path:
