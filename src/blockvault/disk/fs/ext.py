@@ -39,7 +39,6 @@ from blockvault.extents import ExtentMap
 
 __all__ = ["detect", "read"]
 
-
 EXT4_MIN_DESC_SIZE = 32
 EXT4_MIN_DESC_SIZE_64BIT = 64
 

@@ -41,8 +41,7 @@ from blockvault.disk.fs.c_fat import (
 from blockvault.errors import FilesystemError
 from blockvault.extents import ExtentMap
 
-__all__ = ["Geometry", "detect", "geometry", "plausible", "read"]
-
+__all__ = ["Geometry", "detect", "geometry", "read"]
 
 EXT_FLAGS_MIRRORING_OFF = 0x80
 EXT_FLAGS_ACTIVE_FAT = 0x0F
@@ -110,7 +109,7 @@ def geometry(boot: Any) -> Geometry:
     )
 
 
-def plausible(bpb: Any) -> bool:
+def _plausible(bpb: Any) -> bool:
     """The checks libblkid and the kernel make before trusting a parsed ``fat_bpb``."""
     return bool(
         bpb.BS_jmpBoot[0] in (0xEB, 0xE9)
@@ -129,7 +128,7 @@ def detect(reader: Reader) -> bool:
     if reader.size < 512:
         return False
     head = reader.read_at(0, 512)
-    return plausible(c_fat.fat_bpb(head))
+    return _plausible(c_fat.fat_bpb(head))
 
 
 def read(reader: Reader) -> FilesystemInfo:

@@ -33,7 +33,6 @@ from blockvault.extents import ExtentMap
 
 __all__ = ["detect", "read"]
 
-
 NTFS_BLOCK_SIZE = 512  # stride of the update sequence, whatever the sector size
 MFT_RECORD_IN_USE = 0x0001
 AT_DATA = 0x80

@@ -23,7 +23,6 @@ from blockvault.extents import ExtentMap
 
 __all__ = ["detect", "read"]
 
-
 PAGE_SIZES = (4096, 8192, 16384, 32768, 65536)  # x86 and most others; arm64, ppc64: 64 KiB
 
 
