@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from blockvault.disk.table.mbr import c_mbr
 from blockvault.errors import UsageError
 
 __all__ = [
@@ -98,7 +99,9 @@ GRUB_DIR: Final = Path("/usr/lib/grub")
 BPB_START, BPB_END = 0x03, 0x5A
 KERNEL_SECTOR = 0x5C  # u64: first sector of core.img
 DRIVE_CHECK = 0x66  # a 2-byte jmp; nop'd for hard disks
-NT_MAGIC, PART_END = 0x1B8, 0x1FE  # disk signature + partition table: kept from the disk
+# disk signature to the end of the partition table (0x1B8-0x1FE): kept from the disk
+NT_MAGIC = c_mbr.mbr.fields["disk_signature"].offset
+PART_END = c_mbr.mbr.fields["signature"].offset
 BLOCKLIST = 0x200 - 12  # in diskboot.img: u64 start, u16 sectors, u16 segment
 
 OVMF_CODE: Final = Path("/usr/share/OVMF/OVMF_CODE.fd")

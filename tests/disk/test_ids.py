@@ -10,6 +10,7 @@ import pytest
 
 from blockvault.disk import ids
 from blockvault.disk.device import open_device
+from blockvault.disk.fs.c_ntfs import c_ntfs
 from blockvault.disk.table import gpt, mbr
 from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk
 from tests.conftest import IS_ROOT, need_tools, sh
@@ -96,3 +97,31 @@ def test_table_ids_are_new_and_well_formed(tmp_path: Path) -> None:
     assert renewed.disk_id != table.disk_id
     assert renewed.partitions[0].uuid != table.partitions[0].uuid
     assert renewed.partitions[0].start == table.partitions[0].start
+
+
+def test_a_serial_never_goes_outside_its_partition(tmp_path: Path) -> None:
+    """An NTFS boot sector whose sector count points into the next partition (hostile or
+    damaged) gets its new serial in the copies inside its own partition only."""
+    need_tools("sfdisk", "mkntfs")
+    spec = DiskSpec(
+        "gpt", 32 * MiB, [PartitionSpec("ntfs", 16 * MiB, "DATA"), PartitionSpec("raw", 0)]
+    )
+    disk = build_disk(spec, tmp_path / "disk.img")
+    ntfs_part, raw_part = disk.partitions
+    with disk.path.open("r+b") as f:  # the backup "lies" 1 MiB into partition 2
+        f.seek(ntfs_part.offset)
+        boot = c_ntfs.NTFS_BOOT_SECTOR(f.read(512))
+        boot.number_of_sectors = (raw_part.offset - ntfs_part.offset + MiB) // 512
+        f.seek(ntfs_part.offset)
+        f.write(boot.dumps())
+    before = disk.path.read_bytes()
+    with open_device(disk.path, write=True) as device:
+        table = gpt.parse(device, 512)
+        assert table is not None
+        ids.renew_ids(device, table)
+    after = disk.path.read_bytes()
+    second = slice(raw_part.offset, raw_part.offset + raw_part.size)
+    assert after[second] == before[second]
+    serial = c_ntfs.NTFS_BOOT_SECTOR.fields["volume_serial_number"].offset
+    first = ntfs_part.offset + serial
+    assert after[first : first + 8] != before[first : first + 8]

@@ -13,22 +13,26 @@ from __future__ import annotations
 
 import os
 import secrets
-import struct
 import subprocess
 import uuid
 from dataclasses import replace
 from pathlib import Path
 
 from blockvault.disk.device import Device, Reader
-from blockvault.disk.fs import ext, fat, ntfs
+from blockvault.disk.fs import ext, fat
+from blockvault.disk.fs.c_fat import EXTENDED_BPB, c_fat
+from blockvault.disk.fs.c_ntfs import NTFS_OEM_ID, c_ntfs
+from blockvault.disk.fs.hidden import boot_sector_copies
 from blockvault.disk.table import PartitionTable
 from blockvault.disk.table.write import write_table
 from blockvault.errors import DeviceError
 
-__all__ = ["fat_serial_writes", "new_table_ids", "ntfs_serial_writes", "renew_ids"]
+__all__ = ["new_table_ids", "renew_ids"]
 
-_FAT16_VOL_ID, _FAT32_VOL_ID, _FAT_SZ16, _BK_BOOT_SEC = 39, 67, 22, 50
-_NTFS_SECTORS, _NTFS_SERIAL = 40, 72
+# where the serial lives: BS_VolID (in either extended BPB), volume_serial_number
+_FAT16_VOL_ID = EXTENDED_BPB + c_fat.fat16_ebpb.fields["BS_VolID"].offset  # 39
+_FAT32_VOL_ID = EXTENDED_BPB + c_fat.fat32_ebpb.fields["BS_VolID"].offset  # 67
+_NTFS_SERIAL = c_ntfs.NTFS_BOOT_SECTOR.fields["volume_serial_number"].offset  # 72
 
 
 def new_table_ids(table: PartitionTable) -> PartitionTable:
@@ -39,29 +43,12 @@ def new_table_ids(table: PartitionTable) -> PartitionTable:
     return replace(table, disk_id=f"0x{secrets.randbelow(0xFFFF_FFFF) + 1:08x}")
 
 
-def fat_serial_writes(boot: bytes, serial: int) -> list[tuple[int, bytes]]:
-    """Writes (offset in the volume, bytes) giving a FAT volume the id ``serial``.
-
-    FAT32 keeps a backup boot sector; it gets the same id so the two still agree.
-    """
-    ss = struct.unpack_from("<H", boot, 11)[0]
-    fat32 = struct.unpack_from("<H", boot, _FAT_SZ16)[0] == 0
-    at = _FAT32_VOL_ID if fat32 else _FAT16_VOL_ID
-    value = struct.pack("<I", serial & 0xFFFF_FFFF)
-    writes = [(at, value)]
-    backup = struct.unpack_from("<H", boot, _BK_BOOT_SEC)[0] if fat32 else 0
-    if backup not in (0, 0xFFFF):
-        writes.append((backup * ss + at, value))
-    return writes
-
-
-def ntfs_serial_writes(boot: bytes, serial: int) -> list[tuple[int, bytes]]:
-    """Writes (offset in the volume, bytes) giving an NTFS volume the serial ``serial``,
-    in the boot sector and in the backup at the volume's last sector."""
-    ss = struct.unpack_from("<H", boot, 11)[0]
-    sectors = struct.unpack_from("<q", boot, _NTFS_SECTORS)[0]
-    value = struct.pack("<Q", serial & 0xFFFF_FFFF_FFFF_FFFF)
-    return [(_NTFS_SERIAL, value), (sectors * ss + _NTFS_SERIAL, value)]
+def _serial_field(boot: bytes) -> tuple[int, int]:
+    """Where a FAT or NTFS boot sector keeps its volume serial: (offset, bytes)."""
+    if bytes(c_ntfs.NTFS_BOOT_SECTOR(boot).oem_id) == NTFS_OEM_ID:
+        return _NTFS_SERIAL, 8
+    fat32 = fat.geometry(c_fat.fat_boot_sector(boot)).fat32_form
+    return (_FAT32_VOL_ID if fat32 else _FAT16_VOL_ID), 4
 
 
 def _ext_new_uuid(path: Path, offset: int, size: int) -> None:
@@ -102,20 +89,15 @@ def renew_ids(device: Device, table: PartitionTable | None) -> list[str]:
     ext_spans: list[tuple[int, int, int]] = []
     for number, start, size in spans:
         volume: Reader = device.region(start, size)
-        if fat.detect(volume) and not ntfs.detect(volume):
-            boot = volume.read_at(0, 512)
-            writes = fat_serial_writes(boot, secrets.randbits(32))
-        elif ntfs.detect(volume):
-            boot = volume.read_at(0, 512)
-            writes = ntfs_serial_writes(boot, secrets.randbits(64))
+        copies = boot_sector_copies(volume)  # FAT and NTFS: the serial in each
+        if copies is not None:
+            at, width = _serial_field(volume.read_at(0, 512))
+            serial = secrets.token_bytes(width)
+            for copy in copies:
+                device.write_at(start + copy + at, serial)
+            changed.append(f"partition {number}: new filesystem serial")
         elif ext.detect(volume):
             ext_spans.append((number, start, size))
-            continue
-        else:
-            continue
-        for offset, data in writes:
-            device.write_at(start + offset, data)
-        changed.append(f"partition {number}: new filesystem serial")
     device.sync()
     for number, start, size in ext_spans:
         _ext_new_uuid(device.path, start, size)

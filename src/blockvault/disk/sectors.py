@@ -15,12 +15,19 @@ that region. NTFS: only the boot sector and its backup change.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 from blockvault.disk.device import Device, Reader, Region
 from blockvault.disk.fs import ext, fat, ntfs
+from blockvault.disk.fs.c_fat import c_fat
+from blockvault.disk.fs.c_ntfs import (
+    backup_boot_offset,
+    c_ntfs,
+    cluster_sectors,
+    cluster_sectors_field,
+)
 from blockvault.disk.fs.probe import probe
 from blockvault.disk.table import PartitionTable
 from blockvault.disk.table import gpt as gpt_table
@@ -99,52 +106,24 @@ def rescale_table(
 
 
 # --- FAT ------------------------------------------------------------------------------
-# Byte offsets of the BPB fields (Microsoft fatgen103, section 3; names as in fs/fat.py).
-_BYTS_PER_SEC, _SEC_PER_CLUS, _RSVD_SEC_CNT, _NUM_FATS = 11, 13, 14, 16
-_ROOT_ENT_CNT, _TOT_SEC16, _FAT_SZ16, _HIDD_SEC, _TOT_SEC32 = 17, 19, 22, 28, 32
-_FAT_SZ32, _FS_INFO, _BK_BOOT_SEC = 36, 48, 50
 _FAT32_RESERVED_MIN = 4  # boot sector, FSInfo and their backups
 
 
-def _u16(b: bytes, at: int) -> int:
-    return int(struct.unpack_from("<H", b, at)[0])
-
-
-def _u64(b: bytes, at: int) -> int:
-    return int(struct.unpack_from("<q", b, at)[0])
-
-
-def _u32(b: bytes, at: int) -> int:
-    return int(struct.unpack_from("<I", b, at)[0])
-
-
-def _fat_geometry(boot: bytes) -> dict[str, int]:
-    ss = _u16(boot, _BYTS_PER_SEC)
-    fat16 = _u16(boot, _FAT_SZ16)
-    return {
-        "ss": ss,
-        "spc": boot[_SEC_PER_CLUS],
-        "reserved": _u16(boot, _RSVD_SEC_CNT),
-        "fats": boot[_NUM_FATS],
-        "root_bytes": _u16(boot, _ROOT_ENT_CNT) * 32,
-        "fat": fat16 or _u32(boot, _FAT_SZ32),
-        "fat32": int(not fat16),
-        "total": _u16(boot, _TOT_SEC16) or _u32(boot, _TOT_SEC32),
-    }
+def _fat_geometry(boot: bytes) -> fat.Geometry:
+    return fat.geometry(c_fat.fat_boot_sector(boot[:512]))
 
 
 def fat_metadata_size(boot: bytes) -> int:
     """Bytes from the start of the FAT volume to its first cluster: what convert_fat rewrites."""
     g = _fat_geometry(boot)
-    root_sectors = -(-g["root_bytes"] // g["ss"])
-    return (g["reserved"] + g["fats"] * g["fat"] + root_sectors) * g["ss"]
+    return g.data_start * g.sector
 
 
 def _fat_plan(boot: bytes, new_ss: int) -> dict[str, int] | str:
     g = _fat_geometry(boot)
-    ss = g["ss"]
-    data_start = fat_metadata_size(boot)
-    cluster = g["spc"] * ss
+    ss = g.sector
+    data_start = g.data_start * ss
+    cluster = g.cluster_sectors * ss
     if data_start % new_ss:
         return (
             f"its clusters start at byte {data_start}, not on a {new_ss}-byte sector; "
@@ -152,14 +131,14 @@ def _fat_plan(boot: bytes, new_ss: int) -> dict[str, int] | str:
         )
     if cluster < new_ss:
         return f"its {cluster}-byte clusters are smaller than a {new_ss}-byte sector"
-    fat = -(-g["fat"] * ss // new_ss)
-    root = -(-g["root_bytes"] // new_ss)
-    reserved = data_start // new_ss - g["fats"] * fat - root
-    need = _FAT32_RESERVED_MIN if g["fat32"] else 1
+    fat_sectors = -(-g.fat_sectors * ss // new_ss)
+    root = -(-g.root_bytes // new_ss)
+    reserved = data_start // new_ss - g.fats * fat_sectors - root
+    need = _FAT32_RESERVED_MIN if g.fat32_form else 1
     if reserved < need:
         return f"its reserved region would shrink to {reserved} sectors of {new_ss} bytes"
-    total = g["total"] * ss // new_ss
-    return {"reserved": reserved, "fat": fat, "total": total, "spc": cluster // new_ss}
+    total = g.total_sectors * ss // new_ss
+    return {"reserved": reserved, "fat": fat_sectors, "total": total, "spc": cluster // new_ss}
 
 
 def check_fat(boot: bytes, new_ss: int) -> str | None:
@@ -181,62 +160,61 @@ def convert_fat(metadata: bytes, new_ss: int, partition_start: int) -> bytes:
     if isinstance(plan, str):
         raise ValueError(plan)
     g = _fat_geometry(metadata)
-    ss = g["ss"]
-    boot = bytearray(metadata[:512])
-    struct.pack_into("<H", boot, _BYTS_PER_SEC, new_ss)
-    boot[_SEC_PER_CLUS] = plan["spc"]
-    struct.pack_into("<H", boot, _RSVD_SEC_CNT, plan["reserved"])
-    struct.pack_into("<I", boot, _HIDD_SEC, min(partition_start // new_ss, 0xFFFF_FFFF))
-    if plan["total"] < 0x10000 and not g["fat32"]:
-        struct.pack_into("<H", boot, _TOT_SEC16, plan["total"])
-        struct.pack_into("<I", boot, _TOT_SEC32, 0)
+    ss = g.sector
+    boot = c_fat.fat_boot_sector(metadata[:512])
+    bpb = boot.bpb
+    bpb.BPB_BytsPerSec = new_ss
+    bpb.BPB_SecPerClus = plan["spc"]
+    bpb.BPB_RsvdSecCnt = plan["reserved"]
+    bpb.BPB_HiddSec = min(partition_start // new_ss, 0xFFFF_FFFF)
+    if plan["total"] < 0x10000 and not g.fat32_form:
+        bpb.BPB_TotSec16, bpb.BPB_TotSec32 = plan["total"], 0
     else:
-        struct.pack_into("<H", boot, _TOT_SEC16, 0)
-        struct.pack_into("<I", boot, _TOT_SEC32, plan["total"])
-    if g["fat32"]:
-        struct.pack_into("<I", boot, _FAT_SZ32, plan["fat"])
+        bpb.BPB_TotSec16, bpb.BPB_TotSec32 = 0, plan["total"]
+    if g.fat32_form:
+        boot.fat32.BPB_FATSz32 = plan["fat"]
     else:
-        struct.pack_into("<H", boot, _FAT_SZ16, plan["fat"])
+        bpb.BPB_FATSz16 = plan["fat"]
 
     out = bytearray(len(metadata))
 
     def put(sector: int, data: bytes | bytearray) -> None:
         out[sector * new_ss : sector * new_ss + len(data)] = data
 
-    if g["fat32"]:
-        fsinfo = metadata[_u16(metadata, _FS_INFO) * ss :][:512]
+    if g.fat32_form:
+        fsinfo = metadata[boot.fat32.BPB_FSInfo * ss :][:512]
         backup = 6 if plan["reserved"] >= 8 else 2
-        struct.pack_into("<H", boot, _FS_INFO, 1)
-        struct.pack_into("<H", boot, _BK_BOOT_SEC, backup)
+        boot.fat32.BPB_FSInfo = 1
+        boot.fat32.BPB_BkBootSec = backup
         put(1, fsinfo)
-        put(backup, boot)
+        put(backup, boot.dumps())
         put(backup + 1, fsinfo)
-    put(0, boot)
-    old_fat_at = g["reserved"] * ss
-    fat_bytes = g["fat"] * ss
-    for i in range(g["fats"]):
+    put(0, boot.dumps())
+    old_fat_at = g.reserved * ss
+    fat_bytes = g.fat_sectors * ss
+    for i in range(g.fats):
         copy = metadata[old_fat_at + i * fat_bytes :][:fat_bytes]
         put(plan["reserved"] + i * plan["fat"], copy)
-    root_at = old_fat_at + g["fats"] * fat_bytes
-    put(plan["reserved"] + g["fats"] * plan["fat"], metadata[root_at : root_at + g["root_bytes"]])
+    root_at = old_fat_at + g.fats * fat_bytes
+    put(plan["reserved"] + g.fats * plan["fat"], metadata[root_at : root_at + g.root_bytes])
     return bytes(out)
 
 
 # --- NTFS -----------------------------------------------------------------------------
-# Offsets in the NTFS boot sector (ntfs-3g layout.h, as in fs/ntfs.py).
-_NTFS_BYTES_PER_SECTOR, _NTFS_SPC, _NTFS_HIDDEN, _NTFS_SECTORS = 11, 13, 28, 40
 
 
-def _ntfs_cluster(boot: bytes) -> int:
-    spc = boot[_NTFS_SPC]
-    if spc > 0x80:
-        spc = 1 << (256 - spc)
-    return int(spc) * _u16(boot, _NTFS_BYTES_PER_SECTOR)
+def _ntfs_cluster(bpb: Any) -> int:
+    return cluster_sectors(int(bpb.sectors_per_cluster)) * int(bpb.bytes_per_sector)
+
+
+def _ntfs_size(boot: Any) -> int:
+    """Bytes the volume spans: its sectors and the backup boot sector after them."""
+    return backup_boot_offset(boot) + int(boot.bpb.bytes_per_sector)
 
 
 def check_ntfs(boot: bytes, new_ss: int) -> str | None:
     """Why this NTFS volume cannot move to ``new_ss``-byte sectors, or None."""
-    cluster = _ntfs_cluster(boot)
+    cluster = _ntfs_cluster(c_ntfs.NTFS_BOOT_SECTOR(boot[:512]).bpb)
     if cluster < new_ss:
         return f"its {cluster}-byte clusters are smaller than a {new_ss}-byte sector"
     return None
@@ -255,17 +233,17 @@ def convert_ntfs(boot: bytes, new_ss: int, partition_start: int) -> list[tuple[i
     reason = check_ntfs(boot, new_ss)
     if reason is not None:
         raise ValueError(reason)
-    old_ss = _u16(boot, _NTFS_BYTES_PER_SECTOR)
+    sector = c_ntfs.NTFS_BOOT_SECTOR(boot[:512])
+    bpb = sector.bpb
     # the volume ends with its backup boot sector: keep that end where it was
-    end = (struct.unpack_from("<q", boot, _NTFS_SECTORS)[0] + 1) * old_ss
-    total = end // new_ss - 1
-    spc = _ntfs_cluster(boot) // new_ss
-    new = bytearray(boot[:new_ss])
-    struct.pack_into("<H", new, _NTFS_BYTES_PER_SECTOR, new_ss)
-    new[_NTFS_SPC] = spc if spc <= 0x80 else 256 - (spc.bit_length() - 1)
-    struct.pack_into("<I", new, _NTFS_HIDDEN, min(partition_start // new_ss, 0xFFFF_FFFF))
-    struct.pack_into("<q", new, _NTFS_SECTORS, total)
-    return [(0, bytes(new)), (total * new_ss, bytes(new))]
+    total = _ntfs_size(sector) // new_ss - 1
+    spc = _ntfs_cluster(bpb) // new_ss
+    bpb.bytes_per_sector = new_ss
+    bpb.sectors_per_cluster = cluster_sectors_field(spc)
+    bpb.hidden_sectors = min(partition_start // new_ss, 0xFFFF_FFFF)
+    sector.number_of_sectors = total
+    new = sector.dumps() + boot[512:new_ss]
+    return [(0, new), (total * new_ss, new)]
 
 
 # --- on a whole disk ------------------------------------------------------------------
@@ -285,8 +263,7 @@ def _fs_sizes(source: Reader, table: PartitionTable, new_ss: int) -> dict[int, i
         if p.size % new_ss:
             volume = Region(source, p.start, p.size)
             if ntfs.detect(volume):  # the backup boot sector ends the volume
-                boot = volume.read_at(0, 512)
-                sizes[p.number] = (_u64(boot, _NTFS_SECTORS) + 1) * _u16(boot, 11)
+                sizes[p.number] = _ntfs_size(c_ntfs.NTFS_BOOT_SECTOR(volume.read_at(0, 512)))
             else:
                 sizes[p.number] = probe(volume).size
     return sizes

@@ -8,21 +8,18 @@ read from its output too, so a test cannot pass without exercising its case.
 from __future__ import annotations
 
 import re
-import struct
 from pathlib import Path
 
 import pytest
 
 from blockvault.disk.device import open_device
 from blockvault.disk.fs import ext
+from blockvault.disk.fs.c_ext import SUPERBLOCK_OFFSET, c_ext
 from blockvault.disk.fs.probe import probe
 from blockvault.errors import FilesystemError
 from tests.conftest import need_tools, sh
 
 from .fsimages import MiB, build_ext, dumpe2fs_used, read_map
-
-SUPERBLOCK = 1024
-S_FEATURE_INCOMPAT = 0x60  # offsets in struct ext4_super_block (fs/ext4/ext4.h)
 
 
 @pytest.fixture(autouse=True)
@@ -96,8 +93,11 @@ def test_descriptor_pointing_outside_is_refused(tmp_path: Path) -> None:
     image = build_ext(tmp_path, 16 * MiB, "-t", "ext4", "-b", "4096")
     assert "Group descriptors at 1-1" in sh("dumpe2fs", image)
     with image.open("r+b") as f:
-        f.seek(4096)  # bg_block_bitmap_lo of group 0
-        f.write(struct.pack("<I", 0x7FFF_FFFF))
+        f.seek(4096)  # group 0's descriptor
+        desc = c_ext.ext4_group_desc(f.read(len(c_ext.ext4_group_desc)))
+        desc.bg_block_bitmap_lo = 0x7FFF_FFFF
+        f.seek(4096)
+        f.write(desc.dumps())
     with pytest.raises(FilesystemError, match=r"ext4 filesystem group 0 descriptor: block bitmap"):
         read_map(image, ext.read)
 
@@ -105,10 +105,11 @@ def test_descriptor_pointing_outside_is_refused(tmp_path: Path) -> None:
 def test_unknown_incompatible_feature_is_refused(tmp_path: Path) -> None:
     image = build_ext(tmp_path, 16 * MiB, "-t", "ext4")
     with image.open("r+b") as f:
-        f.seek(SUPERBLOCK + S_FEATURE_INCOMPAT)
-        (incompat,) = struct.unpack("<I", f.read(4))
-        f.seek(SUPERBLOCK + S_FEATURE_INCOMPAT)
-        f.write(struct.pack("<I", incompat | 0x8000_0000))
+        f.seek(SUPERBLOCK_OFFSET)
+        sb = c_ext.ext4_super_block(f.read(len(c_ext.ext4_super_block)))
+        sb.s_feature_incompat |= 0x8000_0000
+        f.seek(SUPERBLOCK_OFFSET)
+        f.write(sb.dumps())
     with pytest.raises(FilesystemError, match="unknown incompatible features 0x80000000"):
         read_map(image, ext.read)
 

@@ -8,6 +8,7 @@ import pytest
 
 from blockvault.disk.device import open_device
 from blockvault.disk.fs import fat
+from blockvault.disk.fs.c_fat import c_fat
 from blockvault.errors import FilesystemError
 from tests.conftest import need_tools, sh
 from tests.fstree import fsck
@@ -65,7 +66,8 @@ def test_no_room_for_data_is_refused(tmp_path: Path) -> None:
     image = new_image(tmp_path / "fat.img", 4 * MiB)
     sh("mkfs.fat", "-F", "12", image)
     with image.open("r+b") as f:
-        f.seek(19)  # BPB_TotSec16: a volume of 16 sectors, smaller than its own FATs
+        # a volume of 16 sectors, smaller than its own FATs
+        f.seek(c_fat.fat_bpb.fields["BPB_TotSec16"].offset)
         f.write((16).to_bytes(2, "little"))
     with pytest.raises(FilesystemError, match="no room for data"):
         read_map(image, fat.read)

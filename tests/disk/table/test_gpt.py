@@ -53,8 +53,8 @@ def last_lba_offset(made: Made) -> int:
 
 
 # Offsets inside the structures: the disk GUID in a header, the name of entry 1.
-HEADER_GUID = 56
-ENTRY1_NAME = 56 + 4
+HEADER_GUID = gpt.c_gpt.gpt_header.fields["disk_guid"].offset
+ENTRY1_NAME = gpt.c_gpt.gpt_entry.fields["partition_name"].offset + 4
 
 
 def test_damaged_primary_header_falls_back_to_the_backup(made: Made, tmp_path: Path) -> None:

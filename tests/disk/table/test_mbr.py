@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,8 +28,9 @@ from .diskimages import (
 )
 from .scenarios import Made, Scenario, scenario
 
-ENTRY = 446  # first partition entry in an MBR or EBR
-ENTRY_SIZE = 16
+ENTRY = mbr.ENTRY_OFFSET  # first partition entry in an MBR or EBR
+ENTRY_SIZE = len(mbr.c_mbr.mbr_partition)
+SIGNATURE = mbr.c_mbr.mbr.fields["signature"].offset
 
 
 def blkid_pttype(image: Path) -> str:
@@ -88,7 +88,8 @@ def test_ebr_chain_loop_ends_with_a_note(logicals: Made, tmp_path: Path) -> None
     last_ebr = ebr_offsets(table)[-1]
     image = copy(logicals.image, tmp_path / "loop.img")
     # link the last EBR back to the first one (offset 0 in the extended partition)
-    apply(image, [(last_ebr + ENTRY + ENTRY_SIZE, struct.pack("<4xB3xII", 0x05, 0, 1))])
+    link = mbr.c_mbr.mbr_partition(sys_ind=0x05, start_sect=0, nr_sects=1)
+    apply(image, [(last_ebr + ENTRY + ENTRY_SIZE, link.dumps())])
     looped = parse_file(image, mbr.parse, 512)
     assert looped is not None
     assert looped.partitions == table.partitions
@@ -100,7 +101,7 @@ def test_broken_ebr_ends_the_chain_with_a_note(logicals: Made, tmp_path: Path) -
     assert table is not None
     second_ebr = ebr_offsets(table)[1]
     image = copy(logicals.image, tmp_path / "broken.img")
-    apply(image, [(second_ebr + 510, b"\0\0")])
+    apply(image, [(second_ebr + SIGNATURE, b"\0\0")])
     broken = parse_file(image, mbr.parse, 512)
     assert broken is not None
     assert [p.number for p in broken.partitions] == [1, 2, 3, 4, 5]

@@ -27,77 +27,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dissect.cstruct import cstruct  # type: ignore[import-untyped]
-
 from blockvault.disk.device import Reader
 from blockvault.disk.fs import FilesystemInfo
 from blockvault.disk.fs.bitmap import entry_runs
+from blockvault.disk.fs.c_fat import (
+    BOOT_SIGNATURE,
+    DIR_ENTRY_SIZE,
+    FOREIGN_OEM,
+    NO_LABEL,
+    OLD_BOOT_SIGNATURE,
+    c_fat,
+)
 from blockvault.errors import FilesystemError
 from blockvault.extents import ExtentMap
 
-__all__ = ["detect", "read"]
+__all__ = ["Geometry", "detect", "geometry", "read"]
 
-# Field names and offsets from the Microsoft FAT specification (fatgen103), section 3.
-_c = cstruct(endian="<").load("""
-/* Boot sector and BPB structure, common to all FAT types (offset 0) */
-struct fat_bpb {
-    uint8   BS_jmpBoot[3];      /* jump to boot code: EB xx 90 or E9 xx xx */
-    char    BS_OEMName[8];      /* name of the formatting system, informational */
-    uint16  BPB_BytsPerSec;     /* 512, 1024, 2048 or 4096 */
-    uint8   BPB_SecPerClus;     /* power of 2, 1 to 128 */
-    uint16  BPB_RsvdSecCnt;     /* sectors of the reserved region, never 0 */
-    uint8   BPB_NumFATs;        /* copies of the FAT, normally 2 */
-    uint16  BPB_RootEntCnt;     /* 32-byte root directory entries; 0 on FAT32 */
-    uint16  BPB_TotSec16;       /* total sectors if < 0x10000, else 0 */
-    uint8   BPB_Media;          /* 0xF0, 0xF8 to 0xFF */
-    uint16  BPB_FATSz16;        /* sectors per FAT on FAT12/16; 0 on FAT32 */
-    uint16  BPB_SecPerTrk;      /* geometry for INT 13h */
-    uint16  BPB_NumHeads;       /* geometry for INT 13h */
-    uint32  BPB_HiddSec;        /* sectors before this partition */
-    uint32  BPB_TotSec32;       /* total sectors if BPB_TotSec16 is 0 */
-};
-
-/* FAT12 and FAT16 extended BPB (offset 36) */
-struct fat16_ebpb {
-    uint8   BS_DrvNum;          /* INT 13h drive number */
-    uint8   BS_Reserved1;       /* used by Windows NT */
-    uint8   BS_BootSig;         /* 0x29: the next three fields are present */
-    uint32  BS_VolID;           /* volume serial number */
-    char    BS_VolLab[11];      /* volume label, "NO NAME    " if none */
-    char    BS_FilSysType[8];   /* "FAT12   " etc., informational only */
-};
-
-/* FAT32 extended BPB (offset 36) */
-struct fat32_ebpb {
-    uint32  BPB_FATSz32;        /* sectors per FAT */
-    uint16  BPB_ExtFlags;       /* bits 0-3 active FAT, bit 7 set: only that one is used */
-    uint16  BPB_FSVer;          /* version, 0:0 */
-    uint32  BPB_RootClus;       /* first cluster of the root directory */
-    uint16  BPB_FSInfo;         /* sector of the FSInfo structure */
-    uint16  BPB_BkBootSec;      /* sector of the backup boot sector */
-    uint8   BPB_Reserved[12];
-    uint8   BS_DrvNum;
-    uint8   BS_Reserved1;
-    uint8   BS_BootSig;         /* 0x29: the next three fields are present */
-    uint32  BS_VolID;
-    char    BS_VolLab[11];
-    char    BS_FilSysType[8];   /* "FAT32   ", informational only */
-};
-""")
-
-EXTENDED_BPB = 36  # offset of the type-specific part
-BOOT_SIGNATURE = 0x29  # serial, label and type follow
-OLD_BOOT_SIGNATURE = 0x28  # serial only
 EXT_FLAGS_MIRRORING_OFF = 0x80
 EXT_FLAGS_ACTIVE_FAT = 0x0F
 FAT12_MAX_CLUSTERS = 4084  # 4085 or more clusters is FAT16
 FAT16_MAX_CLUSTERS = 65524  # 65525 or more clusters is FAT32
-NO_LABEL = b"NO NAME    "
-_FOREIGN_OEM = (b"NTFS    ", b"EXFAT   ")  # share the jump and BPB shape, not the layout
 
 
 @dataclass(frozen=True)
-class _Layout:
+class Geometry:
     """Where each region starts, in sectors, derived from the BPB as the specification does."""
 
     sector: int  # bytes per sector
@@ -106,9 +59,17 @@ class _Layout:
     reserved: int
     fats: int
     fat_sectors: int
-    root_sectors: int
+    root_entries: int  # of the FAT12/16 fixed root directory, 32 bytes each
     total_sectors: int
     active_fat: int  # the FAT to read
+
+    @property
+    def root_bytes(self) -> int:
+        return self.root_entries * DIR_ENTRY_SIZE
+
+    @property
+    def root_sectors(self) -> int:
+        return -(-self.root_bytes // self.sector)
 
     @property
     def data_start(self) -> int:
@@ -126,31 +87,33 @@ class _Layout:
         return 12 if self.clusters <= FAT12_MAX_CLUSTERS else 16
 
 
-def _layout(bpb: Any, ebpb32: Any) -> _Layout:
+def geometry(boot: Any) -> Geometry:
+    """The regions of the volume whose parsed ``fat_boot_sector`` is ``boot``."""
+    bpb, ebpb32 = boot.bpb, boot.fat32
     sector = int(bpb.BPB_BytsPerSec)
     fat32_form = not bpb.BPB_FATSz16 and bool(ebpb32.BPB_FATSz32)
     active = 0
     # FAT32 may switch mirroring off and name one active FAT; otherwise the first rules.
     if fat32_form and ebpb32.BPB_ExtFlags & EXT_FLAGS_MIRRORING_OFF:
         active = ebpb32.BPB_ExtFlags & EXT_FLAGS_ACTIVE_FAT
-    return _Layout(
+    return Geometry(
         sector=sector,
         fat32_form=fat32_form,
         cluster_sectors=int(bpb.BPB_SecPerClus),
         reserved=int(bpb.BPB_RsvdSecCnt),
         fats=int(bpb.BPB_NumFATs),
         fat_sectors=int(bpb.BPB_FATSz16 or ebpb32.BPB_FATSz32),
-        root_sectors=(bpb.BPB_RootEntCnt * 32 + sector - 1) // sector,
+        root_entries=int(bpb.BPB_RootEntCnt),
         total_sectors=int(bpb.BPB_TotSec16 or bpb.BPB_TotSec32),
         active_fat=int(active),
     )
 
 
-def _plausible(bpb: Any, oem: bytes) -> bool:
-    """The checks libblkid and the kernel make before trusting a BPB."""
+def _plausible(bpb: Any) -> bool:
+    """The checks libblkid and the kernel make before trusting a parsed ``fat_bpb``."""
     return bool(
         bpb.BS_jmpBoot[0] in (0xEB, 0xE9)
-        and oem not in _FOREIGN_OEM
+        and bytes(bpb.BS_OEMName) not in FOREIGN_OEM
         and bpb.BPB_BytsPerSec in (512, 1024, 2048, 4096)
         and bpb.BPB_SecPerClus in (1, 2, 4, 8, 16, 32, 64, 128)
         and bpb.BPB_RsvdSecCnt >= 1
@@ -165,17 +128,17 @@ def detect(reader: Reader) -> bool:
     if reader.size < 512:
         return False
     head = reader.read_at(0, 512)
-    return _plausible(_c.fat_bpb(head), bytes(head[3:11]))
+    return _plausible(c_fat.fat_bpb(head))
 
 
 def read(reader: Reader) -> FilesystemInfo:
     """The allocation map of the FAT filesystem on ``reader``."""
     head = reader.read_at(0, 512)
-    bpb = _c.fat_bpb(head)
-    layout = _layout(bpb, _c.fat32_ebpb(head[EXTENDED_BPB:]))
+    boot = c_fat.fat_boot_sector(head)
+    layout = geometry(boot)
     bits = layout.bits
     fs = f"fat{bits}"
-    ebpb = _c.fat32_ebpb(head[EXTENDED_BPB:]) if bits == 32 else _c.fat16_ebpb(head[EXTENDED_BPB:])
+    ebpb = boot.fat32 if bits == 32 else boot.fat16
 
     def corrupt(detail: str) -> FilesystemError:
         return FilesystemError(detail, fs=fs, where="boot sector (byte 0)")

@@ -25,14 +25,8 @@ from math import gcd
 from typing import Any
 
 from blockvault.disk.device import Device
-from blockvault.disk.fs.fat import (
-    EXTENDED_BPB,
-    FAT12_MAX_CLUSTERS,
-    FAT16_MAX_CLUSTERS,
-    _c,
-    _Layout,
-    _layout,
-)
+from blockvault.disk.fs.c_fat import DIR_ENTRY_SIZE, c_fat
+from blockvault.disk.fs.fat import FAT12_MAX_CLUSTERS, FAT16_MAX_CLUSTERS, Geometry, geometry
 from blockvault.errors import FilesystemError
 
 __all__ = ["grow_fat"]
@@ -40,13 +34,10 @@ __all__ = ["grow_fat"]
 FAT32_MAX_CLUSTERS = 0x0FFF_FFF4
 MAX_CLUSTERS = {12: FAT12_MAX_CLUSTERS, 16: FAT16_MAX_CLUSTERS, 32: FAT32_MAX_CLUSTERS}
 ENTRY_MASK = {12: 0xFFF, 16: 0xFFFF, 32: 0x0FFF_FFFF}
-DIR_ENTRY = 32
 ATTR_LFN = 0x0F
 ATTR_VOLUME = 0x08
 ATTR_DIRECTORY = 0x10
 DELETED = 0xE5
-FSINFO_FREE = 488  # FSI_Free_Count
-FSINFO_NEXT = 492  # FSI_Nxt_Free
 
 
 def _read_fat(raw: bytes, bits: int, count: int) -> list[int]:
@@ -78,7 +69,7 @@ def _pack_fat(entries: array[int], bits: int, length: int) -> bytes:
     return raw.ljust(length, b"\0")
 
 
-def _new_geometry(lay: _Layout, bits: int, total: int) -> tuple[int, int]:
+def _new_geometry(lay: Geometry, bits: int, total: int) -> tuple[int, int]:
     """(sectors per FAT, clusters) for ``total`` sectors, FATs growing in whole clusters."""
     step = lay.cluster_sectors // gcd(lay.cluster_sectors, lay.fats)
     fat = lay.fat_sectors
@@ -92,9 +83,8 @@ def _new_geometry(lay: _Layout, bits: int, total: int) -> tuple[int, int]:
 
 def grow_fat(device: Device, offset: int, size: int) -> str:
     """Grow the FAT filesystem at ``offset`` of ``device`` to up to ``size`` bytes."""
-    head = device.read_at(offset, 512)
-    bpb = _c.fat_bpb(head)
-    lay = _layout(bpb, _c.fat32_ebpb(head[EXTENDED_BPB:]))
+    boot = c_fat.fat_boot_sector(device.read_at(offset, 512))
+    lay = geometry(boot)
     bits, ss, spc = lay.bits, lay.sector, lay.cluster_sectors
     fs = f"fat{bits}"
     cluster_bytes = ss * spc
@@ -156,21 +146,23 @@ def grow_fat(device: Device, offset: int, size: int) -> str:
     def remap(buf: bytearray) -> list[int]:
         """Rewrite the cluster numbers of one directory's entries; its subdirectories."""
         subdirs = []
-        for at in range(0, len(buf), DIR_ENTRY):
-            first_byte, attr = buf[at], buf[at + 11]
-            if first_byte == 0:
+        for at in range(0, len(buf) - DIR_ENTRY_SIZE + 1, DIR_ENTRY_SIZE):
+            entry = c_fat.fat_dir_entry(bytes(buf[at : at + DIR_ENTRY_SIZE]))
+            name, attr = bytes(entry.DIR_Name), entry.DIR_Attr
+            if name[0] == 0:
                 break
-            if first_byte == DELETED or attr == ATTR_LFN or attr & ATTR_VOLUME:
+            if name[0] == DELETED or attr == ATTR_LFN or attr & ATTR_VOLUME:
                 continue
-            hi = int.from_bytes(buf[at + 20 : at + 22], "little") if bits == 32 else 0
-            c = hi << 16 | int.from_bytes(buf[at + 26 : at + 28], "little")
+            hi = entry.DIR_FstClusHI if bits == 32 else 0
+            c = hi << 16 | entry.DIR_FstClusLO
             if not is_link(c):
                 continue
             n = new_number(c)
             if bits == 32:
-                buf[at + 20 : at + 22] = (n >> 16).to_bytes(2, "little")
-            buf[at + 26 : at + 28] = (n & 0xFFFF).to_bytes(2, "little")
-            if attr & ATTR_DIRECTORY and bytes(buf[at : at + 2]) not in (b". ", b".."):
+                entry.DIR_FstClusHI = n >> 16
+            entry.DIR_FstClusLO = n & 0xFFFF
+            buf[at : at + DIR_ENTRY_SIZE] = entry.dumps()
+            if attr & ATTR_DIRECTORY and name[:2] not in (b". ", b".."):
                 subdirs.append(c)
         return subdirs
 
@@ -186,13 +178,11 @@ def grow_fat(device: Device, offset: int, size: int) -> str:
             device.write_at(at, bytes(buf))
 
     new_root_at = offset + (lay.reserved + lay.fats * new_fat) * ss
-    boot = _c.fat32_ebpb(sector[EXTENDED_BPB:])
     visited: set[int] = set()
     if bits == 32:
-        root = int(boot.BPB_RootClus)
+        root = int(boot.fat32.BPB_RootClus)
         walk_clusters(root, visited)
-        boot.BPB_RootClus = new_number(root)
-        boot.BPB_FATSz32 = new_fat
+        boot.fat32.BPB_RootClus = new_number(root)
     else:
         root_dir = bytearray(
             device.read_at(old_data - lay.root_sectors * ss, lay.root_sectors * ss)
@@ -208,17 +198,16 @@ def grow_fat(device: Device, offset: int, size: int) -> str:
 
     total = lay.reserved + lay.fats * new_fat + lay.root_sectors + clusters * spc
     total = max(total, size // ss) if clusters < MAX_CLUSTERS[bits] else total
-    _write_boot(device, offset, sector, bpb, boot, bits, new_fat, total)
+    _write_boot(device, offset, sector, boot, bits, new_fat, total)
     if bits == 32:
         free_count = entries[2:].count(0)
         first_free = next((n for n in range(2, clusters + 2) if not entries[n]), 0xFFFF_FFFF)
-        fsinfo = int(boot.BPB_FSInfo)
-        backups = [fsinfo, int(boot.BPB_BkBootSec) + fsinfo] if boot.BPB_BkBootSec else [fsinfo]
-        for at in backups:
-            info = bytearray(device.read_at(offset + at * ss, ss))
-            info[FSINFO_FREE : FSINFO_FREE + 4] = free_count.to_bytes(4, "little")
-            info[FSINFO_NEXT : FSINFO_NEXT + 4] = first_free.to_bytes(4, "little")
-            device.write_at(offset + at * ss, bytes(info))
+        fsinfo = int(boot.fat32.BPB_FSInfo)
+        backup = int(boot.fat32.BPB_BkBootSec)
+        for at in [fsinfo, backup + fsinfo] if backup else [fsinfo]:
+            info = c_fat.fat_fsinfo(device.read_at(offset + at * ss, len(c_fat.fat_fsinfo)))
+            info.FSI_Free_Count, info.FSI_Nxt_Free = free_count, first_free
+            device.write_at(offset + at * ss, info.dumps())
     capped = ""
     if clusters == MAX_CLUSTERS[bits] and total < size // ss:
         capped = f" ({fs} addresses at most {clusters} clusters of {cluster_bytes} bytes)"
@@ -226,28 +215,21 @@ def grow_fat(device: Device, offset: int, size: int) -> str:
 
 
 def _write_boot(
-    device: Device,
-    offset: int,
-    sector: bytes,
-    bpb: Any,
-    boot32: Any,
-    bits: int,
-    fat_sectors: int,
-    total: int,
+    device: Device, offset: int, sector: bytes, boot: Any, bits: int, fat_sectors: int, total: int
 ) -> None:
     """The boot sector (and FAT32's backup) with the new size and FAT size."""
+    bpb = boot.bpb
     if total < 0x10000 and bits != 32:
         bpb.BPB_TotSec16, bpb.BPB_TotSec32 = total, 0
     else:
         bpb.BPB_TotSec16, bpb.BPB_TotSec32 = 0, total
-    if bits != 32:
-        bpb.BPB_FATSz16 = fat_sectors
-    raw = bytearray(sector)
-    head = bpb.dumps()
-    raw[: len(head)] = head
     if bits == 32:
-        ext = boot32.dumps()
-        raw[EXTENDED_BPB : EXTENDED_BPB + len(ext)] = ext
+        boot.fat32.BPB_FATSz32 = fat_sectors
+    else:
+        bpb.BPB_FATSz16 = fat_sectors
+    raw = bytearray(sector)  # a sector larger than 512 bytes keeps its tail
+    head = boot.dumps()
+    raw[: len(head)] = head
     device.write_at(offset, bytes(raw))
-    if bits == 32 and boot32.BPB_BkBootSec:
-        device.write_at(offset + int(boot32.BPB_BkBootSec) * len(raw), bytes(raw))
+    if bits == 32 and boot.fat32.BPB_BkBootSec:
+        device.write_at(offset + int(boot.fat32.BPB_BkBootSec) * len(raw), bytes(raw))

@@ -1,40 +1,62 @@
-"""A FAT or NTFS boot sector records where its partition starts ("hidden sectors", which
-Windows' and DOS's boot code read): a volume written at another start is told so, in
-its boot sector and the copies of it."""
+"""The boot sector of a FAT or NTFS volume and its copies.
+
+A volume written at another start is told so ("hidden sectors", which Windows' and
+DOS's boot code read); a copy given new ids gets a new serial. Either change goes to
+the boot sector and to every copy of it, which only the boot sector locates: so each
+offset is bounded by the volume (a hostile boot sector may point anywhere) and must
+hold the same jump and OEM name before a byte is written there.
+"""
 
 from __future__ import annotations
 
-from blockvault.disk.device import Device, Region
+from blockvault.disk.device import Device, Reader, Region
 from blockvault.disk.fs import fat
+from blockvault.disk.fs.c_fat import c_fat
+from blockvault.disk.fs.c_ntfs import NTFS_OEM_ID, backup_boot_offset, c_ntfs
 
-__all__ = ["move_hidden_sectors"]
+__all__ = ["boot_sector_copies", "move_hidden_sectors"]
 
-HIDDEN_SECTORS = 28  # BPB_HiddSec (FAT), hidden_sectors (NTFS): sectors before the partition
-FAT32_BACKUP_BOOT = 0x32  # BPB_BkBootSec: the sector of FAT32's backup boot sector
-NTFS_SECTORS = 40  # number_of_sectors: NTFS's backup boot sector lies right after them
-NTFS_OEM = b"NTFS    "
+# BPB_HiddSec (FAT) and bpb.hidden_sectors (NTFS) share one offset and width
+HIDDEN_SECTORS = c_fat.fat_bpb.fields["BPB_HiddSec"].offset  # 28
+BOOT_SECTOR = 512
+NO_BACKUP = (0, 0xFFFF)  # BPB_BkBootSec values that mean "none"
+
+
+def boot_sector_copies(volume: Reader) -> list[int] | None:
+    """Offsets in ``volume`` of its boot sector (0) and the copies of it that lie inside
+    the volume; None when it is neither FAT nor NTFS."""
+    if volume.size < BOOT_SECTOR:
+        return None
+    boot = volume.read_at(0, BOOT_SECTOR)
+    ntfs_boot = c_ntfs.NTFS_BOOT_SECTOR(boot)
+    if bytes(ntfs_boot.oem_id) == NTFS_OEM_ID:
+        # the backup follows the volume's last sector; ntfs-3g also reads it in the
+        # partition's last sector, which differs when the partition is larger
+        candidates = {backup_boot_offset(ntfs_boot), volume.size - BOOT_SECTOR}
+    elif fat.detect(volume):
+        fat_boot = c_fat.fat_boot_sector(boot)
+        backup = int(fat_boot.fat32.BPB_BkBootSec)
+        fat32 = fat.geometry(fat_boot).fat32_form
+        candidates = (
+            {backup * fat_boot.bpb.BPB_BytsPerSec} if fat32 and backup not in NO_BACKUP else set()
+        )
+    else:
+        return None
+    copies = [
+        at
+        for at in sorted(candidates - {0})
+        if 0 < at <= volume.size - BOOT_SECTOR and volume.read_at(at, 11) == boot[:11]
+    ]
+    return [0, *copies]
 
 
 def move_hidden_sectors(device: Device, start: int, size: int, sector_size: int) -> bool:
     """Set the hidden-sector count of the volume at ``start`` (``size`` bytes) to its
     start in ``sector_size`` sectors; False when it is neither FAT nor NTFS."""
-    boot = device.read_at(start, 512)
-    bytes_per_sector = int.from_bytes(boot[11:13], "little")
-    copies = [0]
-    if boot[3:11] == NTFS_OEM:
-        # the backup follows the volume's last sector; ntfs-3g also reads it in the
-        # partition's last sector, which differs when the partition is larger
-        sectors = int.from_bytes(boot[NTFS_SECTORS : NTFS_SECTORS + 8], "little")
-        copies += sorted({sectors * bytes_per_sector, size - 512})
-    elif fat.detect(Region(device, start, size)):
-        backup = int.from_bytes(boot[FAT32_BACKUP_BOOT : FAT32_BACKUP_BOOT + 2], "little")
-        if boot[0x52:0x57] == b"FAT32" and backup:
-            copies.append(backup * bytes_per_sector)
-    else:
+    copies = boot_sector_copies(Region(device, start, size))
+    if copies is None:
         return False
     value = min(start // sector_size, 0xFFFF_FFFF).to_bytes(4, "little")
     for at in copies:
-        # a copy is known by its jump and OEM name; anything else there is left alone
-        if at + 512 <= size and device.read_at(start + at, 11) == boot[:11]:
-            device.write_at(start + at + HIDDEN_SECTORS, value)
+        device.write_at(start + at + HIDDEN_SECTORS, value)
     return True

@@ -24,110 +24,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from dissect.cstruct import cstruct  # type: ignore[import-untyped]
-
 from blockvault.disk.device import Reader
 from blockvault.disk.fs import FilesystemInfo
 from blockvault.disk.fs.bitmap import set_runs
+from blockvault.disk.fs.c_ntfs import FILE_MAGIC, NTFS_OEM_ID, c_ntfs, cluster_sectors
 from blockvault.errors import FilesystemError
 from blockvault.extents import ExtentMap
 
 __all__ = ["detect", "read"]
 
-# From ntfs-3g include/ntfs-3g/layout.h (the Linux-NTFS project's documentation of the
-# format); comments shortened. Its u8/s8 are spelled uint8/int8: in cstruct "u8" means
-# an 8-byte integer.
-_c = cstruct(endian="<").load("""
-typedef uint16 le16;
-typedef uint32 le32;
-typedef uint64 le64;
-typedef int64  sle64;
-
-typedef struct {
-    le16   bytes_per_sector;            /* Size of a sector in bytes. */
-    uint8  sectors_per_cluster;         /* Size of a cluster in sectors (> 0x80: 2^(256-n)). */
-    le16   reserved_sectors;            /* zero */
-    uint8  fats;                        /* zero */
-    le16   root_entries;                /* zero */
-    le16   sectors;                     /* zero */
-    uint8  media_type;                  /* 0xf8 = hard disk */
-    le16   sectors_per_fat;             /* zero */
-    le16   sectors_per_track;           /* Required to boot Windows. */
-    le16   heads;                       /* Required to boot Windows. */
-    le32   hidden_sectors;              /* Offset to the start of the partition in sectors. */
-    le32   large_sectors;               /* zero */
-} BIOS_PARAMETER_BLOCK;
-
-typedef struct {
-    uint8  jump[3];                     /* Irrelevant (jump to boot up code).*/
-    char   oem_id[8];                   /* Magic "NTFS    ". */
-    BIOS_PARAMETER_BLOCK bpb;
-    uint8  physical_drive;              /* 0x00 floppy, 0x80 hard disk */
-    uint8  current_head;                /* zero */
-    uint8  extended_boot_signature;     /* 0x80 */
-    uint8  reserved2;                   /* zero */
-    sle64  number_of_sectors;           /* Number of sectors in volume (without the backup). */
-    sle64  mft_lcn;                     /* Cluster location of mft data. */
-    sle64  mftmirr_lcn;                 /* Cluster location of copy of mft. */
-    int8   clusters_per_mft_record;     /* Mft record size in clusters (< 0: 2^-n bytes). */
-    uint8  reserved0[3];                /* zero */
-    int8   clusters_per_index_record;   /* Index block size in clusters. */
-    uint8  reserved1[3];                /* zero */
-    le64   volume_serial_number;        /* Irrelevant (serial number). */
-    le32   checksum;                    /* Boot sector checksum. */
-    uint8  bootstrap[426];              /* Irrelevant (boot up code). */
-    le16   end_of_sector_marker;        /* End of bootsector magic, 0xaa55. */
-} NTFS_BOOT_SECTOR;
-
-typedef struct {
-    char   magic[4];                    /* Usually the magic is "FILE". */
-    le16   usa_ofs;                     /* Offset of the update sequence array. */
-    le16   usa_count;                   /* Entries in it: 1 + bytes / 512. */
-    le64   lsn;                         /* $LogFile sequence number for this record. */
-    le16   sequence_number;             /* Number of times this mft record has been reused. */
-    le16   link_count;                  /* Number of hard links. */
-    le16   attrs_offset;                /* Byte offset to the first attribute. */
-    le16   flags;                       /* MFT_RECORD_IN_USE = 1, MFT_RECORD_IS_DIRECTORY = 2. */
-    le32   bytes_in_use;                /* Number of bytes used in this mft record. */
-    le32   bytes_allocated;             /* Number of bytes allocated for this mft record. */
-    le64   base_mft_record;             /* Zero for base mft records. */
-    le16   next_attr_instance;          /* The instance number for the next attribute. */
-    le16   reserved;                    /* Reserved/alignment (NTFS 3.1+). */
-    le32   mft_record_number;           /* Number of this mft record (NTFS 3.1+). */
-} MFT_RECORD;
-
-typedef struct {
-    le32   type;                        /* The (32-bit) type of the attribute. */
-    le32   length;                      /* Byte size of the resident part of the attribute. */
-    uint8  non_resident;                /* If 0, attribute is resident. */
-    uint8  name_length;                 /* Unicode character size of name, 0 if unnamed. */
-    le16   name_offset;                 /* Byte offset of the name. */
-    le16   flags;                       /* Compressed, encrypted, sparse. */
-    le16   instance;                    /* The instance of this attribute record. */
-    union {
-        struct {
-            le32   value_length;        /* Byte size of attribute value. */
-            le16   value_offset;        /* Byte offset of the attribute value. */
-            uint8  resident_flags;
-            int8   reservedR;
-        } resident;
-        struct {
-            sle64  lowest_vcn;          /* First cluster of the value this extent maps. */
-            sle64  highest_vcn;         /* Last cluster of the value this extent maps. */
-            le16   mapping_pairs_offset; /* Byte offset of the runlist. */
-            uint8  compression_unit;
-            uint8  reserved1[5];
-            sle64  allocated_size;      /* Byte size of disk space allocated. */
-            sle64  data_size;           /* Byte size of the attribute value. */
-            sle64  initialized_size;    /* Byte size of the initialized part; zeros beyond. */
-        } non_resident_part;
-    };
-} ATTR_RECORD;
-""")
-
-NTFS_OEM_ID = b"NTFS    "
 NTFS_BLOCK_SIZE = 512  # stride of the update sequence, whatever the sector size
-FILE_MAGIC = b"FILE"
 MFT_RECORD_IN_USE = 0x0001
 AT_DATA = 0x80
 AT_VOLUME_NAME = 0x60
@@ -143,7 +49,7 @@ def detect(reader: Reader) -> bool:
     """The boot sector names itself NTFS (as the kernel and libblkid check)."""
     if reader.size < 512:
         return False
-    boot = _c.NTFS_BOOT_SECTOR(reader.read_at(0, 512))
+    boot = c_ntfs.NTFS_BOOT_SECTOR(reader.read_at(0, 512))
     return bytes(boot.oem_id) == NTFS_OEM_ID
 
 
@@ -188,7 +94,7 @@ class _Volume:
         """MFT record ``number`` with its fixups applied, checked to be in use."""
         where = f"MFT record {number}"
         data = bytearray(self.read_stream(mft, number * self.record_size, self.record_size, where))
-        header = _c.MFT_RECORD(bytes(data[: len(_c.MFT_RECORD)]))
+        header = c_ntfs.MFT_RECORD(bytes(data[: len(c_ntfs.MFT_RECORD)]))
         if bytes(header.magic) != FILE_MAGIC:
             raise self.fail(
                 f"magic {bytes(header.magic)!r}, expected {FILE_MAGIC!r}; run chkdsk /f on Windows",
@@ -225,12 +131,12 @@ class _Attribute:
 
 def _attributes(record: bytes, where: str) -> Iterator[_Attribute]:
     """The attribute records of an MFT record, in order."""
-    header = _c.MFT_RECORD(record[: len(_c.MFT_RECORD)])
+    header = c_ntfs.MFT_RECORD(record[: len(c_ntfs.MFT_RECORD)])
     pos = int(header.attrs_offset)
     end = min(int(header.bytes_in_use), len(record))
     while pos + 8 <= end:
-        raw = record[pos : pos + len(_c.ATTR_RECORD)].ljust(len(_c.ATTR_RECORD), b"\0")
-        attr = _c.ATTR_RECORD(raw)
+        raw = record[pos : pos + len(c_ntfs.ATTR_RECORD)].ljust(len(c_ntfs.ATTR_RECORD), b"\0")
+        attr = c_ntfs.ATTR_RECORD(raw)
         if attr.type == AT_END:
             return
         if attr.length < 16 or attr.length % 8 or pos + attr.length > end:
@@ -302,7 +208,7 @@ def _non_resident_data(volume: _Volume, record: bytes, where: str) -> tuple[Any,
 
 
 def _volume(reader: Reader) -> tuple[_Volume, Any]:
-    boot = _c.NTFS_BOOT_SECTOR(reader.read_at(0, len(_c.NTFS_BOOT_SECTOR)))
+    boot = c_ntfs.NTFS_BOOT_SECTOR(reader.read_at(0, len(c_ntfs.NTFS_BOOT_SECTOR)))
     where = "boot sector (byte 0)"
 
     def fail(detail: str) -> FilesystemError:
@@ -311,9 +217,7 @@ def _volume(reader: Reader) -> tuple[_Volume, Any]:
     sector = int(boot.bpb.bytes_per_sector)
     if sector not in (256, 512, 1024, 2048, 4096):
         raise fail(f"{sector} bytes per sector")
-    spc = int(boot.bpb.sectors_per_cluster)
-    if spc > 0x80:  # large clusters are written as a negative power of two
-        spc = 1 << (256 - spc)
+    spc = cluster_sectors(int(boot.bpb.sectors_per_cluster))
     if spc == 0 or spc & (spc - 1):
         raise fail(f"{boot.bpb.sectors_per_cluster} sectors per cluster")
     cluster = sector * spc

@@ -15,34 +15,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from dissect.cstruct import cstruct  # type: ignore[import-untyped]
-
 from blockvault.disk.device import Reader
 from blockvault.disk.fs import FilesystemInfo
+from blockvault.disk.fs.c_swap import MAGIC_SIZE, MAGICS, c_swap_be, c_swap_le
 from blockvault.errors import FilesystemError
 from blockvault.extents import ExtentMap
 
 __all__ = ["detect", "read"]
 
-# The "info" view of union swap_header, include/linux/swap.h. The header is written
-# in the byte order of the machine that made it; the magic is the same in both.
-_SWAP_INFO = """
-struct swap_info {
-    char    bootbits[1024];     /* Space for disklabel etc. */
-    uint32  version;
-    uint32  last_page;
-    uint32  nr_badpages;
-    uint8   sws_uuid[16];
-    char    sws_volume[16];
-    uint32  padding[117];
-    uint32  badpages[1];
-};
-"""
-_le = cstruct(endian="<").load(_SWAP_INFO)
-_be = cstruct(endian=">").load(_SWAP_INFO)
-
-MAGICS = (b"SWAPSPACE2", b"SWAP-SPACE")  # version 1, and the obsolete version 0
-MAGIC_SIZE = 10
 PAGE_SIZES = (4096, 8192, 16384, 32768, 65536)  # x86 and most others; arm64, ppc64: 64 KiB
 
 
@@ -74,7 +54,7 @@ def read(reader: Reader) -> FilesystemInfo:
     size = reader.size
     label = uuid_ = None
     if magic == MAGICS[0]:
-        header = _header(reader.read_at(0, len(_le.swap_info)))
+        header = _header(reader.read_at(0, len(c_swap_le.swap_info)))
         # last_page is the highest usable page; beyond it the partition is not swap.
         size = max(page, min(size, (header.last_page + 1) * page))
         raw_uuid = bytes(header.sws_uuid)
@@ -92,9 +72,9 @@ def read(reader: Reader) -> FilesystemInfo:
 
 def _header(data: bytes) -> Any:
     """The version 1 header, read in whichever byte order gives version 1."""
-    header = _le.swap_info(data)
+    header = c_swap_le.swap_info(data)
     if header.version != 1:
-        header = _be.swap_info(data)
+        header = c_swap_be.swap_info(data)
     if header.version != 1:
         raise FilesystemError(
             f"swap header version {header.version} (expected 1)", fs="swap", where="header"

@@ -79,6 +79,7 @@ SIGNATURE = b"EFI PART"
 REVISION = 0x0001_0000
 HEADER_SIZE = len(c_gpt.gpt_header)  # 92
 ENTRY_SIZE = len(c_gpt.gpt_entry)  # 128, the minimum an entry array may use
+_HEADER_CRC = c_gpt.gpt_header.fields["header_crc32"].offset  # 16
 NAME_UNITS = 36
 DEFAULT_ENTRY_COUNT = 128
 MAX_ENTRY_ARRAY = 16 * 1024 * 1024  # far beyond any tool's, small enough to read whole
@@ -125,7 +126,7 @@ def _read_copy(reader: Reader, ss: int, lba: int) -> _Copy | str:
     if not HEADER_SIZE <= header.header_size <= ss:
         return f"header size {header.header_size} is out of range"
     covered = bytearray(raw[: header.header_size])
-    covered[16:20] = bytes(4)  # header_crc32 is computed with itself zeroed
+    covered[_HEADER_CRC : _HEADER_CRC + 4] = bytes(4)  # computed with itself zeroed
     if zlib.crc32(covered) != header.header_crc32:
         return "header CRC32 mismatch"
     if header.my_lba != lba:

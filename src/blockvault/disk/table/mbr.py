@@ -21,6 +21,7 @@ from typing import Any
 from dissect.cstruct import cstruct  # type: ignore[import-untyped, unused-ignore]
 
 from blockvault.disk.device import Reader
+from blockvault.disk.fs.c_fat import FOREIGN_OEM, c_fat
 from blockvault.disk.table import Partition, PartitionTable
 
 __all__ = [
@@ -55,27 +56,13 @@ struct mbr {
     mbr_partition   partitions[4];
     uint16          signature;          /* 0xAA55: bytes 55 AA */
 };
-
-/* <uapi/linux/msdos_fs.h> struct fat_boot_sector, the BIOS parameter block part
-   shared by FAT12/16/32: only read to tell a filesystem boot sector from an MBR. */
-struct fat_boot_sector {
-    uint8   ignored[3];     /* boot strap short or near jump */
-    char    system_id[8];   /* name - can be used to special case partition manager volumes */
-    uint16  sector_size;    /* bytes per logical sector */
-    uint8   sec_per_clus;   /* sectors/cluster */
-    uint16  reserved;       /* reserved sectors */
-    uint8   fats;           /* number of FATs */
-    uint16  dir_entries;    /* root directory entries */
-    uint16  sectors;        /* number of sectors */
-    uint8   media;          /* media code */
-};
 """
 
 c_mbr: Any = cstruct(endian="<").load(MBR_DEFINITIONS)
 
-MBR_SIZE = 512
+MBR_SIZE = len(c_mbr.mbr)  # 512
 MBR_SIGNATURE = 0xAA55
-ENTRY_OFFSET = 446  # the four entries, in an MBR and in every EBR
+ENTRY_OFFSET = c_mbr.mbr.fields["partitions"].offset  # 446, in an MBR and in every EBR
 EXTENDED_TYPES = frozenset({0x05, 0x0F, 0x85})  # DOS, Windows LBA, Linux extended
 GPT_PROTECTIVE_TYPE = 0xEE
 LINK_TYPE = 0x05  # what libfdisk writes in EBR link entries, whatever the extended type
@@ -172,18 +159,20 @@ def _entries_sane(entries: list[Any], disk_sectors: int) -> bool:
 
 def _is_filesystem_boot_sector(sector: bytes) -> bool:
     """A FAT BPB, or the OEM name of NTFS or exFAT: a volume boot record, not an MBR."""
-    if sector[3:11] in (b"NTFS    ", b"EXFAT   "):
+    # the checks of the kernel's msdos partition parser (block/partitions/msdos.c)
+    bpb = c_fat.fat_bpb(sector)
+    if bytes(bpb.BS_OEMName) in FOREIGN_OEM:
         return True
-    bpb = c_mbr.fat_boot_sector(sector)
-    jump = bpb.ignored[0]
+    jump = bpb.BS_jmpBoot
+    spc = bpb.BPB_SecPerClus
     return bool(
-        (jump == 0xE9 or (jump == 0xEB and bpb.ignored[2] == 0x90))
-        and bpb.sector_size in (512, 1024, 2048, 4096)
-        and bpb.sec_per_clus
-        and bpb.sec_per_clus & (bpb.sec_per_clus - 1) == 0
-        and bpb.reserved
-        and bpb.fats in (1, 2)
-        and (bpb.media == 0xF0 or bpb.media >= 0xF8)
+        (jump[0] == 0xE9 or (jump[0] == 0xEB and jump[2] == 0x90))
+        and bpb.BPB_BytsPerSec in (512, 1024, 2048, 4096)
+        and spc
+        and spc & (spc - 1) == 0
+        and bpb.BPB_RsvdSecCnt
+        and bpb.BPB_NumFATs in (1, 2)
+        and (bpb.BPB_Media == 0xF0 or bpb.BPB_Media >= 0xF8)
     )
 
 
