@@ -16,11 +16,20 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Final, Generic, Literal, TypeVar
 
-__all__ = ["Entry", "Filesystem", "Kind", "NotFound", "normalize", "synthesized_mode"]
+__all__ = [
+    "Entry",
+    "Filesystem",
+    "Kind",
+    "NotFound",
+    "normalize",
+    "synthesized_mode",
+    "without_dots",
+]
 
 Kind = Literal["file", "dir", "symlink", "other"]
 N = TypeVar("N")
 _MAX_LINKS: Final = 40  # as the kernel's ELOOP limit
+_MAX_DEPTH: Final = 256  # a directory linked into itself must not walk forever
 
 
 class NotFound(Exception):
@@ -59,6 +68,7 @@ class Filesystem(ABC, Generic[N]):
 
     type: str = ""
     posix: bool = False  # modes, owners and symlinks are stored, not synthesized
+    separators: str = "/"  # characters that cannot be part of a name where it was written
 
     # --- what each parser provides -------------------------------------------------
     @abstractmethod
@@ -144,7 +154,7 @@ class Filesystem(ABC, Generic[N]):
             (self._entry(child, posixpath.join(where, name)), child)
             for name, child in self._children(node)
         ]
-        return sorted(found, key=lambda pair: pair[0].name.encode("utf-8", "surrogateescape"))
+        return sorted(found, key=lambda pair: _order(pair[0].name))
 
     def open(self, path: str) -> BinaryIO:
         """The content of the regular file at ``path`` (symlinks followed)."""
@@ -162,17 +172,44 @@ class Filesystem(ABC, Generic[N]):
     def walk(self, path: str = "/") -> Iterator[Entry]:
         """``path`` itself, then everything under it, parents before children, in name
         order; symlinks to directories are not descended."""
+        return (entry for _names, entry in self.walk_names(path))
+
+    def walk_names(self, path: str = "/") -> Iterator[tuple[tuple[str, ...], Entry]]:
+        """As :meth:`walk`, each entry with its names below ``path`` exactly as stored
+        (``()`` for ``path`` itself): a hostile name may hold ``/``, be ``..`` or worse,
+        which ``Entry.path`` cannot show; writers judge the names, not the path."""
         where, node = self._resolve(path, False)
         top = self._entry(node, where)
-        yield top
+        yield (), top
         if top.kind == "dir":
-            yield from self._walk(node, where)
+            yield from self._walk(node, where, ())
 
-    def _walk(self, node: N, where: str) -> Iterator[Entry]:
-        for entry, child in self._listed(node, where):
-            yield entry
-            if entry.kind == "dir":
-                yield from self._walk(child, entry.path)
+    def _walk(
+        self, node: N, where: str, names: tuple[str, ...]
+    ) -> Iterator[tuple[tuple[str, ...], Entry]]:
+        if len(names) >= _MAX_DEPTH:
+            raise NotFound(where, f"is nested deeper than {_MAX_DEPTH} directories (a loop?)")
+        for name, child in sorted(self._children(node), key=lambda pair: _order(pair[0])):
+            entry = self._entry(child, posixpath.join(where, name))
+            yield (*names, name), entry
+            if entry.kind == "dir" and name not in (".", ".."):
+                yield from self._walk(child, entry.path, (*names, name))
+
+
+def _order(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def without_dots(children: Iterable[tuple[str, N]]) -> Iterator[tuple[str, N]]:
+    """``children`` without the directory's own ``.`` and ``..`` (the first of each, as
+    ext and FAT store them first); a further entry so named is hostile and is kept,
+    for writers to refuse and report."""
+    seen: set[str] = set()
+    for name, child in children:
+        if name in (".", "..") and name not in seen:
+            seen.add(name)
+            continue
+        yield name, child
 
 
 def synthesized_mode(kind: Kind, read_only: bool = False) -> int:

@@ -144,12 +144,15 @@ class Volume:
         return self._guard(lambda: stream.read(size), path)
 
     def walk(self, path: str = "/") -> Iterator[Entry]:
-        it = self.fs.walk(path)
+        return (entry for _names, entry in self.walk_names(path))
+
+    def walk_names(self, path: str = "/") -> Iterator[tuple[tuple[str, ...], Entry]]:
+        it = self.fs.walk_names(path)
         while True:
-            entry = self._guard(lambda: next(it, None), path)
-            if entry is None:
+            item = self._guard(lambda: next(it, None), path)
+            if item is None:
                 return
-            yield entry
+            yield item
 
 
 def imaged_partition(snapshot: Snapshot, number: int) -> PartitionRecord:
