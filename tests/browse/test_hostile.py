@@ -23,6 +23,7 @@ from blockvault.browse import extract, open_volume
 from blockvault.pipeline.backup import backup
 from blockvault.pipeline.events import Event, Warned
 from blockvault.repo import Repository
+from blockvault.repo import format as fmt
 from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk
 from tests.conftest import IS_ROOT, blockvault, need_tools
 
@@ -215,3 +216,37 @@ def test_ntfs_name_with_a_backslash_is_skipped(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "x3.txt" in proc.stderr, proc.stderr
     assert "path separator" in proc.stderr
     assert everything(tmp_path) - before == {"out", "out/ok.txt"}
+
+
+def test_a_damaged_chunk_names_the_file_and_the_rest_is_written(tmp_path: Path) -> None:
+    need_tools("mke2fs", "debugfs")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "good.txt").write_text("fine")
+    (tree / "big.bin").write_bytes(os.urandom(MiB))
+    image = disk(tmp_path, "ext", "ext4", 16 * MiB, tree)
+    repo = Repository.init(str(tmp_path / "repo"), chunk_size=64 * 1024)
+    snap = backup(repo, str(image))
+    # debugfs, not our parser, says where the file's 100th block lies (4 KiB blocks)
+    block = subprocess.run(
+        ["debugfs", "-R", "bmap /big.bin 100", str(image)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[0]
+    region = repo.load_index(snap).region(fmt.REGION_PARTITION, 1)
+    assert region is not None
+    chunk = region.chunk_ids[int(block) * 4096 // (64 * 1024)].hex()
+    stored = tmp_path / "repo" / fmt.chunk_name(chunk)
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(data)
+    out = tmp_path / "out"
+    proc = blockvault("-r", repo.location, "extract", "latest:1/", out)
+    assert proc.returncode == 4, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and "/big.bin" in lines[0] and chunk[:12] in lines[0], lines
+    assert "1 entries could not be written" in lines[1]
+    assert (out / "good.txt").read_text() == "fine"
+    assert not (out / "big.bin").exists()  # not half a file under its name
+    assert not [p for p in everything(out) if "tmp" in p]  # nor a temporary one
