@@ -9,6 +9,7 @@ modes (``posix`` is False) and no owner.
 
 from __future__ import annotations
 
+import errno
 import posixpath
 import stat
 from abc import ABC, abstractmethod
@@ -33,12 +34,16 @@ _MAX_DEPTH: Final = 256  # a directory linked into itself must not walk forever
 
 
 class NotFound(Exception):
-    """A path component is missing (``missing``) or not a directory."""
+    """A path component is missing (``missing``), or not what was asked for: ``errno``
+    says which (``ENOENT``, ``ENOTDIR``, ``ELOOP``, ...), for FUSE to answer with."""
 
-    def __init__(self, missing: str, detail: str = "does not exist") -> None:
+    def __init__(
+        self, missing: str, detail: str = "does not exist", code: int = errno.ENOENT
+    ) -> None:
         super().__init__(f"{missing} {detail}")
         self.missing = missing
         self.detail = detail
+        self.errno = code
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ class Filesystem(ABC, Generic[N]):
                 node = self._node_at(here)
                 continue
             if self._kind(node) != "dir":
-                raise NotFound(here, "is not a directory")
+                raise NotFound(here, "is not a directory", errno.ENOTDIR)
             child = self._lookup(node, name)
             full = posixpath.join(here, name)
             if child is None:
@@ -117,7 +122,7 @@ class Filesystem(ABC, Generic[N]):
             if self._kind(child) == "symlink" and (parts or follow):
                 links += 1
                 if links > _MAX_LINKS:
-                    raise NotFound(full, "is a loop of symbolic links")
+                    raise NotFound(full, "is a loop of symbolic links", errno.ELOOP)
                 target = self._link(child)
                 base = "/" if target.startswith("/") else here
                 rest = [p for p in target.split("/") if p and p != "."]
@@ -144,29 +149,32 @@ class Filesystem(ABC, Generic[N]):
 
     def listdir(self, path: str) -> list[Entry]:
         """The entries of directory ``path``, sorted by name (byte order)."""
+        return [entry for _name, entry in self.children(path)]
+
+    def children(self, path: str) -> list[tuple[str, Entry]]:
+        """As :meth:`listdir`, each entry with its name exactly as stored (which may be
+        hostile: hold ``/``, be ``..``; ``Entry.name`` cannot show that)."""
         where, node = self._resolve(path, True)
         if self._kind(node) != "dir":
-            raise NotFound(where, "is not a directory")
-        return [entry for entry, _node in self._listed(node, where)]
-
-    def _listed(self, node: N, where: str) -> list[tuple[Entry, N]]:
-        found = [
-            (self._entry(child, posixpath.join(where, name)), child)
-            for name, child in self._children(node)
+            raise NotFound(where, "is not a directory", errno.ENOTDIR)
+        return [
+            (name, self._entry(child, posixpath.join(where, name)))
+            for name, child in sorted(self._children(node), key=lambda pair: _order(pair[0]))
         ]
-        return sorted(found, key=lambda pair: _order(pair[0].name))
 
     def open(self, path: str) -> BinaryIO:
         """The content of the regular file at ``path`` (symlinks followed)."""
         where, node = self._resolve(path, True)
-        if self._kind(node) != "file":
-            raise NotFound(where, "is not a regular file")
+        kind = self._kind(node)
+        if kind != "file":
+            code = errno.EISDIR if kind == "dir" else errno.ENXIO
+            raise NotFound(where, "is not a regular file", code)
         return self._open(node)
 
     def readlink(self, path: str) -> str:
         where, node = self._resolve(path, False)
         if self._kind(node) != "symlink":
-            raise NotFound(where, "is not a symbolic link")
+            raise NotFound(where, "is not a symbolic link", errno.EINVAL)
         return self._link(node)
 
     def walk(self, path: str = "/") -> Iterator[Entry]:
@@ -188,7 +196,9 @@ class Filesystem(ABC, Generic[N]):
         self, node: N, where: str, names: tuple[str, ...]
     ) -> Iterator[tuple[tuple[str, ...], Entry]]:
         if len(names) >= _MAX_DEPTH:
-            raise NotFound(where, f"is nested deeper than {_MAX_DEPTH} directories (a loop?)")
+            raise NotFound(
+                where, f"is nested deeper than {_MAX_DEPTH} directories (a loop?)", errno.ELOOP
+            )
         for name, child in sorted(self._children(node), key=lambda pair: _order(pair[0])):
             entry = self._entry(child, posixpath.join(where, name))
             yield (*names, name), entry

@@ -117,7 +117,11 @@ class Volume:
             return call()
         except NotFound as exc:
             raise PathNotFound(
-                exc.detail, path=exc.missing, partition=self.number, snapshot=self.snapshot.id[:12]
+                exc.detail,
+                path=exc.missing,
+                partition=self.number,
+                snapshot=self.snapshot.id[:12],
+                errno=exc.errno,
             ) from None
         except BlockvaultError:  # missing or damaged chunks, our own errors
             raise
@@ -136,6 +140,9 @@ class Volume:
 
     def listdir(self, path: str) -> list[Entry]:
         return self._guard(lambda: self.fs.listdir(path), path)
+
+    def children(self, path: str) -> list[tuple[str, Entry]]:
+        return self._guard(lambda: self.fs.children(path), path)
 
     def open(self, path: str) -> BinaryIO:
         return self._guard(lambda: self.fs.open(path), path)
