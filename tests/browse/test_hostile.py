@@ -12,6 +12,7 @@ offending entry is named once on stderr and skipped, and the exit code.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -121,6 +122,12 @@ def test_ext4_hostile_entries_are_skipped_and_named(tmp_path: Path) -> None:
         "unit\\x2dname.mount",
     }
     assert (out / "sub" / "ok.txt").read_text() == "fine too"
+    # for scripts: the same entries, by their stored names
+    proc = blockvault("-r", repo.location, "extract", "--json", "latest:1/", tmp_path / "json")
+    assert proc.returncode == 1
+    skipped = json.loads(proc.stdout)["skipped"]
+    assert sorted(s["path"] for s in skipped) == sorted("/" + name for name in hostile)
+    assert not any(s["damaged"] for s in skipped)
 
 
 @pytest.mark.parametrize("name", ["etc", "etc-root"])

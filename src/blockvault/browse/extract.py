@@ -98,8 +98,9 @@ def extract(
     left_out: set[tuple[str, ...]] = set()  # directories skipped: their contents go too
     made_dirs: list[tuple[tuple[str, ...], Metadata]] = []
 
-    def skip(entry: Entry, reason: str, damaged: bool = False) -> None:
-        skipped.append(Skipped(entry.path, reason, damaged))
+    def skip(names: tuple[str, ...], reason: str, damaged: bool = False) -> None:
+        stored = top.path.rstrip("/") + "".join("/" + n for n in names)  # as the names are
+        skipped.append(Skipped(stored or "/", reason, damaged))
         reporter(Warned(reason))
 
     with TreeWriter(
@@ -123,12 +124,12 @@ def extract(
                         files += 1
                     # devices, fifos, sockets: not recreated
                 except UnsafeName as exc:
-                    skip(entry, str(exc))
+                    skip(names, str(exc))
                     if entry.kind == "dir":
                         left_out.add(names)
                 except (IntegrityError, FilesystemError) as exc:
                     damaged = isinstance(exc, IntegrityError)
-                    skip(entry, f"{entry.path!r} could not be finished: {exc}", damaged)
+                    skip(names, f"{entry.path!r} could not be finished: {exc}", damaged)
         finally:
             for where, meta in reversed(made_dirs):
                 writer.set_metadata(where, meta)

@@ -158,7 +158,7 @@ class Filesystem(ABC, Generic[N]):
         if self._kind(node) != "dir":
             raise NotFound(where, "is not a directory", errno.ENOTDIR)
         return [
-            (name, self._entry(child, posixpath.join(where, name)))
+            (name, self._entry(child, _below(where, name)))
             for name, child in sorted(self._children(node), key=lambda pair: _order(pair[0]))
         ]
 
@@ -200,10 +200,16 @@ class Filesystem(ABC, Generic[N]):
                 where, f"is nested deeper than {_MAX_DEPTH} directories (a loop?)", errno.ELOOP
             )
         for name, child in sorted(self._children(node), key=lambda pair: _order(pair[0])):
-            entry = self._entry(child, posixpath.join(where, name))
+            entry = self._entry(child, _below(where, name))
             yield (*names, name), entry
             if entry.kind == "dir" and name not in (".", ".."):
                 yield from self._walk(child, entry.path, (*names, name))
+
+
+def _below(where: str, name: str) -> str:
+    """The path of ``name`` in directory ``where``; not posixpath.join, which would
+    drop ``where`` for a (hostile) name starting with ``/``."""
+    return where.rstrip("/") + "/" + name
 
 
 def _order(name: str) -> bytes:
