@@ -195,15 +195,25 @@ def test_fat_long_names_with_separators_are_skipped(tmp_path: Path) -> None:
     image = disk(tmp_path, "fat", "fat16", 24 * MiB, tree)
     for n, name in enumerate(hostile):
         patch_fat_long_name(image, marker(n, name).lower().replace("q", "Q"), name)
+    # a valid FAT long name (mtools keeps 128 of these characters), but 256 bytes of
+    # UTF-8: one too many for Linux
+    long_name = "é" * 128
+    subprocess.run(
+        ["mcopy", "-i", str(image), str(tree / "ok.txt"), f"::{long_name}"],
+        env={**os.environ, "LC_ALL": "C.UTF-8"},
+        check=True,
+    )
+    hostile.append(long_name)
     repo = Repository.init(str(tmp_path / "repo"))
     backup(repo, str(image))
     volume = open_volume(repo, repo.resolve("latest"), 1)
-    assert len(volume.listdir("/")) == 4  # ok.txt and the three hostile names
+    assert len(volume.listdir("/")) == 5  # ok.txt and the four hostile names
     events: list[Event] = []
     before = everything(tmp_path)
     result = extract(volume, "/", tmp_path / "out", reporter=events.append)
     assert sorted(s.path for s in result.skipped) == sorted("/" + n for n in hostile)
-    assert [e for e in events if isinstance(e, Warned)] and len(events) == 3
+    assert all(isinstance(e, Warned) for e in events) and len(events) == 4
+    assert "longer than 255 bytes" in next(s.reason for s in result.skipped if "é" in s.path)
     assert everything(tmp_path) - before == {"out", "out/ok.txt"}
     assert result.files == 1 and (tmp_path / "out" / "ok.txt").read_text() == "fine"
 
