@@ -86,12 +86,15 @@ def test_ext4_hostile_entries_are_skipped_and_named(tmp_path: Path) -> None:
             (tree / mark / "inside.txt").write_text("would land outside")
         else:
             (tree / mark).write_text(f"escape {n}")
+    (tree / "m9QQQQQQQQ").write_text("an escape sequence in a name")
     image = disk(tmp_path, "ext", "ext4", 16 * MiB, tree)
     # without directory checksums, so that debugfs (the oracle) reads the patched entries
     subprocess.run(["e2fsck", "-fy", str(image)], capture_output=True, check=False)
     subprocess.run(["tune2fs", "-O", "^metadata_csum", str(image)], capture_output=True, check=True)
     for name, mark in markers.items():
         patch(image, mark.encode(), name.encode(), name_len_at=-2)
+    # a legal name (written) that would drive a terminal: ls must show it escaped
+    patch(image, b"m9QQQQQQQQ", b"red\x1b[31m", name_len_at=-2)
     listing = subprocess.run(
         ["debugfs", "-R", "ls -p /", str(image)], capture_output=True, text=True, check=True
     ).stdout
@@ -120,8 +123,12 @@ def test_ext4_hostile_entries_are_skipped_and_named(tmp_path: Path) -> None:
         "sub",
         "sub/ok.txt",
         "unit\\x2dname.mount",
+        "red\x1b[31m",
     }
     assert (out / "sub" / "ok.txt").read_text() == "fine too"
+    listing = blockvault("-r", repo.location, "ls", "latest:1/").stdout.splitlines()
+    assert "\x1b" not in "".join(listing) and "red\\x1b[31m" in listing
+    assert {"../../escaped", "../up", "nul\\x00byte", ".."} <= set(listing)  # as stored
     # for scripts: the same entries, by their stored names
     proc = blockvault("-r", repo.location, "extract", "--json", "latest:1/", tmp_path / "json")
     assert proc.returncode == 1
