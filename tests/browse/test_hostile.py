@@ -274,3 +274,27 @@ def test_a_damaged_chunk_names_the_file_and_the_rest_is_written(tmp_path: Path) 
     assert (out / "good.txt").read_text() == "fine"
     assert not (out / "big.bin").exists()  # not half a file under its name
     assert not [p for p in everything(out) if "tmp" in p]  # nor a temporary one
+
+
+def test_a_symlink_and_a_directory_of_the_same_name_in_one_snapshot(tmp_path: Path) -> None:
+    """The directory's files must not be written through the symlink, whichever of the
+    two comes first in the directory."""
+    need_tools("mke2fs")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    tree = tmp_path / "tree"
+    (tree / "lnQ").mkdir(parents=True)
+    (tree / "lnQ" / "passwd").write_text("would be written into the victim")
+    os.symlink(victim, tree / "lnk")
+    image = disk(tmp_path, "ext", "ext4", 8 * MiB, tree)
+    subprocess.run(["e2fsck", "-fy", str(image)], capture_output=True, check=False)
+    subprocess.run(["tune2fs", "-O", "^metadata_csum", str(image)], capture_output=True, check=True)
+    patch(image, b"lnQ", b"lnk")
+    repo = Repository.init(str(tmp_path / "repo"))
+    backup(repo, str(image))
+    out = tmp_path / "out"
+    proc = blockvault("-r", repo.location, "extract", "--yes", "latest:1/", out)
+    assert proc.returncode == 1 and "twice" in proc.stderr, proc.stderr
+    assert everything(victim) == set()
+    kept = out / "lnk"
+    assert kept.is_symlink() or (kept / "passwd").read_text().startswith("would be")
