@@ -23,12 +23,15 @@ an exception into an exit code and a single line on stderr.
     │       ├── TargetHoldsRepository
     │       └── TargetNotEmpty               needs confirmation (--yes)
     ├── DeviceError                 exit 1   reading or writing a device failed
+    ├── TreeIncomplete              exit 1   extract skipped entries or left files unfinished
+    │   └── TreeDamaged             exit 4   ... and some of them for missing or damaged data
     ├── StorageError                exit 1   the storage backend failed
     │   ├── ObjectNotFound                   a named object does not exist
     │   └── TransientStorageError            a failure worth retrying (dropped link)
     ├── FormatError                 exit 1   foreign on-disk structure we cannot trust
     │   ├── PartitionTableError
-    │   └── FilesystemError
+    │   ├── FilesystemError
+    │   └── UnsafeName                       a name from a snapshot that would leave its tree
     └── RepositoryError             exit 3   the repository cannot serve the request
         ├── RepositoryNotFound
         ├── RepositoryExists
@@ -81,6 +84,9 @@ __all__ = [
     "TargetNotEmpty",
     "TargetTooSmall",
     "TransientStorageError",
+    "TreeDamaged",
+    "TreeIncomplete",
+    "UnsafeName",
     "UnsupportedFilesystem",
     "UsageError",
     "WrongPassphrase",
@@ -173,6 +179,17 @@ class DeviceError(BlockvaultError):
     template = "{path}: {detail}"
 
 
+class TreeIncomplete(BlockvaultError):
+    template = (
+        "{target}: {count} entries could not be written (each is named above); "
+        "everything else was written"
+    )
+
+
+class TreeDamaged(TreeIncomplete):
+    exit_code = 4
+
+
 class StorageError(BlockvaultError):
     template = "storage {location}: {detail}"
 
@@ -198,6 +215,13 @@ class PartitionTableError(FormatError):
 
 class FilesystemError(FormatError):
     template = "{fs} filesystem {where}: {detail}"
+
+
+class UnsafeName(FormatError):
+    """A snapshot's entry whose name or place would take a write outside its tree:
+    the tree writer refuses it and the caller skips it."""
+
+    template = "{path!r}: {detail}; skipped"
 
 
 class RepositoryError(BlockvaultError):

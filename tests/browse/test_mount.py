@@ -8,6 +8,7 @@ from, the kernel's own ext4 driver and ntfs-3g, /proc/self/mountinfo and losetup
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -207,3 +208,58 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_fuse_errors_are_the_right_errno_and_logged(tmp_path: Path) -> None:
+    """A FAT view (served by blockvault's reader, also as root) with hostile long names
+    and a damaged chunk: listings leave the hostile names out instead of failing, each
+    failure is its own errno, and the log names the cause."""
+    from blockvault.browse.mount import log_path
+    from blockvault.pipeline.backup import backup
+    from blockvault.repo import Repository
+    from blockvault.repo import format as fmt
+    from tests.browse.test_hostile import disk, patch_fat_long_name
+
+    tree = tmp_path / "tree"
+    (tree / "dir").mkdir(parents=True)
+    (tree / "ok.txt").write_text("fine")
+    content = os.urandom(1 << 20)
+    (tree / "big.bin").write_bytes(content)
+    (tree / "m0QQQQQQQQ").write_text("hostile")
+    image = disk(tmp_path, "fat", "fat16", 24 << 20, tree)
+    patch_fat_long_name(image, "m0QQQQQQQQ", "../../x.txt")
+    repo = Repository.init(str(tmp_path / "repo"), chunk_size=64 * 1024)
+    snap = backup(repo, str(image))
+    # where the file's middle lies, found in the image itself (FAT stores it contiguous)
+    at = image.read_bytes().find(content[1 << 19 : (1 << 19) + 4096])
+    assert at > 0
+    region = repo.load_index(snap).region(fmt.REGION_PARTITION, 1)
+    assert region is not None
+    chunk = region.chunk_ids[at // (64 * 1024)].hex()
+    stored = tmp_path / "repo" / fmt.chunk_name(chunk)
+    stored.write_bytes(stored.read_bytes()[:-100])  # truncated: damaged
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    log_path(mnt).unlink(missing_ok=True)
+    proc = cli("-r", repo.location, "mount", "--filesystems", "latest", mnt)
+    assert proc.returncode == 0, proc.stderr
+    try:
+        assert sorted(os.listdir(mnt / "p1")) == ["big.bin", "dir", "ok.txt"]
+        assert (mnt / "p1" / "ok.txt").read_text() == "fine"
+        cases = [
+            (lambda: os.stat(mnt / "p1" / "missing"), errno.ENOENT),
+            (lambda: os.stat(mnt / "p1" / "ok.txt" / "x"), errno.ENOTDIR),
+            (lambda: (mnt / "p1" / "big.bin").read_bytes(), errno.EIO),
+            (lambda: digest(mnt / "p1.img", at, 4096), errno.EIO),
+        ]
+        for call, code in cases:
+            with pytest.raises(OSError) as caught:
+                call()
+            assert caught.value.errno == code
+    finally:
+        assert cli("umount", mnt).returncode == 0
+    logged = log_path(mnt).read_text()
+    assert f"/p1/big.bin: chunk {chunk}" in logged and "damaged" in logged
+    assert "../../x.txt" in logged and "not listed" in logged
+    assert "/missing" not in logged  # a plain answer (ENOENT) is no error
+    assert_clean(mnt)

@@ -9,7 +9,7 @@ from typing import Any, BinaryIO
 from dissect.extfs import ExtFS
 from dissect.extfs.c_ext import c_ext
 
-from blockvault.browse.filesystem import Entry, Filesystem, Kind
+from blockvault.browse.filesystem import Entry, Filesystem, Kind, without_dots
 
 __all__ = ["ExtFilesystem"]
 
@@ -27,9 +27,7 @@ class ExtFilesystem(Filesystem[Node]):
         return self._fs.root
 
     def _children(self, node: Node) -> Iterable[tuple[str, Node]]:
-        for child in node.iterdir():
-            if child.filename not in (".", ".."):
-                yield child.filename, child
+        return without_dots((child.filename, child) for child in node.iterdir())
 
     def _kind(self, node: Node) -> Kind:
         mode = stat.S_IFMT(node.inode.i_mode)

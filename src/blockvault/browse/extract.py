@@ -1,29 +1,42 @@
 """Single-file restore: copy a file or a directory tree out of a snapshot.
 
-Contents are written sparse (all-zero blocks are skipped, so holes stay holes);
-then modes, owners (when running as root and the filesystem stores them) and
-times are applied, directories last so their times survive their children.
-Nothing existing is overwritten unless asked.
+Every entry goes through the safe tree writer (``pipeline/tree.py``), because the
+names come from the snapshot and may be hostile: an entry it refuses (a name with
+``/``, ``..``, NUL, too long, a path through a symlink, a duplicate) is reported as
+a warning, skipped with everything under it, and counted in the result. A file
+whose data cannot be read (a missing or damaged chunk) is reported by name and
+left out; the rest is still written. Files are written sparse under a temporary
+name and renamed when complete; modes, owners (as root, where the filesystem
+stores them) and times are applied, directories last so their times survive
+their children. Nothing existing is overwritten unless asked.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import posixpath
-import stat
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from blockvault.browse.filesystem import Entry
 from blockvault.browse.volume import Volume
-from blockvault.errors import TargetNotEmpty
+from blockvault.errors import FilesystemError, IntegrityError, UnsafeName
+from blockvault.pipeline.events import Reporter, Warned, quiet
+from blockvault.pipeline.tree import Metadata, TreeWriter
 
-__all__ = ["ExtractResult", "extract", "write_sparse"]
+__all__ = ["ExtractResult", "Skipped", "extract"]
 
 BLOCK: Final = 1024 * 1024
-HOLE_GRAIN: Final = 64 * 1024  # zero runs this long (and aligned) become holes
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An entry extract did not write: refused as unsafe, or its data unreadable."""
+
+    path: str  # inside the partition, as the snapshot names it
+    reason: str
+    damaged: bool = False  # its data is missing or damaged in the repository
 
 
 @dataclass(frozen=True)
@@ -35,51 +48,30 @@ class ExtractResult:
     symlinks: int
     bytes: int
     chunks_fetched: int
+    skipped: tuple[Skipped, ...] = field(default=())
 
 
-def write_sparse(volume: Volume, path: str, size: int, target: Path) -> None:
-    """Write the file ``path`` of ``volume`` to ``target``, leaving holes for zeros."""
-    stream = volume.open(path)
-    zero = bytes(HOLE_GRAIN)
-    with open(target, "wb") as out:
-        done = 0
-        while done < size:
-            block = volume.read_all(stream, path, min(BLOCK, size - done))
-            if not block:
-                break
-            view = memoryview(block)
-            for start in range(0, len(block), HOLE_GRAIN):
-                piece = view[start : start + HOLE_GRAIN]
-                if piece == zero[: len(piece)]:
-                    out.seek(len(piece), os.SEEK_CUR)
-                else:
-                    out.write(piece)
-            done += len(block)
-        out.truncate(done)
+def _blocks(volume: Volume, entry: Entry) -> Iterator[bytes]:
+    stream = volume.open(entry.path)
+    done = 0
+    while done < entry.size:
+        block = volume.read_all(stream, entry.path, min(BLOCK, entry.size - done))
+        if not block:
+            return
+        yield block
+        done += len(block)
 
 
-def _apply(entry: Entry, target: Path, posix: bool, owners: bool) -> None:
-    if owners and entry.uid is not None and entry.gid is not None:
-        os.lchown(target, entry.uid, entry.gid)
-    if entry.kind != "symlink" and posix:
-        os.chmod(target, stat.S_IMODE(entry.mode))
-    atime = entry.atime_ns if entry.atime_ns is not None else entry.mtime_ns
-    with contextlib.suppress(NotImplementedError):  # lutimes missing on some systems
-        os.utime(target, ns=(atime, entry.mtime_ns), follow_symlinks=False)
+def _metadata(entry: Entry) -> Metadata:
+    return Metadata(entry.mode, entry.uid, entry.gid, entry.atime_ns, entry.mtime_ns)
 
 
-def _clear(target: Path, entry: Entry, overwrite: bool) -> None:
-    if not os.path.lexists(target):
-        return
-    if not overwrite:
-        raise TargetNotEmpty("it exists", path=str(target))
-    if entry.kind == "dir" and target.is_dir() and not target.is_symlink():
-        return  # merge into the existing directory
-    if target.is_dir() and not target.is_symlink():
-        raise TargetNotEmpty(
-            f"a directory is in the way of {entry.kind} {entry.path}", path=str(target)
-        )
-    target.unlink()
+def _place(volume: Volume, top: Entry, dest: Path) -> tuple[Path, str]:
+    """The directory the copy goes in and the copy's name: ``dest`` itself names the
+    copy, unless it is an existing directory (then the copy goes inside, as ``cp``)."""
+    if dest.is_dir():
+        return dest, top.name if top.path != "/" else f"p{volume.number}"
+    return dest.parent, dest.name
 
 
 def extract(
@@ -89,48 +81,65 @@ def extract(
     *,
     overwrite: bool = False,
     owners: bool | None = None,
+    reporter: Reporter = quiet,
 ) -> ExtractResult:
     """Copy ``path`` (file, symlink or directory tree) of ``volume`` to ``dest``.
 
     ``dest`` names the copy; when it is an existing directory the copy goes inside it
     under its own name (as ``cp`` does). An existing file is replaced, and an existing
     directory merged into, only with ``overwrite``. ``owners``: set owners
-    (default: when running as root)."""
+    (default: when running as root). Entries not written are warned about through
+    ``reporter`` and listed in the result's ``skipped``."""
     top = volume.entry(path)
-    target = Path(dest)
-    if target.is_dir():
-        target = target / (top.name if top.path != "/" else f"p{volume.number}")
+    parent, name = _place(volume, top, Path(dest))
     owners = os.geteuid() == 0 if owners is None else owners
-    posix = volume.fs.posix
     files = dirs = links = total = 0
-    directories: list[tuple[Entry, Path]] = []
-    for entry in volume.walk(path):
-        rel = posixpath.relpath(entry.path, top.path)
-        out = target if rel == "." else target / rel
-        _clear(out, entry, overwrite)
-        if entry.kind == "dir":
-            out.mkdir(exist_ok=True)
-            directories.append((entry, out))
-            dirs += 1
-            continue
-        if entry.kind == "symlink":
-            os.symlink(entry.target or "", out)
-            links += 1
-        elif entry.kind == "file":
-            write_sparse(volume, entry.path, entry.size, out)
-            files += 1
-            total += entry.size
-        else:
-            continue  # devices, fifos, sockets: not recreated
-        _apply(entry, out, posix, owners)
-    for entry, out in reversed(directories):
-        _apply(entry, out, posix, owners)
+    skipped: list[Skipped] = []
+    left_out: set[tuple[str, ...]] = set()  # directories skipped: their contents go too
+    made_dirs: list[tuple[tuple[str, ...], Metadata]] = []
+
+    def skip(names: tuple[str, ...], reason: str, damaged: bool = False) -> None:
+        stored = top.path.rstrip("/") + "".join("/" + n for n in names)  # as the names are
+        skipped.append(Skipped(stored or "/", reason, damaged))
+        reporter(Warned(reason))
+
+    with TreeWriter(
+        parent, overwrite=overwrite, owners=owners, separators=volume.fs.separators
+    ) as writer:
+        try:
+            for names, entry in volume.walk_names(path):
+                if any(names[:depth] in left_out for depth in range(1, len(names))):
+                    continue
+                where = (name, *names)
+                try:
+                    if entry.kind == "dir":
+                        writer.make_dir(where)
+                        made_dirs.append((where, _metadata(entry)))
+                        dirs += 1
+                    elif entry.kind == "symlink":
+                        writer.make_symlink(where, entry.target or "", _metadata(entry))
+                        links += 1
+                    elif entry.kind == "file":
+                        total += writer.write_file(where, _blocks(volume, entry), _metadata(entry))
+                        files += 1
+                    # devices, fifos, sockets: not recreated
+                except UnsafeName as exc:
+                    skip(names, str(exc))
+                    if entry.kind == "dir":
+                        left_out.add(names)
+                except (IntegrityError, FilesystemError) as exc:
+                    damaged = isinstance(exc, IntegrityError)
+                    skip(names, f"{entry.path!r} could not be finished: {exc}", damaged)
+        finally:
+            for where, meta in reversed(made_dirs):
+                writer.set_metadata(where, meta)
     return ExtractResult(
         f"{volume.snapshot.id[:12]}:{volume.number}{top.path}",
-        str(target),
+        str(parent / name),
         files,
         dirs,
         links,
         total,
         volume.fetched,
+        tuple(skipped),
     )

@@ -13,7 +13,13 @@ from typing import Any, BinaryIO, Final
 
 from dissect.fat import FATFS
 
-from blockvault.browse.filesystem import Entry, Filesystem, Kind, synthesized_mode
+from blockvault.browse.filesystem import (
+    Entry,
+    Filesystem,
+    Kind,
+    synthesized_mode,
+    without_dots,
+)
 
 __all__ = ["FatFilesystem"]
 
@@ -42,6 +48,8 @@ def _ns(moment: datetime) -> int:
 
 
 class FatFilesystem(Filesystem[Node]):
+    separators = "/\\"  # Windows separates paths with either
+
     def __init__(self, file: BinaryIO, fs_type: str = "fat32") -> None:
         self._fs = FATFS(file)
         self.type = fs_type
@@ -50,12 +58,9 @@ class FatFilesystem(Filesystem[Node]):
         return self._fs.root
 
     def _children(self, node: Node) -> Iterable[tuple[str, Node]]:
-        for child in node.iterdir():
-            if child.is_volume_id():
-                continue
-            name = _name(child)
-            if name not in (".", ".."):
-                yield name, child
+        return without_dots(
+            (_name(child), child) for child in node.iterdir() if not child.is_volume_id()
+        )
 
     def _lookup(self, node: Node, name: str) -> Node | None:
         # FAT names are case-insensitive; an exact match wins over a folded one

@@ -9,6 +9,7 @@ modes (``posix`` is False) and no owner.
 
 from __future__ import annotations
 
+import errno
 import posixpath
 import stat
 from abc import ABC, abstractmethod
@@ -16,20 +17,33 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Final, Generic, Literal, TypeVar
 
-__all__ = ["Entry", "Filesystem", "Kind", "NotFound", "normalize", "synthesized_mode"]
+__all__ = [
+    "Entry",
+    "Filesystem",
+    "Kind",
+    "NotFound",
+    "normalize",
+    "synthesized_mode",
+    "without_dots",
+]
 
 Kind = Literal["file", "dir", "symlink", "other"]
 N = TypeVar("N")
 _MAX_LINKS: Final = 40  # as the kernel's ELOOP limit
+_MAX_DEPTH: Final = 256  # a directory linked into itself must not walk forever
 
 
 class NotFound(Exception):
-    """A path component is missing (``missing``) or not a directory."""
+    """A path component is missing (``missing``), or not what was asked for: ``errno``
+    says which (``ENOENT``, ``ENOTDIR``, ``ELOOP``, ...), for FUSE to answer with."""
 
-    def __init__(self, missing: str, detail: str = "does not exist") -> None:
+    def __init__(
+        self, missing: str, detail: str = "does not exist", code: int = errno.ENOENT
+    ) -> None:
         super().__init__(f"{missing} {detail}")
         self.missing = missing
         self.detail = detail
+        self.errno = code
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,7 @@ class Filesystem(ABC, Generic[N]):
 
     type: str = ""
     posix: bool = False  # modes, owners and symlinks are stored, not synthesized
+    separators: str = "/"  # characters that cannot be part of a name where it was written
 
     # --- what each parser provides -------------------------------------------------
     @abstractmethod
@@ -99,7 +114,7 @@ class Filesystem(ABC, Generic[N]):
                 node = self._node_at(here)
                 continue
             if self._kind(node) != "dir":
-                raise NotFound(here, "is not a directory")
+                raise NotFound(here, "is not a directory", errno.ENOTDIR)
             child = self._lookup(node, name)
             full = posixpath.join(here, name)
             if child is None:
@@ -107,7 +122,7 @@ class Filesystem(ABC, Generic[N]):
             if self._kind(child) == "symlink" and (parts or follow):
                 links += 1
                 if links > _MAX_LINKS:
-                    raise NotFound(full, "is a loop of symbolic links")
+                    raise NotFound(full, "is a loop of symbolic links", errno.ELOOP)
                 target = self._link(child)
                 base = "/" if target.startswith("/") else here
                 rest = [p for p in target.split("/") if p and p != "."]
@@ -134,45 +149,83 @@ class Filesystem(ABC, Generic[N]):
 
     def listdir(self, path: str) -> list[Entry]:
         """The entries of directory ``path``, sorted by name (byte order)."""
+        return [entry for _name, entry in self.children(path)]
+
+    def children(self, path: str) -> list[tuple[str, Entry]]:
+        """As :meth:`listdir`, each entry with its name exactly as stored (which may be
+        hostile: hold ``/``, be ``..``; ``Entry.name`` cannot show that)."""
         where, node = self._resolve(path, True)
         if self._kind(node) != "dir":
-            raise NotFound(where, "is not a directory")
-        return [entry for entry, _node in self._listed(node, where)]
-
-    def _listed(self, node: N, where: str) -> list[tuple[Entry, N]]:
-        found = [
-            (self._entry(child, posixpath.join(where, name)), child)
-            for name, child in self._children(node)
+            raise NotFound(where, "is not a directory", errno.ENOTDIR)
+        return [
+            (name, self._entry(child, _below(where, name)))
+            for name, child in sorted(self._children(node), key=lambda pair: _order(pair[0]))
         ]
-        return sorted(found, key=lambda pair: pair[0].name.encode("utf-8", "surrogateescape"))
 
     def open(self, path: str) -> BinaryIO:
         """The content of the regular file at ``path`` (symlinks followed)."""
         where, node = self._resolve(path, True)
-        if self._kind(node) != "file":
-            raise NotFound(where, "is not a regular file")
+        kind = self._kind(node)
+        if kind != "file":
+            code = errno.EISDIR if kind == "dir" else errno.ENXIO
+            raise NotFound(where, "is not a regular file", code)
         return self._open(node)
 
     def readlink(self, path: str) -> str:
         where, node = self._resolve(path, False)
         if self._kind(node) != "symlink":
-            raise NotFound(where, "is not a symbolic link")
+            raise NotFound(where, "is not a symbolic link", errno.EINVAL)
         return self._link(node)
 
     def walk(self, path: str = "/") -> Iterator[Entry]:
         """``path`` itself, then everything under it, parents before children, in name
         order; symlinks to directories are not descended."""
+        return (entry for _names, entry in self.walk_names(path))
+
+    def walk_names(self, path: str = "/") -> Iterator[tuple[tuple[str, ...], Entry]]:
+        """As :meth:`walk`, each entry with its names below ``path`` exactly as stored
+        (``()`` for ``path`` itself): a hostile name may hold ``/``, be ``..`` or worse,
+        which ``Entry.path`` cannot show; writers judge the names, not the path."""
         where, node = self._resolve(path, False)
         top = self._entry(node, where)
-        yield top
+        yield (), top
         if top.kind == "dir":
-            yield from self._walk(node, where)
+            yield from self._walk(node, where, ())
 
-    def _walk(self, node: N, where: str) -> Iterator[Entry]:
-        for entry, child in self._listed(node, where):
-            yield entry
-            if entry.kind == "dir":
-                yield from self._walk(child, entry.path)
+    def _walk(
+        self, node: N, where: str, names: tuple[str, ...]
+    ) -> Iterator[tuple[tuple[str, ...], Entry]]:
+        if len(names) >= _MAX_DEPTH:
+            raise NotFound(
+                where, f"is nested deeper than {_MAX_DEPTH} directories (a loop?)", errno.ELOOP
+            )
+        for name, child in sorted(self._children(node), key=lambda pair: _order(pair[0])):
+            entry = self._entry(child, _below(where, name))
+            yield (*names, name), entry
+            if entry.kind == "dir" and name not in (".", ".."):
+                yield from self._walk(child, entry.path, (*names, name))
+
+
+def _below(where: str, name: str) -> str:
+    """The path of ``name`` in directory ``where``; not posixpath.join, which would
+    drop ``where`` for a (hostile) name starting with ``/``."""
+    return where.rstrip("/") + "/" + name
+
+
+def _order(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def without_dots(children: Iterable[tuple[str, N]]) -> Iterator[tuple[str, N]]:
+    """``children`` without the directory's own ``.`` and ``..`` (the first of each, as
+    ext and FAT store them first); a further entry so named is hostile and is kept,
+    for writers to refuse and report."""
+    seen: set[str] = set()
+    for name, child in children:
+        if name in (".", "..") and name not in seen:
+            seen.add(name)
+            continue
+        yield name, child
 
 
 def synthesized_mode(kind: Kind, read_only: bool = False) -> int:

@@ -13,6 +13,7 @@ thread-safe, parsers are not, so each view has a lock.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import threading
@@ -21,10 +22,46 @@ from typing import Any, Protocol
 
 from mfusepy import FuseOSError, Operations
 
-from blockvault.browse.filesystem import Entry
+from blockvault.browse.filesystem import Entry, NotFound
 from blockvault.browse.volume import Volume
+from blockvault.errors import BlockvaultError, PathNotFound, UnsafeName
+from blockvault.pipeline.tree import check_name
 
-__all__ = ["SnapshotTree"]
+__all__ = ["SnapshotTree", "answer"]
+
+log = logging.getLogger(__name__)
+
+
+def answer(exc: Exception, path: str) -> int:
+    """The errno a reader of ``path`` gets for ``exc``, with the cause logged: a path
+    that is not there or not what was asked for says so (``ENOENT``, ``ENOTDIR``,
+    ``EISDIR``, ``ELOOP``...); missing or damaged data, a failing repository and
+    unreadable metadata are ``EIO``, logged as errors; anything else is a bug, ``EIO``
+    with its traceback in the log."""
+    if isinstance(exc, NotFound | PathNotFound):  # an answer, not a failure
+        log.debug("%s: %s", path, exc)
+        return (
+            exc.errno if isinstance(exc, NotFound) else int(exc.fields.get("errno", errno.ENOENT))
+        )
+    if isinstance(exc, BlockvaultError):
+        log.error("%s: %s", path, exc)
+        return errno.EIO
+    if isinstance(exc, OSError) and exc.errno:
+        log.error("%s: %s", path, exc)
+        return exc.errno
+    log.exception("%s: unexpected %s (a bug: please report it)", path, type(exc).__name__)
+    return errno.EIO
+
+
+def _servable(name: str, path: str) -> bool:
+    """Whether a stored name can be listed: the kernel fails a whole listing (EIO) for
+    one holding ``/``, and ``..``, NUL or an overlong name is no better."""
+    try:
+        check_name(name)
+    except UnsafeName as exc:
+        log.warning("%s: not listed: %s", path, exc)
+        return False
+    return True
 
 
 class Image(Protocol):
@@ -83,15 +120,15 @@ class SnapshotTree(Operations):  # type: ignore[misc]
             result["st_atime"] = entry.atime_ns
         return result
 
-    def _view(self, name: str, call: Callable[[Volume], Any]) -> Any:
+    def _view(self, name: str, call: Callable[[Volume], Any], what: str = "") -> Any:
         volume = self.views.get(name)
         if volume is None:
             raise FuseOSError(errno.ENOENT)
         with self._locks[name]:
             try:
                 return call(volume)
-            except Exception as exc:  # PathNotFound and friends
-                raise FuseOSError(errno.ENOENT) from exc
+            except Exception as exc:  # libfuse must get an errno, never an exception
+                raise FuseOSError(answer(exc, f"/{name}{what}")) from exc
 
     # --- operations --------------------------------------------------------------------
     def init(self, path: str) -> None:
@@ -106,7 +143,7 @@ class SnapshotTree(Operations):  # type: ignore[misc]
             return self._stat(stat.S_IFREG | 0o444, self.images[top].size, self.mtime_ns)
         if top in self.kernel_dirs and rest == "/":
             return self._stat(stat.S_IFDIR | 0o555, 0, self.mtime_ns, 2)
-        entry = self._view(top, lambda v: v.entry(rest))
+        entry = self._view(top, lambda v: v.entry(rest), rest)
         return self._entry_stat(entry)
 
     def readdir(self, path: str, fh: int) -> list[str]:
@@ -115,12 +152,12 @@ class SnapshotTree(Operations):  # type: ignore[misc]
             return [".", "..", *self.images, *self.views, *self.kernel_dirs]
         if top in self.kernel_dirs:
             return [".", ".."]
-        entries = self._view(top, lambda v: v.listdir(rest))
-        return [".", "..", *(e.name for e in entries)]
+        children: list[tuple[str, Entry]] = self._view(top, lambda v: v.children(rest), rest)
+        return [".", "..", *(name for name, _e in children if _servable(name, path))]
 
     def readlink(self, path: str) -> str:
         top, rest = self._split(path)
-        target: str = self._view(top, lambda v: v.fs.readlink(rest))
+        target: str = self._view(top, lambda v: v.fs.readlink(rest), rest)
         return target
 
     def open(self, path: str, flags: int) -> int:
@@ -129,7 +166,7 @@ class SnapshotTree(Operations):  # type: ignore[misc]
         top, rest = self._split(path)
         if top in self.images and rest == "/":
             return 0
-        stream = self._view(top, lambda v: v.open(rest))
+        stream = self._view(top, lambda v: v.open(rest), rest)
         with self._fh_lock:
             fh = self._next_fh
             self._next_fh += 1
@@ -144,7 +181,7 @@ class SnapshotTree(Operations):  # type: ignore[misc]
             try:
                 data: bytes = image.read_at(offset, size) if size else b""
             except Exception as exc:  # a missing or damaged chunk: the reader sees EIO
-                raise FuseOSError(errno.EIO) from exc
+                raise FuseOSError(answer(exc, path)) from exc
             return data
         name, stream = self._streams[fh]
 
@@ -153,7 +190,7 @@ class SnapshotTree(Operations):  # type: ignore[misc]
             chunk: bytes = stream.read(size)
             return chunk
 
-        return bytes(self._view(name, read))
+        return bytes(self._view(name, read, path.partition(name)[2]))
 
     def release(self, path: str, fh: int) -> int:
         with self._fh_lock:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -36,7 +37,17 @@ from blockvault.repo.image import RegionReader, SnapshotImage
 from blockvault.repo.manifest import Snapshot
 from blockvault.repo.repository import Repository
 
-__all__ = ["InnerMount", "MountState", "check_mountpoint", "mount", "state_path", "unmount"]
+__all__ = [
+    "InnerMount",
+    "MountState",
+    "check_mountpoint",
+    "log_path",
+    "mount",
+    "state_path",
+    "unmount",
+]
+
+log = logging.getLogger(__name__)
 
 READY_TIMEOUT: Final = 30.0
 SERVER_EXIT_TIMEOUT: Final = 10.0
@@ -90,6 +101,25 @@ def _state_dir() -> Path:
 def state_path(mountpoint: str | os.PathLike[str]) -> Path:
     key = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:24]
     return _state_dir() / f"{key}.json"
+
+
+def log_path(mountpoint: str | os.PathLike[str]) -> Path:
+    """Where the server of ``mountpoint`` logs why a read failed (beside its state file;
+    kept after unmount, at most two files of 1 MiB)."""
+    return state_path(mountpoint).with_suffix(".log")
+
+
+def _log_to_file(mountpoint: Path) -> None:
+    """In the server (whose stdio is /dev/null): send blockvault's log to its file."""
+    from logging.handlers import RotatingFileHandler
+
+    path = log_path(mountpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = RotatingFileHandler(path, maxBytes=1 << 20, backupCount=1)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("blockvault")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _mount_table() -> list[tuple[str, str]]:
@@ -161,6 +191,7 @@ def _serve(
             os.close(ready)
 
     try:
+        _log_to_file(mountpoint)
         repo = open_repo()
         snap = repo.load_snapshot(snapshot_id)
         index = repo.load_index(snap)
@@ -178,8 +209,10 @@ def _serve(
         if views:
             for record in snap.imaged_partitions:
                 if record.filesystem in PARSERS and record.number not in kernel:
-                    with contextlib.suppress(BlockvaultError):  # damaged: image only
+                    try:
                         shown[f"p{record.number}"] = open_volume(repo, snap, record.number, index)
+                    except BlockvaultError as exc:  # damaged: its image only
+                        log.error("p%d/ not shown: %s", record.number, exc)
         stamp = int(_parse_time(snap.time) * 1e9)
         tree = SnapshotTree(images, shown, {f"p{n}" for n in kernel}, stamp, lambda: tell("ok"))
         FUSE(
@@ -192,6 +225,7 @@ def _serve(
             default_permissions=True,
         )
     except BaseException as exc:  # reported to the parent, then the server exits
+        log.error("the server stops: %s", exc, exc_info=not isinstance(exc, BlockvaultError))
         tell(f"error: {exc}")
     finally:
         _after_server(str(mountpoint))

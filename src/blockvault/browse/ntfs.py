@@ -28,6 +28,8 @@ _FILE_NAME_DOS: Final = 2
 
 
 class NtfsFilesystem(Filesystem[Node]):
+    separators = "/\\"  # Windows separates paths with either
+
     def __init__(self, file: BinaryIO, fs_type: str = "ntfs") -> None:
         self._fs = NTFS(file)
         self.type = fs_type

@@ -117,7 +117,11 @@ class Volume:
             return call()
         except NotFound as exc:
             raise PathNotFound(
-                exc.detail, path=exc.missing, partition=self.number, snapshot=self.snapshot.id[:12]
+                exc.detail,
+                path=exc.missing,
+                partition=self.number,
+                snapshot=self.snapshot.id[:12],
+                errno=exc.errno,
             ) from None
         except BlockvaultError:  # missing or damaged chunks, our own errors
             raise
@@ -137,6 +141,9 @@ class Volume:
     def listdir(self, path: str) -> list[Entry]:
         return self._guard(lambda: self.fs.listdir(path), path)
 
+    def children(self, path: str) -> list[tuple[str, Entry]]:
+        return self._guard(lambda: self.fs.children(path), path)
+
     def open(self, path: str) -> BinaryIO:
         return self._guard(lambda: self.fs.open(path), path)
 
@@ -144,12 +151,15 @@ class Volume:
         return self._guard(lambda: stream.read(size), path)
 
     def walk(self, path: str = "/") -> Iterator[Entry]:
-        it = self.fs.walk(path)
+        return (entry for _names, entry in self.walk_names(path))
+
+    def walk_names(self, path: str = "/") -> Iterator[tuple[tuple[str, ...], Entry]]:
+        it = self.fs.walk_names(path)
         while True:
-            entry = self._guard(lambda: next(it, None), path)
-            if entry is None:
+            item = self._guard(lambda: next(it, None), path)
+            if item is None:
                 return
-            yield entry
+            yield item
 
 
 def imaged_partition(snapshot: Snapshot, number: int) -> PartitionRecord:

@@ -8,6 +8,7 @@ from blockvault.browse.extract import extract
 from blockvault.browse.volume import locate, open_volume, require_partition
 from blockvault.cli import render
 from blockvault.cli.commands import json_option, open_repo
+from blockvault.errors import TreeDamaged, TreeIncomplete
 
 
 def register(group: click.Group) -> None:
@@ -29,16 +30,31 @@ def register(group: click.Group) -> None:
         SNAPSHOT to DEST, keeping modes, owners (as root), times and symlinks where
         the filesystem stores them, and holes of sparse files. DEST is the copy's
         name; if DEST is an existing directory the copy goes inside it. Nothing
-        existing is replaced without --yes. No root or FUSE needed."""
+        existing is replaced without --yes. No root or FUSE needed. Entries whose
+        names would leave DEST (/, .., NUL, through a symlink) are skipped and named;
+        then the exit code is 1 (4 when a file was lost to damaged data)."""
         repo = open_repo(ctx)
         snap, addr, number = locate(repo, address)
         volume = open_volume(repo, snap, require_partition(snap, address, number))
-        result = extract(volume, addr.path, dest, overwrite=yes, owners=False if no_owner else None)
+        with render.progress(as_json) as reporter:
+            result = extract(
+                volume,
+                addr.path,
+                dest,
+                overwrite=yes,
+                owners=False if no_owner else None,
+                reporter=reporter,
+            )
         if as_json:
             render.emit_json(result)
-            return
-        click.echo(
-            f"extracted {result.source} to {result.target}: {result.files} files, "
-            f"{result.directories} directories, {result.symlinks} symlinks, "
-            f"{render.size(result.bytes)}"
-        )
+        else:
+            click.echo(
+                f"extracted {result.source} to {result.target}: {result.files} files, "
+                f"{result.directories} directories, {result.symlinks} symlinks, "
+                f"{render.size(result.bytes)}"
+            )
+        if result.skipped:
+            damaged = any(s.damaged for s in result.skipped)
+            raise (TreeDamaged if damaged else TreeIncomplete)(
+                target=result.target, count=len(result.skipped)
+            )

@@ -37,21 +37,31 @@ def _relative(entry: Entry, base: str) -> str:
     return posixpath.relpath(entry.path, base) if entry.path != base else entry.name
 
 
+def shown(text: str) -> str:
+    """``text`` safe for a terminal: a name from a snapshot may hold escape sequences,
+    so control characters are shown escaped (``\\x1b``), as ``repr`` would."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def long_line(entry: Entry, name: str) -> str:
     owner = "-" if entry.uid is None else str(entry.uid)
     group = "-" if entry.gid is None else str(entry.gid)
     when = datetime.fromtimestamp(entry.mtime_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    link = f" -> {entry.target}" if entry.target is not None else ""
+    link = f" -> {shown(entry.target)}" if entry.target is not None else ""
     return f"{stat.filemode(entry.mode)} {owner:>5} {group:>5} {entry.size:>12} {when} {name}{link}"
 
 
-def _entries(volume: Volume, path: str, recursive: bool) -> tuple[str, list[Entry]]:
+def _entries(volume: Volume, path: str, recursive: bool) -> tuple[str, list[tuple[str, Entry]]]:
+    """The base of relative paths, and each entry with the name to show: the stored
+    name (which may hold a ``/``), or with ``recursive`` the stored names below."""
     top = volume.entry(path, follow=True)
     if top.kind != "dir":
-        return posixpath.dirname(top.path), [top]
+        return posixpath.dirname(top.path), [(top.name, top)]
     if recursive:
-        return top.path, [e for e in volume.walk(top.path) if e.path != top.path]
-    return top.path, volume.listdir(top.path)
+        return top.path, [("/".join(names), e) for names, e in volume.walk_names(top.path) if names]
+    return top.path, volume.children(top.path)
 
 
 def register(group: click.Group) -> None:
@@ -96,10 +106,9 @@ def register(group: click.Group) -> None:
                     "snapshot": snap.id,
                     "partition": number,
                     "path": addr.path,
-                    "entries": [entry_json(e, base) for e in entries],
+                    "entries": [entry_json(e, base) for _name, e in entries],
                 }
             )
             return
-        for entry in entries:
-            name = _relative(entry, base) if recursive else entry.name
-            click.echo(long_line(entry, name) if long_ else name)
+        for name, entry in entries:
+            click.echo(long_line(entry, shown(name)) if long_ else shown(name))

@@ -1,0 +1,282 @@
+"""The safe tree writer: files, directories and symlinks under one destination, never outside.
+
+Every tree-writing feature (``extract``, file-backup restore) writes through
+:class:`TreeWriter`, because every name it is given comes from a snapshot and may
+be hostile. Its invariants:
+
+* A path is a sequence of names below the destination, each checked on its own
+  (:func:`check_name`): not empty, not ``.`` or ``..``, no ``/`` (nor the source
+  filesystem's other separators, such as ``\\`` on FAT and NTFS), no NUL, at most
+  255 bytes. A bad name raises :class:`~blockvault.errors.UnsafeName`; the caller
+  reports and skips that entry.
+* Parents are walked name by name from the destination's directory descriptor with
+  ``O_NOFOLLOW | O_DIRECTORY``, and every entry is made relative to its parent's
+  descriptor (``mkdir``/``symlink``/``rename`` with ``dir_fd``): a symlink already in
+  the destination, or one this writer made, is never followed; a path through one is
+  refused as :class:`~blockvault.errors.UnsafeName`.
+* A file appears under its name only complete: it is written (sparse: all-zero
+  blocks stay holes) to a temporary name in its directory, given its metadata,
+  fsynced and renamed into place. A failure removes the temporary file.
+* Symlinks are made as symlinks, with their targets as given (an absolute target
+  is kept: it means the restored system's root); they are never followed.
+* Nothing existing is replaced unless ``overwrite`` (then a file or symlink is
+  replaced and a directory merged into); a name written twice in one session (a
+  duplicate directory entry) is refused as unsafe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from blockvault.errors import TargetNotEmpty, UnsafeName
+
+__all__ = ["HOLE_GRAIN", "NAME_MAX", "Metadata", "TreeWriter", "check_name"]
+
+NAME_MAX: Final = 255  # bytes in one name, as Linux filesystems allow
+HOLE_GRAIN: Final = 64 * 1024  # zero runs this long (and aligned) become holes
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_PREFIX: Final = ".blockvault-tmp-"
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What to set on an entry; ``None`` leaves it as made. Owners are set only by a
+    writer made with ``owners``; permission bits are ignored for symlinks."""
+
+    mode: int | None = None  # permission bits (st_mode is fine: the type bits are dropped)
+    uid: int | None = None
+    gid: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+
+def check_name(name: str, separators: str = "/") -> None:
+    """Raise :class:`UnsafeName` unless ``name`` is one plain name a directory may hold."""
+    reason = None
+    if name in ("", ".", ".."):
+        reason = f"the name {name!r} would not stay in its directory"
+    elif "\0" in name:
+        reason = "the name holds a NUL byte"
+    elif any(sep in name for sep in separators + "/"):
+        reason = "the name holds a path separator"
+    elif len(os.fsencode(name)) > NAME_MAX:
+        reason = f"the name is longer than {NAME_MAX} bytes"
+    if reason is not None:
+        raise UnsafeName(reason, path=name)
+
+
+class TreeWriter:
+    """Writes entries below ``dest`` (an existing directory, opened once). Use as a
+    context manager, or call :meth:`close`. Not thread-safe."""
+
+    def __init__(
+        self,
+        dest: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        owners: bool = False,
+        separators: str = "/",
+    ) -> None:
+        self.dest = os.fspath(dest)
+        self.overwrite = overwrite
+        self.owners = owners
+        self.separators = separators
+        self._made: set[tuple[str, ...]] = set()
+        self._root = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        if self._root >= 0:
+            os.close(self._root)
+            self._root = -1
+
+    def __enter__(self) -> TreeWriter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # --- the operations ------------------------------------------------------------
+    def make_dir(self, path: Sequence[str]) -> None:
+        """Make directory ``path`` (mode 0700 until :meth:`set_metadata`), or merge into
+        an existing one with ``overwrite``."""
+        with self._parent(path) as (parent, name):
+            try:
+                os.mkdir(name, 0o700, dir_fd=parent)
+            except FileExistsError:
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                if not self.overwrite:
+                    raise TargetNotEmpty("it exists", path=self._show(path)) from None
+                if not stat.S_ISDIR(st.st_mode):  # a file or symlink in the way goes
+                    os.unlink(name, dir_fd=parent)
+                    os.mkdir(name, 0o700, dir_fd=parent)
+
+    def write_file(
+        self, path: Sequence[str], blocks: Iterable[bytes], meta: Metadata | None = None
+    ) -> int:
+        """Write ``blocks`` as file ``path`` (temp name, fsync, rename); returns its size."""
+        with self._parent(path) as (parent, name):
+            self._check_replaceable(parent, name, path)
+            temp = _TEMP_PREFIX + secrets.token_hex(8)
+            fd = os.open(
+                temp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=parent,
+            )
+            try:
+                try:
+                    size = _write_sparse(fd, blocks)
+                    self._apply(fd, meta, kind="file")
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp, dir_fd=parent)
+                raise
+            return size
+
+    def make_symlink(self, path: Sequence[str], target: str, meta: Metadata | None = None) -> None:
+        """Make symlink ``path`` pointing to ``target`` (kept as given, never followed)."""
+        if not target or "\0" in target:
+            raise UnsafeName("the symlink's target is empty or holds a NUL byte", path=path[-1])
+        with self._parent(path) as (parent, name):
+            self._check_replaceable(parent, name, path)
+            temp = _TEMP_PREFIX + secrets.token_hex(8)
+            os.symlink(target, temp, dir_fd=parent)
+            try:
+                self._apply_at(parent, temp, meta)
+                os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp, dir_fd=parent)
+                raise
+
+    def set_metadata(self, path: Sequence[str], meta: Metadata) -> None:
+        """Set ``meta`` on the entry at ``path`` (a directory's times after its children
+        are written); a symlink gets owners and times, never a mode."""
+        with self._parent(path, made=True) as (parent, name):
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=parent)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+                self._apply_at(parent, name, meta)
+                return
+            try:
+                kind = "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+                self._apply(fd, meta, kind=kind)
+            finally:
+                os.close(fd)
+
+    # --- walking -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _parent(self, path: Sequence[str], made: bool = False) -> Iterator[tuple[int, str]]:
+        """The descriptor of ``path``'s parent (walked without following symlinks) and
+        its last name. ``made``: the entry exists already (no duplicate check)."""
+        if isinstance(path, str):
+            raise TypeError("a path is a sequence of names, not a string")
+        if not path:
+            raise UnsafeName("an empty path names the destination itself", path=self.dest)
+        try:
+            for name in path:
+                check_name(name, self.separators)
+        except UnsafeName as exc:
+            raise UnsafeName(exc.fields["detail"], path=self._show(path)) from None
+        key = tuple(path)
+        if not made:
+            if key in self._made:
+                raise UnsafeName(
+                    "the name appears twice in its directory; the first was kept",
+                    path=self._show(path),
+                )
+            self._made.add(key)
+        fd = os.dup(self._root)
+        try:
+            for depth, name in enumerate(path[:-1]):
+                try:
+                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                        raise
+                    where = self._show(path[: depth + 1])
+                    why = "is missing" if exc.errno == errno.ENOENT else "is not a directory"
+                    raise UnsafeName(
+                        f"its parent {where!r} {why} (a symlink is never followed)",
+                        path=self._show(path),
+                    ) from None
+                os.close(fd)
+                fd = child
+            yield fd, path[-1]
+        finally:
+            os.close(fd)
+
+    def _check_replaceable(self, parent: int, name: str, path: Sequence[str]) -> None:
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not self.overwrite:
+            raise TargetNotEmpty("it exists", path=self._show(path))
+        if stat.S_ISDIR(st.st_mode):
+            raise TargetNotEmpty("a directory is in the way", path=self._show(path))
+
+    def _show(self, path: Sequence[str]) -> str:
+        return os.path.join(self.dest, *path)
+
+    # --- metadata ------------------------------------------------------------------
+    def _apply(self, fd: int, meta: Metadata | None, kind: str) -> None:
+        if meta is None:
+            return
+        if self.owners and meta.uid is not None and meta.gid is not None:
+            os.fchown(fd, meta.uid, meta.gid)
+        if meta.mode is not None:  # after chown, which clears set-id bits
+            os.fchmod(fd, stat.S_IMODE(meta.mode))
+        times = _times(meta)
+        if times is not None:
+            os.utime(fd, ns=times)
+
+    def _apply_at(self, parent: int, name: str, meta: Metadata | None) -> None:
+        """Owners and times of the symlink ``name`` itself."""
+        if meta is None:
+            return
+        if self.owners and meta.uid is not None and meta.gid is not None:
+            os.chown(name, meta.uid, meta.gid, dir_fd=parent, follow_symlinks=False)
+        times = _times(meta)
+        if times is not None:
+            os.utime(name, ns=times, dir_fd=parent, follow_symlinks=False)
+
+
+def _times(meta: Metadata) -> tuple[int, int] | None:
+    if meta.mtime_ns is None:
+        return None
+    return (meta.atime_ns if meta.atime_ns is not None else meta.mtime_ns, meta.mtime_ns)
+
+
+def _write_sparse(fd: int, blocks: Iterable[bytes]) -> int:
+    """Write ``blocks`` from offset 0, seeking over aligned all-zero grains; the size."""
+    zero = bytes(HOLE_GRAIN)
+    done = 0
+    for block in blocks:
+        view = memoryview(block)
+        for start in range(0, len(view), HOLE_GRAIN):
+            piece = view[start : start + HOLE_GRAIN]
+            if piece != zero[: len(piece)]:
+                _pwrite_all(fd, piece, done + start)
+        done += len(view)
+    os.ftruncate(fd, done)
+    return done
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
