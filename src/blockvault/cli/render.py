@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -68,17 +68,51 @@ def emit_json(value: Any) -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A rich table that a narrow terminal never cuts: essential columns (ids, devices,
+    numbers, sizes) keep their widest cell on one line, the others fold (at least
+    FOLDED_MIN_WIDTH wide), and a table
+    whose essential columns alone are wider than the terminal runs past its edge (the
+    terminal wraps it) instead of being cropped."""
     from rich.table import Table
 
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
     t = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
-    for col in columns:
-        t.add_column(col, justify="right" if col.lower() in RIGHT else "left")
-    for row in rows:
-        t.add_row(*("" if v is None else str(v) for v in row))
-    console().print(t)
+    for k, col in enumerate(columns):
+        essential = col.lower() in ESSENTIAL
+        widest = max([len(col), *(len(row[k]) for row in cells)])
+        t.add_column(
+            col,
+            justify="right" if col.lower() in RIGHT else "left",
+            no_wrap=essential,
+            overflow="fold",
+            min_width=widest if essential else min(widest, max(len(col), FOLDED_MIN_WIDTH)),
+        )
+    for row in cells:
+        t.add_row(*row)
+    console().print(t, crop=False)
 
 
-RIGHT = {"size", "used", "stored", "start", "bytes", "chunks", "new", "sector", "#", "number"}
+RIGHT = {
+    *("size", "used", "stored", "start", "bytes", "sector", "#", "number"),
+    *("chunks", "new", "holes", "unique"),
+}
+# never wrapped or cut: what a user types back (ids, devices, numbers) or compares (sizes)
+FOLDED_MIN_WIDTH = 8  # a folded column narrower than this is hard to read
+ESSENTIAL = RIGHT | {"id", "snapshot", "device", "region", "time"}
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 file``, ``2 files``, ``0 passes``, ``3 entries``: a count and its noun, agreeing."""
+    if count == 1:
+        return f"{count} {noun}"
+    if plural_form is None:
+        if noun.endswith(("s", "x", "ch", "sh")):
+            plural_form = noun + "es"
+        elif noun.endswith("y") and noun[-2:-1] not in tuple("aeiou"):
+            plural_form = noun[:-1] + "ies"
+        else:
+            plural_form = noun + "s"
+    return f"{count} {plural_form}"
 
 
 def adapted(gpt_moved: bool, grown: str | None) -> str:
@@ -158,14 +192,22 @@ def progress(json_output: bool) -> Iterator[ProgressReporter]:
         yield reporter
 
 
-def confirmer(yes: bool) -> Any:
+def confirmer(yes: bool) -> Callable[[str], bool]:
     """The library's confirm callback: --yes says yes; a terminal asks; else no."""
 
     def confirm(question: str) -> bool:
-        if yes:
-            return True
-        if not sys.stdin.isatty():
-            return False
-        return click.confirm(f"{question}. Overwrite it?", default=False, err=True)
+        return yes or ask_yes_no(f"{question}. Overwrite it?")
 
     return confirm
+
+
+def ask_yes_no(question: str) -> bool:
+    """Ask ``question [y/N]`` on the terminal; no answer (Enter), no terminal or
+    end of input means no. The one prompt every confirmation goes through."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return click.confirm(question, default=False, err=True)
+    except click.Abort:  # Ctrl-D or Ctrl-C at the prompt
+        click.echo(err=True)
+        return False
