@@ -11,6 +11,7 @@ an exception into an exit code and a single line on stderr.
     ├── UsageError                  exit 2   the request itself is wrong
     │   ├── SourceError                      source missing, truncated, not a disk
     │   ├── PassphraseRequired               encrypted repository, no passphrase given
+    │   │   └── NewPassphraseRequired            a new one is needed and cannot be asked
     │   ├── KeyFileInvalid                   a key file to import is not usable
     │   ├── BrowseError                      a snapshot path to browse is wrong (browse/)
     │   │   ├── PartitionNotFound                no such imaged partition in the snapshot
@@ -61,6 +62,7 @@ __all__ = [
     "KeyFileInvalid",
     "KeyMissing",
     "MountpointError",
+    "NewPassphraseRequired",
     "ObjectCorrupt",
     "ObjectNotFound",
     "PartitionNotFound",
@@ -110,6 +112,13 @@ class PassphraseRequired(UsageError):
     template = (
         "repository {repo} is encrypted and no passphrase was given: set BLOCKVAULT_PASSWORD, "
         "pass --password-file FILE, or run on a terminal to be asked"
+    )
+
+
+class NewPassphraseRequired(PassphraseRequired):
+    template = (
+        "{what} needs a new passphrase and there is no terminal to ask for it: "
+        "set {env} or pass {option} FILE"
     )
 
 

@@ -48,7 +48,9 @@ def register(group: click.Group) -> None:
             chunk_size=parse_size(chunk_size),
             compression=compression,
             encryption=encryption,
-            passphrase=passphrase_source(ctx, confirm=True, prompt="New passphrase"),
+            passphrase=passphrase_source(
+                ctx, new=f"creating encrypted repository {location}", prompt="New passphrase"
+            ),
         )
         if as_json:
             render.emit_json({**repo.config.__dict__, "key": repo.key_id})
