@@ -11,7 +11,7 @@ import click
 
 from blockvault import __version__
 from blockvault.cli import commands
-from blockvault.errors import BlockvaultError
+from blockvault.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, BlockvaultError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -36,7 +36,7 @@ class Group(click.Group):
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("blockvault: interrupted; the repository is unchanged", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except OSError as exc:
@@ -53,10 +53,16 @@ class Group(click.Group):
                 "(set BLOCKVAULT_DEBUG=1 for a traceback, and please report it)",
                 err=True,
             )
-            sys.exit(70)
+            sys.exit(EXIT_INTERNAL)
 
 
-@click.group(cls=Group, context_settings=CONTEXT)
+# \b keeps click from rewrapping the table
+EPILOG = "\b\nExit codes:\n" + "\n".join(
+    f"  {code:>3}  {text}" for code, text in EXIT_CODES.items()
+)
+
+
+@click.group(cls=Group, context_settings=CONTEXT, epilog=EPILOG)
 @click.option(
     "-r",
     "--repo",
