@@ -182,12 +182,21 @@ def _progress_bars() -> Progress:
     )
 
 
+# the live bars being drawn now: a prompt pauses them (while they run, rich owns stderr
+# and would read "[y/N]" as markup and redraw over the question)
+_LIVE: list[Progress] = []
+
+
 @contextmanager
 def progress(json_output: bool) -> Iterator[ProgressReporter]:
     reporter = ProgressReporter(enabled=not json_output and sys.stderr.isatty())
     if reporter.progress is not None:
         with reporter.progress:
-            yield reporter
+            _LIVE.append(reporter.progress)
+            try:
+                yield reporter
+            finally:
+                _LIVE.remove(reporter.progress)
     else:
         yield reporter
 
@@ -206,8 +215,13 @@ def ask_yes_no(question: str) -> bool:
     end of input means no. The one prompt every confirmation goes through."""
     if not sys.stdin.isatty():
         return False
+    for bars in _LIVE:
+        bars.stop()
     try:
         return click.confirm(question, default=False, err=True)
     except click.Abort:  # Ctrl-D or Ctrl-C at the prompt
         click.echo(err=True)
         return False
+    finally:
+        for bars in _LIVE:
+            bars.start()
