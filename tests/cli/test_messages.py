@@ -132,6 +132,18 @@ def test_narrow_terminal_keeps_ids_devices_and_sizes_whole(
     info = run("-r", repo, "info", snapshot[:8], env=width)
     assert info.returncode == 0 and "…" not in info.stdout, info.stdout
     assert snapshot in info.stdout
+    # every column keeps its header whole: none was squeezed away
+    for command, headers in (
+        (("inspect", disk.path), "# Start Size Type Filesystem Label Used"),
+        (("-r", repo, "snapshots"), "ID Time Host Source Size Used Stored Tags"),
+        (("-r", repo, "ls", "latest"), "# Filesystem Size Label Imaged"),
+    ):
+        listed = run(*command, env=width)
+        assert listed.returncode == 0 and "…" not in listed.stdout, listed
+        header = next(line for line in listed.stdout.splitlines() if "┃" in line)
+        assert [c.strip() for c in header.split("┃")] == headers.split(), listed.stdout
+    row = cells(run("-r", repo, "snapshots", env=width).stdout, snapshot[:12])[0]
+    assert row[0] == snapshot[:12] and row[4:7] == ["40 MiB", *row[5:7]], row
     assert cells(info.stdout, "partition 1 │")[0][0] == "partition 1"
 
 

@@ -69,35 +69,48 @@ def emit_json(value: Any) -> None:
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A rich table that a narrow terminal never cuts: essential columns (ids, devices,
-    numbers, sizes) keep their widest cell on one line, the others fold (at least
-    FOLDED_MIN_WIDTH wide), and a table
-    whose essential columns alone are wider than the terminal runs past its edge (the
-    terminal wraps it) instead of being cropped."""
+    numbers, sizes) keep their widest cell on one line, the others fold, each at least
+    FOLDED_MIN_WIDTH wide. A terminal too narrow even for that gets the table at the
+    width it needs (the terminal wraps the lines) rather than one with columns lost:
+    rich would squeeze folding columns to nothing."""
+    from rich.cells import cell_len
     from rich.table import Table
 
     cells = [["" if v is None else str(v) for v in row] for row in rows]
+    essential = [col.lower() in ESSENTIAL for col in columns]
+    least = []  # the narrowest each column may be
+    for k, col in enumerate(columns):
+        widest = max(cell_len(text) for text in [col, *(row[k] for row in cells)])
+        least.append(widest if essential[k] else min(widest, max(len(col), FOLDED_MIN_WIDTH)))
+    needed = sum(least) + 3 * len(columns) - 1  # one space either side, one rule between
+    fixed = console().width < needed
     t = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
     for k, col in enumerate(columns):
-        essential = col.lower() in ESSENTIAL
-        widest = max([len(col), *(len(row[k]) for row in cells)])
         t.add_column(
             col,
             justify="right" if col.lower() in RIGHT else "left",
-            no_wrap=essential,
+            no_wrap=essential[k],
             overflow="fold",
-            min_width=widest if essential else min(widest, max(len(col), FOLDED_MIN_WIDTH)),
+            min_width=least[k],
+            width=least[k] if fixed else None,
         )
     for row in cells:
         t.add_row(*row)
-    console().print(t, crop=False)
+    out = console()
+    narrow = out.width
+    out.width = max(narrow, needed)
+    try:
+        out.print(t, crop=False)
+    finally:
+        out.width = narrow
 
 
 RIGHT = {
     *("size", "used", "stored", "start", "bytes", "sector", "#", "number"),
     *("chunks", "new", "holes", "unique"),
 }
-# never wrapped or cut: what a user types back (ids, devices, numbers) or compares (sizes)
 FOLDED_MIN_WIDTH = 8  # a folded column narrower than this is hard to read
+# never wrapped or cut: what a user types back (ids, devices, numbers) or compares (sizes)
 ESSENTIAL = RIGHT | {"id", "snapshot", "device", "region", "time"}
 
 
