@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import filecmp
 import json
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -21,7 +20,8 @@ import pytest
 from blockvault.repo import Repository
 from blockvault.repo import format as fmt
 from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
-from tests.cli.terminal import converse
+from tests.cli import runner
+from tests.cli.runner import converse, ok, one_line_error
 
 MiB = 1024 * 1024
 PASSWORD = "correct horse battery staple"
@@ -31,31 +31,8 @@ MARKER = b"BLOCKVAULT-ENCRYPTION-TEST-MARKER-7f3a9c"
 def run(
     *args: str | Path, password: str | None = PASSWORD, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKVAULT_")}
-    if password is not None:
-        full["BLOCKVAULT_PASSWORD"] = password
-    return subprocess.run(
-        ["blockvault", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**full, **(env or {})},
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
-    return proc.stdout
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
+    given = {} if password is None else {"BLOCKVAULT_PASSWORD": password}
+    return runner.run(*args, env={**given, **(env or {})})
 
 
 @dataclass(frozen=True)

@@ -8,26 +8,20 @@ used blocks that are all zeros.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk
+from tests.cli.runner import ok, run
 from tests.conftest import need_tools, sh
 
 MiB = 1024 * 1024
 
 
 def cli(*args: str | Path) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKVAULT_")}
-    proc = subprocess.run(
-        ["blockvault", *map(str, args)], capture_output=True, text=True, env=env, check=False
-    )
-    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
-    return proc.stdout
+    return ok(run(*args))
 
 
 def backed_up(image: Path, repo: Path) -> dict[str, object]:

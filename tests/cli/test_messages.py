@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,30 +20,10 @@ from blockvault.cli.render import plural
 from blockvault.disk.inventory import UNREADABLE, unreadable
 from blockvault.errors import DeviceError
 from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
-from tests.cli.terminal import converse
+from tests.cli.runner import converse, one_line_error, run
 from tests.conftest import IS_ROOT, need_tools, sh
 
 MiB = 1024 * 1024
-
-
-def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """blockvault without a terminal and without any BLOCKVAULT_ variable of ours."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKVAULT_")}
-    return subprocess.run(
-        ["blockvault", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**clean, **(env or {})},
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
-def one_line(proc: subprocess.CompletedProcess[str], code: int) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +44,12 @@ def disk(tmp_path_factory: pytest.TempPathFactory) -> BuiltDisk:
 
 def test_new_passphrase_without_a_terminal_says_how_to_give_it(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    line = one_line(run("-r", repo, "init", "--encryption", "repokey"), 2)
+    line = one_line_error(run("-r", repo, "init", "--encryption", "repokey"), 2)
     assert "BLOCKVAULT_PASSWORD" in line and "--password-file" in line, line
     assert not repo.exists()  # nothing created before the passphrase was known
     old = {"BLOCKVAULT_PASSWORD": "old passphrase"}
     assert run("-r", repo, "init", "--encryption", "repokey", env=old).returncode == 0
-    line = one_line(run("-r", repo, "key", "change-passphrase", env=old), 2)
+    line = one_line_error(run("-r", repo, "key", "change-passphrase", env=old), 2)
     assert "BLOCKVAULT_NEW_PASSWORD" in line and "--new-password-file" in line, line
     assert run("-r", repo, "snapshots", env=old).returncode == 0  # the key is unchanged
 

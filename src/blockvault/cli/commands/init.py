@@ -58,7 +58,7 @@ def register(group: click.Group) -> None:
             click.echo(
                 f"created encrypted repository {repo.config.id[:12]} at {repo.location}; "
                 "without the passphrase nothing in it can be read: keep it safe, and a copy "
-                "of the key ('blockvault key export FILE')"
+                f"of the key ('blockvault -r {repo.location} key export FILE')"
             )
         else:
             click.echo(f"created repository {repo.config.id[:12]} at {repo.location}")

@@ -1,4 +1,5 @@
-"""A real pseudo-terminal for the tests of prompts (passphrases, confirmations)."""
+"""Running blockvault as a user would, for the CLI tests: without a terminal (and
+without our BLOCKVAULT_ variables), or on a real pseudo-terminal for prompts."""
 
 from __future__ import annotations
 
@@ -6,8 +7,38 @@ import os
 import pty
 import select
 import signal
+import subprocess
 import termios
 import time
+from pathlib import Path
+
+
+def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """blockvault without a terminal and without any BLOCKVAULT_ variable but ``env``'s."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKVAULT_")}
+    return subprocess.run(
+        ["blockvault", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**clean, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+    return proc.stdout
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
+    """The one line on stderr of a command that failed with ``code``, holding ``words``."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
 
 
 def converse(
