@@ -67,6 +67,9 @@ def test_overwrite_prompt_shows_y_n_and_enter_means_no(disk: BuiltDisk, tmp_path
     code, output = converse(args, [""], hidden=False)
     assert "[y/N]" in output and code == 2, output
     assert target.read_bytes()[:MiB] == held  # Enter is no: nothing written
+    code, output = converse(args, ["\x03"], hidden=False)
+    assert code == 130 and "interrupted" in output, output
+    assert target.read_bytes()[:MiB] == held
     code, output = converse(args, ["y"], hidden=False)
     assert code == 0, output
     assert target.read_bytes() == disk.path.read_bytes()
@@ -187,3 +190,17 @@ def test_summaries_say_one_snapshot(disk: BuiltDisk, tmp_path: Path) -> None:
     assert verified.returncode == 0 and "verified 1 snapshot, " in verified.stdout, verified
     pruned = run("-r", repo, "prune", "--keep-last", "1", "--dry-run")
     assert "would remove 0 of 1 snapshot" in pruned.stdout, pruned
+
+
+@pytest.mark.parametrize(
+    ("key", "code", "said"),
+    [("\x03", 130, "interrupted"), ("\x04", 2, "the input ended at a prompt")],
+    ids=["ctrl-c", "ctrl-d"],
+)
+def test_ctrl_c_and_ctrl_d_at_a_prompt_exit_as_the_table_says(
+    tmp_path: Path, key: str, code: int, said: str
+) -> None:
+    repo = tmp_path / "repo"
+    got, output = converse(["-r", str(repo), "init", "--encryption", "repokey"], [key])
+    assert got == code and said in output and "Aborted" not in output, output
+    assert not repo.exists()

@@ -224,16 +224,18 @@ def confirmer(yes: bool) -> Callable[[str], bool]:
 
 
 def ask_yes_no(question: str) -> bool:
-    """Ask ``question [y/N]`` on the terminal; no answer (Enter), no terminal or
-    end of input means no. The one prompt every confirmation goes through."""
+    """Ask ``question [y/N]`` on the terminal; Enter, end of input or no terminal
+    mean no, Ctrl-C interrupts. The one prompt every confirmation goes through."""
     if not sys.stdin.isatty():
         return False
     for bars in _LIVE:
         bars.stop()
     try:
         return click.confirm(question, default=False, err=True)
-    except click.Abort:  # Ctrl-D or Ctrl-C at the prompt
-        click.echo(err=True)
+    except click.Abort as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None  # Ctrl-C stops the command (exit 130)
+        click.echo(err=True)  # Ctrl-D: no
         return False
     finally:
         for bars in _LIVE:
