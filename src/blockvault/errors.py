@@ -98,7 +98,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 EXIT_CODES: dict[int, str] = {
     0: "success",
-    1: "an operation failed (I/O error, unreadable structure, storage failure, a failed check)",
+    1: "an operation failed (I/O or storage error, unreadable structure, demo or cast failed)",
     2: "the request is wrong or refused (bad option or source, target refused, no passphrase)",
     3: "the repository cannot serve the request (missing, unknown snapshot, wrong passphrase)",
     4: "data in the repository is missing or damaged, or verify found a difference",
