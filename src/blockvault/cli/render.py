@@ -83,7 +83,9 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
         widest = max(cell_len(text) for text in [col, *(row[k] for row in cells)])
         least.append(widest if essential[k] else min(widest, max(len(col), FOLDED_MIN_WIDTH)))
     needed = sum(least) + 3 * len(columns) - 1  # one space either side, one rule between
-    fixed = console().width < needed
+    out = console()
+    narrow = out.width
+    fixed = narrow < needed
     t = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
     for k, col in enumerate(columns):
         t.add_column(
@@ -96,8 +98,6 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
         )
     for row in cells:
         t.add_row(*row)
-    out = console()
-    narrow = out.width
     out.width = max(narrow, needed)
     try:
         out.print(t, crop=False)
