@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -204,3 +205,32 @@ def test_ctrl_c_and_ctrl_d_at_a_prompt_exit_as_the_table_says(
     got, output = converse(["-r", str(repo), "init", "--encryption", "repokey"], [key])
     assert got == code and said in output and "Aborted" not in output, output
     assert not repo.exists()
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not IS_ROOT, reason="needs root for loop devices and mount namespaces")
+def test_devices_unreadable_for_one_reason_share_one_line(
+    disk: BuiltDisk, loop: Callable[..., str], tmp_path: Path
+) -> None:
+    need_tools("unshare", "setpriv", "mknod")
+    devices = [loop(disk.path), loop(disk.path)]
+    # in a private mount namespace each device node is replaced by one nobody may open,
+    # and blockvault runs without the capabilities that let root ignore that
+    hide = " && ".join(
+        f"mknod {tmp_path}/node{k} b {os.major(os.stat(d).st_rdev)} {os.minor(os.stat(d).st_rdev)}"
+        f" && chmod 000 {tmp_path}/node{k} && mount --bind {tmp_path}/node{k} {d}"
+        for k, d in enumerate(devices)
+    )
+    shown = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f"{hide} && exec setpriv --bounding-set -dac_override,-dac_read_search blockvault disks"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    for device in devices:
+        row = cells(shown.stdout, device)[0]
+        assert row[5] == "unreadable", row  # the Used column
+        named = [line for line in shown.stderr.splitlines() if device in line]
+        assert len(named) == 1 and "permission denied" in named[0], shown.stderr
+    assert all(device in named[0] for device in devices), named  # one line for both
+    assert "Errno" not in shown.stdout + shown.stderr

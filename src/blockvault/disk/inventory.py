@@ -29,13 +29,13 @@ class DiskInfo:
 
 # errors a device can answer when opened or read, said the way a user can act on them
 UNREADABLE = {
-    errno.EACCES: "permission denied: run blockvault as root to read it",
-    errno.EPERM: "permission denied: run blockvault as root to read it",
+    errno.EACCES: "permission denied: run blockvault as root",
+    errno.EPERM: "permission denied: run blockvault as root",
     errno.ENOMEDIUM: "no medium: the drive is empty (insert a disk or card)",
     errno.EIO: "I/O error: the device failed to read (see dmesg; the disk may be failing)",
     errno.ENXIO: "no such device: it was removed or is not ready",
     errno.ENODEV: "no such device: it was removed or is not ready",
-    errno.EBUSY: "busy: another program or the kernel holds it exclusively",
+    errno.EBUSY: "busy: held exclusively by another program or the kernel",
 }
 
 DENIED = (errno.EACCES, errno.EPERM)

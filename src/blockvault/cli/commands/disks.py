@@ -36,12 +36,15 @@ def register(group: click.Group) -> None:
             ],
         )
         warnings: dict[str, None] = {}  # in order, each once
+        unreadable: dict[str, list[str]] = {}  # one line for the devices with one reason
         for d in found:
             if d.layout and d.layout.partitions:
                 show_layout(d.layout, boot_areas=False, warnings=False)
             if d.error:
-                warnings[f"{d.path}: {d.error}"] = None
+                unreadable.setdefault(d.error, []).append(d.path)
             for warning in d.layout.warnings if d.layout else ():
                 warnings[f"{d.path} {warning}"] = None
+        for error, paths in unreadable.items():
+            warnings[f"{', '.join(paths)}: {error}"] = None
         for warning in warnings:
             render.warn(warning)
