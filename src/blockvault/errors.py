@@ -3,7 +3,9 @@
 Every failure a user can cause or meet is one of these classes. Each carries a
 message template that names the object concerned and, where there is one, a
 remedy, plus the process exit code the CLI uses. Only ``blockvault.cli`` turns
-an exception into an exit code and a single line on stderr.
+an exception into an exit code and a single line on stderr. ``EXIT_CODES`` is the
+one table of exit codes: ``blockvault --help`` prints it and docs/user-guide.md
+repeats it (a test keeps the three and the classes below in agreement).
 
 ::
 
@@ -11,6 +13,7 @@ an exception into an exit code and a single line on stderr.
     ├── UsageError                  exit 2   the request itself is wrong
     │   ├── SourceError                      source missing, truncated, not a disk
     │   ├── PassphraseRequired               encrypted repository, no passphrase given
+    │   │   └── NewPassphraseRequired            a new one is needed and cannot be asked
     │   ├── KeyFileInvalid                   a key file to import is not usable
     │   ├── BrowseError                      a snapshot path to browse is wrong (browse/)
     │   │   ├── PartitionNotFound                no such imaged partition in the snapshot
@@ -52,6 +55,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "EXIT_CODES",
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
     "AmbiguousSnapshot",
     "BlockvaultError",
     "BrowseError",
@@ -64,6 +70,7 @@ __all__ = [
     "KeyFileInvalid",
     "KeyMissing",
     "MountpointError",
+    "NewPassphraseRequired",
     "ObjectCorrupt",
     "ObjectNotFound",
     "PartitionNotFound",
@@ -92,6 +99,19 @@ __all__ = [
     "WrongPassphrase",
 ]
 
+EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "an operation failed (I/O or storage error, unreadable structure, demo or cast failed)",
+    2: "the request is wrong or refused (bad option or source, target refused, no passphrase)",
+    3: "the repository cannot serve the request (missing, unknown snapshot, wrong passphrase)",
+    4: "data in the repository is missing or damaged, or verify found a difference",
+    EXIT_INTERNAL: "internal error (a bug: please report it with BLOCKVAULT_DEBUG=1 output)",
+    EXIT_INTERRUPTED: "interrupted by Ctrl-C (a mount stopped by signal N exits 128 + N)",
+}
+
 
 class BlockvaultError(Exception):
     """Base of every error blockvault raises on purpose."""
@@ -116,6 +136,13 @@ class PassphraseRequired(UsageError):
     template = (
         "repository {repo} is encrypted and no passphrase was given: set BLOCKVAULT_PASSWORD, "
         "pass --password-file FILE, or run on a terminal to be asked"
+    )
+
+
+class NewPassphraseRequired(PassphraseRequired):
+    template = (
+        "{what} needs a new passphrase and there is no terminal to ask for it: "
+        "set {env} or pass {option} FILE"
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,12 @@ from blockvault_demo.sample import (
     build_disk,
     make_tree,
 )
+from tests.conftest import IS_ROOT
 
 MiB = 1024 * 1024
+
+# ntfs-3g mounts (NTFS trees with directories and symlinks) need root, FUSE and ntfs-3g
+NTFS_MOUNTS = IS_ROOT and os.path.exists("/dev/fuse") and shutil.which("ntfs-3g") is not None
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,8 @@ def multi(tmp_path_factory: pytest.TempPathFactory) -> Backed:
             ],
         ),
         work / "multi.img",
+        # as root the ntfs-3g mount must work (a failure fails the tests, never skips them)
+        ntfs_mount=NTFS_MOUNTS,
     )
     repo = Repository.init(str(work / "repo"), chunk_size=64 * 1024)
     return Backed(disk, repo, backup(repo, str(disk.path)), trees)

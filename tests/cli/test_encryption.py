@@ -9,14 +9,8 @@ from __future__ import annotations
 
 import filecmp
 import json
-import os
-import pty
-import select
 import shutil
-import signal
 import subprocess
-import termios
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +20,8 @@ import pytest
 from blockvault.repo import Repository
 from blockvault.repo import format as fmt
 from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
+from tests.cli import runner
+from tests.cli.runner import converse, ok, one_line_error
 
 MiB = 1024 * 1024
 PASSWORD = "correct horse battery staple"
@@ -35,31 +31,8 @@ MARKER = b"BLOCKVAULT-ENCRYPTION-TEST-MARKER-7f3a9c"
 def run(
     *args: str | Path, password: str | None = PASSWORD, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKVAULT_")}
-    if password is not None:
-        full["BLOCKVAULT_PASSWORD"] = password
-    return subprocess.run(
-        ["blockvault", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**full, **(env or {})},
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
-    return proc.stdout
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
+    given = {} if password is None else {"BLOCKVAULT_PASSWORD": password}
+    return runner.run(*args, env={**given, **(env or {})})
 
 
 @dataclass(frozen=True)
@@ -161,49 +134,15 @@ def test_passphrase_sources_and_errors(encrypted: Backed, tmp_path: Path) -> Non
     ok(run("-r", tmp_path / "p", "snapshots", password=None))
 
 
-def _converse(args: list[str], answers: list[str], timeout: float = 30.0) -> tuple[int, str]:
-    """Run blockvault on a real terminal; after each prompt ending in ':', wait until the
-    terminal stops echoing (as a person would see it), then type the next answer."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKVAULT_")}
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the pty is its controlling terminal
-        os.execvpe("blockvault", ["blockvault", *args], env)
-    output = b""
-    pending = list(answers)
-    answered_at = 0  # length of the output when the last answer was typed
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.05)
-            if ready:
-                try:
-                    data = os.read(fd, 4096)
-                except OSError:  # the child closed the terminal
-                    break
-                if not data:
-                    break
-                output += data
-            prompted = len(output) > answered_at and output.rstrip().endswith(b":")
-            if pending and prompted and not termios.tcgetattr(fd)[3] & termios.ECHO:
-                os.write(fd, (pending.pop(0) + "\n").encode())
-                answered_at = len(output)
-    finally:
-        if time.monotonic() >= deadline:
-            os.kill(pid, signal.SIGKILL)  # our own child, stuck: fail instead of hanging
-        _, status = os.waitpid(pid, 0)  # otherwise it closed the terminal: it is exiting
-        os.close(fd)
-    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
-
-
 def test_prompt_asks_twice_on_init_and_never_echoes(tmp_path: Path) -> None:
     repo = str(tmp_path / "repo")
     secret = "typed-on-a-terminal-92b1"
-    code, output = _converse(["-r", repo, "init", "--encryption", "repokey"], [secret, secret])
+    code, output = converse(["-r", repo, "init", "--encryption", "repokey"], [secret, secret])
     assert code == 0, output
     assert output.count("passphrase") >= 2 and secret not in output, output
-    code, output = _converse(["-r", repo, "snapshots"], [secret])
+    code, output = converse(["-r", repo, "snapshots"], [secret])
     assert code == 0 and secret not in output, output
-    code, output = _converse(["-r", repo, "snapshots"], ["not-it"])
+    code, output = converse(["-r", repo, "snapshots"], ["not-it"])
     assert code == 3 and "wrong passphrase" in output, output
 
 

@@ -5,13 +5,19 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from blockvault import __version__
 from blockvault.cli import commands
-from blockvault.errors import BlockvaultError
+from blockvault.errors import (
+    EXIT_CODES,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    BlockvaultError,
+    UsageError,
+)
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -35,9 +41,13 @@ class Group(click.Group):
             click.echo(f"blockvault: error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("blockvault: interrupted; the repository is unchanged", err=True)
-            sys.exit(130)
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            _interrupted()
+        except click.exceptions.Abort as exc:  # a prompt met Ctrl-C or the end of input
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                _interrupted()
+            click.echo("blockvault: error: no answer: the input ended at a prompt", err=True)
+            sys.exit(UsageError.exit_code)
+        except (click.ClickException, click.exceptions.Exit):
             raise
         except OSError as exc:
             if os.environ.get("BLOCKVAULT_DEBUG"):
@@ -53,10 +63,21 @@ class Group(click.Group):
                 "(set BLOCKVAULT_DEBUG=1 for a traceback, and please report it)",
                 err=True,
             )
-            sys.exit(70)
+            sys.exit(EXIT_INTERNAL)
 
 
-@click.group(cls=Group, context_settings=CONTEXT)
+# \b keeps click from rewrapping the table
+EPILOG = "\b\nExit codes:\n" + "\n".join(
+    f"  {code:>3}  {text}" for code, text in EXIT_CODES.items()
+)
+
+
+def _interrupted() -> NoReturn:
+    click.echo("blockvault: interrupted; the repository is unchanged", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=Group, context_settings=CONTEXT, epilog=EPILOG)
 @click.option(
     "-r",
     "--repo",

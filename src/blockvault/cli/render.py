@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -68,17 +68,64 @@ def emit_json(value: Any) -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A rich table that a narrow terminal never cuts: essential columns (ids, devices,
+    numbers, sizes) keep their widest cell on one line, the others fold, each at least
+    FOLDED_MIN_WIDTH wide. A terminal too narrow even for that gets the table at the
+    width it needs (the terminal wraps the lines) rather than one with columns lost:
+    rich would squeeze folding columns to nothing."""
+    from rich.cells import cell_len
     from rich.table import Table
 
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    essential = [col.lower() in ESSENTIAL for col in columns]
+    least = []  # the narrowest each column may be
+    for k, col in enumerate(columns):
+        widest = max(cell_len(text) for text in [col, *(row[k] for row in cells)])
+        least.append(widest if essential[k] else min(widest, max(len(col), FOLDED_MIN_WIDTH)))
+    needed = sum(least) + 3 * len(columns) - 1  # one space either side, one rule between
+    out = console()
+    narrow = out.width
+    fixed = narrow < needed
     t = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
-    for col in columns:
-        t.add_column(col, justify="right" if col.lower() in RIGHT else "left")
-    for row in rows:
-        t.add_row(*("" if v is None else str(v) for v in row))
-    console().print(t)
+    for k, col in enumerate(columns):
+        t.add_column(
+            col,
+            justify="right" if col.lower() in RIGHT else "left",
+            no_wrap=essential[k],
+            overflow="fold",
+            min_width=least[k],
+            width=least[k] if fixed else None,
+        )
+    for row in cells:
+        t.add_row(*row)
+    out.width = max(narrow, needed)
+    try:
+        out.print(t, crop=False)
+    finally:
+        out.width = narrow
 
 
-RIGHT = {"size", "used", "stored", "start", "bytes", "chunks", "new", "sector", "#", "number"}
+RIGHT = {
+    *("size", "used", "stored", "start", "bytes", "sector", "#", "number"),
+    *("chunks", "new", "holes", "unique"),
+}
+FOLDED_MIN_WIDTH = 8  # a folded column narrower than this is hard to read
+# never wrapped or cut: what a user types back (ids, devices, numbers) or compares (sizes)
+ESSENTIAL = RIGHT | {"id", "snapshot", "device", "region", "time"}
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 file``, ``2 files``, ``0 passes``, ``3 entries``: a count and its noun, agreeing."""
+    if count == 1:
+        return f"{count} {noun}"
+    if plural_form is None:
+        if noun.endswith(("s", "x", "ch", "sh")):
+            plural_form = noun + "es"
+        elif noun.endswith("y") and noun[-2:-1] not in tuple("aeiou"):
+            plural_form = noun[:-1] + "ies"
+        else:
+            plural_form = noun + "s"
+    return f"{count} {plural_form}"
 
 
 def adapted(gpt_moved: bool, grown: str | None) -> str:
@@ -148,24 +195,48 @@ def _progress_bars() -> Progress:
     )
 
 
+# the live bars being drawn now: a prompt pauses them (while they run, rich owns stderr
+# and would read "[y/N]" as markup and redraw over the question)
+_LIVE: list[Progress] = []
+
+
 @contextmanager
 def progress(json_output: bool) -> Iterator[ProgressReporter]:
     reporter = ProgressReporter(enabled=not json_output and sys.stderr.isatty())
     if reporter.progress is not None:
         with reporter.progress:
-            yield reporter
+            _LIVE.append(reporter.progress)
+            try:
+                yield reporter
+            finally:
+                _LIVE.remove(reporter.progress)
     else:
         yield reporter
 
 
-def confirmer(yes: bool) -> Any:
+def confirmer(yes: bool) -> Callable[[str], bool]:
     """The library's confirm callback: --yes says yes; a terminal asks; else no."""
 
     def confirm(question: str) -> bool:
-        if yes:
-            return True
-        if not sys.stdin.isatty():
-            return False
-        return click.confirm(f"{question}. Overwrite it?", default=False, err=True)
+        return yes or ask_yes_no(f"{question}. Overwrite it?")
 
     return confirm
+
+
+def ask_yes_no(question: str) -> bool:
+    """Ask ``question [y/N]`` on the terminal; Enter, end of input or no terminal
+    mean no, Ctrl-C interrupts. The one prompt every confirmation goes through."""
+    if not sys.stdin.isatty():
+        return False
+    for bars in _LIVE:
+        bars.stop()
+    try:
+        return click.confirm(question, default=False, err=True)
+    except click.Abort as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None  # Ctrl-C stops the command (exit 130)
+        click.echo(err=True)  # Ctrl-D: no
+        return False
+    finally:
+        for bars in _LIVE:
+            bars.start()

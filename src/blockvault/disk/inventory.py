@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +11,7 @@ from blockvault.disk.device import open_device
 from blockvault.disk.layout import DiskLayout, read_layout
 from blockvault.errors import BlockvaultError
 
-__all__ = ["DiskInfo", "list_disks"]
+__all__ = ["DiskInfo", "list_disks", "unreadable"]
 
 SKIP_PREFIXES = ("ram", "zram", "dm-", "md", "sr", "fd")
 
@@ -22,7 +24,34 @@ class DiskInfo:
     logical_sector_size: int
     physical_sector_size: int
     layout: DiskLayout | None
-    error: str | None = None  # why the layout could not be read
+    error: str | None = None  # why the layout could not be read, in words
+
+
+# errors a device can answer when opened or read, said the way a user can act on them
+UNREADABLE = {
+    errno.EACCES: "permission denied: run blockvault as root",
+    errno.EPERM: "permission denied: run blockvault as root",
+    errno.ENOMEDIUM: "no medium: the drive is empty (insert a disk or card)",
+    errno.EIO: "I/O error: the device failed to read (see dmesg; the disk may be failing)",
+    errno.ENXIO: "no such device: it was removed or is not ready",
+    errno.ENODEV: "no such device: it was removed or is not ready",
+    errno.EBUSY: "busy: held exclusively by another program or the kernel",
+}
+
+DENIED = (errno.EACCES, errno.EPERM)
+
+
+def unreadable(exc: BaseException) -> str:
+    """Why a device could not be read, in words: the first OS error behind ``exc``
+    (an error raised ``from None`` keeps it as its context) explained, else ``exc``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in UNREADABLE:
+            if seen.errno in DENIED and os.geteuid() == 0:
+                return "permission denied even to root (a container or security policy)"
+            return UNREADABLE[seen.errno]
+        seen = seen.__cause__ or seen.__context__
+    return str(exc)
 
 
 def _read(path: Path) -> str:
@@ -53,7 +82,7 @@ def list_disks(sys_block: Path = Path("/sys/block")) -> list[DiskInfo]:
         try:
             with open_device(Path("/dev") / name) as device:
                 layout = read_layout(device)
-        except BlockvaultError as exc:
-            error = str(exc)
+        except (BlockvaultError, OSError) as exc:
+            error = unreadable(exc)
         disks.append(DiskInfo(f"/dev/{name}", model, size, logical, physical, layout, error))
     return disks

@@ -66,8 +66,8 @@ def loop_device(image: Path, sector_size: int) -> Iterator[str]:
         text=True,
         check=False,
     )
-    if proc.returncode != 0:
-        pytest.skip(f"no loop device: {proc.stderr.strip()}")
+    if proc.returncode != 0:  # root, yet no loop device: a failure, not a reason to skip
+        raise AssertionError(f"losetup {image} failed: {proc.stderr.strip()}")
     device = proc.stdout.strip()
     try:
         yield device

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import click
 
-from blockvault.errors import PassphraseRequired, UsageError
+from blockvault.errors import NewPassphraseRequired, PassphraseRequired, UsageError
 from blockvault.repo import Repository
 
 __all__ = [
@@ -49,14 +49,17 @@ def read_password_file(path: str) -> str:
 def passphrase_source(
     ctx: click.Context,
     *,
-    confirm: bool = False,
+    new: str | None = None,
     file: str | None = None,
     env: str = PASSWORD_ENV,
+    option: str = "--password-file",
     prompt: str = "Passphrase",
 ) -> Callable[[], str]:
     """Where a passphrase comes from, asked only when the repository needs one:
     ``file`` (default: the global --password-file), else ``$env``, else a prompt that
-    never echoes (``confirm``: typed twice) when stdin is a terminal."""
+    never echoes when stdin is a terminal. ``new`` says what a new passphrase is for
+    (such as "creating encrypted repository R"): it is typed twice, and without a
+    terminal the error says how to give it (``$env`` or ``option``)."""
 
     def ask() -> str:
         path = file if file is not None else (ctx.obj or {}).get("password_file")
@@ -65,9 +68,11 @@ def passphrase_source(
         if env in os.environ:
             return os.environ[env]
         if not sys.stdin.isatty():
+            if new is not None:
+                raise NewPassphraseRequired(what=new, env=env, option=option)
             raise PassphraseRequired(repo=repo_location(ctx))
         text: str = click.prompt(
-            prompt, hide_input=True, confirmation_prompt=confirm, err=True, type=str
+            prompt, hide_input=True, confirmation_prompt=new is not None, err=True, type=str
         )
         return text
 

@@ -70,7 +70,7 @@ def register(group: click.Group) -> None:
         s = snap.stats
         click.echo(
             f"snapshot {snap.id[:12]} saved: {render.size(s.used_bytes)} used of "
-            f"{render.size(snap.disk_size)}, {s.new_chunks} new chunks, "
+            f"{render.size(snap.disk_size)}, {render.plural(s.new_chunks, 'new chunk')}, "
             f"{render.size(s.stored_bytes)} added to the repository in {s.seconds:.1f}s",
             err=True,
         )

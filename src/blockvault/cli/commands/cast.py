@@ -96,7 +96,7 @@ def register(group: click.Group) -> None:
             render.emit_json(result)
         else:
             render.table(
-                f"cast {snap.id[:12]}: {result.passes} pass{'es' * (result.passes != 1)} "
+                f"cast {snap.id[:12]}: {render.plural(result.passes, 'pass')} "
                 f"in {result.seconds:.1f}s",
                 ["receiver", "host", "status", "written", "seconds", "NAKed", "reason"],
                 [

@@ -50,23 +50,26 @@ def register(group: click.Group) -> None:
                 )
                 click.echo(f"{p.snapshot[:12] or '-'} {where}: {p.detail}", err=True)
             read = (
-                f", read {result.chunks_read} chunks ({render.size(result.bytes_read)})"
+                f", read {render.plural(result.chunks_read, 'chunk')} "
+                f"({render.size(result.bytes_read)})"
                 if read_data
                 else ""
             )
             verdict = (
                 "no problems"
                 if result.ok
-                else f"{len(result.problems)} problem(s) in "
-                f"{len(result.damaged_snapshots)} snapshot(s)"
+                else f"{render.plural(len(result.problems), 'problem')} in "
+                f"{render.plural(len(result.damaged_snapshots), 'snapshot')}"
             )
             click.echo(
-                f"checked {result.snapshots} snapshot(s), {result.chunks} chunks{read} "
+                f"checked {render.plural(result.snapshots, 'snapshot')}, "
+                f"{render.plural(result.chunks, 'chunk')}{read} "
                 f"in {result.seconds:.1f}s: {verdict}"
             )
             if result.unreferenced:
                 click.echo(
-                    f"{result.unreferenced} unreferenced chunk(s); 'blockvault gc' frees them"
+                    f"{render.plural(result.unreferenced, 'unreferenced chunk')}; "
+                    "'blockvault gc' frees them"
                 )
         if not result.ok:
             sys.exit(IntegrityError.exit_code)

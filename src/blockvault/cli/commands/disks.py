@@ -30,11 +30,21 @@ def register(group: click.Group) -> None:
                     render.size(d.size),
                     f"{d.logical_sector_size}/{d.physical_sector_size}",
                     d.layout.table_kind if d.layout else "?",
-                    render.size(d.layout.used_bytes) if d.layout else d.error or "",
+                    render.size(d.layout.used_bytes) if d.layout else "unreadable",
                 )
                 for d in found
             ],
         )
+        warnings: dict[str, None] = {}  # in order, each once
+        unreadable: dict[str, list[str]] = {}  # one line for the devices with one reason
         for d in found:
             if d.layout and d.layout.partitions:
-                show_layout(d.layout, boot_areas=False)
+                show_layout(d.layout, boot_areas=False, warnings=False)
+            if d.error:
+                unreadable.setdefault(d.error, []).append(d.path)
+            for warning in d.layout.warnings if d.layout else ():
+                warnings[f"{d.path} {warning}"] = None
+        for error, paths in unreadable.items():
+            warnings[f"{', '.join(paths)}: {error}"] = None
+        for warning in warnings:
+            render.warn(warning)

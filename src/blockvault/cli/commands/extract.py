@@ -49,8 +49,10 @@ def register(group: click.Group) -> None:
             render.emit_json(result)
         else:
             click.echo(
-                f"extracted {result.source} to {result.target}: {result.files} files, "
-                f"{result.directories} directories, {result.symlinks} symlinks, "
+                f"extracted {result.source} to {result.target}: "
+                f"{render.plural(result.files, 'file')}, "
+                f"{render.plural(result.directories, 'directory')}, "
+                f"{render.plural(result.symlinks, 'symlink')}, "
                 f"{render.size(result.bytes)}"
             )
         if result.skipped:

@@ -41,20 +41,25 @@ def register(group: click.Group) -> None:
             return
         verb = "would delete" if dry_run else "deleted"
         click.echo(
-            f"{result.snapshots} snapshot(s) reference {result.referenced_chunks} chunks; "
-            f"{verb} {result.deleted_chunks} chunks ({render.size(result.deleted_bytes)}) and "
-            f"{result.deleted_indexes} indexes in {result.seconds:.1f}s"
+            f"{render.plural(result.referenced_chunks, 'chunk')} referenced by "
+            f"{render.plural(result.snapshots, 'snapshot')}; {verb} "
+            f"{render.plural(result.deleted_chunks, 'chunk')} "
+            f"({render.size(result.deleted_bytes)}) and "
+            f"{render.plural(result.deleted_indexes, 'index')} in {result.seconds:.1f}s"
         )
         if result.kept_young:
             hosts = ", ".join(result.kept_by_session)
             running = (
-                f" ({result.live_sessions} backup(s) running on {hosts})"
+                f" ({render.plural(result.live_sessions, 'backup')} running on {hosts})"
                 if result.live_sessions
                 else ""
             )
             click.echo(
-                f"kept {result.kept_young} unreferenced object(s) too new to delete{running}; "
+                f"kept {render.plural(result.kept_young, 'unreferenced object')} too new to "
+                f"delete{running}; "
                 "a later gc frees them"
             )
         if result.stale_sessions:
-            click.echo(f"removed {result.stale_sessions} marker(s) of backups that died")
+            click.echo(
+                f"removed {render.plural(result.stale_sessions, 'marker')} of backups that died"
+            )

@@ -24,17 +24,29 @@ class RegionSummary:
 
 @dataclass(frozen=True)
 class SnapshotInfo:
+    """Sizes of one snapshot, each counted once, from its index and the stored chunks.
+
+    The dedup ratio compares the bytes the snapshot's chunks hold (a chunk used twice
+    counted twice) with those of its distinct chunks: 1.0 when no chunk repeats. Used
+    bytes that are all zero are holes, not chunks: they count in neither (an earlier
+    version divided used bytes by distinct bytes and so called skipped zeros "dedup")."""
+
     snapshot: Snapshot
     regions: tuple[RegionSummary, ...]
+    used_bytes: int  # bytes the filesystems use, boot areas included
+    hole_bytes: int  # used bytes that are all zero: no chunk stored for them
+    chunk_bytes: int  # bytes of the chunks the index references, repeats included
     unique_chunks: int
     plaintext_bytes: int  # bytes of the distinct chunks before compression
     stored_bytes: int  # bytes those chunks take in the repository
-    compression_ratio: float
-    dedup_ratio: float  # used bytes per distinct plaintext byte
+    compression_ratio: float  # plaintext_bytes / stored_bytes
+    dedup_ratio: float  # chunk_bytes / plaintext_bytes, within this snapshot
 
 
 def summarize(repo: Repository, snap: Snapshot, index: Index) -> SnapshotInfo:
     regions = []
+    hole_bytes = chunk_bytes = 0
+    sizes: dict[str, int] = {}
     for r in index.regions:
         ids = [c for c in r.chunk_ids if c != fmt.HOLE]
         regions.append(
@@ -42,24 +54,25 @@ def summarize(repo: Repository, snap: Snapshot, index: Index) -> SnapshotInfo:
                 r.name, r.size, r.used.total, len(ids), len(r.chunk_ids) - len(ids), len(set(ids))
             )
         )
-    unique = index.chunk_ids()
-    sizes = {
-        raw.hex(): min(index.chunk_size, r.size - k * index.chunk_size)
-        for r in index.regions
-        for k, raw in enumerate(r.chunk_ids)
-        if raw != fmt.HOLE
-    }
+        for ref in r.chunks(index.chunk_size):
+            if ref.chunk_id is None:
+                hole_bytes += ref.used.total
+            else:
+                chunk_bytes += ref.length
+                sizes[ref.chunk_id] = ref.length
     plain = sum(sizes.values())
-    stored = repo.stored_size(unique)
-    used = sum(r.used.total for r in index.regions)
+    stored = repo.stored_size(set(sizes))
     return SnapshotInfo(
         snap,
         tuple(regions),
-        len(unique),
+        sum(r.used.total for r in index.regions),
+        hole_bytes,
+        chunk_bytes,
+        len(sizes),
         plain,
         stored,
         round(plain / stored, 2) if stored else 0.0,
-        round(used / plain, 2) if plain else 0.0,
+        round(chunk_bytes / plain, 2) if plain else 0.0,
     )
 
 
@@ -115,8 +128,13 @@ def register(group: click.Group) -> None:
                 for r in summary.regions
             ],
         )
+        chunks = sum(r.chunks for r in summary.regions)
         click.echo(
-            f"distinct chunks {summary.unique_chunks}: {render.size(summary.plaintext_bytes)} "
-            f"-> {render.size(summary.stored_bytes)} stored "
-            f"(compression {summary.compression_ratio}x, dedup {summary.dedup_ratio}x)"
+            f"used {render.size(summary.used_bytes)}: "
+            f"{render.plural(chunks, 'chunk')} of {render.size(summary.chunk_bytes)}, "
+            f"{render.size(summary.hole_bytes)} of zeros kept as holes (nothing stored)\n"
+            f"{render.plural(summary.unique_chunks, 'distinct chunk')}: "
+            f"{render.size(summary.plaintext_bytes)} -> {render.size(summary.stored_bytes)} "
+            f"stored (compression {summary.compression_ratio:.2f}x, "
+            f"dedup within the snapshot {summary.dedup_ratio:.2f}x)"
         )

@@ -48,7 +48,9 @@ def register(group: click.Group) -> None:
             chunk_size=parse_size(chunk_size),
             compression=compression,
             encryption=encryption,
-            passphrase=passphrase_source(ctx, confirm=True, prompt="New passphrase"),
+            passphrase=passphrase_source(
+                ctx, new=f"creating encrypted repository {location}", prompt="New passphrase"
+            ),
         )
         if as_json:
             render.emit_json({**repo.config.__dict__, "key": repo.key_id})
@@ -56,7 +58,7 @@ def register(group: click.Group) -> None:
             click.echo(
                 f"created encrypted repository {repo.config.id[:12]} at {repo.location}; "
                 "without the passphrase nothing in it can be read: keep it safe, and a copy "
-                "of the key ('blockvault key export FILE')"
+                f"of the key ('blockvault -r {repo.location} key export FILE')"
             )
         else:
             click.echo(f"created repository {repo.config.id[:12]} at {repo.location}")

@@ -14,7 +14,7 @@ from blockvault.disk.system import choose_system
 from blockvault.errors import UsageError
 
 
-def show_layout(layout: DiskLayout, *, boot_areas: bool = True) -> None:
+def show_layout(layout: DiskLayout, *, boot_areas: bool = True, warnings: bool = True) -> None:
     render.table(
         f"{layout.path}: {render.size(layout.size)}, {layout.table_kind} table, "
         f"{layout.sector_size}-byte sectors",
@@ -38,7 +38,7 @@ def show_layout(layout: DiskLayout, *, boot_areas: bool = True) -> None:
             ["Start", "Bytes"],
             [(e.offset, e.length) for e in layout.boot_areas],
         )
-    for warning in layout.warnings:
+    for warning in layout.warnings if warnings else ():
         render.warn(warning)
 
 

@@ -71,9 +71,10 @@ def register(group: click.Group) -> None:
         old = repo.key_id
         ask = passphrase_source(
             ctx,
-            confirm=True,
+            new=f"changing the passphrase of {repo.location}",
             file=new_password_file or "",
             env="BLOCKVAULT_NEW_PASSWORD",
+            option="--new-password-file",
             prompt="New passphrase",
         )
         new = repo.change_passphrase(ask())

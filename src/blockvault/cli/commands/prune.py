@@ -153,6 +153,6 @@ def register(group: click.Group) -> None:
         )
         verb = "would remove" if dry_run else "removed"
         click.echo(
-            f"{verb} {len(removed)} of {len(decisions)} snapshot(s)"
+            f"{verb} {len(removed)} of {render.plural(len(decisions), 'snapshot')}"
             + ("; run 'blockvault gc' to free their space" if removed and not dry_run else "")
         )

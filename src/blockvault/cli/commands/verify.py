@@ -38,9 +38,12 @@ def register(group: click.Group) -> None:
         else:
             for p in result.problems:
                 click.echo(f"{p.snapshot[:12]} {p.region} @ {p.offset}: {p.detail}", err=True)
-            verdict = "OK" if result.ok else f"FAILED ({len(result.problems)} problems)"
+            verdict = (
+                "OK" if result.ok else f"FAILED ({render.plural(len(result.problems), 'problem')})"
+            )
             click.echo(
-                f"verified {len(result.snapshots)} snapshot(s), {result.chunks} chunks, "
+                f"verified {render.plural(len(result.snapshots), 'snapshot')}, "
+                f"{render.plural(result.chunks, 'chunk')}, "
                 f"{render.size(result.bytes)}"
                 + (f", compared with {against}" if against else "")
                 + f" in {result.seconds:.1f}s: {verdict}"
