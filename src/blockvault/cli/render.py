@@ -166,6 +166,15 @@ def confirmer(yes: bool) -> Any:
             return True
         if not sys.stdin.isatty():
             return False
-        return click.confirm(f"{question}. Overwrite it?", default=False, err=True)
+        # under live progress bars stderr is rich's proxy, which reads "[y/N]" as markup
+        live = type(sys.stderr).__name__ == "FileProxy"
+        choices = "\\[y/N]: " if live else "[y/N]: "
+        return click.confirm(
+            f"{question}. Overwrite it? {choices}",
+            default=False,
+            err=True,
+            show_default=False,
+            prompt_suffix="",
+        )
 
     return confirm
