@@ -251,3 +251,25 @@ def test_overwrite_prompt_shows_the_choices(disks: dict[str, BuiltDisk], tmp_pat
     os.close(leader)
     assert target.read_bytes() == before
     assert sh("sfdisk", "--dump", target)
+
+
+@pytest.mark.parametrize("how", ["restore", "clone"])
+def test_failure_while_laying_out_anew_leaves_no_table(
+    how: str, disks: dict[str, BuiltDisk], repo: Repository, tmp_path: Path
+) -> None:
+    """A smaller target: partitions are laid out anew (ext4 shrunk in a scratch file)."""
+    need_tools("resize2fs", "e2fsck")
+    disk = disks["gpt"]
+    target = tmp_path / "small.img"
+    with open(target, "wb") as f:
+        f.truncate(32 * MiB)
+    clone(str(disk.path), str(target), scratch=str(tmp_path))
+    assert has_table(target)
+    with pytest.raises(Stopped):
+        if how == "restore":
+            snap = _snapshot(repo, disk)
+            restore(repo, snap, str(target), confirm=lambda _: True, reporter=stop_after(1))
+        else:
+            clone(str(disk.path), str(target), confirm=lambda _: True, reporter=stop_after(1))
+    assert not has_table(target) and not finds_anything(target)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("blockvault-")] == []
