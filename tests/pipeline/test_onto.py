@@ -151,7 +151,7 @@ def test_storage_failure_says_the_target_is_incomplete(
     broken = Repository(faulty, repo.config)
     with pytest.raises(StorageError, match="injected fault") as failed:
         restore(broken, _snapshot(repo, disk), str(target), confirm=lambda _: True)
-    assert f"target {target} is incomplete" in str(failed.value)
+    assert f"target {target} is left incomplete" in str(failed.value)
     assert faulty.failures >= 1
     assert not has_table(target)
 

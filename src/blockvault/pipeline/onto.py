@@ -324,7 +324,7 @@ def _incomplete_on_failure(device: Device) -> Iterator[None]:
     except BlockvaultError as exc:
         # same class and exit code: only the one line the user reads grows
         exc.args = (
-            f"{exc}; target {device.path} is incomplete (its partition table is wiped), "
-            "write it again",
+            f"{exc}; target {device.path} is left incomplete, without a partition table "
+            "or filesystem signature; run the command again to complete it",
         )
         raise
