@@ -125,7 +125,7 @@ def plan_shrink(
 ) -> tuple[LayoutPlan, str | None]:
     """The layout on a smaller target and the directory for its scratch files (None:
     no filesystem shrinks). Refuses (nothing written) when the used data cannot fit or
-    no directory has room; without ``scratch`` the first of ``SCRATCH_PLACES`` with
+    no directory has room; without ``scratch`` the first of ``scratch_places()`` with
     room is taken."""
     if table is None:
         raise UsageError(
