@@ -28,7 +28,8 @@ from blockvault.repo import Repository
 from blockvault.repo import format as fmt
 from blockvault.storage.faulty import FaultyBackend
 from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
-from tests.conftest import blockvault, need_tools, sh
+from tests.conftest import blockvault, need_tools, needs_root, sh
+from tests.disk.test_sectors import sample
 
 MiB = 1024 * 1024
 
@@ -37,8 +38,8 @@ class Stopped(Exception):
     """Raised by the fault hook, standing for any failure or interruption."""
 
 
-def stop_after(chunks: int) -> Callable[[Event], None]:
-    """A reporter that raises once ``chunks`` pieces have been written."""
+def stop_after(chunks: int, error: type[BaseException] = Stopped) -> Callable[[Event], None]:
+    """A reporter that raises ``error`` once ``chunks`` pieces have been written."""
     seen = 0
 
     def reporter(event: Event) -> None:
@@ -46,7 +47,7 @@ def stop_after(chunks: int) -> Callable[[Event], None]:
         if isinstance(event, TaskAdvanced):
             seen += 1
             if seen > chunks:
-                raise Stopped
+                raise error
 
     return reporter
 
@@ -273,3 +274,42 @@ def test_failure_while_laying_out_anew_leaves_no_table(
             clone(str(disk.path), str(target), confirm=lambda _: True, reporter=stop_after(1))
     assert not has_table(target) and not finds_anything(target)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("blockvault-")] == []
+
+
+def test_interrupted_restore_leaves_no_table(
+    disks: dict[str, BuiltDisk], repo: Repository, tmp_path: Path
+) -> None:
+    """KeyboardInterrupt (what Ctrl-C raises) is no exception to the rule."""
+    disk = disks["mbr"]
+    target = _whole_copy(disk, tmp_path / "target.img")
+    with pytest.raises(KeyboardInterrupt):
+        restore(
+            repo,
+            _snapshot(repo, disk),
+            str(target),
+            confirm=lambda _: True,
+            reporter=stop_after(3, KeyboardInterrupt),
+        )
+    assert not has_table(target) and not finds_anything(target)
+
+
+@needs_root
+def test_failed_conversion_to_4096_byte_sectors_leaves_no_table(
+    tmp_path: Path, loop: Callable[..., str]
+) -> None:
+    """A copy converted to other sectors writes its table after the data too."""
+    need_tools("sgdisk", "mkfs.fat", "mkntfs", "mcopy")
+    content = tmp_path / "tree"
+    make_tree(content, 2 * MiB, seed=13)
+    disk = sample("gpt", content, tmp_path)
+    image = tmp_path / "4k.img"
+    with open(image, "wb") as f:
+        f.truncate(disk.size)
+    dev = loop(image, sector_size=4096)
+    clone(str(disk.path), dev, confirm=lambda _: True)
+    assert has_table(Path(dev))
+    with pytest.raises(Stopped):
+        clone(str(disk.path), dev, confirm=lambda _: True, reporter=stop_after(2))
+    assert not has_table(Path(dev)) and not finds_anything(Path(dev))
+    clone(str(disk.path), dev, confirm=lambda _: True)
+    assert "No problems found" in sh("sgdisk", "-v", dev)
