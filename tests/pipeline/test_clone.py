@@ -101,9 +101,10 @@ def test_refusals_write_nothing(gpt_disk: BuiltDisk, tmp_path: Path) -> None:
 
     small = tmp_path / "small.img"
     with open(small, "wb") as f:
-        f.truncate(gpt_disk.size - MiB)
+        f.truncate(4 * MiB)  # the used bytes alone do not fit
     too_small = blockvault("clone", gpt_disk.path, small)
     assert too_small.returncode == 2 and "Traceback" not in too_small.stderr
+    assert "nothing was written" in too_small.stderr, too_small.stderr
     assert small.read_bytes().count(0) == small.stat().st_size
 
     full = tmp_path / "full.img"
@@ -211,7 +212,7 @@ def test_grow_partition_to_partition(gpt_disk: BuiltDisk, tmp_path: Path, loop) 
     big = tmp_path / "raw-big.img"
     with open(big, "wb") as f:
         f.truncate(2 * MiB)
-    proc = blockvault("clone", swap, big, "--grow")
+    proc = blockvault("clone", swap, big, "--grow", "--raw")
     assert proc.returncode == 2 and "no filesystem blockvault can grow" in proc.stderr, proc.stderr
     assert big.read_bytes().count(0) == 2 * MiB
 

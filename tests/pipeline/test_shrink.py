@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -141,15 +142,41 @@ def test_refused_when_the_data_cannot_fit(tmp_path: Path) -> None:
 
 
 @needs_root
-def test_refused_without_scratch(tmp_path: Path) -> None:
+def test_shrinks_without_scratch_in_a_temporary_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No --scratch: the scratch files go to $TMPDIR (the first place with room), the
+    result says so, and they are gone afterwards."""
+    need_tools("resize2fs", "ntfsresize", "sgdisk")
+    disk = _gpt_disk(tmp_path)
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    target = _target(tmp_path / "small.img", 48 * MiB)
+    done = clone(str(disk.path), str(target), confirm=lambda _: True)
+    assert done.grown and "shrunk" in done.grown and f"scratch files in {tmp}" in done.grown
+    assert list(tmp.iterdir()) == []
+    assert "No problems found" in sh("sgdisk", "-v", target)
+    _same_files(disk, target, tmp_path)
+    again = _target(tmp_path / "again.img", 48 * MiB)
+    proc = blockvault("clone", disk.path, again, "--yes", env={"TMPDIR": str(tmp)})
+    assert proc.returncode == 0 and f"scratch files in {tmp}" in proc.stdout, proc.stderr
+    assert list(tmp.iterdir()) == []
+
+
+@needs_root
+def test_too_small_scratch_is_refused(tmp_path: Path) -> None:
     disk = _gpt_disk(tmp_path)
     target = _target(tmp_path / "small.img", 48 * MiB)
     before = _digest(target)
-    with pytest.raises(UsageError, match=r"pass --scratch DIR.* \d+ bytes free"):
-        clone(str(disk.path), str(target), confirm=lambda _: True)
-    assert _digest(target) == before
-    proc = blockvault("clone", disk.path, target, "--yes")  # the CLI: one line, exit 2
-    assert proc.returncode == 2 and "--scratch DIR" in proc.stderr, proc.stderr
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    sh("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", tiny)
+    try:
+        proc = blockvault("clone", disk.path, target, "--yes", "--scratch", tiny)
+    finally:
+        sh("umount", tiny)
+    assert proc.returncode == 2 and "bytes free" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert _digest(target) == before
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from blockvault.disk.device import Device, Reader, Region
+from blockvault.disk.device import Device, Reader, Region, open_device
 from blockvault.disk.fs import FilesystemInfo
 from blockvault.disk.fs.probe import known, probe, raw
 from blockvault.disk.table import Partition, PartitionTable, mbr
@@ -17,7 +17,7 @@ from blockvault.disk.table.probe import read_table
 from blockvault.errors import FilesystemError, PartitionTableError, SourceError
 from blockvault.extents import ExtentMap
 
-__all__ = ["DiskLayout", "PartitionLayout", "read_layout"]
+__all__ = ["DiskLayout", "PartitionLayout", "read_layout", "refuse_plain_file", "refuse_plain_path"]
 
 BIOS_BOOT_GUID = "21686148-6449-6e6f-744e-656564454649"  # GRUB's core image on GPT disks
 BIOS_BOOT_NOTE = "BIOS boot partition (boot loader code), imaged raw"
@@ -110,6 +110,27 @@ def read_layout(device: Device) -> DiskLayout:
     return DiskLayout(
         str(device.path), device.size, sector_size, table, tuple(layouts), boot, tuple(warnings)
     )
+
+
+def refuse_plain_file(device: Device, layout: DiskLayout) -> None:
+    """Refuse a regular file with neither a partition table nor a filesystem (a text
+    file, an archive) as a disk source: imaging it raw is rarely what was meant.
+    Block devices are disks whatever they hold."""
+    if device.is_block or layout.table is not None or device.size == 0:
+        return
+    if all(p.fs.type == "raw" for p in layout.partitions):
+        raise SourceError(
+            "is a regular file with neither a partition table nor a filesystem, so it "
+            "does not look like a disk image; pass --raw to copy it as raw bytes anyway",
+            path=device.path,
+        )
+
+
+def refuse_plain_path(path: str) -> None:
+    """``refuse_plain_file`` for a path (a block device is never refused)."""
+    with open_device(path) as device:
+        if not device.is_block:
+            refuse_plain_file(device, read_layout(device))
 
 
 def probe_partition(reader: Reader, part: Partition) -> FilesystemInfo:

@@ -3,7 +3,7 @@
 Shared by clone and restore. ``plan_grow`` and ``plan_shrink`` run before a byte is
 written (every refusal they can make happens there); ``apply_layout`` writes the
 source's partitions at their new places (a ``Source`` says how: clone reads its
-disk, restore its snapshot), shrinking filesystems in sparse scratch files first;
+disk, restore its snapshot), shrinking filesystems in scratch files first;
 ``apply_grow`` runs after the data is on the target.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -20,7 +21,6 @@ from blockvault.disk.device import Device, Region, open_device
 from blockvault.disk.fs.hidden import move_hidden_sectors
 from blockvault.disk.fs.probe import probe
 from blockvault.disk.fs.resize import can_grow, can_shrink, grow_filesystem, shrink_filesystem
-from blockvault.disk.layout import DiskLayout
 from blockvault.disk.plan import (
     LayoutPlan,
     grown_table,
@@ -33,10 +33,10 @@ from blockvault.disk.table.write import write_table
 from blockvault.errors import UsageError
 from blockvault.extents import ExtentMap
 from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
+from blockvault.pipeline.events import quiet as quiet_reporter
 from blockvault.pipeline.stages import READ_THROUGH_GAP, ordered_map, read_chunk, write_used
 
 __all__ = [
-    "DeviceSource",
     "GrowPlan",
     "Source",
     "apply_grow",
@@ -44,10 +44,12 @@ __all__ = [
     "copy_used",
     "plan_grow",
     "plan_shrink",
+    "scratch_places",
     "shrunk_summary",
 ]
 
 MIB = 1024 * 1024
+SCRATCH_MARGIN = 64 * MIB  # left free beside chosen scratch files for everyone else
 PIECE = 4 * MIB
 THREADS = 8
 
@@ -120,9 +122,11 @@ def plan_shrink(
     used: dict[int, int],
     target_size: int,
     scratch: str | None,
-) -> LayoutPlan:
-    """The layout on a smaller target; refuses (nothing written) when the used data
-    cannot fit, and when a filesystem must shrink but no usable scratch directory is given."""
+) -> tuple[LayoutPlan, str | None]:
+    """The layout on a smaller target and the directory for its scratch files (None:
+    no filesystem shrinks). Refuses (nothing written) when the used data cannot fit or
+    no directory has room; without ``scratch`` the first of ``scratch_places()`` with
+    room is taken."""
     if table is None:
         raise UsageError(
             "the target is smaller than the source, which has no partition table to lay "
@@ -131,15 +135,11 @@ def plan_shrink(
     minimums = {n: fs_minimum(filesystems.get(n, ""), used.get(n, 0)) for n in filesystems}
     plan = shrunk_layout(table, target_size, minimums)
     shrinking = [p.number for p in plan.placements if p.action == "shrink"]
+    if not shrinking:
+        return plan, None
     need = sum(used.get(n, 0) for n in shrinking)
     names = ", ".join(map(str, shrinking))
-    if shrinking and scratch is None:
-        raise UsageError(
-            f"the target is smaller than the source: partition(s) {names} must shrink; "
-            f"pass --scratch DIR, a directory with about {need} bytes free for sparse "
-            "scratch files; nothing was written"
-        )
-    if shrinking and scratch is not None:
+    if scratch is not None:
         if not Path(scratch).is_dir():
             raise UsageError(f"--scratch {scratch} is not a directory; nothing was written")
         free = shutil.disk_usage(scratch).free
@@ -148,7 +148,29 @@ def plan_shrink(
                 f"--scratch {scratch} has {free} bytes free, shrinking partition(s) {names} "
                 f"needs about {need}; nothing was written"
             )
-    return plan
+        return plan, scratch
+    for place in scratch_places():
+        if _free(place) >= need + SCRATCH_MARGIN:
+            return plan, place
+    raise UsageError(
+        f"the target is smaller than the source: partition(s) {names} must shrink in "
+        f"sparse scratch files, which need about {need} bytes free, and none of "
+        f"{', '.join(scratch_places())} has that; pass --scratch DIR; nothing was written"
+    )
+
+
+def scratch_places() -> list[str]:
+    """Where scratch files may go without --scratch: the temporary directory
+    (TMPDIR), then /var/tmp (on disk where /tmp is a tmpfs in memory)."""
+    places = [tempfile.gettempdir(), "/var/tmp"]
+    return [p for i, p in enumerate(places) if p not in places[:i]]
+
+
+def _free(path: str) -> int:
+    try:
+        return shutil.disk_usage(path).free if os.access(path, os.W_OK) else 0
+    except OSError:
+        return 0
 
 
 class Source(Protocol):
@@ -158,26 +180,9 @@ class Source(Protocol):
         """Write partition ``number``'s used bytes to ``dest``, ``shift`` bytes from its place."""
         ...
 
-    def write_head(self, dest: Device, end: int, fresh: bool) -> int:
-        """Write the boot-area bytes before ``end`` (boot code, the gap with core.img)."""
+    def write(self, dest: Device, within: ExtentMap, fresh: bool, reporter: Reporter) -> int:
+        """Write the used bytes that lie ``within`` (disk offsets) to the same offsets."""
         ...
-
-
-@dataclass(frozen=True)
-class DeviceSource:
-    """A source disk read through its layout (clone)."""
-
-    device: Device
-    layout: DiskLayout
-
-    def write_partition(self, number: int, dest: Device, shift: int, fresh: bool) -> int:
-        part = self.layout.partition(number)
-        assert part is not None
-        start = part.partition.start
-        return copy_used(self.device, start, part.fs.used, dest, start + shift)
-
-    def write_head(self, dest: Device, end: int, fresh: bool) -> int:
-        return copy_used(self.device, 0, self.layout.boot_areas.clip(0, end), dest, 0)
 
 
 def copy_used(source: Device, base: int, used: ExtentMap, target: Device, target_base: int) -> int:
@@ -202,11 +207,12 @@ def apply_layout(
     *,
     fresh: bool,
     scratch: str | None,
-    boot_sector: bytes,
+    skip: ExtentMap,
     used_bytes: int,
     reporter: Reporter,
 ) -> int:
-    """Write the source onto ``device`` laid out as ``plan``; bytes written.
+    """Write the source onto ``device`` laid out as ``plan``, all but the table (the
+    caller writes it last) and the boot-area bytes in ``skip``; bytes written.
     ``used_bytes`` (the source's) sizes the progress bar, advanced per partition.
 
     Every filesystem that shrinks is first written to a sparse file in ``scratch``,
@@ -226,7 +232,8 @@ def apply_layout(
                 source.write_partition(p.number, copy, -p.old_start, True)
                 copy.sync()
             shrink_filesystem(path, p.size, filesystems.get(p.number, ""))
-        written = source.write_head(device, plan.first_start, fresh)
+        head = ExtentMap.span(0, plan.first_start) - skip
+        written = source.write(device, head, fresh, quiet_reporter)
         reporter(TaskAdvanced("lay out", written))
         for p in plan.placements:
             before = written
@@ -246,17 +253,17 @@ def apply_layout(
     for p in plan.placements:
         if p.shift:
             move_hidden_sectors(device, p.start, p.size, plan.table.sector_size)
-    write_table(device, plan.table, boot_sector)
     reporter(TaskFinished("lay out"))
     return written
 
 
-def shrunk_summary(plan: LayoutPlan) -> str:
-    """A report line: which partitions shrank or moved."""
+def shrunk_summary(plan: LayoutPlan, scratch: str | None = None) -> str:
+    """A report line: which partitions shrank or moved, and where they were shrunk."""
     done = [
         f"partition {p.number} {'shrunk' if p.action == 'shrink' else 'moved'} "
         f"to {p.size} bytes at byte {p.start}"
         for p in plan.placements
         if p.action == "shrink" or p.shift
     ]
-    return "; ".join(done) or "laid out anew"
+    where = f" (shrunk in scratch files in {scratch})" if scratch and done else ""
+    return ("; ".join(done) or "laid out anew") + where

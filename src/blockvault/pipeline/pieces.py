@@ -38,6 +38,11 @@ class Piece:
         """This piece less ``disk_bytes`` (disk offsets): parts rewritten afterwards."""
         return replace(self, used=self.used - disk_bytes.shift(-self.base))
 
+    def within(self, disk_bytes: ExtentMap) -> Piece:
+        """This piece with only the used bytes in ``disk_bytes`` (disk offsets)."""
+        mine = disk_bytes.clip(self.base + self.offset, self.length).shift(-self.base)
+        return replace(self, used=self.used & mine)
+
 
 def cut(
     start: int,

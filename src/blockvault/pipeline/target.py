@@ -17,6 +17,8 @@ from blockvault.disk.device import Device, open_device
 from blockvault.disk.usage import mounts_using, repository_on
 from blockvault.errors import (
     DeviceError,
+    SourceError,
+    TargetError,
     TargetHoldsRepository,
     TargetInUse,
     TargetNotEmpty,
@@ -71,16 +73,19 @@ def open_target(
     p = Path(path)
     if repository_on(p, repository_path):
         raise TargetHoldsRepository(path=p, repo=repository_path)
-    if not p.exists():
-        return OpenedTarget(open_device(p, write=True, create_size=need), fresh=True, created=True)
-    mounts = mounts_using(p)
-    if mounts:
-        m = mounts[0]
-        raise TargetInUse(f"{m.mountpoint} is mounted from it ({m.via})", path=p)
     try:
+        if not p.exists():
+            created = open_device(p, write=True, create_size=need)
+            return OpenedTarget(created, fresh=True, created=True)
+        mounts = mounts_using(p)
+        if mounts:
+            m = mounts[0]
+            raise TargetInUse(f"{m.mountpoint} is mounted from it ({m.via})", path=p)
         device = open_device(p, write=True, exclusive=True)
     except DeviceError as exc:
         raise TargetInUse(str(exc.fields.get("detail")), path=p) from None
+    except SourceError as exc:  # open_device speaks of sources: this one is the target
+        raise TargetError(str(exc.fields.get("detail")), path=p) from None
     try:
         if not device.is_block and device.size == 0:
             os.ftruncate(device.fd, need)

@@ -84,7 +84,9 @@ def verify(
     try:
         if source is not None and source.size < snapshots[0].disk_size:
             raise UsageError(
-                f"{against} has {source.size} bytes, the snapshot's disk {snapshots[0].disk_size}"
+                f"{against} has {source.size} bytes, fewer than the {snapshots[0].disk_size} "
+                "bytes of the disk the snapshot was taken of, so it cannot be compared "
+                "with the snapshot"
             )
         indexes: list[tuple[Snapshot, Index]] = []
         problems: list[Problem] = []

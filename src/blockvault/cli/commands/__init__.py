@@ -19,6 +19,7 @@ __all__ = [
     "new_ids_option",
     "open_repo",
     "passphrase_source",
+    "raw_option",
     "read_password_file",
     "register",
     "repo_location",
@@ -105,13 +106,20 @@ grow_partition_option = click.option(
     metavar="N",
     help="Like --grow, for partition N; the partitions after it move to the disk's end.",
 )
+raw_option = click.option(
+    "--raw",
+    is_flag=True,
+    help="Take a regular file with neither a partition table nor a filesystem as a disk "
+    "anyway (its bytes are copied raw, all-zero runs skipped).",
+)
 scratch_option = click.option(
     "--scratch",
     type=click.Path(file_okay=False, exists=True, writable=True),
     metavar="DIR",
     help="On a smaller target: a directory for sparse scratch files in which ext2/3/4 "
     "and NTFS filesystems are shrunk before they are written (needs about their used "
-    "bytes free; the files are removed afterwards).",
+    "bytes free; the files are removed afterwards). Default: the first of $TMPDIR (or "
+    "/tmp) and /var/tmp with room.",
 )
 
 

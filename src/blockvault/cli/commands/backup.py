@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, open_repo, system_root_option
+from blockvault.cli.commands import json_option, open_repo, raw_option, system_root_option
+from blockvault.disk.layout import refuse_plain_path
 from blockvault.disk.system import choose_system
 from blockvault.errors import UsageError
 from blockvault.pipeline.backup import backup
@@ -40,6 +41,7 @@ def register(group: click.Group) -> None:
         "and the partitions of /, /boot, /boot/efi, EFI System and BIOS boot.",
     )
     @system_root_option
+    @raw_option
     @json_option
     @click.pass_context
     def backup_command(
@@ -50,6 +52,7 @@ def register(group: click.Group) -> None:
         compression: str | None,
         system: bool,
         root: str,
+        raw: bool,
         as_json: bool,
     ) -> None:
         """Image SOURCE (a block device or disk image file) into the repository, reading
@@ -59,6 +62,8 @@ def register(group: click.Group) -> None:
         if source is None:
             choice = choose_system(Path(root))
             source, partitions = str(choice.disk), partitions or choice.partitions
+        if not raw:
+            refuse_plain_path(source)
         repo = open_repo(ctx)
         if compression:
             repo = repo.with_compression(compression)

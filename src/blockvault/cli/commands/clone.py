@@ -9,6 +9,7 @@ from blockvault.cli.commands import (
     grow_partition_option,
     json_option,
     new_ids_option,
+    raw_option,
     scratch_option,
 )
 from blockvault.errors import UsageError
@@ -52,6 +53,7 @@ def register(group: click.Group) -> None:
         metavar="N",
         help="With --into-free: copy partition N of the disk or image SOURCE.",
     )
+    @raw_option
     @json_option
     def clone_command(
         source: str,
@@ -65,6 +67,7 @@ def register(group: click.Group) -> None:
         scratch: str | None,
         into_free: bool,
         partition: int | None,
+        raw: bool,
         as_json: bool,
     ) -> None:
         """Copy SOURCE (a disk, partition or image file) onto TARGET, reading only used
@@ -97,6 +100,7 @@ def register(group: click.Group) -> None:
                 grow=grow,
                 grow_partition=grow_partition,
                 scratch=scratch,
+                raw=raw,
                 reporter=reporter,
             )
         if as_json:
