@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from blockvault.errors import RepositoryBusy, RepositoryError, SessionExpired
+from blockvault.events import Event, TaskAdvanced, Warned
 from blockvault.pipeline.backup import backup
-from blockvault.pipeline.events import Event, TaskAdvanced, Warned
 from blockvault.pipeline.restore import restore
 from blockvault.repo import Repository, Snapshot
 from blockvault.repo import format as fmt

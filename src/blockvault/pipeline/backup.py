@@ -21,9 +21,9 @@ from blockvault.disk.layout import DiskLayout, read_layout
 from blockvault.disk.table.gpt import backup_area
 from blockvault.disk.usage import mounts_using
 from blockvault.errors import BlockvaultError, SourceError, UsageError
+from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted, Warned
+from blockvault.events import quiet as quiet_reporter
 from blockvault.extents import ExtentMap
-from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted, Warned
-from blockvault.pipeline.events import quiet as quiet_reporter
 from blockvault.pipeline.stages import is_zero, ordered_map, read_chunk, workers
 from blockvault.repo import Index, PartitionRecord, Region, Repository, Snapshot, Stats
 from blockvault.repo import format as fmt

@@ -23,6 +23,8 @@ from blockvault.disk.table.probe import read_table
 from blockvault.disk.table.write import write_table
 from blockvault.disk.usage import mounts_using
 from blockvault.errors import SourceError, TargetTooSmall, UsageError
+from blockvault.events import Reporter
+from blockvault.events import quiet as quiet_reporter
 from blockvault.extents import ExtentMap
 from blockvault.pipeline.adapt import (
     DeviceSource,
@@ -33,8 +35,6 @@ from blockvault.pipeline.adapt import (
     shrunk_summary,
 )
 from blockvault.pipeline.backup import boot_area_map, plan_regions
-from blockvault.pipeline.events import Reporter
-from blockvault.pipeline.events import quiet as quiet_reporter
 from blockvault.pipeline.pieces import Piece, copy_pieces, cut, verify_pieces
 from blockvault.pipeline.stages import READ_THROUGH_GAP
 from blockvault.pipeline.target import Confirm, open_target

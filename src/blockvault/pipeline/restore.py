@@ -18,6 +18,8 @@ from blockvault.disk.table import PartitionTable, gpt
 from blockvault.disk.table.probe import read_table
 from blockvault.disk.table.write import write_table
 from blockvault.errors import TargetTooSmall, UsageError
+from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
+from blockvault.events import quiet as quiet_reporter
 from blockvault.extents import ExtentMap
 from blockvault.pipeline.adapt import (
     GrowPlan,
@@ -27,8 +29,6 @@ from blockvault.pipeline.adapt import (
     plan_shrink,
     shrunk_summary,
 )
-from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
-from blockvault.pipeline.events import quiet as quiet_reporter
 from blockvault.pipeline.stages import ordered_map, workers, write_used, zero_fill
 from blockvault.pipeline.target import Confirm, OpenedTarget, open_target
 from blockvault.repo import ChunkRef, Index, Region, Repository, Snapshot
