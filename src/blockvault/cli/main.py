@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from blockvault import __version__
+from blockvault import __version__, interrupts
 from blockvault.cli import commands
-from blockvault.errors import BlockvaultError
+from blockvault.errors import BlockvaultError, Interrupted
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -34,8 +34,11 @@ class Group(click.Group):
         except BlockvaultError as exc:
             click.echo(f"blockvault: error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("blockvault: interrupted; the repository is unchanged", err=True)
+        except Interrupted as exc:
+            click.echo(f"blockvault: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:  # a SIGINT before install() (or with it replaced)
+            click.echo("blockvault: interrupted by SIGINT", err=True)
             sys.exit(130)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -88,7 +91,8 @@ def cli(
 
     Only the blocks each filesystem uses are read (ext2/3/4, FAT, NTFS, swap);
     boot areas are always kept. Exit codes: 0 ok, 1 error, 2 bad usage or refused
-    target, 3 repository problem, 4 damaged data, 130 interrupted.
+    target, 3 repository problem, 4 damaged data, 130/143/129 interrupted by
+    SIGINT/SIGTERM/SIGHUP (after cleaning up; the last line says what was left).
     """
     ctx.obj = {"repo": repo, "password_file": password_file, "s3_endpoint": s3_endpoint}
     if s3_endpoint:
@@ -98,4 +102,7 @@ def cli(
 
 
 def main() -> None:
+    # the one place signals become exceptions: SIGINT, SIGTERM and SIGHUP raise
+    # Interrupted, so every command cleans up on the way out (blockvault/interrupts.py)
+    interrupts.install()
     cli(prog_name="blockvault")

@@ -1,18 +1,26 @@
 """Fault injection: a backend wrapper that fails chosen operations on purpose.
 
 Tests put it under ``RetryingBackend`` to check that transient failures are retried
-and that permanent ones surface as one clear error. Nothing in the product uses it.
+and that permanent ones surface as one clear error. With ``signal`` it instead sends
+that signal to its own process once, at the chosen call: a deterministic interruption
+(after so many chunks) for the tests of SIGINT, SIGTERM and SIGHUP. Tests of the CLI
+set ``$BLOCKVAULT_FAULTS`` (see ``from_spec``), which ``open_backend`` honours;
+nothing else in the product uses it.
 """
 
 from __future__ import annotations
 
+import os
+import signal as signals
 import threading
 from collections.abc import Iterator
 
 from blockvault.errors import StorageError, TransientStorageError
 from blockvault.storage.backend import Backend
 
-__all__ = ["FaultyBackend"]
+__all__ = ["FAULTS_ENV", "FaultyBackend"]
+
+FAULTS_ENV = "BLOCKVAULT_FAULTS"  # e.g. "signal=TERM,every=37,operations=write"
 
 
 class FaultyBackend(Backend):
@@ -27,6 +35,7 @@ class FaultyBackend(Backend):
         every: int = 2,
         operations: frozenset[str] = frozenset({"write"}),
         transient: bool = True,
+        signal: int = 0,
     ) -> None:
         self.inner = inner
         self.location = inner.location
@@ -34,6 +43,7 @@ class FaultyBackend(Backend):
         self.every = every
         self.operations = operations
         self.transient = transient
+        self.signal = signal  # instead of failing: sent to this process once
         self.calls = 0
         self.failures = 0
         self._lock = threading.Lock()
@@ -43,12 +53,28 @@ class FaultyBackend(Backend):
             return
         with self._lock:
             self.calls += 1
-            fail = self.calls % self.every == 0
+            fail = self.calls % self.every == 0 and not (self.signal and self.failures)
             if fail:
                 self.failures += 1
-        if fail:
+        if fail and self.signal:
+            os.kill(os.getpid(), self.signal)
+        elif fail:
             cls = TransientStorageError if self.transient else StorageError
             raise cls(f"{operation} {name}: injected fault", location=self.location)
+
+    @classmethod
+    def from_spec(cls, inner: Backend, spec: str) -> FaultyBackend:
+        """``inner`` wrapped as ``spec`` says: comma-separated ``every=N``,
+        ``operations=write+delete``, ``permanent`` and ``signal=TERM`` (or INT, HUP)."""
+        options = dict(item.partition("=")[::2] for item in spec.split(",") if item)
+        name = options.get("signal", "")
+        return cls(
+            inner,
+            every=int(options.get("every", "2")),
+            operations=frozenset(options.get("operations", "write").split("+")),
+            transient="permanent" not in options,
+            signal=signals.Signals[f"SIG{name}"].value if name else 0,
+        )
 
     def read(self, name: str) -> bytes:
         self._maybe_fail("read", name)

@@ -130,6 +130,7 @@ COMMANDS = (
     "umount",
     "prune",
     "gc",
+    "unlock",
     "check",
     "demo",
     "cast",
