@@ -36,7 +36,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from blockvault.errors import ObjectNotFound, RepositoryBusy, SessionExpired, StorageError
+from blockvault.errors import (
+    Interrupted,
+    ObjectNotFound,
+    RepositoryBusy,
+    SessionExpired,
+    StorageError,
+)
+from blockvault.interrupts import shielded
 from blockvault.repo import format as fmt
 from blockvault.storage import Backend
 
@@ -161,14 +168,19 @@ class Marker:
 
     # --- life cycle ----------------------------------------------------------------
     def __enter__(self) -> Self:
-        self.write()
         try:
-            self.start = self.backend.modified(self.name)
-        except StorageError:
-            self.start = None  # this storage has no times: backups work, gc refuses
-        self._thread = threading.Thread(target=self._beat, name=f"{self.kind}-heartbeat")
-        self._thread.daemon = True
-        self._thread.start()
+            with shielded():  # a signal waits until the marker is up, then takes it down
+                self.write()
+                try:
+                    self.start = self.backend.modified(self.name)
+                except StorageError:
+                    self.start = None  # this storage has no times: backups work, gc refuses
+                self._thread = threading.Thread(target=self._beat, name=f"{self.kind}-heartbeat")
+                self._thread.daemon = True
+                self._thread.start()
+        except Interrupted:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(
@@ -177,10 +189,11 @@ class Marker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.withdraw()
+        with shielded():  # never leave the marker behind half-way through leaving
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            self.withdraw()
 
     def write(self) -> None:
         """(Re)write the marker now; its modification time becomes the heartbeat."""

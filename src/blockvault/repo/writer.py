@@ -59,8 +59,7 @@ class WriterSession:
         self._flush_error: BlockvaultError | None = None
 
     def __enter__(self) -> Self:
-        with shielded():  # a signal waits until the marker is up, then __exit__ runs
-            self.marker.__enter__()
+        self.marker.__enter__()  # up whole, or not at all (even when interrupted)
         try:
             # list storage only now: a gc that starts later sees our marker and spares
             # anything we deduplicate against from here on
@@ -84,6 +83,7 @@ class WriterSession:
         while a gc sweeps, and only once every chunk the index names is in storage.
         Returns the snapshot with its id."""
         marker = self.marker
+        self.repo.flush()  # so that the listing below sees every chunk stored so far
         marker.set_state(COMMITTING)
         marker.wait_for(fmt.GC_DIR, SWEEPING, marker.timing.gc_grace, "a gc")
         missing = index.chunk_ids() - self.repo.stored_chunk_ids()
