@@ -10,7 +10,6 @@ nothing else in the product uses it.
 
 from __future__ import annotations
 
-import os
 import signal as signals
 import threading
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ class FaultyBackend(Backend):
         operations: frozenset[str] = frozenset({"write"}),
         transient: bool = True,
         signal: int = 0,
+        under: str = "",
     ) -> None:
         self.inner = inner
         self.location = inner.location
@@ -44,12 +44,13 @@ class FaultyBackend(Backend):
         self.operations = operations
         self.transient = transient
         self.signal = signal  # instead of failing: sent to this process once
+        self.under = under  # only calls on names starting with this count
         self.calls = 0
         self.failures = 0
         self._lock = threading.Lock()
 
     def _maybe_fail(self, operation: str, name: str) -> None:
-        if operation not in self.operations:
+        if operation not in self.operations or not name.startswith(self.under):
             return
         with self._lock:
             self.calls += 1
@@ -57,7 +58,9 @@ class FaultyBackend(Backend):
             if fail:
                 self.failures += 1
         if fail and self.signal:
-            os.kill(os.getpid(), self.signal)
+            # to the main thread, as a terminal's Ctrl-C usually lands: its wait for
+            # workers is cut short there, not only when the next result comes in
+            signals.pthread_kill(threading.main_thread().ident or 0, self.signal)
         elif fail:
             cls = TransientStorageError if self.transient else StorageError
             raise cls(f"{operation} {name}: injected fault", location=self.location)
@@ -65,7 +68,8 @@ class FaultyBackend(Backend):
     @classmethod
     def from_spec(cls, inner: Backend, spec: str) -> FaultyBackend:
         """``inner`` wrapped as ``spec`` says: comma-separated ``every=N``,
-        ``operations=write+delete``, ``permanent`` and ``signal=TERM`` (or INT, HUP)."""
+        ``operations=write+delete``, ``under=PREFIX`` (only names starting with it),
+        ``permanent`` and ``signal=TERM`` (or INT, HUP)."""
         options = dict(item.partition("=")[::2] for item in spec.split(",") if item)
         name = options.get("signal", "")
         return cls(
@@ -74,6 +78,7 @@ class FaultyBackend(Backend):
             operations=frozenset(options.get("operations", "write").split("+")),
             transient="permanent" not in options,
             signal=signals.Signals[f"SIG{name}"].value if name else 0,
+            under=options.get("under", ""),
         )
 
     def read(self, name: str) -> bytes:
