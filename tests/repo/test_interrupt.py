@@ -22,6 +22,7 @@ import pytest
 
 from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.conftest import blockvault as run
+from tests.repo.test_faults import process_state
 
 MiB = 1024 * 1024
 SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
@@ -182,7 +183,7 @@ def test_killed_backup_leaves_a_marker_that_unlock_removes(disk: BuiltDisk, tmp_
     )
     try:
         deadline = time.monotonic() + 60
-        while _state(backup.pid) != "T":  # stopped by its own SIGSTOP
+        while process_state(backup.pid) != "T":  # stopped by its own SIGSTOP
             assert time.monotonic() < deadline and backup.poll() is None
             time.sleep(0.05)
         markers = list((repo / "sessions").glob("*"))
@@ -230,8 +231,3 @@ def test_unlock_older_than_for_markers_of_other_machines(tmp_path: Path) -> None
     assert removed.stdout.startswith("removed backup marker sessions/elsewhere: silent for 3")
     assert not marker.exists()
     assert leftovers(repo) == []
-
-
-def _state(pid: int) -> str:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0]
