@@ -161,6 +161,7 @@ class Marker:
         self._clock = clock
         self._last_beat = 0.0  # clock() of the last successful write
         self._lapsed = False  # a heartbeat came later than the grace period allows
+        self._lost = False  # the marker vanished while this process was up
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -210,6 +211,8 @@ class Marker:
             now = self._clock()
             if self._written and now - self._last_beat > self.grace:
                 self._lapsed = True
+            if self._written and not self.backend.exists(self.name):
+                self._lost = True  # someone removed it (gc, unlock): rewriting is too late
             self.backend.write(self.name, json.dumps(body).encode())
             self._last_beat = self._clock()
             self._written = True
@@ -243,8 +246,8 @@ class Marker:
             detail = f"went longer than its grace period of {self.grace:.0f}s without a heartbeat"
         elif silent > self.grace / 2:
             detail = f"has had no heartbeat for {silent:.0f}s (grace period {self.grace:.0f}s)"
-        elif not self.backend.exists(self.name):
-            detail = "lost its marker (a gc took it for stale)"
+        elif self._lost or not self.backend.exists(self.name):
+            detail = "lost its marker (a gc or 'unlock' took it for dead)"
         if detail:
             remedy = (
                 "a gc may have removed what it stored, so nothing was committed: run it again"
