@@ -104,23 +104,25 @@ class WriterSession:
         kept = ""
         try:
             with shielded():  # a signal now is raised once the cleanup is done
-                if self.snapshot is None:
-                    # what was stored stays durable, for a rerun to reuse, even on failure
-                    try:
-                        self.repo.flush()
-                    except BlockvaultError as error:
-                        if exc is None:
-                            raise
-                        self._flush_error = error
                 try:
-                    self.marker.__exit__(exc_type, exc, tb)
-                except BlockvaultError:
-                    if exc is None:
-                        raise
-                    kept = (
-                        f"; its marker {self.marker.name} could not be removed: "
-                        "'blockvault unlock' removes it"
-                    )
+                    if self.snapshot is None:
+                        # what was stored stays durable, for a rerun to reuse, even on failure
+                        try:
+                            self.repo.flush()
+                        except BlockvaultError as error:
+                            self._flush_error = error
+                            if exc is None:
+                                raise
+                finally:
+                    try:
+                        self.marker.__exit__(exc_type, exc, tb)
+                    except BlockvaultError:
+                        if exc is None and self._flush_error is None:
+                            raise
+                        kept = (
+                            f"; its marker {self.marker.name} could not be removed: "
+                            "'blockvault unlock' removes it"
+                        )
         except Interrupted as late:  # arrived during the cleanup
             late.outcome = self.outcome()
             raise
@@ -133,8 +135,9 @@ class WriterSession:
             return f"snapshot {self.snapshot.id[:12]} was written before it stopped"
         if self._flush_error is not None:
             return (
-                f"no snapshot was written; {self.stored_chunks} chunk(s) were written "
-                f"but not made durable ({self._flush_error}); gc removes what is left"
+                f"no snapshot was written; of the {self.stored_chunks} chunk(s) written, "
+                f"the last could not be made durable ({self._flush_error}): a rerun stores "
+                "them again and gc removes what is left of them"
             )
         if not self.stored_chunks:
             return "no snapshot was written and no chunk was stored; the repository is unchanged"
