@@ -99,8 +99,10 @@ def test_stale_session_is_ignored_and_removed(repo: Repository) -> None:
 def test_gc_steps_aside_while_a_backup_commits(repo: Repository) -> None:
     with Marker(repo.backend, fmt.SESSION_DIR, "backup", timing=FAST) as session:
         session.set_state(COMMITTING)
-        with pytest.raises(RepositoryBusy):
+        with pytest.raises(RepositoryBusy) as busy:
             collect_garbage(repo, timing=Timing(margin=0, poll=0.01, wait=0.3))
+        assert f"{session.name} by pid {os.getpid()}" in str(busy.value)
+        assert "'blockvault unlock' removes their markers" in str(busy.value)
         assert read_markers(repo.backend, fmt.GC_DIR) == []  # the flag was withdrawn
 
 

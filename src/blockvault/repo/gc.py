@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -33,6 +32,7 @@ from blockvault.repo.sessions import (
     Marker,
     MarkerInfo,
     Timing,
+    owners,
     read_markers,
 )
 
@@ -208,17 +208,12 @@ def _quiet_moment(flag: Marker, timing: Timing) -> float:
         flag.withdraw()
         if time.monotonic() > deadline:
             raise RepositoryBusy(
-                f"backups kept committing for {timing.wait:.0f}s ({_owners(committing)}); "
+                f"backups kept committing for {timing.wait:.0f}s ({owners(committing)}); "
                 "gc deleted nothing. If those processes are gone, 'blockvault unlock' "
                 "removes their markers",
                 repo=flag.backend.location,
             )
         time.sleep(timing.poll)
-
-
-def _owners(markers: Iterable[MarkerInfo]) -> str:
-    """Who holds the markers: ``sessions/ID by pid P on HOST``, comma-separated."""
-    return ", ".join(f"{m.name} by pid {m.pid} on {m.host or '?'}" for m in markers)
 
 
 def _sizes(repo: Repository, names: list[str]) -> dict[str, int]:

@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -53,6 +53,7 @@ __all__ = [
     "MarkerInfo",
     "Timing",
     "UnlockResult",
+    "owners",
     "read_markers",
     "unlock",
 ]
@@ -103,6 +104,11 @@ class MarkerInfo:
         if not self.boot or (self.host, self.machine) != (here["host"], here["machine"]):
             return False
         return self.boot != here["boot"] or _process_start(self.pid) != self.pid_start
+
+
+def owners(markers: Iterable[MarkerInfo]) -> str:
+    """Who holds the markers, for messages: ``gc/ID by pid P on HOST``, comma-separated."""
+    return ", ".join(f"{m.name} by pid {m.pid} on {m.host or '?'}" for m in markers)
 
 
 def read_markers(backend: Backend, folder: str) -> list[MarkerInfo]:
@@ -281,8 +287,8 @@ class Marker:
                 return
             if self._clock() > deadline:
                 raise RepositoryBusy(
-                    f"{what} on {', '.join(sorted({m.host for m in busy}))} did not finish "
-                    f"within {self.timing.wait:.0f}s",
+                    f"{what} did not finish within {self.timing.wait:.0f}s ({owners(busy)}); if "
+                    "that process is gone, 'blockvault unlock' removes its marker",
                     repo=self.backend.location,
                 )
             time.sleep(self.timing.poll)
