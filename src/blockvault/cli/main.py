@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -35,8 +35,7 @@ class Group(click.Group):
             click.echo(f"blockvault: error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except Interrupted as exc:
-            click.echo(f"blockvault: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            _interrupted(exc)
         except KeyboardInterrupt:  # a SIGINT before install() (or with it replaced)
             click.echo("blockvault: interrupted by SIGINT", err=True)
             sys.exit(130)
@@ -105,4 +104,14 @@ def main() -> None:
     # the one place signals become exceptions: SIGINT, SIGTERM and SIGHUP raise
     # Interrupted, so every command cleans up on the way out (blockvault/interrupts.py)
     interrupts.install()
-    cli(prog_name="blockvault")
+    try:
+        cli(prog_name="blockvault")
+    except Interrupted as exc:  # before a command ran: parsing options, loading it
+        _interrupted(exc)
+
+
+def _interrupted(exc: Interrupted) -> NoReturn:
+    """One line on what the interrupted command left (see errors.Interrupted), and
+    the exit code 128 + signal."""
+    click.echo(f"blockvault: {exc}", err=True)
+    sys.exit(exc.exit_code)
