@@ -29,9 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from blockvault.errors import BlockvaultError
-    from blockvault.pipeline.backup import backup
-    from blockvault.pipeline.clone import CloneResult, clone
-    from blockvault.pipeline.events import (
+    from blockvault.events import (
         Event,
         Noted,
         Reporter,
@@ -41,6 +39,8 @@ if TYPE_CHECKING:
         Warned,
         quiet,
     )
+    from blockvault.pipeline.backup import backup
+    from blockvault.pipeline.clone import CloneResult, clone
     from blockvault.pipeline.restore import RestoreResult, restore
     from blockvault.pipeline.target import Confirm
     from blockvault.pipeline.verify import Problem, VerifyResult, verify
@@ -79,14 +79,14 @@ _EXPORTS: dict[str, str] = {
     "collect_garbage": "blockvault.repo.gc",
     "GcResult": "blockvault.repo.gc",
     # progress events and the reporter that receives them
-    "Event": "blockvault.pipeline.events",
-    "Reporter": "blockvault.pipeline.events",
-    "TaskStarted": "blockvault.pipeline.events",
-    "TaskAdvanced": "blockvault.pipeline.events",
-    "TaskFinished": "blockvault.pipeline.events",
-    "Warned": "blockvault.pipeline.events",
-    "Noted": "blockvault.pipeline.events",
-    "quiet": "blockvault.pipeline.events",
+    "Event": "blockvault.events",
+    "Reporter": "blockvault.events",
+    "TaskStarted": "blockvault.events",
+    "TaskAdvanced": "blockvault.events",
+    "TaskFinished": "blockvault.events",
+    "Warned": "blockvault.events",
+    "Noted": "blockvault.events",
+    "quiet": "blockvault.events",
     # the root of the error tree
     "BlockvaultError": "blockvault.errors",
 }

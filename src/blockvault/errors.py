@@ -48,6 +48,13 @@ repeats it (a test keeps the three and the classes below in agreement).
             ├── ChunkMissing
             ├── ChunkCorrupt
             └── ObjectCorrupt               index or manifest damaged
+
+    Interrupted (a BaseException)   exit 128 + signal: 130 SIGINT, 143 SIGTERM, 129 SIGHUP
+
+``Interrupted`` is outside the tree on purpose: like ``KeyboardInterrupt``, no
+``except BlockvaultError`` or ``except Exception`` may swallow it on its way out. The
+CLI raises it from its signal handlers; whoever knows what the interruption left
+behind (the writer session, gc) says so in ``outcome`` before it propagates.
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ __all__ = [
     "FilesystemError",
     "FormatError",
     "IntegrityError",
+    "Interrupted",
     "KeyFileInvalid",
     "KeyMissing",
     "MountpointError",
@@ -109,7 +117,9 @@ EXIT_CODES: dict[int, str] = {
     3: "the repository cannot serve the request (missing, unknown snapshot, wrong passphrase)",
     4: "data in the repository is missing or damaged, or verify found a difference",
     EXIT_INTERNAL: "internal error (a bug: please report it with BLOCKVAULT_DEBUG=1 output)",
-    EXIT_INTERRUPTED: "interrupted by Ctrl-C (a mount stopped by signal N exits 128 + N)",
+    129: "stopped by SIGHUP (the terminal closed); the one line says what it left",
+    EXIT_INTERRUPTED: "interrupted by Ctrl-C (SIGINT); the one line says what it left",
+    143: "stopped by SIGTERM; the one line says what it left",
 }
 
 
@@ -307,3 +317,19 @@ class ChunkCorrupt(IntegrityError):
 
 class ObjectCorrupt(IntegrityError):
     template = "{kind} {name} in {repo} is damaged: {detail}"
+
+
+class Interrupted(BaseException):
+    """A signal (SIGINT, SIGTERM, SIGHUP) stopped the work; it cleaned up on the way out.
+
+    ``outcome`` is one sentence on the state it left, filled in by the code that knows
+    (never "unchanged" once something was written); the CLI prints it."""
+
+    def __init__(self, signal_name: str, number: int) -> None:
+        self.signal_name = signal_name
+        self.exit_code = 128 + number
+        self.outcome = ""
+        super().__init__(signal_name)
+
+    def __str__(self) -> str:
+        return f"interrupted by {self.signal_name}" + (f": {self.outcome}" if self.outcome else "")

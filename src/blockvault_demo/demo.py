@@ -15,9 +15,9 @@ from blockvault.disk.device import open_device
 from blockvault.disk.fscheck import check_filesystem
 from blockvault.disk.layout import read_layout
 from blockvault.errors import RepositoryNotFound
+from blockvault.events import Reporter
+from blockvault.events import quiet as quiet_reporter
 from blockvault.pipeline.backup import backup
-from blockvault.pipeline.events import Reporter
-from blockvault.pipeline.events import quiet as quiet_reporter
 from blockvault.pipeline.restore import restore
 from blockvault.pipeline.verify import verify
 from blockvault.repo import Repository, Snapshot

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from blockvault.browse import extract, open_volume
+from blockvault.events import Event, Warned
 from blockvault.pipeline.backup import backup
-from blockvault.pipeline.events import Event, Warned
 from blockvault.repo import Repository
 from blockvault.repo import format as fmt
 from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk

@@ -106,8 +106,10 @@ def test_one_exit_code_table_in_errors_help_and_user_guide() -> None:
     assert drawn
     for name, code in drawn:
         assert classes[name].exit_code == int(code), name
+    signals = {code for code in table if code > 128}  # 128 + SIGHUP, SIGINT, SIGTERM
+    assert signals == {129, errors.EXIT_INTERRUPTED, 143}
     assert {cls.exit_code for cls in classes.values()} == set(table) - {
         0,
         errors.EXIT_INTERNAL,
-        errors.EXIT_INTERRUPTED,
+        *signals,
     }

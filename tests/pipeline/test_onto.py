@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from blockvault.errors import StorageError
+from blockvault.events import Event, TaskAdvanced
 from blockvault.pipeline.backup import backup
 from blockvault.pipeline.clone import clone
-from blockvault.pipeline.events import Event, TaskAdvanced
 from blockvault.pipeline.restore import restore
 from blockvault.repo import Repository
 from blockvault.repo import format as fmt

@@ -237,7 +237,7 @@ def test_restore_onto_larger_disk_moves_gpt_backup(demo: BuiltDisk, tmp_path: Pa
 
 
 def test_damaged_filesystem_is_imaged_raw_with_a_warning(demo: BuiltDisk, tmp_path: Path) -> None:
-    from blockvault.pipeline.events import Event, Warned
+    from blockvault.events import Event, Warned
 
     source = tmp_path / "damaged.img"
     sh("cp", "--sparse=always", demo.path, source)

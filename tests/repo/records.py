@@ -12,9 +12,14 @@ from blockvault.repo import format as fmt
 def commit_chunks(repo: Repository, chunks: Sequence[bytes], when: str) -> Snapshot:
     """Store ``chunks`` and commit a snapshot whose boot-area region is exactly them,
     one chunk each, at time ``when``."""
+    for data in chunks:
+        repo.put_chunk(data)
+    return repo.write_snapshot(*records(repo, chunks, when))
+
+
+def records(repo: Repository, chunks: Sequence[bytes], when: str) -> tuple[Snapshot, Index]:
+    """The manifest and index of a snapshot whose boot-area region is exactly ``chunks``."""
     ids = tuple(repo.chunk_id(c) for c in chunks)
-    for data, chunk_id in zip(chunks, ids, strict=True):
-        repo.put_chunk(data, chunk_id.hex())
     size = repo.config.chunk_size * len(chunks)
     region = Region(fmt.REGION_DISK, 0, 0, size, ExtentMap.span(0, size), ids)
     snap = Snapshot(
@@ -30,4 +35,4 @@ def commit_chunks(repo: Repository, chunks: Sequence[bytes], when: str) -> Snaps
         chunk_size=repo.config.chunk_size,
         compression="zstd:3",
     )
-    return repo.write_snapshot(snap, Index(repo.config.chunk_size, (region,)))
+    return snap, Index(repo.config.chunk_size, (region,))

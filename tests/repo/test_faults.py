@@ -1,4 +1,5 @@
-"""Faults: backups and gc killed with SIGKILL at random (seeded) moments, a full
+"""Faults: backups and gc killed with SIGKILL at seeded points (frozen by their own
+SIGSTOP at the Nth chunk written or deleted, then killed: no cleanup runs), a full
 repository file system, and an in-place 5 % change of a real ext4 file system that
 must add about the changed data, not a copy."""
 
@@ -6,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import signal
 import subprocess
@@ -52,6 +54,34 @@ def consistent(repo: Path, disk: BuiltDisk, tmp: Path) -> None:
         assert sha(target) == sha(disk.path)
 
 
+def kill_when_stopped(command: list[str], faults: str) -> bool:
+    """Run ``command`` until ``$BLOCKVAULT_FAULTS`` freezes it (or it ends), then SIGKILL
+    it; whether it was frozen (not finished) when killed."""
+    proc = subprocess.Popen(
+        command,
+        env={**os.environ, "BLOCKVAULT_FAULTS": faults},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and process_state(proc.pid) != "T":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        frozen = proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return frozen
+
+
+def process_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "X"  # gone
+
+
 def test_killed_backups_and_gc_leave_a_consistent_repository(
     disk: BuiltDisk, tmp_path: Path
 ) -> None:
@@ -64,14 +94,17 @@ def test_killed_backups_and_gc_leave_a_consistent_repository(
         if command == "gc":  # give gc something to delete: drop the manifests first
             for snap in json.loads(run("-r", repo, "snapshots", "--json").stdout):
                 (repo / "snapshots" / snap["id"]).unlink()
-        proc = subprocess.Popen(
-            ["blockvault", "-r", str(repo), command, *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        # odd attempts freeze at the second flush: chunks made durable, no manifest yet
+        operation = "delete" if command == "gc" else "flush" if attempt % 2 else "write"
+        spec = (
+            "signal=STOP,every=2,operations=flush"
+            if operation == "flush"
+            else f"signal=STOP,every={rng.randint(5, 60)},operations={operation},under=data/"
         )
-        time.sleep(rng.uniform(0.3, 2.0))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        assert kill_when_stopped(["blockvault", "-r", str(repo), command, *args], spec)
+        # its marker would hold back gc (or, a gc's, make backups wait) for a long while
+        assert run("-r", repo, "unlock").returncode == 0
+        assert not list((repo / "sessions").glob("*")) and not list((repo / "gc").glob("*"))
         consistent(repo, disk, tmp_path)
     stored = len(list((repo / "data").rglob("*")))
     rerun = run("-r", repo, "backup", disk.path, "--json")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from blockvault.errors import RepositoryBusy, RepositoryError, SessionExpired
+from blockvault.events import Event, TaskAdvanced, Warned
 from blockvault.pipeline.backup import backup
-from blockvault.pipeline.events import Event, TaskAdvanced, Warned
 from blockvault.pipeline.restore import restore
 from blockvault.repo import Repository, Snapshot
 from blockvault.repo import format as fmt
@@ -90,6 +90,7 @@ def test_stale_session_is_ignored_and_removed(repo: Repository) -> None:
     os.utime(Path(repo.location) / fmt.SESSION_DIR / "dead", (0, time.time() - 120))
     a = snapshot_of(repo, chunk(1))
     repo.delete_snapshot(a.id)
+    age(Path(repo.location), 5)  # coarse file times: the chunk might else tie with the cutoff
     result = collect_garbage(repo, timing=Timing(session_grace=60, margin=0, poll=0.01, wait=1))
     assert (result.stale_sessions, result.live_sessions, result.deleted_chunks) == (1, 0, 1)
     assert read_markers(repo.backend, fmt.SESSION_DIR) == []
@@ -98,8 +99,10 @@ def test_stale_session_is_ignored_and_removed(repo: Repository) -> None:
 def test_gc_steps_aside_while_a_backup_commits(repo: Repository) -> None:
     with Marker(repo.backend, fmt.SESSION_DIR, "backup", timing=FAST) as session:
         session.set_state(COMMITTING)
-        with pytest.raises(RepositoryBusy):
+        with pytest.raises(RepositoryBusy) as busy:
             collect_garbage(repo, timing=Timing(margin=0, poll=0.01, wait=0.3))
+        assert f"{session.name} by pid {os.getpid()}" in str(busy.value)
+        assert "'blockvault unlock' removes their markers" in str(busy.value)
         assert read_markers(repo.backend, fmt.GC_DIR) == []  # the flag was withdrawn
 
 

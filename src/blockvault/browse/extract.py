@@ -22,7 +22,7 @@ from typing import Final
 from blockvault.browse.filesystem import Entry
 from blockvault.browse.volume import Volume
 from blockvault.errors import FilesystemError, IntegrityError, UnsafeName
-from blockvault.pipeline.events import Reporter, Warned, quiet
+from blockvault.events import Reporter, Warned, quiet
 from blockvault.pipeline.tree import Metadata, TreeWriter
 
 __all__ = ["ExtractResult", "Skipped", "extract"]

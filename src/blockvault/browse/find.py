@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from blockvault.browse.volume import PARSERS, open_volume
 from blockvault.errors import BlockvaultError, IntegrityError, PartitionNotFound
-from blockvault.pipeline.events import Reporter, Warned, quiet
+from blockvault.events import Reporter, Warned, quiet
 from blockvault.repo.manifest import Snapshot
 from blockvault.repo.repository import Repository
 

@@ -9,13 +9,14 @@ from typing import Any, NoReturn
 
 import click
 
-from blockvault import __version__
+from blockvault import __version__, interrupts
 from blockvault.cli import commands
 from blockvault.errors import (
     EXIT_CODES,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     BlockvaultError,
+    Interrupted,
     UsageError,
 )
 
@@ -40,11 +41,13 @@ class Group(click.Group):
         except BlockvaultError as exc:
             click.echo(f"blockvault: error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            _interrupted()
+        except Interrupted as exc:
+            _interrupted(exc)
+        except KeyboardInterrupt:  # a SIGINT before install() (or with it replaced)
+            _interrupted(Interrupted("SIGINT", EXIT_INTERRUPTED - 128))
         except click.exceptions.Abort as exc:  # a prompt met Ctrl-C or the end of input
             if isinstance(exc.__context__, KeyboardInterrupt):
-                _interrupted()
+                _interrupted(Interrupted("SIGINT", EXIT_INTERRUPTED - 128))
             click.echo("blockvault: error: no answer: the input ended at a prompt", err=True)
             sys.exit(UsageError.exit_code)
         except (click.ClickException, click.exceptions.Exit):
@@ -70,11 +73,6 @@ class Group(click.Group):
 EPILOG = "\b\nExit codes:\n" + "\n".join(
     f"  {code:>3}  {text}" for code, text in EXIT_CODES.items()
 )
-
-
-def _interrupted() -> NoReturn:
-    click.echo("blockvault: interrupted; the repository is unchanged", err=True)
-    sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=Group, context_settings=CONTEXT, epilog=EPILOG)
@@ -109,7 +107,8 @@ def cli(
 
     Only the blocks each filesystem uses are read (ext2/3/4, FAT, NTFS, swap);
     boot areas are always kept. Exit codes: 0 ok, 1 error, 2 bad usage or refused
-    target, 3 repository problem, 4 damaged data, 130 interrupted.
+    target, 3 repository problem, 4 damaged data, 130/143/129 interrupted by
+    SIGINT/SIGTERM/SIGHUP (after cleaning up; the last line says what was left).
     """
     ctx.obj = {"repo": repo, "password_file": password_file, "s3_endpoint": s3_endpoint}
     if s3_endpoint:
@@ -119,4 +118,17 @@ def cli(
 
 
 def main() -> None:
-    cli(prog_name="blockvault")
+    # the one place signals become exceptions: SIGINT, SIGTERM and SIGHUP raise
+    # Interrupted, so every command cleans up on the way out (blockvault/interrupts.py)
+    interrupts.install()
+    try:
+        cli(prog_name="blockvault")
+    except Interrupted as exc:  # before a command ran: parsing options, loading it
+        _interrupted(exc)
+
+
+def _interrupted(exc: Interrupted) -> NoReturn:
+    """One line on what the interrupted command left (see errors.Interrupted), and
+    the exit code 128 + signal."""
+    click.echo(f"blockvault: {exc}", err=True)
+    sys.exit(exc.exit_code)

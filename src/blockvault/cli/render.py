@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from blockvault.extents import ExtentMap
-from blockvault.pipeline.events import (
+from blockvault.events import (
     Event,
     Noted,
     TaskAdvanced,
@@ -25,6 +24,7 @@ from blockvault.pipeline.events import (
     TaskStarted,
     Warned,
 )
+from blockvault.extents import ExtentMap
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -23,9 +23,9 @@ from blockvault.deploy import mmsg, wire
 from blockvault.disk.device import Device
 from blockvault.disk.table import gpt
 from blockvault.errors import BlockvaultError, UsageError
+from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
+from blockvault.events import quiet as quiet_reporter
 from blockvault.extents import ExtentMap
-from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
-from blockvault.pipeline.events import quiet as quiet_reporter
 from blockvault.pipeline.stages import write_used
 from blockvault.pipeline.target import Confirm, open_target
 

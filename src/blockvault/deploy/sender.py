@@ -24,7 +24,7 @@ import zstandard
 from blockvault.deploy import mmsg, wire
 from blockvault.disk.table import gpt
 from blockvault.errors import UsageError
-from blockvault.pipeline.events import (
+from blockvault.events import (
     Noted,
     Reporter,
     TaskAdvanced,
@@ -32,7 +32,7 @@ from blockvault.pipeline.events import (
     TaskStarted,
     Warned,
 )
-from blockvault.pipeline.events import quiet as quiet_reporter
+from blockvault.events import quiet as quiet_reporter
 from blockvault.pipeline.stages import ordered_map
 from blockvault.repo import Repository, Snapshot
 from blockvault.repo import format as fmt

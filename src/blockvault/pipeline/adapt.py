@@ -31,9 +31,9 @@ from blockvault.disk.plan import (
 from blockvault.disk.table import PartitionTable
 from blockvault.disk.table.write import write_table
 from blockvault.errors import UsageError
+from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
+from blockvault.events import quiet as quiet_reporter
 from blockvault.extents import ExtentMap
-from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
-from blockvault.pipeline.events import quiet as quiet_reporter
 from blockvault.pipeline.stages import READ_THROUGH_GAP, ordered_map, read_chunk, write_used
 
 __all__ = [

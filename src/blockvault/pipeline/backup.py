@@ -20,14 +20,15 @@ from blockvault.disk.device import Device, open_device
 from blockvault.disk.layout import DiskLayout, read_layout
 from blockvault.disk.table.gpt import backup_area
 from blockvault.disk.usage import mounts_using
-from blockvault.errors import BlockvaultError, SourceError, UsageError
+from blockvault.errors import SourceError, UsageError
+from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted, Warned
+from blockvault.events import quiet as quiet_reporter
 from blockvault.extents import ExtentMap
-from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted, Warned
-from blockvault.pipeline.events import quiet as quiet_reporter
 from blockvault.pipeline.stages import is_zero, ordered_map, read_chunk, workers
 from blockvault.repo import Index, PartitionRecord, Region, Repository, Snapshot, Stats
 from blockvault.repo import format as fmt
-from blockvault.repo.sessions import COMMITTING, DEFAULT_TIMING, SWEEPING, Marker, Timing
+from blockvault.repo.sessions import DEFAULT_TIMING, Timing
+from blockvault.repo.writer import WriterSession
 
 __all__ = ["backup", "boot_area_map", "plan_regions"]
 
@@ -146,9 +147,8 @@ def backup(
 ) -> Snapshot:
     """Image ``source`` into ``repo``; returns the committed snapshot.
 
-    A session marker is up from before the first chunk is looked up until the
-    manifest is written, so that ``gc`` spares what this backup stores (the
-    protocol is in docs/FORMAT.md, "Concurrency and garbage collection")."""
+    Everything is written through one ``WriterSession`` (repo/writer.py), which keeps
+    it safe beside ``gc`` and says what an interruption left behind."""
     started = time.monotonic()
     with open_device(source) as device:
         layout = read_layout(device)
@@ -163,17 +163,21 @@ def backup(
                     )
                 )
         regions = plan_regions(layout, partitions)
-        with Marker(repo.backend, fmt.SESSION_DIR, "backup", timing=timing) as session:
-            repo.forget_known_chunks()  # list storage after our marker is up
-            try:
-                index, stats = _image(repo, device, regions, boot_area_map(layout), reporter)
-            finally:
-                # what was stored stays for a rerun to reuse, even if the backup failed
-                with contextlib.suppress(BlockvaultError):
-                    repo.flush()
+        with WriterSession(repo, kind="backup", timing=timing) as writer:
+            index, stats = _image(writer, device, regions, boot_area_map(layout), reporter)
             stats = replace(stats, seconds=round(time.monotonic() - started, 3))
             snapshot = _manifest(repo, layout, partitions, tags, stats)
-            return _commit(repo, session, device, snapshot, index, reporter)
+
+            def store_again(missing: set[str]) -> None:
+                reporter(
+                    Warned(
+                        f"a gc removed {len(missing)} chunk(s) this backup had found in the "
+                        "repository; they were read again from the source and stored"
+                    )
+                )
+                _store_again(writer, device, index, missing)
+
+            return writer.commit(snapshot, index, store_again)
 
 
 def _manifest(
@@ -215,58 +219,33 @@ def _manifest(
     )
 
 
-def _commit(
-    repo: Repository,
-    session: Marker,
-    device: Device,
-    snapshot: Snapshot,
-    index: Index,
-    reporter: Reporter,
-) -> Snapshot:
-    """Write the index and the manifest, never while a gc sweeps, and only once every
-    chunk the index names is in storage (a gc that ran during the backup may have
-    removed a chunk it deduplicated against: those are read and stored again)."""
-    session.set_state(COMMITTING)
-    session.wait_for(fmt.GC_DIR, SWEEPING, session.timing.gc_grace, "a gc")
-    missing = index.chunk_ids() - repo.stored_chunk_ids()
-    if missing:
-        reporter(
-            Warned(
-                f"a gc removed {len(missing)} chunk(s) this backup had found in the "
-                "repository; they were read again from the source and stored"
-            )
-        )
-        _store_again(repo, device, index, missing)
-    session.check_alive()
-    return repo.write_snapshot(snapshot, index)
-
-
-def _store_again(repo: Repository, device: Device, index: Index, missing: set[str]) -> None:
-    """Re-read the chunks in ``missing`` from the source and store them."""
-    repo.forget_known_chunks()
+def _store_again(writer: WriterSession, device: Device, index: Index, missing: set[str]) -> None:
+    """Re-read the chunks in ``missing`` from the source and store them (a gc that ran
+    during the backup removed chunks it had deduplicated against)."""
     for region in index.regions:
         for ref in region.chunks(index.chunk_size):
             if ref.chunk_id not in missing:
                 continue
             data = read_chunk(device, region.start, ref.offset, ref.length, ref.used)
-            if data is None or repo.chunk_id(data).hex() != ref.chunk_id:
+            if data is None or writer.repo.chunk_id(data).hex() != ref.chunk_id:
                 raise SourceError(
                     f"changed while it was backed up ({region.name} at byte "
                     f"{region.start + ref.offset}), and a gc removed the stored copy; "
                     "nothing was committed, run the backup again",
                     path=str(device.path),
                 )
-            repo.put_chunk(data, ref.chunk_id)
+            writer.put_chunk(data, ref.chunk_id)
             missing.discard(ref.chunk_id)
 
 
 def _image(
-    repo: Repository,
+    writer: WriterSession,
     device: Device,
     regions: list[Region],
     keep: ExtentMap,
     reporter: Reporter,
 ) -> tuple[Index, Stats]:
+    repo = writer.repo
     chunk_size = repo.config.chunk_size
 
     def store_one(task: _Task, data: memoryview) -> _Done:
@@ -276,7 +255,7 @@ def _image(
         if is_zero(data):
             return _Done(task, fmt.HOLE, used, 0, 0)
         digest = repo.chunk_id(data)
-        stored = repo.put_chunk(data, digest.hex())
+        stored = writer.put_chunk(data, digest.hex())
         return _Done(task, digest, used, stored, len(data) if stored else 0)
 
     def store(batch: list[_Task]) -> list[_Done]:
@@ -297,21 +276,24 @@ def _image(
     read = chunks = new_chunks = new_bytes = stored_bytes = 0
     threads = workers(repo.backend.capabilities.parallel_io)
     units = _read_units(_tasks(regions, chunk_size, keep), READ_UNIT)
-    for batch in ordered_map(store, units, threads):
-        advanced = 0
-        for done in batch:
-            task = done.task
-            ids[task.region][task.number] = done.chunk_id
-            used_maps[task.region][task.number] = done.used
-            advanced += task.used.total
-            if done.chunk_id != fmt.HOLE:
-                chunks += 1
-            if done.stored:
-                new_chunks += 1
-                new_bytes += done.new_bytes
-                stored_bytes += done.stored
-        read += advanced
-        reporter(TaskAdvanced("backup", advanced))
+    # closing: when this loop is left by an error or an interruption, the pool stops
+    # and its running tasks finish here, before the session flushes and ends
+    with contextlib.closing(ordered_map(store, units, threads)) as results:
+        for batch in results:
+            advanced = 0
+            for done in batch:
+                task = done.task
+                ids[task.region][task.number] = done.chunk_id
+                used_maps[task.region][task.number] = done.used
+                advanced += task.used.total
+                if done.chunk_id != fmt.HOLE:
+                    chunks += 1
+                if done.stored:
+                    new_chunks += 1
+                    new_bytes += done.new_bytes
+                    stored_bytes += done.stored
+            read += advanced
+            reporter(TaskAdvanced("backup", advanced))
     reporter(TaskFinished("backup"))
     final = []
     for i, region in enumerate(regions):

@@ -20,11 +20,11 @@ from blockvault.disk.layout import DiskLayout, read_layout, refuse_plain_file
 from blockvault.disk.table import PartitionTable
 from blockvault.disk.usage import mounts_using
 from blockvault.errors import SourceError, UsageError
+from blockvault.events import Reporter
+from blockvault.events import quiet as quiet_reporter
 from blockvault.extents import ExtentMap
 from blockvault.pipeline.adapt import copy_used
 from blockvault.pipeline.backup import boot_area_map, plan_regions
-from blockvault.pipeline.events import Reporter
-from blockvault.pipeline.events import quiet as quiet_reporter
 from blockvault.pipeline.onto import Onto, write_onto
 from blockvault.pipeline.pieces import Piece, copy_pieces, cut, verify_pieces
 from blockvault.pipeline.stages import READ_THROUGH_GAP

@@ -27,9 +27,9 @@ from blockvault.disk.table import Partition
 from blockvault.disk.table.probe import read_table
 from blockvault.disk.table.write import write_table
 from blockvault.errors import BlockvaultError, SourceError, TargetError, UsageError
+from blockvault.events import Reporter
+from blockvault.events import quiet as quiet_reporter
 from blockvault.pipeline.clone import CloneResult, check_source
-from blockvault.pipeline.events import Reporter
-from blockvault.pipeline.events import quiet as quiet_reporter
 from blockvault.pipeline.pieces import Piece, copy_pieces, cut, verify_pieces
 from blockvault.pipeline.stages import READ_THROUGH_GAP
 from blockvault.pipeline.target import open_target

@@ -35,7 +35,8 @@ from blockvault.disk.plan import LayoutPlan
 from blockvault.disk.table import PartitionTable, gpt
 from blockvault.disk.table.probe import read_table
 from blockvault.disk.table.write import write_table
-from blockvault.errors import BlockvaultError, TargetTooSmall, UsageError
+from blockvault.errors import BlockvaultError, Interrupted, TargetTooSmall, UsageError
+from blockvault.events import Reporter, quiet
 from blockvault.extents import ExtentMap
 from blockvault.pipeline.adapt import (
     GrowPlan,
@@ -46,7 +47,6 @@ from blockvault.pipeline.adapt import (
     plan_shrink,
     shrunk_summary,
 )
-from blockvault.pipeline.events import Reporter, quiet
 from blockvault.pipeline.stages import zero_fill
 from blockvault.pipeline.target import Confirm, OpenedTarget, open_target
 
@@ -319,12 +319,16 @@ def _mark_incomplete(device: Device) -> None:
 @contextlib.contextmanager
 def _incomplete_on_failure(device: Device) -> Iterator[None]:
     """Let any exception through, its message saying the target is incomplete."""
+    left = (
+        f"target {device.path} is left incomplete, without a partition table "
+        "or filesystem signature; run the command again to complete it"
+    )
     try:
         yield
     except BlockvaultError as exc:
         # same class and exit code: only the one line the user reads grows
-        exc.args = (
-            f"{exc}; target {device.path} is left incomplete, without a partition table "
-            "or filesystem signature; run the command again to complete it",
-        )
+        exc.args = (f"{exc}; {left}",)
+        raise
+    except Interrupted as exc:  # a signal: its one line says what it left
+        exc.outcome = left
         raise

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 import blake3
 
 from blockvault.disk.device import Device
+from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.extents import ExtentMap
-from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.pipeline.stages import is_zero, ordered_map, read_chunk, workers, write_used
 
 __all__ = ["PIECE", "Piece", "copy_pieces", "cut", "verify_pieces"]

@@ -18,9 +18,9 @@ from blockvault.disk.device import Region as Window
 from blockvault.disk.table import PartitionTable
 from blockvault.disk.table.probe import read_table
 from blockvault.errors import UsageError
+from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
+from blockvault.events import quiet as quiet_reporter
 from blockvault.extents import ExtentMap
-from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
-from blockvault.pipeline.events import quiet as quiet_reporter
 from blockvault.pipeline.onto import Onto, write_onto
 from blockvault.pipeline.stages import ordered_map, workers, write_used
 from blockvault.pipeline.target import Confirm

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -108,8 +108,12 @@ def zero_fill(device: Device, target_base: int, extents: ExtentMap, step: int = 
 
 def ordered_map(
     fn: Callable[[T], R], items: Iterable[T], threads: int | None = None
-) -> Iterator[R]:
-    """``map(fn, items)`` on a thread pool, at most ``2 * threads`` items in flight."""
+) -> Generator[R]:
+    """``map(fn, items)`` on a thread pool, at most ``2 * threads`` items in flight.
+
+    A consumer that may stop early (an error, an interruption) wraps it in
+    ``contextlib.closing``: closing cancels what has not started and waits for what
+    has, so no worker still writes once the consumer cleans up."""
     threads = threads or workers()
     with ThreadPoolExecutor(threads, thread_name_prefix="blockvault") as pool:
         pending: deque[Future[R]] = deque()

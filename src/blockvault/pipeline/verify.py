@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from blockvault.disk.device import Device, open_device
 from blockvault.errors import IntegrityError, UsageError
-from blockvault.pipeline.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
-from blockvault.pipeline.events import quiet as quiet_reporter
+from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
+from blockvault.events import quiet as quiet_reporter
 from blockvault.pipeline.stages import is_zero, ordered_map, read_chunk, workers
 from blockvault.repo import ChunkRef, Region, Repository, Snapshot
 from blockvault.repo.index import Index

@@ -11,11 +11,13 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from blockvault.errors import IntegrityError, SnapshotNotFound, UsageError
+from blockvault.errors import IntegrityError, Interrupted, SnapshotNotFound, UsageError
+from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
+from blockvault.events import quiet as quiet_reporter
 from blockvault.repo import format as fmt
 from blockvault.repo.index import Index
 from blockvault.repo.manifest import Snapshot
@@ -94,9 +96,21 @@ def check_repository(
     *,
     read_data: bool = False,
     subset: Subset | None = None,
-    progress: Callable[[int], None] | None = None,
+    reporter: Reporter = quiet_reporter,
 ) -> CheckResult:
-    """Check the whole repository; ``progress`` gets the stored bytes of each chunk read."""
+    """Check the whole repository; with ``read_data`` it reports task ``check`` in
+    plaintext bytes read (the total assumes full chunks, so it is an upper bound).
+    It only reads, which an ``Interrupted`` leaving it says."""
+    try:
+        return _check(repo, read_data, subset, reporter)
+    except Interrupted as exc:
+        exc.outcome = exc.outcome or "check only reads; the repository is unchanged"
+        raise
+
+
+def _check(
+    repo: Repository, read_data: bool, subset: Subset | None, reporter: Reporter
+) -> CheckResult:
     started = time.monotonic()
     problems: list[Damage] = []
     loaded: list[tuple[Snapshot, Index]] = []
@@ -127,23 +141,24 @@ def check_repository(
     if read_data:
         todo = (subset or Subset()).pick(referenced - missing)
 
-        def reread(chunk_id: str) -> tuple[str, int, str | None]:
+        def reread(chunk_id: str) -> tuple[str, int, int, str | None]:
             try:
                 raw = repo.read_raw_chunk(chunk_id)
-                repo.decode_chunk(chunk_id, raw)
+                plain = repo.decode_chunk(chunk_id, raw)
             except IntegrityError as exc:
-                return chunk_id, 0, str(exc)
-            return chunk_id, len(raw), None
+                return chunk_id, 0, 0, str(exc)
+            return chunk_id, len(raw), len(plain), None
 
         workers = max(2, repo.backend.capabilities.parallel_io)
+        reporter(TaskStarted("check", len(todo) * repo.config.chunk_size, repo.location))
         with ThreadPoolExecutor(workers) as pool:
-            for chunk_id, size, error in pool.map(reread, todo, chunksize=16):
+            for chunk_id, size, plain, error in pool.map(reread, todo, chunksize=16):
                 read += 1
                 read_bytes += size
                 if error is not None:
                     bad[chunk_id] = error
-                if progress is not None:
-                    progress(size)
+                reporter(TaskAdvanced("check", plain))
+        reporter(TaskFinished("check"))
     problems.extend(_attribute(loaded, bad))
     sessions = read_markers(repo.backend, fmt.SESSION_DIR)
     return CheckResult(

@@ -8,18 +8,21 @@ and garbage collection"); ``sessions.py`` holds the markers.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from blockvault.errors import (
     IntegrityError,
+    Interrupted,
     RepositoryBusy,
     RepositoryError,
     SnapshotNotFound,
     StorageError,
 )
+from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
+from blockvault.events import quiet as quiet_reporter
 from blockvault.repo import format as fmt
 from blockvault.repo.repository import Repository
 from blockvault.repo.sessions import (
@@ -29,6 +32,7 @@ from blockvault.repo.sessions import (
     Marker,
     MarkerInfo,
     Timing,
+    owners,
     read_markers,
 )
 
@@ -51,6 +55,29 @@ class GcResult:
     dry_run: bool
     seconds: float
     kept_by_session: tuple[str, ...] = field(default_factory=tuple)  # hosts of live backups
+    blockers: tuple[MarkerInfo, ...] = ()  # the live backup markers that set the cutoff
+
+
+class _Sweep:
+    """What this gc has deleted so far (counted as deletions finish, from any thread),
+    so that an interruption can say exactly that."""
+
+    def __init__(self) -> None:
+        self.deleted = 0
+        self.planned = 0
+        self._lock = threading.Lock()
+
+    def done(self) -> None:
+        with self._lock:
+            self.deleted += 1
+
+    def outcome(self) -> str:
+        if not self.deleted:
+            return "gc deleted nothing; the repository is unchanged"
+        return (
+            f"gc deleted {self.deleted} of {self.planned} unreferenced object(s) before it "
+            "stopped; every snapshot is intact, run gc again to free the rest"
+        )
 
 
 def collect_garbage(
@@ -58,10 +85,22 @@ def collect_garbage(
     *,
     dry_run: bool = False,
     timing: Timing = DEFAULT_TIMING,
-    progress: Callable[[int], None] | None = None,
+    reporter: Reporter = quiet_reporter,
 ) -> GcResult:
     """Delete every unreferenced chunk and index old enough to be safe; with
-    ``dry_run`` only count them. ``progress`` is called with each deleted count."""
+    ``dry_run`` only count them. Reports task ``gc`` in stored bytes deleted; an
+    ``Interrupted`` leaves saying how much was deleted."""
+    sweep = _Sweep()
+    try:
+        return _collect(repo, dry_run, timing, reporter, sweep)
+    except Interrupted as exc:
+        exc.outcome = exc.outcome or sweep.outcome()
+        raise
+
+
+def _collect(
+    repo: Repository, dry_run: bool, timing: Timing, reporter: Reporter, sweep: _Sweep
+) -> GcResult:
     started = time.monotonic()
     backend = repo.backend
     with Marker(backend, fmt.GC_DIR, "gc", timing=timing, state=SWEEPING) as flag:
@@ -121,10 +160,14 @@ def collect_garbage(
             1 for i in index_objects if i not in indexes
         )
         young -= len(doomed_chunks) + len(doomed_indexes)
-        deleted_bytes = _sizes(repo, [name for name, _ in doomed_chunks])
+        sizes = _sizes(repo, [name for name, _ in doomed_chunks])
+        deleted_bytes = sum(sizes.values())
         if not dry_run:
-            _delete(flag, [name for name, _ in doomed_chunks], progress)
-            _delete(flag, [name for name, _ in doomed_indexes], None)
+            sweep.planned = len(doomed_chunks) + len(doomed_indexes)
+            reporter(TaskStarted("gc", deleted_bytes, repo.location))
+            _delete(flag, [name for name, _ in doomed_chunks], sizes, reporter, sweep)
+            _delete(flag, [name for name, _ in doomed_indexes], {}, reporter, sweep)
+            reporter(TaskFinished("gc"))
             backend.sweep_partial(cutoff)
             for marker in stale:
                 backend.delete(marker.name)
@@ -144,6 +187,7 @@ def collect_garbage(
         dry_run=dry_run,
         seconds=round(time.monotonic() - started, 3),
         kept_by_session=tuple(sorted({s.host for s in live})),
+        blockers=tuple(sorted(live, key=lambda s: s.start)),
     )
 
 
@@ -164,19 +208,16 @@ def _quiet_moment(flag: Marker, timing: Timing) -> float:
         flag.withdraw()
         if time.monotonic() > deadline:
             raise RepositoryBusy(
-                f"backups on {_hosts(committing)} kept committing for {timing.wait:.0f}s; "
-                "gc deleted nothing",
+                f"backups kept committing for {timing.wait:.0f}s ({owners(committing)}); "
+                "gc deleted nothing. If those processes are gone, 'blockvault unlock' "
+                "removes their markers",
                 repo=flag.backend.location,
             )
         time.sleep(timing.poll)
 
 
-def _hosts(markers: Iterable[MarkerInfo]) -> str:
-    return ", ".join(sorted({m.host for m in markers}))
-
-
-def _sizes(repo: Repository, names: list[str]) -> int:
-    """Bytes the named objects take, asked in parallel (one request each on S3)."""
+def _sizes(repo: Repository, names: list[str]) -> dict[str, int]:
+    """Bytes each named object takes, asked in parallel (one request each on S3)."""
 
     def size(name: str) -> int:
         try:
@@ -185,15 +226,26 @@ def _sizes(repo: Repository, names: list[str]) -> int:
             return 0
 
     with ThreadPoolExecutor(max(1, repo.backend.capabilities.parallel_io)) as pool:
-        return sum(pool.map(size, names))
+        return dict(zip(names, pool.map(size, names), strict=True))
 
 
-def _delete(flag: Marker, names: list[str], progress: Callable[[int], None] | None) -> None:
+def _delete(
+    flag: Marker, names: list[str], sizes: dict[str, int], reporter: Reporter, sweep: _Sweep
+) -> None:
     backend = flag.backend
-    with ThreadPoolExecutor(max(1, backend.capabilities.parallel_io)) as pool:
+
+    def delete(name: str) -> None:
+        backend.delete(name)
+        sweep.done()
+
+    pool = ThreadPoolExecutor(max(1, backend.capabilities.parallel_io))
+    try:
         for start in range(0, len(names), BATCH):
             flag.check_alive()  # a gc that others gave up as stale must not delete
             batch = names[start : start + BATCH]
-            list(pool.map(backend.delete, batch))
-            if progress is not None:
-                progress(len(batch))
+            list(pool.map(delete, batch))
+            reporter(TaskAdvanced("gc", sum(sizes.get(name, 0) for name in batch)))
+    finally:
+        # on an error or interruption: what has not started does not start, what has
+        # finishes, so the count the outcome gives is exact
+        pool.shutdown(wait=True, cancel_futures=True)

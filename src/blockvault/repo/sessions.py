@@ -13,6 +13,10 @@ collection"):
   state      ``running`` or ``committing`` for a backup, ``sweeping`` for a gc. A backup
              never commits while a gc sweeps, and a gc never sweeps while a backup
              commits: each writes its state, then reads the other side's.
+  owner      the process that wrote a marker: host name, machine id, boot id, pid and
+             the pid's start time (``/proc/PID/stat``), so that on the same machine
+             ``unlock`` can tell a dead owner (pid gone, reused, or rebooted since)
+             from a live one without waiting for the grace period.
 
 Times are compared only with other times from the same storage clock, so clients'
 clocks never matter; ``margin`` absorbs steps of that clock and coarse timestamps.
@@ -26,16 +30,33 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from blockvault.errors import ObjectNotFound, RepositoryBusy, SessionExpired, StorageError
+from blockvault.errors import (
+    Interrupted,
+    ObjectNotFound,
+    RepositoryBusy,
+    SessionExpired,
+    StorageError,
+)
+from blockvault.interrupts import shielded
 from blockvault.repo import format as fmt
 from blockvault.storage import Backend
 
-__all__ = ["DEFAULT_TIMING", "Marker", "MarkerInfo", "Timing", "read_markers"]
+__all__ = [
+    "DEFAULT_TIMING",
+    "Marker",
+    "MarkerInfo",
+    "Timing",
+    "UnlockResult",
+    "owners",
+    "read_markers",
+    "unlock",
+]
 
 RUNNING: Final = "running"
 COMMITTING: Final = "committing"
@@ -68,9 +89,26 @@ class MarkerInfo:
     state: str
     start: float  # storage clock
     heartbeat: float  # storage clock: the object's modification time
+    machine: str = ""  # /etc/machine-id of the owner ("" when unknown)
+    boot: str = ""  # the owner's boot id ("" when unknown)
+    pid_start: int = 0  # the owner's start, in clock ticks since boot (0 when unknown)
 
     def stale(self, now: float, grace: float) -> bool:
         return now - self.heartbeat > grace
+
+    def owner_gone(self) -> bool:
+        """True when the owner surely runs no more: it was on this machine (same host
+        name and machine id) and that machine has rebooted since, or its pid is free
+        or belongs to a process started at another time. False when unsure."""
+        here = _identity()
+        if not self.boot or (self.host, self.machine) != (here["host"], here["machine"]):
+            return False
+        return self.boot != here["boot"] or _process_start(self.pid) != self.pid_start
+
+
+def owners(markers: Iterable[MarkerInfo]) -> str:
+    """Who holds the markers, for messages: ``gc/ID by pid P on HOST``, comma-separated."""
+    return ", ".join(f"{m.name} by pid {m.pid} on {m.host or '?'}" for m in markers)
 
 
 def read_markers(backend: Backend, folder: str) -> list[MarkerInfo]:
@@ -96,6 +134,9 @@ def read_markers(backend: Backend, folder: str) -> list[MarkerInfo]:
                 state=str(data.get("state", RUNNING)),
                 start=float(start) if isinstance(start, int | float) else modified,
                 heartbeat=modified,
+                machine=str(data.get("machine", "")),
+                boot=str(data.get("boot", "")),
+                pid_start=int(data.get("pid_start", 0)),
             )
         )
     return found
@@ -126,6 +167,7 @@ class Marker:
         self._clock = clock
         self._last_beat = 0.0  # clock() of the last successful write
         self._lapsed = False  # a heartbeat came later than the grace period allows
+        self._lost = False  # the marker vanished while this process was up
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -133,14 +175,19 @@ class Marker:
 
     # --- life cycle ----------------------------------------------------------------
     def __enter__(self) -> Self:
-        self.write()
         try:
-            self.start = self.backend.modified(self.name)
-        except StorageError:
-            self.start = None  # this storage has no times: backups work, gc refuses
-        self._thread = threading.Thread(target=self._beat, name=f"{self.kind}-heartbeat")
-        self._thread.daemon = True
-        self._thread.start()
+            with shielded():  # a signal waits until the marker is up, then takes it down
+                self.write()
+                try:
+                    self.start = self.backend.modified(self.name)
+                except StorageError:
+                    self.start = None  # this storage has no times: backups work, gc refuses
+                self._thread = threading.Thread(target=self._beat, name=f"{self.kind}-heartbeat")
+                self._thread.daemon = True
+                self._thread.start()
+        except Interrupted:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(
@@ -149,18 +196,20 @@ class Marker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.withdraw()
+        with shielded():  # never leave the marker behind half-way through leaving
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            self.withdraw()
 
     def write(self) -> None:
         """(Re)write the marker now; its modification time becomes the heartbeat."""
         with self._lock:
             body = {
                 "kind": self.kind,
-                "host": socket.gethostname(),
+                **_identity(),
                 "pid": os.getpid(),
+                "pid_start": _process_start(os.getpid()) or 0,
                 "state": self.state,
                 "start": self.start,
                 "client_time": time.time(),  # for people reading the marker only
@@ -168,6 +217,8 @@ class Marker:
             now = self._clock()
             if self._written and now - self._last_beat > self.grace:
                 self._lapsed = True
+            if self._written and not self.backend.exists(self.name):
+                self._lost = True  # someone removed it (gc, unlock): rewriting is too late
             self.backend.write(self.name, json.dumps(body).encode())
             self._last_beat = self._clock()
             self._written = True
@@ -201,8 +252,8 @@ class Marker:
             detail = f"went longer than its grace period of {self.grace:.0f}s without a heartbeat"
         elif silent > self.grace / 2:
             detail = f"has had no heartbeat for {silent:.0f}s (grace period {self.grace:.0f}s)"
-        elif not self.backend.exists(self.name):
-            detail = "lost its marker (a gc took it for stale)"
+        elif self._lost or not self.backend.exists(self.name):
+            detail = "lost its marker (a gc or 'unlock' took it for dead)"
         if detail:
             remedy = (
                 "a gc may have removed what it stored, so nothing was committed: run it again"
@@ -236,8 +287,85 @@ class Marker:
                 return
             if self._clock() > deadline:
                 raise RepositoryBusy(
-                    f"{what} on {', '.join(sorted({m.host for m in busy}))} did not finish "
-                    f"within {self.timing.wait:.0f}s",
+                    f"{what} did not finish within {self.timing.wait:.0f}s ({owners(busy)}); if "
+                    "that process is gone, 'blockvault unlock' removes its marker",
                     repo=self.backend.location,
                 )
             time.sleep(self.timing.poll)
+
+
+@dataclass(frozen=True)
+class UnlockResult:
+    removed: tuple[tuple[MarkerInfo, str], ...]  # each with the reason it went
+    kept: tuple[tuple[MarkerInfo, str], ...]  # each with the reason it stays
+
+
+def unlock(
+    backend: Backend, *, older_than: float | None = None, dry_run: bool = False
+) -> UnlockResult:
+    """Remove the markers (backup and gc) that a process left when it died without
+    cleaning up (SIGKILL, power loss): those whose owner is surely gone, and with
+    ``older_than`` (seconds) those silent for longer, whoever wrote them.
+
+    Removing a live writer's marker cannot corrupt anything: the writer finds its
+    marker gone before it commits and fails with ``SessionExpired``."""
+    now = _storage_now(backend) if older_than is not None else 0.0
+    removed, kept = [], []
+    for folder in (fmt.SESSION_DIR, fmt.GC_DIR):
+        for marker in read_markers(backend, folder):
+            silent = now - marker.heartbeat
+            if marker.owner_gone():
+                reason = f"process {marker.pid} on {marker.host} is gone"
+            elif older_than is not None and silent > older_than:
+                reason = f"silent for {silent:.0f}s (more than --older-than {older_than:.0f}s)"
+            else:
+                kept.append((marker, _why_kept(marker)))
+                continue
+            if not dry_run:
+                backend.delete(marker.name)
+            removed.append((marker, reason))
+    return UnlockResult(tuple(removed), tuple(kept))
+
+
+def _why_kept(marker: MarkerInfo) -> str:
+    here = _identity()
+    if (marker.host, marker.machine) == (here["host"], here["machine"]) and marker.boot:
+        return f"process {marker.pid} still runs on this machine"
+    return (
+        f"written on {marker.host or 'an unknown host'}, whose processes this machine "
+        "cannot see; if it is dead, pass --older-than"
+    )
+
+
+def _storage_now(backend: Backend) -> float:
+    """The storage's clock, read from a marker of our own (which an unlock killed
+    midway leaves for the next one to remove: its owner is gone)."""
+    with Marker(backend, fmt.GC_DIR, "unlock", state="unlocking") as probe:
+        return probe.now()
+
+
+def _identity() -> dict[str, str]:
+    """Who this machine is, for markers: host name, machine id, boot id."""
+    return {
+        "host": socket.gethostname(),
+        "machine": _read_text("/etc/machine-id"),
+        "boot": _read_text("/proc/sys/kernel/random/boot_id"),
+    }
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), None if there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # field 22 (starttime); fields are counted after the command name, which may
+    # itself hold spaces and parentheses, hence the split at the last ")"
+    return int(stat.rsplit(")", 1)[1].split()[19])

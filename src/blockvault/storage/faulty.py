@@ -1,18 +1,25 @@
 """Fault injection: a backend wrapper that fails chosen operations on purpose.
 
 Tests put it under ``RetryingBackend`` to check that transient failures are retried
-and that permanent ones surface as one clear error. Nothing in the product uses it.
+and that permanent ones surface as one clear error. With ``signal`` it instead sends
+that signal to its own process once, at the chosen call: a deterministic interruption
+(after so many chunks) for the tests of SIGINT, SIGTERM and SIGHUP. Tests of the CLI
+set ``$BLOCKVAULT_FAULTS`` (see ``from_spec``), which ``open_backend`` honours;
+nothing else in the product uses it.
 """
 
 from __future__ import annotations
 
+import signal as signals
 import threading
 from collections.abc import Iterator
 
 from blockvault.errors import StorageError, TransientStorageError
 from blockvault.storage.backend import Backend
 
-__all__ = ["FaultyBackend"]
+__all__ = ["FAULTS_ENV", "FaultyBackend"]
+
+FAULTS_ENV = "BLOCKVAULT_FAULTS"  # e.g. "signal=TERM,every=37,operations=write"
 
 
 class FaultyBackend(Backend):
@@ -27,6 +34,8 @@ class FaultyBackend(Backend):
         every: int = 2,
         operations: frozenset[str] = frozenset({"write"}),
         transient: bool = True,
+        signal: int = 0,
+        under: str = "",
     ) -> None:
         self.inner = inner
         self.location = inner.location
@@ -34,21 +43,43 @@ class FaultyBackend(Backend):
         self.every = every
         self.operations = operations
         self.transient = transient
+        self.signal = signal  # instead of failing: sent to this process once
+        self.under = under  # only calls on names starting with this count
         self.calls = 0
         self.failures = 0
         self._lock = threading.Lock()
 
     def _maybe_fail(self, operation: str, name: str) -> None:
-        if operation not in self.operations:
+        if operation not in self.operations or not name.startswith(self.under):
             return
         with self._lock:
             self.calls += 1
-            fail = self.calls % self.every == 0
+            fail = self.calls % self.every == 0 and not (self.signal and self.failures)
             if fail:
                 self.failures += 1
-        if fail:
+        if fail and self.signal:
+            # to the main thread, as a terminal's Ctrl-C usually lands: its wait for
+            # workers is cut short there, not only when the next result comes in
+            signals.pthread_kill(threading.main_thread().ident or 0, self.signal)
+        elif fail:
             cls = TransientStorageError if self.transient else StorageError
             raise cls(f"{operation} {name}: injected fault", location=self.location)
+
+    @classmethod
+    def from_spec(cls, inner: Backend, spec: str) -> FaultyBackend:
+        """``inner`` wrapped as ``spec`` says: comma-separated ``every=N``,
+        ``operations=write+delete``, ``under=PREFIX`` (only names starting with it),
+        ``permanent`` and ``signal=TERM`` (or INT, HUP)."""
+        options = dict(item.partition("=")[::2] for item in spec.split(",") if item)
+        name = options.get("signal", "")
+        return cls(
+            inner,
+            every=int(options.get("every", "2")),
+            operations=frozenset(options.get("operations", "write").split("+")),
+            transient="permanent" not in options,
+            signal=signals.Signals[f"SIG{name}"].value if name else 0,
+            under=options.get("under", ""),
+        )
 
     def read(self, name: str) -> bytes:
         self._maybe_fail("read", name)

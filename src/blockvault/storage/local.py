@@ -86,9 +86,11 @@ class LocalBackend(Backend):
         try:
             os.rename(tmp, path)
             self._sync_dir(path.parent)
-        except OSError as exc:
+        except BaseException as exc:  # an interruption too: no temporary file stays
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            if not isinstance(exc, OSError):
+                raise
             raise StorageError(f"writing {name}: {exc.strerror}", location=self.location) from None
 
     def write_batched(self, name: str, data: bytes | memoryview) -> None:
@@ -160,9 +162,11 @@ class LocalBackend(Backend):
                     os.fsync(fd)
             finally:
                 os.close(fd)
-        except OSError as exc:
+        except BaseException as exc:  # an interruption too: no temporary file stays
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            if not isinstance(exc, OSError):
+                raise
             raise StorageError(f"writing {name}: {exc.strerror}", location=self.location) from None
         return tmp
 

@@ -8,10 +8,12 @@ install when it asks for more. They come wrapped in ``RetryingBackend``.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 from blockvault.errors import UsageError
 from blockvault.storage.backend import Backend
+from blockvault.storage.faulty import FAULTS_ENV, FaultyBackend
 from blockvault.storage.retry import RetryingBackend
 
 __all__ = ["REMOTE_SCHEMES", "open_backend"]
@@ -26,7 +28,14 @@ REMOTE_SCHEMES: dict[str, tuple[str, str, str, str]] = {
 def open_backend(location: str, *, s3_endpoint: str | None = None) -> Backend:
     """A backend for ``location``: a plain path (or ``file://``) means a local directory,
     ``sftp://[user@]host[:port]/path`` an SSH server, ``s3://bucket/prefix`` a bucket
-    (``s3_endpoint`` overrides ``AWS_ENDPOINT_URL``)."""
+    (``s3_endpoint`` overrides ``AWS_ENDPOINT_URL``). ``$BLOCKVAULT_FAULTS`` (tests
+    only) wraps it in ``FaultyBackend.from_spec``."""
+    backend = _open(location, s3_endpoint)
+    spec = os.environ.get(FAULTS_ENV)
+    return FaultyBackend.from_spec(backend, spec) if spec else backend
+
+
+def _open(location: str, s3_endpoint: str | None) -> Backend:
     scheme, sep, rest = location.partition("://")
     if not sep:
         from blockvault.storage.local import LocalBackend

@@ -143,6 +143,7 @@ COMMANDS = (
     "umount",
     "prune",
     "gc",
+    "unlock",
     "check",
     "demo",
     "cast",

@@ -32,7 +32,8 @@ def register(group: click.Group) -> None:
         if chosen is not None:
             read_data = True
         repo = open_repo(ctx)
-        result = check_repository(repo, read_data=read_data, subset=chosen)
+        with render.progress(as_json) as reporter:
+            result = check_repository(repo, read_data=read_data, subset=chosen, reporter=reporter)
         if as_json:
             render.emit_json(
                 {

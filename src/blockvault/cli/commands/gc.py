@@ -33,9 +33,9 @@ def register(group: click.Group) -> None:
         of pruned snapshots and of interrupted backups. Safe while backups run:
         what a running backup may still reference is kept (see docs/FORMAT.md)."""
         repo = open_repo(ctx)
-        result = collect_garbage(
-            repo, dry_run=dry_run, timing=replace(DEFAULT_TIMING, margin=margin)
-        )
+        timing = replace(DEFAULT_TIMING, margin=margin)
+        with render.progress(as_json) as reporter:
+            result = collect_garbage(repo, dry_run=dry_run, timing=timing, reporter=reporter)
         if as_json:
             render.emit_json(result)
             return
@@ -58,6 +58,12 @@ def register(group: click.Group) -> None:
                 f"kept {render.plural(result.kept_young, 'unreferenced object')} too new to "
                 f"delete{running}; "
                 "a later gc frees them"
+            )
+        for marker in result.blockers:
+            click.echo(
+                f"kept back by {marker.kind or 'backup'} marker {marker.name} (pid {marker.pid} "
+                f"on {marker.host or '?'}): if that process is gone, 'blockvault unlock' "
+                "removes the marker"
             )
         if result.stale_sessions:
             click.echo(

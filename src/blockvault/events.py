@@ -1,8 +1,10 @@
-"""Progress events: how pipelines tell the world what they are doing.
+"""Progress events: how the library tells the world what it is doing.
 
-The library never prints. Each pipeline takes a ``Reporter`` (any callable taking
-an ``Event``) and emits events from the calling thread; the CLI renders them as
-progress bars or JSON lines, an agent could forward them to a server.
+The library never prints. Each pipeline, and the repository's own long tasks (check,
+gc), take a ``Reporter`` (any callable taking an ``Event``) and emit events from the
+calling thread; the CLI renders them as progress bars or JSON lines, an agent could
+forward them to a server. This module sits at the bottom layer, beside errors.py, so
+that every layer can report without importing the pipeline.
 """
 
 from __future__ import annotations
