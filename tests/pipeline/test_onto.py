@@ -313,3 +313,33 @@ def test_failed_conversion_to_4096_byte_sectors_leaves_no_table(
     assert not has_table(Path(dev)) and not finds_anything(Path(dev))
     clone(str(disk.path), dev, confirm=lambda _: True)
     assert "No problems found" in sh("sgdisk", "-v", dev)
+
+
+@pytest.mark.parametrize(("name", "code"), [("INT", 130), ("TERM", 143), ("HUP", 129)])
+def test_signal_during_restore_says_the_target_is_incomplete(
+    disks: dict[str, BuiltDisk], name: str, code: int, tmp_path: Path
+) -> None:
+    """A signal at the third chunk read (storage/faulty.py's deterministic hook): exit
+    128 + N, one line that names the signal and the incomplete target, no table."""
+    disk = disks["gpt"]
+    location = tmp_path / "repo"
+    backup(Repository.init(str(location)), str(disk.path))
+    target = _whole_copy(disk, tmp_path / "target.img")
+    proc = blockvault(
+        "-r",
+        location,
+        "restore",
+        "latest",
+        target,
+        "--yes",
+        env={"BLOCKVAULT_FAULTS": f"signal={name},every=3,operations=read,under=data/"},
+    )
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"interrupted by SIG{name}" in lines[0], lines[0]
+    assert f"target {target} is left incomplete" in lines[0], lines[0]
+    assert not has_table(target) and not finds_anything(target)
+    again = blockvault("-r", location, "restore", "latest", target, "--yes")
+    assert again.returncode == 0, again.stderr
+    assert has_table(target)
