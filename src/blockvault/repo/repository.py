@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from blockvault.errors import (
@@ -45,7 +45,14 @@ from blockvault.repo.manifest import Snapshot
 from blockvault.repo.objects import Codec, DecodeError
 from blockvault.storage import Backend, open_backend
 
-__all__ = ["ENCRYPTIONS", "Passphrase", "Repository", "RepositoryConfig", "parse_compression"]
+__all__ = [
+    "ENCRYPTIONS",
+    "Passphrase",
+    "Repository",
+    "RepositoryConfig",
+    "SnapshotListing",
+    "parse_compression",
+]
 
 ENCRYPTIONS: Final = ("none", "repokey")  # repokey: the wrapped key lives in keys/
 Passphrase = str | Callable[[], str]  # a callable is asked only if the repository needs it
@@ -100,6 +107,25 @@ class RepositoryConfig:
         if encryption not in ENCRYPTIONS:
             raise ValueError(f"encryption {encryption!r} is not supported")
         return cls(data["id"], int(data["chunk_size"]), str(data["compression"]), encryption)
+
+
+@dataclass(frozen=True)
+class SnapshotListing:
+    """Every snapshot of a repository, damaged ones named rather than raised: one bad
+    manifest or missing index must not hide the others (``snapshots``, ``prune``,
+    ``latest``). ``blockvault check`` says more about each damage."""
+
+    snapshots: tuple[Snapshot, ...]  # every manifest that reads, oldest first
+    damaged: Mapping[str, str] = field(default_factory=dict)  # id -> what is wrong
+
+    def usable(self) -> tuple[Snapshot, ...]:
+        """The snapshots whose manifest reads and whose index exists, oldest first."""
+        return tuple(s for s in self.snapshots if s.id not in self.damaged)
+
+    def unreadable(self) -> list[str]:
+        """Ids of the snapshots whose manifest does not read."""
+        readable = {s.id for s in self.snapshots}
+        return sorted(i for i in self.damaged if i not in readable)
 
 
 class Repository:
@@ -385,13 +411,32 @@ class Repository:
             ) from None
 
     def snapshots(self) -> list[Snapshot]:
-        """Every snapshot, oldest first."""
+        """Every snapshot, oldest first; raises ``ObjectCorrupt`` on a damaged manifest
+        (for callers that must see everything, such as verify; see ``listing``)."""
         return sorted((self.load_snapshot(i) for i in self.snapshot_ids()), key=lambda s: s.time)
 
+    def listing(self) -> SnapshotListing:
+        """Every snapshot, a damaged manifest or a missing index named, not raised."""
+        readable: list[Snapshot] = []
+        damaged: dict[str, str] = {}
+        for snapshot_id in self.snapshot_ids():
+            try:
+                readable.append(self.load_snapshot(snapshot_id))
+            except SnapshotNotFound:
+                continue  # removed while we listed
+            except IntegrityError as exc:
+                damaged[snapshot_id] = str(exc)
+        indexes = {name.rsplit("/", 1)[1] for name in self.backend.list(fmt.INDEX_DIR + "/")}
+        for snap in readable:
+            if snap.index not in indexes:
+                damaged[snap.id] = f"its index {snap.index} is missing"
+        readable.sort(key=lambda s: s.time)
+        return SnapshotListing(tuple(readable), damaged)
+
     def resolve(self, ref: str) -> Snapshot:
-        """A snapshot by full id, unique id prefix, or ``latest``."""
+        """A snapshot by full id, unique id prefix, or ``latest`` (the newest usable one)."""
         if ref == "latest":
-            snaps = self.snapshots()
+            snaps = self.listing().usable()
             if not snaps:
                 raise SnapshotNotFound(ref=ref, repo=self.location)
             return snaps[-1]
@@ -419,8 +464,15 @@ class Repository:
             ) from None
 
     def stored_size(self, chunk_ids: set[str]) -> int:
-        """Bytes the given chunks take in storage."""
-        return sum(self.backend.size(fmt.chunk_name(c)) for c in chunk_ids)
+        """Bytes the given chunks take in storage; a missing chunk takes none (``info``
+        still describes a damaged snapshot; ``check`` names what is missing)."""
+        total = 0
+        for chunk_id in chunk_ids:
+            try:
+                total += self.backend.size(fmt.chunk_name(chunk_id))
+            except ObjectNotFound:
+                continue
+        return total
 
     # --- listing and removal (prune, gc, check) -------------------------------------
     def stored_chunk_ids(self) -> set[str]:
