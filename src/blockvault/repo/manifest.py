@@ -7,7 +7,7 @@ Writing it is the commit point of a backup.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 __all__ = ["PartitionRecord", "Snapshot", "Stats"]
@@ -54,7 +54,17 @@ class Snapshot:
     compression: str
     tags: tuple[str, ...] = ()
     stats: Stats = field(default_factory=Stats)
+    # which disk this is, stable across reboots and renamed device nodes: "wwn:...",
+    # "serial:...", "image:/absolute/path" or "table:<disk id>"; "" in snapshots made
+    # before it was recorded (``origin`` then falls back to ``source``)
+    source_id: str = ""
     id: str = ""  # filled in when read back; not part of the stored JSON
+
+    @property
+    def origin(self) -> tuple[str, str, tuple[int, ...]]:
+        """(host, disk, imaged partitions): ``latest`` never crosses from one to another."""
+        numbers = tuple(p.number for p in self.imaged_partitions)
+        return self.host, self.source_id or self.source, numbers
 
     @property
     def imaged_partitions(self) -> tuple[PartitionRecord, ...]:
@@ -66,15 +76,35 @@ class Snapshot:
     def to_json(self) -> bytes:
         data = asdict(self)
         data.pop("id")
+        if not self.source_id:  # a manifest without one reads as it did before it existed
+            data.pop("source_id")
         return json.dumps({"version": 1, **data}, sort_keys=True, indent=1).encode()
 
     @classmethod
     def from_json(cls, raw: bytes, snapshot_id: str) -> Snapshot:
-        """Parse; raises ``ValueError`` (or ``KeyError``/``TypeError``) when malformed."""
-        data: dict[str, Any] = json.loads(raw)
-        if data.pop("version", None) != 1:
+        """Parse; raises ``ValueError`` (or ``KeyError``/``TypeError``) when malformed.
+        Fields this version does not know are ignored (a newer writer may add some)."""
+        data: Any = json.loads(raw)
+        if not isinstance(data, dict) or data.pop("version", None) != 1:
             raise ValueError("unsupported manifest version")
-        data["partitions"] = tuple(PartitionRecord(**p) for p in data["partitions"])
+        data = _known(cls, data)
+        partitions = data["partitions"]
+        if not isinstance(partitions, list) or len(partitions) > MAX_PARTITIONS:
+            raise ValueError(f"partitions: a list of at most {MAX_PARTITIONS} is expected")
+        data["partitions"] = tuple(
+            PartitionRecord(**_known(PartitionRecord, p)) for p in partitions
+        )
         data["tags"] = tuple(data.get("tags", ()))
-        data["stats"] = Stats(**data.get("stats", {}))
+        data["stats"] = Stats(**_known(Stats, data.get("stats", {})))
         return cls(**data, id=snapshot_id)
+
+
+MAX_PARTITIONS = 256  # GPT holds 128; more is damage
+
+
+def _known(kind: type, data: Any) -> dict[str, Any]:
+    """The entries of ``data`` that are fields of dataclass ``kind`` (not ``id``)."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{kind.__name__}: an object is expected")
+    names = {f.name for f in fields(kind)} - {"id"}
+    return {k: v for k, v in data.items() if k in names}

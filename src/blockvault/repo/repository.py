@@ -106,7 +106,10 @@ class RepositoryConfig:
         encryption = str(data.get("encryption", "none"))
         if encryption not in ENCRYPTIONS:
             raise ValueError(f"encryption {encryption!r} is not supported")
-        return cls(data["id"], int(data["chunk_size"]), str(data["compression"]), encryption)
+        chunk_size = int(data["chunk_size"])
+        if problem := fmt.chunk_size_problem(chunk_size):
+            raise ValueError(problem)
+        return cls(str(data["id"]), chunk_size, str(data["compression"]), encryption)
 
 
 @dataclass(frozen=True)
@@ -166,8 +169,8 @@ class Repository:
         init never leaves an encrypted repository without its key.
         """
         parse_compression(compression)
-        if chunk_size < 4096 or chunk_size & (chunk_size - 1) or chunk_size > 64 << 20:
-            raise UsageError(f"chunk size {chunk_size}: use a power of two from 4 KiB to 64 MiB")
+        if problem := fmt.chunk_size_problem(chunk_size):
+            raise UsageError(problem)
         if encryption not in ENCRYPTIONS:
             raise UsageError(f"encryption {encryption!r}: use {' or '.join(ENCRYPTIONS)}")
         secret = _ask(passphrase, location) if encryption != "none" else None
@@ -209,14 +212,20 @@ class Repository:
             raise KeyMissing(repo=location)
         secret = _ask(passphrase, location)
         keys: list[KeyFile] = []
+        refused: list[str] = []
         for name in sorted(key_names):
             try:
                 keys.append(KeyFile.from_json(backend.read(name)))
-            except (ValueError, ObjectNotFound):
-                continue  # a damaged or vanished key object: the others may still open
+            except ValueError as exc:  # damaged, or asks too much: the others may open
+                refused.append(f"{name}: {exc}")
+            except ObjectNotFound:
+                continue  # removed while we listed
         if not keys:
             raise ObjectCorrupt(
-                "no key object can be parsed", kind="key", name=fmt.KEY_DIR, repo=location
+                "no key object can be used (" + "; ".join(refused) + ")",
+                kind="key",
+                name=fmt.KEY_DIR,
+                repo=location,
             )
         for key in keys:
             if key.repository != config.id:
@@ -362,7 +371,7 @@ class Repository:
 
     def decode_chunk(self, chunk_id: str, raw: bytes) -> bytes:
         try:
-            return self.codec.decode(fmt.CHUNK_MAGIC, raw, chunk_id)
+            return self.codec.decode(fmt.CHUNK_MAGIC, raw, chunk_id, self.config.chunk_size)
         except DecodeError as exc:
             raise ChunkCorrupt(str(exc), chunk=chunk_id, repo=self.location, where="") from None
 
