@@ -34,6 +34,7 @@ an exception into an exit code and a single line on stderr.
         ├── RepositoryExists
         ├── SnapshotNotFound
         ├── AmbiguousSnapshot
+        ├── AmbiguousLatest                  'latest' would cross hosts, disks or partition sets
         ├── WrongPassphrase                  no key of the repository opens with it
         ├── KeyMissing                       encrypted repository without a key object
         ├── SessionExpired                   a backup went silent past the gc grace period
@@ -49,6 +50,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "AmbiguousLatest",
     "AmbiguousSnapshot",
     "BlockvaultError",
     "BrowseError",
@@ -219,6 +221,13 @@ class SnapshotNotFound(RepositoryError):
 
 class AmbiguousSnapshot(RepositoryError):
     template = "{ref!r} matches {count} snapshots in {repo}; give more characters of the id"
+
+
+class AmbiguousLatest(RepositoryError):
+    template = (
+        "'latest' is ambiguous in {repo}: it holds snapshots of {count} sources ({candidates}); "
+        "choose one with --host H and/or --source S, or give a snapshot id"
+    )
 
 
 class WrongPassphrase(RepositoryError):

@@ -61,10 +61,26 @@ class Snapshot:
     id: str = ""  # filled in when read back; not part of the stored JSON
 
     @property
-    def origin(self) -> tuple[str, str, tuple[int, ...]]:
-        """(host, disk, imaged partitions): ``latest`` never crosses from one to another."""
-        numbers = tuple(p.number for p in self.imaged_partitions)
-        return self.host, self.source_id or self.source, numbers
+    def origin(self) -> str:
+        """Host, disk and imaged partitions, for people: ``pc1 wwn:0x5000… [1, 2]``."""
+        numbers = list(self.imaged_partitions_numbers)
+        return f"{self.host} {self.source_id or self.source} partitions {numbers}"
+
+    def same_origin(self, other: Snapshot) -> bool:
+        """Whether both image the same partitions of the same disk of the same host:
+        ``latest`` never crosses from one origin to another. A snapshot made before
+        ``source_id`` was recorded is compared by its device or image path."""
+        if self.host != other.host or self.imaged_partitions_numbers != (
+            other.imaged_partitions_numbers
+        ):
+            return False
+        if self.source_id and other.source_id:
+            return self.source_id == other.source_id
+        return self.source == other.source
+
+    @property
+    def imaged_partitions_numbers(self) -> tuple[int, ...]:
+        return tuple(p.number for p in self.imaged_partitions)
 
     @property
     def imaged_partitions(self) -> tuple[PartitionRecord, ...]:

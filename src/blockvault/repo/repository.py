@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 from collections.abc import Callable, Mapping
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 
 from blockvault.errors import (
+    AmbiguousLatest,
     AmbiguousSnapshot,
     ChunkCorrupt,
     ChunkMissing,
@@ -50,6 +52,7 @@ __all__ = [
     "Passphrase",
     "Repository",
     "RepositoryConfig",
+    "Selector",
     "SnapshotListing",
     "parse_compression",
 ]
@@ -113,6 +116,26 @@ class RepositoryConfig:
 
 
 @dataclass(frozen=True)
+class Selector:
+    """Which snapshots ``latest`` chooses among (the CLI's ``--host`` and ``--source``).
+
+    ``source`` matches a snapshot's identity (``wwn:…``, ``serial:…``, ``image:…``),
+    the value after its kind, or the device or image path it was taken from.
+    """
+
+    host: str | None = None
+    source: str | None = None
+
+    def matches(self, snap: Snapshot) -> bool:
+        if self.host is not None and snap.host != self.host:
+            return False
+        if self.source is None:
+            return True
+        names = {snap.source, snap.source_id, snap.source_id.partition(":")[2]} - {""}
+        return bool(names & {self.source, "image:" + os.path.realpath(self.source)})
+
+
+@dataclass(frozen=True)
 class SnapshotListing:
     """Every snapshot of a repository, damaged ones named rather than raised: one bad
     manifest or missing index must not hide the others (``snapshots``, ``prune``,
@@ -150,6 +173,7 @@ class Repository:
         self.codec = Codec(parse_compression(config.compression), self._sealer)
         self._known: set[str] | None = None
         self._lock = threading.Lock()
+        self.selector = Selector()  # narrows what ``latest`` means
 
     # --- life cycle --------------------------------------------------------------
     @classmethod
@@ -240,6 +264,7 @@ class Repository:
         clone = Repository(self.backend, self.config, self._master, self.key_id)
         clone.codec = Codec(parse_compression(compression), self._sealer)
         clone._known, clone._lock = self._known, self._lock
+        clone.selector = self.selector
         return clone
 
     # --- ids and keys --------------------------------------------------------------
@@ -443,11 +468,20 @@ class Repository:
         return SnapshotListing(tuple(readable), damaged)
 
     def resolve(self, ref: str) -> Snapshot:
-        """A snapshot by full id, unique id prefix, or ``latest`` (the newest usable one)."""
+        """A snapshot by full id, unique id prefix, or ``latest``: the newest usable
+        snapshot that ``self.selector`` matches, provided they all share one origin
+        (host, disk, partitions); else ``AmbiguousLatest`` lists the origins."""
         if ref == "latest":
-            snaps = self.listing().usable()
+            snaps = [s for s in self.listing().usable() if self.selector.matches(s)]
             if not snaps:
                 raise SnapshotNotFound(ref=ref, repo=self.location)
+            newest: list[Snapshot] = []  # the newest of each origin, newest first
+            for snap in reversed(snaps):
+                if not any(snap.same_origin(n) for n in newest):
+                    newest.append(snap)
+            if len(newest) > 1:
+                candidates = "; ".join(f"{s.origin}: {s.id[:12]}" for s in newest)
+                raise AmbiguousLatest(count=len(newest), candidates=candidates, repo=self.location)
             return snaps[-1]
         matches = [i for i in self.snapshot_ids() if i.startswith(ref.lower())] if ref else []
         if not matches:

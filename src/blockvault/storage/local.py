@@ -155,8 +155,11 @@ class LocalBackend(Backend):
         return self._file_mode
 
     def _make_folders(self, folder: Path, mode: int) -> None:
-        """``folder`` and its missing parents below the root, each with ``mode``."""
-        if folder == self.root or folder.is_dir():
+        """``folder`` and its missing parents, each with ``mode`` (the root private)."""
+        if folder.is_dir():
+            return
+        if folder == self.root:
+            self.create()
             return
         self._make_folders(folder.parent, mode)
         with contextlib.suppress(FileExistsError):  # another thread made it
