@@ -18,8 +18,9 @@ import zstandard
 from blockvault.errors import ChunkCorrupt, ObjectCorrupt, RepositoryError
 from blockvault.repo import Repository
 from blockvault.repo import format as fmt
+from blockvault.repo.crypto import MasterKey
 from blockvault.repo.index import Index
-from blockvault.repo.keys import KeyFile, ScryptParams
+from blockvault.repo.keys import KeyFile, ScryptParams, wrap
 from blockvault.repo.objects import Codec, DecodeError
 from tests.compat.test_compat import FROZEN, PASSPHRASE
 from tests.conftest import blockvault
@@ -188,3 +189,34 @@ def test_manifest_fields_from_a_newer_writer_are_ignored(tmp_path: Path) -> None
     raw = json.dumps(document).encode()
     parsed = type(snap).from_json(raw, "x")
     assert parsed.partitions == snap.partitions and parsed.time == snap.time
+
+
+def test_only_the_first_keys_are_tried(tmp_path: Path) -> None:
+    """Each key costs a key derivation: a repository stuffed with key files cannot make
+    opening it take minutes. 25 foreign keys that sort first hide the real one."""
+    copy = tmp_path / "encrypted"
+    shutil.copytree(FROZEN / "encrypted", copy)
+    (real,) = (copy / fmt.KEY_DIR).iterdir()
+    assert not real.name.startswith("00")
+    config = json.loads((copy / fmt.CONFIG_NAME).read_bytes())
+    foreign = wrap(MasterKey.generate(), "not ours", config["id"], ScryptParams(n=2**10))
+    for i in range(25):
+        (copy / fmt.KEY_DIR / f"00{i:062x}").write_bytes(foreign.to_json())
+    proc = blockvault("-r", copy, "snapshots", env={"BLOCKVAULT_PASSWORD": PASSPHRASE})
+    assert proc.returncode == 3, proc.stderr
+    assert "wrong passphrase" in proc.stderr and "6 of 26 keys not tried" in proc.stderr
+    for i in range(6, 25):  # 6 foreign keys and the real one: within the bound
+        (copy / fmt.KEY_DIR / f"00{i:062x}").unlink()
+    assert Repository.open(str(copy), passphrase=PASSPHRASE).snapshot_ids()
+
+
+def test_an_oversized_config_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    copy = tmp_path / "plain"
+    shutil.copytree(FROZEN / "plain", copy)
+    config = copy / fmt.CONFIG_NAME
+    config.write_bytes(config.read_bytes() + b" " * (100 << 10))
+    proc = blockvault("-r", copy, "snapshots")
+    assert proc.returncode == 3
+    assert f"config is unreadable: {config.stat().st_size} bytes, more than the 65536" in (
+        proc.stderr
+    )

@@ -25,7 +25,10 @@ __all__ = [
     "INDEX_MAGIC",
     "INDEX_REGION",
     "MAX_CHUNK_SIZE",
+    "MAX_CONFIG_BYTES",
     "MAX_INDEX_BYTES",
+    "MAX_KEYS",
+    "MAX_KEY_BYTES",
     "MAX_MANIFEST_BYTES",
     "MAX_PLAINTEXT",
     "MIN_CHUNK_SIZE",
@@ -116,6 +119,9 @@ GCM_TAG: Final = 16
 # A chunk is further bounded by the repository's chunk size.
 MAX_MANIFEST_BYTES: Final = 16 << 20
 MAX_INDEX_BYTES: Final = 1 << 30  # 32 M chunk ids: 8 TiB of disk at 256 KiB chunks
+MAX_CONFIG_BYTES: Final = 64 << 10  # config and key files are small JSON
+MAX_KEY_BYTES: Final = 64 << 10
+MAX_KEYS: Final = 20  # key files tried when opening (each costs a key derivation)
 MAX_PLAINTEXT: Final = {
     CHUNK_MAGIC: MAX_CHUNK_SIZE,
     INDEX_MAGIC: MAX_INDEX_BYTES,

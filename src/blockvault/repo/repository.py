@@ -237,9 +237,11 @@ class Repository:
         secret = _ask(passphrase, location)
         keys: list[KeyFile] = []
         refused: list[str] = []
-        for name in sorted(key_names):
+        if len(key_names) > fmt.MAX_KEYS:  # each costs a key derivation: bound the work
+            refused.append(f"{len(key_names) - fmt.MAX_KEYS} of {len(key_names)} keys not tried")
+        for name in sorted(key_names)[: fmt.MAX_KEYS]:
             try:
-                keys.append(KeyFile.from_json(backend.read(name)))
+                keys.append(KeyFile.from_json(_read_small(backend, name, fmt.MAX_KEY_BYTES)))
             except ValueError as exc:  # damaged, or asks too much: the others may open
                 refused.append(f"{name}: {exc}")
             except ObjectNotFound:
@@ -257,7 +259,8 @@ class Repository:
             master = unwrap(key, secret)
             if master is not None:
                 return cls(backend, config, master, key.id)
-        raise WrongPassphrase(what=f"any key of repository {location}", repo=location)
+        tried = f" ({'; '.join(refused)})" if refused else ""
+        raise WrongPassphrase(what=f"any key of repository {location}{tried}", repo=location)
 
     def with_compression(self, compression: str) -> Repository:
         """The same repository writing new chunks at another compression setting."""
@@ -533,13 +536,22 @@ class Repository:
         self.backend.delete(fmt.snapshot_name(snapshot_id))
 
 
+def _read_small(backend: Backend, name: str, limit: int) -> bytes:
+    """An object that must be small (config, key file); ``ValueError`` when it is not,
+    found from its size before a byte of it is read."""
+    size = backend.size(name)
+    if size > limit:
+        raise ValueError(f"{size} bytes, more than the {limit} it may have")
+    return backend.read(name)
+
+
 def _read_config(backend: Backend, location: str) -> RepositoryConfig:
     try:
-        raw = backend.read(fmt.CONFIG_NAME)
+        return RepositoryConfig.from_json(
+            _read_small(backend, fmt.CONFIG_NAME, fmt.MAX_CONFIG_BYTES)
+        )
     except ObjectNotFound:
         raise RepositoryNotFound(repo=location) from None
-    try:
-        return RepositoryConfig.from_json(raw)
     except (ValueError, KeyError, TypeError) as exc:
         raise RepositoryError(f"config is unreadable: {exc}", repo=location) from None
 
