@@ -5,6 +5,7 @@ or loop for ever, and each refusal says what is wrong."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 import tracemalloc
@@ -220,3 +221,75 @@ def test_an_oversized_config_is_refused_before_it_is_read(tmp_path: Path) -> Non
     assert f"config is unreadable: {config.stat().st_size} bytes, more than the 65536" in (
         proc.stderr
     )
+
+
+# --- a manifest and index that parse but lie --------------------------------------
+
+
+def forge(repo_dir: Path, edit_index: int, edit_manifest: int) -> str:
+    """A copy of the first frozen snapshot whose partition 2 starts ``edit_index`` bytes
+    later in the index and ``edit_manifest`` bytes later in the manifest, stored as a
+    well-formed new snapshot; its id."""
+    repo = Repository.open(str(repo_dir))
+    snap = repo.snapshots()[0]
+    index = repo.load_index(snap)
+    regions = tuple(
+        replace(r, start=r.start + edit_index) if r.number == 2 else r for r in index.regions
+    )
+    partitions = tuple(
+        replace(p, start=p.start + edit_manifest) if p.number == 2 else p for p in snap.partitions
+    )
+    forged = repo.write_snapshot(
+        replace(snap, partitions=partitions), replace(index, regions=regions)
+    )
+    return forged.id
+
+
+@pytest.mark.parametrize(
+    ("edit_index", "edit_manifest", "message"),
+    [
+        (4096, 0, "do not match the manifest's"),  # index and manifest disagree
+        (MiB, MiB, r"partitions \[2\] end past the disk"),  # both agree, past the disk
+    ],
+)
+def test_regions_that_lie_are_refused_before_a_byte_is_written(
+    tmp_path: Path, edit_index: int, edit_manifest: int, message: str
+) -> None:
+    copy = tmp_path / "plain"
+    shutil.copytree(FROZEN / "plain", copy)
+    forged = forge(copy, edit_index, edit_manifest)
+    target = tmp_path / "target.img"  # as large as the disk: only the check refuses
+    with target.open("wb") as file:
+        file.truncate(8 * MiB)
+    proc = blockvault("-r", copy, "restore", "--yes", forged, target)
+    assert proc.returncode == 4, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "index " in line and "is damaged" in line
+    assert target.read_bytes() == bytes(8 * MiB)
+    checked = blockvault("-r", copy, "check", "--json")
+    assert checked.returncode == 4
+    problems = json.loads(checked.stdout)["problems"]
+    assert [(p["snapshot"], p["region"]) for p in problems] == [(forged, "index")]
+    assert re.search(message, problems[0]["detail"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("disk_size", "8388608"),
+        ("disk_size", -1),
+        ("host", 7),
+        ("tags", [1]),
+        ("sector_size", True),
+    ],
+)
+def test_manifest_fields_of_the_wrong_type_are_damage(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    copy = tmp_path / "plain"
+    shutil.copytree(FROZEN / "plain", copy)
+    snap = Repository.open(str(copy)).snapshots()[0]
+    document = json.loads(snap.to_json())
+    document[field] = value
+    with pytest.raises(ValueError, match=field):
+        type(snap).from_json(json.dumps(document).encode(), "x")

@@ -12,6 +12,7 @@ from itertools import pairwise
 
 from blockvault.extents import Extent, ExtentMap
 from blockvault.repo import format as fmt
+from blockvault.repo.manifest import Snapshot
 
 __all__ = ["ChunkRef", "Index", "Region"]
 
@@ -63,6 +64,29 @@ class Index:
 
     def chunk_ids(self) -> set[str]:
         return {raw.hex() for r in self.regions for raw in r.chunk_ids if raw != fmt.HOLE}
+
+    def disagreements(self, snapshot: Snapshot) -> list[str]:
+        """How this index differs from what its manifest says it holds: the boot areas
+        spanning the disk, then each imaged partition where the manifest puts it, in
+        the manifest's chunk size. A reader trusts no region that fails this: restore
+        writes each region at its ``start``, and must never write past the disk."""
+        want = [(fmt.REGION_DISK, 0, 0, snapshot.disk_size)] + [
+            (fmt.REGION_PARTITION, p.number, p.start, p.size) for p in snapshot.imaged_partitions
+        ]
+        have = [(r.kind, r.number, r.start, r.size) for r in self.regions]
+        problems = []
+        if have != want:
+            problems.append(f"its regions {have} do not match the manifest's {want}")
+        if self.chunk_size != snapshot.chunk_size:
+            problems.append(
+                f"chunk size {self.chunk_size} differs from the manifest's {snapshot.chunk_size}"
+            )
+        beyond = [
+            p.number for p in snapshot.imaged_partitions if p.start + p.size > snapshot.disk_size
+        ]
+        if beyond:
+            problems.append(f"partitions {beyond} end past the disk ({snapshot.disk_size} bytes)")
+        return problems
 
     def to_bytes(self) -> bytes:
         parts = [

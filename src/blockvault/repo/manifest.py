@@ -110,7 +110,10 @@ class Snapshot:
         data["partitions"] = tuple(
             PartitionRecord(**_known(PartitionRecord, p)) for p in partitions
         )
-        data["tags"] = tuple(data.get("tags", ()))
+        tags = data.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ValueError("tags: a list of strings is expected")
+        data["tags"] = tuple(tags)
         data["stats"] = Stats(**_known(Stats, data.get("stats", {})))
         return cls(**data, id=snapshot_id)
 
@@ -118,9 +121,32 @@ class Snapshot:
 MAX_PARTITIONS = 256  # GPT holds 128; more is damage
 
 
+# the JSON types a field of each declared type may hold (bool is no int here)
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "str | None": (str, type(None)),
+}
+
+
 def _known(kind: type, data: Any) -> dict[str, Any]:
-    """The entries of ``data`` that are fields of dataclass ``kind`` (not ``id``)."""
+    """The entries of ``data`` that are fields of dataclass ``kind`` (not ``id``), each
+    checked to hold its JSON type; numbers may not be negative."""
     if not isinstance(data, dict):
         raise TypeError(f"{kind.__name__}: an object is expected")
-    names = {f.name for f in fields(kind)} - {"id"}
-    return {k: v for k, v in data.items() if k in names}
+    known = {}
+    for f in fields(kind):
+        if f.name == "id" or f.name not in data:
+            continue
+        value = data[f.name]
+        allowed = _JSON_TYPES.get(str(f.type))
+        if allowed is not None and (
+            not isinstance(value, allowed)
+            or (isinstance(value, bool) and bool not in allowed)
+            or (isinstance(value, int | float) and not isinstance(value, bool) and value < 0)
+        ):
+            raise ValueError(f"{kind.__name__}.{f.name}: {value!r} is not a valid {f.type}")
+        known[f.name] = value
+    return known

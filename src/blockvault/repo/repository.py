@@ -503,11 +503,16 @@ class Repository:
             ) from None
         try:
             plain = self.codec.decode(fmt.INDEX_MAGIC, raw, snapshot.index)
-            return Index.from_bytes(plain)
+            index = Index.from_bytes(plain)
         except (DecodeError, ValueError) as exc:
             raise ObjectCorrupt(
                 str(exc), kind="index", name=snapshot.index, repo=self.location
             ) from None
+        if problems := index.disagreements(snapshot):
+            raise ObjectCorrupt(
+                "; ".join(problems), kind="index", name=snapshot.index, repo=self.location
+            )
+        return index
 
     def stored_size(self, chunk_ids: set[str]) -> int:
         """Bytes the given chunks take in storage; a missing chunk takes none (``info``
