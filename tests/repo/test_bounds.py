@@ -293,3 +293,19 @@ def test_manifest_fields_of_the_wrong_type_are_damage(
     document[field] = value
     with pytest.raises(ValueError, match=field):
         type(snap).from_json(json.dumps(document).encode(), "x")
+
+
+def test_a_snapshot_name_that_is_not_an_id_is_never_printed_as_one(tmp_path: Path) -> None:
+    """A hostile file under snapshots/ whose name holds a terminal escape."""
+    copy = tmp_path / "plain"
+    shutil.copytree(FROZEN / "plain", copy)
+    evil = "\x1b]0;owned\x07\x1b[2J" + "0" * 40
+    manifest = next((copy / "snapshots").iterdir())
+    (copy / "snapshots" / evil).write_bytes(manifest.read_bytes())
+    listed = blockvault("-r", copy, "snapshots")
+    assert listed.returncode == 0 and "\x1b" not in listed.stdout + listed.stderr
+    assert len(json.loads(blockvault("-r", copy, "snapshots", "--json").stdout)) == 2
+    checked = blockvault("-r", copy, "check")
+    assert checked.returncode == 4 and "\x1b" not in checked.stdout + checked.stderr
+    assert "\\x1b]0;owned" in checked.stderr and "not a snapshot id" in checked.stderr
+    assert "checked 2 snapshot(s)" in checked.stdout

@@ -116,6 +116,9 @@ def check_repository(
             continue
         loaded.append((snap, index))
 
+    for name in repo.stray_snapshots():
+        detail = f"{name!a} under snapshots/ is not a snapshot id; it is ignored"
+        problems.append(Damage("", "manifest", 0, ascii(name), detail))
     stored = repo.stored_chunk_ids()
     referenced: set[str] = set()
     for _, index in loaded:
@@ -147,7 +150,7 @@ def check_repository(
     problems.extend(_attribute(loaded, bad))
     sessions = read_markers(repo.backend, fmt.SESSION_DIR)
     return CheckResult(
-        snapshots=len(loaded) + sum(1 for p in problems if p.region == "manifest"),
+        snapshots=len(loaded) + sum(1 for p in problems if p.region == "manifest" and p.snapshot),
         chunks=len(referenced),
         chunks_read=read,
         bytes_read=read_bytes,

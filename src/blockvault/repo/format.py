@@ -42,6 +42,7 @@ __all__ = [
     "chunk_name",
     "chunk_size_problem",
     "index_name",
+    "is_object_id",
     "key_name",
     "snapshot_name",
 ]
@@ -62,6 +63,11 @@ SNAPSHOT_DIR: Final = "snapshots"
 KEY_DIR: Final = "keys"  # wrapped master keys of an encrypted repository (JSON, no envelope)
 SESSION_DIR: Final = "sessions"  # markers of running backups (JSON, no envelope)
 GC_DIR: Final = "gc"  # markers of running garbage collections (JSON, no envelope)
+
+
+def is_object_id(name: str) -> bool:
+    """Whether ``name`` is an id as objects are named: 64 lower-case hex digits."""
+    return len(name) == 2 * ID_BYTES and all(c in "0123456789abcdef" for c in name)
 
 
 def chunk_name(chunk_id: str) -> str:

@@ -431,7 +431,17 @@ class Repository:
         return replace(snapshot, id=snapshot_id)
 
     def snapshot_ids(self) -> list[str]:
-        return sorted(name.rsplit("/", 1)[1] for name in self.backend.list(fmt.SNAPSHOT_DIR + "/"))
+        """Every manifest's id. A name that is not an id is no snapshot (it may be a
+        hostile one, made to be printed): skipped here, named by ``stray_snapshots``."""
+        return sorted(n for n in self._snapshot_names() if fmt.is_object_id(n))
+
+    def stray_snapshots(self) -> list[str]:
+        """Names under ``snapshots/`` that are not ids, for ``check`` to report."""
+        return sorted(n for n in self._snapshot_names() if not fmt.is_object_id(n))
+
+    def _snapshot_names(self) -> list[str]:
+        prefix = fmt.SNAPSHOT_DIR + "/"
+        return [name[len(prefix) :] for name in self.backend.list(prefix)]
 
     def load_snapshot(self, snapshot_id: str) -> Snapshot:
         name = fmt.snapshot_name(snapshot_id)
