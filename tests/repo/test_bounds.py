@@ -309,3 +309,18 @@ def test_a_snapshot_name_that_is_not_an_id_is_never_printed_as_one(tmp_path: Pat
     assert checked.returncode == 4 and "\x1b" not in checked.stdout + checked.stderr
     assert "\\x1b]0;owned" in checked.stderr and "not a snapshot id" in checked.stderr
     assert "checked 2 snapshot(s)" in checked.stdout
+
+
+def test_hostile_manifest_strings_reach_the_terminal_escaped(tmp_path: Path) -> None:
+    """A manifest's host and tags are shown as written: no terminal escape, no markup."""
+    copy = tmp_path / "plain"
+    shutil.copytree(FROZEN / "plain", copy)
+    repo = Repository.open(str(copy))
+    snap = repo.snapshots()[0]
+    repo.write_snapshot(
+        replace(snap, host="\x1b[2J[bold]h", tags=("[red]t",)), repo.load_index(snap)
+    )
+    listed = blockvault("-r", copy, "snapshots", env={"COLUMNS": "400"})  # no wrapping
+    assert listed.returncode == 0, listed.stderr
+    assert "\x1b" not in listed.stdout and "\\x1b[2J[bold]h" in listed.stdout
+    assert "[red]t" in listed.stdout

@@ -74,8 +74,17 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
     for col in columns:
         t.add_column(col, justify="right" if col.lower() in RIGHT else "left")
     for row in rows:
-        t.add_row(*("" if v is None else str(v) for v in row))
+        t.add_row(*(_cell(v) for v in row))
     console().print(t)
+
+
+def _cell(value: Any) -> Text:
+    """A cell shown as written: not read as rich markup, control characters escaped
+    (a host, source or file name read from a repository may hold terminal escapes)."""
+    from rich.text import Text
+
+    text = "" if value is None else str(value)
+    return Text("".join(c if c.isprintable() else ascii(c)[1:-1] for c in text))
 
 
 RIGHT = {"size", "used", "stored", "start", "bytes", "chunks", "new", "sector", "#", "number"}
