@@ -93,6 +93,8 @@ def test_latest_of_two_disks_is_an_error_listing_both(repo: Path, disks: tuple[P
     assert a1[:12] not in line  # the newest of each source is named
     restore = blockvault("-r", repo, "restore", "latest", repo.parent / "target.img")
     assert restore.returncode == 3 and not (repo.parent / "target.img").exists()
+    only_first = blockvault("--source", first, "-r", repo, "snapshots", "--json")
+    assert [s["id"] for s in json.loads(only_first.stdout)] == [a1, a2]
     nothing = latest(repo, "--host", "no-such-host")
     assert nothing.returncode == 3 and "no snapshot matches 'latest'" in nothing.stderr
 

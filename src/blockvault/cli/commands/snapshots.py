@@ -17,14 +17,14 @@ def register(group: click.Group) -> None:
     def snapshots(ctx: click.Context, as_json: bool) -> None:
         """List snapshots, oldest first: id, time, host, source, disk size, used bytes,
         and the bytes each one added to the repository. A snapshot whose manifest
-        or index is damaged is listed as damaged ('blockvault check' says more)."""
-        listing = open_repo(ctx).listing()
+        or index is damaged is listed as damaged ('blockvault check' says more).
+        The global --host and --source show only the snapshots they select."""
+        repo = open_repo(ctx)
+        listing = repo.listing()
+        chosen = [s for s in listing.snapshots if repo.selector.matches(s)]
         if as_json:
             render.emit_json(
-                [
-                    {**dataclasses.asdict(s), "damaged": listing.damaged.get(s.id)}
-                    for s in listing.snapshots
-                ]
+                [{**dataclasses.asdict(s), "damaged": listing.damaged.get(s.id)} for s in chosen]
                 + [{"id": i, "damaged": listing.damaged[i]} for i in listing.unreadable()]
             )
             return
@@ -42,7 +42,7 @@ def register(group: click.Group) -> None:
                     render.size(s.stats.stored_bytes),
                     ",".join(s.tags),
                 )
-                for s in listing.snapshots
+                for s in chosen
             ]
             + [(i[:12], "damaged", "", "", "", "", "", "") for i in listing.unreadable()],
         )
