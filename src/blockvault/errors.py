@@ -40,6 +40,7 @@ repeats it (a test keeps the three and the classes below in agreement).
         ├── RepositoryExists
         ├── SnapshotNotFound
         ├── AmbiguousSnapshot
+        ├── AmbiguousLatest                  'latest' would cross hosts, disks or partition sets
         ├── WrongPassphrase                  no key of the repository opens with it
         ├── KeyMissing                       encrypted repository without a key object
         ├── SessionExpired                   a backup went silent past the gc grace period
@@ -65,6 +66,7 @@ __all__ = [
     "EXIT_CODES",
     "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
+    "AmbiguousLatest",
     "AmbiguousSnapshot",
     "BlockvaultError",
     "BrowseError",
@@ -280,6 +282,13 @@ class SnapshotNotFound(RepositoryError):
 
 class AmbiguousSnapshot(RepositoryError):
     template = "{ref!r} matches {count} snapshots in {repo}; give more characters of the id"
+
+
+class AmbiguousLatest(RepositoryError):
+    template = (
+        "'latest' is ambiguous in {repo}: it holds snapshots of {count} sources ({candidates}); "
+        "choose one with --host H and/or --source S, or give a snapshot id"
+    )
 
 
 class WrongPassphrase(RepositoryError):

@@ -98,10 +98,26 @@ EPILOG = "\b\nExit codes:\n" + "\n".join(
     help="Endpoint of an S3-compatible server for s3:// repositories, such as "
     "http://minio.lan:9000. Else $AWS_ENDPOINT_URL, else AWS itself.",
 )
+@click.option(
+    "--host",
+    metavar="H",
+    help="'latest' means the newest snapshot made on host H (see SNAPSHOT above).",
+)
+@click.option(
+    "--source",
+    metavar="S",
+    help="'latest' means the newest snapshot of disk S: a device or image path, or an "
+    "identity as 'snapshots --json' shows it (wwn:…, serial:…, image:…).",
+)
 @click.version_option(__version__, "-V", "--version")
 @click.pass_context
 def cli(
-    ctx: click.Context, repo: str | None, password_file: str | None, s3_endpoint: str | None
+    ctx: click.Context,
+    repo: str | None,
+    password_file: str | None,
+    s3_endpoint: str | None,
+    host: str | None,
+    source: str | None,
 ) -> None:
     """blockvault: image disks and partitions into a deduplicated, compressed repository.
 
@@ -109,8 +125,22 @@ def cli(
     boot areas are always kept. Exit codes: 0 ok, 1 error, 2 bad usage or refused
     target, 3 repository problem, 4 damaged data, 130/143/129 interrupted by
     SIGINT/SIGTERM/SIGHUP (after cleaning up; the last line says what was left).
+
+    \b
+    SNAPSHOT, wherever a command takes one, is:
+      ID        a snapshot id, or any prefix of it that only one snapshot has
+      latest    the newest readable snapshot, if the repository (narrowed by
+                --host and --source) holds snapshots of one source only: one
+                host, one disk, one set of imaged partitions; with several it
+                is an error that lists them
     """
-    ctx.obj = {"repo": repo, "password_file": password_file, "s3_endpoint": s3_endpoint}
+    ctx.obj = {
+        "repo": repo,
+        "password_file": password_file,
+        "s3_endpoint": s3_endpoint,
+        "host": host,
+        "source": source,
+    }
     if s3_endpoint:
         # the S3 backend reads it like boto3 does; this reaches every way a command
         # opens a repository (the S3-only variable, so other AWS tools are not redirected)

@@ -75,8 +75,9 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
     rich would squeeze folding columns to nothing."""
     from rich.cells import cell_len
     from rich.table import Table
+    from rich.text import Text
 
-    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    cells = [[_shown(v) for v in row] for row in rows]
     essential = [col.lower() in ESSENTIAL for col in columns]
     least = []  # the narrowest each column may be
     for k, col in enumerate(columns):
@@ -97,7 +98,7 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
             width=least[k] if fixed else None,
         )
     for row in cells:
-        t.add_row(*row)
+        t.add_row(*(Text(text) for text in row))  # as written, never read as markup
     out.width = max(narrow, needed)
     try:
         out.print(t, crop=False)
@@ -112,6 +113,13 @@ RIGHT = {
 FOLDED_MIN_WIDTH = 8  # a folded column narrower than this is hard to read
 # never wrapped or cut: what a user types back (ids, devices, numbers) or compares (sizes)
 ESSENTIAL = RIGHT | {"id", "snapshot", "device", "region", "time"}
+
+
+def _shown(value: Any) -> str:
+    """A cell as written, control characters escaped (a host, source or file name read
+    from a repository may hold terminal escapes)."""
+    text = "" if value is None else str(value)
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def plural(count: int, noun: str, plural_form: str | None = None) -> str:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 from blockvault.disk.device import Device, open_device
+from blockvault.disk.identity import source_identity
 from blockvault.disk.layout import DiskLayout, read_layout
 from blockvault.disk.table.gpt import backup_area
 from blockvault.disk.usage import mounts_using
@@ -216,6 +217,7 @@ def _manifest(
         compression=f"zstd:{repo.codec.level}" if repo.codec.level else "none",
         tags=tuple(tags),
         stats=stats,
+        source_id=source_identity(layout.path, layout.table.disk_id if layout.table else ""),
     )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from blockvault.repo.index import ChunkRef, Index, Region
 from blockvault.repo.manifest import PartitionRecord, Snapshot, Stats
-from blockvault.repo.repository import Repository, RepositoryConfig, parse_compression
+from blockvault.repo.repository import Repository, RepositoryConfig, Selector, parse_compression
 
 __all__ = [
     "ChunkRef",
@@ -23,6 +23,7 @@ __all__ = [
     "Region",
     "Repository",
     "RepositoryConfig",
+    "Selector",
     "Snapshot",
     "Stats",
     "parse_compression",

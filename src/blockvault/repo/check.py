@@ -1,6 +1,7 @@
-"""Check a repository: every manifest parses, its index exists and parses and agrees
-with it, every chunk an index names exists; with ``read_data`` every chunk (or a
-subset) is read back and re-hashed. Damage is reported by snapshot and region.
+"""Check a repository: every manifest parses, its index exists, parses and agrees
+with it (``Repository.load_index`` checks that), every chunk an index names exists;
+with ``read_data`` every chunk (or a subset) is read back and re-hashed. Damage is
+reported by snapshot and region.
 
 Chunks are read once however many snapshots share them; a bad chunk is then
 attributed to every snapshot and region that references it.
@@ -127,9 +128,11 @@ def _check(
         except IntegrityError as exc:
             problems.append(Damage(snap.id, "index", 0, snap.index, str(exc)))
             continue
-        problems.extend(_agreement(snap, index))
         loaded.append((snap, index))
 
+    for name in repo.stray_snapshots():
+        detail = f"{name!a} under snapshots/ is not a snapshot id; it is ignored"
+        problems.append(Damage("", "manifest", 0, ascii(name), detail))
     stored = repo.stored_chunk_ids()
     referenced: set[str] = set()
     for _, index in loaded:
@@ -162,7 +165,7 @@ def _check(
     problems.extend(_attribute(loaded, bad))
     sessions = read_markers(repo.backend, fmt.SESSION_DIR)
     return CheckResult(
-        snapshots=len(loaded) + sum(1 for p in problems if p.region == "manifest"),
+        snapshots=len(loaded) + sum(1 for p in problems if p.region == "manifest" and p.snapshot),
         chunks=len(referenced),
         chunks_read=read,
         bytes_read=read_bytes,
@@ -171,30 +174,6 @@ def _check(
         seconds=round(time.monotonic() - started, 3),
         problems=tuple(problems),
     )
-
-
-def _agreement(snap: Snapshot, index: Index) -> Iterator[Damage]:
-    """The index holds what the manifest says: boot areas plus the imaged partitions."""
-    want = [(fmt.REGION_DISK, 0)] + [
-        (fmt.REGION_PARTITION, p.number) for p in snap.imaged_partitions
-    ]
-    have = [(r.kind, r.number) for r in index.regions]
-    if have != want:
-        yield Damage(
-            snap.id,
-            "index",
-            0,
-            snap.index,
-            f"its regions {have} do not match the manifest's {want}",
-        )
-    if index.chunk_size != snap.chunk_size:
-        yield Damage(
-            snap.id,
-            "index",
-            0,
-            snap.index,
-            f"chunk size {index.chunk_size} differs from the manifest's {snap.chunk_size}",
-        )
 
 
 def _attribute(loaded: list[tuple[Snapshot, Index]], bad: dict[str, str]) -> Iterator[Damage]:

@@ -24,6 +24,14 @@ __all__ = [
     "INDEX_HEADER",
     "INDEX_MAGIC",
     "INDEX_REGION",
+    "MAX_CHUNK_SIZE",
+    "MAX_CONFIG_BYTES",
+    "MAX_INDEX_BYTES",
+    "MAX_KEYS",
+    "MAX_KEY_BYTES",
+    "MAX_MANIFEST_BYTES",
+    "MAX_PLAINTEXT",
+    "MIN_CHUNK_SIZE",
     "REGION_DISK",
     "REGION_PARTITION",
     "SNAPSHOT_MAGIC",
@@ -32,7 +40,9 @@ __all__ = [
     "Encryption",
     "EnvelopeHeader",
     "chunk_name",
+    "chunk_size_problem",
     "index_name",
+    "is_object_id",
     "key_name",
     "snapshot_name",
 ]
@@ -41,6 +51,8 @@ VERSION: Final = 1
 REPOSITORY_FORMAT: Final = "blockvault-repository"
 CONFIG_NAME: Final = "config"
 DEFAULT_CHUNK_SIZE: Final = 256 * 1024
+MIN_CHUNK_SIZE: Final = 4096  # chunk sizes are powers of two in [MIN, MAX]
+MAX_CHUNK_SIZE: Final = 64 << 20
 ID_BYTES: Final = 32
 HOLE: Final = bytes(ID_BYTES)  # an index entry of all zeros: no object, read as zeros
 
@@ -51,6 +63,11 @@ SNAPSHOT_DIR: Final = "snapshots"
 KEY_DIR: Final = "keys"  # wrapped master keys of an encrypted repository (JSON, no envelope)
 SESSION_DIR: Final = "sessions"  # markers of running backups (JSON, no envelope)
 GC_DIR: Final = "gc"  # markers of running garbage collections (JSON, no envelope)
+
+
+def is_object_id(name: str) -> bool:
+    """Whether ``name`` is an id as objects are named: 64 lower-case hex digits."""
+    return len(name) == 2 * ID_BYTES and all(c in "0123456789abcdef" for c in name)
 
 
 def chunk_name(chunk_id: str) -> str:
@@ -102,6 +119,27 @@ class Encryption:
 
 GCM_NONCE: Final = 12  # random per object
 GCM_TAG: Final = 16
+
+# Bounds a reader enforces on the plaintext length of each kind of object before it
+# decompresses anything (a damaged or hostile header must not make it allocate more).
+# A chunk is further bounded by the repository's chunk size.
+MAX_MANIFEST_BYTES: Final = 16 << 20
+MAX_INDEX_BYTES: Final = 1 << 30  # 32 M chunk ids: 8 TiB of disk at 256 KiB chunks
+MAX_CONFIG_BYTES: Final = 64 << 10  # config and key files are small JSON
+MAX_KEY_BYTES: Final = 64 << 10
+MAX_KEYS: Final = 20  # key files tried when opening (each costs a key derivation)
+MAX_PLAINTEXT: Final = {
+    CHUNK_MAGIC: MAX_CHUNK_SIZE,
+    INDEX_MAGIC: MAX_INDEX_BYTES,
+    SNAPSHOT_MAGIC: MAX_MANIFEST_BYTES,
+}
+
+
+def chunk_size_problem(chunk_size: int) -> str | None:
+    """Why ``chunk_size`` is not a valid chunk size, or None when it is."""
+    if MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE and chunk_size & (chunk_size - 1) == 0:
+        return None
+    return f"chunk size {chunk_size}: use a power of two from 4 KiB to 64 MiB"
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
 from blockvault.extents import Extent, ExtentMap
 from blockvault.repo import format as fmt
+from blockvault.repo.manifest import Snapshot
 
 __all__ = ["ChunkRef", "Index", "Region"]
 
@@ -63,6 +65,29 @@ class Index:
     def chunk_ids(self) -> set[str]:
         return {raw.hex() for r in self.regions for raw in r.chunk_ids if raw != fmt.HOLE}
 
+    def disagreements(self, snapshot: Snapshot) -> list[str]:
+        """How this index differs from what its manifest says it holds: the boot areas
+        spanning the disk, then each imaged partition where the manifest puts it, in
+        the manifest's chunk size. A reader trusts no region that fails this: restore
+        writes each region at its ``start``, and must never write past the disk."""
+        want = [(fmt.REGION_DISK, 0, 0, snapshot.disk_size)] + [
+            (fmt.REGION_PARTITION, p.number, p.start, p.size) for p in snapshot.imaged_partitions
+        ]
+        have = [(r.kind, r.number, r.start, r.size) for r in self.regions]
+        problems = []
+        if have != want:
+            problems.append(f"its regions {have} do not match the manifest's {want}")
+        if self.chunk_size != snapshot.chunk_size:
+            problems.append(
+                f"chunk size {self.chunk_size} differs from the manifest's {snapshot.chunk_size}"
+            )
+        beyond = [
+            p.number for p in snapshot.imaged_partitions if p.start + p.size > snapshot.disk_size
+        ]
+        if beyond:
+            problems.append(f"partitions {beyond} end past the disk ({snapshot.disk_size} bytes)")
+        return problems
+
     def to_bytes(self) -> bytes:
         parts = [
             fmt.INDEX_HEADER.pack(
@@ -81,38 +106,48 @@ class Index:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Index:
-        """Parse; raises ``ValueError`` on any inconsistency."""
-        try:
-            magic, version, count, chunk_size, _ = fmt.INDEX_HEADER.unpack_from(data)
-            if magic != fmt.INDEX_MAGIC or version != fmt.VERSION or chunk_size <= 0:
-                raise ValueError(f"bad header {magic!r} v{version} chunk size {chunk_size}")
-            pos = fmt.INDEX_HEADER.size
-            regions = []
-            for _ in range(count):
-                kind, number, _, start, size, n_ext, n_chunks = fmt.INDEX_REGION.unpack_from(
-                    data, pos
-                )
-                pos += fmt.INDEX_REGION.size
-                extents = [
-                    Extent(*fmt.INDEX_EXTENT.unpack_from(data, pos + i * fmt.INDEX_EXTENT.size))
-                    for i in range(n_ext)
-                ]
-                pos += n_ext * fmt.INDEX_EXTENT.size
-                if n_chunks != -(-size // chunk_size):
-                    raise ValueError(f"region {number}: {n_chunks} chunks for {size} bytes")
-                ids = tuple(
-                    data[pos + i * fmt.ID_BYTES : pos + (i + 1) * fmt.ID_BYTES]
-                    for i in range(n_chunks)
-                )
-                pos += n_chunks * fmt.ID_BYTES
-                if pos > len(data):
-                    raise ValueError("truncated")
-                used = ExtentMap(extents)
-                if used.end > size:
-                    raise ValueError(f"region {number}: used map passes its end")
-                regions.append(Region(kind, number, start, size, used, ids))
-        except Exception as exc:  # struct.error, ValueError
-            raise ValueError(str(exc)) from None
+        """Parse; raises ``ValueError`` saying what is wrong and where. Every count is
+        checked against the bytes that remain before anything is built from it."""
+        if len(data) < fmt.INDEX_HEADER.size:
+            raise ValueError(f"truncated header: {len(data)} bytes")
+        magic, version, count, chunk_size, _ = fmt.INDEX_HEADER.unpack_from(data)
+        if magic != fmt.INDEX_MAGIC or version != fmt.VERSION:
+            raise ValueError(f"bad header: magic {magic!r}, version {version}")
+        if problem := fmt.chunk_size_problem(chunk_size):
+            raise ValueError(f"bad header: {problem}")
+        pos = fmt.INDEX_HEADER.size
+        regions = []
+        for n in range(1, count + 1):
+            where = f"region {n} of {count}"
+            pos = _need(data, pos, fmt.INDEX_REGION.size, f"{where}: header")
+            kind, number, _, start, size, n_ext, n_chunks = fmt.INDEX_REGION.unpack_from(
+                data, pos - fmt.INDEX_REGION.size
+            )
+            if kind not in (fmt.REGION_DISK, fmt.REGION_PARTITION):
+                raise ValueError(f"{where}: unknown kind {kind}")
+            if n_chunks != -(-size // chunk_size):
+                raise ValueError(f"{where}: {n_chunks} chunks for {size} bytes")
+            first = pos
+            pos = _need(data, pos, n_ext * fmt.INDEX_EXTENT.size, f"{where}: {n_ext} extents")
+            extents = [Extent(*e) for e in fmt.INDEX_EXTENT.iter_unpack(data[first:pos])]
+            if any(e.length <= 0 for e in extents) or any(
+                a.end > b.offset for a, b in pairwise(extents)
+            ):
+                raise ValueError(f"{where}: used map is not sorted and disjoint")
+            first = pos
+            pos = _need(data, pos, n_chunks * fmt.ID_BYTES, f"{where}: {n_chunks} chunk ids")
+            ids = tuple(data[i : i + fmt.ID_BYTES] for i in range(first, pos, fmt.ID_BYTES))
+            used = ExtentMap(extents)
+            if used.end > size:
+                raise ValueError(f"{where}: used map passes its end")
+            regions.append(Region(kind, number, start, size, used, ids))
         if pos != len(data):
             raise ValueError(f"{len(data) - pos} trailing bytes")
         return cls(chunk_size, tuple(regions))
+
+
+def _need(data: bytes, pos: int, length: int, what: str) -> int:
+    """``pos + length`` when ``data`` holds that many bytes from ``pos``."""
+    if pos + length > len(data):
+        raise ValueError(f"truncated: {what} need {length} bytes at {pos}, {len(data) - pos} left")
+    return pos + length

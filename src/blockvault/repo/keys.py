@@ -21,7 +21,7 @@ import os
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import blake3
 from cryptography.exceptions import InvalidTag
@@ -43,19 +43,33 @@ class ScryptParams:
     """scrypt cost: memory is 128 × n × r bytes (128 MiB by default, about 0.4 s).
 
     Defaults follow the OWASP password storage recommendation (n = 2**17, r = 8, p = 1).
-    The limits refuse a key file that would make opening the repository take
-    gigabytes or minutes.
+    A key file comes from the repository, which may be hostile, so its parameters are
+    bounded before any work: memory at most MAX_MEMORY (8 × the default) and work
+    n × r × p at most MAX_WORK (16 × the default, some seconds), as docs/FORMAT.md says.
     """
 
     n: int = 2**17
     r: int = 8
     p: int = 1
 
+    MAX_MEMORY: ClassVar[int] = 1 << 30  # bytes: 128 × n × r
+    MAX_WORK: ClassVar[int] = 1 << 24  # n × r × p
+
     def __post_init__(self) -> None:
         if not (2 <= self.n <= 2**20 and self.n & (self.n - 1) == 0):
             raise ValueError(f"scrypt n={self.n}: a power of two from 2 to 2**20")
         if not (1 <= self.r <= 32 and 1 <= self.p <= 16):
             raise ValueError(f"scrypt r={self.r} p={self.p}: r 1-32, p 1-16")
+        if 128 * self.n * self.r > self.MAX_MEMORY:
+            raise ValueError(
+                f"scrypt n={self.n} r={self.r} needs {128 * self.n * self.r >> 20} MiB "
+                f"of memory; at most {self.MAX_MEMORY >> 20} MiB is allowed"
+            )
+        if self.n * self.r * self.p > self.MAX_WORK:
+            raise ValueError(
+                f"scrypt n={self.n} r={self.r} p={self.p} is {self.n * self.r * self.p} units "
+                f"of work; at most {self.MAX_WORK} are allowed"
+            )
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ Writing it is the commit point of a backup.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 __all__ = ["PartitionRecord", "Snapshot", "Stats"]
@@ -54,7 +54,33 @@ class Snapshot:
     compression: str
     tags: tuple[str, ...] = ()
     stats: Stats = field(default_factory=Stats)
+    # which disk this is, stable across reboots and renamed device nodes: "wwn:...",
+    # "serial:...", "image:/absolute/path" or "table:<disk id>"; "" in snapshots made
+    # before it was recorded (``origin`` then falls back to ``source``)
+    source_id: str = ""
     id: str = ""  # filled in when read back; not part of the stored JSON
+
+    @property
+    def origin(self) -> str:
+        """Host, disk and imaged partitions, for people: ``pc1 wwn:0x5000… [1, 2]``."""
+        numbers = list(self.imaged_partitions_numbers)
+        return f"{self.host} {self.source_id or self.source} partitions {numbers}"
+
+    def same_origin(self, other: Snapshot) -> bool:
+        """Whether both image the same partitions of the same disk of the same host:
+        ``latest`` never crosses from one origin to another. A snapshot made before
+        ``source_id`` was recorded is compared by its device or image path."""
+        if self.host != other.host or self.imaged_partitions_numbers != (
+            other.imaged_partitions_numbers
+        ):
+            return False
+        if self.source_id and other.source_id:
+            return self.source_id == other.source_id
+        return self.source == other.source
+
+    @property
+    def imaged_partitions_numbers(self) -> tuple[int, ...]:
+        return tuple(p.number for p in self.imaged_partitions)
 
     @property
     def imaged_partitions(self) -> tuple[PartitionRecord, ...]:
@@ -66,15 +92,61 @@ class Snapshot:
     def to_json(self) -> bytes:
         data = asdict(self)
         data.pop("id")
+        if not self.source_id:  # a manifest without one reads as it did before it existed
+            data.pop("source_id")
         return json.dumps({"version": 1, **data}, sort_keys=True, indent=1).encode()
 
     @classmethod
     def from_json(cls, raw: bytes, snapshot_id: str) -> Snapshot:
-        """Parse; raises ``ValueError`` (or ``KeyError``/``TypeError``) when malformed."""
-        data: dict[str, Any] = json.loads(raw)
-        if data.pop("version", None) != 1:
+        """Parse; raises ``ValueError`` (or ``KeyError``/``TypeError``) when malformed.
+        Fields this version does not know are ignored (a newer writer may add some)."""
+        data: Any = json.loads(raw)
+        if not isinstance(data, dict) or data.pop("version", None) != 1:
             raise ValueError("unsupported manifest version")
-        data["partitions"] = tuple(PartitionRecord(**p) for p in data["partitions"])
-        data["tags"] = tuple(data.get("tags", ()))
-        data["stats"] = Stats(**data.get("stats", {}))
+        data = _known(cls, data)
+        partitions = data["partitions"]
+        if not isinstance(partitions, list) or len(partitions) > MAX_PARTITIONS:
+            raise ValueError(f"partitions: a list of at most {MAX_PARTITIONS} is expected")
+        data["partitions"] = tuple(
+            PartitionRecord(**_known(PartitionRecord, p)) for p in partitions
+        )
+        tags = data.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ValueError("tags: a list of strings is expected")
+        data["tags"] = tuple(tags)
+        data["stats"] = Stats(**_known(Stats, data.get("stats", {})))
         return cls(**data, id=snapshot_id)
+
+
+MAX_PARTITIONS = 256  # GPT holds 128; more is damage
+
+
+# the JSON types a field of each declared type may hold (bool is no int here)
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "str | None": (str, type(None)),
+}
+
+
+def _known(kind: type, data: Any) -> dict[str, Any]:
+    """The entries of ``data`` that are fields of dataclass ``kind`` (not ``id``), each
+    checked to hold its JSON type; numbers may not be negative."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{kind.__name__}: an object is expected")
+    known = {}
+    for f in fields(kind):
+        if f.name == "id" or f.name not in data:
+            continue
+        value = data[f.name]
+        allowed = _JSON_TYPES.get(str(f.type))
+        if allowed is not None and (
+            not isinstance(value, allowed)
+            or (isinstance(value, bool) and bool not in allowed)
+            or (isinstance(value, int | float) and not isinstance(value, bool) and value < 0)
+        ):
+            raise ValueError(f"{kind.__name__}.{f.name}: {value!r} is not a valid {f.type}")
+        known[f.name] = value
+    return known

@@ -82,13 +82,25 @@ class Codec:
         # bytes, as every backend accepts; the one copy costs little beside zstd
         return bytes(self.sealer.seal(sealed_header, raw_id, payload))
 
-    def decode(self, magic: bytes, data: bytes, expected_id: str | None = None) -> bytes:
-        """The plaintext, after checking magic, length and (if given) the id."""
+    def decode(
+        self, magic: bytes, data: bytes, expected_id: str | None = None, limit: int | None = None
+    ) -> bytes:
+        """The plaintext, after checking magic, length and (if given) the id.
+
+        The declared length must be at most ``limit`` and the format's bound for the
+        kind of object, and a zstd frame must declare that same length (or none):
+        a hostile header or frame never makes us allocate more than the bound.
+        """
         if len(data) < fmt.ENVELOPE.size:
             raise DecodeError(f"truncated: {len(data)} bytes")
         header = fmt.EnvelopeHeader.unpack(data)
         if header.magic != magic:
             raise DecodeError(f"wrong magic {header.magic!r}, expected {magic!r}")
+        bound = min(
+            fmt.MAX_PLAINTEXT[magic], limit if limit is not None else fmt.MAX_PLAINTEXT[magic]
+        )
+        if header.length > bound:
+            raise DecodeError(f"length {header.length} exceeds the bound of {bound} bytes")
         if data[fmt.ENVELOPE_RESERVED]:
             raise DecodeError("reserved header byte is not zero")
         if header.version != fmt.VERSION or header.encryption not in (
@@ -116,11 +128,15 @@ class Codec:
                 raise DecodeError(f"{expected_id!r} is not an object id") from None
         if header.compression == fmt.Compression.ZSTD:
             try:
+                # zstd allocates what the frame declares, whatever max_output_size says
+                declared = zstandard.frame_content_size(payload)
+                if declared not in (-1, header.length):
+                    raise DecodeError(
+                        f"zstd frame declares {declared} bytes, header {header.length}"
+                    )
                 plaintext = self._decompressor().decompress(payload, max_output_size=header.length)
             except zstandard.ZstdError as exc:
                 raise DecodeError(f"zstd: {exc}") from None
-            except (OverflowError, MemoryError):  # a damaged length in a plain header
-                raise DecodeError(f"implausible length {header.length}") from None
         elif header.compression == fmt.Compression.NONE:
             plaintext = bytes(payload)
         else:

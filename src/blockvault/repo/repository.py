@@ -14,13 +14,15 @@ Invariants:
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from blockvault.errors import (
+    AmbiguousLatest,
     AmbiguousSnapshot,
     ChunkCorrupt,
     ChunkMissing,
@@ -45,7 +47,15 @@ from blockvault.repo.manifest import Snapshot
 from blockvault.repo.objects import Codec, DecodeError
 from blockvault.storage import Backend, open_backend
 
-__all__ = ["ENCRYPTIONS", "Passphrase", "Repository", "RepositoryConfig", "parse_compression"]
+__all__ = [
+    "ENCRYPTIONS",
+    "Passphrase",
+    "Repository",
+    "RepositoryConfig",
+    "Selector",
+    "SnapshotListing",
+    "parse_compression",
+]
 
 ENCRYPTIONS: Final = ("none", "repokey")  # repokey: the wrapped key lives in keys/
 Passphrase = str | Callable[[], str]  # a callable is asked only if the repository needs it
@@ -99,7 +109,49 @@ class RepositoryConfig:
         encryption = str(data.get("encryption", "none"))
         if encryption not in ENCRYPTIONS:
             raise ValueError(f"encryption {encryption!r} is not supported")
-        return cls(data["id"], int(data["chunk_size"]), str(data["compression"]), encryption)
+        chunk_size = int(data["chunk_size"])
+        if problem := fmt.chunk_size_problem(chunk_size):
+            raise ValueError(problem)
+        return cls(str(data["id"]), chunk_size, str(data["compression"]), encryption)
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which snapshots ``latest`` chooses among (the CLI's ``--host`` and ``--source``).
+
+    ``source`` matches a snapshot's identity (``wwn:…``, ``serial:…``, ``image:…``),
+    the value after its kind, or the device or image path it was taken from.
+    """
+
+    host: str | None = None
+    source: str | None = None
+
+    def matches(self, snap: Snapshot) -> bool:
+        if self.host is not None and snap.host != self.host:
+            return False
+        if self.source is None:
+            return True
+        names = {snap.source, snap.source_id, snap.source_id.partition(":")[2]} - {""}
+        return bool(names & {self.source, "image:" + os.path.realpath(self.source)})
+
+
+@dataclass(frozen=True)
+class SnapshotListing:
+    """Every snapshot of a repository, damaged ones named rather than raised: one bad
+    manifest or missing index must not hide the others (``snapshots``, ``prune``,
+    ``latest``). ``blockvault check`` says more about each damage."""
+
+    snapshots: tuple[Snapshot, ...]  # every manifest that reads, oldest first
+    damaged: Mapping[str, str] = field(default_factory=dict)  # id -> what is wrong
+
+    def usable(self) -> tuple[Snapshot, ...]:
+        """The snapshots whose manifest reads and whose index exists, oldest first."""
+        return tuple(s for s in self.snapshots if s.id not in self.damaged)
+
+    def unreadable(self) -> list[str]:
+        """Ids of the snapshots whose manifest does not read."""
+        readable = {s.id for s in self.snapshots}
+        return sorted(i for i in self.damaged if i not in readable)
 
 
 class Repository:
@@ -121,6 +173,7 @@ class Repository:
         self.codec = Codec(parse_compression(config.compression), self._sealer)
         self._known: set[str] | None = None
         self._lock = threading.Lock()
+        self.selector = Selector()  # narrows what ``latest`` means
 
     # --- life cycle --------------------------------------------------------------
     @classmethod
@@ -140,8 +193,8 @@ class Repository:
         init never leaves an encrypted repository without its key.
         """
         parse_compression(compression)
-        if chunk_size < 4096 or chunk_size & (chunk_size - 1) or chunk_size > 64 << 20:
-            raise UsageError(f"chunk size {chunk_size}: use a power of two from 4 KiB to 64 MiB")
+        if problem := fmt.chunk_size_problem(chunk_size):
+            raise UsageError(problem)
         if encryption not in ENCRYPTIONS:
             raise UsageError(f"encryption {encryption!r}: use {' or '.join(ENCRYPTIONS)}")
         secret = _ask(passphrase, location) if encryption != "none" else None
@@ -183,14 +236,22 @@ class Repository:
             raise KeyMissing(repo=location)
         secret = _ask(passphrase, location)
         keys: list[KeyFile] = []
-        for name in sorted(key_names):
+        refused: list[str] = []
+        if len(key_names) > fmt.MAX_KEYS:  # each costs a key derivation: bound the work
+            refused.append(f"{len(key_names) - fmt.MAX_KEYS} of {len(key_names)} keys not tried")
+        for name in sorted(key_names)[: fmt.MAX_KEYS]:
             try:
-                keys.append(KeyFile.from_json(backend.read(name)))
-            except (ValueError, ObjectNotFound):
-                continue  # a damaged or vanished key object: the others may still open
+                keys.append(KeyFile.from_json(_read_small(backend, name, fmt.MAX_KEY_BYTES)))
+            except ValueError as exc:  # damaged, or asks too much: the others may open
+                refused.append(f"{name}: {exc}")
+            except ObjectNotFound:
+                continue  # removed while we listed
         if not keys:
             raise ObjectCorrupt(
-                "no key object can be parsed", kind="key", name=fmt.KEY_DIR, repo=location
+                "no key object can be used (" + "; ".join(refused) + ")",
+                kind="key",
+                name=fmt.KEY_DIR,
+                repo=location,
             )
         for key in keys:
             if key.repository != config.id:
@@ -198,13 +259,15 @@ class Repository:
             master = unwrap(key, secret)
             if master is not None:
                 return cls(backend, config, master, key.id)
-        raise WrongPassphrase(what=f"any key of repository {location}", repo=location)
+        tried = f" ({'; '.join(refused)})" if refused else ""
+        raise WrongPassphrase(what=f"any key of repository {location}{tried}", repo=location)
 
     def with_compression(self, compression: str) -> Repository:
         """The same repository writing new chunks at another compression setting."""
         clone = Repository(self.backend, self.config, self._master, self.key_id)
         clone.codec = Codec(parse_compression(compression), self._sealer)
         clone._known, clone._lock = self._known, self._lock
+        clone.selector = self.selector
         return clone
 
     # --- ids and keys --------------------------------------------------------------
@@ -336,7 +399,7 @@ class Repository:
 
     def decode_chunk(self, chunk_id: str, raw: bytes) -> bytes:
         try:
-            return self.codec.decode(fmt.CHUNK_MAGIC, raw, chunk_id)
+            return self.codec.decode(fmt.CHUNK_MAGIC, raw, chunk_id, self.config.chunk_size)
         except DecodeError as exc:
             raise ChunkCorrupt(str(exc), chunk=chunk_id, repo=self.location, where="") from None
 
@@ -368,7 +431,17 @@ class Repository:
         return replace(snapshot, id=snapshot_id)
 
     def snapshot_ids(self) -> list[str]:
-        return sorted(name.rsplit("/", 1)[1] for name in self.backend.list(fmt.SNAPSHOT_DIR + "/"))
+        """Every manifest's id. A name that is not an id is no snapshot (it may be a
+        hostile one, made to be printed): skipped here, named by ``stray_snapshots``."""
+        return sorted(n for n in self._snapshot_names() if fmt.is_object_id(n))
+
+    def stray_snapshots(self) -> list[str]:
+        """Names under ``snapshots/`` that are not ids, for ``check`` to report."""
+        return sorted(n for n in self._snapshot_names() if not fmt.is_object_id(n))
+
+    def _snapshot_names(self) -> list[str]:
+        prefix = fmt.SNAPSHOT_DIR + "/"
+        return [name[len(prefix) :] for name in self.backend.list(prefix)]
 
     def load_snapshot(self, snapshot_id: str) -> Snapshot:
         name = fmt.snapshot_name(snapshot_id)
@@ -385,15 +458,43 @@ class Repository:
             ) from None
 
     def snapshots(self) -> list[Snapshot]:
-        """Every snapshot, oldest first."""
+        """Every snapshot, oldest first; raises ``ObjectCorrupt`` on a damaged manifest
+        (for callers that must see everything, such as verify; see ``listing``)."""
         return sorted((self.load_snapshot(i) for i in self.snapshot_ids()), key=lambda s: s.time)
 
+    def listing(self) -> SnapshotListing:
+        """Every snapshot, a damaged manifest or a missing index named, not raised."""
+        readable: list[Snapshot] = []
+        damaged: dict[str, str] = {}
+        for snapshot_id in self.snapshot_ids():
+            try:
+                readable.append(self.load_snapshot(snapshot_id))
+            except SnapshotNotFound:
+                continue  # removed while we listed
+            except IntegrityError as exc:
+                damaged[snapshot_id] = str(exc)
+        indexes = {name.rsplit("/", 1)[1] for name in self.backend.list(fmt.INDEX_DIR + "/")}
+        for snap in readable:
+            if snap.index not in indexes:
+                damaged[snap.id] = f"its index {snap.index} is missing"
+        readable.sort(key=lambda s: s.time)
+        return SnapshotListing(tuple(readable), damaged)
+
     def resolve(self, ref: str) -> Snapshot:
-        """A snapshot by full id, unique id prefix, or ``latest``."""
+        """A snapshot by full id, unique id prefix, or ``latest``: the newest usable
+        snapshot that ``self.selector`` matches, provided they all share one origin
+        (host, disk, partitions); else ``AmbiguousLatest`` lists the origins."""
         if ref == "latest":
-            snaps = self.snapshots()
+            snaps = [s for s in self.listing().usable() if self.selector.matches(s)]
             if not snaps:
                 raise SnapshotNotFound(ref=ref, repo=self.location)
+            newest: list[Snapshot] = []  # the newest of each origin, newest first
+            for snap in reversed(snaps):
+                if not any(snap.same_origin(n) for n in newest):
+                    newest.append(snap)
+            if len(newest) > 1:
+                candidates = "; ".join(f"{s.origin}: {s.id[:12]}" for s in newest)
+                raise AmbiguousLatest(count=len(newest), candidates=candidates, repo=self.location)
             return snaps[-1]
         matches = [i for i in self.snapshot_ids() if i.startswith(ref.lower())] if ref else []
         if not matches:
@@ -412,15 +513,27 @@ class Repository:
             ) from None
         try:
             plain = self.codec.decode(fmt.INDEX_MAGIC, raw, snapshot.index)
-            return Index.from_bytes(plain)
+            index = Index.from_bytes(plain)
         except (DecodeError, ValueError) as exc:
             raise ObjectCorrupt(
                 str(exc), kind="index", name=snapshot.index, repo=self.location
             ) from None
+        if problems := index.disagreements(snapshot):
+            raise ObjectCorrupt(
+                "; ".join(problems), kind="index", name=snapshot.index, repo=self.location
+            )
+        return index
 
     def stored_size(self, chunk_ids: set[str]) -> int:
-        """Bytes the given chunks take in storage."""
-        return sum(self.backend.size(fmt.chunk_name(c)) for c in chunk_ids)
+        """Bytes the given chunks take in storage; a missing chunk takes none (``info``
+        still describes a damaged snapshot; ``check`` names what is missing)."""
+        total = 0
+        for chunk_id in chunk_ids:
+            try:
+                total += self.backend.size(fmt.chunk_name(chunk_id))
+            except ObjectNotFound:
+                continue
+        return total
 
     # --- listing and removal (prune, gc, check) -------------------------------------
     def stored_chunk_ids(self) -> set[str]:
@@ -438,13 +551,22 @@ class Repository:
         self.backend.delete(fmt.snapshot_name(snapshot_id))
 
 
+def _read_small(backend: Backend, name: str, limit: int) -> bytes:
+    """An object that must be small (config, key file); ``ValueError`` when it is not,
+    found from its size before a byte of it is read."""
+    size = backend.size(name)
+    if size > limit:
+        raise ValueError(f"{size} bytes, more than the {limit} it may have")
+    return backend.read(name)
+
+
 def _read_config(backend: Backend, location: str) -> RepositoryConfig:
     try:
-        raw = backend.read(fmt.CONFIG_NAME)
+        return RepositoryConfig.from_json(
+            _read_small(backend, fmt.CONFIG_NAME, fmt.MAX_CONFIG_BYTES)
+        )
     except ObjectNotFound:
         raise RepositoryNotFound(repo=location) from None
-    try:
-        return RepositoryConfig.from_json(raw)
     except (ValueError, KeyError, TypeError) as exc:
         raise RepositoryError(f"config is unreadable: {exc}", repo=location) from None
 

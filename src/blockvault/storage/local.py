@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from blockvault.errors import ObjectNotFound, StorageError
+from blockvault.storage import modes
 from blockvault.storage.backend import Backend, Capabilities
 
 __all__ = ["LocalBackend"]
@@ -51,6 +52,7 @@ class LocalBackend(Backend):
         self.location = str(self.root)
         self.capabilities = Capabilities(local_path=str(self.root), parallel_io=4)
         self._known_dirs: set[Path] = set()
+        self._file_mode: int | None = None  # once the reference object exists
         # final path -> (temporary file, size): written, not yet durable nor renamed;
         # a flush moves its batch to _flushing until the renames are done
         self._pending: dict[Path, tuple[Path, int]] = {}
@@ -144,17 +146,41 @@ class LocalBackend(Backend):
                         removed += 1
         return removed
 
+    def _new_file_mode(self) -> int:
+        """See ``modes``: private, or as the repository's config when it exists."""
+        if self._file_mode is None:
+            try:
+                reference = (self.root / modes.REFERENCE).stat().st_mode
+            except FileNotFoundError:
+                return modes.PRIVATE_FILE
+            self._file_mode = modes.file_mode(reference)
+        return self._file_mode
+
+    def _make_folders(self, folder: Path, mode: int) -> None:
+        """``folder`` and its missing parents, each with ``mode`` (the root private)."""
+        if folder.is_dir():
+            return
+        if folder == self.root:
+            self.create()
+            return
+        self._make_folders(folder.parent, mode)
+        with contextlib.suppress(FileExistsError):  # another thread made it
+            folder.mkdir()
+            os.chmod(folder, mode)  # exactly: the umask must not narrow a shared one
+
     def _write_temporary(
         self, name: str, path: Path, data: bytes | memoryview, *, durable: bool
     ) -> Path:
         parent = path.parent
-        if parent not in self._known_dirs:
-            parent.mkdir(parents=True, exist_ok=True)
-            self._known_dirs.add(parent)
+        mode = self._new_file_mode()
         tmp = parent / f"{TMP_PREFIX}{path.name}-{os.getpid()}-{threading.get_ident():x}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            if parent not in self._known_dirs:
+                self._make_folders(parent, modes.folder_mode(mode))
+                self._known_dirs.add(parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
             try:
+                os.fchmod(fd, mode)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
@@ -231,6 +257,8 @@ class LocalBackend(Backend):
 
     def create(self) -> None:
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            if not self.root.is_dir():
+                self.root.mkdir(parents=True, exist_ok=True)
+                os.chmod(self.root, modes.folder_mode(modes.PRIVATE_FILE))
         except OSError as exc:
             raise StorageError(f"cannot create: {exc.strerror}", location=self.location) from None

@@ -42,6 +42,7 @@ import paramiko
 from paramiko.sftp import CMD_EXTENDED
 
 from blockvault.errors import ObjectNotFound, StorageError, TransientStorageError, UsageError
+from blockvault.storage import modes
 from blockvault.storage.backend import Backend, Capabilities, check_name
 
 __all__ = ["SFTPBackend", "SSHTarget", "resolve_target"]
@@ -149,6 +150,7 @@ class SFTPBackend(Backend):
         self._generation = 0
         self._idle: list[tuple[int, paramiko.SFTPClient]] = []
         self._fsync = True  # until the server says it has no fsync@openssh.com
+        self._file_mode: int | None = None  # once the reference object exists
 
     # --- connection ------------------------------------------------------------------
     def _connect(self) -> paramiko.SSHClient:
@@ -332,13 +334,15 @@ class SFTPBackend(Backend):
         tmp = posixpath.join(folder, f".tmp-{base}-{uuid.uuid4().hex[:16]}")
         payload = data if isinstance(data, bytes) else bytes(data)
         with self._channel(f"writing {name}") as sftp:
+            mode = self._new_file_mode(sftp)
             try:
                 f = sftp.open(tmp, "wb")
             except FileNotFoundError:
-                self._makedirs(sftp, folder)
+                self._makedirs(sftp, folder, modes.folder_mode(mode))
                 f = sftp.open(tmp, "wb")
             try:
                 with f:
+                    f.chmod(mode)  # before any byte: the server's umask decides otherwise
                     f.set_pipelined(True)
                     f.write(payload)
                     self._sync(sftp, f)
@@ -361,15 +365,26 @@ class SFTPBackend(Backend):
                 raise
             self._fsync = False  # the server answered: it has no such extension
 
-    def _makedirs(self, sftp: paramiko.SFTPClient, folder: str) -> None:
+    def _new_file_mode(self, sftp: paramiko.SFTPClient) -> int:
+        """See ``modes``: private, or as the repository's config when it exists."""
+        if self._file_mode is None:
+            try:
+                reference = sftp.stat(posixpath.join(self.root, modes.REFERENCE)).st_mode
+            except FileNotFoundError:
+                return modes.PRIVATE_FILE
+            self._file_mode = modes.file_mode(reference or 0)
+        return self._file_mode
+
+    def _makedirs(self, sftp: paramiko.SFTPClient, folder: str, mode: int) -> None:
         try:
-            sftp.mkdir(folder)
+            sftp.mkdir(folder, mode)
+            sftp.chmod(folder, mode)  # exactly: the server's umask may have narrowed it
         except FileNotFoundError:
             parent = posixpath.dirname(folder)
             if parent in (folder, "", "/", "."):
                 raise
-            self._makedirs(sftp, parent)
-            self._makedirs(sftp, folder)
+            self._makedirs(sftp, parent, mode)
+            self._makedirs(sftp, folder, mode)
         except OSError:
             # it may exist already (another thread made it): fine if it is a folder
             with contextlib.suppress(OSError):
@@ -440,7 +455,7 @@ class SFTPBackend(Backend):
                     return
                 raise StorageError(f"{self.root} is not a folder", location=self.location)
             except FileNotFoundError:
-                self._makedirs(sftp, self.root)
+                self._makedirs(sftp, self.root, modes.folder_mode(modes.PRIVATE_FILE))
 
 
 def _describe(exc: BaseException) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import click
 
 from blockvault.errors import NewPassphraseRequired, PassphraseRequired, UsageError
-from blockvault.repo import Repository
+from blockvault.repo import Repository, Selector
 
 __all__ = [
     "COMMANDS",
@@ -81,7 +81,11 @@ def passphrase_source(
 
 
 def open_repo(ctx: click.Context) -> Repository:
-    return Repository.open(repo_location(ctx), passphrase=passphrase_source(ctx))
+    """The repository of -r, with 'latest' narrowed by --host and --source."""
+    repo = Repository.open(repo_location(ctx), passphrase=passphrase_source(ctx))
+    obj = ctx.obj or {}
+    repo.selector = Selector(obj.get("host"), obj.get("source"))
+    return repo
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")

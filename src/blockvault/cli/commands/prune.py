@@ -92,7 +92,7 @@ def register(group: click.Group) -> None:
         every --keep-PERIOD N keeps the newest snapshot of each of the last N periods
         that have snapshots (days and weeks in this machine's time zone, ISO weeks).
         A snapshot kept by any rule is kept. Snapshots not selected by --host/--tag
-        are left alone."""
+        are left alone, and so are snapshots whose manifest is damaged."""
         policy = Policy(
             last=keep_last,
             hourly=keep_hourly,
@@ -103,9 +103,10 @@ def register(group: click.Group) -> None:
             within=parse_duration(keep_within) if keep_within else None,
         )
         repo = open_repo(ctx)
+        listing = repo.listing()
         now = datetime.now(UTC)
         decisions = apply_policy(
-            repo.snapshots(),
+            list(listing.snapshots),
             policy,
             now=now,
             tz=now.astimezone().tzinfo or UTC,
@@ -113,6 +114,7 @@ def register(group: click.Group) -> None:
             tags=tags,
         )
         removed = [d for d in decisions if not d.keep]
+        unreadable = listing.unreadable()  # no time, host or source to judge: left alone
         if not dry_run:
             for d in removed:
                 repo.delete_snapshot(d.snapshot.id)
@@ -122,6 +124,7 @@ def register(group: click.Group) -> None:
                     "dry_run": dry_run,
                     "kept": len(decisions) - len(removed),
                     "removed": len(removed),
+                    "unreadable": unreadable,
                     "snapshots": [
                         {
                             "id": d.snapshot.id,
@@ -151,6 +154,11 @@ def register(group: click.Group) -> None:
                 for d in decisions
             ],
         )
+        for snapshot_id in unreadable:
+            render.warn(
+                f"snapshot {snapshot_id[:12]} is left alone: its manifest is damaged "
+                "('blockvault check' names the damage)"
+            )
         verb = "would remove" if dry_run else "removed"
         click.echo(
             f"{verb} {len(removed)} of {render.plural(len(decisions), 'snapshot')}"

@@ -1,6 +1,8 @@
-"""``blockvault snapshots``: the snapshots in a repository."""
+"""``blockvault snapshots``: the snapshots in a repository, damaged ones named."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import click
 
@@ -14,10 +16,17 @@ def register(group: click.Group) -> None:
     @click.pass_context
     def snapshots(ctx: click.Context, as_json: bool) -> None:
         """List snapshots, oldest first: id, time, host, source, disk size, used bytes,
-        and the bytes each one added to the repository."""
-        snaps = open_repo(ctx).snapshots()
+        and the bytes each one added to the repository. A snapshot whose manifest
+        or index is damaged is listed as damaged ('blockvault check' says more).
+        The global --host and --source show only the snapshots they select."""
+        repo = open_repo(ctx)
+        listing = repo.listing()
+        chosen = [s for s in listing.snapshots if repo.selector.matches(s)]
         if as_json:
-            render.emit_json(snaps)
+            render.emit_json(
+                [{**dataclasses.asdict(s), "damaged": listing.damaged.get(s.id)} for s in chosen]
+                + [{"id": i, "damaged": listing.damaged[i]} for i in listing.unreadable()]
+            )
             return
         render.table(
             None,
@@ -25,7 +34,7 @@ def register(group: click.Group) -> None:
             [
                 (
                     s.id[:12],
-                    s.time[:19].replace("T", " "),
+                    "damaged" if s.id in listing.damaged else s.time[:19].replace("T", " "),
                     s.host,
                     s.source,
                     render.size(s.disk_size),
@@ -33,6 +42,9 @@ def register(group: click.Group) -> None:
                     render.size(s.stats.stored_bytes),
                     ",".join(s.tags),
                 )
-                for s in snaps
-            ],
+                for s in chosen
+            ]
+            + [(i[:12], "damaged", "", "", "", "", "", "") for i in listing.unreadable()],
         )
+        for snapshot_id, why in sorted(listing.damaged.items()):
+            render.warn(f"snapshot {snapshot_id[:12]} is damaged: {why}")
