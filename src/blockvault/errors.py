@@ -54,6 +54,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from blockvault.text import shown
+
 __all__ = [
     "EXIT_CODES",
     "EXIT_INTERNAL",
@@ -114,14 +116,17 @@ EXIT_CODES: dict[int, str] = {
 
 
 class BlockvaultError(Exception):
-    """Base of every error blockvault raises on purpose."""
+    """Base of every error blockvault raises on purpose. Its message is one line safe
+    for a terminal: a field may be a name from a hostile snapshot, so the formatted
+    message goes through :func:`~blockvault.text.shown`; ``fields`` keep the values
+    as given, for callers that need them exact."""
 
     template: ClassVar[str] = "{detail}"
     exit_code: ClassVar[int] = 1
 
     def __init__(self, detail: str = "", **fields: Any) -> None:
         self.fields = {"detail": detail, **fields}
-        super().__init__(self.template.format(**self.fields))
+        super().__init__(shown(self.template.format(**self.fields)))
 
 
 class UsageError(BlockvaultError):
@@ -208,7 +213,7 @@ class DeviceError(BlockvaultError):
 
 class TreeIncomplete(BlockvaultError):
     template = (
-        "{target}: {count} entries could not be written (each is named above); "
+        "{target}: {entries} could not be written (each is named above); "
         "everything else was written"
     )
 

@@ -25,6 +25,8 @@ from blockvault.pipeline.events import (
     TaskStarted,
     Warned,
 )
+from blockvault.text import plural as plural  # commands write render.plural
+from blockvault.text import shown
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -76,7 +78,8 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
     from rich.cells import cell_len
     from rich.table import Table
 
-    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    # a label or name may come from a hostile image: shown escaped, never drawn
+    cells = [["" if v is None else shown(str(v)) for v in row] for row in rows]
     essential = [col.lower() in ESSENTIAL for col in columns]
     least = []  # the narrowest each column may be
     for k, col in enumerate(columns):
@@ -112,20 +115,6 @@ RIGHT = {
 FOLDED_MIN_WIDTH = 8  # a folded column narrower than this is hard to read
 # never wrapped or cut: what a user types back (ids, devices, numbers) or compares (sizes)
 ESSENTIAL = RIGHT | {"id", "snapshot", "device", "region", "time"}
-
-
-def plural(count: int, noun: str, plural_form: str | None = None) -> str:
-    """``1 file``, ``2 files``, ``0 passes``, ``3 entries``: a count and its noun, agreeing."""
-    if count == 1:
-        return f"{count} {noun}"
-    if plural_form is None:
-        if noun.endswith(("s", "x", "ch", "sh")):
-            plural_form = noun + "es"
-        elif noun.endswith("y") and noun[-2:-1] not in tuple("aeiou"):
-            plural_form = noun[:-1] + "ies"
-        else:
-            plural_form = noun + "s"
-    return f"{count} {plural_form}"
 
 
 def adapted(gpt_moved: bool, grown: str | None) -> str:
