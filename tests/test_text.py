@@ -3,10 +3,12 @@ a terminal, and an error naming such a name says it escaped on one line."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
-from blockvault.errors import PathNotFound, TargetNotEmpty, UnsafeName
-from blockvault.text import agree, plural, shown
+from blockvault.errors import PartitionNotFound, PathNotFound, TargetNotEmpty, UnsafeName
+from blockvault.text import agree, command_word, plural, shown
 
 
 @pytest.mark.parametrize(
@@ -67,3 +69,28 @@ def test_errors_show_hostile_names_escaped_and_keep_them_exact() -> None:
     assert str(missing) == "/\\x1b]0;title\\x07 does not exist in partition 1 of snapshot ab"
     # repr in a template already escapes: the name is not escaped twice
     assert str(UnsafeName("no", path="a\x1bb")) == "'a\\x1bb': no; skipped"
+
+
+@pytest.mark.parametrize(
+    "word",
+    ["/srv/repo", "sftp://backup@host:2222/vault", "/tmp/repo with space", 'say "hi"', "a\\b", ""],
+)
+def test_command_word_is_one_shell_word(word: str) -> None:
+    said = subprocess.run(
+        ["sh", "-c", f"printf %s {command_word(word)}"], capture_output=True, text=True, check=True
+    )
+    assert said.stdout == word
+
+
+def test_command_word_keeps_a_shell_from_expanding() -> None:
+    for word in ("$HOME", "`id`", "a;b", "*", "~"):
+        said = subprocess.run(
+            ["sh", "-c", f"printf %s {command_word(word)}"], capture_output=True, text=True
+        )
+        assert said.stdout == word, word
+
+
+def test_a_suggested_command_quotes_its_repository() -> None:
+    exc = PartitionNotFound("", snapshot="0123456789ab", partition=3, repo="/srv/my vault")
+    assert "'blockvault -r \"/srv/my vault\" info 0123456789ab'" in str(exc)
+    assert exc.fields["repo"] == "/srv/my vault"

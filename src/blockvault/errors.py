@@ -52,9 +52,10 @@ repeats it (a test keeps the three and the classes below in agreement).
 
 from __future__ import annotations
 
+import string
 from typing import Any, ClassVar
 
-from blockvault.text import shown
+from blockvault.text import command_word, shown
 
 __all__ = [
     "EXIT_CODES",
@@ -119,14 +120,25 @@ class BlockvaultError(Exception):
     """Base of every error blockvault raises on purpose. Its message is one line safe
     for a terminal: a field may be a name from a hostile snapshot, so the formatted
     message goes through :func:`~blockvault.text.shown`; ``fields`` keep the values
-    as given, for callers that need them exact."""
+    as given, for callers that need them exact. In a suggested command a field is
+    written ``{repo:arg}``: one shell word (quoted if need be), so it runs pasted."""
 
     template: ClassVar[str] = "{detail}"
     exit_code: ClassVar[int] = 1
 
     def __init__(self, detail: str = "", **fields: Any) -> None:
         self.fields = {"detail": detail, **fields}
-        super().__init__(shown(self.template.format(**self.fields)))
+        super().__init__(shown(_MESSAGE.format(self.template, **self.fields)))
+
+
+class _MessageFormatter(string.Formatter):
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        if format_spec == "arg":
+            return command_word(str(value))
+        return super().format_field(value, format_spec)
+
+
+_MESSAGE = _MessageFormatter()
 
 
 class UsageError(BlockvaultError):
@@ -162,7 +174,7 @@ class BrowseError(UsageError):
 class PartitionNotFound(BrowseError):
     template = (
         "snapshot {snapshot} has no imaged partition {partition}{detail}; "
-        "'blockvault info {snapshot}' lists its partitions"
+        "'blockvault -r {repo:arg} info {snapshot}' lists its partitions"
     )
 
 
@@ -173,7 +185,8 @@ class PathNotFound(BrowseError):
 class UnsupportedFilesystem(BrowseError):
     template = (
         "partition {partition} of snapshot {snapshot} holds {fs}, which cannot be browsed "
-        "(ext2/3/4, FAT and NTFS can); 'blockvault mount' still shows its image p{partition}.img"
+        "(ext2/3/4, FAT and NTFS can); 'blockvault -r {repo:arg} mount {snapshot} DIR' still "
+        "shows its image as DIR/p{partition}.img"
     )
 
 
@@ -262,7 +275,7 @@ class RepositoryError(BlockvaultError):
 
 
 class RepositoryNotFound(RepositoryError):
-    template = "no repository at {repo}; create one with 'blockvault -r {repo} init'"
+    template = "no repository at {repo}; create one with 'blockvault -r {repo:arg} init'"
 
 
 class RepositoryExists(RepositoryError):
@@ -270,7 +283,9 @@ class RepositoryExists(RepositoryError):
 
 
 class SnapshotNotFound(RepositoryError):
-    template = "no snapshot matches {ref!r} in {repo}; 'blockvault snapshots' lists them"
+    template = (
+        "no snapshot matches {ref!r} in {repo}; 'blockvault -r {repo:arg} snapshots' lists them"
+    )
 
 
 class AmbiguousSnapshot(RepositoryError):
@@ -286,7 +301,7 @@ class WrongPassphrase(RepositoryError):
 class KeyMissing(RepositoryError):
     template = (
         "repository {repo} is encrypted but holds no key; restore an exported one with "
-        "'blockvault -r {repo} key import FILE'"
+        "'blockvault -r {repo:arg} key import FILE'"
     )
 
 

@@ -10,7 +10,9 @@ rewrite the user's screen. Every message that names such a thing goes through
 
 from __future__ import annotations
 
-__all__ = ["agree", "plural", "shown"]
+import re
+
+__all__ = ["agree", "command_word", "plural", "shown"]
 
 
 def plural(count: int, noun: str, plural_form: str | None = None) -> str:
@@ -39,3 +41,15 @@ def shown(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+_PLAIN_WORD = re.compile(r"[\w@%+=:,./-]+")  # what a shell reads as one word, as is
+
+
+def command_word(text: str) -> str:
+    """``text`` as one word of a command line a user can paste into a shell: as is when
+    plain, else in double quotes with ``" \\ $ `` and backquote escaped. Double, not
+    single, quotes: messages wrap a whole suggested command in single quotes."""
+    if _PLAIN_WORD.fullmatch(text):
+        return text
+    return '"' + re.sub(r'(["\\$`])', r"\\\1", text) + '"'
