@@ -3,6 +3,7 @@ a terminal, and an error naming such a name says it escaped on one line."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 
 import pytest
@@ -94,3 +95,19 @@ def test_a_suggested_command_quotes_its_repository() -> None:
     exc = PartitionNotFound("", snapshot="0123456789ab", partition=3, repo="/srv/my vault")
     assert "'blockvault -r \"/srv/my vault\" info 0123456789ab'" in str(exc)
     assert exc.fields["repo"] == "/srv/my vault"
+
+
+def test_the_cli_shows_library_warnings_and_notes_escaped() -> None:
+    """Warned and Noted events reach the terminal through warn and say."""
+    from rich.console import Console
+
+    from blockvault.cli import render
+
+    out = io.StringIO()
+    screen = Console(file=out, width=200)
+    render.warn("/etc/\x1b[2Jgone skipped", screen)
+    render.say("line one\nforged: line two", screen)
+    assert out.getvalue().splitlines() == [
+        "warning: /etc/\\x1b[2Jgone skipped",
+        "line one\\nforged: line two",
+    ]

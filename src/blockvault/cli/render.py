@@ -128,13 +128,15 @@ def warn(message: str, out: Console | None = None) -> None:
     """``warning: message`` on stderr (or ``out``)."""
     from rich.text import Text
 
-    say(Text.assemble(("warning:", "yellow"), " ", message), out)
+    say(Text.assemble(("warning:", "yellow"), " ", shown(message)), out)
 
 
 def say(text: str | Text, out: Console | None = None) -> None:
     """One line on stderr (or ``out``) as written: not read as rich markup (a path may
-    hold brackets) and not wrapped (scripts read it)."""
-    (out or console(stderr=True)).print(text, highlight=False, markup=False, soft_wrap=True)
+    hold brackets) and not wrapped (scripts read it). A library message may name
+    things from a hostile image: its control characters are shown escaped."""
+    line = shown(text) if isinstance(text, str) else text
+    (out or console(stderr=True)).print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 class ProgressReporter:
