@@ -225,10 +225,7 @@ class DeviceError(BlockvaultError):
 
 
 class TreeIncomplete(BlockvaultError):
-    template = (
-        "{target}: {entries} could not be written (each is named above); "
-        "everything else was written"
-    )
+    template = "{target}: {entries} could not be written (named above); everything else was written"
 
 
 class TreeDamaged(TreeIncomplete):
