@@ -7,6 +7,8 @@ never with blockvault's own parsers.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -86,3 +88,44 @@ def tree(part: Path, fs: str, out: Path) -> dict[str, str]:
     else:
         raise ValueError(fs)
     return manifest(out)
+
+
+def _field(text: str, pattern: str, what: str) -> int:
+    found = re.search(pattern, text, re.MULTILINE)
+    assert found is not None, f"no {what} in:\n{text}"
+    return int(found[1])
+
+
+def _run(*command: str | Path) -> str:
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}  # mtools: images without a geometry
+    return subprocess.run(
+        [str(c) for c in command], capture_output=True, text=True, check=True, env=env
+    ).stdout
+
+
+def hidden_sectors(part: Path, fs: str) -> int:
+    """The sectors before the volume that a FAT or NTFS boot sector records, as
+    ``minfo`` (mtools) reads a FAT's and ``file -s`` (libmagic) an NTFS one's."""
+    if family(fs) == "fat":
+        return _field(_run("minfo", "-i", part, "::"), r"^hidden sectors: (\d+)", "hidden sectors")
+    assert family(fs) == "ntfs", fs
+    return _field(_run("file", "-s", part), r"hidden sectors (\d+)", "hidden sectors")
+
+
+def fat_sectors(part: Path) -> int:
+    """The sectors a FAT volume spans, as ``minfo`` reads its boot sector."""
+    info = _run("minfo", "-i", part, "::")
+    small = _field(info, r"^small size: (\d+) sectors", "small size")
+    return small or _field(info, r"^big size: (\d+) sectors", "big size")
+
+
+def ntfs_clusters(part: Path) -> tuple[int, int]:
+    """An NTFS volume's size in clusters and its cluster size, as ``ntfsinfo`` reads them."""
+    info = _run("ntfsinfo", "--force", "-m", part)  # a resized volume is marked for check
+    clusters = _field(info, r"Volume Size in Clusters: (\d+)", "volume size")
+    return clusters, _field(info, r"Cluster Size: (\d+)", "cluster size")
+
+
+def ext_blocks(part: Path) -> int:
+    """An ext2/3/4 filesystem's block count, as ``dumpe2fs -h`` reads its superblock."""
+    return _field(_run("dumpe2fs", "-h", part), r"^Block count:\s+(\d+)", "block count")

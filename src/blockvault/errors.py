@@ -60,7 +60,10 @@ behind (the writer session, gc) says so in ``outcome`` before it propagates.
 
 from __future__ import annotations
 
+import string
 from typing import Any, ClassVar
+
+from blockvault.text import command_word, shown
 
 __all__ = [
     "EXIT_CODES",
@@ -126,14 +129,28 @@ EXIT_CODES: dict[int, str] = {
 
 
 class BlockvaultError(Exception):
-    """Base of every error blockvault raises on purpose."""
+    """Base of every error blockvault raises on purpose. Its message is one line safe
+    for a terminal: a field may be a name from a hostile snapshot, so the formatted
+    message goes through :func:`~blockvault.text.shown`; ``fields`` keep the values
+    as given, for callers that need them exact. In a suggested command a field is
+    written ``{repo:arg}``: one shell word (quoted if need be), so it runs pasted."""
 
     template: ClassVar[str] = "{detail}"
     exit_code: ClassVar[int] = 1
 
     def __init__(self, detail: str = "", **fields: Any) -> None:
         self.fields = {"detail": detail, **fields}
-        super().__init__(self.template.format(**self.fields))
+        super().__init__(shown(_MESSAGE.format(self.template, **self.fields)))
+
+
+class _MessageFormatter(string.Formatter):
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        if format_spec == "arg":
+            return command_word(str(value))
+        return super().format_field(value, format_spec)
+
+
+_MESSAGE = _MessageFormatter()
 
 
 class UsageError(BlockvaultError):
@@ -169,7 +186,7 @@ class BrowseError(UsageError):
 class PartitionNotFound(BrowseError):
     template = (
         "snapshot {snapshot} has no imaged partition {partition}{detail}; "
-        "'blockvault info {snapshot}' lists its partitions"
+        "'blockvault -r {repo:arg} info {snapshot}' lists its partitions"
     )
 
 
@@ -180,7 +197,8 @@ class PathNotFound(BrowseError):
 class UnsupportedFilesystem(BrowseError):
     template = (
         "partition {partition} of snapshot {snapshot} holds {fs}, which cannot be browsed "
-        "(ext2/3/4, FAT and NTFS can); 'blockvault mount' still shows its image p{partition}.img"
+        "(ext2/3/4, FAT and NTFS can); 'blockvault -r {repo:arg} mount {snapshot} DIR' still "
+        "shows its image as DIR/p{partition}.img"
     )
 
 
@@ -219,10 +237,7 @@ class DeviceError(BlockvaultError):
 
 
 class TreeIncomplete(BlockvaultError):
-    template = (
-        "{target}: {count} entries could not be written (each is named above); "
-        "everything else was written"
-    )
+    template = "{target}: {entries} could not be written (named above); everything else was written"
 
 
 class TreeDamaged(TreeIncomplete):
@@ -269,7 +284,7 @@ class RepositoryError(BlockvaultError):
 
 
 class RepositoryNotFound(RepositoryError):
-    template = "no repository at {repo}; create one with 'blockvault -r {repo} init'"
+    template = "no repository at {repo}; create one with 'blockvault -r {repo:arg} init'"
 
 
 class RepositoryExists(RepositoryError):
@@ -277,7 +292,9 @@ class RepositoryExists(RepositoryError):
 
 
 class SnapshotNotFound(RepositoryError):
-    template = "no snapshot matches {ref!r} in {repo}; 'blockvault snapshots' lists them"
+    template = (
+        "no snapshot matches {ref!r} in {repo}; 'blockvault -r {repo:arg} snapshots' lists them"
+    )
 
 
 class AmbiguousSnapshot(RepositoryError):
@@ -300,7 +317,7 @@ class WrongPassphrase(RepositoryError):
 class KeyMissing(RepositoryError):
     template = (
         "repository {repo} is encrypted but holds no key; restore an exported one with "
-        "'blockvault -r {repo} key import FILE'"
+        "'blockvault -r {repo:arg} key import FILE'"
     )
 
 

@@ -129,6 +129,18 @@ def test_ext4_hostile_entries_are_skipped_and_named(tmp_path: Path) -> None:
     listing = blockvault("-r", repo.location, "ls", "latest:1/").stdout.splitlines()
     assert "\x1b" not in "".join(listing) and "red\\x1b[31m" in listing
     assert {"../../escaped", "../up", "nul\\x00byte", ".."} <= set(listing)  # as stored
+    # find names it escaped too, and so does an error about it (the copy exists)
+    found = blockvault("-r", repo.location, "find", "red*")
+    assert found.returncode == 0, found.stderr
+    latest = repo.resolve("latest").id[:12]
+    assert "\x1b" not in found.stdout, found.stdout
+    assert found.stdout.startswith(f"{latest}:1/red\\x1b[31m  "), found.stdout
+    refused = blockvault("-r", repo.location, "extract", "latest:1/red\x1b[31m", out)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.splitlines() == [
+        f"blockvault: error: target {out}/red\\x1b[31m is not empty (it exists); "
+        "pass --yes to overwrite it"
+    ]
     # for scripts: the same entries, by their stored names
     proc = blockvault("-r", repo.location, "extract", "--json", "latest:1/", tmp_path / "json")
     assert proc.returncode == 1
@@ -270,7 +282,7 @@ def test_a_damaged_chunk_names_the_file_and_the_rest_is_written(tmp_path: Path) 
     assert proc.returncode == 4, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 2 and "/big.bin" in lines[0] and chunk[:12] in lines[0], lines
-    assert "1 entries could not be written" in lines[1]
+    assert "1 entry could not be written" in lines[1]
     assert (out / "good.txt").read_text() == "fine"
     assert not (out / "big.bin").exists()  # not half a file under its name
     assert not [p for p in everything(out) if "tmp" in p]  # nor a temporary one

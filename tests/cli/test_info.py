@@ -82,3 +82,20 @@ def test_a_partition_copied_onto_another_dedups(disk: BuiltDisk, tmp_path: Path)
     # 8 MiB of partition b are the chunks of partition a: referenced once more, not stored
     assert chunk_bytes - plain == 8 * MiB
     assert info["dedup_ratio"] == round(chunk_bytes / plain, 2) > 1
+
+
+def test_names_from_the_manifest_are_shown_escaped(tmp_path: Path) -> None:
+    """A source path and a tag may hold escape sequences (and a repository may be
+    forged): info writes them escaped; --json keeps them exact."""
+    need_tools("sfdisk", "mkfs.ext4")
+    image = tmp_path / "disk\x1b[2J.img"
+    build_disk(DiskSpec("gpt", 8 * MiB, [PartitionSpec("ext4", 0, "root")]), image)
+    repo = tmp_path / "repo"
+    cli("-r", repo, "init")
+    cli("-r", repo, "backup", "--tag", "red\x1b[31m", image)
+    shown = cli("-r", repo, "info", "latest")
+    assert "\x1b" not in shown, shown
+    assert "disk\\x1b[2J.img" in shown and "tags red\\x1b[31m" in shown, shown
+    exact = json.loads(cli("-r", repo, "info", "latest", "--json"))
+    assert exact["snapshot"]["source"] == str(image), exact["snapshot"]
+    assert exact["snapshot"]["tags"] == ["red\x1b[31m"]

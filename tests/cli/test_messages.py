@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from blockvault.cli.render import plural
 from blockvault.disk.inventory import UNREADABLE, unreadable
 from blockvault.errors import DeviceError
 from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
@@ -162,23 +161,6 @@ def test_disks_prints_each_warning_once_naming_its_device(
         ), warnings
         assert shown.stdout.count(f"{device}:") == 1  # its partition table, once
     assert "Errno" not in shown.stdout + shown.stderr
-
-
-@pytest.mark.parametrize(
-    ("count", "noun", "said"),
-    [
-        (1, "file", "1 file"),
-        (0, "file", "0 files"),
-        (1, "pass", "1 pass"),
-        (2, "pass", "2 passes"),
-        (3, "index", "3 indexes"),
-        (2, "directory", "2 directories"),
-        (2, "key", "2 keys"),
-        (1, "new chunk", "1 new chunk"),
-    ],
-)
-def test_plural(count: int, noun: str, said: str) -> None:
-    assert plural(count, noun) == said
 
 
 def test_summaries_say_one_snapshot(disk: BuiltDisk, tmp_path: Path) -> None:

@@ -11,14 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from blockvault.pipeline.events import Event, TaskAdvanced
 
+from blockvault.errors import DeviceError
 from blockvault.pipeline.into_free import clone_into_free
 from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.conftest import blockvault, needs_root, sh
-from tests.fstree import extract, fsck, tree
+from tests.fstree import extract, fat_sectors, fsck, hidden_sectors, tree
+from tests.pipeline.test_onto import finds_anything
 
 MiB = 1024 * 1024
 
@@ -104,8 +109,8 @@ def test_into_free_from_image_partition(table: str, source: BuiltDisk, tmp_path:
         start, size = int(entry["start"]) * 512, int(entry["size"]) * 512  # type: ignore[call-overload]
         _check_copy(target, start, size, source, label, tmp_path)
         if label != "root":  # FAT and NTFS boot sectors count the sectors before them
-            boot = (tmp_path / f"{label}-copy.img").read_bytes()[:512]
-            assert int.from_bytes(boot[28:32], "little") == start // 512
+            fs = source.by_label(label).fs
+            assert hidden_sectors(tmp_path / f"{label}-copy.img", fs) == start // 512
 
 
 @needs_root
@@ -184,9 +189,7 @@ def test_into_free_grow_fat(source: BuiltDisk, tmp_path: Path) -> None:
     start, size = int(new["start"]) * 512, int(new["size"]) * 512  # type: ignore[call-overload]
     assert start + size == 64 * MiB - 33 * 512  # up to the backup entries and header
     _check_copy(target, start, size, source, "data", tmp_path)
-    boot = (tmp_path / "data-copy.img").read_bytes()[:512]
-    sectors = int.from_bytes(boot[19:21], "little") or int.from_bytes(boot[32:36], "little")
-    assert sectors * 512 == size  # the filesystem fills the new partition
+    assert fat_sectors(tmp_path / "data-copy.img") * 512 == size  # it fills the new partition
 
 
 @needs_root
@@ -202,3 +205,58 @@ def test_partition_device_keeps_its_gpt_entry(source: BuiltDisk, tmp_path: Path,
     assert (new["name"], new["type"]) == ("data", data.type)  # found through the loop's offset
     start, size = int(new["start"]) * 512, int(new["size"]) * 512  # type: ignore[call-overload]
     _check_copy(target, start, size, source, "data", tmp_path)
+
+
+def fail_at_first_piece(error: BaseException) -> Callable[[Event], None]:
+    """A reporter that raises ``error`` once the copy reports its first piece written:
+    a deterministic stand-in for a failed write, a dead source or Ctrl-C."""
+
+    def reporter(event: Event) -> None:
+        if isinstance(event, TaskAdvanced):
+            raise error
+
+    return reporter
+
+
+@pytest.mark.parametrize("label", ["data", "win"])  # a FAT16 and an NTFS boot sector
+@pytest.mark.parametrize("failure", ["device", "interrupt"])
+def test_a_copy_that_fails_half_way_adds_nothing_and_no_signature(
+    label: str, failure: str, source: BuiltDisk, tmp_path: Path
+) -> None:
+    target = tmp_path / "target.img"
+    _target(target, "gpt")
+    number = source.by_label(label).number
+    # where the new partition goes: the planner is deterministic, a twin shows it
+    twin = tmp_path / "twin.img"
+    shutil.copyfile(target, twin)
+    clone_into_free(str(source.path), str(twin), partition=number)
+    new = _parts(twin)[1]
+    start, size = int(new["start"]) * 512, int(new["size"]) * 512  # type: ignore[call-overload]
+    assert finds_anything(extract(twin, start, size, tmp_path / "whole.img"))  # the oracle sees one
+
+    table = sh("sfdisk", "--dump", target)
+    before = target.read_bytes()
+    error = (
+        DeviceError("injected write failure", path=str(target))
+        if failure == "device"
+        else KeyboardInterrupt()
+    )
+    with pytest.raises(type(error)) as failed:
+        clone_into_free(
+            str(source.path), str(target), partition=number, reporter=fail_at_first_piece(error)
+        )
+    if failure == "device":  # the one line the user reads says what is left
+        assert str(failed.value).endswith(
+            f"the partition table of {target} is as it was: nothing was added"
+        ), failed.value
+    after = target.read_bytes()
+    assert sh("sfdisk", "--dump", target) == table
+    assert after[:start] == before[:start] and after[start + size :] == before[start + size :]
+    assert after[start : start + size] != before[start : start + size]  # it did copy a piece
+    assert not finds_anything(extract(target, start, size, tmp_path / "half.img"))
+
+    # the same job without the fault adds the partition
+    clone_into_free(str(source.path), str(target), partition=number)
+    assert _parts(target)[1]["start"] == new["start"]
+    _check_copy(target, start, size, source, label, tmp_path)
+    assert hidden_sectors(tmp_path / f"{label}-copy.img", source.by_label(label).fs) == start // 512

@@ -30,7 +30,7 @@ from blockvault_demo.sample import (
     make_tree,
 )
 from tests.conftest import IS_ROOT, sh
-from tests.fstree import extract, family, fsck, tree
+from tests.fstree import ext_blocks, extract, family, fsck, tree
 
 MiB = 1024 * 1024
 
@@ -242,11 +242,16 @@ def test_damaged_filesystem_is_imaged_raw_with_a_warning(demo: BuiltDisk, tmp_pa
     source = tmp_path / "damaged.img"
     sh("cp", "--sparse=always", demo.path, source)
     root = next(p for p in demo.partitions if p.fs == "ext4")
-    with open(source, "r+b") as f:  # s_blocks_count_lo: claim 4x the blocks the partition has
-        f.seek(root.offset + 1024 + 4)
-        count = int.from_bytes(f.read(4), "little")
-        f.seek(root.offset + 1024 + 4)
-        f.write((count * 4).to_bytes(4, "little"))
+    # the superblock claims 4x the blocks the partition has: set by debugfs on a copy
+    # of the partition, whose first 4 KiB (boot block and superblock) then go back
+    part = extract(source, root.offset, root.size, tmp_path / "root.img")
+    blocks = ext_blocks(part)
+    sh("debugfs", "-w", "-R", f"ssv blocks_count {blocks * 4}", part)
+    damaged = subprocess.run(["dumpe2fs", "-h", part], capture_output=True, text=True)
+    assert "superblock is corrupt" in damaged.stderr, damaged.stderr  # the tool sees it too
+    with open(part, "rb") as copy, open(source, "r+b") as f:
+        f.seek(root.offset)
+        f.write(copy.read(4096))
     events: list[Event] = []
     repo = Repository.init(str(tmp_path / "repo"))
     snap = backup(repo, str(source), reporter=events.append)

@@ -55,7 +55,10 @@ def find(
             records = [p for p in records if p.number == partition]
             if not records and len(chosen) == 1:
                 raise PartitionNotFound(
-                    " that can be browsed", snapshot=snap.id[:12], partition=partition
+                    " that can be browsed",
+                    snapshot=snap.id[:12],
+                    partition=partition,
+                    repo=repo.location,
                 )
         if not records:
             continue

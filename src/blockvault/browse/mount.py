@@ -36,6 +36,7 @@ from blockvault.repo import format as fmt
 from blockvault.repo.image import RegionReader, SnapshotImage
 from blockvault.repo.manifest import Snapshot
 from blockvault.repo.repository import Repository
+from blockvault.text import command_word
 
 __all__ = [
     "InnerMount",
@@ -146,7 +147,9 @@ def check_mountpoint(path: str | os.PathLike[str]) -> Path:
         raise MountpointError("is not a directory", path=str(path))
     if os.path.ismount(where):
         raise MountpointError(
-            "is busy: something is mounted on it already ('blockvault umount' it first)",
+            "is busy: something is mounted on it already "
+            f"('blockvault umount {command_word(str(path))}' "
+            "takes a blockvault mount down)",
             path=str(path),
         )
     if any(where.iterdir()):

@@ -162,12 +162,15 @@ class Volume:
             yield item
 
 
-def imaged_partition(snapshot: Snapshot, number: int) -> PartitionRecord:
+def imaged_partition(repo: Repository, snapshot: Snapshot, number: int) -> PartitionRecord:
     record = snapshot.partition(number)
     if record is None or not record.imaged:
         numbers = ", ".join(str(p.number) for p in snapshot.imaged_partitions) or "none"
         raise PartitionNotFound(
-            f" (imaged: {numbers})", snapshot=snapshot.id[:12], partition=number
+            f" (imaged: {numbers})",
+            snapshot=snapshot.id[:12],
+            partition=number,
+            repo=repo.location,
         )
     return record
 
@@ -185,15 +188,20 @@ def open_volume(
 ) -> Volume:
     """Partition ``number`` of ``snapshot`` as a filesystem; fetches only the chunks
     its superblock and the paths later asked for need."""
-    record = imaged_partition(snapshot, number)
+    record = imaged_partition(repo, snapshot, number)
     if record.filesystem not in PARSERS:
         raise UnsupportedFilesystem(
-            fs=record.filesystem or "unknown content", partition=number, snapshot=snapshot.id[:12]
+            fs=record.filesystem or "unknown content",
+            partition=number,
+            snapshot=snapshot.id[:12],
+            repo=repo.location,
         )
     index = index if index is not None else repo.load_index(snapshot)
     region = index.region(fmt.REGION_PARTITION, number)
     if region is None:
-        raise PartitionNotFound(" in its index", snapshot=snapshot.id[:12], partition=number)
+        raise PartitionNotFound(
+            " in its index", snapshot=snapshot.id[:12], partition=number, repo=repo.location
+        )
     reader = region_reader(repo, region, index.chunk_size)
     try:
         fs = open_filesystem(cast(BinaryIO, RegionFile(reader)), record.filesystem)
@@ -216,7 +224,7 @@ def locate(repo: Repository, text: str) -> tuple[Snapshot, Address, int | None]:
     snap = repo.resolve(address.snapshot)
     number = address.partition if address.partition is not None else default_partition(snap)
     if number is not None:
-        imaged_partition(snap, number)
+        imaged_partition(repo, snap, number)
     return snap, address, number
 
 

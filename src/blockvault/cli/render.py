@@ -25,6 +25,8 @@ from blockvault.events import (
     Warned,
 )
 from blockvault.extents import ExtentMap
+from blockvault.text import plural as plural  # commands write render.plural
+from blockvault.text import shown
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -77,7 +79,8 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
     from rich.table import Table
     from rich.text import Text
 
-    cells = [[_shown(v) for v in row] for row in rows]
+    # a label or name may come from a hostile image: shown escaped, never drawn
+    cells = [["" if v is None else shown(str(v)) for v in row] for row in rows]
     essential = [col.lower() in ESSENTIAL for col in columns]
     least = []  # the narrowest each column may be
     for k, col in enumerate(columns):
@@ -115,27 +118,6 @@ FOLDED_MIN_WIDTH = 8  # a folded column narrower than this is hard to read
 ESSENTIAL = RIGHT | {"id", "snapshot", "device", "region", "time"}
 
 
-def _shown(value: Any) -> str:
-    """A cell as written, control characters escaped (a host, source or file name read
-    from a repository may hold terminal escapes)."""
-    text = "" if value is None else str(value)
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
-
-
-def plural(count: int, noun: str, plural_form: str | None = None) -> str:
-    """``1 file``, ``2 files``, ``0 passes``, ``3 entries``: a count and its noun, agreeing."""
-    if count == 1:
-        return f"{count} {noun}"
-    if plural_form is None:
-        if noun.endswith(("s", "x", "ch", "sh")):
-            plural_form = noun + "es"
-        elif noun.endswith("y") and noun[-2:-1] not in tuple("aeiou"):
-            plural_form = noun[:-1] + "ies"
-        else:
-            plural_form = noun + "s"
-    return f"{count} {plural_form}"
-
-
 def adapted(gpt_moved: bool, grown: str | None) -> str:
     """What a restore or clone changed to fit the target, as a tail for its summary line."""
     return ("; GPT backup moved to the end of the larger disk" if gpt_moved else "") + (
@@ -147,13 +129,15 @@ def warn(message: str, out: Console | None = None) -> None:
     """``warning: message`` on stderr (or ``out``)."""
     from rich.text import Text
 
-    say(Text.assemble(("warning:", "yellow"), " ", message), out)
+    say(Text.assemble(("warning:", "yellow"), " ", shown(message)), out)
 
 
 def say(text: str | Text, out: Console | None = None) -> None:
     """One line on stderr (or ``out``) as written: not read as rich markup (a path may
-    hold brackets) and not wrapped (scripts read it)."""
-    (out or console(stderr=True)).print(text, highlight=False, markup=False, soft_wrap=True)
+    hold brackets) and not wrapped (scripts read it). A library message may name
+    things from a hostile image: its control characters are shown escaped."""
+    line = shown(text) if isinstance(text, str) else text
+    (out or console(stderr=True)).print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 class ProgressReporter:

@@ -35,6 +35,7 @@ from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.events import quiet as quiet_reporter
 from blockvault.extents import ExtentMap
 from blockvault.pipeline.stages import READ_THROUGH_GAP, ordered_map, read_chunk, write_used
+from blockvault.text import agree
 
 __all__ = [
     "GrowPlan",
@@ -138,14 +139,14 @@ def plan_shrink(
     if not shrinking:
         return plan, None
     need = sum(used.get(n, 0) for n in shrinking)
-    names = ", ".join(map(str, shrinking))
+    names = f"{agree(len(shrinking), 'partition')} {', '.join(map(str, shrinking))}"
     if scratch is not None:
         if not Path(scratch).is_dir():
             raise UsageError(f"--scratch {scratch} is not a directory; nothing was written")
         free = shutil.disk_usage(scratch).free
         if free < need:
             raise UsageError(
-                f"--scratch {scratch} has {free} bytes free, shrinking partition(s) {names} "
+                f"--scratch {scratch} has {free} bytes free, shrinking {names} "
                 f"needs about {need}; nothing was written"
             )
         return plan, scratch
@@ -153,7 +154,7 @@ def plan_shrink(
         if _free(place) >= need + SCRATCH_MARGIN:
             return plan, place
     raise UsageError(
-        f"the target is smaller than the source: partition(s) {names} must shrink in "
+        f"the target is smaller than the source: {names} must shrink in "
         f"sparse scratch files, which need about {need} bytes free, and none of "
         f"{', '.join(scratch_places())} has that; pass --scratch DIR; nothing was written"
     )

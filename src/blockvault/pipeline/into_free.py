@@ -2,12 +2,17 @@
 
 ``clone --into-free``: the planning (which free extent, which entry) is
 ``disk.free_space.place_partition``; the copy is clone's own (``pipeline.pieces``,
-with a shift from the source's offset to the new partition's),
-after ``open_target`` made its refusals. The source's used bytes are written first
-and the table last, so a copy that fails half way leaves the target's table, and
-so every existing partition, as it was. Nothing outside the free extent is written
-but the table structures. Writing into free space overwrites nothing a user sees,
-so the target is not required to be empty (no --yes).
+with a shift from the source's offset to the new partition's), after
+``open_target`` made its refusals. It follows write_onto's rule, keystones last
+(docs/DESIGN.md "One path onto targets"), for the one partition it adds: first the
+filesystem's used bytes but its keystones (``onto.keystones`` of a bare filesystem:
+its first 128 KiB, where the boot sector or superblock lies), then those, whole,
+with the hidden-sector count set for the new place, and last of all the table entry.
+A copy that fails or is interrupted half way leaves the target's table, and so every
+existing partition, as it was, and no filesystem signature where the new partition
+would start. Nothing outside the free extent is written but the table structures.
+Writing into free space overwrites nothing a user sees, so the target is not
+required to be empty (no --yes).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from blockvault.errors import BlockvaultError, SourceError, TargetError, UsageEr
 from blockvault.events import Reporter
 from blockvault.events import quiet as quiet_reporter
 from blockvault.pipeline.clone import CloneResult, check_source
+from blockvault.pipeline.onto import failure_says, keystones
 from blockvault.pipeline.pieces import Piece, copy_pieces, cut, verify_pieces
 from blockvault.pipeline.stages import READ_THROUGH_GAP
 from blockvault.pipeline.target import open_target
@@ -69,18 +75,23 @@ def clone_into_free(
             start = placement.partition.start
             shift = start - part.partition.start
             pieces = _pieces(part, shift)
-            written = copy_pieces(device, out, pieces, False, reporter)
+            body, head = _split(part, shift, source_ss)
+            with failure_says(f"the partition table of {target} is as it was: nothing was added"):
+                written = copy_pieces(device, out, body, False, reporter)
+                out.sync()
+                written += copy_pieces(device, out, head, False, quiet_reporter)
+                out.sync()
+                verified = verify_pieces(device, out, pieces, reporter) if verify else None
+                if verified is False:
+                    raise UsageError(f"verify failed: {target} differs from {source} in used bytes")
+                # after verify: the boot sectors now differ from the source's on purpose
+                move_hidden_sectors(out, start, part.partition.size, placement.table.sector_size)
+                out.sync()
             write_table(out, placement.table)
-            out.sync()
-            verified = verify_pieces(device, out, pieces, reporter) if verify else None
-            # after verify: the boot sectors now differ from the source's on purpose
-            move_hidden_sectors(out, start, part.partition.size, placement.table.sector_size)
             out.sync()
             grown = None
             if placement.partition.size > part.partition.size and grow:
                 grown = grow_filesystem(out.path, start, placement.partition.size, part.fs.type)
-    if verified is False:
-        raise UsageError(f"verify failed: {target} differs from {source} in used bytes")
     new = placement.partition
     return CloneResult(
         source,
@@ -196,3 +207,15 @@ def _pieces(part: PartitionLayout, shift: int) -> list[Piece]:
     """Clone's pieces of one partition, each to be written ``shift`` bytes further on."""
     p = part.partition
     return list(cut(p.start, p.size, part.fs.used, gap=READ_THROUGH_GAP, shift=shift))
+
+
+def _split(part: PartitionLayout, shift: int, ss: int) -> tuple[list[Piece], list[Piece]]:
+    """The partition's used bytes but its keystones, and the keystones: every byte of
+    them, zeros too (what the free space held there must not outlive the copy as a
+    second signature)."""
+    p = part.partition
+    marks = keystones(p.size, ss, None)  # region-relative: a bare filesystem's
+    on_disk = marks.shift(p.start)
+    body = [rest for piece in _pieces(part, shift) if (rest := piece.without(on_disk)).used]
+    head = cut(p.start, p.size, marks, gap=READ_THROUGH_GAP, keep=on_disk, shift=shift)
+    return body, list(head)

@@ -49,8 +49,9 @@ from blockvault.pipeline.adapt import (
 )
 from blockvault.pipeline.stages import zero_fill
 from blockvault.pipeline.target import Confirm, OpenedTarget, open_target
+from blockvault.text import shown
 
-__all__ = ["DiskSource", "Onto", "OntoResult", "keystones", "write_onto"]
+__all__ = ["DiskSource", "Onto", "OntoResult", "failure_says", "keystones", "write_onto"]
 
 # a bare filesystem's superblocks lie in its first 128 KiB (FAT, NTFS and XFS at 0,
 # ext at 1 KiB, ISO 9660 at 32 KiB, btrfs at 64 KiB): blkid looks there
@@ -316,19 +317,23 @@ def _mark_incomplete(device: Device) -> None:
     device.sync()
 
 
-@contextlib.contextmanager
-def _incomplete_on_failure(device: Device) -> Iterator[None]:
-    """Let any exception through, its message saying the target is incomplete."""
-    left = (
+def _incomplete_on_failure(device: Device) -> contextlib.AbstractContextManager[None]:
+    return failure_says(
         f"target {device.path} is left incomplete, without a partition table "
         "or filesystem signature; run the command again to complete it"
     )
+
+
+@contextlib.contextmanager
+def failure_says(consequence: str) -> Iterator[None]:
+    """Let any exception through, a :class:`BlockvaultError`'s message ending with
+    ``consequence`` (what the failure left on the target): same class and exit code,
+    only the one line the user reads grows."""
     try:
         yield
     except BlockvaultError as exc:
-        # same class and exit code: only the one line the user reads grows
-        exc.args = (f"{exc}; {left}",)
+        exc.args = (shown(f"{exc}; {consequence}"),)
         raise
     except Interrupted as exc:  # a signal: its one line says what it left
-        exc.outcome = left
+        exc.outcome = consequence
         raise

@@ -26,6 +26,7 @@ import botocore.exceptions as bce
 
 from blockvault.errors import ObjectNotFound, StorageError, TransientStorageError, UsageError
 from blockvault.storage.backend import Backend, Capabilities, check_name
+from blockvault.text import command_word
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -116,7 +117,8 @@ class S3Backend(Backend):
                 )
             if code == "NoSuchBucket":
                 return StorageError(
-                    f"bucket {self.bucket} does not exist; 'blockvault init' creates it",
+                    f"bucket {self.bucket} does not exist; "
+                    f"'blockvault -r {command_word(self.location)} init' creates it",
                     location=self.location,
                 )
             return StorageError(f"{what}: {detail}", location=self.location)

@@ -9,6 +9,7 @@ from blockvault.browse.volume import locate, open_volume, require_partition
 from blockvault.cli import render
 from blockvault.cli.commands import json_option, open_repo
 from blockvault.errors import TreeDamaged, TreeIncomplete
+from blockvault.text import shown
 
 
 def register(group: click.Group) -> None:
@@ -49,7 +50,7 @@ def register(group: click.Group) -> None:
             render.emit_json(result)
         else:
             click.echo(
-                f"extracted {result.source} to {result.target}: "
+                f"extracted {shown(result.source)} to {shown(result.target)}: "
                 f"{render.plural(result.files, 'file')}, "
                 f"{render.plural(result.directories, 'directory')}, "
                 f"{render.plural(result.symlinks, 'symlink')}, "
@@ -58,5 +59,5 @@ def register(group: click.Group) -> None:
         if result.skipped:
             damaged = any(s.damaged for s in result.skipped)
             raise (TreeDamaged if damaged else TreeIncomplete)(
-                target=result.target, count=len(result.skipped)
+                target=result.target, entries=render.plural(len(result.skipped), "entry")
             )

@@ -8,6 +8,7 @@ from blockvault.browse.find import find
 from blockvault.cli import render
 from blockvault.cli.commands import json_option, open_repo
 from blockvault.cli.commands.ls import timestamp
+from blockvault.text import shown
 
 
 def register(group: click.Group) -> None:
@@ -51,6 +52,5 @@ def register(group: click.Group) -> None:
                 return
             for m in matches:
                 kind = "" if m.kind == "file" else f" ({m.kind})"
-                click.echo(
-                    f"{m.address}  {m.size:>12}  {timestamp(m.mtime_ns)}  snapshot {m.time}{kind}"
-                )
+                when = timestamp(m.mtime_ns)
+                click.echo(f"{shown(m.address)}  {m.size:>12}  {when}  snapshot {m.time}{kind}")

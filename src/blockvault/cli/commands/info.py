@@ -10,6 +10,7 @@ from blockvault.cli import render
 from blockvault.cli.commands import json_option, open_repo
 from blockvault.repo import Index, Repository, Snapshot
 from blockvault.repo import format as fmt
+from blockvault.text import shown
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,13 @@ def register(group: click.Group) -> None:
         if as_json:
             render.emit_json(summary)
             return
+        # host, source and tags come from the manifest, which a repository may forge
+        host, source, tags = shown(snap.host), shown(snap.source), shown(", ".join(snap.tags))
         click.echo(
-            f"snapshot {snap.id}\n  time {snap.time}  host {snap.host}  source {snap.source}\n"
+            f"snapshot {snap.id}\n  time {snap.time}  host {host}  source {source}\n"
             f"  disk {render.size(snap.disk_size)}, {snap.table} table, "
             f"{snap.sector_size}-byte sectors, id {snap.disk_id or '-'}"
-            + (f"\n  tags {', '.join(snap.tags)}" if snap.tags else "")
+            + (f"\n  tags {tags}" if snap.tags else "")
         )
         render.table(
             "Partitions",

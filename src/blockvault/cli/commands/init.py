@@ -8,6 +8,7 @@ from blockvault.cli import render
 from blockvault.cli.commands import json_option, passphrase_source, repo_location
 from blockvault.repo import Repository
 from blockvault.repo.repository import ENCRYPTIONS
+from blockvault.text import command_word
 
 
 def register(group: click.Group) -> None:
@@ -58,7 +59,7 @@ def register(group: click.Group) -> None:
             click.echo(
                 f"created encrypted repository {repo.config.id[:12]} at {repo.location}; "
                 "without the passphrase nothing in it can be read: keep it safe, and a copy "
-                f"of the key ('blockvault -r {repo.location} key export FILE')"
+                f"of the key ('blockvault -r {command_word(repo.location)} key export FILE')"
             )
         else:
             click.echo(f"created repository {repo.config.id[:12]} at {repo.location}")

@@ -13,6 +13,7 @@ from blockvault.browse.filesystem import Entry
 from blockvault.browse.volume import Volume, locate, open_volume
 from blockvault.cli import render
 from blockvault.cli.commands import json_option, open_repo
+from blockvault.text import shown
 
 
 def entry_json(entry: Entry, base: str | None = None) -> dict[str, Any]:
@@ -35,14 +36,6 @@ def timestamp(ns: int) -> str:
 
 def _relative(entry: Entry, base: str) -> str:
     return posixpath.relpath(entry.path, base) if entry.path != base else entry.name
-
-
-def shown(text: str) -> str:
-    """``text`` safe for a terminal: a name from a snapshot may hold escape sequences,
-    so control characters are shown escaped (``\\x1b``), as ``repr`` would."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def long_line(entry: Entry, name: str) -> str:

@@ -30,6 +30,7 @@ from blockvault.disk.fs.bitmap import set_runs
 from blockvault.disk.fs.c_ntfs import FILE_MAGIC, NTFS_OEM_ID, c_ntfs, cluster_sectors
 from blockvault.errors import FilesystemError
 from blockvault.extents import ExtentMap
+from blockvault.text import plural
 
 __all__ = ["detect", "read"]
 
@@ -104,7 +105,7 @@ class _Volume:
         usa = header.usa_ofs
         if header.usa_count != strides + 1 or usa + 2 * header.usa_count > NTFS_BLOCK_SIZE:
             raise self.fail(
-                f"update sequence of {header.usa_count} entries at {usa} does not fit "
+                f"update sequence of {plural(header.usa_count, 'entry')} at {usa} does not fit "
                 f"a {self.record_size}-byte record",
                 where,
             )
