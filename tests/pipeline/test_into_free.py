@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from blockvault.pipeline.events import Event, TaskAdvanced
 
 from blockvault.errors import DeviceError
+from blockvault.events import Event, TaskAdvanced
 from blockvault.pipeline.into_free import clone_into_free
 from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.conftest import blockvault, needs_root, sh
