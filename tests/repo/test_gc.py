@@ -102,7 +102,7 @@ def test_gc_steps_aside_while_a_backup_commits(repo: Repository) -> None:
         with pytest.raises(RepositoryBusy) as busy:
             collect_garbage(repo, timing=Timing(margin=0, poll=0.01, wait=0.3))
         assert f"{session.name} by pid {os.getpid()}" in str(busy.value)
-        assert "'blockvault unlock' removes their markers" in str(busy.value)
+        assert f"'blockvault -r {repo.location} unlock' removes their markers" in str(busy.value)
         assert read_markers(repo.backend, fmt.GC_DIR) == []  # the flag was withdrawn
 
 

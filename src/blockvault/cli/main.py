@@ -19,6 +19,7 @@ from blockvault.errors import (
     Interrupted,
     UsageError,
 )
+from blockvault.text import shown
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -56,13 +57,13 @@ class Group(click.Group):
             if os.environ.get("BLOCKVAULT_DEBUG"):
                 traceback.print_exc()
             where = f" ({exc.filename})" if exc.filename else ""
-            click.echo(f"blockvault: error: {exc.strerror or exc}{where}", err=True)
+            click.echo(f"blockvault: error: {shown(f'{exc.strerror or exc}{where}')}", err=True)
             sys.exit(1)
         except Exception as exc:
             if os.environ.get("BLOCKVAULT_DEBUG"):
                 traceback.print_exc()
             click.echo(
-                f"blockvault: internal error: {type(exc).__name__}: {exc} "
+                f"blockvault: internal error: {type(exc).__name__}: {shown(str(exc))} "
                 "(set BLOCKVAULT_DEBUG=1 for a traceback, and please report it)",
                 err=True,
             )

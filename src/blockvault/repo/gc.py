@@ -35,6 +35,7 @@ from blockvault.repo.sessions import (
     owners,
     read_markers,
 )
+from blockvault.text import command_word
 
 __all__ = ["GcResult", "collect_garbage"]
 
@@ -117,7 +118,8 @@ def _collect(
                 continue  # pruned meanwhile: what it referenced may go
             except IntegrityError as exc:
                 raise RepositoryError(
-                    f"gc stopped, nothing was deleted: {exc}; run 'blockvault check'",
+                    f"gc stopped, nothing was deleted: {exc}; "
+                    f"run 'blockvault -r {command_word(repo.location)} check'",
                     repo=repo.location,
                 ) from None
             try:
@@ -125,7 +127,7 @@ def _collect(
             except IntegrityError as exc:
                 raise RepositoryError(
                     f"gc stopped, nothing was deleted: snapshot {snapshot_id[:12]}: {exc}; "
-                    "run 'blockvault check'",
+                    f"run 'blockvault -r {command_word(repo.location)} check'",
                     repo=repo.location,
                 ) from None
             indexes.add(snapshot.index)
@@ -209,7 +211,8 @@ def _quiet_moment(flag: Marker, timing: Timing) -> float:
         if time.monotonic() > deadline:
             raise RepositoryBusy(
                 f"backups kept committing for {timing.wait:.0f}s ({owners(committing)}); "
-                "gc deleted nothing. If those processes are gone, 'blockvault unlock' "
+                "gc deleted nothing. If those processes are gone, "
+                f"'blockvault -r {command_word(flag.backend.location)} unlock' "
                 "removes their markers",
                 repo=flag.backend.location,
             )

@@ -11,6 +11,7 @@ from blockvault.cli import render
 from blockvault.cli.commands import json_option, open_repo
 from blockvault.errors import IntegrityError
 from blockvault.repo.check import check_repository, parse_subset
+from blockvault.text import command_word
 
 
 def register(group: click.Group) -> None:
@@ -70,7 +71,7 @@ def register(group: click.Group) -> None:
             if result.unreferenced:
                 click.echo(
                     f"{render.plural(result.unreferenced, 'unreferenced chunk')}; "
-                    "'blockvault gc' frees them"
+                    f"'blockvault -r {command_word(repo.location)} gc' frees them"
                 )
         if not result.ok:
             sys.exit(IntegrityError.exit_code)

@@ -10,6 +10,7 @@ from blockvault.cli import render
 from blockvault.cli.commands import json_option, open_repo
 from blockvault.repo.gc import collect_garbage
 from blockvault.repo.sessions import DEFAULT_TIMING
+from blockvault.text import command_word
 
 
 def register(group: click.Group) -> None:
@@ -62,8 +63,8 @@ def register(group: click.Group) -> None:
         for marker in result.blockers:
             click.echo(
                 f"kept back by {marker.kind or 'backup'} marker {marker.name} (pid {marker.pid} "
-                f"on {marker.host or '?'}): if that process is gone, 'blockvault unlock' "
-                "removes the marker"
+                f"on {marker.host or '?'}): if that process is gone, "
+                f"'blockvault -r {command_word(repo.location)} unlock' removes the marker"
             )
         if result.stale_sessions:
             click.echo(
