@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -84,3 +86,31 @@ def mounted() -> Iterator[Callable[..., Path]]:
     yield mount
     for point in reversed(points):
         subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def kill_when_stopped(command: list[str], faults: str) -> bool:
+    """Run ``command`` until ``$BLOCKVAULT_FAULTS`` freezes it (or it ends), then SIGKILL
+    it; whether it was frozen (not finished) when killed."""
+    proc = subprocess.Popen(
+        command,
+        env={**os.environ, "BLOCKVAULT_FAULTS": faults},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and process_state(proc.pid) != "T":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        frozen = proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return frozen
+
+
+def process_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "X"  # gone

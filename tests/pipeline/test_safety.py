@@ -6,9 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 from blockvault.repo import format as fmt
 from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, demo_disk
 from tests.conftest import blockvault as run
-from tests.conftest import needs_root, sh
+from tests.conftest import kill_when_stopped, needs_root, sh
 
 MiB = 1024 * 1024
 
@@ -253,30 +251,37 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> BuiltDisk:
     return demo_disk(tmp_path_factory.mktemp("demo") / "demo.img")
 
 
-@pytest.mark.parametrize("delay", [0.2, 0.5, 0.8])
+@pytest.mark.parametrize(
+    "where",
+    [
+        f"every=1,under={fmt.DATA_DIR}/",  # the first chunk
+        f"every=40,under={fmt.DATA_DIR}/",  # half way through the chunks
+        f"every=1,under={fmt.INDEX_DIR}/",  # all chunks stored, the index not yet
+        f"every=1,under={fmt.SNAPSHOT_DIR}/",  # the index stored, the manifest not yet
+    ],
+)
 def test_killed_backup_leaves_a_consistent_repository(
-    delay: float, demo: BuiltDisk, tmp_path: Path
+    where: str, demo: BuiltDisk, tmp_path: Path
 ) -> None:
+    """SIGKILL at a chosen write (frozen there by $BLOCKVAULT_FAULTS, storage/faulty.py,
+    then killed: no cleanup runs): no snapshot, a repository that checks clean, a rerun
+    that completes and restores byte for byte, and a marker that unlock clears."""
     disk = demo
     repo = tmp_path / "repo"
     run("-r", repo, "init")
-    proc = subprocess.Popen(
-        ["blockvault", "-r", str(repo), "backup", str(disk.path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    listed = json.loads(run("-r", repo, "snapshots", "--json").stdout)
-    assert len(listed) <= 1
-    assert run("-r", repo, "verify").returncode == 0
+    command = ["blockvault", "-r", str(repo), "backup", str(disk.path)]
+    assert kill_when_stopped(command, f"signal=STOP,operations=write,{where}")
+    assert json.loads(run("-r", repo, "snapshots", "--json").stdout) == []
+    assert run("-r", repo, "check").returncode == 0
     rerun = run("-r", repo, "backup", disk.path, "--json")
     assert rerun.returncode == 0, rerun.stderr
     target = tmp_path / "restored.img"
     assert run("-r", repo, "restore", "latest", target).returncode == 0
     assert run("-r", repo, "verify", "latest", "--against", disk.path).returncode == 0
     assert digest(target) == digest(disk.path)
+    unlocked = run("-r", repo, "unlock", "--json")
+    assert unlocked.returncode == 0, unlocked.stderr
+    assert not list((repo / fmt.SESSION_DIR).iterdir())
 
 
 @needs_root

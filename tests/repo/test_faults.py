@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import signal
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +22,7 @@ from blockvault_demo.sample import (
     make_tree,
 )
 from tests.conftest import blockvault as run
-from tests.conftest import sh
+from tests.conftest import kill_when_stopped, sh
 from tests.fstree import extract, fsck, tree
 
 MiB = 1024 * 1024
@@ -52,34 +48,6 @@ def consistent(repo: Path, disk: BuiltDisk, tmp: Path) -> None:
         target.unlink(missing_ok=True)
         assert run("-r", repo, "restore", snap["id"], target).returncode == 0
         assert sha(target) == sha(disk.path)
-
-
-def kill_when_stopped(command: list[str], faults: str) -> bool:
-    """Run ``command`` until ``$BLOCKVAULT_FAULTS`` freezes it (or it ends), then SIGKILL
-    it; whether it was frozen (not finished) when killed."""
-    proc = subprocess.Popen(
-        command,
-        env={**os.environ, "BLOCKVAULT_FAULTS": faults},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and process_state(proc.pid) != "T":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        frozen = proc.poll() is None
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    return frozen
-
-
-def process_state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return "X"  # gone
 
 
 def test_killed_backups_and_gc_leave_a_consistent_repository(
