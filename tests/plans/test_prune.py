@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import subprocess
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -156,3 +157,27 @@ def test_the_global_host_narrows_prune_and_prune_host_is_its_deprecated_alias(
         (older.id, "remove"),
     ]
     assert repo.snapshot_ids() == [newer.id]
+
+
+def test_a_manifest_whose_time_is_no_time_is_reported_not_judged(
+    repo: blockvault.Repository, disks: tuple[Path, Path]
+) -> None:
+    """A hostile or damaged manifest whose time does not parse, or has no zone, must
+    neither stop the prune of the others nor be removed (its age is unknown)."""
+    older = blockvault.backup(repo, str(disks[0]))
+    newer = blockvault.backup(repo, str(disks[0]))
+    index = repo.load_index(newer)
+    garbage = repo.write_snapshot(replace(newer, time="soon\x1b[2J" + "9" * 500), index)
+    naive = repo.write_snapshot(replace(newer, time="2020-01-01T00:00:00"), index)
+
+    result = blockvault.prune(repo, blockvault.Policy(last=1), now=NOW, tz=UTC)
+
+    assert [s.id for s in result.removed] == [older.id]
+    assert [s.id for s in result.kept] == [newer.id]
+    assert "is not an ISO 8601 time" in result.damaged[garbage.id]
+    assert "\x1b" not in result.damaged[garbage.id] and len(result.damaged[garbage.id]) < 100
+    assert "has no time zone" in result.damaged[naive.id]
+    assert set(repo.snapshot_ids()) == {newer.id, garbage.id, naive.id}
+    shown = run_cli("-r", repo.location, "prune", "--keep-last", "1")
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout + shown.stderr

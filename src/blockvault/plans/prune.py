@@ -3,8 +3,8 @@
 The one function the CLI, the agent and the server call. Only the snapshots the
 repository's ``selector`` matches (the global ``--host``/``--source``) and the
 ``tags`` select are considered; the others are kept. A damaged snapshot (its
-manifest unreadable, or its index missing) is never removed by a policy: it is
-reported, so that a person decides after ``blockvault check``.
+manifest unreadable, its index missing, or its time not a time) is never removed by
+a policy: it is reported, so that a person decides after ``blockvault check``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
-from blockvault.plans.retention import Decision, Policy, apply_policy
+from blockvault.plans.retention import Decision, Policy, apply_policy, time_problem
 from blockvault.repo import Repository, Snapshot
 
 __all__ = ["PruneResult", "prune"]
@@ -48,13 +48,18 @@ def prune(
     (``collect_garbage`` frees their chunks later). ``UsageError`` for an empty policy,
     before anything is removed."""
     listing = repo.listing()
-    decisions = apply_policy(
-        listing.usable(), policy, now=now, tz=tz, selector=repo.selector, tags=tags
-    )
+    all_damage = dict(listing.damaged)
+    judged = []
+    for snap in listing.usable():
+        if problem := time_problem(snap):
+            all_damage[snap.id] = problem  # no age, no decision
+        else:
+            judged.append(snap)
+    decisions = apply_policy(judged, policy, now=now, tz=tz, selector=repo.selector, tags=tags)
     by_id = {s.id: s for s in listing.snapshots}
     damaged = {
         snapshot_id: why
-        for snapshot_id, why in sorted(listing.damaged.items())
+        for snapshot_id, why in sorted(all_damage.items())
         # an unreadable manifest names no host or source: it may be any one's
         if snapshot_id not in by_id or repo.selector.matches(by_id[snapshot_id])
     }

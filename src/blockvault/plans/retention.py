@@ -25,7 +25,15 @@ from typing import Final
 from blockvault.errors import UsageError
 from blockvault.repo import Selector, Snapshot
 
-__all__ = ["RULES", "Decision", "Policy", "apply_policy", "group_key", "snapshot_time"]
+__all__ = [
+    "RULES",
+    "Decision",
+    "Policy",
+    "apply_policy",
+    "group_key",
+    "snapshot_time",
+    "time_problem",
+]
 
 GroupKey = tuple[str, str, tuple[int, ...]]
 EVERY_SNAPSHOT: Final = Selector()  # no --host, no --source
@@ -77,10 +85,19 @@ RULES: Final[tuple[tuple[str, _Bucket], ...]] = (
 
 def snapshot_time(snapshot: Snapshot) -> datetime:
     """The manifest's time as an aware datetime (manifests store UTC)."""
-    when = datetime.fromisoformat(snapshot.time)
-    if when.tzinfo is None:
-        raise UsageError(f"snapshot {snapshot.id[:12]} has a time without zone: {snapshot.time}")
-    return when
+    if problem := time_problem(snapshot):
+        raise UsageError(f"snapshot {snapshot.id[:12]}: {problem}")
+    return datetime.fromisoformat(snapshot.time)
+
+
+def time_problem(snapshot: Snapshot) -> str | None:
+    """Why a manifest's time cannot be judged (a damaged or hostile manifest), or None."""
+    shown = repr(snapshot.time[:40])  # escaped and bounded: it came from the repository
+    try:
+        when = datetime.fromisoformat(snapshot.time)
+    except ValueError:
+        return f"its time {shown} is not an ISO 8601 time"
+    return None if when.tzinfo is not None else f"its time {shown} has no time zone"
 
 
 def group_key(snapshot: Snapshot) -> GroupKey:
