@@ -44,11 +44,12 @@ if TYPE_CHECKING:
     from blockvault.pipeline.restore import RestoreResult, restore
     from blockvault.pipeline.target import Confirm
     from blockvault.pipeline.verify import Problem, VerifyResult, verify
+    from blockvault.plans.prune import PruneResult, prune
     from blockvault.plans.retention import Decision, Policy, apply_policy
     from blockvault.repo.check import CheckResult, Damage, Subset, check_repository, parse_subset
     from blockvault.repo.gc import GcResult, collect_garbage
     from blockvault.repo.manifest import Snapshot
-    from blockvault.repo.repository import Repository
+    from blockvault.repo.repository import Repository, Selector
 
 __version__ = "0.1.0"
 
@@ -56,6 +57,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # repository: Repository.init / .open, .snapshots(), .resolve(), .delete_snapshot()
     "Repository": "blockvault.repo.repository",
+    "Selector": "blockvault.repo.repository",  # repo.selector: which snapshots latest/prune see
     "Snapshot": "blockvault.repo.manifest",
     # what moves bytes
     "backup": "blockvault.pipeline.backup",
@@ -68,6 +70,8 @@ _EXPORTS: dict[str, str] = {
     "VerifyResult": "blockvault.pipeline.verify",
     "Problem": "blockvault.pipeline.verify",
     # keeping the repository healthy; prune = apply_policy, then delete what is not kept
+    "prune": "blockvault.plans.prune",
+    "PruneResult": "blockvault.plans.prune",
     "check_repository": "blockvault.repo.check",
     "CheckResult": "blockvault.repo.check",
     "Damage": "blockvault.repo.check",
@@ -103,9 +107,11 @@ __all__ = [
     "Noted",
     "Policy",
     "Problem",
+    "PruneResult",
     "Reporter",
     "Repository",
     "RestoreResult",
+    "Selector",
     "Snapshot",
     "Subset",
     "TaskAdvanced",
@@ -119,6 +125,7 @@ __all__ = [
     "clone",
     "collect_garbage",
     "parse_subset",
+    "prune",
     "quiet",
     "restore",
     "verify",

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from blockvault.errors import UsageError
 from blockvault.plans import Policy, apply_policy
-from blockvault.repo import PartitionRecord, Snapshot
+from blockvault.repo import PartitionRecord, Selector, Snapshot
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 PERIODS = {
@@ -178,7 +178,7 @@ def test_hosts_tags_within_and_empty_policy() -> None:
         snap(datetime(2029, 12, 31, 21, tzinfo=UTC), 2, host="a", tags=("daily",)),
         snap(datetime(2029, 12, 1, tzinfo=UTC), 3, host="b"),
     ]
-    decisions = apply_policy(snaps, Policy(last=1), now=NOW, tz=UTC, hosts=("a",))
+    decisions = apply_policy(snaps, Policy(last=1), now=NOW, tz=UTC, selector=Selector(host="a"))
     assert {d.snapshot.id: d.keep for d in decisions} == {f"{1:064x}": False, f"{2:064x}": True}
     decisions = apply_policy(snaps, Policy(last=1), now=NOW, tz=UTC, tags=("daily,db",))
     assert [d.snapshot.id for d in decisions] == [f"{1:064x}"]

@@ -170,6 +170,25 @@ def test_replacing_is_atomic_for_readers(backend: Backend) -> None:
     assert list(backend.list("snapshots/")) == ["snapshots/s"]
 
 
+def test_sizes_come_with_the_listing(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``info`` sums a snapshot's chunks from ``list_sizes``: every backend gives each
+    object's size from the listing itself, never by asking for the objects one by one."""
+    backend.write("data/0a/0a", b"abc")
+    backend.write("data/0b/0b", b"")
+    backend.write("locks/a", b"x" * 1000)
+    backend.write("data/0c/0c", b"gone")
+    backend.delete("data/0c/0c")
+    store = getattr(backend, "inner", backend)  # under the retry wrapper, if any
+
+    def one_by_one(name: str) -> int:
+        raise AssertionError(f"size({name!r}) asked on its own")
+
+    monkeypatch.setattr(store, "size", one_by_one)
+    assert dict(backend.list_sizes()) == {"data/0a/0a": 3, "data/0b/0b": 0, "locks/a": 1000}
+    assert sorted(backend.list_sizes("data/")) == [("data/0a/0a", 3), ("data/0b/0b", 0)]
+    assert list(backend.list_sizes("snapshots/")) == []
+
+
 def test_modification_times_come_from_the_storage(backend: Backend) -> None:
     """Garbage collection compares these times; they are the storage's, in Unix seconds
     (the servers here run on this machine, so its clock is the oracle)."""

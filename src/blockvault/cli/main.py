@@ -102,13 +102,14 @@ EPILOG = "\b\nExit codes:\n" + "\n".join(
 @click.option(
     "--host",
     metavar="H",
-    help="'latest' means the newest snapshot made on host H (see SNAPSHOT above).",
+    help="Only snapshots made on host H: what 'latest' means (see SNAPSHOT above), "
+    "what 'snapshots' lists and what 'prune' considers.",
 )
 @click.option(
     "--source",
     metavar="S",
-    help="'latest' means the newest snapshot of disk S: a device or image path, or an "
-    "identity as 'snapshots --json' shows it (wwn:…, serial:…, image:…).",
+    help="Only snapshots of disk S (for 'latest', 'snapshots' and 'prune'): a device or "
+    "image path, or an identity as 'snapshots --json' shows it (wwn:…, serial:…, image:…).",
 )
 @click.version_option(__version__, "-V", "--version")
 @click.pass_context

@@ -1,8 +1,13 @@
 """Which snapshots a retention policy keeps: grandfather-father-son, as restic's
 ``forget`` defines it.
 
-Snapshots are grouped by host, source and the set of imaged partitions, so two disks
-(or a whole disk and one of its partitions) are never pruned against each other.
+Snapshots are grouped by origin: host, disk and the set of imaged partitions, so two
+disks (or a whole disk and one of its partitions) are never pruned against each other.
+The disk is the snapshot's ``source_id`` (wwn, serial, image file...), not its device
+path: two disks seen as /dev/sda at different times are two groups. A snapshot made
+before identities were recorded is grouped with the others of its path that have
+none; it never joins an identified group it might not belong to (that can only keep
+more, never remove another disk's last snapshot).
 Within a group, newest first, each rule keeps the newest snapshot of each of the last
 N periods that *have* snapshots (an hour, a day, an ISO week, a month, a year in the
 time zone given); ``last`` keeps the N newest. A snapshot kept by any rule is kept,
@@ -18,11 +23,20 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Final
 
 from blockvault.errors import UsageError
-from blockvault.repo import Snapshot
+from blockvault.repo import Selector, Snapshot
 
-__all__ = ["RULES", "Decision", "Policy", "apply_policy", "group_key", "snapshot_time"]
+__all__ = [
+    "RULES",
+    "Decision",
+    "Policy",
+    "apply_policy",
+    "group_key",
+    "snapshot_time",
+    "time_problem",
+]
 
 GroupKey = tuple[str, str, tuple[int, ...]]
+EVERY_SNAPSHOT: Final = Selector()  # no --host, no --source
 
 
 @dataclass(frozen=True)
@@ -71,22 +85,30 @@ RULES: Final[tuple[tuple[str, _Bucket], ...]] = (
 
 def snapshot_time(snapshot: Snapshot) -> datetime:
     """The manifest's time as an aware datetime (manifests store UTC)."""
-    when = datetime.fromisoformat(snapshot.time)
-    if when.tzinfo is None:
-        raise UsageError(f"snapshot {snapshot.id[:12]} has a time without zone: {snapshot.time}")
-    return when
+    if problem := time_problem(snapshot):
+        raise UsageError(f"snapshot {snapshot.id[:12]}: {problem}")
+    return datetime.fromisoformat(snapshot.time)
+
+
+def time_problem(snapshot: Snapshot) -> str | None:
+    """Why a manifest's time cannot be judged (a damaged or hostile manifest), or None."""
+    shown = repr(snapshot.time[:40])  # escaped and bounded: it came from the repository
+    try:
+        when = datetime.fromisoformat(snapshot.time)
+    except ValueError:
+        return f"its time {shown} is not an ISO 8601 time"
+    return None if when.tzinfo is not None else f"its time {shown} has no time zone"
 
 
 def group_key(snapshot: Snapshot) -> GroupKey:
-    return (
-        snapshot.host,
-        snapshot.source,
-        tuple(p.number for p in snapshot.imaged_partitions),
-    )
+    """Host, disk identity (``path:`` and the device path when none was recorded)
+    and imaged partitions: equal keys are the same origin (``Snapshot.same_origin``)."""
+    disk = snapshot.source_id or f"path:{snapshot.source}"
+    return (snapshot.host, disk, snapshot.imaged_partitions_numbers)
 
 
-def _selected(snapshot: Snapshot, hosts: Sequence[str], tags: Sequence[str]) -> bool:
-    if hosts and snapshot.host not in hosts:
+def _selected(snapshot: Snapshot, selector: Selector, tags: Sequence[str]) -> bool:
+    if not selector.matches(snapshot):
         return False
     if not tags:
         return True
@@ -101,18 +123,19 @@ def apply_policy(
     *,
     now: datetime,
     tz: tzinfo,
-    hosts: Sequence[str] = (),
+    selector: Selector = EVERY_SNAPSHOT,
     tags: Sequence[str] = (),
 ) -> list[Decision]:
-    """A decision for every snapshot that ``hosts``/``tags`` select (others are not
-    considered, so they are kept), grouped, newest first within each group."""
+    """A decision for every snapshot that ``selector`` (host, source) and ``tags``
+    select (others are not considered, so they are kept), grouped by origin, newest
+    first within each group."""
     if policy.empty:
         raise UsageError(
             "no --keep-* option given: that would remove every snapshot; nothing was removed"
         )
     groups: dict[GroupKey, list[Snapshot]] = {}
     for snap in snapshots:
-        if _selected(snap, hosts, tags):
+        if _selected(snap, selector, tags):
             groups.setdefault(group_key(snap), []).append(snap)
     decisions: list[Decision] = []
     for key in sorted(groups):

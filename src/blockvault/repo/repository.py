@@ -526,14 +526,14 @@ class Repository:
 
     def stored_size(self, chunk_ids: set[str]) -> int:
         """Bytes the given chunks take in storage; a missing chunk takes none (``info``
-        still describes a damaged snapshot; ``check`` names what is missing)."""
-        total = 0
-        for chunk_id in chunk_ids:
-            try:
-                total += self.backend.size(fmt.chunk_name(chunk_id))
-            except ObjectNotFound:
-                continue
-        return total
+        still describes a damaged snapshot; ``check`` names what is missing). One
+        listing of the chunks with their sizes: asking each chunk's size would be a
+        round trip per chunk on S3 or SFTP."""
+        return sum(
+            size
+            for name, size in self.backend.list_sizes(fmt.DATA_DIR + "/")
+            if name.rsplit("/", 1)[1] in chunk_ids
+        )
 
     # --- listing and removal (prune, gc, check) -------------------------------------
     def stored_chunk_ids(self) -> set[str]:

@@ -11,7 +11,9 @@ Contract of every backend (checked by one conformance suite):
     never a part, even if the process is killed.
   * ``read`` of a missing name raises ``ObjectNotFound``; other failures raise
     ``StorageError``.
-  * ``list`` yields names under a prefix in no particular order.
+  * ``list`` yields names under a prefix in no particular order; ``list_modified``
+    and ``list_sizes`` the same names with their times or sizes, from one listing
+    where the store gives them (never one request per object on local, SFTP, S3).
 """
 
 from __future__ import annotations

@@ -96,6 +96,16 @@ class Backend(abc.ABC):
             except ObjectNotFound:
                 continue
 
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """``(name, size in bytes)`` for the names under ``prefix``; objects deleted
+        while listing are left out. Override it where one listing returns the sizes:
+        asking each object's size is a round trip each on a remote store."""
+        for name in self.list(prefix):
+            try:
+                yield name, self.size(name)
+            except ObjectNotFound:
+                continue
+
     def is_empty(self) -> bool:
         return next(iter(self.list()), None) is None
 

@@ -116,6 +116,10 @@ class FaultyBackend(Backend):
         self._maybe_fail("list", prefix)
         return self.inner.list_modified(prefix)
 
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        self._maybe_fail("list", prefix)
+        return self.inner.list_sizes(prefix)
+
     def list(self, prefix: str = "") -> Iterator[str]:
         self._maybe_fail("list", prefix)
         return self.inner.list(prefix)

@@ -221,6 +221,15 @@ class LocalBackend(Backend):
             raise ObjectNotFound(name=name, location=self.location) from None
 
     def list_modified(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        for name, st in self._stats(prefix):
+            yield name, st.st_mtime
+
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        for name, st in self._stats(prefix):
+            yield name, st.st_size
+
+    def _stats(self, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
+        """Each object under ``prefix`` with its ``stat``, one ``scandir`` per folder."""
         folder = prefix.rpartition("/")[0]
         base = self.root / folder if folder else self.root
         for dirpath, dirnames, _ in os.walk(base):
@@ -236,7 +245,7 @@ class LocalBackend(Backend):
                     if not name.startswith(prefix):
                         continue
                     try:
-                        yield name, entry.stat(follow_symlinks=False).st_mtime
+                        yield name, entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
 

@@ -110,6 +110,10 @@ class RetryingBackend(Backend):
         what = f"listing {prefix or '/'}"
         yield from self._call(what, lambda: [*self.inner.list_modified(prefix)])
 
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        what = f"listing {prefix or '/'}"
+        yield from self._call(what, lambda: [*self.inner.list_sizes(prefix)])
+
     def list(self, prefix: str = "") -> Iterator[str]:
         # a listing cut off half way cannot be resumed, so it is taken whole
         names = self._call(f"listing {prefix or '/'}", lambda: [*self.inner.list(prefix)])

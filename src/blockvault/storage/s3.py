@@ -16,7 +16,7 @@ wrapper is the single place that retries, so that a failure ends in one message.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -188,8 +188,18 @@ class S3Backend(Backend):
             yield name
 
     def list_modified(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        for name, item in self._objects(prefix):
+            yield name, item["LastModified"].timestamp()
+
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        for name, item in self._objects(prefix):
+            yield name, int(item["Size"])
+
+    def _objects(self, prefix: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        """Each object under ``prefix`` with its listing entry (size, time), a page
+        of ``page_size`` per request."""
         base = f"{self.prefix}/" if self.prefix else ""
-        names: list[tuple[str, float]] = []
+        found: list[tuple[str, Mapping[str, Any]]] = []
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket,
@@ -197,13 +207,10 @@ class S3Backend(Backend):
                 PaginationConfig={"PageSize": self.page_size},
             )
             for page in pages:
-                names.extend(
-                    (item["Key"][len(base) :], item["LastModified"].timestamp())
-                    for item in page.get("Contents", [])
-                )
+                found.extend((item["Key"][len(base) :], item) for item in page.get("Contents", []))
         except (bce.BotoCoreError, bce.ClientError, OSError) as exc:
             raise self._error(f"listing {prefix or '/'}", exc) from None
-        yield from names
+        yield from found  # whole: a listing cut off half way cannot be resumed
 
     def is_empty(self) -> bool:
         base = f"{self.prefix}/" if self.prefix else ""

@@ -423,8 +423,17 @@ class SFTPBackend(Backend):
             yield name
 
     def list_modified(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        for name, attrs in self._attrs(prefix):
+            yield name, float(attrs.st_mtime or 0)
+
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        for name, attrs in self._attrs(prefix):
+            yield name, attrs.st_size or 0
+
+    def _attrs(self, prefix: str) -> Iterator[tuple[str, paramiko.SFTPAttributes]]:
+        """Each file under ``prefix`` with its attributes, one ``readdir`` per folder."""
         folder = prefix.rpartition("/")[0]
-        names: list[tuple[str, float]] = []
+        found: list[tuple[str, paramiko.SFTPAttributes]] = []
         with self._channel(f"listing {prefix or '/'}") as sftp:
             pending = [folder]
             while pending:
@@ -440,8 +449,8 @@ class SFTPBackend(Backend):
                     if stat.S_ISDIR(entry.st_mode or 0):
                         pending.append(name)
                     elif name.startswith(prefix):
-                        names.append((name, float(entry.st_mtime or 0)))
-        yield from names
+                        found.append((name, entry))
+        yield from found  # after the channel is back in the pool
 
     def delete(self, name: str) -> None:
         path = self._path(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import click
@@ -10,7 +11,8 @@ import click
 from blockvault.cli import render
 from blockvault.cli.commands import json_option, open_repo
 from blockvault.errors import UsageError
-from blockvault.plans import Policy, apply_policy
+from blockvault.plans import Policy, prune
+from blockvault.repo import Selector
 
 _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 
@@ -24,7 +26,7 @@ def parse_duration(text: str) -> timedelta:
 
 
 def register(group: click.Group) -> None:
-    @group.command()
+    @group.command("prune")
     @click.option("--keep-last", default=0, metavar="N", help="Keep the N newest snapshots.")
     @click.option(
         "--keep-hourly", default=0, metavar="N", help="Keep the newest of each of the last N hours."
@@ -57,7 +59,7 @@ def register(group: click.Group) -> None:
         "hosts",
         multiple=True,
         metavar="H",
-        help="Only consider snapshots of host H (repeatable).",
+        hidden=True,  # deprecated: the global --host (blockvault --host H prune)
     )
     @click.option(
         "--tag",
@@ -71,7 +73,7 @@ def register(group: click.Group) -> None:
     )
     @json_option
     @click.pass_context
-    def prune(
+    def prune_command(
         ctx: click.Context,
         keep_last: int,
         keep_hourly: int,
@@ -88,11 +90,13 @@ def register(group: click.Group) -> None:
         """Remove the snapshots the policy does not keep (their manifests; run
         'blockvault gc' afterwards to free the space).
 
-        Snapshots are grouped by host, source and imaged partitions; in each group
-        every --keep-PERIOD N keeps the newest snapshot of each of the last N periods
-        that have snapshots (days and weeks in this machine's time zone, ISO weeks).
-        A snapshot kept by any rule is kept. Snapshots not selected by --host/--tag
-        are left alone, and so are snapshots whose manifest is damaged."""
+        Snapshots are grouped by origin: host, disk (by its identity, so two disks
+        seen as /dev/sda at different times are two groups) and imaged partitions;
+        in each group every --keep-PERIOD N keeps the newest snapshot of each of the
+        last N periods that have snapshots (days and weeks in this machine's time
+        zone, ISO weeks). A snapshot kept by any rule is kept. Only the snapshots the
+        global --host and --source select (blockvault --host H prune ...) and --tag
+        selects are considered; a damaged snapshot is never removed."""
         policy = Policy(
             last=keep_last,
             hourly=keep_hourly,
@@ -103,38 +107,29 @@ def register(group: click.Group) -> None:
             within=parse_duration(keep_within) if keep_within else None,
         )
         repo = open_repo(ctx)
-        listing = repo.listing()
+        if hosts:
+            repo.selector = _with_deprecated_host(repo.selector, hosts)
         now = datetime.now(UTC)
-        decisions = apply_policy(
-            list(listing.snapshots),
-            policy,
-            now=now,
-            tz=now.astimezone().tzinfo or UTC,
-            hosts=hosts,
-            tags=tags,
-        )
-        removed = [d for d in decisions if not d.keep]
-        unreadable = listing.unreadable()  # no time, host or source to judge: left alone
-        if not dry_run:
-            for d in removed:
-                repo.delete_snapshot(d.snapshot.id)
+        tz = now.astimezone().tzinfo or UTC
+        result = prune(repo, policy, now=now, tz=tz, tags=tags, dry_run=dry_run)
         if as_json:
             render.emit_json(
                 {
                     "dry_run": dry_run,
-                    "kept": len(decisions) - len(removed),
-                    "removed": len(removed),
-                    "unreadable": unreadable,
+                    "kept": len(result.kept),
+                    "removed": len(result.removed),
+                    "damaged": dict(result.damaged),
                     "snapshots": [
                         {
                             "id": d.snapshot.id,
                             "time": d.snapshot.time,
                             "host": d.snapshot.host,
                             "source": d.snapshot.source,
+                            "source_id": d.snapshot.source_id,
                             "action": "keep" if d.keep else "remove",
                             "reasons": list(d.reasons),
                         }
-                        for d in decisions
+                        for d in result.decisions
                     ],
                 }
             )
@@ -151,16 +146,29 @@ def register(group: click.Group) -> None:
                     "keep" if d.keep else "remove",
                     ", ".join(d.reasons),
                 )
-                for d in decisions
+                for d in result.decisions
             ],
         )
-        for snapshot_id in unreadable:
+        for snapshot_id, why in result.damaged.items():
             render.warn(
-                f"snapshot {snapshot_id[:12]} is left alone: its manifest is damaged "
-                "('blockvault check' names the damage)"
+                f"snapshot {snapshot_id[:12]} is left alone: it is damaged ({why}); "
+                "'blockvault check' says more"
             )
         verb = "would remove" if dry_run else "removed"
+        removed = len(result.removed)
         click.echo(
-            f"{verb} {len(removed)} of {render.plural(len(decisions), 'snapshot')}"
+            f"{verb} {removed} of {render.plural(len(result.decisions), 'snapshot')}"
             + ("; run 'blockvault gc' to free their space" if removed and not dry_run else "")
         )
+
+
+def _with_deprecated_host(selector: Selector, hosts: tuple[str, ...]) -> Selector:
+    """``prune --host H``, from before the global ``--host``: the same selection,
+    with a warning; several hosts, or one that contradicts the global, are refused."""
+    if len(set(hosts)) > 1 or (selector.host is not None and selector.host != hosts[0]):
+        raise UsageError(
+            f"prune --host {' --host '.join(hosts)}: prune considers one host, the one "
+            "the global option names; use 'blockvault --host H prune ...' once per host"
+        )
+    render.warn(f"'prune --host' is deprecated: use 'blockvault --host {hosts[0]} prune ...'")
+    return replace(selector, host=hosts[0])

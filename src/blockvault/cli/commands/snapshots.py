@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 
 import click
 
 from blockvault.cli import render
 from blockvault.cli.commands import json_option, open_repo
+from blockvault.repo import Selector
 
 
 def register(group: click.Group) -> None:
@@ -22,6 +24,9 @@ def register(group: click.Group) -> None:
         repo = open_repo(ctx)
         listing = repo.listing()
         chosen = [s for s in listing.snapshots if repo.selector.matches(s)]
+        if not as_json and not chosen and not listing.unreadable():
+            click.echo(_nothing_listed(repo.location, len(listing.snapshots), repo.selector))
+            return
         if as_json:
             render.emit_json(
                 [{**dataclasses.asdict(s), "damaged": listing.damaged.get(s.id)} for s in chosen]
@@ -48,3 +53,22 @@ def register(group: click.Group) -> None:
         )
         for snapshot_id, why in sorted(listing.damaged.items()):
             render.warn(f"snapshot {snapshot_id[:12]} is damaged: {why}")
+
+
+def _nothing_listed(location: str, total: int, selector: Selector) -> str:
+    """Instead of an empty table: how to make a first backup, or what hid the others."""
+    repo = f"blockvault -r {shlex.quote(location)}"
+    if not total:
+        return (
+            f"no snapshots in {location} yet ('blockvault disks' lists this machine's "
+            f"disks); make the first with: {repo} backup /dev/sdX"
+        )
+    narrowed = " ".join(
+        f"--{name} {shlex.quote(value)}"
+        for name, value in (("host", selector.host), ("source", selector.source))
+        if value is not None
+    )
+    return (
+        f"no snapshot matches {narrowed}; the repository holds "
+        f"{render.plural(total, 'snapshot')}; list them all with: {repo} snapshots"
+    )
