@@ -22,7 +22,7 @@ import pytest
 
 from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.conftest import blockvault as run
-from tests.repo.test_faults import process_state
+from tests.conftest import process_state
 
 MiB = 1024 * 1024
 SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
@@ -195,7 +195,7 @@ def test_killed_backup_leaves_a_marker_that_unlock_removes(disk: BuiltDisk, tmp_
         )
         blocked = run("-r", repo, "gc", "--margin", "0")
         assert f"kept back by backup marker sessions/{markers[0].name}" in blocked.stdout
-        assert "'blockvault unlock' removes the marker" in blocked.stdout
+        assert f"'blockvault -r {repo} unlock' removes the marker" in blocked.stdout
     finally:
         backup.kill()
         backup.wait()

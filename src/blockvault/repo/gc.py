@@ -19,7 +19,6 @@ from blockvault.errors import (
     RepositoryBusy,
     RepositoryError,
     SnapshotNotFound,
-    StorageError,
 )
 from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.events import quiet as quiet_reporter
@@ -220,16 +219,13 @@ def _quiet_moment(flag: Marker, timing: Timing) -> float:
 
 
 def _sizes(repo: Repository, names: list[str]) -> dict[str, int]:
-    """Bytes each named object takes, asked in parallel (one request each on S3)."""
-
-    def size(name: str) -> int:
-        try:
-            return repo.backend.size(name)
-        except StorageError:
-            return 0
-
-    with ThreadPoolExecutor(max(1, repo.backend.capabilities.parallel_io)) as pool:
-        return dict(zip(names, pool.map(size, names), strict=True))
+    """Bytes each named object takes, from one listing of data/ (a request per
+    thousand objects on S3, not one per object); 0 for one gone meanwhile."""
+    wanted = set(names)
+    listed = {
+        name: size for name, size in repo.backend.list_sizes(fmt.DATA_DIR + "/") if name in wanted
+    }
+    return {name: listed.get(name, 0) for name in names}
 
 
 def _delete(
