@@ -912,7 +912,7 @@ def render(results: dict[str, Any]) -> str:
     add(
         f"\nblockvault's *output* is `du -sb` of the repository (chunks, index, manifest, "
         f"config). The first backup read {_mb(stats.get('read_bytes'))} MB and stored "
-        f"{stats.get('new_chunks', '?')} chunks of 4 MiB ({_mb(stats.get('new_bytes'))} MB "
+        f"{stats.get('new_chunks', '?')} chunks ({_mb(stats.get('new_bytes'))} MB "
         f"of non-zero chunk data, {_mb(stats.get('stored_bytes'))} MB stored); the unchanged "
         f"second backup read {_mb(again.get('read_bytes'))} MB and added "
         f"{again.get('new_chunks', '?')} chunks. In every round `e2fsck -fn` passed on "
