@@ -205,13 +205,14 @@ def test_damaged_chunk_through_the_cli(disks: dict[str, BuiltDisk], tmp_path: Pa
 
 def test_target_messages(disks: dict[str, BuiltDisk], repo: Repository, tmp_path: Path) -> None:
     location = repo.location
-    one_source = ("--source", disks["gpt"].path, "-r", location)  # 'latest' of two is an error
-    proc = blockvault(*one_source, "restore", "latest", "/dev/full", "--yes")
+    # the repository holds two disks: --source picks one for 'latest'
+    one = ("-r", location, "--source", disks["gpt"].path)
+    proc = blockvault(*one, "restore", "latest", "/dev/full", "--yes")
     assert proc.returncode == 2 and "target /dev/full" in proc.stderr, proc.stderr
     assert "source" not in proc.stderr
     short = tmp_path / "short.img"
     short.write_bytes(b"\0" * MiB)
-    proc = blockvault(*one_source, "verify", "latest", "--against", short)
+    proc = blockvault(*one, "verify", "latest", "--against", short)
     assert proc.returncode == 2, proc.stderr
     line = proc.stderr.strip()
     assert re.search(r"has \d+ bytes, fewer than the \d+ bytes of the disk", line), line

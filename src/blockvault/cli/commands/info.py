@@ -94,9 +94,10 @@ def register(group: click.Group) -> None:
             f"snapshot {snap.id}\n  time {snap.time}  host {snap.host}  source {snap.source}\n"
             f"  disk {render.size(snap.disk_size)}, {snap.table} table, "
             f"{snap.sector_size}-byte sectors, id {snap.disk_id or '-'}"
-            + (f"\n  parent {snap.parent}" if snap.parent else "")
             + (f"\n  tags {', '.join(snap.tags)}" if snap.tags else "")
         )
+        if snap.parent:  # an id: the manifest reader refuses anything but hex
+            click.echo(f"  parent {snap.parent}")
         render.table(
             "Partitions",
             ["#", "Start", "Size", "Type", "Filesystem", "Label", "Used", "Imaged"],
