@@ -14,16 +14,18 @@ import pty
 import re
 import select
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from blockvault.errors import StorageError
+from blockvault.errors import Interrupted, StorageError
 from blockvault.events import Event, TaskAdvanced
 from blockvault.pipeline.backup import backup
 from blockvault.pipeline.clone import clone
 from blockvault.pipeline.restore import restore
+from blockvault.pipeline.verify import verify
 from blockvault.repo import Repository
 from blockvault.repo import format as fmt
 from blockvault.storage.faulty import FaultyBackend
@@ -38,8 +40,10 @@ class Stopped(Exception):
     """Raised by the fault hook, standing for any failure or interruption."""
 
 
-def stop_after(chunks: int, error: type[BaseException] = Stopped) -> Callable[[Event], None]:
-    """A reporter that raises ``error`` once ``chunks`` pieces have been written."""
+def stop_after(
+    chunks: int, error: Callable[[], BaseException] = Stopped
+) -> Callable[[Event], None]:
+    """A reporter that raises ``error()`` once ``chunks`` pieces have been written."""
     seen = 0
 
     def reporter(event: Event) -> None:
@@ -47,7 +51,7 @@ def stop_after(chunks: int, error: type[BaseException] = Stopped) -> Callable[[E
         if isinstance(event, TaskAdvanced):
             seen += 1
             if seen > chunks:
-                raise error
+                raise error()
 
     return reporter
 
@@ -345,3 +349,64 @@ def test_signal_during_restore_says_the_target_is_incomplete(
     again = blockvault("-r", location, "restore", "latest", target, "--yes")
     assert again.returncode == 0, again.stderr
     assert has_table(target)
+
+
+def pipeline_workers() -> list[str]:
+    """The pipeline's worker threads still alive (stages.ordered_map names them)."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("blockvault")]
+
+
+@pytest.mark.parametrize("how", ["restore", "clone", "verify"])
+def test_an_interruption_stops_the_workers_at_once(
+    how: str, disks: dict[str, BuiltDisk], repo: Repository, tmp_path: Path
+) -> None:
+    """An interruption raised in the loop that collects the workers' results (here
+    from the reporter, where a signal may land too) stops every worker before the
+    call returns: not one is left to write to a target already closed and called
+    incomplete. The exception, and so its traceback and every frame, is still alive
+    while this is checked: nothing waits for the garbage collector."""
+    disk = disks["gpt"]
+    snap = _snapshot(repo, disk)
+    target = _whole_copy(disk, tmp_path / "target.img")
+    assert pipeline_workers() == []
+    stop = stop_after(3, lambda: Interrupted("SIGTERM", 15))
+    with pytest.raises(Interrupted) as caught:
+        if how == "restore":
+            restore(repo, snap, str(target), confirm=lambda _: True, reporter=stop)
+        elif how == "clone":
+            clone(str(disk.path), str(target), confirm=lambda _: True, reporter=stop)
+        else:
+            verify(repo, [snap], against=str(disk.path), reporter=stop)
+    assert pipeline_workers() == [], caught.value
+    if how == "verify":
+        assert caught.value.outcome == (
+            f"verify only reads; the repository and {disk.path} are unchanged"
+        )
+        assert has_table(target)
+    else:
+        assert caught.value.outcome.startswith(f"target {target} is left incomplete")
+        assert not has_table(target) and not finds_anything(target)
+
+
+def test_signal_during_verify_says_it_changed_nothing(
+    disks: dict[str, BuiltDisk], tmp_path: Path
+) -> None:
+    """SIGTERM at the fifth chunk read (storage/faulty.py): exit 143 and one line
+    saying that verify, which only reads, left everything as it was."""
+    disk = disks["gpt"]
+    location = tmp_path / "repo"
+    backup(Repository.init(str(location)), str(disk.path))
+    for against in ([], ["--against", str(disk.path)]):
+        proc = blockvault(
+            "-r",
+            location,
+            "verify",
+            "latest",
+            *against,
+            env={"BLOCKVAULT_FAULTS": "signal=TERM,every=5,operations=read,under=data/"},
+        )
+        assert proc.returncode == 143, proc.stderr
+        unchanged = f"the repository and {disk.path} are" if against else "the repository is"
+        assert proc.stderr == (
+            f"blockvault: interrupted by SIGTERM: verify only reads; {unchanged} unchanged\n"
+        )

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from blockvault.repo import Repository
+from blockvault.repo.sessions import read_markers
 from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.conftest import blockvault as run
 from tests.conftest import process_state
@@ -231,3 +233,79 @@ def test_unlock_older_than_for_markers_of_other_machines(tmp_path: Path) -> None
     assert removed.stdout.startswith("removed backup marker sessions/elsewhere: silent for 3")
     assert not marker.exists()
     assert leftovers(repo) == []
+
+
+def test_unlock_never_asks_for_the_passphrase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Markers are plaintext: unlock opens an encrypted repository without its key."""
+    repo = tmp_path / "repo"
+    made = run("-r", repo, "init", "--encryption", "repokey", env={"BLOCKVAULT_PASSWORD": "pw"})
+    assert made.returncode == 0, made.stderr
+    monkeypatch.delenv("BLOCKVAULT_PASSWORD", raising=False)
+    assert run("-r", repo, "snapshots").returncode == 2  # the key is needed there
+    marker = repo / "sessions" / "elsewhere"
+    marker.parent.mkdir(exist_ok=True)
+    marker.write_text(json.dumps({"kind": "backup", "host": "another-host", "pid": 1}))
+    hour_ago = time.time() - 3600
+    os.utime(marker, (hour_ago, hour_ago))
+    removed = run("-r", repo, "unlock", "--older-than", "30m")
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout.startswith("removed backup marker sessions/elsewhere: silent for 3")
+    assert leftovers(repo) == []
+    nothing = run("-r", tmp_path / "nothing", "unlock")
+    assert nothing.returncode == 3
+    assert one_line(nothing.stderr).startswith(f"blockvault: error: no repository at {tmp_path}")
+
+
+def test_a_hostile_marker_is_not_read(tmp_path: Path) -> None:
+    """A marker of a gigabyte (sparse: it costs no disk) is never read, only named:
+    the storage's fault hook fails every read of it, and unlock still works. Until
+    it is silent past --older-than it counts as running; then unlock removes it."""
+    repo = new_repo(tmp_path)
+    (repo / "sessions").mkdir(exist_ok=True)
+    big = repo / "sessions" / "big"
+    with open(big, "wb") as f:
+        f.truncate(1 << 30)
+    never_read = faults("every=1,operations=read,under=sessions/big,permanent")
+    kept = run("-r", repo, "unlock", env=never_read)
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stdout == (
+        "kept unknown marker sessions/big: 1073741824 bytes, more than the 4096 a marker "
+        "may have; not read; it counts as running until silent for its grace period, or "
+        "pass --older-than\n"
+    )
+    blocked = run("-r", repo, "gc", env=never_read)
+    assert blocked.returncode == 0, blocked.stderr
+    assert "kept back by backup marker sessions/big" in blocked.stdout
+    hour_ago = time.time() - 3600
+    os.utime(big, (hour_ago, hour_ago))
+    removed = run("-r", repo, "unlock", "--older-than", "30m", env=never_read)
+    assert removed.stdout.startswith("removed unknown marker sessions/big: silent for 3")
+    assert leftovers(repo) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"kind": "backup", "pid": "abc", "pid_start": 1e400, "start": Infinity}',
+        b'{"kind": "backup\\u001b[2J", "host": "\\u001b]0;owned\\u0007", "pid": [1]}',
+        b"[1, 2, 3]",
+        b"\xff\xfe not text",
+    ],
+    ids=["numbers", "escapes", "not-an-object", "not-utf8"],
+)
+def test_malformed_markers_read_as_unknown_running_ones(tmp_path: Path, body: bytes) -> None:
+    """Field values of the wrong type or out of range are unknown, never a traceback,
+    a terminal escape or a start time the storage clock cannot have given (gc's
+    cutoff rests on it)."""
+    location = tmp_path / "repo"
+    repo = Repository.init(str(location))
+    repo.backend.write("sessions/odd", body)
+    (marker,) = read_markers(repo.backend, "sessions")
+    assert marker.start == marker.heartbeat == repo.backend.modified("sessions/odd")
+    assert (marker.pid, marker.pid_start, marker.host, marker.state) == (0, 0, "", "running")
+    assert marker.kind in ("backup", "")
+    shown = run("-r", location, "unlock")
+    assert shown.returncode == 0 and "\x1b" not in shown.stdout, shown
+    assert shown.stdout.startswith("kept ")

@@ -164,10 +164,12 @@ def backup(
                     )
                 )
         regions = plan_regions(layout, partitions)
+        draft = _manifest(repo, layout, partitions, tags)
         with WriterSession(repo, kind="backup", timing=timing) as writer:
+            writer.choose_parent(draft)
             index, stats = _image(writer, device, regions, boot_area_map(layout), reporter)
             stats = replace(stats, seconds=round(time.monotonic() - started, 3))
-            snapshot = _manifest(repo, layout, partitions, tags, stats)
+            snapshot = replace(draft, time=_now(), stats=stats)
 
             def store_again(missing: set[str]) -> None:
                 reporter(
@@ -186,11 +188,11 @@ def _manifest(
     layout: DiskLayout,
     partitions: Sequence[int] | None,
     tags: Sequence[str],
-    stats: Stats,
 ) -> Snapshot:
-    """The snapshot record of a backup (its index id is filled in at commit)."""
+    """The snapshot record of a backup before imaging (its time and stats are set once
+    imaged, its index and parent at commit)."""
     return Snapshot(
-        time=datetime.now(UTC).isoformat(timespec="microseconds"),
+        time=_now(),
         host=socket.gethostname(),
         source=layout.path,
         disk_size=layout.size,
@@ -216,9 +218,12 @@ def _manifest(
         chunk_size=repo.config.chunk_size,
         compression=f"zstd:{repo.codec.level}" if repo.codec.level else "none",
         tags=tuple(tags),
-        stats=stats,
         source_id=source_identity(layout.path, layout.table.disk_id if layout.table else ""),
     )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def _store_again(writer: WriterSession, device: Device, index: Index, missing: set[str]) -> None:

@@ -8,6 +8,7 @@ on the target (``shift``): a partition copied into free space.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -78,9 +79,12 @@ def copy_pieces(
 
     reporter(TaskStarted("clone", sum(p.used.total for p in pieces), str(target.path)))
     written = 0
-    for n, done in ordered_map(move, pieces, workers(IO_THREADS)):
-        written += n
-        reporter(TaskAdvanced("clone", done))
+    # closing: an error or a signal in this loop stops the workers before the
+    # target is closed (see stages.ordered_map)
+    with contextlib.closing(ordered_map(move, pieces, workers(IO_THREADS))) as results:
+        for n, done in results:
+            written += n
+            reporter(TaskAdvanced("clone", done))
     reporter(TaskFinished("clone"))
     return written
 
@@ -95,8 +99,9 @@ def verify_pieces(source: Device, target: Device, pieces: list[Piece], reporter:
 
     reporter(TaskStarted("verify", len(pieces), str(target.path)))
     equal = True
-    for ok in ordered_map(same, pieces, workers(IO_THREADS)):
-        equal = equal and ok
-        reporter(TaskAdvanced("verify", 1))
+    with contextlib.closing(ordered_map(same, pieces, workers(IO_THREADS))) as results:
+        for ok in results:
+            equal = equal and ok
+            reporter(TaskAdvanced("verify", 1))
     reporter(TaskFinished("verify"))
     return equal

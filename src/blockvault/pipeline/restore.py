@@ -9,6 +9,7 @@ are written; unused space on the target is left alone unless ``zero_unused``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -178,10 +179,14 @@ class SnapshotSource:
 
         reporter(TaskStarted("restore", sum(r.used.total for r, _ in plan), str(dest.path)))
         written = 0
-        for n in ordered_map(put, tasks(), workers(repo.backend.capabilities.parallel_io)):
-            written += n
-            self.chunks += 1
-            reporter(TaskAdvanced("restore", n))
+        threads = workers(repo.backend.capabilities.parallel_io)
+        # closing: an error or a signal in this loop stops the workers here, before
+        # the target is closed and called incomplete (see stages.ordered_map)
+        with contextlib.closing(ordered_map(put, tasks(), threads)) as results:
+            for n in results:
+                written += n
+                self.chunks += 1
+                reporter(TaskAdvanced("restore", n))
         reporter(TaskFinished("restore"))
         return written
 

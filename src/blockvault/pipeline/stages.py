@@ -113,7 +113,10 @@ def ordered_map(
 
     A consumer that may stop early (an error, an interruption) wraps it in
     ``contextlib.closing``: closing cancels what has not started and waits for what
-    has, so no worker still writes once the consumer cleans up."""
+    has, so no worker still writes once the consumer cleans up. (CPython happens to
+    finalize a generator that only the ``for`` statement holds as the exception
+    unwinds it, but one held by a name lives as long as the traceback: its workers
+    keep writing while the caller closes the target and reports.)"""
     threads = threads or workers()
     with ThreadPoolExecutor(threads, thread_name_prefix="blockvault") as pool:
         pending: deque[Future[R]] = deque()

@@ -4,12 +4,13 @@ source given, every used byte of the source equals the snapshot's.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from blockvault.disk.device import Device, open_device
-from blockvault.errors import IntegrityError, UsageError
+from blockvault.errors import IntegrityError, Interrupted, UsageError
 from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.events import quiet as quiet_reporter
 from blockvault.pipeline.stages import is_zero, ordered_map, read_chunk, workers
@@ -76,7 +77,8 @@ def verify(
     against: str | None = None,
     reporter: Reporter = quiet_reporter,
 ) -> VerifyResult:
-    """Check ``snapshots`` (each chunk read once); compare with ``against`` if given."""
+    """Check ``snapshots`` (each chunk read once); compare with ``against`` if given.
+    It only reads, which an ``Interrupted`` leaving it says."""
     if against is not None and len(snapshots) != 1:
         raise UsageError("--against needs exactly one snapshot")
     started = time.monotonic()
@@ -137,14 +139,20 @@ def verify(
         total = sum(task[2].used.total for task in work)
         reporter(TaskStarted("verify", total, ", ".join(s.id[:12] for s in snapshots)))
         chunks = covered = 0
-        for n, problem in ordered_map(check, work, workers(repo.backend.capabilities.parallel_io)):
-            chunks += 1
-            covered += n
-            if problem:
-                problems.append(problem)
-            reporter(TaskAdvanced("verify", n))
+        threads = workers(repo.backend.capabilities.parallel_io)
+        with contextlib.closing(ordered_map(check, work, threads)) as results:
+            for n, problem in results:
+                chunks += 1
+                covered += n
+                if problem:
+                    problems.append(problem)
+                reporter(TaskAdvanced("verify", n))
         reporter(TaskFinished("verify"))
         problems.extend(_shared_damage(indexes, bad, problems))
+    except Interrupted as exc:
+        unchanged = f"the repository and {against} are" if against else "the repository is"
+        exc.outcome = exc.outcome or f"verify only reads; {unchanged} unchanged"
+        raise
     finally:
         if source is not None:
             source.close()

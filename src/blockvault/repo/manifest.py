@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from blockvault.repo import format as fmt
+
 __all__ = ["PartitionRecord", "Snapshot", "Stats"]
 
 
@@ -58,6 +60,10 @@ class Snapshot:
     # "serial:...", "image:/absolute/path" or "table:<disk id>"; "" in snapshots made
     # before it was recorded (``origin`` then falls back to ``source``)
     source_id: str = ""
+    # the snapshot this one was made after: the newest of the same origin when the
+    # writer session began (what a file backup diffs against); "" when there was none,
+    # or in snapshots made before it was recorded. It may since have been pruned.
+    parent: str = ""
     id: str = ""  # filled in when read back; not part of the stored JSON
 
     @property
@@ -92,8 +98,9 @@ class Snapshot:
     def to_json(self) -> bytes:
         data = asdict(self)
         data.pop("id")
-        if not self.source_id:  # a manifest without one reads as it did before it existed
-            data.pop("source_id")
+        for optional in ("source_id", "parent"):  # absent reads as it did before they existed
+            if not data[optional]:
+                data.pop(optional)
         return json.dumps({"version": 1, **data}, sort_keys=True, indent=1).encode()
 
     @classmethod
@@ -115,6 +122,8 @@ class Snapshot:
             raise ValueError("tags: a list of strings is expected")
         data["tags"] = tuple(tags)
         data["stats"] = Stats(**_known(Stats, data.get("stats", {})))
+        if data.get("parent") and not fmt.is_object_id(data["parent"]):
+            raise ValueError(f"parent: {data['parent']!r} is not a snapshot id")
         return cls(**data, id=snapshot_id)
 
 

@@ -25,6 +25,7 @@ clocks never matter; ``margin`` absorbs steps of that clock and coarse timestamp
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import threading
@@ -40,24 +41,28 @@ from blockvault.errors import (
     Interrupted,
     ObjectNotFound,
     RepositoryBusy,
+    RepositoryNotFound,
     SessionExpired,
     StorageError,
 )
 from blockvault.interrupts import shielded
 from blockvault.repo import format as fmt
-from blockvault.storage import Backend
+from blockvault.storage import Backend, open_backend
 
 __all__ = [
     "DEFAULT_TIMING",
+    "MAX_MARKER_BYTES",
     "Marker",
     "MarkerInfo",
     "Timing",
     "UnlockResult",
+    "marker_storage",
     "owners",
     "read_markers",
     "unlock",
 ]
 
+MAX_MARKER_BYTES: Final = 4096  # ours are about 300 bytes; a larger one is not read
 RUNNING: Final = "running"
 COMMITTING: Final = "committing"
 SWEEPING: Final = "sweeping"
@@ -92,6 +97,7 @@ class MarkerInfo:
     machine: str = ""  # /etc/machine-id of the owner ("" when unknown)
     boot: str = ""  # the owner's boot id ("" when unknown)
     pid_start: int = 0  # the owner's start, in clock ticks since boot (0 when unknown)
+    problem: str = ""  # why its content was not used ("" when it was): it counts as running
 
     def stale(self, now: float, grace: float) -> bool:
         return now - self.heartbeat > grace
@@ -107,8 +113,12 @@ class MarkerInfo:
 
 
 def owners(markers: Iterable[MarkerInfo]) -> str:
-    """Who holds the markers, for messages: ``gc/ID by pid P on HOST``, comma-separated."""
-    return ", ".join(f"{m.name} by pid {m.pid} on {m.host or '?'}" for m in markers)
+    """Who holds the markers, for messages: ``gc/ID by pid P on HOST``, comma-separated
+    (or ``gc/ID (what is wrong with it)`` for a marker that could not be read)."""
+    return ", ".join(
+        f"{m.name} ({m.problem})" if m.problem else f"{m.name} by pid {m.pid} on {m.host or '?'}"
+        for m in markers
+    )
 
 
 def read_markers(backend: Backend, folder: str) -> list[MarkerInfo]:
@@ -117,29 +127,61 @@ def read_markers(backend: Backend, folder: str) -> list[MarkerInfo]:
     found = []
     for name, modified in backend.list_modified(folder + "/"):
         try:
-            data = json.loads(backend.read(name))
-            if not isinstance(data, dict):
-                raise ValueError("not an object")
+            data, problem = _read_marker(backend, name)
         except ObjectNotFound:
             continue
-        except ValueError:
-            data = {}  # half-understood: assume it is alive, from its mtime
         start = data.get("start")
         found.append(
             MarkerInfo(
                 name=name,
-                kind=str(data.get("kind", "")),
-                host=str(data.get("host", "")),
-                pid=int(data.get("pid", 0)),
-                state=str(data.get("state", RUNNING)),
-                start=float(start) if isinstance(start, int | float) else modified,
+                kind=_text(data.get("kind")),
+                host=_text(data.get("host")),
+                pid=_count(data.get("pid")),
+                state=_text(data.get("state")) or RUNNING,
+                # never a start the storage clock cannot have given: gc's cutoff rests on it
+                start=start
+                if isinstance(start, int | float)
+                and not isinstance(start, bool)
+                and math.isfinite(start)
+                else modified,
                 heartbeat=modified,
-                machine=str(data.get("machine", "")),
-                boot=str(data.get("boot", "")),
-                pid_start=int(data.get("pid_start", 0)),
+                machine=_text(data.get("machine")),
+                boot=_text(data.get("boot")),
+                pid_start=_count(data.get("pid_start")),
+                problem=problem,
             )
         )
     return found
+
+
+def _read_marker(backend: Backend, name: str) -> tuple[dict[str, object], str]:
+    """A marker's fields, or none and why. Its size is bounded (``MAX_MARKER_BYTES``)
+    before a byte is read: a hostile or damaged marker costs no memory. Unreadable
+    markers count as running, from their modification time, until they go stale."""
+    size, raw = backend.size(name), b""
+    if size <= MAX_MARKER_BYTES:
+        raw = backend.read(name)
+        size = len(raw)  # it may have been rewritten since
+    if size > MAX_MARKER_BYTES:
+        return {}, f"{size} bytes, more than the {MAX_MARKER_BYTES} a marker may have; not read"
+    try:
+        data = json.loads(raw)
+    except ValueError:  # also bytes that are not UTF-8
+        data = None
+    if not isinstance(data, dict):
+        return {}, "not a JSON object"
+    return data, ""
+
+
+def _text(value: object) -> str:
+    """A marker's string field; "" (unknown) unless short printable text, so that no
+    terminal escape reaches a message."""
+    return value if isinstance(value, str) and len(value) <= 255 and value.isprintable() else ""
+
+
+def _count(value: object) -> int:
+    """A marker's pid or process start time; 0 (unknown) unless a whole number >= 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 class Marker:
@@ -327,7 +369,21 @@ def unlock(
     return UnlockResult(tuple(removed), tuple(kept))
 
 
+def marker_storage(location: str) -> Backend:
+    """The storage of the repository at ``location``, opened without its key: markers
+    are plaintext JSON, so ``unlock`` neither asks for a passphrase nor reads a key."""
+    backend = open_backend(location)
+    if not backend.exists(fmt.CONFIG_NAME):
+        raise RepositoryNotFound(repo=location)
+    return backend
+
+
 def _why_kept(marker: MarkerInfo) -> str:
+    if marker.problem:
+        return (
+            f"{marker.problem}; it counts as running until silent for its grace period, "
+            "or pass --older-than"
+        )
     here = _identity()
     if (marker.host, marker.machine) == (here["host"], here["machine"]) and marker.boot:
         return f"process {marker.pid} still runs on this machine"

@@ -5,6 +5,7 @@ same way, and only this module knows the protocol that keeps it safe beside ``gc
 (docs/FORMAT.md, "Concurrency and garbage collection")::
 
     with WriterSession(repo, kind="backup") as writer:   # marker up, then list storage
+        writer.choose_parent(draft)                       # what it was made after
         writer.put_chunk(data, chunk_id)                  # from any number of threads
         snapshot = writer.commit(snapshot, index, store_again)   # the commit point
     # marker gone; chunks stored so far are durable even if the block failed
@@ -12,6 +13,9 @@ same way, and only this module knows the protocol that keeps it safe beside ``gc
 Glossary:
   marker       ``sessions/ID``: "a writer is running since <start>"; gc keeps every
                unreferenced object younger than the oldest live marker's start.
+  parent       the newest readable snapshot of the same origin (host, disk, imaged
+               partitions) when the session began: recorded in the manifest, it is
+               what an incremental source (file backup) compares against.
   commit       wait until no gc sweeps, make sure every chunk the index names is still
                stored (``store_again`` writes back what a gc removed meanwhile), then
                write the index and the manifest. Nothing else makes a snapshot exist.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from types import TracebackType
 from typing import Self
 
@@ -53,6 +58,7 @@ class WriterSession:
         self.kind = kind
         self.marker = Marker(repo.backend, fmt.SESSION_DIR, kind, timing=timing)
         self.snapshot: Snapshot | None = None  # set once committed
+        self.parent: Snapshot | None = None  # set by choose_parent
         self.stored_chunks = 0  # chunks this session wrote (not deduplicated)
         self.stored_bytes = 0
         self._count_lock = threading.Lock()
@@ -69,6 +75,14 @@ class WriterSession:
             raise
         return self
 
+    def choose_parent(self, draft: Snapshot) -> Snapshot | None:
+        """Find the snapshot this one is made after: the newest usable snapshot of
+        ``draft``'s origin, listed now that the marker is up (so gc spares the chunks
+        it references from here on). ``commit`` records its id as the parent."""
+        same = [s for s in self.repo.listing().usable() if s.same_origin(draft)]
+        self.parent = same[-1] if same else None
+        return self.parent
+
     def put_chunk(self, plaintext: bytes | bytearray | memoryview, chunk_id: str) -> int:
         """Store a chunk unless present; returns the bytes written (0: deduplicated)."""
         stored = self.repo.put_chunk(plaintext, chunk_id)
@@ -81,7 +95,8 @@ class WriterSession:
     def commit(self, snapshot: Snapshot, index: Index, store_again: StoreAgain) -> Snapshot:
         """Write ``index`` and the manifest ``snapshot`` (its index id filled in), never
         while a gc sweeps, and only once every chunk the index names is in storage.
-        Returns the snapshot with its id."""
+        Returns the snapshot with its id (and its parent's, if ``choose_parent`` found one)."""
+        snapshot = replace(snapshot, parent=self.parent.id if self.parent else "")
         marker = self.marker
         self.repo.flush()  # so that the listing below sees every chunk stored so far
         marker.set_state(COMMITTING)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, open_repo
+from blockvault.cli.commands import json_option, repo_location
 from blockvault.cli.commands.prune import parse_duration
-from blockvault.repo.sessions import unlock
+from blockvault.repo.sessions import marker_storage, unlock
 
 
 def register(group: click.Group) -> None:
@@ -29,7 +29,7 @@ def register(group: click.Group) -> None:
         machine a marker goes as soon as its process is gone (pid and process start
         time are recorded); markers of other machines go only with --older-than."""
         seconds = parse_duration(older_than).total_seconds() if older_than else None
-        result = unlock(open_repo(ctx).backend, older_than=seconds, dry_run=dry_run)
+        result = unlock(marker_storage(repo_location(ctx)), older_than=seconds, dry_run=dry_run)
         if as_json:
             render.emit_json(result)
             return
