@@ -23,6 +23,10 @@ an exception into an exit code and a single line on stderr.
     │       ├── TargetHoldsRepository
     │       └── TargetNotEmpty               needs confirmation (--yes)
     ├── DeviceError                 exit 1   reading or writing a device failed
+    ├── CastError                   exit 1   a multicast session failed (deploy/)
+    │   ├── CastAuthError                    a peer or packet failed authentication
+    │   ├── CastProtocolError                a peer sent a malformed or oversized message
+    │   └── CastInterrupted         exit 130 SIGINT/SIGTERM; says what the target holds
     ├── StorageError                exit 1   the storage backend failed
     │   ├── ObjectNotFound                   a named object does not exist
     │   └── TransientStorageError            a failure worth retrying (dropped link)
@@ -52,6 +56,10 @@ __all__ = [
     "AmbiguousSnapshot",
     "BlockvaultError",
     "BrowseError",
+    "CastAuthError",
+    "CastError",
+    "CastInterrupted",
+    "CastProtocolError",
     "ChunkCorrupt",
     "ChunkMissing",
     "DeviceError",
@@ -171,6 +179,26 @@ class TargetNotEmpty(TargetError):
 
 class DeviceError(BlockvaultError):
     template = "{path}: {detail}"
+
+
+class CastError(BlockvaultError):
+    template = "cast: {detail}"
+
+
+class CastAuthError(CastError):
+    template = "cast: {detail}; check that sender and receivers use the same session code"
+
+
+class CastProtocolError(CastError):
+    template = "cast: {peer} sent a malformed message: {detail}"
+
+
+class CastInterrupted(CastError):
+    """A signal stopped a cast; the message says truthfully what the target now holds.
+    The CLI exits 128 + the signal (130 for SIGINT, 143 for SIGTERM)."""
+
+    template = "cast interrupted: {detail}"
+    exit_code = 130
 
 
 class StorageError(BlockvaultError):

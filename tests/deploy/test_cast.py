@@ -12,6 +12,7 @@ import filecmp
 import json
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from blockvault.deploy import auth, wire
 from blockvault.pipeline.backup import backup
 from blockvault.repo import Repository
 from blockvault.repo.keys import ScryptParams
@@ -34,7 +36,10 @@ LIMIT = 60  # seconds any one cast process may run
 
 
 class Net(Bridge):
-    """The cast network, with ``blockvault`` run in its namespaces."""
+    """The cast network, with ``blockvault`` run in its namespaces; sender and receivers
+    share the session code in ``key_file``."""
+
+    key_file: Path
 
     def run(
         self, ns: str, *args: str | os.PathLike[str], env: dict[str, str] | None = None
@@ -59,6 +64,8 @@ class Net(Bridge):
             "cast0",
             "--session",
             self.prefix,
+            "--key-file",
+            self.key_file,
             *options,
         )
 
@@ -77,15 +84,22 @@ class Net(Bridge):
             "cast0",
             "--session",
             self.prefix,
+            "--key-file",
+            self.key_file,
             *options,
             env=env,
         )
 
 
-def network(mtus: list[int]) -> contextlib.AbstractContextManager[Net]:
-    """A namespace per entry of ``mtus`` (the sender's first) on one bridge."""
+@contextlib.contextmanager
+def network(mtus: list[int]) -> Iterator[Net]:
+    """A namespace per entry of ``mtus`` (the sender's first) on one bridge, with a
+    fresh session code in a key file."""
     need_tools("ip", "nft")
-    return bridge(Net, mtus)
+    with tempfile.TemporaryDirectory(prefix="bv-cast-") as keys, bridge(Net, mtus) as net:
+        net.key_file = Path(keys) / "code"
+        net.key_file.write_text(auth.new_code() + "\n")
+        yield net
 
 
 @pytest.fixture
@@ -195,7 +209,7 @@ def test_three_receivers_one_lossy_link(
     if loss:
         net.lose(net.receivers[2], loss)
     report = all_verified(*cast(net, source, tmp_path, 3), source[0], tmp_path)
-    assert report["payload"] == 1500 - 28 - 22  # a 1500-byte MTU, less IP, UDP and our header
+    assert report["payload"] == 1500 - 28 - wire.OVERHEAD  # less IP, UDP, our header and tag
     passes = report["pass_reports"]
     assert len(passes) == report["passes"]
     assert not passes[0]["parity"]  # nobody had lost anything yet
@@ -272,7 +286,7 @@ def test_late_joiner_gets_what_it_missed(
 
 @pytest.mark.parametrize(
     ("mtus", "payload"),
-    [([9000, 9000, 9000], 9000 - 28 - 22), ([9000, 9000, 1500], 1500 - 28 - 22)],
+    [([9000, 9000, 9000], 9000 - 28 - 42), ([9000, 9000, 1500], 1500 - 28 - 42)],
     ids=["jumbo", "one-receiver-at-1500"],
 )
 def test_datagrams_fill_the_smallest_receivers_mtu(
