@@ -482,7 +482,7 @@ def _control(channel: msg.Channel, state: _State) -> None:
             elif isinstance(message, (msg.Drop, msg.Bye)):
                 state.ended = message.reason or "bye"
                 return
-    except (OSError, CastError) as exc:
+    except (OSError, ValueError, CastError) as exc:  # ValueError: closed under our read
         state.ended = state.ended or f"connection lost: {exc}"
 
 

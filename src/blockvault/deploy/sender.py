@@ -221,7 +221,7 @@ def send(
                 with lock:
                     if _heard(peer, message, peers, chunks, offered, min_receivers, reporter):
                         return
-        except (OSError, CastError) as exc:
+        except (OSError, ValueError, CastError) as exc:  # ValueError: closed under our read
             with lock:
                 if peer.report.status in ("joining", "ready"):
                     peer.report.status = "failed"
@@ -236,7 +236,7 @@ def send(
             channel.challenge()
             hello = channel.greeted()
             conn.settimeout(None)
-        except (OSError, CastError):
+        except (OSError, ValueError, CastError):
             hello = None
         if hello is None or hello.session != session:
             with lock:
