@@ -174,8 +174,7 @@ def receive(
         channel.close()
         raise CastInterrupted(f"nothing was written to {target}") from None
     except BlockvaultError as exc:
-        with contextlib.suppress(OSError):
-            channel.send(msg.Error(str(exc)))
+        _tell(channel, msg.Error(str(exc)[: msg.TEXT]))
         channel.close()
         raise
     items = manifest.items
