@@ -385,10 +385,11 @@ def _collect(
     Dropped and counted: a datagram of another session (foreign), one whose tag is
     wrong (forged), and an authentic one of a pass before the latest seen (replayed,
     or late). The sizes in an authentic header are still checked before use."""
+    largest = slot - wire.OVERHEAD  # the fragment size we said we take
     inbox = mmsg.Inbox(data, slot, coalesce=True)
     view, lengths, segments, slot = inbox.view, inbox.lengths, inbox.segments, inbox.slot
     unpack, head, overhead = wire.HEADER.unpack_from, wire.HEADER.size, wire.OVERHEAD
-    verify, largest = auth.verify, slot - overhead
+    verify = auth.verify
     pending, assemblies, magic, limits = (
         state.pending,
         state.assemblies,
