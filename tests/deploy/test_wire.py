@@ -9,10 +9,12 @@ import threading
 import time
 from pathlib import Path
 
+import blake3
 import pytest
 
 from blockvault.deploy import auth, mmsg, receiver, wire
 from blockvault.deploy import messages as msg
+from blockvault.disk.device import open_device
 from blockvault.extents import ExtentMap
 
 FRAMER = wire.Framer(7, bytes(32), 1)
@@ -191,3 +193,54 @@ def test_socket_drops_counts_what_a_full_buffer_refused() -> None:
             while rx.recv(2000):
                 queued += 1
         assert wire.socket_drops(rx) == 100 - queued > 0
+
+
+def test_only_authentic_datagrams_of_the_newest_pass_are_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over loopback, before the real datagrams: one of another session, a whole
+    chunk under another key, a real one with a flipped byte and, after the newest
+    pass began, the previous pass again. Each is dropped and counted; the chunk
+    written is the sender's."""
+    monkeypatch.setattr(receiver, "IDLE_LIMIT", 5.0)  # a wrong acceptance fails, not hangs
+    rnd = random.Random(9)
+    plain, other = rnd.randbytes(30_000), rnd.randbytes(30_000)
+
+    def body(data: bytes) -> bytes:
+        return b"\0" + blake3.blake3(data).digest() + data
+
+    key = auth.Keys.derive(auth.new_code(), bytes(16)).data
+    real = wire.Framer(77, key, 2).datagrams(0, body(plain), 1430)
+    older = wire.Framer(77, key, 1).datagrams(0, body(other), 1430)
+    forged = wire.Framer(77, bytes(32), 3).datagrams(0, body(other), 1430)
+    foreign = wire.Framer(78, key, 2).datagrams(0, body(other), 1430)
+
+    def split(framed: tuple[bytearray, list[int]]) -> list[bytes]:
+        buffer, bounds = framed
+        return [bytes(buffer[bounds[k] : bounds[k + 1]]) for k in range(len(bounds) - 1)]
+
+    tampered = bytearray(split(real)[1])
+    tampered[wire.HEADER.size] ^= 1
+    first, *rest = split(real)
+    order = [split(foreign)[0], *split(forged), bytes(tampered), first, *split(older), *rest]
+    items = [msg.Item(0, 0, len(plain), ((0, len(plain)),), True)]
+    state = receiver._State(items, [ExtentMap(items[0].used)])
+    device = open_device(tmp_path / "target.img", write=True, create_size=len(plain))
+    a, b = socket.socketpair()
+    with device, a, b, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        wire.receive_timeout(rx, 0.05)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for datagram in order:
+                tx.sendto(datagram, rx.getsockname())
+        writer = threading.Thread(target=receiver._writer, args=(items, device, state))
+        writer.start()
+        channel = msg.Channel(a, key, sender=False, peer="sender")
+        receiver._collect(rx, wire.OVERHEAD + 1430, 77, key, channel, state, lambda _: None)
+        state.writes.put(None)
+        writer.join()
+        assert device.read_at(0, len(plain)) == plain
+    assert state.foreign == 1
+    assert state.forged == len(split(forged)) + 1  # the other key's, and the flipped byte
+    assert state.replayed == len(split(older))
