@@ -157,14 +157,19 @@ def test_a_control_line_is_bounded(pair: tuple[msg.Channel, msg.Channel, socket.
 
 def test_a_datagram_verifies_only_unaltered_and_with_its_sessions_key() -> None:
     key = auth.Keys.derive(auth.new_code(), bytes(16)).data
-    buffer, bounds = wire.Framer(1, key, 1).datagrams(0, bytes(range(256)) * 20, 1430)
-    first = bytes(buffer[bounds[0] : bounds[1]])
+    tags = auth.DataTags(key)
+    buffer, bounds = wire.Framer(1, tags, 1).datagrams(0, bytes(range(256)) * 20, 1430)
+    first = memoryview(buffer[bounds[0] : bounds[1]])
     body, mac = first[: -auth.TAG], first[-auth.TAG :]
-    assert auth.verify(key, body, mac)
-    assert not auth.verify(bytes(32), body, mac)
+    assert tags.check(body[wire.NONCE], body, mac)
+    assert not auth.DataTags(bytes(32)).check(body[wire.NONCE], body, mac)
     flipped = bytearray(body)
     flipped[wire.HEADER.size + 5] ^= 1
-    assert not auth.verify(key, flipped, mac)
+    assert not tags.check(body[wire.NONCE], memoryview(flipped), mac)
+    second = memoryview(buffer[bounds[1] : bounds[2]])  # another nonce: no tag is reused
+    assert second[-auth.TAG :] != mac and not tags.check(
+        second[wire.NONCE], second[: -auth.TAG], mac
+    )
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from blockvault.deploy import messages as msg
 from blockvault.disk.device import open_device
 from blockvault.extents import ExtentMap
 
-FRAMER = wire.Framer(7, bytes(32), 1)
+FRAMER = wire.Framer(7, auth.DataTags(bytes(32)), 1)
 
 
 def deliver(assembly: wire.Assembly, buffer: bytearray, bounds: list[int], lost: set[int]) -> bool:
@@ -210,10 +210,10 @@ def test_only_authentic_datagrams_of_the_newest_pass_are_used(
         return b"\0" + blake3.blake3(data).digest() + data
 
     key = auth.Keys.derive(auth.new_code(), bytes(16)).data
-    real = wire.Framer(77, key, 2).datagrams(0, body(plain), 1430)
-    older = wire.Framer(77, key, 1).datagrams(0, body(other), 1430)
-    forged = wire.Framer(77, bytes(32), 3).datagrams(0, body(other), 1430)
-    foreign = wire.Framer(78, key, 2).datagrams(0, body(other), 1430)
+    real = wire.Framer(77, auth.DataTags(key), 2).datagrams(0, body(plain), 1430)
+    older = wire.Framer(77, auth.DataTags(key), 1).datagrams(0, body(other), 1430)
+    forged = wire.Framer(77, auth.DataTags(bytes(32)), 3).datagrams(0, body(other), 1430)
+    foreign = wire.Framer(78, auth.DataTags(key), 2).datagrams(0, body(other), 1430)
 
     def split(framed: tuple[bytearray, list[int]]) -> list[bytes]:
         buffer, bounds = framed

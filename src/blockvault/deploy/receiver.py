@@ -389,7 +389,7 @@ def _collect(
     inbox = mmsg.Inbox(data, slot, coalesce=True)
     view, lengths, segments, slot = inbox.view, inbox.lengths, inbox.segments, inbox.slot
     unpack, head, overhead = wire.HEADER.unpack_from, wire.HEADER.size, wire.OVERHEAD
-    verify = auth.verify
+    authentic, nonce = auth.DataTags(key).check, wire.NONCE
     pending, assemblies, magic, limits = (
         state.pending,
         state.assemblies,
@@ -416,7 +416,8 @@ def _collect(
                 if sid != session_id or mark != magic:
                     state.foreign += 1
                     break
-                if not verify(key, view[off:body_end], view[body_end:stop]):
+                datagram = view[off:body_end]
+                if not authentic(datagram[nonce], datagram, view[body_end:stop]):
                     state.forged += 1
                     continue
                 if number < latest:

@@ -191,6 +191,7 @@ def send(
     salt = auth.new_salt()
     keys = auth.Keys.derive(code, salt)
     session_id = secrets.randbits(32)
+    data_tags = auth.DataTags(keys.data)
     address = wire.interface_address(interface)
     own_payload = wire.payload_for(wire.link_mtu(interface))
     announcement = msg.Announce(
@@ -325,7 +326,7 @@ def send(
                 ids,
                 wanted,
                 data,
-                wire.Framer(session_id, keys.data, passes),
+                wire.Framer(session_id, data_tags, passes),
                 payload,
                 pace,
                 overrun,

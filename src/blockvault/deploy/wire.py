@@ -23,6 +23,7 @@ GROUP = 8  # data fragments per XOR parity fragment
 # the fragment follows, then the tag (auth.TAG bytes) of header and fragment
 HEADER = struct.Struct(">4sIIIHHIH")
 MAGIC = b"BVC3"
+NONCE = slice(8, 20)  # pass, chunk, fragment, fragments: the GMAC nonce (auth.DataTags)
 OVERHEAD = HEADER.size + auth.TAG  # bytes of a datagram besides its fragment
 IP_UDP = 28  # IPv4 (no options) + UDP header bytes
 MIN_PAYLOAD = 512  # an MTU below 576 is not worth a cast
@@ -57,7 +58,7 @@ class Framer:
     """Frames chunk bodies into tagged datagrams for one pass of one session."""
 
     session_id: int
-    key: bytes  # the session's data key
+    tags: auth.DataTags  # from the session's data key
     number: int  # the pass: a receiver drops datagrams of passes before the latest
 
     def datagrams(
@@ -78,16 +79,13 @@ class Framer:
         view = memoryview(body)
         out = bytearray()
         bounds = [0]
-        pack, key = HEADER.pack, self.key
+        pack, seal, nonce = HEADER.pack, self.tags.seal, NONCE
         head = (MAGIC, self.session_id, self.number, chunk)
 
         def put(index: int, piece: bytes | memoryview) -> None:
-            start = len(out)
-            out.extend(pack(*head, index, count, size, payload))
-            out.extend(piece)
-            with memoryview(out) as framed:
-                mac = auth.tag(key, framed[start:])
-            out.extend(mac)
+            framed = pack(*head, index, count, size, payload) + piece
+            out.extend(framed)
+            out.extend(seal(framed[nonce], framed))
             bounds.append(len(out))
 
         for g in range(-(-count // GROUP)):
