@@ -484,3 +484,25 @@ def test_a_signal_stops_a_cast_cleanly_with_the_truth_about_the_target(
         for receiver_rc, _, receiver_err in results:  # told at once, not after a minute
             assert receiver_rc == 1 and "the sender was interrupted" in receiver_err
     assert not filecmp.cmp(targets[0], source[0].path, shallow=False)
+
+
+@pytest.mark.parametrize("interface", [True, False], ids=["interface", "routing-table"])
+def test_the_control_listener_binds_the_interface_it_serves(
+    net: Net, source: tuple[BuiltDisk, Path, str], interface: bool
+) -> None:
+    need_tools("ss")
+    _disk, repo, snap = source
+    if interface:
+        sender = net.send(repo, snap, "--max-wait", "3")
+    else:  # the address the routing table sends multicast from (cast0's here)
+        sender = net.run(
+            net.sender, "-r", repo, "cast", "send", snap, "--session", net.prefix, "--max-wait", "3"
+        )
+    listening: list[str] = []
+    deadline = time.monotonic() + 20
+    while not listening and sender.poll() is None and time.monotonic() < deadline:
+        out = sh("ip", "netns", "exec", net.sender, "ss", "-Hltn", "sport", "= :9520")
+        listening = [line.split()[3] for line in out.splitlines()]
+        time.sleep(0.05)
+    finish(sender)
+    assert listening == ["10.77.0.1:9520"]
