@@ -218,10 +218,9 @@ def receive(
                 data.close()
         except KeyboardInterrupt:
             _tell(channel, msg.Error("the receiver was interrupted"))
-            total = written + state.written
             raise CastInterrupted(
-                f"{target} is incomplete ({total} of {state.total} bytes written); "
-                "cast or restore it again before use"
+                f"{target} is incomplete ({state.written} of {state.total} bytes of data "
+                "written); cast or restore it again before use"
             ) from None
         except BaseException as exc:
             _tell(channel, msg.Error(str(exc)[: msg.TEXT]))
