@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blockvault.deploy import auth, wire
 from blockvault.deploy import messages as msg
@@ -29,6 +31,7 @@ MESSAGES: list[msg.Message] = [
     msg.Drop("no progress"),
     msg.Bye(),
 ]
+FIELD_NAMES = {name for m in MESSAGES for name in json.loads(m.encode())} - {"v", "type"}
 
 
 @pytest.mark.parametrize("message", MESSAGES, ids=lambda m: m.kind)
@@ -59,6 +62,7 @@ def mangled(message: msg.Message, **changes: object) -> bytes:
         (mangled(msg.Need(1, (), 0.0), chunks=[[1]]), "chunks is not a list of 2"),
         (mangled(msg.Error("x"), reason="x" * 5000), "reason"),
         (mangled(MESSAGES[0], address="lab1.local"), "not IPv4"),
+        (mangled(MESSAGES[0], address="10.0.0.1\x00"), "not IPv4"),
         (mangled(MESSAGES[0], salt="00"), "salt is not 16 bytes"),
         (mangled(MESSAGES[1], payload=70000), "payload 70000"),
         # nothing the manifest names may lie outside the target or its chunk
@@ -193,3 +197,27 @@ def test_receive_without_a_usable_code_is_refused_before_listening(
 def test_cast_code_prints_a_fresh_code() -> None:
     first, second = (blockvault("cast", "code").stdout.strip() for _ in range(2))
     assert first != second and auth.parse_code(first) and auth.parse_code(second)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(sorted({type(m).kind for m in MESSAGES})),
+    fields=st.dictionaries(st.sampled_from(sorted(FIELD_NAMES)), JSON, max_size=8),
+)
+def test_any_json_decodes_to_a_checked_message_or_a_protocol_error(
+    kind: str, fields: dict[str, object]
+) -> None:
+    """Whatever a peer puts in the fields, decoding never fails any other way."""
+    line = json.dumps({**fields, "v": msg.PROTOCOL, "type": kind}).encode()
+    try:
+        message = msg.decode(line, "peer")
+    except CastProtocolError:
+        return
+    assert msg.decode(message.encode(), "peer") == message  # what passed is well formed

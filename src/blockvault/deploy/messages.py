@@ -179,7 +179,7 @@ class Announce(Message):
         address = f.text("address", 15)
         try:
             socket.inet_aton(address)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL inside
             raise f.bad(f"address {address!r} is not IPv4") from None
         return cls(
             f.text("session"),
