@@ -388,7 +388,7 @@ def _collect(
     inbox = mmsg.Inbox(data, slot, coalesce=True)
     view, lengths, segments, slot = inbox.view, inbox.lengths, inbox.segments, inbox.slot
     unpack, head, overhead = wire.HEADER.unpack_from, wire.HEADER.size, wire.OVERHEAD
-    authentic, nonce = auth.DataTags(key).check, wire.NONCE
+    decrypt, nonce, tag_size = auth.DataTags(key).aead.decrypt, wire.NONCE, auth.TAG
     pending, assemblies, magic, limits = (
         state.pending,
         state.assemblies,
@@ -407,7 +407,7 @@ def _collect(
             step = segments[k] or 1
             for off in range(start, end, step):  # one datagram, or a run of them
                 stop = min(off + step, end)
-                body_end = stop - auth.TAG
+                body_end = stop - tag_size
                 if stop - off < overhead:
                     state.foreign += 1
                     break
@@ -416,7 +416,9 @@ def _collect(
                     state.foreign += 1
                     break
                 datagram = view[off:body_end]
-                if not authentic(datagram[nonce], datagram, view[body_end:stop]):
+                try:
+                    decrypt(datagram[nonce], view[body_end:stop], datagram)  # GMAC check
+                except auth.InvalidTag:
                     state.forged += 1
                     continue
                 if number < latest:
