@@ -13,6 +13,9 @@ nftables on one receiver. ``--mtu 9000`` runs every link with jumbo frames.
 
     sudo python3 bench/cast_bench.py [--size 4G] [--receivers 1,3,6] [--mtu 9000]
 
+Casts are authenticated (protocol 3): each case writes a fresh session code to
+bench/work/cast/code and both sides take ``--key-file``.
+
 Results: bench/work/cast/results.json (results-mtu9000.json for jumbo frames),
 summarised by hand in BENCHMARKS.md. The snapshot is made once, again when the
 default chunk size changes.
@@ -33,6 +36,7 @@ from typing import Any
 
 from run_bench import WORK, drop_caches, ensure_disk, log, machine_info, parse_size
 
+from blockvault.deploy.auth import new_code
 from blockvault.repo.format import DEFAULT_CHUNK_SIZE
 from blockvault_demo.netns import Bridge, bridge
 
@@ -83,12 +87,16 @@ def run_case(commands: list[tuple[str, str]]) -> tuple[float, list[dict[str, flo
 def blockvault_case(
     net: Bridge, repo: Path, snap: str, targets: list[Path], rate: str
 ) -> list[tuple[str, str]]:
+    """Sender and receivers share a fresh session code in a key file (protocol 3)."""
+    code = CAST / "code"
+    code.write_text(new_code() + "\n")
+    session = f"--interface cast0 --session bench --key-file {code}"
     receive = [
-        (ns, f"blockvault cast receive {t} --interface cast0 --session bench --max-wait 60")
+        (ns, f"blockvault cast receive {t} {session} --max-wait 60")
         for ns, t in zip(net.receivers, targets, strict=False)
     ]
     send = (
-        f"blockvault -r {repo} cast send {snap} --interface cast0 --session bench "
+        f"blockvault -r {repo} cast send {snap} {session} "
         f"--min-receivers {len(targets)} --max-wait 60{rate and f' --max-rate {rate}'} "
         f"--json > {CAST}/send-report.json"
     )

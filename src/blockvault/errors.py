@@ -28,6 +28,10 @@ repeats it (a test keeps the three and the classes below in agreement).
     ├── DeviceError                 exit 1   reading or writing a device failed
     ├── TreeIncomplete              exit 1   extract skipped entries or left files unfinished
     │   └── TreeDamaged             exit 4   ... and some of them for missing or damaged data
+    ├── CastError                   exit 1   a multicast session failed (deploy/)
+    │   ├── CastAuthError                    a peer or packet failed authentication
+    │   ├── CastProtocolError                a peer sent a malformed or oversized message
+    │   └── CastInterrupted         exit 130 a signal (CLI: 128 + N); what the target holds
     ├── StorageError                exit 1   the storage backend failed
     │   ├── ObjectNotFound                   a named object does not exist
     │   └── TransientStorageError            a failure worth retrying (dropped link)
@@ -73,6 +77,10 @@ __all__ = [
     "AmbiguousSnapshot",
     "BlockvaultError",
     "BrowseError",
+    "CastAuthError",
+    "CastError",
+    "CastInterrupted",
+    "CastProtocolError",
     "ChunkCorrupt",
     "ChunkMissing",
     "DeviceError",
@@ -242,6 +250,26 @@ class TreeIncomplete(BlockvaultError):
 
 class TreeDamaged(TreeIncomplete):
     exit_code = 4
+
+
+class CastError(BlockvaultError):
+    template = "cast: {detail}"
+
+
+class CastAuthError(CastError):
+    template = "cast: {detail}; check that sender and receivers use the same session code"
+
+
+class CastProtocolError(CastError):
+    template = "cast: {peer} sent a malformed message: {detail}"
+
+
+class CastInterrupted(CastError):
+    """A signal stopped a cast; the message says truthfully what the target now holds.
+    The CLI exits 128 + the signal (130 for SIGINT, 143 for SIGTERM)."""
+
+    template = "cast interrupted: {detail}"
+    exit_code = 130
 
 
 class StorageError(BlockvaultError):

@@ -11,7 +11,10 @@ import contextlib
 import filecmp
 import json
 import os
+import signal
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from blockvault.deploy import auth, wire
 from blockvault.pipeline.backup import backup
 from blockvault.repo import Repository
 from blockvault.repo.keys import ScryptParams
@@ -34,7 +38,10 @@ LIMIT = 60  # seconds any one cast process may run
 
 
 class Net(Bridge):
-    """The cast network, with ``blockvault`` run in its namespaces."""
+    """The cast network, with ``blockvault`` run in its namespaces; sender and receivers
+    share the session code in ``key_file``."""
+
+    key_file: Path
 
     def run(
         self, ns: str, *args: str | os.PathLike[str], env: dict[str, str] | None = None
@@ -59,6 +66,8 @@ class Net(Bridge):
             "cast0",
             "--session",
             self.prefix,
+            "--key-file",
+            self.key_file,
             *options,
         )
 
@@ -77,15 +86,22 @@ class Net(Bridge):
             "cast0",
             "--session",
             self.prefix,
+            "--key-file",
+            self.key_file,
             *options,
             env=env,
         )
 
 
-def network(mtus: list[int]) -> contextlib.AbstractContextManager[Net]:
-    """A namespace per entry of ``mtus`` (the sender's first) on one bridge."""
+@contextlib.contextmanager
+def network(mtus: list[int]) -> Iterator[Net]:
+    """A namespace per entry of ``mtus`` (the sender's first) on one bridge, with a
+    fresh session code in a key file."""
     need_tools("ip", "nft")
-    return bridge(Net, mtus)
+    with tempfile.TemporaryDirectory(prefix="bv-cast-") as keys, bridge(Net, mtus) as net:
+        net.key_file = Path(keys) / "code"
+        net.key_file.write_text(auth.new_code() + "\n")
+        yield net
 
 
 @pytest.fixture
@@ -195,7 +211,7 @@ def test_three_receivers_one_lossy_link(
     if loss:
         net.lose(net.receivers[2], loss)
     report = all_verified(*cast(net, source, tmp_path, 3), source[0], tmp_path)
-    assert report["payload"] == 1500 - 28 - 22  # a 1500-byte MTU, less IP, UDP and our header
+    assert report["payload"] == 1500 - 28 - wire.OVERHEAD  # less IP, UDP, our header and tag
     passes = report["pass_reports"]
     assert len(passes) == report["passes"]
     assert not passes[0]["parity"]  # nobody had lost anything yet
@@ -272,7 +288,7 @@ def test_late_joiner_gets_what_it_missed(
 
 @pytest.mark.parametrize(
     ("mtus", "payload"),
-    [([9000, 9000, 9000], 9000 - 28 - 22), ([9000, 9000, 1500], 1500 - 28 - 22)],
+    [([9000, 9000, 9000], 9000 - 28 - 42), ([9000, 9000, 1500], 1500 - 28 - 42)],
     ids=["jumbo", "one-receiver-at-1500"],
 )
 def test_datagrams_fill_the_smallest_receivers_mtu(
@@ -377,3 +393,116 @@ def test_other_sector_size_refused_before_writing(
     device = loop(image, sector_size=4096)
     refused(net, source, Path(device), "4096-byte sectors")
     assert image.read_bytes()[:MiB] == b"\x55" * MiB
+
+
+def test_forged_packets_from_another_namespace_are_dropped(
+    net: Net, source: tuple[BuiltDisk, Path, str], tmp_path: Path
+) -> None:
+    """An attacker on the LAN without the code forges announcements, datagrams and
+    control connections, and replays datagrams of an earlier pass: every receiver
+    still ends byte-identical, having dropped and counted what it was sent."""
+    net.lose(net.receivers[2], 5)  # a second pass, so there is a later pass to replay into
+    attacker = net.receivers[3]
+    forger = subprocess.Popen(
+        ["ip", "netns", "exec", attacker, sys.executable, "-m", "tests.deploy.forger", "10.77.0.5"],
+        cwd=Path(__file__).parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        procs, sender, targets = cast(net, source, tmp_path, 3, "--max-rate", "40")
+        outs = [finish(p) for p in procs]
+        report = all_verified(procs, sender, targets, source[0], tmp_path)
+    finally:
+        forger.terminate()
+        sent_out, forger_err = forger.communicate(timeout=LIMIT)
+    sent = json.loads(sent_out)
+    assert sent["forged"] > 100 and sent["control"] == 2, (sent, forger_err)
+    assert sorted(r["address"] for r in report["receivers"]) == [f"10.77.0.{i}" for i in (2, 3, 4)]
+    assert report["rejected"] == 2  # the forged hello and the endless line
+    results = [json.loads(out) for _, out, _ in outs]
+    for result in results:
+        assert result["forged"] > 0 and result["foreign"] > 0, result
+    # the lossy receiver needed a second pass, and dropped the first's replayed into it
+    assert report["passes"] > 1 and sent["replayed"] > 0
+    assert results[2]["replayed"] > 0, (sent, results[2])
+
+
+def test_a_receiver_with_a_wrong_code_writes_nothing(
+    net: Net, source: tuple[BuiltDisk, Path, str], tmp_path: Path
+) -> None:
+    _disk, repo, snap = source
+    target = tmp_path / "target.img"
+    wrong = net.run(
+        net.receivers[0],
+        "cast", "receive", target, "--interface", "cast0", "--session", net.prefix,
+        "--code", auth.new_code(), "--max-wait", "4",
+    )  # fmt: skip
+    sender = net.send(repo, snap, "--max-wait", "6", "--json")
+    rc, _, err = finish(wrong)
+    assert rc == 1 and "failed authentication" in err and "same session code" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not target.exists()
+    code, out, _ = finish(sender)
+    assert code == 1 and json.loads(out)["receivers"] == []  # nobody joined
+
+
+@pytest.mark.parametrize(
+    ("stopped", "number", "words"),
+    [("receiver", signal.SIGTERM, "is incomplete"), ("sender", signal.SIGINT, "incomplete")],
+)
+def test_a_signal_stops_a_cast_cleanly_with_the_truth_about_the_target(
+    net: Net,
+    source: tuple[BuiltDisk, Path, str],
+    tmp_path: Path,
+    stopped: str,
+    number: int,
+    words: str,
+) -> None:
+    procs, sender, targets = cast(net, source, tmp_path, 2, "--max-rate", "20")
+    deadline = time.monotonic() + 20
+    while not (targets[0].exists() and targets[0].stat().st_blocks) and time.monotonic() < deadline:
+        time.sleep(0.05)  # chunks are being written: the cast is under way
+    (procs[0] if stopped == "receiver" else sender).send_signal(number)
+    results = [finish(p) for p in procs]
+    code, out, err = finish(sender)
+    rc, _, rerr = results[0]
+    if stopped == "receiver":
+        assert rc == 128 + number, rerr
+        assert len(rerr.strip().splitlines()) == 1 and words in rerr and "Traceback" not in rerr
+        assert code == 1  # the others finished; the stopped one is reported failed
+        report = {r["address"]: r for r in json.loads(out)["receivers"]}
+        assert report["10.77.0.2"]["status"] == "failed"
+        assert "interrupted" in report["10.77.0.2"]["reason"]
+        assert results[1][0] == 0
+        check_copy(targets[1], source[0], tmp_path)
+    else:
+        assert code == 128 + number, err
+        lines = [line for line in err.splitlines() if line.startswith("blockvault:")]
+        assert len(lines) == 1 and words in lines[0] and "Traceback" not in err, err
+        for receiver_rc, _, receiver_err in results:  # told at once, not after a minute
+            assert receiver_rc == 1 and "the sender was interrupted" in receiver_err
+    assert not filecmp.cmp(targets[0], source[0].path, shallow=False)
+
+
+@pytest.mark.parametrize("interface", [True, False], ids=["interface", "routing-table"])
+def test_the_control_listener_binds_the_interface_it_serves(
+    net: Net, source: tuple[BuiltDisk, Path, str], interface: bool
+) -> None:
+    need_tools("ss")
+    _disk, repo, snap = source
+    if interface:
+        sender = net.send(repo, snap, "--max-wait", "3")
+    else:  # the address the routing table sends multicast from (cast0's here)
+        sender = net.run(
+            net.sender, "-r", repo, "cast", "send", snap, "--session", net.prefix, "--max-wait", "3"
+        )
+    listening: list[str] = []
+    deadline = time.monotonic() + 20
+    while not listening and sender.poll() is None and time.monotonic() < deadline:
+        out = sh("ip", "netns", "exec", net.sender, "ss", "-Hltn", "sport", "= :9520")
+        listening = [line.split()[3] for line in out.splitlines()]
+        time.sleep(0.05)
+    finish(sender)
+    assert listening == ["10.77.0.1:9520"]

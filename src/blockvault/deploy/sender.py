@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
+import secrets
 import socket
 import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import blake3
 import zstandard
 
-from blockvault.deploy import mmsg, wire
+from blockvault.deploy import auth, mmsg, wire
+from blockvault.deploy import messages as msg
 from blockvault.disk.table import gpt
-from blockvault.errors import UsageError
+from blockvault.errors import CastError, CastInterrupted, CastProtocolError, UsageError
 from blockvault.events import (
     Noted,
     Reporter,
@@ -51,6 +51,8 @@ CHECK = 0.25  # seconds between looks at receivers' overflow reports during a pa
 OVERRUN_SLOWER = 0.8  # rate factor when most receivers overflow mid-pass
 RECOVER_CHECKS = 4  # quiet checks (1 s) before the rate grows again within a pass
 RECOVER_FASTER = 1.1
+HELLO_WAIT = 10.0  # seconds a new connection has to say hello
+MAX_PEERS = 1024  # connections at once; more are refused
 
 
 @dataclass
@@ -88,11 +90,12 @@ class CastResult:
     receivers: list[ReceiverReport]
     payload: int = 0  # fragment bytes per datagram in the last pass
     pass_reports: list[PassReport] = field(default_factory=list)
+    rejected: int = 0  # control connections refused: failed authentication or malformed
 
 
 @dataclass
 class _Peer:
-    sock: socket.socket
+    channel: msg.Channel
     report: ReceiverReport
     missing: dict[int, set[int] | None] = field(default_factory=dict)  # chunk -> groups
     loss: float = 0.0  # share of the last pass's datagrams this receiver did not get
@@ -105,9 +108,10 @@ class _Peer:
 
 def plan(
     repo: Repository, snapshot: Snapshot, partition: int | None
-) -> tuple[int, list[dict[str, Any]], tuple[int, int] | None]:
-    """Bytes the target needs, the manifest items (one per chunk with used bytes) and
-    where the GPT backup (entries + header) lies on the snapshot's disk, if it has one."""
+) -> tuple[int, list[msg.Item], list[str | None], tuple[int, int] | None]:
+    """Bytes the target needs, the manifest items (one per chunk with used bytes), their
+    chunk ids (None: a hole) and where the GPT backup (entries + header) lies on the
+    snapshot's disk, if it has one."""
     index = repo.load_index(snapshot)
     skip = None
     if partition is None and snapshot.table == "gpt":
@@ -122,20 +126,15 @@ def plan(
         regions, need, shift = [region], region.size, -region.start
     else:
         regions, need, shift = list(index.regions), snapshot.disk_size, 0
-    items = []
+    items, ids = [], []
     for region in regions:
         for ref in region.chunks(index.chunk_size):
             if ref.used:
-                items.append(
-                    {
-                        "base": region.start + shift,
-                        "offset": ref.offset,
-                        "length": ref.length,
-                        "used": [[e.offset, e.length] for e in ref.used],
-                        "id": ref.chunk_id,
-                    }
-                )
-    return need, items, skip
+                used = tuple((e.offset, e.length) for e in ref.used)
+                base = region.start + shift
+                items.append(msg.Item(base, ref.offset, ref.length, used, ref.chunk_id is not None))
+                ids.append(ref.chunk_id)
+    return need, items, ids, skip
 
 
 def wire_form(repo: Repository, chunk_id: str) -> bytes:
@@ -157,6 +156,7 @@ def send(
     repo: Repository,
     snapshot: Snapshot,
     *,
+    code: str,
     partition: int | None = None,
     interface: str | None = None,
     session: str = "default",
@@ -167,81 +167,90 @@ def send(
     timeout: float = 3600.0,
     reporter: Reporter = quiet_reporter,
 ) -> CastResult:
+    """Cast ``snapshot`` to every receiver that proves it holds ``code``.
+
+    SIGINT (KeyboardInterrupt) ends the session: receivers are told, and
+    CastInterrupted says how many had verified."""
     started = time.monotonic()
-    need, items, gpt_backup = plan(repo, snapshot, partition)
-    chunks = [i for i, item in enumerate(items) if item["id"]]
-    sizes_of = [sum(length for _, length in item["used"]) for item in items]  # for progress
-    manifest = {
-        "type": "manifest",
-        "session": session,
-        "snapshot": snapshot.id,
-        "need": need,
-        "partition": partition,
-        "items": items,
-        "data_port": wire.DATA_PORT,
-        "disk_size": snapshot.disk_size,
-        "sector_size": snapshot.sector_size,
-        "gpt_backup": gpt_backup,
-    }
+    if len(session) > msg.TEXT:
+        raise UsageError(f"a session name has at most {msg.TEXT} characters")
+    need, items, ids, gpt_backup = plan(repo, snapshot, partition)
+    chunks = [i for i, chunk_id in enumerate(ids) if chunk_id]
+    offered = frozenset(chunks)
+    sizes_of = [sum(length for _, length in item.used) for item in items]  # for progress
+    manifest = msg.Manifest(
+        snapshot.id,
+        need,
+        partition,
+        tuple(items),
+        wire.DATA_PORT,
+        snapshot.disk_size,
+        snapshot.sector_size,
+        gpt_backup,
+    )
+    salt = auth.new_salt()
+    keys = auth.Keys.derive(code, salt)
+    session_id = secrets.randbits(32)
+    data_tags = auth.DataTags(keys.data)
     address = wire.interface_address(interface)
     own_payload = wire.payload_for(wire.link_mtu(interface))
+    announcement = msg.Announce(
+        session,
+        session_id,
+        salt,
+        address,
+        port,
+        own_payload,
+        len(manifest.encode()) + 2 * auth.TAG + 2,
+    )
     peers: list[_Peer] = []
+    rejected = [0]
     lock = threading.Lock()
     stop = threading.Event()
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((address, port))
+    listener.bind((address, port))  # the interface it serves only
     listener.listen(64)
     listener.settimeout(0.5)
 
     def serve(peer: _Peer) -> None:
-        lines = wire.Lines(peer.sock)
+        channel = peer.channel
         try:
-            wire.send_message(peer.sock, manifest)
+            channel.send(manifest)
             while not stop.is_set():
-                message = lines.read()
+                message = channel.read(len(items) * 40 + msg.LINE)
                 if message is None:
                     raise ConnectionError("connection closed")
-                kind = message.get("type")
                 with lock:
-                    if kind == "ready":
-                        peer.report.status = "ready"
-                        peer.missing = dict.fromkeys(chunks)
-                        peer.joined = time.monotonic()
-                        ready = sum(p.report.status == "ready" for p in peers)
-                        reporter(
-                            Noted(
-                                f"{peer.report.address} ({peer.report.host}) joined: "
-                                f"{ready} ready, {min_receivers} awaited"
-                            )
-                        )
-                    elif kind == "need":
-                        before = peer.missing
-                        peer.missing = {
-                            c: None if g is None else set(g) for c, g in message["chunks"]
-                        }
-                        peer.loss = float(message.get("loss", 0.0))
-                        peer.report.naks += len(peer.missing)
-                        peer.answered = message["pass"]
-                        peer.stalled = peer.stalled + 1 if peer.missing == before else 0
-                    elif kind == "overflow":
-                        peer.overflowed = time.monotonic()
-                    elif kind == "done":
-                        peer.report.status = "verified"
-                        peer.report.bytes = message["bytes"]
-                        peer.report.seconds = round(time.monotonic() - peer.joined, 3)
-                        peer.missing = {}
+                    if _heard(peer, message, peers, chunks, offered, min_receivers, reporter):
                         return
-                    elif kind == "error":
-                        peer.report.status = "failed"
-                        peer.report.reason = message.get("reason", "")
-                        return
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, CastError) as exc:  # ValueError: closed under our read
             with lock:
                 if peer.report.status in ("joining", "ready"):
                     peer.report.status = "failed"
                     peer.report.reason = f"lost contact: {exc}"
                     peer.missing = {}
+
+    def greet(conn: socket.socket, host: str) -> None:
+        """Admit a connection that proves it holds the code and names our session."""
+        channel = msg.Channel(conn, keys.control, sender=True, peer=host)
+        try:
+            conn.settimeout(HELLO_WAIT)
+            channel.challenge()
+            hello = channel.greeted()
+            conn.settimeout(None)
+        except (OSError, ValueError, CastError):
+            hello = None
+        if hello is None or hello.session != session:
+            with lock:
+                rejected[0] += 1
+            channel.close()
+            return
+        peer = _Peer(channel, ReceiverReport(host, hello.host))
+        peer.payload = max(wire.MIN_PAYLOAD, hello.payload)
+        with lock:
+            peers.append(peer)
+        serve(peer)
 
     def admit() -> None:
         while not stop.is_set():
@@ -251,32 +260,18 @@ def send(
                 continue
             except OSError:
                 return
-            hello = None
-            try:
-                conn.settimeout(10)
-                hello = wire.Lines(conn).read()
-                conn.settimeout(None)
-            except (OSError, ValueError):
-                pass
-            if not hello or hello.get("session") != session:
+            if threading.active_count() > MAX_PEERS:
                 conn.close()
                 continue
-            peer = _Peer(conn, ReceiverReport(host, str(hello.get("host", ""))))
-            with contextlib.suppress(TypeError, ValueError):
-                peer.payload = max(wire.MIN_PAYLOAD, int(hello.get("payload", peer.payload)))
-            with lock:
-                peers.append(peer)
-            threading.Thread(target=serve, args=(peer,), daemon=True).start()
+            threading.Thread(target=greet, args=(conn, host), daemon=True).start()
 
     def announce() -> None:
         sock = wire.multicast_sender(address)
-        text = json.dumps(
-            {"type": "announce", "session": session, "port": port, "payload": own_payload},
-            separators=(",", ":"),
-        ).encode()
+        body = announcement.encode()
+        datagram = auth.tag(keys.announce, body).hex().encode() + b" " + body
         while True:  # at once, then every ANNOUNCE_EVERY: receivers already waiting join now
             with contextlib.suppress(OSError):
-                sock.sendto(text, (wire.ANNOUNCE_GROUP, wire.ANNOUNCE_PORT))
+                sock.sendto(datagram, (wire.ANNOUNCE_GROUP, wire.ANNOUNCE_PORT))
             if stop.wait(ANNOUNCE_EVERY):
                 break
         sock.close()
@@ -292,11 +287,11 @@ def send(
     for t in threads:
         t.start()
     data = mmsg.Outbox(wire.multicast_sender(address), (wire.DATA_GROUP, wire.DATA_PORT))
-    tag = wire.tag_of(session)
     payload = own_payload
     pace = _Pace(max_rate, max_rate)
     passes = 0
     reports: list[PassReport] = []
+    farewell = msg.Bye()
     try:
         wait_end = time.monotonic() + max_wait
         while time.monotonic() < wait_end:
@@ -328,10 +323,10 @@ def send(
             began, start_rate, cuts = time.monotonic(), pace.rate, pace.cuts
             sent = _stream(
                 repo,
-                items,
+                ids,
                 wanted,
                 data,
-                tag,
+                wire.Framer(session_id, data_tags, passes),
                 payload,
                 pace,
                 overrun,
@@ -340,7 +335,7 @@ def send(
             )
             reporter(TaskFinished(task))
             for p in active:
-                _tell(p, {"type": "pass", "pass": passes, "sent": sent})
+                _tell(p, msg.PassEnd(passes, sent))
             reply_end = time.monotonic() + PASS_REPLY_WAIT
             while time.monotonic() < reply_end:
                 with lock:
@@ -371,14 +366,24 @@ def send(
             for p in peers:
                 if p.report.status in ("ready", "joining"):
                     _drop(p, "session time limit reached")
+    except KeyboardInterrupt:
+        farewell = msg.Bye("the sender was interrupted")
+        with lock:
+            done = sum(p.report.status == "verified" for p in peers)
+            others = len(peers) - done
+        raise CastInterrupted(
+            f"{done} receiver{'s' * (done != 1)} had verified their targets; the "
+            f"{others} other{'s' * (others != 1)} were told the session ended and their "
+            "targets are incomplete"
+        ) from None
     finally:
         stop.set()
         listener.close()
         data.sock.close()
         with lock:
             for p in peers:
-                _tell(p, {"type": "bye"})
-                p.sock.close()
+                _tell(p, farewell)
+                p.channel.close()
     return CastResult(
         snapshot.id,
         session,
@@ -388,7 +393,54 @@ def send(
         [p.report for p in peers],
         payload,
         reports,
+        rejected[0],
     )
+
+
+def _heard(
+    peer: _Peer,
+    message: msg.Message,
+    peers: list[_Peer],
+    chunks: list[int],
+    offered: frozenset[int],
+    min_receivers: int,
+    reporter: Reporter,
+) -> bool:
+    """Apply one message from ``peer`` (under the session lock); True when it ends the
+    conversation. Chunk numbers a receiver names must be ones the manifest offered."""
+    if isinstance(message, msg.Ready):
+        peer.report.status = "ready"
+        peer.missing = dict.fromkeys(chunks)
+        peer.joined = time.monotonic()
+        ready = sum(p.report.status == "ready" for p in peers)
+        reporter(
+            Noted(
+                f"{peer.report.address} ({peer.report.host}) joined: "
+                f"{ready} ready, {min_receivers} awaited"
+            )
+        )
+    elif isinstance(message, msg.Need):
+        before = peer.missing
+        if any(c not in offered for c, _ in message.chunks):
+            raise CastProtocolError("need names a chunk not offered", peer=peer.report.address)
+        peer.missing = {c: None if g is None else set(g) for c, g in message.chunks}
+        peer.loss = message.loss
+        peer.report.naks += len(peer.missing)
+        peer.answered = message.number
+        peer.stalled = peer.stalled + 1 if peer.missing == before else 0
+    elif isinstance(message, msg.Overflow):
+        peer.overflowed = time.monotonic()
+    elif isinstance(message, msg.Done):
+        peer.report.status = "verified"
+        peer.report.bytes = message.written
+        peer.report.seconds = round(time.monotonic() - peer.joined, 3)
+        peer.missing = {}
+        return True
+    elif isinstance(message, msg.Error):
+        peer.report.status = "failed"
+        peer.report.reason = message.reason
+        return True
+    return False
 
 
 def _union(wants: list[dict[int, set[int] | None]]) -> dict[int, set[int] | None]:
@@ -403,10 +455,10 @@ def _union(wants: list[dict[int, set[int] | None]]) -> dict[int, set[int] | None
 
 def _stream(
     repo: Repository,
-    items: list[dict[str, Any]],
+    ids: list[str | None],
     wanted: dict[int, set[int] | None],
     out: mmsg.Outbox,
-    tag: int,
+    framer: wire.Framer,
     payload: int,
     pace: _Pace,
     overrun: Callable[[], bool],
@@ -426,11 +478,13 @@ def _stream(
     ceiling = pace.rate  # what the last pass's loss allowed: overflow recovery stops there
 
     def load(n: int) -> tuple[int, bytes]:
-        return n, wire_form(repo, items[n]["id"])
+        chunk_id = ids[n]
+        assert chunk_id is not None  # holes are never wanted
+        return n, wire_form(repo, chunk_id)
 
     loaded: Iterator[tuple[int, bytes]] = ordered_map(load, list(wanted), 2)
     for n, body in loaded:
-        buffer, bounds = wire.datagrams(tag, n, body, payload, wanted[n], parity)
+        buffer, bounds = framer.datagrams(n, body, payload, wanted[n], parity)
         total = len(bounds) - 1
         first = 0
         while first < total:
@@ -506,13 +560,13 @@ def _advanced(reporter: Reporter, task: str, sizes_of: list[int], n: int) -> Non
     reporter(TaskAdvanced(task, sizes_of[n]))
 
 
-def _tell(peer: _Peer, message: dict[str, Any]) -> None:
+def _tell(peer: _Peer, message: msg.Message) -> None:
     with contextlib.suppress(OSError):
-        wire.send_message(peer.sock, message)
+        peer.channel.send(message)
 
 
 def _drop(peer: _Peer, reason: str) -> None:
     peer.report.status = "dropped"
     peer.report.reason = reason
     peer.missing = {}
-    _tell(peer, {"type": "drop", "reason": reason})
+    _tell(peer, msg.Drop(reason))

@@ -1,5 +1,5 @@
-"""What travels on the wire: control messages (JSON lines over TCP), data datagrams
-(chunk fragments + XOR parity over groups of fragments) and the announcement.
+"""Data datagrams (chunk fragments + XOR parity over groups of fragments, each with
+its tag) and the multicast sockets; the control messages are in ``messages``.
 
 Our own protocol, described in docs/CAST.md.
 """
@@ -7,36 +7,36 @@ Our own protocol, described in docs/CAST.md.
 from __future__ import annotations
 
 import fcntl
-import json
 import socket
 import struct
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+
+from blockvault.deploy import auth
 
 ANNOUNCE_GROUP = "239.255.77.1"
 ANNOUNCE_PORT = 9521
 DATA_GROUP = "239.255.77.2"
 DATA_PORT = 9522
 GROUP = 8  # data fragments per XOR parity fragment
-# magic, session tag, chunk, fragment, fragments, chunk body size, payload size
-HEADER = struct.Struct(">4sIIHHIH")
-MAGIC = b"BVC2"
+# magic, session id, pass, chunk, fragment, fragments, chunk body size, payload size;
+# the fragment follows, then the tag (auth.TAG bytes) of header and fragment
+HEADER = struct.Struct(">4sIIIHHIH")
+MAGIC = b"BVC3"
+NONCE = slice(8, 20)  # pass, chunk, fragment, fragments: the GMAC nonce (auth.DataTags)
+OVERHEAD = HEADER.size + auth.TAG  # bytes of a datagram besides its fragment
 IP_UDP = 28  # IPv4 (no options) + UDP header bytes
 MIN_PAYLOAD = 512  # an MTU below 576 is not worth a cast
-MAX_PAYLOAD = 65507 - HEADER.size  # largest UDP payload over IPv4, less our header
+MAX_PAYLOAD = 65507 - OVERHEAD  # largest UDP payload over IPv4, less header and tag
 DEFAULT_MTU = 1500
 SIOCGIFMTU = 0x8921  # <linux/sockios.h>
 IP_MTU = 14  # <linux/in.h>: the route's MTU on a connected socket
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>: root may pass the sysctl caps
 
 
-def tag_of(session: str) -> int:
-    return int.from_bytes(session.encode()[:16].ljust(4, b"\0")[:4], "big") ^ len(session)
-
-
 def payload_for(mtu: int) -> int:
     """Fragment bytes that fit one unfragmented datagram on a link of ``mtu``."""
-    return max(MIN_PAYLOAD, min(MAX_PAYLOAD, mtu - IP_UDP - HEADER.size))
+    return max(MIN_PAYLOAD, min(MAX_PAYLOAD, mtu - IP_UDP - OVERHEAD))
 
 
 def link_mtu(interface: str | None) -> int:
@@ -53,38 +53,50 @@ def link_mtu(interface: str | None) -> int:
             return DEFAULT_MTU
 
 
-def datagrams(
-    tag: int,
-    chunk: int,
-    body: bytes,
-    payload: int,
-    groups: set[int] | None = None,
-    parity: bool = True,
-) -> tuple[bytearray, list[int]]:
-    """The datagrams carrying ``body`` (only ``groups``, when given), back to back in
-    one buffer, and their bounds (datagram k is ``buffer[bounds[k]:bounds[k + 1]]``):
-    each group's data fragments followed, with ``parity``, by its parity fragment."""
-    size = len(body)
-    count = max(1, -(-size // payload))
-    if count > 0xFFFF:
-        raise ValueError(f"chunk {chunk}: {size} bytes need more than 65535 fragments")
-    view = memoryview(body)
-    out = bytearray()
-    bounds = [0]
-    pack = HEADER.pack
-    for g in range(-(-count // GROUP)):
-        if groups is not None and g not in groups:
-            continue
-        members = range(g * GROUP, min((g + 1) * GROUP, count))
-        for i in members:
-            out += pack(MAGIC, tag, chunk, i, count, size, payload)
-            out += view[i * payload : (i + 1) * payload]
+@dataclass(frozen=True)
+class Framer:
+    """Frames chunk bodies into tagged datagrams for one pass of one session."""
+
+    session_id: int
+    tags: auth.DataTags  # from the session's data key
+    number: int  # the pass: a receiver drops datagrams of passes before the latest
+
+    def datagrams(
+        self,
+        chunk: int,
+        body: bytes,
+        payload: int,
+        groups: set[int] | None = None,
+        parity: bool = True,
+    ) -> tuple[bytearray, list[int]]:
+        """The datagrams carrying ``body`` (only ``groups``, when given), back to back in
+        one buffer, and their bounds (datagram k is ``buffer[bounds[k]:bounds[k + 1]]``):
+        each group's data fragments followed, with ``parity``, by its parity fragment."""
+        size = len(body)
+        count = max(1, -(-size // payload))
+        if count > 0xFFFF:
+            raise ValueError(f"chunk {chunk}: {size} bytes need more than 65535 fragments")
+        view = memoryview(body)
+        out = bytearray()
+        bounds = [0]
+        pack, encrypt, nonce = HEADER.pack, self.tags.aead.encrypt, NONCE
+        head = (MAGIC, self.session_id, self.number, chunk)
+
+        def put(index: int, piece: bytes | memoryview) -> None:
+            framed = pack(*head, index, count, size, payload) + piece
+            out.extend(framed)
+            out.extend(encrypt(framed[nonce], b"", framed))  # the GMAC tag
             bounds.append(len(out))
-        if parity:
-            out += pack(MAGIC, tag, chunk, count + g, count, size, payload)
-            out += xor([view[i * payload : (i + 1) * payload] for i in members])
-            bounds.append(len(out))
-    return out, bounds
+
+        for g in range(-(-count // GROUP)):
+            if groups is not None and g not in groups:
+                continue
+            members = range(g * GROUP, min((g + 1) * GROUP, count))
+            for i in members:
+                put(i, view[i * payload : (i + 1) * payload])
+            if parity:
+                put(count + g, xor([view[i * payload : (i + 1) * payload] for i in members]))
+        return out, bounds
 
 
 def xor(pieces: Sequence[bytes | memoryview]) -> bytes:
@@ -171,28 +183,16 @@ class Assembly:
         self.have += 1
 
 
-def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
-    sock.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
-
-
-class Lines:
-    """JSON messages from a TCP stream, one per line."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.file = sock.makefile("rb")
-
-    def read(self) -> dict[str, Any] | None:
-        line = self.file.readline()
-        if not line:
-            return None
-        message: dict[str, Any] = json.loads(line)
-        return message
-
-
 def interface_address(name: str | None) -> str:
-    """The IPv4 address of interface ``name`` ("0.0.0.0" for the default route)."""
+    """The IPv4 address of interface ``name`` (without one, the address the routing
+    table sends multicast from): the sockets of a cast bind to it, never to all."""
     if not name:
-        return "0.0.0.0"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.connect((DATA_GROUP, DATA_PORT))
+            except OSError as exc:
+                raise OSError(f"no route to multicast ({exc.strerror}): pass --interface") from None
+            return str(s.getsockname()[0])
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
