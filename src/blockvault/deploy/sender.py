@@ -14,7 +14,7 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import blake3
@@ -482,33 +482,35 @@ def _stream(
         assert chunk_id is not None  # holes are never wanted
         return n, wire_form(repo, chunk_id)
 
-    loaded: Iterator[tuple[int, bytes]] = ordered_map(load, list(wanted), 2)
-    for n, body in loaded:
-        buffer, bounds = framer.datagrams(n, body, payload, wanted[n], parity)
-        total = len(bounds) - 1
-        first = 0
-        while first < total:
-            now = time.monotonic()
-            if now >= check:
-                check = now + CHECK
-                if overrun():
-                    pace.slow_down()
-                    quiet = 0
-                elif (quiet := quiet + 1) >= RECOVER_CHECKS and pace.rate < ceiling:
-                    pace.rate = min(ceiling, pace.rate * RECOVER_FASTER)  # they caught up
-                    quiet = 0
-            if due - now > 0.002:
-                time.sleep(due - now)
-            due = max(due, now - 0.05)  # after a stall, no burst to catch up
-            last = min(total, first + BURST)
-            took = out.send(buffer, bounds, first, last)
-            if took < last - first:  # ENOBUFS: the queue is full; the rest count as lost
-                time.sleep(0.001)
-            wire_bytes = bounds[last] - bounds[first] + wire.IP_UDP * (last - first)
-            due += wire_bytes / (pace.rate * 125_000)
-            count += last - first
-            first = last
-        advance(n)
+    # closed on the way out: a signal lands in this loop's body, and the loaders
+    # must not outlive it
+    with contextlib.closing(ordered_map(load, list(wanted), 2)) as loaded:
+        for n, body in loaded:
+            buffer, bounds = framer.datagrams(n, body, payload, wanted[n], parity)
+            total = len(bounds) - 1
+            first = 0
+            while first < total:
+                now = time.monotonic()
+                if now >= check:
+                    check = now + CHECK
+                    if overrun():
+                        pace.slow_down()
+                        quiet = 0
+                    elif (quiet := quiet + 1) >= RECOVER_CHECKS and pace.rate < ceiling:
+                        pace.rate = min(ceiling, pace.rate * RECOVER_FASTER)  # they caught up
+                        quiet = 0
+                if due - now > 0.002:
+                    time.sleep(due - now)
+                due = max(due, now - 0.05)  # after a stall, no burst to catch up
+                last = min(total, first + BURST)
+                took = out.send(buffer, bounds, first, last)
+                if took < last - first:  # ENOBUFS: the queue is full; the rest count as lost
+                    time.sleep(0.001)
+                wire_bytes = bounds[last] - bounds[first] + wire.IP_UDP * (last - first)
+                due += wire_bytes / (pace.rate * 125_000)
+                count += last - first
+                first = last
+            advance(n)
     return count
 
 

@@ -7,7 +7,8 @@ import click
 from blockvault.cli import render
 from blockvault.cli.commands import json_option, repo_location
 from blockvault.cli.commands.prune import parse_duration
-from blockvault.repo.sessions import marker_storage, unlock
+from blockvault.repo.sessions import MarkerInfo, marker_storage, unlock
+from blockvault.text import shown
 
 
 def register(group: click.Group) -> None:
@@ -35,8 +36,17 @@ def register(group: click.Group) -> None:
             return
         verb = "would remove" if dry_run else "removed"
         for marker, reason in result.removed:
-            click.echo(f"{verb} {marker.kind or 'unknown'} marker {marker.name}: {reason}")
+            click.echo(
+                f"{verb} {marker.kind or 'unknown'} marker {shown(marker.name)}: {shown(reason)}"
+            )
         for marker, reason in result.kept:
-            click.echo(f"kept {marker.kind or 'unknown'} marker {marker.name}: {reason}")
+            click.echo(
+                f"kept {marker.kind or 'unknown'} marker {shown(marker.name)}: {shown(reason)}"
+            )
         if not result.removed and not result.kept:
             click.echo("no markers: nothing is running and nothing was left behind")
+
+
+def _described(marker: MarkerInfo, reason: str) -> str:
+    """A marker as one line; its name comes from a storage listing: shown escaped."""
+    return f"{marker.kind or 'unknown'} marker {shown(marker.name)}: {shown(reason)}"
