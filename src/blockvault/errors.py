@@ -30,6 +30,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   └── TreeDamaged             exit 4   ... and some of them for missing or damaged data
     ├── StorageError                exit 1   the storage backend failed
     │   ├── ObjectNotFound                   a named object does not exist
+    │   ├── ObjectTooLarge          exit 4   an object larger than its kind allows, refused unread
     │   └── TransientStorageError            a failure worth retrying (dropped link)
     ├── FormatError                 exit 1   foreign on-disk structure we cannot trust
     │   ├── PartitionTableError
@@ -86,6 +87,7 @@ __all__ = [
     "NewPassphraseRequired",
     "ObjectCorrupt",
     "ObjectNotFound",
+    "ObjectTooLarge",
     "PartitionNotFound",
     "PartitionTableError",
     "PassphraseRequired",
@@ -250,6 +252,17 @@ class StorageError(BlockvaultError):
 
 class ObjectNotFound(StorageError):
     template = "storage {location}: object {name} does not exist"
+
+
+class ObjectTooLarge(StorageError):
+    """Found from the object's size before its body is read: a hostile repository or
+    server cannot make us allocate more than the bound of the object's kind."""
+
+    template = (
+        "storage {location}: object {name} is {size} bytes, more than the {limit} it may "
+        "have; the repository is damaged or forged (see blockvault check)"
+    )
+    exit_code = 4
 
 
 class TransientStorageError(StorageError):

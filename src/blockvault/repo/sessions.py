@@ -117,7 +117,7 @@ def read_markers(backend: Backend, folder: str) -> list[MarkerInfo]:
     found = []
     for name, modified in backend.list_modified(folder + "/"):
         try:
-            data = json.loads(backend.read(name))
+            data = json.loads(backend.read(name, fmt.MAX_CONFIG_BYTES))
             if not isinstance(data, dict):
                 raise ValueError("not an object")
         except ObjectNotFound:
