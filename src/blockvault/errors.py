@@ -34,6 +34,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   └── CastInterrupted         exit 130 a signal (CLI: 128 + N); what the target holds
     ├── StorageError                exit 1   the storage backend failed
     │   ├── ObjectNotFound                   a named object does not exist
+    │   ├── ObjectTooLarge          exit 4   an object larger than its kind allows, refused unread
     │   └── TransientStorageError            a failure worth retrying (dropped link)
     ├── FormatError                 exit 1   foreign on-disk structure we cannot trust
     │   ├── PartitionTableError
@@ -94,6 +95,7 @@ __all__ = [
     "NewPassphraseRequired",
     "ObjectCorrupt",
     "ObjectNotFound",
+    "ObjectTooLarge",
     "PartitionNotFound",
     "PartitionTableError",
     "PassphraseRequired",
@@ -278,6 +280,17 @@ class StorageError(BlockvaultError):
 
 class ObjectNotFound(StorageError):
     template = "storage {location}: object {name} does not exist"
+
+
+class ObjectTooLarge(StorageError):
+    """Found from the object's size before its body is read: a hostile repository or
+    server cannot make us allocate more than the bound of the object's kind."""
+
+    template = (
+        "storage {location}: object {name} is {size} bytes, more than the {limit} it may "
+        "have; the repository is damaged or forged (see blockvault check)"
+    )
+    exit_code = 4
 
 
 class TransientStorageError(StorageError):

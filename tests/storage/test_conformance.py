@@ -9,14 +9,16 @@ from __future__ import annotations
 import os
 import threading
 import time
+import tracemalloc
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
-from blockvault.errors import ObjectNotFound, StorageError, UsageError
+from blockvault.errors import ObjectNotFound, ObjectTooLarge, StorageError, UsageError
 from blockvault.storage import Backend, open_backend
 
 
@@ -126,6 +128,49 @@ def test_empty_and_large_objects(backend: Backend) -> None:
     backend.write("data/bi/big", big)
     assert backend.size("data/bi/big") == len(big)
     assert backend.read("data/bi/big") == big
+
+
+def test_a_bounded_read_returns_objects_up_to_the_bound(backend: Backend) -> None:
+    data = os.urandom(100_000)
+    backend.write("data/bo/exact", data)
+    assert backend.read("data/bo/exact", limit=len(data)) == data
+    with pytest.raises(ObjectTooLarge, match=r"object data/bo/exact is 100000 bytes.* 99999 "):
+        backend.read("data/bo/exact", limit=len(data) - 1)
+    with pytest.raises(ObjectNotFound):
+        backend.read("data/bo/missing", limit=10)
+
+
+def plant_huge(backend: Backend, name: str) -> int:
+    """An object too large to read into memory, the cheapest way the backend allows: a
+    sparse 8 GiB file where the objects are files (local, SFTP to this machine), else
+    (S3) a real 48 MiB object. Returns its size."""
+    local = backend.capabilities.local_path
+    if local is None and backend.location.startswith("sftp://"):
+        local = urlsplit(backend.location).path
+    if local is None:
+        backend.write(name, bytes(48 << 20))
+        return 48 << 20
+    path = Path(local) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        f.truncate(8 << 30)
+    return 8 << 30
+
+
+def test_an_oversized_object_is_refused_without_reading_it(backend: Backend) -> None:
+    size = plant_huge(backend, "data/hu/huge")
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ObjectTooLarge) as refused:
+            backend.read("data/hu/huge", limit=1 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert refused.value.fields["size"] == size
+    assert f"object data/hu/huge is {size} bytes, more than the {1 << 20}" in str(refused.value)
+    assert peak < 4 << 20, f"{peak} bytes held to refuse the object"
+    assert time.monotonic() - started < 5  # refused at once, not after a retry or a download
 
 
 def test_parallel_writes_and_reads(backend: Backend) -> None:

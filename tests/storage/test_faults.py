@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from blockvault.errors import ObjectNotFound, StorageError, TransientStorageError
+from blockvault.errors import ObjectNotFound, ObjectTooLarge, StorageError, TransientStorageError
 from blockvault.storage.faulty import FaultyBackend
 from blockvault.storage.local import LocalBackend
 from blockvault.storage.retry import RetryingBackend, RetryPolicy
@@ -65,6 +65,9 @@ def test_permanent_failures_and_missing_objects_are_not_retried(tmp_path: Path) 
     plain, _, sleeps = wrapped(tmp_path, every=10**9)
     with pytest.raises(ObjectNotFound):
         plain.read("snapshots/none")
+    plain.write("data/ab/big", b"x" * 10)
+    with pytest.raises(ObjectTooLarge, match="data/ab/big is 10 bytes, more than the 5"):
+        plain.read("data/ab/big", limit=5)  # through both wrappers, and final
     assert sleeps == []
 
 

@@ -31,6 +31,7 @@ from blockvault.errors import (
     KeyMissing,
     ObjectCorrupt,
     ObjectNotFound,
+    ObjectTooLarge,
     PassphraseRequired,
     RepositoryError,
     RepositoryExists,
@@ -291,7 +292,7 @@ class Repository:
         """The key file this session opened the repository with, as stored."""
         _, key_id = self._need_key()
         try:
-            return self.backend.read(fmt.key_name(key_id))
+            return self.backend.read(fmt.key_name(key_id), fmt.MAX_KEY_BYTES)
         except ObjectNotFound:
             raise KeyMissing(repo=self.location) from None
 
@@ -393,9 +394,13 @@ class Repository:
     def read_raw_chunk(self, chunk_id: str) -> bytes:
         """The stored (still compressed) form, as remote copies and multicast move it."""
         try:
-            return self.backend.read(fmt.chunk_name(chunk_id))
+            return _read_small(
+                self.backend, fmt.chunk_name(chunk_id), _stored_bound(self.config.chunk_size)
+            )
         except ObjectNotFound:
             raise ChunkMissing(chunk=chunk_id, repo=self.location, where="") from None
+        except ValueError as exc:
+            raise ChunkCorrupt(str(exc), chunk=chunk_id, repo=self.location, where="") from None
 
     def decode_chunk(self, chunk_id: str, raw: bytes) -> bytes:
         try:
@@ -446,9 +451,13 @@ class Repository:
     def load_snapshot(self, snapshot_id: str) -> Snapshot:
         name = fmt.snapshot_name(snapshot_id)
         try:
-            raw = self.backend.read(name)
+            raw = _read_small(self.backend, name, _stored_bound(fmt.MAX_MANIFEST_BYTES))
         except ObjectNotFound:
             raise SnapshotNotFound(ref=snapshot_id, repo=self.location) from None
+        except ValueError as exc:
+            raise ObjectCorrupt(
+                str(exc), kind="snapshot", name=snapshot_id, repo=self.location
+            ) from None
         try:
             plain = self.codec.decode(fmt.SNAPSHOT_MAGIC, raw, snapshot_id)
             return Snapshot.from_json(plain, snapshot_id)
@@ -506,10 +515,14 @@ class Repository:
     def load_index(self, snapshot: Snapshot) -> Index:
         name = fmt.index_name(snapshot.index)
         try:
-            raw = self.backend.read(name)
+            raw = _read_small(self.backend, name, _stored_bound(fmt.MAX_INDEX_BYTES))
         except ObjectNotFound:
             raise ObjectCorrupt(
                 "index object is missing", kind="index", name=snapshot.index, repo=self.location
+            ) from None
+        except ValueError as exc:
+            raise ObjectCorrupt(
+                str(exc), kind="index", name=snapshot.index, repo=self.location
             ) from None
         try:
             plain = self.codec.decode(fmt.INDEX_MAGIC, raw, snapshot.index)
@@ -552,12 +565,22 @@ class Repository:
 
 
 def _read_small(backend: Backend, name: str, limit: int) -> bytes:
-    """An object that must be small (config, key file); ``ValueError`` when it is not,
-    found from its size before a byte of it is read."""
-    size = backend.size(name)
-    if size > limit:
-        raise ValueError(f"{size} bytes, more than the {limit} it may have")
-    return backend.read(name)
+    """An object of at most ``limit`` bytes; ``ValueError`` when it is larger, found
+    by the backend from its size before a byte of it is read."""
+    try:
+        return backend.read(name, limit)
+    except ObjectTooLarge as exc:
+        raise ValueError(f"{exc.fields['size']} bytes, more than the {limit} it may have") from None
+
+
+def _stored_bound(plaintext_bound: int) -> int:
+    """The most bytes an object of at most ``plaintext_bound`` bytes of plaintext takes
+    in storage: the envelope and seal around it (it is stored uncompressed when zstd
+    would not make it smaller)."""
+    return plaintext_bound + _ENVELOPE_ALLOWANCE
+
+
+_ENVELOPE_ALLOWANCE = 4096  # envelope header, nonce and tag take far less
 
 
 def _read_config(backend: Backend, location: str) -> RepositoryConfig:

@@ -40,6 +40,7 @@ from typing import Final, Self
 from blockvault.errors import (
     Interrupted,
     ObjectNotFound,
+    ObjectTooLarge,
     RepositoryBusy,
     RepositoryNotFound,
     SessionExpired,
@@ -158,11 +159,10 @@ def _read_marker(backend: Backend, name: str) -> tuple[dict[str, object], str]:
     """A marker's fields, or none and why. Its size is bounded (``MAX_MARKER_BYTES``)
     before a byte is read: a hostile or damaged marker costs no memory. Unreadable
     markers count as running, from their modification time, until they go stale."""
-    size, raw = backend.size(name), b""
-    if size <= MAX_MARKER_BYTES:
-        raw = backend.read(name)
-        size = len(raw)  # it may have been rewritten since
-    if size > MAX_MARKER_BYTES:
+    try:
+        raw = backend.read(name, MAX_MARKER_BYTES)
+    except ObjectTooLarge as exc:
+        size = exc.fields["size"]
         return {}, f"{size} bytes, more than the {MAX_MARKER_BYTES} a marker may have; not read"
     try:
         data = json.loads(raw)

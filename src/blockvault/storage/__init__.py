@@ -11,6 +11,8 @@ Contract of every backend (checked by one conformance suite):
     never a part, even if the process is killed.
   * ``read`` of a missing name raises ``ObjectNotFound``; other failures raise
     ``StorageError``.
+  * ``read(name, limit)`` of an object larger than ``limit`` raises ``ObjectTooLarge``
+    from its size, before its body is read, and holds at most ``limit + 1`` bytes.
   * ``list`` yields names under a prefix in no particular order; ``list_modified``
     and ``list_sizes`` the same names with their times or sizes, from one listing
     where the store gives them (never one request per object on local, SFTP, S3).

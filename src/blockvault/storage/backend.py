@@ -6,9 +6,9 @@ import abc
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from blockvault.errors import ObjectNotFound, StorageError
+from blockvault.errors import ObjectNotFound, ObjectTooLarge, StorageError
 
-__all__ = ["Backend", "Capabilities", "check_name"]
+__all__ = ["Backend", "Capabilities", "check_name", "check_size"]
 
 
 def check_name(name: str, location: str) -> str:
@@ -20,6 +20,14 @@ def check_name(name: str, location: str) -> str:
     if not name or name.startswith("/") or ".." in name.split("/"):
         raise StorageError(f"invalid object name {name!r}", location=location)
     return name
+
+
+def check_size(name: str, size: int, limit: int | None, location: str) -> None:
+    """Refuse an object of ``size`` bytes above ``limit``. Backends call it with the size
+    the storage reports before reading the body, and again with the length read (at
+    most ``limit + 1``), so that a server lying about the size is caught too."""
+    if limit is not None and size > limit:
+        raise ObjectTooLarge(name=name, size=size, limit=limit, location=location)
 
 
 @dataclass(frozen=True)
@@ -37,8 +45,11 @@ class Backend(abc.ABC):
     capabilities: Capabilities
 
     @abc.abstractmethod
-    def read(self, name: str) -> bytes:
-        """The whole object; ``ObjectNotFound`` when it does not exist."""
+    def read(self, name: str, limit: int | None = None) -> bytes:
+        """The whole object; ``ObjectNotFound`` when it does not exist. With ``limit``,
+        an object larger than ``limit`` bytes raises ``ObjectTooLarge`` (final, never
+        retried) found from its size *before* the body is read: at most ``limit + 1``
+        bytes are ever held, whatever the storage claims."""
 
     @abc.abstractmethod
     def write(self, name: str, data: bytes | memoryview) -> None:

@@ -81,9 +81,9 @@ class FaultyBackend(Backend):
             under=options.get("under", ""),
         )
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, limit: int | None = None) -> bytes:
         self._maybe_fail("read", name)
-        return self.inner.read(name)
+        return self.inner.read(name, limit)
 
     def write(self, name: str, data: bytes | memoryview) -> None:
         self._maybe_fail("write", name)

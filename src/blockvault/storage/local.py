@@ -21,7 +21,7 @@ from pathlib import Path
 
 from blockvault.errors import ObjectNotFound, StorageError
 from blockvault.storage import modes
-from blockvault.storage.backend import Backend, Capabilities
+from blockvault.storage.backend import Backend, Capabilities, check_size
 
 __all__ = ["LocalBackend"]
 
@@ -67,20 +67,29 @@ class LocalBackend(Backend):
             raise StorageError(f"invalid object name {name!r}", location=self.location)
         return self.root / name
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, limit: int | None = None) -> bytes:
         path = self._path(name)
         try:
-            return path.read_bytes()
+            return self._read_file(path, name, limit)
         except FileNotFoundError:
             pending = self._pending.get(path) or self._flushing.get(path)
             if pending is not None:
                 with contextlib.suppress(FileNotFoundError):
-                    return pending[0].read_bytes()
+                    return self._read_file(pending[0], name, limit)
                 with contextlib.suppress(FileNotFoundError):  # renamed meanwhile
-                    return path.read_bytes()
+                    return self._read_file(path, name, limit)
             raise ObjectNotFound(name=name, location=self.location) from None
         except OSError as exc:
             raise StorageError(f"reading {name}: {exc.strerror}", location=self.location) from None
+
+    def _read_file(self, path: Path, name: str, limit: int | None) -> bytes:
+        """The file's bytes, its size checked on the open descriptor first (the file
+        the name points to may change, the open one does not)."""
+        with open(path, "rb") as f:
+            check_size(name, os.fstat(f.fileno()).st_size, limit, self.location)
+            data = f.read(-1 if limit is None else limit + 1)
+        check_size(name, len(data), limit, self.location)  # grew since the fstat
+        return data
 
     def write(self, name: str, data: bytes | memoryview) -> None:
         path = self._path(name)

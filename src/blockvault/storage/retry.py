@@ -81,8 +81,9 @@ class RetryingBackend(Backend):
                     self._on_retry(what, failures, exc)
                 self._sleep(self.policy.delay(failures))
 
-    def read(self, name: str) -> bytes:
-        return self._call(f"reading {name}", lambda: self.inner.read(name))
+    def read(self, name: str, limit: int | None = None) -> bytes:
+        # ObjectTooLarge is no TransientStorageError: it is final
+        return self._call(f"reading {name}", lambda: self.inner.read(name, limit))
 
     def write(self, name: str, data: bytes | memoryview) -> None:
         self._call(f"writing {name}", lambda: self.inner.write(name, data))

@@ -25,7 +25,7 @@ import botocore.config
 import botocore.exceptions as bce
 
 from blockvault.errors import ObjectNotFound, StorageError, TransientStorageError, UsageError
-from blockvault.storage.backend import Backend, Capabilities, check_name
+from blockvault.storage.backend import Backend, Capabilities, check_name, check_size
 from blockvault.text import command_word
 
 if TYPE_CHECKING:
@@ -140,11 +140,18 @@ class S3Backend(Backend):
         # a missing bucket holds no repository either: "no repository at ..." fits
         return code in _NOT_FOUND_CODES or code == "NoSuchBucket"
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, limit: int | None = None) -> bytes:
         key = self._key(name)
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
-            return response["Body"].read()
+            body = response["Body"]
+            try:  # the size from the response headers, before a byte of the body
+                check_size(name, response.get("ContentLength", 0), limit, self.location)
+                data = body.read() if limit is None else body.read(limit + 1)
+            finally:
+                body.close()  # a refused body is dropped with its connection
+            check_size(name, len(data), limit, self.location)  # the header lied
+            return data
         except (bce.BotoCoreError, bce.ClientError, OSError) as exc:
             if self._missing(exc):
                 raise ObjectNotFound(name=name, location=self.location) from None

@@ -43,7 +43,7 @@ from paramiko.sftp import CMD_EXTENDED
 
 from blockvault.errors import ObjectNotFound, StorageError, TransientStorageError, UsageError
 from blockvault.storage import modes
-from blockvault.storage.backend import Backend, Capabilities, check_name
+from blockvault.storage.backend import Backend, Capabilities, check_name, check_size
 
 __all__ = ["SFTPBackend", "SSHTarget", "resolve_target"]
 
@@ -312,12 +312,13 @@ class SFTPBackend(Backend):
     def _path(self, name: str) -> str:
         return posixpath.join(self.root, check_name(name, self.location))
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, limit: int | None = None) -> bytes:
         path = self._path(name)
         with self._channel(f"reading {name}") as sftp:
             try:
                 with sftp.open(path, "rb") as f:
-                    size = f.stat().st_size or 0
+                    size = f.stat().st_size or 0  # of the open handle: no race with a rename
+                    check_size(name, size, limit, self.location)
                     f.prefetch(size)
                     data = f.read(size)
             except FileNotFoundError:
