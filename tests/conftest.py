@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,6 +47,23 @@ def blockvault(
         env={**os.environ, **(env or {})},
         check=False,
     )
+
+
+def blockvault_peak(
+    *args: str | os.PathLike[str],
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """``blockvault(*args)`` and that one process's peak RSS in KiB (its own ``wait4``
+    rusage: RUSAGE_CHILDREN would be the largest of every child the suite ever ran)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            ["blockvault", *map(str, args)], stdin=subprocess.DEVNULL, stdout=out, stderr=err
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        out.seek(0)
+        err.seek(0)
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+    return done, usage.ru_maxrss
 
 
 @pytest.fixture
