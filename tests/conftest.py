@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -49,21 +50,34 @@ def blockvault(
     )
 
 
+# Runs its arguments as a child and writes that child's peak RSS (KiB) to $PEAK_FILE.
+# The go-between matters: Linux carries a process's peak RSS across fork and exec, so a
+# child forked straight from pytest (which grows past a gigabyte over the suite) would
+# report pytest's peak, not its own.
+_PEAK_LAUNCHER = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(os.environ["PEAK_FILE"], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def blockvault_peak(
     *args: str | os.PathLike[str],
 ) -> tuple[subprocess.CompletedProcess[str], int]:
-    """``blockvault(*args)`` and that one process's peak RSS in KiB (its own ``wait4``
-    rusage: RUSAGE_CHILDREN would be the largest of every child the suite ever ran)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(
-            ["blockvault", *map(str, args)], stdin=subprocess.DEVNULL, stdout=out, stderr=err
+    """``blockvault(*args)`` and that one process's peak RSS in KiB."""
+    with tempfile.NamedTemporaryFile("r") as peak:
+        done = subprocess.run(
+            [sys.executable, "-c", _PEAK_LAUNCHER, "blockvault", *map(str, args)],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PEAK_FILE": peak.name},
+            check=False,
         )
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-        out.seek(0)
-        err.seek(0)
-        done = subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
-    return done, usage.ru_maxrss
+        return done, int(peak.read())
 
 
 @pytest.fixture
