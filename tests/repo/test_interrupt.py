@@ -82,7 +82,7 @@ def test_signal_during_backup(
     assert proc.returncode == code, proc.stderr
     line = one_line(proc.stderr)
     stored = re.fullmatch(
-        rf"blockvault: interrupted by {sig.name}: no snapshot was written; (\d+) chunk\(s\) "
+        rf"blockvault: interrupted by {sig.name}: no snapshot was written; (\d+) chunks "
         r"\([\d.]+ MiB\) were stored and will be reused by the next backup or removed by gc",
         line,
     )
@@ -143,7 +143,7 @@ def test_signal_during_gc_says_how_much_it_deleted(disk: BuiltDisk, tmp_path: Pa
     )
     assert proc.returncode == 130, proc.stderr
     done = re.fullmatch(
-        r"blockvault: interrupted by SIGINT: gc deleted (\d+) of (\d+) unreferenced object\(s\) "
+        r"blockvault: interrupted by SIGINT: gc deleted (\d+) of (\d+) unreferenced objects "
         r"before it stopped; every snapshot is intact, run gc again to free the rest",
         one_line(proc.stderr),
     )

@@ -75,7 +75,7 @@ def test_interrupted_session_says_what_it_left(repo: Repository, stored: int) ->
     assert len(durable) == stored
     if stored:
         assert str(caught.value) == (
-            "interrupted by SIGTERM: no snapshot was written; 2 chunk(s) (0.0 MiB) were "
+            "interrupted by SIGTERM: no snapshot was written; 2 chunks (0.0 MiB) were "
             "stored and will be reused by the next backup or removed by gc"
         )
     else:

@@ -30,6 +30,7 @@ from blockvault.repo import Index, PartitionRecord, Region, Repository, Snapshot
 from blockvault.repo import format as fmt
 from blockvault.repo.sessions import DEFAULT_TIMING, Timing
 from blockvault.repo.writer import WriterSession
+from blockvault.text import plural
 
 __all__ = ["backup", "boot_area_map", "plan_regions"]
 
@@ -174,8 +175,8 @@ def backup(
             def store_again(missing: set[str]) -> None:
                 reporter(
                     Warned(
-                        f"a gc removed {len(missing)} chunk(s) this backup had found in the "
-                        "repository; they were read again from the source and stored"
+                        f"a gc removed {plural(len(missing), 'chunk')} this backup had found "
+                        "in the repository; they were read again from the source and stored"
                     )
                 )
                 _store_again(writer, device, index, missing)

@@ -34,7 +34,7 @@ from blockvault.repo.sessions import (
     owners,
     read_markers,
 )
-from blockvault.text import command_word
+from blockvault.text import command_word, plural
 
 __all__ = ["GcResult", "collect_garbage"]
 
@@ -75,7 +75,7 @@ class _Sweep:
         if not self.deleted:
             return "gc deleted nothing; the repository is unchanged"
         return (
-            f"gc deleted {self.deleted} of {self.planned} unreferenced object(s) before it "
+            f"gc deleted {self.deleted} of {plural(self.planned, 'unreferenced object')} before it "
             "stopped; every snapshot is intact, run gc again to free the rest"
         )
 

@@ -41,6 +41,7 @@ from blockvault.repo.index import Index
 from blockvault.repo.manifest import Snapshot
 from blockvault.repo.repository import Repository
 from blockvault.repo.sessions import COMMITTING, DEFAULT_TIMING, SWEEPING, Marker, Timing
+from blockvault.text import plural
 
 __all__ = ["StoreAgain", "WriterSession"]
 
@@ -150,14 +151,14 @@ class WriterSession:
             return f"snapshot {self.snapshot.id[:12]} was written before it stopped"
         if self._flush_error is not None:
             return (
-                f"no snapshot was written; of the {self.stored_chunks} chunk(s) written, "
+                f"no snapshot was written; of the {plural(self.stored_chunks, 'chunk')} written, "
                 f"the last could not be made durable ({self._flush_error}): a rerun stores "
                 "them again and gc removes what is left of them"
             )
         if not self.stored_chunks:
             return "no snapshot was written and no chunk was stored; the repository is unchanged"
         return (
-            f"no snapshot was written; {self.stored_chunks} chunk(s) "
+            f"no snapshot was written; {plural(self.stored_chunks, 'chunk')} "
             f"({self.stored_bytes / 2**20:.1f} MiB) were stored and will be reused by the "
             "next backup or removed by gc"
         )
