@@ -151,6 +151,8 @@ COMMANDS = (
     "check",
     "demo",
     "cast",
+    "export",
+    "import",
 )
 
 

@@ -1,0 +1,68 @@
+"""``blockvault import SOURCE``: another tool's image (or a one-file image) becomes a snapshot.
+
+One command for every kind of source: each row of ``SOURCES`` can tell whether SOURCE is
+its kind (``probe``, cheap: a name, a magic number, a marker file) and import it
+(``runner``); the first row whose probe says yes wins, so rows go from most to least
+specific.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import click
+
+from blockvault.errors import UsageError
+
+__all__ = ["SOURCES", "Source", "register"]
+
+
+class Source(NamedTuple):
+    probe: str  # "module:function", probe(path) -> bool
+    runner: str  # "module:function", runner(ctx, source, **options)
+    help: str  # one phrase for --help
+
+
+SOURCES: dict[str, Source] = {}
+"""Kind of source -> how it is recognised and imported, most specific first."""
+
+
+def _load(spec: str) -> Callable[..., Any]:
+    module, _, function = spec.partition(":")
+    found: Callable[..., Any] = getattr(importlib.import_module(module), function)
+    return found
+
+
+def kind_of(source: str, given: str | None) -> str:
+    """The kind of ``source``: ``given`` if any, else the first whose probe knows it."""
+    if given:
+        return given
+    for name, kind in SOURCES.items():
+        if _load(kind.probe)(source):
+            return name
+    raise UsageError(
+        f"{source!r} is no image blockvault can import "
+        f"(it reads: {', '.join(SOURCES) or 'nothing yet'}); give --format if it is one"
+    )
+
+
+def register(group: click.Group) -> None:
+    @group.command("import")
+    @click.argument("source", type=click.Path(exists=True))
+    @click.option(
+        "--format",
+        "kind",
+        type=click.Choice(sorted(SOURCES)),
+        help="What SOURCE is; default: recognised from its name and content. "
+        + "; ".join(f"{n}: {s.help}" for n, s in SOURCES.items()),
+    )
+    # each kind's own options go here; every runner is given all of them (by name)
+    @click.pass_context
+    def import_command(
+        ctx: click.Context, /, source: str, kind: str | None, **options: Any
+    ) -> None:
+        """Store SOURCE as an ordinary snapshot of the repository (-r), deduplicated
+        against everything already stored."""
+        _load(SOURCES[kind_of(source, kind)].runner)(ctx, source, **options)
