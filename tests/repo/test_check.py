@@ -128,6 +128,26 @@ def test_damaged_chunk_is_named_by_snapshot_and_partition(
     assert named == snaps
 
 
+@pytest.mark.parametrize(("kind", "size"), [("plain", 5), ("encrypted", 0), ("plain", "huge")])
+def test_check_without_reading_finds_chunks_of_impossible_size(
+    kind: str, size: int | str, repo: Path
+) -> None:
+    """Sizes come with the listing: a chunk too short for its header, or longer than any
+    chunk of the repository may be stored, is damage found without reading data."""
+    victim = repo / fmt.chunk_name(chunks_of_partition(repo, 2)[1])
+    if size == "huge":
+        with open(victim, "ab") as f:
+            f.truncate(256 * 1024 + 4096 + 1)  # sparse: costs nothing
+    else:
+        victim.write_bytes(victim.read_bytes()[: int(size)])
+    proc = run("-r", repo, "check", "--json")
+    assert proc.returncode == 4, proc.stderr
+    problems = json.loads(proc.stdout)["problems"]
+    assert {p["object"] for p in problems} == {victim.name}
+    assert {p["region"] for p in problems} == {"partition 2"}
+    assert all("stored size" in p["detail"] for p in problems)
+
+
 @pytest.mark.parametrize(
     ("kind", "damage"),
     [

@@ -1,5 +1,6 @@
 """Check a repository: every manifest parses, its index exists, parses and agrees
-with it (``Repository.load_index`` checks that), every chunk an index names exists;
+with it (``Repository.load_index`` checks that), every chunk an index names exists
+with a stored size a chunk can have (from the listing, without reading it);
 with ``read_data`` every chunk (or a subset) is read back and re-hashed. Damage is
 reported by snapshot and region.
 
@@ -133,16 +134,20 @@ def _check(
     for name in repo.stray_snapshots():
         detail = f"{name!a} under snapshots/ is not a snapshot id; it is ignored"
         problems.append(Damage("", "manifest", 0, ascii(name), detail))
-    stored = repo.stored_chunk_ids()
+    sizes = repo.stored_chunk_sizes()
+    stored = set(sizes)
     referenced: set[str] = set()
     for _, index in loaded:
         referenced |= index.chunk_ids()
     missing = referenced - stored
     bad: dict[str, str] = {c: "it is missing" for c in missing}
+    for chunk_id in referenced - missing:  # sizes come with the listing: no reads
+        if (problem := repo.stored_chunk_size_problem(sizes[chunk_id])) is not None:
+            bad[chunk_id] = problem
 
     read = read_bytes = 0
     if read_data:
-        todo = (subset or Subset()).pick(referenced - missing)
+        todo = (subset or Subset()).pick(referenced - set(bad))
 
         def reread(chunk_id: str) -> tuple[str, int, int, str | None]:
             try:

@@ -553,6 +553,25 @@ class Repository:
         """The ids of every chunk in storage now (one fresh listing, no cache)."""
         return {name.rsplit("/", 1)[1] for name in self.backend.list(fmt.DATA_DIR + "/")}
 
+    def stored_chunk_sizes(self) -> dict[str, int]:
+        """Every chunk in storage now with its stored size (one fresh listing)."""
+        return {
+            name.rsplit("/", 1)[1]: size
+            for name, size in self.backend.list_sizes(fmt.DATA_DIR + "/")
+        }
+
+    def stored_chunk_size_problem(self, size: int) -> str | None:
+        """Why a chunk stored in ``size`` bytes cannot be sound, if it cannot: smaller
+        than its envelope header, or larger than any chunk of this repository may be
+        stored (a reader refuses it unread)."""
+        bound = _stored_bound(self.config.chunk_size)
+        if size < fmt.ENVELOPE.size:
+            header = fmt.ENVELOPE.size
+            return f"its stored size, {size} bytes, is smaller than the {header}-byte header"
+        if size > bound:
+            return f"its stored size, {size} bytes, is more than the {bound} a chunk may take"
+        return None
+
     def forget_known_chunks(self) -> None:
         """Drop the deduplication cache, so that the next backup lists storage afresh
         (after its session marker exists: see docs/FORMAT.md on concurrency)."""
