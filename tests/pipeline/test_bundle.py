@@ -102,6 +102,17 @@ def test_restore_from_the_image_without_a_repository(source: Source, tmp_path: P
     assert verified.returncode == 0 and "OK" in verified.stdout, verified.stderr
 
 
+def test_recompressed_image_is_smaller_and_restores(source: Source, tmp_path: Path) -> None:
+    smaller = tmp_path / "small.bvi"
+    done = blockvault("-r", source.plain, "export", "latest", smaller, "--recompress", "zstd:9")
+    assert done.returncode == 0, done.stderr
+    assert smaller.stat().st_size < 0.9 * source.image.stat().st_size  # stored uncompressed
+    target = tmp_path / "out.img"
+    done = blockvault("restore", smaller, target)
+    assert done.returncode == 0, done.stderr
+    source.check_restored(target, tmp_path)
+
+
 def test_image_as_repository_location_too(source: Source) -> None:
     listed = blockvault("-r", source.image, "ls", "latest:2/")
     direct = blockvault("ls", f"{source.image}:2/")

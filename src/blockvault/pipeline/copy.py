@@ -28,6 +28,7 @@ from blockvault.pipeline.stages import is_zero, ordered_map, workers
 from blockvault.repo import Index, Region, Repository, Snapshot
 from blockvault.repo import format as fmt
 from blockvault.repo.image import RegionReader
+from blockvault.repo.objects import Codec
 from blockvault.repo.writer import WriterSession
 from blockvault.storage.bundle import BundleWriter
 
@@ -67,14 +68,23 @@ def _ordered_ids(index: Index) -> list[str]:
 
 
 def _copy_stored(
-    source: Repository, chunk_ids: Iterable[str], sink: _Sink, advance: Callable[[int], None]
+    source: Repository,
+    chunk_ids: Iterable[str],
+    sink: _Sink,
+    advance: Callable[[int], None],
+    recoder: Codec | None = None,
 ) -> tuple[int, int]:
-    """The one copy loop (see the module docstring); returns (chunks, bytes) written."""
+    """The one copy loop (see the module docstring); returns (chunks, bytes) written.
+    With ``recoder`` (same keys, another zstd level) each chunk is encoded again and
+    kept so when that is smaller: its id stays, its envelope says how it is stored."""
     step = source.config.chunk_size
 
     def fetch(chunk_id: str) -> tuple[str, bytes]:
         stored = source.read_raw_chunk(chunk_id)
-        source.decode_chunk(chunk_id, stored)  # raises ChunkCorrupt naming it
+        plain = source.decode_chunk(chunk_id, stored)  # raises ChunkCorrupt naming it
+        if recoder is not None:
+            again = recoder.encode(fmt.CHUNK_MAGIC, plain, chunk_id)
+            stored = again if len(again) < len(stored) else stored
         return chunk_id, stored
 
     todo = []
@@ -109,12 +119,15 @@ def export_bundle(
     dest: str,
     *,
     split: int | None = None,
+    compression: str | None = None,
     reporter: Reporter = quiet_reporter,
 ) -> CopyResult:
     """Write ``snapshot`` and everything it needs to the one-file image ``dest`` (in
     pieces of ``split`` bytes if given): the config, the key file this session opened
     (encrypted repositories: objects stay sealed), each chunk, the index, the
-    manifest, all as stored. Written under temporary names, renamed at the end."""
+    manifest, all as stored, or with ``compression`` (``zstd:LEVEL``) chunks
+    compressed again where that makes them smaller. Written under temporary names,
+    renamed at the end."""
     started = time.monotonic()
     index = repo.load_index(snapshot)  # checks it against the manifest first
     chunk_ids = _ordered_ids(index)
@@ -132,7 +145,8 @@ def export_bundle(
             return len(stored)
 
         sink = _Sink(lambda chunk_id: fmt.chunk_name(chunk_id) in out, put)
-        chunks, _ = _copy_stored(repo, chunk_ids, sink, advance)
+        recoder = repo.with_compression(compression).codec if compression else None
+        chunks, _ = _copy_stored(repo, chunk_ids, sink, advance, recoder)
         bound = fmt.MAX_INDEX_BYTES + 4096  # envelope and seal around the plaintext bound
         out.add(fmt.index_name(snapshot.index), backend.read(fmt.index_name(snapshot.index), bound))
         manifest = fmt.snapshot_name(snapshot.id)

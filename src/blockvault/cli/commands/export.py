@@ -64,6 +64,7 @@ def register(group: click.Group) -> None:
     )
     # each format's own options go here; every writer is given all of them (by name)
     @export_bvi.split_option
+    @export_bvi.recompress_option
     @click.pass_context
     def export_command(
         ctx: click.Context, /, snapshot: str, dest: str, format_name: str | None, **options: Any

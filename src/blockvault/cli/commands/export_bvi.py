@@ -10,9 +10,10 @@ import click
 from blockvault.cli import render
 from blockvault.cli.commands import open_snapshot
 from blockvault.pipeline.copy import export_bundle
+from blockvault.repo import parse_compression
 from blockvault.storage.bundle import parse_split
 
-__all__ = ["run", "split_option"]
+__all__ = ["recompress_option", "run", "split_option"]
 
 split_option = click.option(
     "--split",
@@ -22,6 +23,13 @@ split_option = click.option(
     "single-layer DVD), or a size such as 700M.",
 )
 
+recompress_option = click.option(
+    "--recompress",
+    metavar="zstd:LEVEL",
+    help="bvi: compress each chunk again at LEVEL (1-22), keeping it when smaller (a "
+    "smaller image for more time); default: chunks as the repository stores them.",
+)
+
 
 def run(
     ctx: click.Context,
@@ -29,12 +37,17 @@ def run(
     dest: str,
     *,
     split: str | None = None,
+    recompress: str | None = None,
     **_: Any,
 ) -> None:
     repo, snap = open_snapshot(ctx, snapshot)
     size = parse_split(split) if split else None
+    if recompress:
+        parse_compression(recompress)  # a bad spelling fails before anything is written
     with render.progress(False) as reporter:
-        result = export_bundle(repo, snap, dest, split=size, reporter=reporter)
+        result = export_bundle(
+            repo, snap, dest, split=size, compression=recompress, reporter=reporter
+        )
     pieces = result.pieces
     where = pieces[0] if len(pieces) == 1 else f"{pieces[0]} … {pieces[-1]} ({len(pieces)} pieces)"
     click.echo(
