@@ -19,13 +19,19 @@ from pathlib import Path
 import pytest
 
 from blockvault.browse.volume import open_volume
-from blockvault.errors import Interrupted
+from blockvault.errors import (
+    ChunkCorrupt,
+    ImageReadOnly,
+    Interrupted,
+    PassphraseRequired,
+    PieceError,
+)
 from blockvault.events import Event, TaskAdvanced
 from blockvault.pipeline.backup import backup
 from blockvault.pipeline.copy import export_bundle
 from blockvault.repo import Repository
 from blockvault.repo.keys import ScryptParams
-from blockvault.storage.bundle import BundleBackend
+from blockvault.storage.bundle import BundleBackend, BundleWriter
 from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.conftest import blockvault, need_tools, needs_root, sh
 from tests.fstree import extract, fsck
@@ -151,7 +157,7 @@ def test_encrypted_repository_gives_an_encrypted_image(source: Source, tmp_path:
     assert done.returncode == 0, done.stderr
     assert probe not in sealed.read_bytes()
     refused = blockvault("restore", sealed, tmp_path / "x.img")
-    assert refused.returncode == 2
+    assert refused.returncode == PassphraseRequired.exit_code
     one_line_error(refused, "encrypted", str(sealed))
     target = tmp_path / "out.img"
     done = blockvault("restore", sealed, target, env=env)
@@ -244,7 +250,7 @@ def test_a_broken_piece_is_named(
         into.extend(sorted((tmp_path / name).iterdir()))
     broken = breaking(pieces, other)  # type: ignore[operator]
     done = blockvault("restore", tmp_path / "disk.bvi" / "disk.bvi", tmp_path / "out.img")
-    assert done.returncode == 4
+    assert done.returncode == PieceError.exit_code == 4
     one_line_error(done, str(broken), words)
 
 
@@ -296,5 +302,29 @@ def test_an_interrupted_export_leaves_no_file(source: Source, tmp_path: Path) ->
 
 def test_writing_to_an_image_is_refused(source: Source) -> None:
     done = blockvault("-r", source.image, "backup", source.disk.path)
-    assert done.returncode == 2
+    assert done.returncode == ImageReadOnly.exit_code == 2
     one_line_error(done, "read-only", "import it into a repository")
+
+
+def test_a_forged_chunk_never_enters_a_repository(source: Source, tmp_path: Path) -> None:
+    """An image rewritten with valid checksums but a chunk whose content is not what
+    its id says (forged, not damaged): import refuses it and stores nothing under that
+    id, which later backups would otherwise deduplicate against."""
+    original = BundleBackend(str(source.image))
+    names = list(original.list())
+    victim = next(n for n in names if n.startswith("data/"))
+    forged = tmp_path / "forged.bvi"
+    with BundleWriter(str(forged)) as out:
+        for name in names:
+            data = bytearray(original.read(name))
+            if name == victim:
+                data[-1] ^= 0xFF  # the payload's last byte (stored uncompressed)
+            out.add(name, bytes(data))
+        out.finish()
+    target = tmp_path / "repo"
+    Repository.init(str(target), chunk_size=64 * 1024)
+    done = blockvault("-r", target, "import", forged)
+    assert done.returncode == ChunkCorrupt.exit_code
+    one_line_error(done, victim.rsplit("/", 1)[1], "damaged")
+    assert not (target / victim).exists()
+    assert not list(target.glob("snapshots/*"))
