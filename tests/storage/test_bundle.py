@@ -38,6 +38,7 @@ def objects(seed: int = 1, count: int = 40) -> dict[str, bytes]:
         name = f"data/{rng.randrange(256):02x}/{rng.getrandbits(256):064x}"
         made[name] = rng.randbytes(rng.randrange(1, 48 * KiB))
     made["snapshots/" + "ab" * 32] = b"manifest"
+    made["keys/empty"] = b""
     return made
 
 
