@@ -27,7 +27,6 @@ import os
 import struct
 import threading
 from bisect import bisect_right
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,7 +205,6 @@ class BundleBackend(Backend):
         self.capabilities = Capabilities(local_path=os.path.abspath(first), parallel_io=4)
         self.bytes_read = 0
         self._lock = threading.Lock()
-        self._files: OrderedDict[str, int] = OrderedDict()  # path -> open descriptor
         self.set_id, self.pieces = self._discover(first)
         self._starts = [p.start for p in self.pieces]
         self._stream_end = self.pieces[-1].start + self.pieces[-1].length
@@ -302,8 +300,10 @@ class BundleBackend(Backend):
                 raise self._damage(end, len(toc), "its table of contents (truncated entry)")
             offset, length, parts, name_length = TOC_ENTRY.unpack_from(toc, pos)
             pos += TOC_ENTRY.size
+            if pos + parts * CHECKSUM.size > len(toc):
+                raise self._damage(end, len(toc), "its table of contents (truncated entry)")
             sums = tuple(s for (s,) in CHECKSUM.iter_unpack(toc[pos : pos + parts * 8]))
-            pos += parts * 8
+            pos += parts * CHECKSUM.size
             try:
                 if not 0 < name_length <= MAX_NAME or pos + name_length > len(toc):
                     raise ValueError(name_length)
@@ -321,23 +321,17 @@ class BundleBackend(Backend):
         return entries
 
     # --- reading the stream ------------------------------------------------------------
-    def _fd(self, path: str) -> int:
-        with self._lock:
-            fd = self._files.get(path)
-            if fd is not None:
-                self._files.move_to_end(path)
-                return fd
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                raise PieceError("has gone since the image was opened", piece=path) from None
-            self._files[path] = fd
-            while len(self._files) > 32:  # many pieces, few descriptors
-                os.close(self._files.popitem(last=False)[1])
-            return fd
-
     def _pread(self, path: str, offset: int, length: int) -> bytes:
-        data = os.pread(self._fd(path), length, offset)
+        # opened for each read: a few microseconds beside a chunk's read, no descriptor
+        # cache to bound, and no descriptor another thread could close under us
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise PieceError("has gone since the image was opened", piece=path) from None
+        try:
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
         with self._lock:
             self.bytes_read += len(data)
         if len(data) != length:
@@ -422,11 +416,6 @@ class BundleBackend(Backend):
 
     def create(self) -> None:
         self._refuse()
-
-    def close(self) -> None:
-        with self._lock:
-            while self._files:
-                os.close(self._files.popitem()[1])
 
 
 class BundleWriter:
