@@ -72,12 +72,13 @@ def _copy_stored(
     chunk_ids: Iterable[str],
     sink: _Sink,
     advance: Callable[[int], None],
+    step: int,
     recoder: Codec | None = None,
 ) -> tuple[int, int]:
     """The one copy loop (see the module docstring); returns (chunks, bytes) written.
-    With ``recoder`` (same keys, another zstd level) each chunk is encoded again and
-    kept so when that is smaller: its id stays, its envelope says how it is stored."""
-    step = source.config.chunk_size
+    Progress advances ``step`` bytes (the chunk size) a chunk. With ``recoder`` (same
+    keys, another zstd level) each chunk is encoded again and kept so when that is
+    smaller: its id stays, its envelope says how it is stored."""
 
     def fetch(chunk_id: str) -> tuple[str, bytes]:
         stored = source.read_raw_chunk(chunk_id)
@@ -146,7 +147,7 @@ def export_bundle(
 
         sink = _Sink(lambda chunk_id: fmt.chunk_name(chunk_id) in out, put)
         recoder = repo.with_compression(compression).codec if compression else None
-        chunks, _ = _copy_stored(repo, chunk_ids, sink, advance, recoder)
+        chunks, _ = _copy_stored(repo, chunk_ids, sink, advance, index.chunk_size, recoder)
         bound = fmt.MAX_INDEX_BYTES + 4096  # envelope and seal around the plaintext bound
         out.add(fmt.index_name(snapshot.index), backend.read(fmt.index_name(snapshot.index), bound))
         manifest = fmt.snapshot_name(snapshot.id)
@@ -180,11 +181,12 @@ def copy_snapshot(
         session.choose_parent(draft)
         if alike:
             sink = _Sink(target.has_chunk, session.put_raw_chunk)
-            _copy_stored(source, chunk_ids, sink, advance)
+            _copy_stored(source, chunk_ids, sink, advance, size)
             copied = index
 
             def store_again(missing: set[str]) -> None:
-                _copy_stored(source, [c for c in chunk_ids if c in missing], sink, advance)
+                again = [c for c in chunk_ids if c in missing]
+                _copy_stored(source, again, sink, advance, size)
 
         else:
             regions = (_rechunk(source, r, index, session, advance) for r in index.regions)
