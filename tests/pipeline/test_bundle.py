@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import filecmp
 import os
+import resource
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from blockvault.errors import (
     Interrupted,
     PassphraseRequired,
     PieceError,
+    UsageError,
 )
 from blockvault.events import Event, TaskAdvanced
 from blockvault.pipeline.backup import backup
@@ -328,3 +330,22 @@ def test_a_forged_chunk_never_enters_a_repository(source: Source, tmp_path: Path
     one_line_error(done, victim.rsplit("/", 1)[1], "damaged")
     assert not (target / victim).exists()
     assert not list(target.glob("snapshots/*"))
+
+
+def test_a_filesystem_limit_on_file_size_says_to_split(source: Source, tmp_path: Path) -> None:
+    """Like FAT32's 4 GiB, here a 2 MiB limit (RLIMIT_FSIZE: writes past it fail with
+    EFBIG, as on FAT32): one line saying to use --split, and no file left behind."""
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 * MiB, 2 * MiB))
+
+    done = subprocess.run(
+        ["blockvault", "-r", str(source.plain), "export", "latest", str(tmp_path / "x.bvi")],
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files,
+        check=False,
+    )
+    assert done.returncode == UsageError.exit_code
+    one_line_error(done, "x.bvi", "--split fat32")
+    assert list(tmp_path.iterdir()) == []

@@ -23,6 +23,7 @@ objects to ``Repository`` like any backend (refusing every write), and
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import struct
 import threading
@@ -487,7 +488,17 @@ class BundleWriter:
         while view:
             fd, room = self._current()
             part = view[:room]
-            _write_all(fd, part)
+            try:
+                _write_all(fd, part)
+            except OSError as exc:
+                if exc.errno != errno.EFBIG:
+                    raise
+                final, _, start = self._pieces[-1]
+                raise UsageError(
+                    f"{final}: the filesystem there takes no file larger than about "
+                    f"{self.written - start + PIECE_HEADER.size} bytes (FAT32 takes less "
+                    "than 4 GiB); export again with --split fat32 or a smaller --split SIZE"
+                ) from None
             sums.append(_checksum(part))
             view = view[len(part) :]
             self.written += len(part)
