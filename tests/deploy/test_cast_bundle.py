@@ -14,7 +14,10 @@ from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk, make_tre
 from tests.conftest import IS_ROOT, blockvault
 from tests.deploy.test_cast import check_copy, finish, network
 
-pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root for network namespaces")
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(not IS_ROOT, reason="needs root for network namespaces"),
+]
 
 MiB = 1024 * 1024
 

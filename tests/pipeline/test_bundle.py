@@ -185,6 +185,7 @@ def fat_mounted(stick: Path, mountpoint: Path) -> Iterator[Path]:
         sh(*unmount)
 
 
+@pytest.mark.root
 @needs_root
 def test_pieces_on_a_real_fat32_filesystem(source: Source, tmp_path: Path) -> None:
     need_tools("mkfs.vfat", "fsck.vfat")
@@ -349,3 +350,30 @@ def test_a_filesystem_limit_on_file_size_says_to_split(source: Source, tmp_path:
     assert done.returncode == UsageError.exit_code
     one_line_error(done, "x.bvi", "--split fat32")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_names_the_damaged_piece(source: Source, tmp_path: Path) -> None:
+    (tmp_path / "img").mkdir()
+    dest = tmp_path / "img" / "disk.bvi"
+    done = blockvault("-r", source.plain, "export", "latest", dest, "--split", "2M")
+    assert done.returncode == 0, done.stderr
+    broken = _damage(sorted((tmp_path / "img").iterdir()), [])
+    done = blockvault("verify", dest)
+    assert done.returncode == ChunkCorrupt.exit_code
+    assert str(broken) in done.stderr and "FAILED" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.root
+@needs_root
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
+@pytest.mark.skipif(shutil.which("fusermount3") is None, reason="fuse3 is not installed")
+def test_mount_an_image(source: Source, tmp_path: Path) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    done = blockvault("mount", source.image, mountpoint)
+    assert done.returncode == 0, done.stderr
+    try:
+        assert filecmp.cmp(mountpoint / "disk.img", source.disk.path, shallow=False)
+    finally:
+        gone = blockvault("umount", mountpoint)
+    assert gone.returncode == 0, gone.stderr
