@@ -106,7 +106,7 @@ CHECKSUM: Final = struct.Struct("<Q")
 MAX_PIECES: Final = 100_000
 MAX_TOC_BYTES: Final = 1 << 30  # 4 M chunks and more; bounded before it is read
 MAX_NAME: Final = 255
-MIN_SPLIT: Final = 64 * 1024
+MIN_SPLIT: Final = 16 * 1024
 
 # --split names; FAT32 stores at most 4 GiB - 1 byte in a file, a single-layer
 # DVD±R 4,700,372,992 bytes (2,295,104 sectors of 2048): see docs/FORMAT.md
@@ -514,6 +514,11 @@ class BundleWriter:
             if room > 0:
                 return fd, room
         number = len(self._pieces) + 1
+        if number > MAX_PIECES:
+            raise UsageError(
+                f"{self.dest}: more than {MAX_PIECES} pieces of {self.split} bytes; "
+                "choose a larger --split"
+            )
         final = self.dest if self.split is None else piece_name(self.dest, number)
         fd = os.open(
             self._temporary(final), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
