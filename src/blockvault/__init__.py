@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     )
     from blockvault.pipeline.backup import backup
     from blockvault.pipeline.clone import CloneResult, clone
+    from blockvault.pipeline.copy import CopyResult, copy_snapshot, export_bundle
     from blockvault.pipeline.restore import RestoreResult, restore
     from blockvault.pipeline.target import Confirm
     from blockvault.pipeline.verify import Problem, VerifyResult, verify
@@ -69,6 +70,10 @@ _EXPORTS: dict[str, str] = {
     "verify": "blockvault.pipeline.verify",
     "VerifyResult": "blockvault.pipeline.verify",
     "Problem": "blockvault.pipeline.verify",
+    # a snapshot out of its repository: into another (import) or a one-file image (.bvi)
+    "copy_snapshot": "blockvault.pipeline.copy",
+    "export_bundle": "blockvault.pipeline.copy",
+    "CopyResult": "blockvault.pipeline.copy",
     # keeping the repository healthy; prune = apply_policy, then delete what is not kept
     "prune": "blockvault.plans.prune",
     "PruneResult": "blockvault.plans.prune",
@@ -100,6 +105,7 @@ __all__ = [
     "CheckResult",
     "CloneResult",
     "Confirm",
+    "CopyResult",
     "Damage",
     "Decision",
     "Event",
@@ -124,6 +130,8 @@ __all__ = [
     "check_repository",
     "clone",
     "collect_garbage",
+    "copy_snapshot",
+    "export_bundle",
     "parse_subset",
     "prune",
     "quiet",

@@ -15,6 +15,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   ├── PassphraseRequired               encrypted repository, no passphrase given
     │   │   └── NewPassphraseRequired            a new one is needed and cannot be asked
     │   ├── KeyFileInvalid                   a key file to import is not usable
+    │   ├── ImageReadOnly                    a write to a one-file image (.bvi)
     │   ├── BrowseError                      a snapshot path to browse is wrong (browse/)
     │   │   ├── PartitionNotFound                no such imaged partition in the snapshot
     │   │   ├── PathNotFound                     no such file or directory in it
@@ -53,7 +54,8 @@ repeats it (a test keeps the three and the classes below in agreement).
         └── IntegrityError          exit 4   stored data is missing or damaged
             ├── ChunkMissing
             ├── ChunkCorrupt
-            └── ObjectCorrupt               index or manifest damaged
+            ├── ObjectCorrupt               index or manifest damaged
+            └── PieceError                  a one-file image's piece is missing, foreign or damaged
 
     Interrupted (a BaseException)   exit 128 + signal: 130 SIGINT, 143 SIGTERM, 129 SIGHUP
 
@@ -87,6 +89,7 @@ __all__ = [
     "DeviceError",
     "FilesystemError",
     "FormatError",
+    "ImageReadOnly",
     "IntegrityError",
     "Interrupted",
     "KeyFileInvalid",
@@ -100,6 +103,7 @@ __all__ = [
     "PartitionTableError",
     "PassphraseRequired",
     "PathNotFound",
+    "PieceError",
     "RepositoryBusy",
     "RepositoryError",
     "RepositoryExists",
@@ -187,6 +191,13 @@ class NewPassphraseRequired(PassphraseRequired):
 
 class KeyFileInvalid(UsageError):
     template = "key file {path}: {detail}"
+
+
+class ImageReadOnly(UsageError):
+    template = (
+        "{path} is a one-file image, which is read-only; import it into a repository "
+        "to add to it: blockvault -r REPO import {path:arg}"
+    )
 
 
 class BrowseError(UsageError):
@@ -384,6 +395,13 @@ class ChunkCorrupt(IntegrityError):
 
 class ObjectCorrupt(IntegrityError):
     template = "{kind} {name} in {repo} is damaged: {detail}"
+
+
+class PieceError(IntegrityError):
+    """A piece of a one-file image (``.bvi``) that is missing, belongs to another image,
+    sits in the wrong place, is truncated or damaged: named, with the damage's bytes."""
+
+    template = "one-file image {piece} {detail}"
 
 
 class Interrupted(BaseException):

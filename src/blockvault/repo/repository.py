@@ -391,6 +391,23 @@ class Repository:
             raise
         return len(data)
 
+    def put_raw_chunk(self, chunk_id: str, stored: bytes) -> int:
+        """Store a chunk in its stored form (from a repository using the same ids and
+        keys, already verified by ``decode_chunk``) unless present; returns the bytes
+        written (0 when deduplicated)."""
+        known = self._known_chunks()
+        with self._lock:
+            if chunk_id in known:
+                return 0
+            known.add(chunk_id)
+        try:
+            self.backend.write_batched(fmt.chunk_name(chunk_id), stored)
+        except BaseException:
+            with self._lock:
+                known.discard(chunk_id)
+            raise
+        return len(stored)
+
     def read_raw_chunk(self, chunk_id: str) -> bytes:
         """The stored (still compressed) form, as remote copies and multicast move it."""
         try:

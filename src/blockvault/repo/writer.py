@@ -86,7 +86,13 @@ class WriterSession:
 
     def put_chunk(self, plaintext: bytes | bytearray | memoryview, chunk_id: str) -> int:
         """Store a chunk unless present; returns the bytes written (0: deduplicated)."""
-        stored = self.repo.put_chunk(plaintext, chunk_id)
+        return self._count(self.repo.put_chunk(plaintext, chunk_id))
+
+    def put_raw_chunk(self, chunk_id: str, stored: bytes) -> int:
+        """Like ``put_chunk`` for a chunk in stored form (see ``Repository.put_raw_chunk``)."""
+        return self._count(self.repo.put_raw_chunk(chunk_id, stored))
+
+    def _count(self, stored: int) -> int:
         if stored:
             with self._count_lock:
                 self.stored_chunks += 1

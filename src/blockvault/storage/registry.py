@@ -27,6 +27,8 @@ REMOTE_SCHEMES: dict[str, tuple[str, str, str, str]] = {
 
 def open_backend(location: str, *, s3_endpoint: str | None = None) -> Backend:
     """A backend for ``location``: a plain path (or ``file://``) means a local directory,
+    or a one-file image when it is a file starting with the ``.bvi`` magic (or the
+    first piece ``location.001`` of a split one) whatever its name;
     ``sftp://[user@]host[:port]/path`` an SSH server, ``s3://bucket/prefix`` a bucket
     (``s3_endpoint`` overrides ``AWS_ENDPOINT_URL``). ``$BLOCKVAULT_FAULTS`` (tests
     only) wraps it in ``FaultyBackend.from_spec``."""
@@ -38,6 +40,10 @@ def open_backend(location: str, *, s3_endpoint: str | None = None) -> Backend:
 def _open(location: str, s3_endpoint: str | None) -> Backend:
     scheme, sep, rest = location.partition("://")
     if not sep:
+        from blockvault.storage.bundle import BundleBackend, is_bundle
+
+        if is_bundle(location):
+            return BundleBackend(location)
         from blockvault.storage.local import LocalBackend
 
         return LocalBackend(location)

@@ -10,14 +10,17 @@ from collections.abc import Callable
 import click
 
 from blockvault.errors import NewPassphraseRequired, PassphraseRequired, UsageError
-from blockvault.repo import Repository, Selector
+from blockvault.repo import Repository, Selector, Snapshot
+from blockvault.storage.bundle import is_bundle
 
 __all__ = [
     "COMMANDS",
     "grow_partition_option",
     "json_option",
     "new_ids_option",
+    "open_address",
     "open_repo",
+    "open_snapshot",
     "passphrase_source",
     "raw_option",
     "read_password_file",
@@ -55,6 +58,7 @@ def passphrase_source(
     env: str = PASSWORD_ENV,
     option: str = "--password-file",
     prompt: str = "Passphrase",
+    location: str | None = None,
 ) -> Callable[[], str]:
     """Where a passphrase comes from, asked only when the repository needs one:
     ``file`` (default: the global --password-file), else ``$env``, else a prompt that
@@ -71,7 +75,7 @@ def passphrase_source(
         if not sys.stdin.isatty():
             if new is not None:
                 raise NewPassphraseRequired(what=new, env=env, option=option)
-            raise PassphraseRequired(repo=repo_location(ctx))
+            raise PassphraseRequired(repo=location or repo_location(ctx))
         text: str = click.prompt(
             prompt, hide_input=True, confirmation_prompt=new is not None, err=True, type=str
         )
@@ -80,12 +84,47 @@ def passphrase_source(
     return ask
 
 
-def open_repo(ctx: click.Context) -> Repository:
-    """The repository of -r, with 'latest' narrowed by --host and --source."""
-    repo = Repository.open(repo_location(ctx), passphrase=passphrase_source(ctx))
+def open_location(ctx: click.Context, location: str) -> Repository:
+    """The repository (or one-file image) at ``location``, with 'latest' narrowed by
+    --host and --source."""
+    passphrase = passphrase_source(ctx, location=location)
+    repo = Repository.open(location, passphrase=passphrase)
     obj = ctx.obj or {}
     repo.selector = Selector(obj.get("host"), obj.get("source"))
     return repo
+
+
+def open_repo(ctx: click.Context) -> Repository:
+    """The repository of -r, with 'latest' narrowed by --host and --source."""
+    return open_location(ctx, repo_location(ctx))
+
+
+def snapshot_location(ctx: click.Context, ref: str) -> tuple[str, str]:
+    """Where a SNAPSHOT argument lives and how to resolve it there: a one-file image's
+    path names the image and its one snapshot ('latest'; no -r needed), anything
+    else a snapshot of the repository of -r."""
+    if is_bundle(ref):
+        return ref, "latest"
+    return repo_location(ctx), ref
+
+
+def open_snapshot(ctx: click.Context, ref: str) -> tuple[Repository, Snapshot]:
+    """The repository and snapshot a SNAPSHOT argument names (see ``snapshot_location``)."""
+    location, ref = snapshot_location(ctx, ref)
+    repo = open_location(ctx, location)
+    return repo, repo.resolve(ref)
+
+
+def open_address(ctx: click.Context, address: str) -> tuple[Repository, str]:
+    """The repository a browse address reads and the address to resolve there. An
+    address may start with a one-file image's path in place of SNAPSHOT,
+    ``IMAGE[:PART][/PATH]``: the shortest prefix ending before a ``:`` or ``/`` (or
+    the whole address) that is an image. Its one snapshot then stands for it."""
+    for end in range(1, len(address) + 1):
+        if (end == len(address) or address[end] in ":/") and is_bundle(address[:end]):
+            repo = open_location(ctx, address[:end])
+            return repo, repo.resolve("latest").id + address[end:]
+    return open_repo(ctx), address
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")

@@ -10,7 +10,7 @@ from types import FrameType
 import click
 
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, open_repo
+from blockvault.cli.commands import json_option, open_snapshot
 from blockvault.deploy import auth
 from blockvault.deploy.receiver import receive
 from blockvault.deploy.sender import send
@@ -130,8 +130,7 @@ def register(group: click.Group) -> None:
 
         Only receivers given the session code take part, and they take only what this
         sender sent: the code is printed at the start (or read from --key-file)."""
-        repo = open_repo(ctx)
-        snap = repo.resolve(snapshot)
+        repo, snap = open_snapshot(ctx, snapshot)
         code = auth.read_key_file(key_file) if key_file else auth.new_code()
         if not key_file:
             click.echo(f"session code: {code} (cast receive --code {code})", err=True)

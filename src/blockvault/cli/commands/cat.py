@@ -9,7 +9,7 @@ from typing import Final
 import click
 
 from blockvault.browse.volume import locate, open_volume, require_partition
-from blockvault.cli.commands import open_repo
+from blockvault.cli.commands import open_address
 
 BLOCK: Final = 1024 * 1024
 
@@ -22,7 +22,7 @@ def register(group: click.Group) -> None:
         """Write the file at PATH in partition PART of SNAPSHOT to standard output,
         fetching only the chunks it occupies (symlinks are followed). No root needed.
         The output is the file itself, so there is no --json."""
-        repo = open_repo(ctx)
+        repo, address = open_address(ctx, address)
         snap, addr, number = locate(repo, address)
         volume = open_volume(repo, snap, require_partition(snap, address, number))
         entry = volume.entry(addr.path, follow=True)

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import click
 
+from blockvault.cli.commands import export_bvi
 from blockvault.errors import UsageError
 
 __all__ = ["FORMATS", "Format", "format_for", "register"]
@@ -24,7 +25,9 @@ class Format(NamedTuple):
     help: str  # one phrase for --help
 
 
-FORMATS: dict[str, Format] = {}
+FORMATS: dict[str, Format] = {
+    "bvi": Format((".bvi",), "blockvault.cli.commands.export_bvi:run", "one-file image"),
+}
 """Format name -> how it is written."""
 
 
@@ -60,6 +63,8 @@ def register(group: click.Group) -> None:
         + "; ".join(f"{n}: {f.help}" for n, f in FORMATS.items()),
     )
     # each format's own options go here; every writer is given all of them (by name)
+    @export_bvi.split_option
+    @export_bvi.recompress_option
     @click.pass_context
     def export_command(
         ctx: click.Context, /, snapshot: str, dest: str, format_name: str | None, **options: Any

@@ -7,7 +7,7 @@ import click
 from blockvault.browse.extract import extract
 from blockvault.browse.volume import locate, open_volume, require_partition
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, open_repo
+from blockvault.cli.commands import json_option, open_address
 from blockvault.errors import TreeDamaged, TreeIncomplete
 from blockvault.text import shown
 
@@ -34,7 +34,7 @@ def register(group: click.Group) -> None:
         existing is replaced without --yes. No root or FUSE needed. Entries whose
         names would leave DEST (/, .., NUL, through a symlink) are skipped and named;
         then the exit code is 1 (4 when a file was lost to damaged data)."""
-        repo = open_repo(ctx)
+        repo, address = open_address(ctx, address)
         snap, addr, number = locate(repo, address)
         volume = open_volume(repo, snap, require_partition(snap, address, number))
         with render.progress(as_json) as reporter:

@@ -6,8 +6,9 @@ import click
 
 from blockvault.browse.find import find
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, open_repo
+from blockvault.cli.commands import json_option, open_repo, open_snapshot
 from blockvault.cli.commands.ls import timestamp
+from blockvault.repo import Snapshot
 from blockvault.text import shown
 
 
@@ -29,8 +30,11 @@ def register(group: click.Group) -> None:
         matched against the whole path, such as 'etc/*.conf') in every snapshot,
         newest first, with size and modification time (UTC); each line starts with
         the address to give to cat or extract."""
-        repo = open_repo(ctx)
-        snaps = [repo.resolve(snapshot)] if snapshot else None
+        if snapshot:
+            repo, snap = open_snapshot(ctx, snapshot)
+            snaps: list[Snapshot] | None = [snap]
+        else:
+            repo, snaps = open_repo(ctx), None
         with render.progress(True) as reporter:
             matches = find(repo, pattern, snapshots=snaps, partition=partition, reporter=reporter)
             if as_json:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import click
 
+from blockvault.cli.commands import import_bvi
 from blockvault.errors import UsageError
 
 __all__ = ["SOURCES", "Source", "register"]
@@ -25,7 +26,13 @@ class Source(NamedTuple):
     help: str  # one phrase for --help
 
 
-SOURCES: dict[str, Source] = {}
+SOURCES: dict[str, Source] = {
+    "bvi": Source(
+        "blockvault.storage.bundle:is_bundle",
+        "blockvault.cli.commands.import_bvi:run",
+        "a blockvault one-file image (.bvi, or its first piece)",
+    ),
+}
 """Kind of source -> how it is recognised and imported, most specific first."""
 
 
@@ -59,6 +66,7 @@ def register(group: click.Group) -> None:
         + "; ".join(f"{n}: {s.help}" for n, s in SOURCES.items()),
     )
     # each kind's own options go here; every runner is given all of them (by name)
+    @import_bvi.image_password_option
     @click.pass_context
     def import_command(
         ctx: click.Context, /, source: str, kind: str | None, **options: Any

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import click
 
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, open_repo
+from blockvault.cli.commands import json_option, open_snapshot
 from blockvault.repo import Index, Repository, Snapshot
 from blockvault.repo import format as fmt
 from blockvault.text import shown
@@ -85,8 +85,7 @@ def register(group: click.Group) -> None:
     def info(ctx: click.Context, snapshot: str, as_json: bool) -> None:
         """Show SNAPSHOT (an id, a unique id prefix, or 'latest'): its layout, each
         partition's filesystem and used bytes, chunk counts, dedup and compression."""
-        repo = open_repo(ctx)
-        snap = repo.resolve(snapshot)
+        repo, snap = open_snapshot(ctx, snapshot)
         summary = summarize(repo, snap, repo.load_index(snap))
         if as_json:
             render.emit_json(summary)

@@ -12,7 +12,7 @@ import click
 from blockvault.browse.filesystem import Entry
 from blockvault.browse.volume import Volume, locate, open_volume
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, open_repo
+from blockvault.cli.commands import json_option, open_address
 from blockvault.text import shown
 
 
@@ -69,7 +69,7 @@ def register(group: click.Group) -> None:
         straight from the repository: ext2/3/4, FAT and NTFS, no root or FUSE needed.
         Without PART (on a disk with a partition table), list the partitions.
         Times are UTC."""
-        repo = open_repo(ctx)
+        repo, address = open_address(ctx, address)
         snap, addr, number = locate(repo, address)
         if number is None:
             parts = snap.partitions

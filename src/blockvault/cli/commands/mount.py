@@ -9,7 +9,7 @@ import click
 
 from blockvault.browse.mount import mount, wait
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, passphrase_source, repo_location
+from blockvault.cli.commands import json_option, passphrase_source, snapshot_location
 from blockvault.repo import Repository
 
 
@@ -45,8 +45,8 @@ def register(group: click.Group) -> None:
         read as zeros. Returns once mounted, the server staying in the background,
         unless --foreground. 'blockvault umount MOUNTPOINT' takes everything down,
         loop devices included."""
-        location = repo_location(ctx)
-        ask = passphrase_source(ctx)
+        location, snapshot = snapshot_location(ctx, snapshot)
+        ask = passphrase_source(ctx, location=location)
         remembered: list[str] = []
 
         def passphrase() -> str:

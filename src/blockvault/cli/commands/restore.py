@@ -9,7 +9,7 @@ from blockvault.cli.commands import (
     grow_partition_option,
     json_option,
     new_ids_option,
-    open_repo,
+    open_snapshot,
     scratch_option,
 )
 from blockvault.pipeline.restore import restore
@@ -60,8 +60,7 @@ def register(group: click.Group) -> None:
         or an image file (created, sized to the source disk, if missing). Refuses a
         mounted target, the disk holding the repository and a target too small; asks
         before overwriting one that holds data."""
-        repo = open_repo(ctx)
-        snap = repo.resolve(snapshot)
+        repo, snap = open_snapshot(ctx, snapshot)
         with render.progress(as_json) as reporter:
             result = restore(
                 repo,

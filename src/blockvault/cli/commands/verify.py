@@ -7,7 +7,7 @@ import sys
 import click
 
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, open_repo
+from blockvault.cli.commands import json_option, open_repo, open_snapshot
 from blockvault.errors import IntegrityError
 from blockvault.pipeline.verify import verify
 
@@ -29,8 +29,12 @@ def register(group: click.Group) -> None:
         """Re-read and re-hash every chunk SNAPSHOT references (all snapshots when none
         is given); with --against, also compare its used blocks with SOURCE.
         Exits 4 when anything is missing, damaged or different."""
-        repo = open_repo(ctx)
-        snaps = [repo.resolve(snapshot)] if snapshot else repo.snapshots()
+        if snapshot:
+            repo, snap = open_snapshot(ctx, snapshot)
+            snaps = [snap]
+        else:
+            repo = open_repo(ctx)
+            snaps = repo.snapshots()
         with render.progress(as_json) as reporter:
             result = verify(repo, snaps, against=against, reporter=reporter)
         if as_json:
