@@ -52,6 +52,7 @@ __all__ = [
     "export_vm_disk",
     "import_vm_disk",
     "probe_vm_disk",
+    "served_by_qemu_nbd",
     "snapshot_export",
 ]
 
@@ -268,8 +269,8 @@ def _image_opts(path: Path, driver: str) -> str:
     return f"driver={driver},file.driver=file,file.filename={name}"
 
 
-def _refuse_foreign_files(path: Path, opts: str) -> int:
-    """The image's virtual size, once ``qemu-img info`` shows it opens no other file."""
+def _refuse_foreign_files(path: Path, opts: str) -> None:
+    """Refuse an image unless ``qemu-img info`` shows it opens no other file."""
     try:
         proc = subprocess.run(
             ["qemu-img", "info", "--output=json", "--image-opts", opts],
@@ -284,7 +285,7 @@ def _refuse_foreign_files(path: Path, opts: str) -> int:
     try:
         info = json.loads(proc.stdout)
         specific = info.get("format-specific", {}).get("data", {})
-        size = int(info["virtual-size"])
+        int(info["virtual-size"])
     except (ValueError, KeyError, AttributeError, TypeError):
         raise SourceError("qemu-img info said what we cannot read", path=path) from None
     if "backing-filename" in info or "full-backing-filename" in info:
@@ -296,15 +297,17 @@ def _refuse_foreign_files(path: Path, opts: str) -> int:
     for extent in specific.get("extents", []):
         if os.path.realpath(str(extent.get("filename", ""))) != own:
             raise SourceError("has extents in other files: convert it first", path=path)
-    return size
 
 
 @contextlib.contextmanager
-def _qemu_nbd(path: Path, opts: str) -> Iterator[str]:
+def served_by_qemu_nbd(path: Path, format_name: str) -> Iterator[str]:
     """``qemu-nbd`` serving ``path`` read-only on a private socket; yields its URI.
 
     ``--fork`` makes qemu-nbd's first process exit once the socket is listening, so
-    its exit is the signal that the server is ready (no polling)."""
+    its exit is the signal that the server is ready (no polling). An image that would
+    make QEMU open another file is refused first."""
+    opts = _image_opts(path, READ_FORMATS[format_name])
+    _refuse_foreign_files(path, opts)
     with tempfile.TemporaryDirectory(prefix="bv-qemu-nbd-") as private:
         sock = os.path.join(private, "nbd.sock")
         pidfile = os.path.join(private, "pid")
@@ -389,9 +392,7 @@ def import_vm_disk(
         raise SourceError(f"is no VM disk ({', '.join(READ_FORMATS)})", path=image)
     if name not in READ_FORMATS:
         raise UsageError(f"{name!r} is no VM disk format ({', '.join(READ_FORMATS)})")
-    opts = _image_opts(image, READ_FORMATS[name])
-    _refuse_foreign_files(image, opts)
-    with _qemu_nbd(image, opts) as uri, Client.connect(uri) as client:
+    with served_by_qemu_nbd(image, name) as uri, Client.connect(uri) as client:
         return backup(
             repo, ExportDisk(image, client), partitions=partitions, tags=tags, reporter=reporter
         )
