@@ -189,6 +189,10 @@ class Recording:
         self.read = self.read | ExtentMap.span(offset, length)
         return self.inner.read_at(offset, length)
 
+    def readinto_at(self, buffer: bytearray | memoryview, offset: int) -> None:
+        self.read = self.read | ExtentMap.span(offset, len(buffer))
+        self.inner.readinto_at(buffer, offset)
+
     def extents(self, offset: int, length: int) -> Iterator[tuple[int, int, bool]]:
         return self.inner.extents(offset, length)
 

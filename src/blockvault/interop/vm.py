@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from blockvault.errors import DeviceError, Interrupted, SourceError, TargetError, UsageError
 from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
@@ -37,6 +37,7 @@ from blockvault.extents import ExtentMap
 from blockvault.nbd.client import Client
 from blockvault.nbd.server import Export, serving
 from blockvault.pipeline.backup import backup
+from blockvault.pipeline.stages import ZEROS
 from blockvault.repo import format as fmt
 from blockvault.repo.image import SnapshotImage
 from blockvault.repo.index import Index, Region
@@ -328,16 +329,32 @@ def served_by_qemu_nbd(path: Path, format_name: str) -> Iterator[str]:
 
 
 def _stop(pid: int, patience: float = 10.0) -> None:
-    """End the qemu-nbd we started (it is no child of ours once forked)."""
+    """End the qemu-nbd we started (no child of ours once forked: init reaps it, so a
+    zombie counts as gone)."""
     try:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + patience
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)
-            time.sleep(0.02)
-        os.kill(pid, signal.SIGKILL)
+        while _running(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.01)
     except ProcessLookupError:
         return
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            return file.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+class IntoExport(Export, Protocol):
+    """An export that also reads into a caller's buffer (``nbd.client.Client``)."""
+
+    def readinto_at(self, buffer: bytearray | memoryview, offset: int) -> None: ...
 
 
 class ExportDisk:
@@ -347,7 +364,7 @@ class ExportDisk:
     is_block = False
     logical_sector_size = 512
 
-    def __init__(self, path: Path, export: Export) -> None:
+    def __init__(self, path: Path, export: IntoExport) -> None:
         self.path = path
         self.export = export
         self.size = export.size
@@ -358,18 +375,20 @@ class ExportDisk:
         return bytes(buf)
 
     def readinto_at(self, buffer: bytearray | memoryview, offset: int) -> None:
-        view = memoryview(buffer)
+        view = memoryview(buffer).cast("B")
         if offset < 0 or offset + len(view) > self.size:
             raise SourceError(
                 f"read of {len(view)} bytes at offset {offset} is past the end ({self.size} bytes)",
                 path=self.path,
             )
         for start, length, hole in self.export.extents(offset, len(view)):
-            at = start - offset
-            if hole:
-                view[at : at + length] = bytes(length)
-            else:
-                view[at : at + length] = self.export.read_at(start, length)
+            target = view[start - offset : start - offset + length]
+            if not hole:
+                self.export.readinto_at(target, start)
+                continue
+            for at in range(0, length, len(ZEROS)):
+                piece = target[at : at + len(ZEROS)]
+                piece[:] = memoryview(ZEROS)[: len(piece)]
 
 
 def import_vm_disk(

@@ -22,6 +22,7 @@ from blockvault.nbd import wire
 __all__ = ["Client"]
 
 MAX_REPLIES = 4096  # option replies the server may send to one option
+_ZEROS = memoryview(bytes(wire.MAX_REQUEST))  # what a hole chunk reads as (pages never touched)
 
 
 class Client:
@@ -96,8 +97,13 @@ class Client:
         return NbdError(detail, peer=self.peer)
 
     def _recv(self, n: int) -> bytes:
+        buf = bytearray(n)
+        self._recv_into(memoryview(buf))
+        return bytes(buf)
+
+    def _recv_into(self, view: memoryview) -> None:
         try:
-            return wire.recv_exact(self.sock, n)
+            wire.recv_into_exact(self.sock, view)
         except EOFError as error:
             raise self._fail(str(error)) from None
         except OSError as error:
@@ -183,34 +189,37 @@ class Client:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise ValueError(f"[{offset}, +{length}) is outside the export of {self.size} bytes")
 
-    def _chunks(self, cookie: int, limit: int) -> Iterator[tuple[int, bytes]]:
-        """Structured reply chunks ``(type, payload)`` for ``cookie``, errors raised."""
-        while True:
-            magic, flags, kind, got, length = wire.CHUNK.unpack(self._recv(wire.CHUNK.size))
-            if magic != wire.STRUCTURED_REPLY_MAGIC or got != cookie:
-                raise self._fail(f"reply magic {magic:#x} for cookie {got} (expected {cookie})")
-            if length > limit:
-                raise self._fail(f"reply chunk of {length} bytes (limit {limit})")
+    def _chunk(self, cookie: int, limit: int) -> tuple[bool, int, int]:
+        """The header of the next structured reply chunk for ``cookie``: (done, type,
+        payload length). An error chunk is read and raised; the caller reads the rest."""
+        magic, flags, kind, got, length = wire.CHUNK.unpack(self._recv(wire.CHUNK.size))
+        if magic != wire.STRUCTURED_REPLY_MAGIC or got != cookie:
+            raise self._fail(f"reply magic {magic:#x} for cookie {got} (expected {cookie})")
+        if length > limit:
+            raise self._fail(f"reply chunk of {length} bytes (limit {limit})")
+        if kind & wire.REPLY_TYPE_FLAG_ERROR:
             payload = self._recv(length)
-            if kind & wire.REPLY_TYPE_FLAG_ERROR:
-                error = int.from_bytes(payload[:4], "big") if len(payload) >= 4 else 0
-                text = payload[6:].decode("utf-8", "replace")
-                raise self._fail(f"error {error}: {text}" if text else f"error {error}")
-            yield kind, payload
-            if flags & wire.REPLY_FLAG_DONE:
-                return
+            error = int.from_bytes(payload[:4], "big") if len(payload) >= 4 else 0
+            text = payload[6:].decode("utf-8", "replace")
+            raise self._fail(f"error {error}: {text}" if text else f"error {error}")
+        return bool(flags & wire.REPLY_FLAG_DONE), kind, length
 
     def read_at(self, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset``, in requests the server's maximum allows."""
-        self._check(offset, length)
-        out = bytearray()
-        with self._lock:
-            for start in range(offset, offset + length, self.max_request):
-                n = min(self.max_request, offset + length - start)
-                out += self._read_one(start, n)
-        return bytes(out)
+        buf = bytearray(length)
+        self.readinto_at(buf, offset)
+        return bytes(buf)
 
-    def _read_one(self, offset: int, length: int) -> bytes:
+    def readinto_at(self, buffer: bytearray | memoryview, offset: int) -> None:
+        """Fill ``buffer`` from ``offset``, in requests the server's maximum allows;
+        the data is received straight into it."""
+        view = memoryview(buffer).cast("B")
+        self._check(offset, len(view))
+        with self._lock:
+            for start in range(0, len(view), self.max_request):
+                self._read_into(view[start : start + self.max_request], offset + start)
+
+    def _read_into(self, view: memoryview, offset: int) -> None:
+        length = len(view)
         cookie = self._request(wire.CMD_READ, offset, length)
         if not self.structured:
             magic, error, got = wire.SIMPLE_REPLY.unpack(self._recv(wire.SIMPLE_REPLY.size))
@@ -218,28 +227,30 @@ class Client:
                 raise self._fail(f"simple reply magic {magic:#x} for cookie {got}")
             if error:
                 raise self._fail(f"read [{offset}, +{length}) failed: error {error}")
-            return self._recv(length)
-        buf = bytearray(length)
-        filled = 0
-        for kind, payload in self._chunks(cookie, length + wire.OFFSET.size):
-            if kind == wire.REPLY_TYPE_OFFSET_DATA and len(payload) >= wire.OFFSET.size:
-                (at,) = wire.OFFSET.unpack_from(payload)
-                size = len(payload) - wire.OFFSET.size
-                data = payload[wire.OFFSET.size :]
-            elif kind == wire.REPLY_TYPE_OFFSET_HOLE and len(payload) == wire.OFFSET_HOLE.size:
-                at, size = wire.OFFSET_HOLE.unpack(payload)
-                data = bytes(size)
-            elif kind == wire.REPLY_TYPE_NONE and not payload:
+            self._recv_into(view)
+            return
+        filled, done = 0, False
+        while not done:
+            done, kind, size = self._chunk(cookie, length + wire.OFFSET.size)
+            if kind == wire.REPLY_TYPE_NONE and size == 0:
                 continue
+            if kind == wire.REPLY_TYPE_OFFSET_DATA and size >= wire.OFFSET.size:
+                (at,) = wire.OFFSET.unpack(self._recv(wire.OFFSET.size))
+                size -= wire.OFFSET.size
+            elif kind == wire.REPLY_TYPE_OFFSET_HOLE and size == wire.OFFSET_HOLE.size:
+                at, size = wire.OFFSET_HOLE.unpack(self._recv(wire.OFFSET_HOLE.size))
             else:
                 raise self._fail(f"reply chunk of type {kind} to a read")
             if at < offset or at + size > offset + length:
                 raise self._fail(f"read reply [{at}, +{size}) outside [{offset}, +{length})")
-            buf[at - offset : at - offset + size] = data
+            target = view[at - offset : at - offset + size]
+            if kind == wire.REPLY_TYPE_OFFSET_DATA:
+                self._recv_into(target)
+            else:
+                target[:] = _ZEROS[:size]
             filled += size
         if filled != length:  # chunks may not overlap, so the sum says all was sent
             raise self._fail(f"read [{offset}, +{length}) answered {filled} bytes")
-        return bytes(buf)
 
     def extents(self, offset: int, length: int) -> Iterator[tuple[int, int, bool]]:
         """``(offset, length, is_hole)`` runs covering the range; all data when the
@@ -264,7 +275,10 @@ class Client:
     def _block_status(self, offset: int, length: int) -> list[tuple[int, bool]]:
         cookie = self._request(wire.CMD_BLOCK_STATUS, offset, length)
         runs: list[tuple[int, bool]] = []
-        for kind, payload in self._chunks(cookie, wire.MAX_OPTION_DATA * 16):
+        done = False
+        while not done:
+            done, kind, length = self._chunk(cookie, wire.MAX_OPTION_DATA * 16)
+            payload = self._recv(length)
             count, extra = divmod(len(payload) - wire.U32.size, wire.BLOCK_DESCRIPTOR.size)
             if kind != wire.REPLY_TYPE_BLOCK_STATUS or count < 1 or extra:
                 raise self._fail(f"reply chunk of type {kind} to block status")

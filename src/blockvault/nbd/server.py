@@ -154,6 +154,8 @@ class _Server:
                     sock.close()
                     continue
                 sock.settimeout(None)
+                if sock.family != socket.AF_UNIX:  # header and data are sent apart
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 thread = threading.Thread(
                     target=self._serve, args=(sock, name), name=f"nbd {name}", daemon=True
                 )
@@ -361,17 +363,24 @@ class _Connection:
         body = wire.ERROR_BODY.pack(errno, len(text)) + text
         self._chunk(cookie, wire.REPLY_TYPE_ERROR, body, done=True)
 
-    def _chunk(self, cookie: int, kind: int, payload: bytes, *, done: bool) -> None:
+    def _chunk(
+        self, cookie: int, kind: int, payload: bytes, data: bytes = b"", *, done: bool
+    ) -> None:
+        """One structured reply chunk: ``payload`` then ``data`` (sent as it is: a read's
+        bytes are not copied into the header's buffer)."""
         flags = wire.REPLY_FLAG_DONE if done else 0
-        header = wire.CHUNK.pack(wire.STRUCTURED_REPLY_MAGIC, flags, kind, cookie, len(payload))
+        size = len(payload) + len(data)
+        header = wire.CHUNK.pack(wire.STRUCTURED_REPLY_MAGIC, flags, kind, cookie, size)
         self.sock.sendall(header + payload)
+        if data:
+            self.sock.sendall(data)
 
     def _read(self, cookie: int, offset: int, length: int) -> None:
         try:
             if not self.structured:
                 data = self.export.read_at(offset, length)
-                header = wire.SIMPLE_REPLY.pack(wire.SIMPLE_REPLY_MAGIC, 0, cookie)
-                self.sock.sendall(header + data)
+                self.sock.sendall(wire.SIMPLE_REPLY.pack(wire.SIMPLE_REPLY_MAGIC, 0, cookie))
+                self.sock.sendall(data)
                 return
             runs = list(self.export.extents(offset, length))
             for i, (start, size, hole) in enumerate(runs):
@@ -380,8 +389,9 @@ class _Connection:
                     body = wire.OFFSET_HOLE.pack(start, size)
                     self._chunk(cookie, wire.REPLY_TYPE_OFFSET_HOLE, body, done=done)
                 else:
-                    data = wire.OFFSET.pack(start) + self.export.read_at(start, size)
-                    self._chunk(cookie, wire.REPLY_TYPE_OFFSET_DATA, data, done=done)
+                    data = self.export.read_at(start, size)
+                    offset_field = wire.OFFSET.pack(start)
+                    self._chunk(cookie, wire.REPLY_TYPE_OFFSET_DATA, offset_field, data, done=done)
         except (OSError, ValueError, BlockvaultError) as error:  # a missing or damaged chunk
             log.warning("nbd: reading [%d, +%d) failed: %s", offset, length, error)
             self._error(cookie, wire.EIO, str(error))

@@ -115,11 +115,15 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     if n == 0:
         return b""
     buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
+    recv_into_exact(sock, memoryview(buf))
+    return bytes(buf)
+
+
+def recv_into_exact(sock: socket.socket, view: memoryview) -> None:
+    """Fill ``view`` from ``sock`` (no copy); ``EOFError`` if the peer closes first."""
+    got, n = 0, len(view)
     while got < n:
         k = sock.recv_into(view[got:], n - got)
         if k == 0:
             raise EOFError(f"peer closed the connection after {got} of {n} bytes")
         got += k
-    return bytes(buf)
