@@ -25,6 +25,7 @@ import secrets
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -112,13 +113,18 @@ class SnapshotExport:
     """A snapshot's disk for ``nbd.server.serving``; safe for several reader threads
     (the region readers lock their caches; the repository's reads are thread-safe)."""
 
-    def __init__(self, image: SnapshotImage, data: ExtentMap) -> None:
+    def __init__(self, image: SnapshotImage, data: ExtentMap, chunk_size: int) -> None:
         self.image = image
         self.size = image.size
         self.data = data
+        self.chunk_size = chunk_size
+        self._stripes = [threading.Lock() for _ in range(64)]
 
     def read_at(self, offset: int, length: int) -> bytes:
-        return self.image.read_at(offset, length)
+        # reads that start in one chunk-sized window take turns: the second finds the
+        # chunk in the region reader's cache instead of fetching and decompressing it too
+        with self._stripes[offset // self.chunk_size % len(self._stripes)]:
+            return self.image.read_at(offset, length)
 
     def extents(self, offset: int, length: int) -> Iterator[tuple[int, int, bool]]:
         cursor, end = offset, offset + length
@@ -134,7 +140,8 @@ class SnapshotExport:
 def snapshot_export(repo: Repository, snapshot: Snapshot) -> Export:
     """The whole disk of ``snapshot`` as an NBD export, holes from its index."""
     index = repo.load_index(snapshot)
-    return SnapshotExport(SnapshotImage(repo, snapshot, index), data_map(index, snapshot.disk_size))
+    image = SnapshotImage(repo, snapshot, index)
+    return SnapshotExport(image, data_map(index, snapshot.disk_size), index.chunk_size)
 
 
 class PaddedExport:

@@ -22,8 +22,9 @@ import os
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
 
 from blockvault.errors import BlockvaultError
 from blockvault.nbd import wire
@@ -34,7 +35,9 @@ log = logging.getLogger(__name__)
 
 EXPORT_NAME = ""
 CONTEXT_ID = 1  # our only meta context, base:allocation
-MAX_CLIENTS = 32  # connections served at once; more are closed at once with a log line
+MAX_CLIENTS = 16  # connections served at once; more are closed at once with a log line
+WORKERS = 2  # threads answering one connection's reads (each holds up to 32 MiB)
+QUEUED = 16  # requests of one connection accepted and not yet answered
 MAX_OPTIONS = 256  # options one client may send before transmission
 MAX_DESCRIPTORS = 16384  # block-status runs in one reply; the client asks again for the rest
 HANDSHAKE_TIMEOUT = 60.0  # seconds a client may take per handshake message
@@ -224,6 +227,8 @@ class _Connection:
         self.sock = sock
         self.structured = False
         self.allocation = False  # base:allocation was selected with SET_META_CONTEXT
+        self.sending = threading.Lock()  # replies are sent from the worker threads
+        self.queued = threading.BoundedSemaphore(QUEUED)
         self.flags = wire.FLAG_HAS_FLAGS | wire.FLAG_READ_ONLY | wire.FLAG_CAN_MULTI_CONN
 
     def run(self) -> None:
@@ -331,33 +336,58 @@ class _Connection:
 
     # ---- transmission ---------------------------------------------------------------
     def _transmit(self) -> None:
-        while True:
-            magic, flags, command, cookie, offset, length = wire.REQUEST.unpack(
-                self._recv(wire.REQUEST.size)
-            )
-            if magic != wire.REQUEST_MAGIC:
-                raise PeerError(f"request magic {magic:#x}")
-            if command == wire.CMD_DISC:
-                return
-            if command == wire.CMD_WRITE:
-                if length > wire.MAX_REQUEST:
-                    raise PeerError(f"write of {length} bytes (limit {wire.MAX_REQUEST})")
-                self._recv(length)  # the payload follows; read it to stay in step
-            inside = length > 0 and offset + length <= self.export.size
-            if command in (wire.CMD_WRITE, wire.CMD_TRIM, wire.CMD_WRITE_ZEROES):
-                self._error(cookie, wire.EPERM, "the export is read-only")
-            elif command == wire.CMD_READ and inside and length <= wire.MAX_REQUEST:
-                self._read(cookie, offset, length)
-            elif command == wire.CMD_BLOCK_STATUS and inside and self.allocation:
-                self._block_status(cookie, offset, length, bool(flags & wire.CMD_FLAG_REQ_ONE))
-            elif command in (wire.CMD_READ, wire.CMD_BLOCK_STATUS):
-                self._error(cookie, wire.EINVAL, f"bad request [{offset}, +{length})")
-            else:
-                self._error(cookie, wire.EINVAL, f"command {command} is not supported")
+        """Read requests in order; answer reads and block status on ``WORKERS`` threads
+        (a client such as qemu-img keeps several in flight, and a snapshot's reads
+        decompress), the rest at once. Replies may leave out of order, as NBD allows;
+        leaving the ``with`` waits for every reply begun."""
+        with ThreadPoolExecutor(WORKERS, thread_name_prefix="nbd-io") as pool:
+            while True:
+                magic, flags, command, cookie, offset, length = wire.REQUEST.unpack(
+                    self._recv(wire.REQUEST.size)
+                )
+                if magic != wire.REQUEST_MAGIC:
+                    raise PeerError(f"request magic {magic:#x}")
+                if command == wire.CMD_DISC:
+                    return
+                if command == wire.CMD_WRITE:
+                    if length > wire.MAX_REQUEST:
+                        raise PeerError(f"write of {length} bytes (limit {wire.MAX_REQUEST})")
+                    self._recv(length)  # the payload follows; read it to stay in step
+                inside = length > 0 and offset + length <= self.export.size
+                if command in (wire.CMD_WRITE, wire.CMD_TRIM, wire.CMD_WRITE_ZEROES):
+                    self._error(cookie, wire.EPERM, "the export is read-only")
+                elif command == wire.CMD_READ and inside and length <= wire.MAX_REQUEST:
+                    self._submit(pool, self._read, cookie, offset, length)
+                elif command == wire.CMD_BLOCK_STATUS and inside and self.allocation:
+                    one = bool(flags & wire.CMD_FLAG_REQ_ONE)
+                    self._submit(pool, self._block_status, cookie, offset, length, one)
+                elif command in (wire.CMD_READ, wire.CMD_BLOCK_STATUS):
+                    self._error(cookie, wire.EINVAL, f"bad request [{offset}, +{length})")
+                else:
+                    self._error(cookie, wire.EINVAL, f"command {command} is not supported")
+
+    def _submit(self, pool: ThreadPoolExecutor, work: Callable[..., None], *args: Any) -> None:
+        """Answer a request on the pool; at most ``QUEUED`` wait, so a client that sends
+        without reading replies stops being read."""
+        self.queued.acquire()
+
+        def answer() -> None:
+            try:
+                work(*args)
+            except Exception as error:  # the peer went away mid-reply, or a bug of ours
+                if not isinstance(error, OSError):
+                    log.exception("nbd: answering a request failed; connection closed")
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_RDWR)  # the request loop ends too
+            finally:
+                self.queued.release()
+
+        pool.submit(answer)
 
     def _error(self, cookie: int, errno: int, message: str) -> None:
         if not self.structured:
-            self.sock.sendall(wire.SIMPLE_REPLY.pack(wire.SIMPLE_REPLY_MAGIC, errno, cookie))
+            with self.sending:
+                self.sock.sendall(wire.SIMPLE_REPLY.pack(wire.SIMPLE_REPLY_MAGIC, errno, cookie))
             return
         text = message.encode()[: wire.MAX_STRING]
         body = wire.ERROR_BODY.pack(errno, len(text)) + text
@@ -371,16 +401,18 @@ class _Connection:
         flags = wire.REPLY_FLAG_DONE if done else 0
         size = len(payload) + len(data)
         header = wire.CHUNK.pack(wire.STRUCTURED_REPLY_MAGIC, flags, kind, cookie, size)
-        self.sock.sendall(header + payload)
-        if data:
-            self.sock.sendall(data)
+        with self.sending:  # a chunk is never cut by another reply's
+            self.sock.sendall(header + payload)
+            if data:
+                self.sock.sendall(data)
 
     def _read(self, cookie: int, offset: int, length: int) -> None:
         try:
             if not self.structured:
                 data = self.export.read_at(offset, length)
-                self.sock.sendall(wire.SIMPLE_REPLY.pack(wire.SIMPLE_REPLY_MAGIC, 0, cookie))
-                self.sock.sendall(data)
+                with self.sending:
+                    self.sock.sendall(wire.SIMPLE_REPLY.pack(wire.SIMPLE_REPLY_MAGIC, 0, cookie))
+                    self.sock.sendall(data)
                 return
             runs = list(self.export.extents(offset, length))
             for i, (start, size, hole) in enumerate(runs):
