@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from blockvault.errors import Interrupted
+from blockvault.events import Event, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.extents import ExtentMap
-from blockvault.interop.vm import ExportDisk, served_by_qemu_nbd
+from blockvault.interop.vm import ExportDisk, export_vm_disk, served_by_qemu_nbd
 from blockvault.nbd.client import Client
 from blockvault.pipeline.backup import backup
 from blockvault.pipeline.restore import restore
@@ -251,3 +253,26 @@ def test_a_damaged_qcow2_gets_one_line(sample: Sample, tmp_path: Path) -> None:
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"blockvault: error: source {image}: not a readable VM disk")
+
+
+def test_export_progress_comes_from_qemu_img(sample: Sample, tmp_path: Path) -> None:
+    events: list[Event] = []
+    export_vm_disk(
+        sample.repo, sample.snapshot, tmp_path / "disk.qcow2", "qcow2", reporter=events.append
+    )
+    assert events[0] == TaskStarted("export", sample.disk.size, str(tmp_path / "disk.qcow2"))
+    assert events[-1] == TaskFinished("export")
+    advanced = [e.done_bytes for e in events if isinstance(e, TaskAdvanced)]
+    assert len(advanced) > 1 and sum(advanced) == sample.disk.size
+
+
+def test_interrupted_export_leaves_nothing(sample: Sample, tmp_path: Path) -> None:
+    def interrupt(event: Event) -> None:
+        if isinstance(event, TaskAdvanced):  # qemu-img is running and writing
+            raise Interrupted("SIGINT", 2)
+
+    out = tmp_path / "disk.vhdx"
+    with pytest.raises(Interrupted) as caught:
+        export_vm_disk(sample.repo, sample.snapshot, out, "vhdx", reporter=interrupt)
+    assert caught.value.outcome == f"{out} was not written"
+    assert list(tmp_path.iterdir()) == []
