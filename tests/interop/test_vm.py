@@ -20,7 +20,8 @@ import pytest
 from blockvault.errors import Interrupted
 from blockvault.events import Event, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.extents import ExtentMap
-from blockvault.interop.vm import ExportDisk, export_vm_disk, served_by_qemu_nbd
+from blockvault.interop.vm import export_vm_disk
+from blockvault.interop.vm_import import ExportDisk, served_by_qemu_nbd
 from blockvault.nbd.client import Client
 from blockvault.pipeline.backup import backup
 from blockvault.pipeline.restore import restore

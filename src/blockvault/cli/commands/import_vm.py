@@ -13,7 +13,7 @@ import click
 
 from blockvault.cli import render
 from blockvault.cli.commands import open_repo
-from blockvault.interop.vm import import_vm_disk, probe_vm_disk
+from blockvault.interop.vm_import import import_vm_disk, probe_vm_disk
 
 __all__ = [
     "import_qcow2",
