@@ -20,9 +20,10 @@ import pytest
 from blockvault.errors import Interrupted
 from blockvault.events import Event, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.extents import ExtentMap
-from blockvault.interop.vm import export_vm_disk
+from blockvault.interop.vm import export_vm_disk, snapshot_export
 from blockvault.interop.vm_import import ExportDisk, served_by_qemu_nbd
 from blockvault.nbd.client import Client
+from blockvault.nbd.server import serving
 from blockvault.pipeline.backup import backup
 from blockvault.pipeline.restore import restore
 from blockvault.repo import Repository, Snapshot
@@ -277,3 +278,18 @@ def test_interrupted_export_leaves_nothing(sample: Sample, tmp_path: Path) -> No
         export_vm_disk(sample.repo, sample.snapshot, out, "vhdx", reporter=interrupt)
     assert caught.value.outcome == f"{out} was not written"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_snapshot_holes_seen_by_nbdinfo_are_zeros_on_the_disk(sample: Sample) -> None:
+    need_tools("nbdinfo")
+    with serving(snapshot_export(sample.repo, sample.snapshot)) as uri:
+        mapped = json.loads(sh("nbdinfo", "--json", "--map", uri))
+    holes = [(m["offset"], m["length"]) for m in mapped if m["type"] == 3]
+    data = sum(m["length"] for m in mapped if m["type"] == 0)
+    assert sum(n for _, n in holes) + data == sample.disk.size
+    # at most the used bytes are data (the index's used maps, cut to 512-byte blocks)
+    assert data <= allocated(sample.disk.path)
+    with open(sample.disk.path, "rb") as disk:
+        for offset, length in holes:
+            disk.seek(offset)
+            assert disk.read(length).count(0) == length, f"hole at {offset} holds data"
