@@ -414,7 +414,9 @@ class _Connection:
                     self.sock.sendall(wire.SIMPLE_REPLY.pack(wire.SIMPLE_REPLY_MAGIC, 0, cookie))
                     self.sock.sendall(data)
                 return
-            runs = list(self.export.extents(offset, length))
+            runs = [run for run in self.export.extents(offset, length) if run[1] > 0]
+            if sum(size for _, size, _ in runs) != length:
+                raise ValueError(f"the export's runs do not cover [{offset}, +{length})")
             for i, (start, size, hole) in enumerate(runs):
                 done = i == len(runs) - 1
                 if hole:
@@ -432,6 +434,8 @@ class _Connection:
         descriptors: list[tuple[int, int]] = []  # (length, flags), merged when alike
         try:
             for _, size, hole in self.export.extents(offset, length):
+                if size <= 0:
+                    continue
                 state = wire.STATE_HOLE | wire.STATE_ZERO if hole else 0
                 if descriptors and descriptors[-1][1] == state:
                     size += descriptors.pop()[0]
