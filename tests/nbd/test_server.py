@@ -59,6 +59,8 @@ def test_nbdinfo_sees_the_holes_of_the_file(export: FileExport, sparse_image: Pa
     with serving(export) as uri:
         about = json.loads(sh("nbdinfo", "--json", uri))
         mapped = json.loads(sh("nbdinfo", "--json", "--map", uri))
+        listed = json.loads(sh("nbdinfo", "--json", "--list", uri))
+    assert [e["export-name"] for e in listed["exports"]] == [""]
     (shown,) = about["exports"]
     assert shown["export-size"] == sparse_image.stat().st_size
     assert shown["is_read_only"] is True
@@ -310,10 +312,11 @@ def test_client_refuses_a_server_that_is_not_nbd(tmp_path: Path) -> None:
     listener.close()
 
 
-def test_serve_nbd_command_until_ctrl_c(tmp_path: Path) -> None:
-    """The CLI prints the URI first; SIGINT ends it with exit 130 and the socket gone."""
+@pytest.mark.parametrize("where", ["socket", "any address"])
+def test_serve_nbd_command_until_ctrl_c(tmp_path: Path, where: str) -> None:
+    """The CLI prints the URI first; SIGINT ends it with exit 130 and the socket gone.
+    Listening beyond loopback is allowed, with a warning."""
     need_tools("qemu-img")
-
     repo = tmp_path / "repo"
     assert blockvault("-r", repo, "init").returncode == 0
     disk = tmp_path / "disk.img"
@@ -322,17 +325,23 @@ def test_serve_nbd_command_until_ctrl_c(tmp_path: Path) -> None:
     done = blockvault("-r", repo, "backup", disk)
     assert done.returncode == 0, done.stderr
     sock = tmp_path / "serve.sock"
+    option = ["--socket", str(sock)] if where == "socket" else ["--listen", "0.0.0.0:0"]
     proc = subprocess.Popen(
-        ["blockvault", "-r", str(repo), "serve-nbd", "latest", "--socket", str(sock)],
+        ["blockvault", "-r", str(repo), "serve-nbd", "latest", *option],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     assert proc.stdout is not None and proc.stderr is not None
     uri = proc.stdout.readline().strip()  # printed once the socket listens
-    assert uri == f"nbd+unix:///?socket={sock}"
+    if where == "socket":
+        assert uri == f"nbd+unix:///?socket={sock}"
+    else:
+        assert uri.startswith("nbd://0.0.0.0:") and not uri.endswith(":0")
     assert "identical" in sh("qemu-img", "compare", "-F", "raw", disk, uri)
     proc.send_signal(2)
     assert proc.wait(timeout=30) == 130
-    assert "interrupted by SIGINT: the server stopped" in proc.stderr.read()
+    errors = proc.stderr.read()
+    assert "interrupted by SIGINT: the server stopped" in errors
+    assert ("beyond loopback" in errors) == (where == "any address")
     assert not sock.exists()
