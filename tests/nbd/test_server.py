@@ -13,12 +13,13 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from blockvault.errors import NbdError
-from blockvault.nbd import wire
+from blockvault.nbd import server, wire
 from blockvault.nbd.client import Client
 from blockvault.nbd.server import serving
 from tests.conftest import blockvault, need_tools, sh
@@ -345,3 +346,23 @@ def test_serve_nbd_command_until_ctrl_c(tmp_path: Path, where: str) -> None:
     assert "interrupted by SIGINT: the server stopped" in errors
     assert ("beyond loopback" in errors) == (where == "any address")
     assert not sock.exists()
+
+
+def test_a_client_that_never_reads_its_replies_is_dropped(
+    export: FileExport,
+    sparse_image: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(server, "SEND_TIMEOUT", 1)
+    with caplog.at_level(logging.INFO, "blockvault.nbd"), serving(export) as uri:
+        sock = raw_connection(uri)
+        go(sock, structured=True)
+        for cookie in range(40):  # 640 MiB of replies asked for, none read
+            request(sock, wire.CMD_READ, 0, 16 * MiB, cookie)
+        deadline = time.monotonic() + 60
+        while not any("went away" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the server still waits on the client"
+            time.sleep(0.1)
+        still_serves(uri, sparse_image.read_bytes())
+        sock.close()

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import socket
+import struct
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -41,6 +42,7 @@ QUEUED = 16  # requests of one connection accepted and not yet answered
 MAX_OPTIONS = 256  # options one client may send before transmission
 MAX_DESCRIPTORS = 16384  # block-status runs in one reply; the client asks again for the rest
 HANDSHAKE_TIMEOUT = 60.0  # seconds a client may take per handshake message
+SEND_TIMEOUT = 120  # seconds a client may leave a reply unread before it is dropped
 
 
 class Export(Protocol):
@@ -157,6 +159,9 @@ class _Server:
                     sock.close()
                     continue
                 sock.settimeout(None)
+                # a client that stops reading replies must not hold the workers forever
+                timeval = struct.pack("ll", SEND_TIMEOUT, 0)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
                 if sock.family != socket.AF_UNIX:  # header and data are sent apart
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 thread = threading.Thread(
