@@ -23,6 +23,7 @@ import socket
 import struct
 import tempfile
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -87,10 +88,11 @@ def serving(
             if socket_path is None:
                 private = stack.enter_context(tempfile.TemporaryDirectory(prefix="bv-nbd-"))
                 socket_path = os.path.join(private, "nbd.sock")
+            socket_path = os.path.abspath(socket_path)
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listener.bind(socket_path)
             stack.callback(_unlink, socket_path)
-            uri = f"nbd+unix:///?socket={socket_path}"
+            uri = f"nbd+unix:///?socket={urllib.parse.quote(socket_path)}"
         stack.callback(listener.close)
         listener.listen(16)
         server = _Server(export, listener)
