@@ -366,3 +366,25 @@ def test_a_client_that_never_reads_its_replies_is_dropped(
             time.sleep(0.1)
         still_serves(uri, sparse_image.read_bytes())
         sock.close()
+
+
+def test_info_then_export_name_as_older_clients_do(export: FileExport, sparse_image: Path) -> None:
+    size = sparse_image.stat().st_size
+    with serving(export) as uri:
+        sock = raw_connection(uri)
+        data = wire.U32.pack(0) + (1).to_bytes(2, "big") + wire.INFO_NAME.to_bytes(2, "big")
+        sock.sendall(wire.OPTION.pack(wire.IHAVEOPT, wire.OPT_INFO, len(data)) + data)
+        infos = []
+        while (reply := option_reply(sock))[1] != wire.REP_ACK:
+            infos.append(reply[2])
+        assert wire.INFO_EXPORT_BODY.pack(wire.INFO_EXPORT, size, 0x103) in infos
+        sock.sendall(wire.OPTION.pack(wire.IHAVEOPT, wire.OPT_EXPORT_NAME, 0))
+        assert wire.EXPORT_NAME_REPLY.unpack(wire.recv_exact(sock, 10)) == (size, 0x103)
+        request(sock, wire.CMD_READ, 4096, 4096)  # simple replies: none were negotiated
+        assert wire.SIMPLE_REPLY.unpack(wire.recv_exact(sock, 16)) == (
+            wire.SIMPLE_REPLY_MAGIC,
+            0,
+            7,
+        )
+        assert wire.recv_exact(sock, 4096) == sparse_image.read_bytes()[4096:8192]
+        sock.close()
