@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 TOOL_TIMEOUT = 120  # seconds for qemu-img info / qemu-nbd to start on an image
+INFO_MEMORY = 1 << 30  # address space qemu-img info may use on an untrusted image
 
 READ_FORMATS: dict[str, str] = {
     "qcow2": "qcow2",
@@ -85,10 +86,14 @@ def _image_opts(path: Path, driver: str) -> str:
 
 
 def _refuse_foreign_files(path: Path, opts: str) -> None:
-    """Refuse an image unless ``qemu-img info`` shows it opens no other file."""
+    """Refuse an image unless ``qemu-img info`` shows it opens no other file.
+
+    ``qemu-img info`` on a crafted image can be made to use much memory and CPU, so it
+    runs under limits, as QEMU's own advice for untrusted images says."""
+    limits = [f"--as={INFO_MEMORY}", f"--cpu={TOOL_TIMEOUT}"]
     try:
         proc = subprocess.run(
-            ["qemu-img", "info", "--output=json", "--image-opts", opts],
+            ["prlimit", *limits, "qemu-img", "info", "--output=json", "--image-opts", opts],
             capture_output=True,
             timeout=TOOL_TIMEOUT,
             check=False,
