@@ -84,16 +84,17 @@ def serving(
     with contextlib.ExitStack() as stack:
         if address is not None:
             listener, uri = _listen_tcp(*address)
+            stack.callback(listener.close)
         else:
             if socket_path is None:
                 private = stack.enter_context(tempfile.TemporaryDirectory(prefix="bv-nbd-"))
                 socket_path = os.path.join(private, "nbd.sock")
             socket_path = os.path.abspath(socket_path)
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            listener.bind(socket_path)
+            stack.callback(listener.close)
+            listener.bind(socket_path)  # an existing file is refused (EADDRINUSE), not replaced
             stack.callback(_unlink, socket_path)
             uri = f"nbd+unix:///?socket={urllib.parse.quote(socket_path)}"
-        stack.callback(listener.close)
         listener.listen(16)
         server = _Server(export, listener)
         stack.callback(server.stop)
@@ -111,8 +112,12 @@ def _listen_tcp(host: str, port: int) -> tuple[socket.socket, str]:
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     listener = socket.socket(family, kind, proto)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(sockaddr)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(sockaddr)
+    except OSError:
+        listener.close()
+        raise
     bound = listener.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     return listener, f"nbd://{shown}:{bound}"

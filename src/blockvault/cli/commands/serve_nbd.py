@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
 
 import click
@@ -54,6 +55,8 @@ def register(group: click.Group) -> None:
         if socket_path and listen:
             raise UsageError("give --socket or --listen, not both")
         address = parse_listen(listen) if listen else None
+        if socket_path and os.path.lexists(socket_path):
+            raise UsageError(f"--socket {socket_path}: exists already; remove it or choose another")
         repo = open_repo(ctx)
         snap = repo.resolve(snapshot)
         export = snapshot_export(repo, snap)
