@@ -25,8 +25,14 @@ class Format(NamedTuple):
     help: str  # one phrase for --help
 
 
+_VM = "blockvault.cli.commands.export_vm"
 FORMATS: dict[str, Format] = {
     "bvi": Format((".bvi",), "blockvault.cli.commands.export_bvi:run", "one-file image"),
+    "qcow2": Format((".qcow2",), f"{_VM}:write_qcow2", "QEMU/KVM disk (qcow2, sparse)"),
+    "vhdx": Format((".vhdx",), f"{_VM}:write_vhdx", "Hyper-V disk (VHDX, dynamic)"),
+    "vmdk": Format((".vmdk",), f"{_VM}:write_vmdk", "VMware disk (VMDK, sparse)"),
+    "vhd": Format((".vhd",), f"{_VM}:write_vhd", "fixed VHD, whole MiB (Azure)"),
+    "raw": Format((".raw",), f"{_VM}:write_raw", "raw disk image (sparse file)"),
 }
 """Format name -> how it is written."""
 
