@@ -15,6 +15,9 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   ├── PassphraseRequired               encrypted repository, no passphrase given
     │   │   └── NewPassphraseRequired            a new one is needed and cannot be asked
     │   ├── KeyFileInvalid                   a key file to import is not usable
+    │   ├── PlanError                        a plan, or the plans file, is wrong (plans/)
+    │   │   └── PlanNotFound                     no plan of that name in the plans file
+    │   ├── ClockBehind                      a snapshot is dated after the clock: prune refuses
     │   ├── BrowseError                      a snapshot path to browse is wrong (browse/)
     │   │   ├── PartitionNotFound                no such imaged partition in the snapshot
     │   │   ├── PathNotFound                     no such file or directory in it
@@ -84,6 +87,7 @@ __all__ = [
     "CastProtocolError",
     "ChunkCorrupt",
     "ChunkMissing",
+    "ClockBehind",
     "DeviceError",
     "FilesystemError",
     "FormatError",
@@ -100,6 +104,8 @@ __all__ = [
     "PartitionTableError",
     "PassphraseRequired",
     "PathNotFound",
+    "PlanError",
+    "PlanNotFound",
     "RepositoryBusy",
     "RepositoryError",
     "RepositoryExists",
@@ -187,6 +193,21 @@ class NewPassphraseRequired(PassphraseRequired):
 
 class KeyFileInvalid(UsageError):
     template = "key file {path}: {detail}"
+
+
+class PlanError(UsageError):
+    template = "{where}: {detail}"  # where: "plan NAME" or "plans file PATH"
+
+
+class PlanNotFound(PlanError):
+    template = "no plan named {plan!r} in {path}; 'blockvault plan list' shows the plans"
+
+
+class ClockBehind(UsageError):
+    template = (
+        "snapshot {snapshot} is dated {time}, after this machine's clock ({now}): the clock "
+        "may have jumped back, so nothing was pruned; set the clock right and prune again"
+    )
 
 
 class BrowseError(UsageError):
