@@ -15,6 +15,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   ├── PassphraseRequired               encrypted repository, no passphrase given
     │   │   └── NewPassphraseRequired            a new one is needed and cannot be asked
     │   ├── KeyFileInvalid                   a key file to import is not usable
+    │   ├── ScheduleError                    a plan's schedule or window spec is wrong
     │   ├── BrowseError                      a snapshot path to browse is wrong (browse/)
     │   │   ├── PartitionNotFound                no such imaged partition in the snapshot
     │   │   ├── PathNotFound                     no such file or directory in it
@@ -104,6 +105,7 @@ __all__ = [
     "RepositoryError",
     "RepositoryExists",
     "RepositoryNotFound",
+    "ScheduleError",
     "SessionExpired",
     "SnapshotNotFound",
     "SourceError",
@@ -187,6 +189,10 @@ class NewPassphraseRequired(PassphraseRequired):
 
 class KeyFileInvalid(UsageError):
     template = "key file {path}: {detail}"
+
+
+class ScheduleError(UsageError):
+    template = "{what} '{spec}': {detail}"
 
 
 class BrowseError(UsageError):
