@@ -22,10 +22,11 @@ with a ``FakeClock`` that never sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
-import threading
+import select
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Final, Protocol
@@ -36,6 +37,7 @@ from croniter import croniter
 from blockvault.errors import ScheduleError
 
 __all__ = [
+    "Alarm",
     "Clock",
     "FakeClock",
     "RealClock",
@@ -200,22 +202,51 @@ def jitter(host_id: str, plan: str, maximum: timedelta) -> timedelta:
     return timedelta(seconds=int.from_bytes(digest[:8], "big") % (whole + 1))
 
 
+class Alarm:
+    """Cuts a clock's sleep short. ``ring()`` only writes a byte to a pipe, so a
+    signal handler may call it (an Event's lock could deadlock there) as well as
+    any thread."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    def ring(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # full: it rings already
+            os.write(self._write, b"!")
+
+    def wait(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a ring; True (and silenced) if it rang."""
+        ready, _, _ = select.select([self._read], [], [], max(seconds, 0.0))
+        if not ready:
+            return False
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._read, 512):
+                pass
+        return True
+
+    def close(self) -> None:
+        os.close(self._read)
+        os.close(self._write)
+
+
 class Clock(Protocol):
     """Where the scheduler gets the time and waits: real, or fake in tests."""
 
     def now(self) -> datetime:
         """The current time, aware UTC."""
 
-    def sleep(self, seconds: float, wake: threading.Event) -> None:
-        """Wait ``seconds``, or less if ``wake`` is set."""
+    def sleep(self, seconds: float, alarm: Alarm) -> None:
+        """Wait ``seconds``, or less if ``alarm`` rings."""
 
 
 class RealClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
-    def sleep(self, seconds: float, wake: threading.Event) -> None:
-        wake.wait(max(seconds, 0.0))
+    def sleep(self, seconds: float, alarm: Alarm) -> None:
+        alarm.wait(seconds)
 
 
 class FakeClock:
@@ -228,8 +259,8 @@ class FakeClock:
     def now(self) -> datetime:
         return self.moment
 
-    def sleep(self, seconds: float, wake: threading.Event) -> None:
-        if not wake.is_set():
+    def sleep(self, seconds: float, alarm: Alarm) -> None:
+        if not alarm.wait(0):
             self.moment += timedelta(seconds=max(seconds, 0.0))
 
     def advance(self, delta: timedelta) -> None:
