@@ -18,6 +18,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   ├── PlanError                        a plan, or the plans file, is wrong (plans/)
     │   │   └── PlanNotFound                     no plan of that name in the plans file
     │   ├── ClockBehind                      a snapshot is dated after the clock: prune refuses
+    │   ├── ScheduleError                    a plan's schedule or window spec is wrong
     │   ├── BrowseError                      a snapshot path to browse is wrong (browse/)
     │   │   ├── PartitionNotFound                no such imaged partition in the snapshot
     │   │   ├── PathNotFound                     no such file or directory in it
@@ -110,6 +111,7 @@ __all__ = [
     "RepositoryError",
     "RepositoryExists",
     "RepositoryNotFound",
+    "ScheduleError",
     "SessionExpired",
     "SnapshotNotFound",
     "SourceError",
@@ -208,6 +210,10 @@ class ClockBehind(UsageError):
         "snapshot {snapshot} is dated {time}, after this machine's clock ({now}): the clock "
         "may have jumped back, so nothing was pruned; set the clock right and prune again"
     )
+
+
+class ScheduleError(UsageError):
+    template = "{what} '{spec}': {detail}"
 
 
 class BrowseError(UsageError):
