@@ -30,6 +30,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │       ├── TargetHoldsRepository
     │       └── TargetNotEmpty               needs confirmation (--yes)
     ├── DeviceError                 exit 1   reading or writing a device failed
+    ├── PlanRunFailed               exit 1   a plan's run failed or was stopped (its error line)
     ├── TreeIncomplete              exit 1   extract skipped entries or left files unfinished
     │   └── TreeDamaged             exit 4   ... and some of them for missing or damaged data
     ├── CastError                   exit 1   a multicast session failed (deploy/)
@@ -107,6 +108,7 @@ __all__ = [
     "PathNotFound",
     "PlanError",
     "PlanNotFound",
+    "PlanRunFailed",
     "RepositoryBusy",
     "RepositoryError",
     "RepositoryExists",
@@ -271,6 +273,10 @@ class TargetNotEmpty(TargetError):
 
 class DeviceError(BlockvaultError):
     template = "{path}: {detail}"
+
+
+class PlanRunFailed(BlockvaultError):
+    template = "plan {plan}: run {run} {status}: {detail} (log: {log})"
 
 
 class TreeIncomplete(BlockvaultError):

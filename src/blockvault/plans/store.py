@@ -31,7 +31,7 @@ from typing import Any, Final, Self, cast, get_args
 
 import tomli_w
 
-from blockvault.errors import PlanError, PlanNotFound, UsageError
+from blockvault.errors import PlanError, PlanNotFound, ScheduleError, UsageError
 from blockvault.plans.model import (
     CheckSpec,
     Plan,
@@ -43,6 +43,7 @@ from blockvault.plans.model import (
     VerifySpec,
 )
 from blockvault.plans.retention import Policy, duration_text, parse_duration
+from blockvault.plans.schedule import parse_schedule
 
 __all__ = [
     "DEFAULT_PLANS",
@@ -154,13 +155,16 @@ def plan_from_table(name: str, table: Mapping[str, Any]) -> Plan:
                 f"notify target {target!r}: use mailto:ADDRESS or an http(s):// URL",
                 where=where,
             )
+    schedule = field.text("schedule")
+    window = field.optional_text("window")
+    _check_schedule(where, schedule, window)
     plan = Plan(
         name=name,
         repo=field.text("repo"),
         source_kind=kind,
         sources=sources,
-        schedule=field.text("schedule"),
-        window=field.optional_text("window"),
+        schedule=schedule,
+        window=window,
         retention=_policy(where, table.get("keep")),
         verify=cast(VerifySpec | None, verify),
         check=_check(where, table.get("check")),
@@ -173,6 +177,14 @@ def plan_from_table(name: str, table: Mapping[str, Any]) -> Plan:
         password_file=field.optional_text("password_file"),
     )
     return plan
+
+
+def _check_schedule(where: str, spec: str, window: str | None) -> None:
+    """The schedule parser's error, naming the plan."""
+    try:
+        parse_schedule(spec, window)
+    except ScheduleError as exc:
+        raise PlanError(str(exc), where=where) from None
 
 
 def plan_to_table(plan: Plan) -> dict[str, Any]:
@@ -321,6 +333,7 @@ def _check(where: str, check: Any) -> CheckSpec | None:
             where=where,
         )
     field = _Fields(where, check)
+    _check_schedule(where, field.text("schedule"), None)
     subset = check.get("subset", CheckSpec("-").subset)
     if isinstance(subset, bool) or not isinstance(subset, int):
         raise PlanError("check.subset must be a whole number (percent)", where=where)
@@ -509,9 +522,12 @@ class History:
         self._trim(done.plan)
         return done
 
-    def runs(self, plan: str, limit: int = KEEP_RUNS) -> list[RunRecord]:
-        """The plan's runs, newest first."""
-        return self._select("WHERE plan = ? ORDER BY run_id DESC LIMIT ?", (plan, limit))
+    def runs(
+        self, plan: str, limit: int = KEEP_RUNS, *, oldest_first: bool = False
+    ) -> list[RunRecord]:
+        """The plan's runs, newest first (or oldest first)."""
+        order = "ASC" if oldest_first else "DESC"
+        return self._select(f"WHERE plan = ? ORDER BY run_id {order} LIMIT ?", (plan, limit))
 
     def last(self, plan: str) -> RunRecord | None:
         """The plan's newest run that has ended."""
