@@ -27,7 +27,7 @@ from blockvault.pipeline.backup import backup
 from blockvault.pipeline.restore import restore
 from blockvault.plans.model import Plan, RunRecord
 from blockvault.plans.retention import Policy
-from blockvault.plans.runner import plan_tag, run_plan
+from blockvault.plans.runner import MAX_LOG, plan_tag, run_plan
 from blockvault.plans.store import History
 from blockvault.repo import Repository
 from blockvault.repo.check import check_repository
@@ -322,3 +322,14 @@ def test_runs_left_running_by_a_dead_process_are_marked_interrupted(history: His
     assert history.last("nightly") == leftovers[0]
     assert history.running() == [mine]
     assert history.interrupted_leftovers() == []  # once only
+
+
+def test_a_run_log_is_bounded(disk: str, repo_path: str, history: History) -> None:
+    noisy = "/bin/sh -c 'head -c 3000000 /dev/zero | tr \"\\0\" x; exit 1'"
+    record = run_plan(
+        plan_for(disk, repo_path, pre=noisy), history, trigger="manual", reporter=quiet
+    )
+    assert record.error == "pre-hook exited with 1; the backup did not run"
+    log = Path(record.log or "").read_bytes()
+    assert MAX_LOG <= len(log) <= MAX_LOG + 100
+    assert log.endswith(b"[log truncated: it reached its size limit]\n")
