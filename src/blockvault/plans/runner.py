@@ -168,6 +168,7 @@ class _Run:
         self.log.line(f"plan {plan.name}: run {self.record.run_id} ({self.record.trigger})")
         try:
             repo = preflight(plan)
+            self._check_stop()  # asked to stop before it began: nothing is run
             if plan.pre is not None:
                 code = self.hook("pre", plan.pre, self._environment("pre"))
                 if code != 0:
