@@ -333,3 +333,20 @@ def test_a_run_log_is_bounded(disk: str, repo_path: str, history: History) -> No
     log = Path(record.log or "").read_bytes()
     assert MAX_LOG <= len(log) <= MAX_LOG + 100
     assert log.endswith(b"[log truncated: it reached its size limit]\n")
+
+
+def test_ctrl_c_without_signal_handlers_is_recorded_then_raised(
+    disk: str, repo_path: str, history: History
+) -> None:
+    """A program embedding the library without ``interrupts.install()`` gets Python's
+    KeyboardInterrupt: the run is still finished in the history before it propagates."""
+
+    def ctrl_c(event: Event) -> None:
+        if isinstance(event, TaskAdvanced):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(plan_for(disk, repo_path), history, trigger="manual", reporter=ctrl_c)
+    (record,) = history.runs("nightly")
+    assert (record.status, record.error) == ("interrupted", "interrupted by KeyboardInterrupt")
+    assert history.running() == [] and Repository.open(repo_path).snapshots() == []

@@ -76,27 +76,29 @@ def run_plan(
         previous = history.last(plan.name)
         record = history.start(plan.name, trigger)
         assert record.log is not None
-        signal_exc: Interrupted | None = None
+        raised: BaseException | None = None
         with _RunLog(Path(record.log)) as log:
             run = _Run(plan, record, log, reporter, stop or threading.Event())
             try:
                 run.steps()
             except Interrupted as exc:  # a signal (the CLI's or the agent's handler)
-                signal_exc = exc
-                run.ended("interrupted", f"interrupted by {exc.signal_name}: {exc.outcome}")
-            finally:
-                run.post_hook()
-            log.line(f"run ended {run.record.status}" + _error_suffix(run.record.error))
+                raised = exc
+                run.ended("interrupted", f"interrupted by {exc.signal_name}{_colon(exc.outcome)}")
+            except BaseException as exc:  # Ctrl-C without interrupts.install(), SystemExit
+                raised = exc
+                run.ended("interrupted", f"interrupted by {type(exc).__name__}")
+            run.post_hook()
+            log.line(f"run ended {run.record.status}{_colon(run.record.error)}")
         record = history.finish(run.record)
     if on_finished is not None:
         on_finished(record, previous)
-    if signal_exc is not None:
-        raise signal_exc
+    if raised is not None:
+        raise raised
     return record
 
 
-def _error_suffix(error: str | None) -> str:
-    return f": {error}" if error else ""
+def _colon(text: str | None) -> str:
+    return f": {text}" if text else ""
 
 
 @contextlib.contextmanager
@@ -275,7 +277,7 @@ class _Run:
         self.record = replace(self.record, status=status, error=error)
 
     def ended_by_stop(self, exc: Interrupted) -> None:
-        left = f": {exc.outcome}" if exc.outcome else ""
+        left = _colon(exc.outcome)
         if self.stop.is_set():
             self.ended("interrupted", f"stopped{left}")
         else:
