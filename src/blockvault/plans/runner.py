@@ -40,14 +40,15 @@ from blockvault.events import Event, Noted, Reporter, TaskFinished, TaskStarted,
 from blockvault.pipeline.backup import backup
 from blockvault.pipeline.verify import verify
 from blockvault.plans.model import Plan, RunRecord, RunStatus, Trigger
-from blockvault.plans.preflight import PASSWORD_ENV, preflight, resolve_source
+from blockvault.plans.preflight import PASSWORD_ENV, open_repository, preflight, resolve_source
 from blockvault.plans.prune import prune
 from blockvault.plans.retention import duration_text, snapshot_time
 from blockvault.plans.store import History
 from blockvault.repo import Repository, Selector, Snapshot
+from blockvault.repo.check import CheckResult, Subset, check_repository
 from blockvault.text import plural
 
-__all__ = ["MAX_LOG", "OnFinished", "plan_tag", "run_plan"]
+__all__ = ["MAX_LOG", "OnFinished", "check_plan", "plan_tag", "run_plan"]
 
 MAX_LOG: Final = 1 << 20  # bytes of one run's log; the rest is dropped, with a note
 POST_HOOK_GRACE: Final = 60.0  # seconds a post-hook may take after a stop or timeout
@@ -95,6 +96,20 @@ def run_plan(
     if raised is not None:
         raise raised
     return record
+
+
+def check_plan(plan: Plan, *, reporter: Reporter) -> CheckResult:
+    """The plan's scheduled check (``plan.check``, which the agent fires on its own
+    schedule): ``check --read-data`` of a random ``subset`` percent of the repository's
+    chunks, so that many runs together read all of it. ``PlanError`` when the plan
+    has no check."""
+    if plan.check is None:
+        raise PlanError(
+            "has no check; add one with 'plan edit --check SPEC'", where=f"plan {plan.name}"
+        )
+    repo = open_repository(plan)
+    subset = Subset(fraction=plan.check.subset / 100)
+    return check_repository(repo, read_data=True, subset=subset, reporter=reporter)
 
 
 def _colon(text: str | None) -> str:
