@@ -16,6 +16,11 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   │   └── NewPassphraseRequired            a new one is needed and cannot be asked
     │   ├── KeyFileInvalid                   a key file to import is not usable
     │   ├── ImageReadOnly                    a write to a one-file image (.bvi)
+
+    │   ├── PlanError                        a plan, or the plans file, is wrong (plans/)
+    │   │   └── PlanNotFound                     no plan of that name in the plans file
+    │   ├── ClockBehind                      a snapshot is dated after the clock: prune refuses
+    │   ├── ScheduleError                    a plan's schedule or window spec is wrong
     │   ├── BrowseError                      a snapshot path to browse is wrong (browse/)
     │   │   ├── PartitionNotFound                no such imaged partition in the snapshot
     │   │   ├── PathNotFound                     no such file or directory in it
@@ -27,6 +32,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │       ├── TargetHoldsRepository
     │       └── TargetNotEmpty               needs confirmation (--yes)
     ├── DeviceError                 exit 1   reading or writing a device failed
+    ├── PlanRunFailed               exit 1   a plan's run failed or was stopped (its error line)
     ├── TreeIncomplete              exit 1   extract skipped entries or left files unfinished
     │   └── TreeDamaged             exit 4   ... and some of them for missing or damaged data
     ├── CastError                   exit 1   a multicast session failed (deploy/)
@@ -87,6 +93,7 @@ __all__ = [
     "CastProtocolError",
     "ChunkCorrupt",
     "ChunkMissing",
+    "ClockBehind",
     "DeviceError",
     "FilesystemError",
     "FormatError",
@@ -106,10 +113,14 @@ __all__ = [
     "PassphraseRequired",
     "PathNotFound",
     "PieceError",
+    "PlanError",
+    "PlanNotFound",
+    "PlanRunFailed",
     "RepositoryBusy",
     "RepositoryError",
     "RepositoryExists",
     "RepositoryNotFound",
+    "ScheduleError",
     "SessionExpired",
     "SnapshotNotFound",
     "SourceError",
@@ -202,6 +213,25 @@ class ImageReadOnly(UsageError):
     )
 
 
+class PlanError(UsageError):
+    template = "{where}: {detail}"  # where: "plan NAME" or "plans file PATH"
+
+
+class PlanNotFound(PlanError):
+    template = "no plan named {plan!r} in {path}; 'blockvault plan list' shows the plans"
+
+
+class ClockBehind(UsageError):
+    template = (
+        "snapshot {snapshot} is dated {time}, after this machine's clock ({now}): the clock "
+        "may have jumped back, so nothing was pruned; set the clock right and prune again"
+    )
+
+
+class ScheduleError(UsageError):
+    template = "{what} '{spec}': {detail}"
+
+
 class BrowseError(UsageError):
     template = "{detail}"
 
@@ -257,6 +287,10 @@ class TargetNotEmpty(TargetError):
 
 class DeviceError(BlockvaultError):
     template = "{path}: {detail}"
+
+
+class PlanRunFailed(BlockvaultError):
+    template = "plan {plan}: run {run} {status}: {detail} (log: {log})"
 
 
 class TreeIncomplete(BlockvaultError):
