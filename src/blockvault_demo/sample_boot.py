@@ -47,15 +47,15 @@ import shutil
 import struct
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
 from blockvault.disk.table.mbr import c_mbr
 from blockvault.errors import UsageError
+from blockvault.interop.boot import Firmware, Machine, watch_guest
 
 __all__ = [
     "FIRMWARES",
@@ -68,7 +68,6 @@ __all__ = [
     "find_kernel",
 ]
 
-Firmware = Literal["bios", "uefi"]
 FIRMWARES: Final[tuple[Firmware, ...]] = ("bios", "uefi")
 
 MIB: Final = 1024 * 1024
@@ -104,8 +103,6 @@ NT_MAGIC = c_mbr.mbr.fields["disk_signature"].offset
 PART_END = c_mbr.mbr.fields["signature"].offset
 BLOCKLIST = 0x200 - 12  # in diskboot.img: u64 start, u16 sectors, u16 segment
 
-OVMF_CODE: Final = Path("/usr/share/OVMF/OVMF_CODE.fd")
-OVMF_VARS: Final = Path("/usr/share/OVMF/OVMF_VARS.fd")
 
 INIT_SCRIPT: Final = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -429,54 +426,23 @@ def boot(
     """Boot ``image`` under QEMU with TCG emulation and watch the serial console.
 
     ``booted`` is true when the OK line appears (with ``expect_token`` if given).
-    QEMU is stopped at ``timeout`` seconds; the initramfs powers off by itself.
+    QEMU runs through blockvault's own guest runner (:mod:`blockvault.interop.boot`)
+    until the initramfs powers off, or is stopped at ``timeout`` seconds.
     """
-    qemu = _tool("qemu-system-x86_64")
-    blocks = f"logical_block_size={sector_size},physical_block_size={sector_size}"
-    args = [
-        qemu,
-        "-nographic",
-        "-monitor",
-        "none",
-        "-no-reboot",
-        "-m",
-        "512",
-        "-drive",
-        f"if=none,id=d,format=raw,file={image}",
-        "-device",
-        f"virtio-blk-pci,drive=d,bootindex=0,{blocks}",
-        "-net",
-        "none",
-        "-accel",
-        "tcg",
-    ]
+    machine = Machine(firmware, accel="tcg", memory=512, cpus=1, sector_size=sector_size)
     with tempfile.TemporaryDirectory(prefix="qemu-", dir=workdir) as tmp:
-        if firmware == "uefi":
-            for fd in (OVMF_CODE, OVMF_VARS):
-                if not fd.exists():
-                    raise UsageError(f"{fd} is missing (apt-get install ovmf)")
-            vars_copy = Path(tmp) / "vars.fd"
-            shutil.copyfile(OVMF_VARS, vars_copy)
-            args += [
-                "-drive",
-                f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
-                "-drive",
-                f"if=pflash,format=raw,file={vars_copy}",
-            ]
-        console_path = Path(tmp) / "console.log"
-        started = time.monotonic()
-        with open(console_path, "wb") as console:
-            proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT
-            )
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        seconds = time.monotonic() - started
-        text = console_path.read_bytes().decode(errors="replace")
+        console = Path(tmp) / "console.log"
+        check = watch_guest(
+            machine,
+            image,
+            disk_format="raw",
+            markers=(),
+            timeout=timeout,
+            console_log=console,
+            workdir=Path(tmp),
+        )
+        text = console.read_bytes().decode(errors="replace")
     ok = re.search(rf"{OK_LINE} (\S+)", text)
     token = ok.group(1) if ok else None
     booted = token is not None and (expect_token is None or token == expect_token)
-    return BootResult(booted, token, seconds, text)
+    return BootResult(booted, token, check.seconds, text)
