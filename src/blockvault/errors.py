@@ -32,6 +32,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   ├── CastAuthError                    a peer or packet failed authentication
     │   ├── CastProtocolError                a peer sent a malformed or oversized message
     │   └── CastInterrupted         exit 130 a signal (CLI: 128 + N); what the target holds
+    ├── NbdError                    exit 1   an NBD server broke the protocol or refused (nbd/)
     ├── StorageError                exit 1   the storage backend failed
     │   ├── ObjectNotFound                   a named object does not exist
     │   ├── ObjectTooLarge          exit 4   an object larger than its kind allows, refused unread
@@ -95,6 +96,7 @@ __all__ = [
     "KeyFileInvalid",
     "KeyMissing",
     "MountpointError",
+    "NbdError",
     "NewPassphraseRequired",
     "ObjectCorrupt",
     "ObjectNotFound",
@@ -277,6 +279,12 @@ class CastInterrupted(CastError):
 
     template = "cast interrupted: {detail}"
     exit_code = 130
+
+
+class NbdError(BlockvaultError):
+    """An NBD server (``qemu-nbd`` serving a VM disk) answered what we cannot use."""
+
+    template = "NBD server {peer}: {detail}"
 
 
 class StorageError(BlockvaultError):

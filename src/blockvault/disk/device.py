@@ -18,7 +18,7 @@ from typing import Protocol
 
 from blockvault.errors import DeviceError, SourceError
 
-__all__ = ["Device", "Reader", "Region", "open_device"]
+__all__ = ["Device", "Reader", "Region", "SourceDisk", "open_device"]
 
 # <linux/fs.h>
 BLKSSZGET = 0x1268  # logical sector size, int
@@ -34,6 +34,22 @@ class Reader(Protocol):
     def size(self) -> int: ...
 
     def read_at(self, offset: int, length: int) -> bytes: ...
+
+
+class SourceDisk(Reader, Protocol):
+    """What a backup reads a disk from: a ``Device``, or a disk another program serves
+    (a VM disk read through NBD), which has no file descriptor of its own."""
+
+    @property
+    def path(self) -> Path: ...  # names the source (identity, messages, mounts)
+
+    @property
+    def is_block(self) -> bool: ...
+
+    @property
+    def logical_sector_size(self) -> int: ...
+
+    def readinto_at(self, buffer: bytearray | memoryview, offset: int) -> None: ...
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from blockvault.disk.device import Device, Reader, Region, open_device
+from blockvault.disk.device import Device, Reader, Region, SourceDisk, open_device
 from blockvault.disk.fs import FilesystemInfo
 from blockvault.disk.fs.probe import known, probe, raw
 from blockvault.disk.table import Partition, PartitionTable, mbr
@@ -55,7 +55,7 @@ class DiskLayout:
         return self.boot_areas.total + sum(p.fs.used_bytes for p in self.partitions)
 
 
-def sector_size_of(device: Device) -> int:
+def sector_size_of(device: SourceDisk) -> int:
     """The logical sector size the disk's table is written in.
 
     A block device says; an image file does not. A GPT header tells by where it lies;
@@ -77,7 +77,7 @@ def sector_size_of(device: Device) -> int:
     return max(SECTOR_SIZES, key=lambda size: (scores[size], -size))
 
 
-def read_layout(device: Device) -> DiskLayout:
+def read_layout(device: SourceDisk) -> DiskLayout:
     sector_size = sector_size_of(device)
     try:
         table = read_table(device, sector_size)
@@ -144,7 +144,7 @@ def probe_partition(reader: Reader, part: Partition) -> FilesystemInfo:
         return raw(region, note=f"{exc}; imaged raw")
 
 
-def raise_truncated(device: Device, part: Partition) -> None:
+def raise_truncated(device: SourceDisk, part: Partition) -> None:
     raise SourceError(
         f"partition {part.number} ends at byte {part.end} but the disk has only "
         f"{device.size} bytes: the image is truncated",

@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from blockvault.disk.device import Device, open_device
+from blockvault.disk.device import SourceDisk, open_device
 from blockvault.disk.identity import source_identity
 from blockvault.disk.layout import DiskLayout, read_layout
 from blockvault.disk.table.gpt import backup_area
@@ -140,7 +140,7 @@ def _nonzero_blocks(data: memoryview, offset: int, used: ExtentMap) -> ExtentMap
 
 def backup(
     repo: Repository,
-    source: str,
+    source: str | SourceDisk,
     *,
     partitions: Sequence[int] | None = None,
     tags: Sequence[str] = (),
@@ -149,10 +149,13 @@ def backup(
 ) -> Snapshot:
     """Image ``source`` into ``repo``; returns the committed snapshot.
 
-    Everything is written through one ``WriterSession`` (repo/writer.py), which keeps
-    it safe beside ``gc`` and says what an interruption left behind."""
+    ``source`` is a device or image path, or a disk already open (``SourceDisk``: a VM
+    disk read through NBD), which the caller closes. Everything is written through one
+    ``WriterSession`` (repo/writer.py), which keeps it safe beside ``gc`` and says what
+    an interruption left behind."""
     started = time.monotonic()
-    with open_device(source) as device:
+    opened = open_device(source) if isinstance(source, str) else contextlib.nullcontext(source)
+    with opened as device:
         layout = read_layout(device)
         for warning in layout.warnings:
             reporter(Warned(warning))
@@ -227,7 +230,9 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def _store_again(writer: WriterSession, device: Device, index: Index, missing: set[str]) -> None:
+def _store_again(
+    writer: WriterSession, device: SourceDisk, index: Index, missing: set[str]
+) -> None:
     """Re-read the chunks in ``missing`` from the source and store them (a gc that ran
     during the backup removed chunks it had deduplicated against)."""
     for region in index.regions:
@@ -248,7 +253,7 @@ def _store_again(writer: WriterSession, device: Device, index: Index, missing: s
 
 def _image(
     writer: WriterSession,
-    device: Device,
+    device: SourceDisk,
     regions: list[Region],
     keep: ExtentMap,
     reporter: Reporter,

@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-from blockvault.disk.device import Device
+from blockvault.disk.device import Device, SourceDisk
 from blockvault.extents import ExtentMap
 
 __all__ = ["ZEROS", "is_zero", "ordered_map", "read_chunk", "workers", "write_used", "zero_fill"]
@@ -45,7 +45,7 @@ def is_zero(data: bytes | bytearray | memoryview) -> bool:
 
 
 def read_chunk(
-    device: Device, base: int, offset: int, length: int, used: ExtentMap
+    device: SourceDisk, base: int, offset: int, length: int, used: ExtentMap
 ) -> bytearray | None:
     """Bytes ``[offset, offset + length)`` of the region at disk offset ``base``.
 

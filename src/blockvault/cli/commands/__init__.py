@@ -153,11 +153,12 @@ COMMANDS = (
     "cast",
     "export",
     "import",
+    "serve-nbd",
 )
 
 
 def register(group: click.Group, name: str) -> None:
     """Add command ``name`` to ``group``, importing its module only now: a command
     pulls in only what it needs, and startup stays short."""
-    module = importlib.import_module(f"{__name__}.{name}")
+    module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
     module.register(group)

@@ -24,7 +24,14 @@ class Format(NamedTuple):
     help: str  # one phrase for --help
 
 
-FORMATS: dict[str, Format] = {}
+_VM = "blockvault.cli.commands.export_vm"
+FORMATS: dict[str, Format] = {
+    "qcow2": Format((".qcow2",), f"{_VM}:write_qcow2", "QEMU/KVM disk (qcow2, sparse)"),
+    "vhdx": Format((".vhdx",), f"{_VM}:write_vhdx", "Hyper-V disk (VHDX, dynamic)"),
+    "vmdk": Format((".vmdk",), f"{_VM}:write_vmdk", "VMware disk (VMDK, sparse)"),
+    "vhd": Format((".vhd",), f"{_VM}:write_vhd", "fixed VHD, whole MiB (Azure)"),
+    "raw": Format((".raw",), f"{_VM}:write_raw", "raw disk image (sparse file)"),
+}
 """Format name -> how it is written."""
 
 

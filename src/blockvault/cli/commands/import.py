@@ -25,7 +25,14 @@ class Source(NamedTuple):
     help: str  # one phrase for --help
 
 
-SOURCES: dict[str, Source] = {}
+_VM = "blockvault.cli.commands.import_vm"
+SOURCES: dict[str, Source] = {
+    "qcow2": Source(f"{_VM}:is_qcow2", f"{_VM}:import_qcow2", "QEMU/KVM disk (qcow2)"),
+    "vhdx": Source(f"{_VM}:is_vhdx", f"{_VM}:import_vhdx", "Hyper-V disk (VHDX)"),
+    "vhd": Source(f"{_VM}:is_vhd", f"{_VM}:import_vhd", "Virtual PC/Azure disk (VHD)"),
+    "vmdk": Source(f"{_VM}:is_vmdk", f"{_VM}:import_vmdk", "VMware disk (VMDK, sparse)"),
+    "vdi": Source(f"{_VM}:is_vdi", f"{_VM}:import_vdi", "VirtualBox disk (VDI)"),
+}
 """Kind of source -> how it is recognised and imported, most specific first."""
 
 
