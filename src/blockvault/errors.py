@@ -322,8 +322,8 @@ class BootFailed(VirtualMachineError):
     disk's boot chain (firmware, boot loader, kernel, root) did not come up."""
 
     template = (
-        "{what} did not boot: {detail}; last console line: {last!r} (watch it boot "
-        "with 'blockvault boot', or give --timeout or --marker)"
+        "snapshot {snapshot} did not boot: {detail}; last console line: {last!r}; watch it "
+        "with 'blockvault -r {repo:arg} boot {snapshot}', or give --timeout or --marker"
     )
     exit_code = 5
 

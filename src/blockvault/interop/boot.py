@@ -47,12 +47,16 @@ from pathlib import Path
 from typing import Final, Literal
 
 from blockvault.disk.system import BIOS_BOOT_GUID, ESP_GUID
-from blockvault.errors import BootFailed, UsageError, VirtualMachineError
+from blockvault.errors import BootFailed, Interrupted, UsageError, VirtualMachineError
+from blockvault.interop.vm import snapshot_export
+from blockvault.nbd.server import serving
 from blockvault.repo.manifest import Snapshot
+from blockvault.repo.repository import Repository
 
 __all__ = [
     "ACCELS",
     "DEFAULT_MARKERS",
+    "DEFAULT_TIMEOUT",
     "FIRMWARES",
     "NETWORKS",
     "Accel",
@@ -61,13 +65,17 @@ __all__ = [
     "Firmware",
     "Machine",
     "Network",
+    "boot_snapshot",
     "default_accel",
     "fail_unless_booted",
     "firmware_for",
     "kvm_usable",
+    "machine_for",
     "overlay",
     "qemu_command",
     "run_guest",
+    "snapshot_overlay",
+    "verify_boot",
     "watch_guest",
 ]
 
@@ -81,6 +89,7 @@ NETWORKS: Final[tuple[Network, ...]] = ("none", "user")
 QEMU: Final = "qemu-system-x86_64"
 QEMU_IMG: Final = "qemu-img"
 DEFAULT_MARKERS: Final = ("login:",)
+DEFAULT_TIMEOUT: Final = 300.0  # seconds: a full distribution under TCG reaches login in 1-3 min
 
 # OVMF as Debian's ovmf package installs it: (code, variable store template), first found wins
 OVMF_PAIRS: Final = (
@@ -373,8 +382,7 @@ def watch_guest(
                 _stop(proc)
         status = proc.returncode
         if ended == "guest stopped" and status not in (0, None) and watch.found is None:
-            message = _last_line(qemu_log.read_text(errors="replace"))
-            raise VirtualMachineError(detail=f"{QEMU} exited with status {status}: {message}")
+            raise _qemu_failed(status, qemu_log)
     return BootCheck(
         booted=watch.found is not None,
         marker=watch.found,
@@ -388,27 +396,135 @@ def watch_guest(
 
 def run_guest(
     machine: Machine, disk: Path, *, disk_format: str, workdir: Path | None = None
-) -> int:
+) -> None:
     """Boot ``disk`` with its serial console on this process's terminal until the
-    guest powers off or QEMU is stopped (Ctrl-C reaches QEMU too: it quits); QEMU's
-    exit status. On ``Interrupted`` (SIGTERM, SIGHUP) QEMU is stopped before it
-    propagates."""
+    guest powers off or QEMU is stopped (Ctrl-C reaches QEMU too: it quits). On
+    ``Interrupted`` (SIGTERM, SIGHUP) QEMU is stopped before it propagates. QEMU's
+    own messages go to a log, quoted in :class:`VirtualMachineError` if it fails."""
     with _workdir(workdir) as tmp:
         command = qemu_command(machine, disk, disk_format=disk_format, private=tmp, headless=False)
-        proc = subprocess.Popen(command)
-        try:
-            return proc.wait()
-        finally:
-            _stop(proc)
+        qemu_log = tmp / "qemu.log"
+        with open(qemu_log, "wb") as errors:
+            proc = subprocess.Popen(command, stderr=errors)
+            try:
+                status = proc.wait()
+            finally:
+                _stop(proc)
+        if status != 0:
+            raise _qemu_failed(status, qemu_log)
 
 
-def fail_unless_booted(check: BootCheck, what: str, timeout: float) -> BootCheck:
-    """``check`` if it booted, else :class:`BootFailed` naming ``what`` and why."""
+def _qemu_failed(status: int, qemu_log: Path) -> VirtualMachineError:
+    """QEMU's own last word (not the warning our SeaBIOS console setting always gives)."""
+    lines = [
+        line
+        for line in qemu_log.read_text(errors="replace").splitlines()
+        if SEABIOS_SERCON[0] not in line
+    ]
+    return VirtualMachineError(
+        detail=f"{QEMU} exited with status {status}: {_last_line(chr(10).join(lines))}"
+    )
+
+
+def fail_unless_booted(check: BootCheck, snapshot: str, repo: str, timeout: float) -> BootCheck:
+    """``check`` if it booted, else :class:`BootFailed` naming the snapshot and why."""
     if check.booted:
         return check
     why = f"no marker within {timeout:g}s" if check.ended == "timeout" else check.ended
     raise BootFailed(
-        what=what,
+        snapshot=snapshot,
+        repo=repo,
         detail=f"{why} ({check.firmware}, {check.accel})",
         last=check.last_line,
     )
+
+
+def machine_for(
+    snapshot: Snapshot,
+    *,
+    firmware: Firmware | None = None,
+    accel: Accel | None = None,
+    memory: int = 1024,
+    cpus: int = 2,
+    network: Network = "none",
+    vnc: str | None = None,
+) -> Machine:
+    """The machine ``snapshot``'s disk boots in; ``None`` chooses firmware from its
+    disk and the accelerator from this host."""
+    if memory < 64 or cpus < 1:
+        raise UsageError(f"a guest needs at least 64 MiB and 1 CPU (given {memory} MiB, {cpus})")
+    return Machine(
+        firmware=firmware or firmware_for(snapshot),
+        accel=accel or default_accel(),
+        memory=memory,
+        cpus=cpus,
+        network=network,
+        sector_size=snapshot.sector_size,
+        vnc=vnc,
+    )
+
+
+@contextmanager
+def snapshot_overlay(
+    repo: Repository, snapshot: Snapshot, private: Path, *, keep: Path | None = None
+) -> Iterator[Path]:
+    """A qcow2 overlay over ``snapshot``'s whole disk, served read-only over NBD from a
+    socket in ``private`` while the block runs. The overlay is made in ``private``
+    and removed at the end, unless ``keep`` names where it stays."""
+    export = snapshot_export(repo, snapshot)
+    with serving(export, socket_path=str(private / "nbd.sock")) as uri:
+        path = overlay(uri, export.size, keep or private / "overlay.qcow2")
+        try:
+            yield path
+        finally:
+            if keep is None:
+                path.unlink(missing_ok=True)
+
+
+def verify_boot(
+    repo: Repository,
+    snapshot: Snapshot,
+    machine: Machine,
+    *,
+    markers: tuple[str, ...] = DEFAULT_MARKERS,
+    timeout: float = DEFAULT_TIMEOUT,
+    console_log: Path | None = None,
+) -> BootCheck:
+    """Boot ``snapshot`` headless on an overlay; its :class:`BootCheck` when a marker
+    appeared within ``timeout`` seconds, else :class:`BootFailed`. Only reads the
+    repository."""
+    try:
+        with _workdir() as private, snapshot_overlay(repo, snapshot, private) as disk:
+            check = watch_guest(
+                machine,
+                disk,
+                disk_format="qcow2",
+                markers=markers,
+                timeout=timeout,
+                console_log=console_log,
+                workdir=private,
+            )
+    except Interrupted as exc:
+        exc.outcome = "the guest was stopped; the repository was only read"
+        raise
+    return fail_unless_booted(check, snapshot.id[:12], repo.location, timeout)
+
+
+def boot_snapshot(
+    repo: Repository, snapshot: Snapshot, machine: Machine, *, keep_overlay: Path | None = None
+) -> None:
+    """Run ``snapshot``'s system with its console on this terminal until it powers off
+    or is stopped. The guest's writes go to an overlay, kept at
+    ``keep_overlay`` if given; the repository is only read."""
+    if keep_overlay is not None and not keep_overlay.parent.is_dir():
+        raise UsageError(f"overlay {keep_overlay}: its directory does not exist")
+    kept = f"its writes are in {keep_overlay}" if keep_overlay else "its writes were discarded"
+    try:
+        with (
+            _workdir() as private,
+            snapshot_overlay(repo, snapshot, private, keep=keep_overlay) as disk,
+        ):
+            run_guest(machine, disk, disk_format="qcow2", workdir=private)
+    except Interrupted as exc:
+        exc.outcome = f"the guest was stopped, {kept}; the repository was only read"
+        raise

@@ -154,6 +154,7 @@ COMMANDS = (
     "export",
     "import",
     "serve-nbd",
+    "boot",
 )
 
 
