@@ -81,6 +81,7 @@ MARKER_PATH: Final = "blockvault-marker"
 # 260 MiB (the size Microsoft gives ESPs on 4Kn disks). Images stay sparse.
 DISK_SIZE: Final[dict[Firmware, int]] = {"bios": 128 * MIB, "uefi": 384 * MIB}
 ESP_SIZE: Final = 260 * MIB
+BALLAST_FILE: Final = 64 * MIB
 
 # Modules an initramfs needs to mount ext4 from a virtio disk (their
 # dependencies are added from modinfo). crc32c: ext4 checksums ask for it.
@@ -209,9 +210,17 @@ def find_kernel(root: Path = Path("/")) -> Kernel:
 
 
 def build_boot_disk(
-    firmware: Firmware, path: Path, *, kernel: Kernel | None = None, size: int | None = None
+    firmware: Firmware,
+    path: Path,
+    *,
+    kernel: Kernel | None = None,
+    size: int | None = None,
+    ballast: int = 0,
 ) -> BootDisk:
-    """Build a bootable GPT disk image for ``firmware`` at ``path`` (overwritten)."""
+    """Build a bootable GPT disk image for ``firmware`` at ``path`` (overwritten).
+
+    ``ballast`` bytes of random (incompressible) files under ``/ballast`` make the root
+    as full as a real system's, for benchmarks that restore it."""
     kernel = kernel or find_kernel()
     size = size or DISK_SIZE[firmware]
     token = secrets.token_hex(8)
@@ -231,6 +240,9 @@ def build_boot_disk(
         (root_tree / MARKER_PATH).write_text(token + "\n")
         (root_tree / "etc").mkdir()
         (root_tree / "etc" / "hostname").write_text(f"blockvault-{firmware}\n")
+        if ballast > root_part[1] * 0.9:
+            raise UsageError(f"ballast of {ballast} bytes does not fit a {size}-byte disk")
+        _ballast(root_tree / "ballast", ballast)
         root_fs = work / "root.ext4"
         _run(
             "mkfs.ext4",
@@ -270,6 +282,14 @@ def build_boot_disk(
             _esp(esp, parts[0][1], core)
             _splice(esp, path, parts[0][0])
     return BootDisk(path, firmware, token, root_uuid, size, kernel.version)
+
+
+def _ballast(directory: Path, total: int) -> None:
+    directory.mkdir()
+    for k in range(0, total, BALLAST_FILE):
+        with open(directory / f"{k // BALLAST_FILE:05d}.bin", "wb") as f:
+            for _ in range(0, min(BALLAST_FILE, total - k), MIB):
+                f.write(os.urandom(MIB))
 
 
 def _partition(firmware: Firmware, path: Path) -> None:

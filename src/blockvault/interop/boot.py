@@ -110,6 +110,7 @@ BIOS_RETRY_MS: Final = 1000  # headless: SeaBIOS gives up (and QEMU exits) this 
 
 CONSOLE_TAIL: Final = 64 * 1024  # console bytes kept for the last line
 LAST_LINE_MAX: Final = 160  # characters of it quoted in an error
+STOPPED: Final = "the guest powered off or reset"  # headless guests do not reboot
 STOP_GRACE: Final = 10.0  # seconds QEMU gets to exit after SIGTERM before SIGKILL
 # CSI and other escape sequences firmware menus paint with; dropped from the quoted line
 _ESCAPES = re.compile(rb"\x1b(\[[0-9;?]*[ -/]*[@-~]|[@-Z\\-_])")
@@ -135,7 +136,7 @@ class BootCheck:
     booted: bool
     marker: str | None  # the marker seen, when booted
     seconds: float
-    ended: str  # "marker", "timeout" or "guest stopped"
+    ended: str  # "marker", "timeout" or STOPPED
     last_line: str
     firmware: Firmware
     accel: Accel
@@ -360,9 +361,10 @@ def watch_guest(
             proc = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors
             )
+            console = proc.stdout
+            assert console is not None  # stdout=PIPE
             try:
-                assert proc.stdout is not None
-                fd = proc.stdout.fileno()
+                fd = console.fileno()
                 selector.register(fd, selectors.EVENT_READ)
                 deadline = started + timeout
                 ended = "timeout"
@@ -371,7 +373,7 @@ def watch_guest(
                         continue
                     data = os.read(fd, 65536)
                     if not data:
-                        ended = "guest stopped"
+                        ended = STOPPED
                         break
                     log.write(data)
                     if watch.feed(data):
@@ -380,8 +382,9 @@ def watch_guest(
                 seconds = time.monotonic() - started
             finally:
                 _stop(proc)
+                console.close()
         status = proc.returncode
-        if ended == "guest stopped" and status not in (0, None) and watch.found is None:
+        if ended == STOPPED and status not in (0, None) and watch.found is None:
             raise _qemu_failed(status, qemu_log)
     return BootCheck(
         booted=watch.found is not None,
