@@ -215,7 +215,7 @@ def test_uefi_firmware_cannot_boot_a_bios_only_disk(bios: Booted) -> None:
     """--firmware overrides the choice; OVMF finds no EFI boot loader on the BIOS disk."""
     done = blockvault(
         "-r", bios.repo, "verify", "latest", "--boot", "--firmware", "uefi",
-        "--marker", bios.marker, "--timeout", "60",
+        "--marker", bios.marker, "--timeout", "30",
     )  # fmt: skip
     assert done.returncode == 5, done.stderr
     assert "(uefi, " in done.stderr
@@ -229,7 +229,7 @@ def test_boot_shows_the_console_keeps_the_overlay_and_writes_nothing(
     bios: Booted, tmp_path: Path
 ) -> None:
     before = tree_digest(bios.repo)
-    kept = tmp_path / "writes.qcow2"
+    kept = tmp_path / "writes,format=raw.qcow2"  # a comma QEMU must not read as an option
     done = blockvault("-r", bios.repo, "boot", "latest", "--keep-overlay", kept)
     assert done.returncode == 0, done.stderr
     assert bios.marker in done.stdout  # the guest's serial console, on our stdout

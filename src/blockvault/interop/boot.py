@@ -227,7 +227,7 @@ def qemu_command(
         "-smp",
         str(machine.cpus),
         "-drive",
-        f"if=none,id=disk0,format={disk_format},file={disk}",
+        f"if=none,id=disk0,format={disk_format},file={_value(disk)}",
         "-device",
         "virtio-blk-pci,drive=disk0,bootindex=0,"
         f"logical_block_size={sector},physical_block_size={sector}",
@@ -247,18 +247,24 @@ def qemu_command(
         shutil.copyfile(variables, own_variables)
         args += [
             "-drive",
-            f"if=pflash,format=raw,readonly=on,file={code}",
+            f"if=pflash,format=raw,readonly=on,file={_value(code)}",
             "-drive",
-            f"if=pflash,format=raw,file={own_variables}",
+            f"if=pflash,format=raw,file={_value(own_variables)}",
         ]
     else:
         name, value = SEABIOS_SERCON
         sercon = private / "sercon-port"
         sercon.write_bytes(value)
-        args += ["-fw_cfg", f"name={name},file={sercon}"]
+        args += ["-fw_cfg", f"name={name},file={_value(sercon)}"]
         if headless:
             args += ["-boot", f"reboot-timeout={BIOS_RETRY_MS}"]
     return args
+
+
+def _value(path: Path) -> str:
+    """``path`` as a value in a QEMU option list, where a comma would start the next
+    option (QEMU reads a doubled comma as one)."""
+    return str(path).replace(",", ",,")
 
 
 @contextmanager
