@@ -195,6 +195,19 @@ def test_verify_boot_fails_when_the_boot_loader_was_damaged(bios: Booted, tmp_pa
     assert "Traceback" not in done.stderr
 
 
+def test_a_machine_qemu_cannot_make_is_one_line_with_qemus_reason(bios: Booted) -> None:
+    done = blockvault(
+        "-r", bios.repo, "verify", "latest", "--boot", "--memory", str(64 * 1024 * 1024)
+    )  # 64 TiB of guest memory
+    assert done.returncode == 1, done.stderr
+    *_, line = done.stderr.strip().splitlines()
+    assert line.startswith("blockvault: error: QEMU: qemu-system-x86_64 exited with status 1: ")
+    assert "memory" in line
+    refused = blockvault("-r", bios.repo, "verify", "latest", "--boot", "--memory", "16")
+    assert refused.returncode == 2
+    assert "at least 64 MiB" in refused.stderr
+
+
 @pytest.mark.qemu
 def test_verify_boot_passes_for_a_uefi_snapshot_with_json(uefi: Booted) -> None:
     done = blockvault(
