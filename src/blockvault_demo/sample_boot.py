@@ -129,6 +129,9 @@ done
 mkdir -p /root
 mount -t ext4 -o ro "$dev" /root || fail "cannot mount $dev"
 echo "BLOCKVAULT-BOOT-OK $(cat /root/blockvault-marker) $dev"
+case " $(cat /proc/cmdline) " in
+*" bv_login "*) hostname "$(cat /root/etc/hostname)"; umount /root; exec getty 115200 ttyS0 ;;
+esac
 umount /root
 poweroff -f
 """
@@ -216,11 +219,14 @@ def build_boot_disk(
     kernel: Kernel | None = None,
     size: int | None = None,
     ballast: int = 0,
+    login: bool = False,
 ) -> BootDisk:
     """Build a bootable GPT disk image for ``firmware`` at ``path`` (overwritten).
 
     ``ballast`` bytes of random (incompressible) files under ``/ballast`` make the root
-    as full as a real system's, for benchmarks that restore it."""
+    as full as a real system's, for benchmarks that restore it. With ``login`` the
+    system does not power off after the OK line: busybox getty prints its login
+    prompt on the serial console and waits, as an installed system would."""
     kernel = kernel or find_kernel()
     size = size or DISK_SIZE[firmware]
     token = secrets.token_hex(8)
@@ -261,7 +267,7 @@ def build_boot_disk(
         )
         _splice(root_fs, path, root_part[0])
         config = work / "grub.cfg"
-        config.write_text(_grub_config(root_uuid))
+        config.write_text(_grub_config(root_uuid, login))
         core = work / "core.img"
         _run(
             "grub-mkimage",
@@ -320,14 +326,16 @@ def _splice(source: Path, image: Path, offset: int) -> None:
             position += len(block)
 
 
-def _grub_config(root_uuid: str) -> str:
+def _grub_config(root_uuid: str, login: bool) -> str:
+    extra = " bv_login" if login else ""
     return (
         "serial --unit=0 --speed=115200\n"
         "terminal_input serial\n"
         "terminal_output serial\n"
         "echo 'blockvault: grub loaded'\n"
         f"search --no-floppy --fs-uuid --set=root {root_uuid}\n"
-        f"linux /boot/vmlinuz console=ttyS0,115200 bv_root=UUID={root_uuid} panic=-1 quiet\n"
+        f"linux /boot/vmlinuz console=ttyS0,115200 bv_root=UUID={root_uuid} panic=-1 quiet"
+        f"{extra}\n"
         "initrd /boot/initrd.img\n"
         "boot\n"
         # Reached only when a step above failed (the embedded config runs on): say so and

@@ -234,6 +234,16 @@ def test_uefi_firmware_cannot_boot_a_bios_only_disk(bios: Booted) -> None:
     assert "(uefi, " in done.stderr
 
 
+@pytest.mark.qemu
+def test_verify_boot_passes_at_a_login_prompt_without_a_marker(work: Path) -> None:
+    """The default marker: busybox getty's own prompt ("blockvault-bios login: ")."""
+    disk = build_boot_disk("bios", work / "login.img", login=True)
+    booted = backed_up(disk, work / "login-repo")
+    done = blockvault("-r", booted.repo, "verify", "latest", "--boot", "--timeout", "240")
+    assert done.returncode == 0, done.stderr
+    assert "the console showed 'login:'" in done.stdout
+
+
 # ---- boot, on the terminal ---------------------------------------------------------------
 
 
