@@ -44,6 +44,8 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   ├── ObjectNotFound                   a named object does not exist
     │   ├── ObjectTooLarge          exit 4   an object larger than its kind allows, refused unread
     │   └── TransientStorageError            a failure worth retrying (dropped link)
+    ├── VirtualMachineError         exit 1   QEMU could not run a guest (interop/boot.py)
+    │   └── BootFailed              exit 5   a guest did not reach its login prompt or marker
     ├── FormatError                 exit 1   foreign on-disk structure we cannot trust
     │   ├── PartitionTableError
     │   ├── FilesystemError
@@ -86,6 +88,7 @@ __all__ = [
     "AmbiguousLatest",
     "AmbiguousSnapshot",
     "BlockvaultError",
+    "BootFailed",
     "BrowseError",
     "CastAuthError",
     "CastError",
@@ -136,6 +139,7 @@ __all__ = [
     "UnsafeName",
     "UnsupportedFilesystem",
     "UsageError",
+    "VirtualMachineError",
     "WrongPassphrase",
 ]
 
@@ -148,6 +152,7 @@ EXIT_CODES: dict[int, str] = {
     2: "the request is wrong or refused (bad option or source, target refused, no passphrase)",
     3: "the repository cannot serve the request (missing, unknown snapshot, wrong passphrase)",
     4: "data in the repository is missing or damaged, or verify found a difference",
+    5: "verify --boot: the guest did not reach its login prompt or marker in time",
     EXIT_INTERNAL: "internal error (a bug: please report it with BLOCKVAULT_DEBUG=1 output)",
     129: "stopped by SIGHUP (the terminal closed); the one line says what it left",
     EXIT_INTERRUPTED: "interrupted by Ctrl-C (SIGINT); the one line says what it left",
@@ -351,6 +356,21 @@ class TransientStorageError(StorageError):
     timeout, server busy or 5xx). Backends raise it; the retry wrapper retries it."""
 
     template = "storage {location}: {detail}"
+
+
+class VirtualMachineError(BlockvaultError):
+    template = "QEMU: {detail}"
+
+
+class BootFailed(VirtualMachineError):
+    """The guest ran but its console never showed the login prompt or marker: the
+    disk's boot chain (firmware, boot loader, kernel, root) did not come up."""
+
+    template = (
+        "snapshot {snapshot} did not boot: {detail}; last console line: {last!r}; watch it "
+        "with 'blockvault -r {repo:arg} boot {snapshot}', or give --timeout or --marker"
+    )
+    exit_code = 5
 
 
 class FormatError(BlockvaultError):

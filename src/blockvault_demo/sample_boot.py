@@ -47,15 +47,15 @@ import shutil
 import struct
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
 from blockvault.disk.table.mbr import c_mbr
 from blockvault.errors import UsageError
+from blockvault.interop.boot import Firmware, Machine, watch_guest
 
 __all__ = [
     "FIRMWARES",
@@ -68,7 +68,6 @@ __all__ = [
     "find_kernel",
 ]
 
-Firmware = Literal["bios", "uefi"]
 FIRMWARES: Final[tuple[Firmware, ...]] = ("bios", "uefi")
 
 MIB: Final = 1024 * 1024
@@ -82,6 +81,7 @@ MARKER_PATH: Final = "blockvault-marker"
 # 260 MiB (the size Microsoft gives ESPs on 4Kn disks). Images stay sparse.
 DISK_SIZE: Final[dict[Firmware, int]] = {"bios": 128 * MIB, "uefi": 384 * MIB}
 ESP_SIZE: Final = 260 * MIB
+BALLAST_FILE: Final = 64 * MIB
 
 # Modules an initramfs needs to mount ext4 from a virtio disk (their
 # dependencies are added from modinfo). crc32c: ext4 checksums ask for it.
@@ -104,8 +104,6 @@ NT_MAGIC = c_mbr.mbr.fields["disk_signature"].offset
 PART_END = c_mbr.mbr.fields["signature"].offset
 BLOCKLIST = 0x200 - 12  # in diskboot.img: u64 start, u16 sectors, u16 segment
 
-OVMF_CODE: Final = Path("/usr/share/OVMF/OVMF_CODE.fd")
-OVMF_VARS: Final = Path("/usr/share/OVMF/OVMF_VARS.fd")
 
 INIT_SCRIPT: Final = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -131,6 +129,9 @@ done
 mkdir -p /root
 mount -t ext4 -o ro "$dev" /root || fail "cannot mount $dev"
 echo "BLOCKVAULT-BOOT-OK $(cat /root/blockvault-marker) $dev"
+case " $(cat /proc/cmdline) " in
+*" bv_login "*) hostname "$(cat /root/etc/hostname)"; umount /root; exec getty 115200 ttyS0 ;;
+esac
 umount /root
 poweroff -f
 """
@@ -212,9 +213,20 @@ def find_kernel(root: Path = Path("/")) -> Kernel:
 
 
 def build_boot_disk(
-    firmware: Firmware, path: Path, *, kernel: Kernel | None = None, size: int | None = None
+    firmware: Firmware,
+    path: Path,
+    *,
+    kernel: Kernel | None = None,
+    size: int | None = None,
+    ballast: int = 0,
+    login: bool = False,
 ) -> BootDisk:
-    """Build a bootable GPT disk image for ``firmware`` at ``path`` (overwritten)."""
+    """Build a bootable GPT disk image for ``firmware`` at ``path`` (overwritten).
+
+    ``ballast`` bytes of random (incompressible) files under ``/ballast`` make the root
+    as full as a real system's, for benchmarks that restore it. With ``login`` the
+    system does not power off after the OK line: busybox getty prints its login
+    prompt on the serial console and waits, as an installed system would."""
     kernel = kernel or find_kernel()
     size = size or DISK_SIZE[firmware]
     token = secrets.token_hex(8)
@@ -234,6 +246,9 @@ def build_boot_disk(
         (root_tree / MARKER_PATH).write_text(token + "\n")
         (root_tree / "etc").mkdir()
         (root_tree / "etc" / "hostname").write_text(f"blockvault-{firmware}\n")
+        if ballast > root_part[1] * 0.9:
+            raise UsageError(f"ballast of {ballast} bytes does not fit a {size}-byte disk")
+        _ballast(root_tree / "ballast", ballast)
         root_fs = work / "root.ext4"
         _run(
             "mkfs.ext4",
@@ -252,7 +267,7 @@ def build_boot_disk(
         )
         _splice(root_fs, path, root_part[0])
         config = work / "grub.cfg"
-        config.write_text(_grub_config(root_uuid))
+        config.write_text(_grub_config(root_uuid, login))
         core = work / "core.img"
         _run(
             "grub-mkimage",
@@ -273,6 +288,14 @@ def build_boot_disk(
             _esp(esp, parts[0][1], core)
             _splice(esp, path, parts[0][0])
     return BootDisk(path, firmware, token, root_uuid, size, kernel.version)
+
+
+def _ballast(directory: Path, total: int) -> None:
+    directory.mkdir()
+    for k in range(0, total, BALLAST_FILE):
+        with open(directory / f"{k // BALLAST_FILE:05d}.bin", "wb") as f:
+            for _ in range(0, min(BALLAST_FILE, total - k), MIB):
+                f.write(os.urandom(MIB))
 
 
 def _partition(firmware: Firmware, path: Path) -> None:
@@ -303,14 +326,16 @@ def _splice(source: Path, image: Path, offset: int) -> None:
             position += len(block)
 
 
-def _grub_config(root_uuid: str) -> str:
+def _grub_config(root_uuid: str, login: bool) -> str:
+    extra = " bv_login" if login else ""
     return (
         "serial --unit=0 --speed=115200\n"
         "terminal_input serial\n"
         "terminal_output serial\n"
         "echo 'blockvault: grub loaded'\n"
         f"search --no-floppy --fs-uuid --set=root {root_uuid}\n"
-        f"linux /boot/vmlinuz console=ttyS0,115200 bv_root=UUID={root_uuid} panic=-1 quiet\n"
+        f"linux /boot/vmlinuz console=ttyS0,115200 bv_root=UUID={root_uuid} panic=-1 quiet"
+        f"{extra}\n"
         "initrd /boot/initrd.img\n"
         "boot\n"
         # Reached only when a step above failed (the embedded config runs on): say so and
@@ -429,54 +454,23 @@ def boot(
     """Boot ``image`` under QEMU with TCG emulation and watch the serial console.
 
     ``booted`` is true when the OK line appears (with ``expect_token`` if given).
-    QEMU is stopped at ``timeout`` seconds; the initramfs powers off by itself.
+    QEMU runs through blockvault's own guest runner (:mod:`blockvault.interop.boot`)
+    until the initramfs powers off, or is stopped at ``timeout`` seconds.
     """
-    qemu = _tool("qemu-system-x86_64")
-    blocks = f"logical_block_size={sector_size},physical_block_size={sector_size}"
-    args = [
-        qemu,
-        "-nographic",
-        "-monitor",
-        "none",
-        "-no-reboot",
-        "-m",
-        "512",
-        "-drive",
-        f"if=none,id=d,format=raw,file={image}",
-        "-device",
-        f"virtio-blk-pci,drive=d,bootindex=0,{blocks}",
-        "-net",
-        "none",
-        "-accel",
-        "tcg",
-    ]
+    machine = Machine(firmware, accel="tcg", memory=512, cpus=1, sector_size=sector_size)
     with tempfile.TemporaryDirectory(prefix="qemu-", dir=workdir) as tmp:
-        if firmware == "uefi":
-            for fd in (OVMF_CODE, OVMF_VARS):
-                if not fd.exists():
-                    raise UsageError(f"{fd} is missing (apt-get install ovmf)")
-            vars_copy = Path(tmp) / "vars.fd"
-            shutil.copyfile(OVMF_VARS, vars_copy)
-            args += [
-                "-drive",
-                f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
-                "-drive",
-                f"if=pflash,format=raw,file={vars_copy}",
-            ]
-        console_path = Path(tmp) / "console.log"
-        started = time.monotonic()
-        with open(console_path, "wb") as console:
-            proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT
-            )
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        seconds = time.monotonic() - started
-        text = console_path.read_bytes().decode(errors="replace")
+        console = Path(tmp) / "console.log"
+        check = watch_guest(
+            machine,
+            image,
+            disk_format="raw",
+            markers=(),
+            timeout=timeout,
+            console_log=console,
+            workdir=Path(tmp),
+        )
+        text = console.read_bytes().decode(errors="replace")
     ok = re.search(rf"{OK_LINE} (\S+)", text)
     token = ok.group(1) if ok else None
     booted = token is not None and (expect_token is None or token == expect_token)
-    return BootResult(booted, token, seconds, text)
+    return BootResult(booted, token, check.seconds, text)

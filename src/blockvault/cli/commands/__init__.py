@@ -205,6 +205,7 @@ COMMANDS = (
     "serve-nbd",
     "plan",
     "status",
+    "boot",
 )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from blockvault.cli import render
-from blockvault.cli.commands import open_repo
+from blockvault.cli.commands import open_snapshot
 from blockvault.interop.vm import export_vm_disk
 
 __all__ = ["write_qcow2", "write_raw", "write_vhd", "write_vhdx", "write_vmdk"]
@@ -20,8 +20,7 @@ __all__ = ["write_qcow2", "write_raw", "write_vhd", "write_vhdx", "write_vmdk"]
 
 def _writer(format_name: str) -> Callable[..., None]:
     def write(ctx: click.Context, snapshot: str, dest: str, **options: Any) -> None:
-        repo = open_repo(ctx)
-        snap = repo.resolve(snapshot)
+        repo, snap = open_snapshot(ctx, snapshot)
         with render.progress(False) as reporter:
             export_vm_disk(repo, snap, dest, format_name, reporter=reporter)
         click.echo(f"snapshot {snap.id[:12]} written to {dest} ({format_name})", err=True)

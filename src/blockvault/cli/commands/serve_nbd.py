@@ -8,7 +8,7 @@ import signal
 
 import click
 
-from blockvault.cli.commands import open_repo
+from blockvault.cli.commands import open_snapshot
 from blockvault.errors import Interrupted, UsageError
 from blockvault.interop.vm import snapshot_export
 from blockvault.nbd.server import serving
@@ -57,8 +57,7 @@ def register(group: click.Group) -> None:
         address = parse_listen(listen) if listen else None
         if socket_path and os.path.lexists(socket_path):
             raise UsageError(f"--socket {socket_path}: exists already; remove it or choose another")
-        repo = open_repo(ctx)
-        snap = repo.resolve(snapshot)
+        repo, snap = open_snapshot(ctx, snapshot)
         export = snapshot_export(repo, snap)
         if address is not None and not is_loopback(address[0]):
             click.echo(
