@@ -133,6 +133,22 @@ def test_export_raw_is_the_disk_as_a_sparse_file(sample: Sample, tmp_path: Path)
     assert allocated(out) <= allocated(sample.disk.path) * 1.1 + 2 * MiB
 
 
+def test_a_one_file_image_exports_to_a_vm_disk_without_a_repository(
+    sample: Sample, tmp_path: Path
+) -> None:
+    """A .bvi stands wherever SNAPSHOT does: the chain repository -> .bvi -> qcow2."""
+    bvi = tmp_path / "disk.bvi"
+    made = blockvault("-r", sample.repo.location, "export", sample.snapshot.id, bvi)
+    assert made.returncode == 0, made.stderr
+    out = tmp_path / "disk.qcow2"
+    done = blockvault("export", bvi, out)
+    assert done.returncode == 0, done.stderr
+    sh("qemu-img", "check", "-f", "qcow2", out)
+    assert "identical" in sh(
+        "qemu-img", "compare", "-f", "raw", "-F", "qcow2", sample.disk.path, out
+    )
+
+
 def test_export_refuses_an_existing_file_and_an_unknown_suffix(
     sample: Sample, tmp_path: Path
 ) -> None:
