@@ -14,20 +14,40 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import io
 import lzma
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+import blake3
 import lz4.frame  # type: ignore[import-untyped]
 import zstandard
 
 from blockvault.errors import ImageDamaged
 
-__all__ = ["COMPRESSIONS", "Payload", "compression_of", "pieces_of"]
+__all__ = ["COMPRESSIONS", "HASHES", "Payload", "compression_of", "new_hash", "pieces_of"]
+
+HASHES: Final = {
+    "MD5SUMS": "md5",
+    "SHA1SUMS": "sha1",
+    "SHA256SUMS": "sha256",
+    "SHA512SUMS": "sha512",
+    "B2SUMS": "blake2b",
+    "B3SUMS": "blake3",
+}
+"""The checksum lists an image directory may carry (``<hex>  <file>`` lines) -> hash."""
+
+
+def new_hash(algorithm: str) -> Any:
+    """A running hash by the name ``HASHES`` gives it."""
+    if algorithm == "blake3":
+        return blake3.blake3()
+    return hashlib.new(algorithm)
+
 
 COMPRESSIONS: Final = {
     b"\x1f\x8b": "gzip",
@@ -76,13 +96,17 @@ def _nth_suffix(n: int, width: int, digits: bool) -> str:
 
 
 class _Joined(io.RawIOBase):
-    """The pieces as one raw stream, remembering where it is."""
+    """The pieces as one raw stream, remembering where it is; each piece that has an
+    entry in ``sums`` (file name -> (algorithm, hex digest), from the tool's
+    ``*SUMS`` files) is hashed as it is read and checked at its end."""
 
-    def __init__(self, pieces: Sequence[Path]) -> None:
+    def __init__(self, pieces: Sequence[Path], sums: Mapping[str, tuple[str, str]]) -> None:
         self.pieces = list(pieces)
+        self.sums = sums
         self.index = 0  # piece being read
         self.offset = 0  # bytes read from it
         self._file: io.BufferedReader | None = None
+        self._hash: Any = None
 
     def readable(self) -> bool:
         return True
@@ -90,13 +114,19 @@ class _Joined(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         while self.index < len(self.pieces):
             if self._file is None:
-                self._file = self.pieces[self.index].open("rb")
+                piece = self.pieces[self.index]
+                self._file = piece.open("rb")
+                expected = self.sums.get(piece.name)
+                self._hash = new_hash(expected[0]) if expected else None
             n = self._file.readinto(buffer)
             if n:
+                if self._hash is not None:
+                    self._hash.update(memoryview(buffer)[:n])
                 self.offset += n
                 return n
             self._file.close()
             self._file = None
+            self._check_sum()
             if self.index + 1 == len(self.pieces):
                 self.index = len(self.pieces)  # the end: never reopened
                 break
@@ -109,6 +139,18 @@ class _Joined(io.RawIOBase):
             self._file.close()
             self._file = None
         super().close()
+
+    def _check_sum(self) -> None:
+        piece = self.pieces[self.index]
+        if self._hash is None:
+            return
+        algorithm, expected = self.sums[piece.name]
+        if self._hash.hexdigest() != expected.lower():
+            raise ImageDamaged(
+                f"piece {piece.name} does not match its {algorithm} checksum in the "
+                f"image's checksum list (read to its end, byte {self.offset})",
+                image=str(piece.parent),
+            )
 
     def where(self) -> str:
         """The piece and byte reached."""
@@ -160,9 +202,14 @@ _DECODE_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdE
 class Payload:
     """One payload, joined and decompressed, read forward only with exact reads."""
 
-    def __init__(self, pieces: Sequence[Path], name: str | None = None) -> None:
+    def __init__(
+        self,
+        pieces: Sequence[Path],
+        name: str | None = None,
+        sums: Mapping[str, tuple[str, str]] | None = None,
+    ) -> None:
         self.name = name or pieces[0].name
-        self._joined = _Joined(pieces)
+        self._joined = _Joined(pieces, sums or {})
         self._raw = io.BufferedReader(self._joined, 1 << 20)
         self.compression = compression_of(self._raw.peek(6)[:6])
         self._stream = _decompressed(self._raw, self.compression)
