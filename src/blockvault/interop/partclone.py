@@ -81,9 +81,9 @@ def checksum_of(mode: int) -> Callable[[], Any]:
     if mode == CHECKSUM_CRC32:
         return _Crc32
     if mode == CHECKSUM_XXH64:
-        return lambda: xxhash.xxh64(seed=0)
+        return lambda: _Xxh(xxhash.xxh64(seed=0), 8)
     if mode == CHECKSUM_XXH128:
-        return _Xxh128
+        return lambda: _Xxh(xxhash.xxh3_128(seed=0), 16)
     return _NoChecksum
 
 
@@ -98,18 +98,21 @@ class _Crc32:
         return self.crc.to_bytes(4, "little")
 
 
-class _Xxh128:
-    """XXH3-128, stored as partclone's native struct: low 64 bits, then high, little-endian."""
+class _Xxh:
+    """XXH64 or XXH3-128 as partclone stores them: the native integer (for XXH128 the
+    struct of low then high 64 bits) on a little-endian machine, i.e. the value
+    little-endian, not xxhash's canonical big-endian ``digest()``."""
 
-    def __init__(self) -> None:
-        self.state = xxhash.xxh3_128(seed=0)
+    def __init__(self, state: Any, size: int) -> None:
+        self.state = state
+        self.size = size
 
     def update(self, data: bytes | memoryview) -> None:
         self.state.update(data)
 
     def digest(self) -> bytes:
         value: int = self.state.intdigest()
-        return value.to_bytes(16, "little")
+        return value.to_bytes(self.size, "little")
 
 
 class _NoChecksum:
