@@ -39,10 +39,9 @@ cp -a /dev/. "$work/dev/" 2>/dev/null || true
 mount --rbind /dev/pts "$work/dev/pts"
 mount --bind "$work/dev" /dev
 while read -r name loop; do
-    number=$(stat -c '%t %T' "$loop")
-    set -- $number
+    read -r major minor < <(stat -c '%t %T' "$loop")
     rm -f "/dev/$name"
-    mknod "/dev/$name" b $((16#$1)) $((16#$2))
+    mknod "/dev/$name" b $((16#$major)) $((16#$minor))
 done < "$work/devices"
 mount --bind "$work/partitions" /proc/partitions
 mkdir -p /home/partimag

@@ -195,7 +195,7 @@ def forge_header(parsed: Parsed, **changes: int) -> bytes:
     [({"block_size": 0}, "block size 0 is out of range"),
      ({"block_size": 1 << 31}, "out of range"),
      ({"total": 1 << 40}, "blocks is out of range"),
-     ({"total": 3}, "do not make the"),
+     ({"total": 3}, "the bitmap marks"),
      ({"device_size": 1 << 62}, "do not make the"),
      ({"per": 0}, "blocks per checksum is out of range"),
      ({"used": 5}, "the bitmap marks")],

@@ -282,6 +282,42 @@ class _SwapArea:
         yield 0, memoryview(self.header)
 
 
+class _NtfsBackupBoot:
+    """An NTFS partclone image with the backup boot sector put back.
+
+    NTFS keeps a copy of its boot sector in the sector after the volume (mkntfs makes
+    the volume one sector shorter than the partition). partclone.ntfs images whole
+    clusters of the volume only, so that sector (and the partial cluster before it) is
+    in no image; without it the restored volume has no backup boot sector. It is the
+    boot sector's copy by definition, so it is made from the boot sector, which is the
+    image's first block (read ahead, not consumed)."""
+
+    def __init__(self, image: PartcloneImage, offset: int, boot: bytes) -> None:
+        self.image = image
+        self.offset = offset
+        self.boot = boot
+        self.used = image.used | ExtentMap.span(offset, len(boot))
+
+    @classmethod
+    def around(cls, image: PartcloneImage, size: int) -> _NtfsBackupBoot | None:
+        h = image.header
+        if h.filesystem != "ntfs" or not image.used or image.used.start != 0:
+            return None
+        boot = image.payload.peek(512)
+        sector = int.from_bytes(boot[11:13], "little")
+        if len(boot) < 512 or boot[3:11] != b"NTFS    " or sector != 512:
+            return None
+        offset = int.from_bytes(boot[40:48], "little") * sector
+        covered = h.total_blocks * h.block_size
+        if not covered <= offset <= size - sector:
+            return None
+        return cls(image, offset, boot)
+
+    def runs(self) -> Iterator[tuple[int, memoryview]]:
+        yield from self.image.runs()
+        yield self.offset, memoryview(self.boot)
+
+
 @contextlib.contextmanager
 def _open_stream(
     disk: ForeignDisk, part: ForeignPartition, layout: PartitionLayout | None
@@ -295,7 +331,8 @@ def _open_stream(
         if part.payload_kind == "raw":
             yield _RawStream(payload, size)
         else:
-            yield PartcloneImage(payload, limit=size)
+            image = PartcloneImage(payload, limit=size)
+            yield _NtfsBackupBoot.around(image, size) or image
 
 
 def _units(

@@ -227,8 +227,9 @@ class PartcloneImage:
             raise p.damaged(f"block size {h.block_size} is out of range", at)
         if not 0 < h.total_blocks <= MAX_BLOCKS:
             raise p.damaged(f"{h.total_blocks} blocks is out of range", at)
-        # the blocks cover the device: the last one may run past its end, no more
-        if not h.device_size <= h.total_blocks * h.block_size < h.device_size + h.block_size:
+        # the blocks lie on the device: the last one may run past its end, no more (a
+        # filesystem may cover less than its device: NTFS leaves the last sector)
+        if not h.total_blocks * h.block_size < h.device_size + h.block_size:
             raise p.damaged(
                 f"{h.total_blocks} blocks of {h.block_size} bytes do not make the "
                 f"{h.device_size}-byte device",
