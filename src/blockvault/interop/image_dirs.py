@@ -146,7 +146,8 @@ def _payload(image: Path, part: str) -> tuple[Path, str] | None:
         raise SourceError(
             f"{first.name} is an ntfsclone image, which blockvault does not read", path=str(image)
         )
-    return first, "raw" if match.group(2) or match.group(1) == "dd" else "partclone"
+    # <part>.dd-img is a plain stream; <part>.dd-ptcl-img is partclone.dd's image
+    return first, "raw" if match.group(2) else "partclone"
 
 
 def _swap_info(path: Path) -> tuple[str | None, str | None]:
