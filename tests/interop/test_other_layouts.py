@@ -8,6 +8,7 @@ partclone, sfdisk, dd and gzip. Expected bytes are the built disk's own.
 
 from __future__ import annotations
 
+import base64
 import filecmp
 import json
 import subprocess
@@ -150,3 +151,58 @@ def test_hostile_names_in_a_clonezilla_directory(tmp_path: Path, name: str) -> N
     repo = repository(tmp_path)
     done = blockvault("-r", repo, "import", image)
     assert done.returncode != 0 and "is not a plain device name" in done.stderr, done.stderr
+
+
+def test_redo_rescue_image(tmp_path: Path) -> None:
+    """Redo Rescue is not packaged here: the image is built as Rescuezilla's parser
+    (parser/redorescue_image.py) reads one: a ``.redo`` JSON with ``drive_bytes``, the
+    base64 ``sfdisk -d`` dump and first disk bytes, and per partition a gzip'd
+    partclone image split into ``<id>_<part>_NNN.img`` pieces."""
+    need_tools("partclone.ext4", "gzip", "split")
+    make_tree(tmp_path / "tree", 2 * MiB, seed=10)
+    disk = build_disk(
+        DiskSpec("mbr", 48 * MiB, [PartitionSpec("ext4", 0, content=tmp_path / "tree")]),
+        tmp_path / "redo.img",
+    )
+    redo = tmp_path / "redoimage"
+    redo.mkdir()
+    part = disk.partitions[0]
+    raw = extract(disk.path, part.offset, part.size, tmp_path / "p1")
+    packed = tmp_path / "p1.gz"
+    with packed.open("wb") as out:
+        clone = subprocess.Popen(
+            ["partclone.ext4", "-q", "-c", "-s", str(raw), "-o", "-"], stdout=subprocess.PIPE
+        )
+        subprocess.run(["gzip", "-c"], stdin=clone.stdout, stdout=out, check=True)
+        assert clone.wait() == 0
+    sh(
+        "split",
+        "-b",
+        "300000",
+        "-d",
+        "-a",
+        "3",
+        "--additional-suffix=.img",
+        packed,
+        redo / "20240501_sda1_",
+    )
+    dump = sh("sfdisk", "-d", disk.path).replace(str(disk.path), "/dev/sda")
+    meta = {
+        "id": "20240501",
+        "timestamp": "Wed, 01 May 2024 10:00:00 +0000",
+        "drive_bytes": disk.size,
+        "sfd_bin": base64.b64encode(dump.encode()).decode(),
+        "mbr_bin": base64.b64encode(disk.path.read_bytes()[:512]).decode(),
+        "parts": {"sda1": {"fs": "ext4", "bytes": part.size}},
+    }
+    (redo / "20240501.redo").write_text(json.dumps(meta))
+    assert len(list(redo.glob("*.img"))) > 1
+    repo = repository(tmp_path)
+    snap = imported(repo, redo, "redo:")
+    target = restored(repo, snap, tmp_path / "restored.img")
+    assert filecmp.cmp(disk.path, target, shallow=False)
+    fsck(extract(target, part.offset, part.size, tmp_path / "r1"), "ext4")
+    # a missing middle piece is named
+    (redo / "20240501_sda1_001.img").unlink()
+    done = blockvault("-r", repo, "import", redo / "20240501.redo")
+    assert done.returncode != 0 and "20240501_sda1_001.img is missing" in done.stderr, done.stderr

@@ -15,6 +15,9 @@ plain (no ``/``, no ``..``) and every file read is bounded in size.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from pathlib import Path
 from typing import Final
@@ -23,7 +26,15 @@ from blockvault.errors import ImageDamaged, SourceError
 from blockvault.interop.importer import ForeignDisk, ForeignPartition
 from blockvault.interop.payload import HASHES, new_hash, pieces_of
 
-__all__ = ["is_clonezilla", "is_fog", "read_clonezilla", "read_fog", "read_table_dump"]
+__all__ = [
+    "is_clonezilla",
+    "is_fog",
+    "is_redo",
+    "read_clonezilla",
+    "read_fog",
+    "read_redo",
+    "read_table_dump",
+]
 
 MAX_TEXT: Final = 1024 * 1024  # a list or dump longer than this is not one
 PLAIN_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:-]{0,127}")
@@ -239,7 +250,7 @@ def read_clonezilla(image: Path) -> list[ForeignDisk]:
                 notes.append(
                     f"{name}: swap (not saved by {tool}) made anew with its UUID and label"
                 )
-        raw_areas = [
+        raw_areas: list[tuple[int, Path | bytes]] = [
             (offset, image / f"{disk}-{suffix}")
             for offset, suffix in ((0, "mbr"), (0, "gpt-1st"), (ss, "hidden-data-after-mbr"))
             if (image / f"{disk}-{suffix}").is_file()
@@ -314,7 +325,7 @@ def read_fog(image: Path) -> list[ForeignDisk]:
                 ForeignPartition(name, start, None, "swap", "swap", swaps[name], None)
             )
             notes.append(f"{name}: a swap area (not saved by FOG) is recreated with its UUID")
-    raw_areas: list[tuple[int, Path]] = []
+    raw_areas: list[tuple[int, Path | bytes]] = []
     mbr = image / "d1.mbr"
     # on a dos disk d1.mbr is the disk's first bytes; on a GPT disk it is an sgdisk
     # backup file (not disk bytes), and sfdisk rebuilds the table from the dump
@@ -337,5 +348,84 @@ def read_fog(image: Path) -> list[ForeignDisk]:
             partitions=tuple(partitions),
             image_id=image.name,
             notes=tuple(notes),
+        )
+    ]
+
+
+MAX_REDO_JSON: Final = 8 * 1024 * 1024  # the MBR area and the dump, base64-encoded
+
+
+def _redo_file(path: Path) -> Path | None:
+    """The Redo Rescue metadata of ``path`` (the ``.redo`` file, or the one in a directory)."""
+    found = [path] if path.is_file() else sorted(path.glob("*.redo")) if path.is_dir() else []
+    for candidate in found:
+        if candidate.suffix == ".redo" and candidate.stat().st_size <= MAX_REDO_JSON:
+            try:
+                data = json.loads(candidate.read_bytes())
+            except (ValueError, UnicodeDecodeError):
+                continue  # Redo Backup 0.9.2 also wrote *.redo, not JSON
+            if isinstance(data, dict) and isinstance(data.get("parts"), dict):
+                return candidate
+    return None
+
+
+def is_redo(path: str | Path) -> bool:
+    """A Redo Rescue image: a ``.redo`` JSON file (or a directory holding one)."""
+    return _redo_file(Path(path)) is not None
+
+
+def read_redo(path: Path) -> list[ForeignDisk]:
+    """A Redo Rescue image. Its ``.redo`` JSON holds the disk's size (``drive_bytes``),
+    the ``sfdisk -d`` dump (``sfd_bin``) and the disk's first bytes (``mbr_bin``), both
+    base64; each partition in ``parts`` is ``<id>_<part>_NNN.img``, a partclone image
+    split into numbered pieces. Read as Rescuezilla's parser reads it (Redo Rescue
+    itself is not packaged here)."""
+    meta = _redo_file(path)
+    if meta is None:
+        raise SourceError("holds no Redo Rescue .redo file", path=str(path))
+    image = meta.parent
+    data = json.loads(meta.read_bytes())
+    try:
+        dump = base64.b64decode(str(data.get("sfd_bin", "")), validate=True).decode()
+        mbr = base64.b64decode(str(data.get("mbr_bin", "")), validate=True)
+    except (binascii.Error, UnicodeDecodeError):
+        raise ImageDamaged(
+            f"{meta.name}: sfd_bin or mbr_bin is not base64", image=str(image)
+        ) from None
+    size = data.get("drive_bytes")
+    ident = str(data.get("id", ""))
+    if not isinstance(size, int) or not PLAIN_NAME.fullmatch(ident):
+        raise ImageDamaged(f"{meta.name}: drive_bytes or id is missing or wrong", image=str(image))
+    header, entries = read_table_dump(dump)
+    ss = _number(header.get("sector-size", "512"), "sector-size", image)
+    partitions = []
+    for name, fields in entries.items():
+        name = _plain(name, image, "partition")
+        if name not in data["parts"]:
+            continue
+        start = _number(fields.get("start", ""), f"start of {name}", image)
+        pieces = sorted(image.glob(f"{ident}_{name}_[0-9][0-9][0-9].img"))
+        if not pieces:
+            raise ImageDamaged(f"no {ident}_{name}_000.img for {name}", image=str(image))
+        expected = [f"{ident}_{name}_{n:03d}.img" for n in range(len(pieces))]
+        if [p.name for p in pieces] != expected:
+            missing = next(e for e, p in zip(expected, pieces, strict=True) if e != p.name)
+            raise ImageDamaged(f"piece {missing} is missing", image=str(image))
+        part = data["parts"][name]
+        fs = str(part.get("fs") or "") if isinstance(part, dict) else ""
+        partitions.append(
+            ForeignPartition(name, start, pieces[0], "partclone", fs, pieces=tuple(pieces))
+        )
+    return [
+        ForeignDisk(
+            tool="redo",
+            image=image,
+            name=meta.stem,
+            table_dump=dump,
+            size=size,
+            sector_size=ss,
+            raw_areas=((0, mbr),) if mbr else (),
+            partitions=tuple(partitions),
+            image_id=ident,
         )
     ]

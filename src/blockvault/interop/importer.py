@@ -82,6 +82,7 @@ class ForeignPartition:
     filesystem: str = ""  # what the tool recorded ("ext4", "vfat", "swap", ...)
     swap_uuid: str | None = None  # a swap area to recreate: its UUID and label
     swap_label: str | None = None
+    pieces: tuple[Path, ...] = ()  # the payload's files when not named .aa, .ab, ...
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ class ForeignDisk:
     table_dump: str  # ``sfdisk -d`` output
     size: int  # bytes
     sector_size: int
-    raw_areas: tuple[tuple[int, Path], ...] = ()  # (disk offset, file): bytes kept verbatim
+    # (disk offset, file or bytes): the disk's bytes as the tool kept them
+    raw_areas: tuple[tuple[int, Path | bytes], ...] = ()
     partitions: tuple[ForeignPartition, ...] = ()
     image_id: str = ""  # the tool's identity of the image (Clonezilla's IMG_ID)
     checksums: dict[str, tuple[str, str]] = field(default_factory=dict)  # file -> (algo, hex)
@@ -205,16 +207,19 @@ def _write_boot_areas(disk: ForeignDisk, scratch: Path) -> None:
     # sfdisk (2.38) treats a file as 512-byte sectors: a disk of larger sectors keeps
     # only the tool's verbatim copies of its table (Clonezilla saves them)
     with scratch.open("r+b") as out:
-        for offset, path in disk.raw_areas:
-            length = path.stat().st_size
+        for offset, area in disk.raw_areas:
+            length = len(area) if isinstance(area, bytes) else area.stat().st_size
+            name = "the saved boot area" if isinstance(area, bytes) else area.name
             if length > MAX_RAW_AREA or offset + length > disk.size:
                 raise ImageDamaged(
-                    f"{path.name} holds {length} bytes for byte {offset} of a "
-                    f"{disk.size}-byte disk",
+                    f"{name} holds {length} bytes for byte {offset} of a {disk.size}-byte disk",
                     image=str(disk.image),
                 )
             out.seek(offset)
-            with path.open("rb") as src:
+            if isinstance(area, bytes):
+                out.write(area)
+                continue
+            with area.open("rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
 
 
@@ -327,7 +332,8 @@ def _open_stream(
     if part.payload is None:
         yield _SwapArea(size, part.swap_uuid, part.swap_label)
         return
-    with Payload(pieces_of(part.payload), part.payload.name, disk.checksums) as payload:
+    pieces = list(part.pieces) or pieces_of(part.payload)
+    with Payload(pieces, part.payload.name, disk.checksums) as payload:
         if part.payload_kind == "raw":
             yield _RawStream(payload, size)
         else:

@@ -34,6 +34,11 @@ SOURCES["clonezilla"] = Source(
     "a Clonezilla or Rescuezilla image directory",
 )
 SOURCES["fog"] = Source(f"{_FOREIGN}:probe_fog", f"{_FOREIGN}:run_fog", "a FOG image directory")
+SOURCES["redo"] = Source(
+    f"{_FOREIGN}:probe_redo",
+    f"{_FOREIGN}:run_redo",
+    "a Redo Rescue image (.redo file or directory)",
+)
 SOURCES["partclone"] = Source(
     f"{_FOREIGN}:probe_partclone",
     f"{_FOREIGN}:run_partclone",

@@ -15,7 +15,14 @@ from blockvault.cli import render
 from blockvault.cli.commands import open_repo
 from blockvault.disk.layout import refuse_plain_path
 from blockvault.errors import ImageDamaged, SourceError
-from blockvault.interop.image_dirs import is_clonezilla, is_fog, read_clonezilla, read_fog
+from blockvault.interop.image_dirs import (
+    is_clonezilla,
+    is_fog,
+    is_redo,
+    read_clonezilla,
+    read_fog,
+    read_redo,
+)
 from blockvault.interop.importer import ForeignDisk, import_disk, partclone_disk
 from blockvault.interop.payload import Payload
 from blockvault.pipeline.backup import backup
@@ -26,10 +33,12 @@ __all__ = [
     "probe_fog",
     "probe_partclone",
     "probe_raw",
+    "probe_redo",
     "run_clonezilla",
     "run_fog",
     "run_partclone",
     "run_raw",
+    "run_redo",
 ]
 
 
@@ -39,6 +48,10 @@ def probe_clonezilla(source: str) -> bool:
 
 def probe_fog(source: str) -> bool:
     return is_fog(source)
+
+
+def probe_redo(source: str) -> bool:
+    return is_redo(source)
 
 
 def probe_partclone(source: str) -> bool:
@@ -98,6 +111,10 @@ def run_clonezilla(ctx: click.Context, source: str, **options: Any) -> None:
 def run_fog(ctx: click.Context, source: str, **options: Any) -> None:
     disks = read_fog(Path(source))
     _report(_run(ctx, disks, options), options, lambda s: s.source)
+
+
+def run_redo(ctx: click.Context, source: str, **options: Any) -> None:
+    _report(_run(ctx, read_redo(Path(source)), options), options, lambda s: s.source)
 
 
 def run_partclone(ctx: click.Context, source: str, **options: Any) -> None:
