@@ -214,3 +214,19 @@ def test_lvm_and_luks_are_refused_by_name(
     (copy / marker).write_text("/dev/sdz1 vg0\n")
     message = refused(repo, copy)
     assert named in message and "cannot import" in message
+
+
+def test_rescuezilla_directory_is_named_so(plain_image: Path, tmp_path: Path) -> None:
+    """Rescuezilla writes Clonezilla's layout (always split) plus its description."""
+    copy = tmp_path / "rz"
+    copy.mkdir()
+    for f in plain_image.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    (copy / "rescuezilla.description.txt").write_text("before the upgrade\n")
+    repo = repository(tmp_path)
+    done = blockvault("-r", repo, "import", copy, "--json")
+    assert done.returncode == 0, done.stderr
+    [snap] = json.loads(done.stdout)
+    assert snap["source"].startswith("rescuezilla:") and snap["source_id"].startswith(
+        "rescuezilla:"
+    )

@@ -200,8 +200,16 @@ def _write_boot_areas(disk: ForeignDisk, scratch: Path) -> None:
     """The sparse scratch disk: the table from the dump, then the verbatim areas."""
     if not 0 < disk.size <= MAX_DISK_SIZE:
         raise SourceError(f"a disk of {disk.size} bytes is out of range", path=str(disk.image))
-    with scratch.open("wb") as out:
-        out.truncate(disk.size)
+    try:
+        with scratch.open("wb") as out:
+            out.truncate(disk.size)  # a hole: only the table and boot areas are written
+    except OSError as exc:
+        raise SourceError(
+            f"a sparse scratch file of {disk.size} bytes for its partition table cannot be "
+            f"made in {scratch.parent.parent} ({exc.strerror}); set TMPDIR to another "
+            "filesystem",
+            path=str(disk.image),
+        ) from None
     if disk.table_dump.strip() and disk.sector_size == 512:
         _run_sfdisk(disk, scratch)
     # sfdisk (2.38) treats a file as 512-byte sectors: a disk of larger sectors keeps
