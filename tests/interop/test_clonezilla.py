@@ -240,3 +240,25 @@ def test_rescuezilla_directory_is_named_so(plain_image: Path, tmp_path: Path) ->
     assert snap["source"].startswith("rescuezilla:") and snap["source_id"].startswith(
         "rescuezilla:"
     )
+
+
+def test_mbr_logical_partitions(tmp_path: Path) -> None:
+    """Logical partitions in an extended one: sfdisk rebuilds the EBR chain from the
+    dump exactly as it was."""
+    need_tools("ocs-sr")
+    spec = DiskSpec(
+        "mbr",
+        64 * MiB,
+        [
+            PartitionSpec("ext4", 20 * MiB),
+            PartitionSpec("ext4", 16 * MiB),
+            PartitionSpec("fat32", 0),
+        ],
+        logical_from=1,
+    )
+    disk = build_disk(spec, tmp_path / "logical.img")
+    assert [p.number for p in disk.partitions] == [1, 5, 6]
+    image = save_with_ocs_sr(disk, tmp_path / "partimag", "cz-logical", ("-z1p",))
+    repo = repository(tmp_path)
+    import_and_restore(repo, image, tmp_path / "restored.img")
+    check_restored(disk, tmp_path / "restored.img", tmp_path)
