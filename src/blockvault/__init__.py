@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         Warned,
         quiet,
     )
+    from blockvault.interop.sources import import_image
     from blockvault.pipeline.backup import backup
     from blockvault.pipeline.clone import CloneResult, clone
     from blockvault.pipeline.restore import RestoreResult, restore
@@ -67,6 +68,8 @@ _EXPORTS: dict[str, str] = {
     "CloneResult": "blockvault.pipeline.clone",
     "Confirm": "blockvault.pipeline.target",
     "verify": "blockvault.pipeline.verify",
+    # another tool's image (Clonezilla, FOG, Redo, partclone) as snapshots
+    "import_image": "blockvault.interop.sources",
     "VerifyResult": "blockvault.pipeline.verify",
     "Problem": "blockvault.pipeline.verify",
     # keeping the repository healthy; prune = apply_policy, then delete what is not kept
@@ -124,6 +127,7 @@ __all__ = [
     "check_repository",
     "clone",
     "collect_garbage",
+    "import_image",
     "parse_subset",
     "prune",
     "quiet",
