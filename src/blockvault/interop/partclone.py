@@ -12,8 +12,8 @@ holding more than one run (at most ``RUN_BYTES``).
 
 Version 1 (partclone < 0.3.0) wrote a CRC after every block whose value is wrong (its
 loop forgot to advance), in 4 or 8 bytes depending on the build: the stride is found
-from the image's length where it is known, else from which stride puts a plausible
-CRC after the first block; the values themselves cannot be checked.
+from the zero high halves a 64-bit build leaves (see ``_v1_stride``); the values
+themselves cannot be checked.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class PartcloneImage:
     (and checked) on construction, the blocks by ``runs()``.
 
     ``limit``: the most bytes the image may describe (the partition it is imported
-    into); ``size_hint``: the plain stream's length when known (v1 stride detection).
+    into); a filesystem may cover less of its device than that, never more.
     """
 
     def __init__(self, payload: Payload, *, limit: int | None = None) -> None:
