@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         Warned,
         quiet,
     )
+    from blockvault.interop.sources import import_image
     from blockvault.pipeline.backup import backup
     from blockvault.pipeline.clone import CloneResult, clone
     from blockvault.pipeline.copy import CopyResult, copy_snapshot, export_bundle
@@ -72,6 +73,8 @@ _EXPORTS: dict[str, str] = {
     "CloneResult": "blockvault.pipeline.clone",
     "Confirm": "blockvault.pipeline.target",
     "verify": "blockvault.pipeline.verify",
+    # another tool's image (Clonezilla, FOG, Redo, partclone) as snapshots
+    "import_image": "blockvault.interop.sources",
     "VerifyResult": "blockvault.pipeline.verify",
     "Problem": "blockvault.pipeline.verify",
     # a snapshot out of its repository: into another (import) or a one-file image (.bvi)
@@ -149,6 +152,7 @@ __all__ = [
     "collect_garbage",
     "copy_snapshot",
     "export_bundle",
+    "import_image",
     "parse_subset",
     "plan_status",
     "prune",

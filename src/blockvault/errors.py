@@ -49,6 +49,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     ├── FormatError                 exit 1   foreign on-disk structure we cannot trust
     │   ├── PartitionTableError
     │   ├── FilesystemError
+    │   ├── ImageDamaged                     another tool's image fails its own checks
     │   └── UnsafeName                       a name from a snapshot that would leave its tree
     └── RepositoryError             exit 3   the repository cannot serve the request
         ├── RepositoryNotFound
@@ -100,6 +101,7 @@ __all__ = [
     "DeviceError",
     "FilesystemError",
     "FormatError",
+    "ImageDamaged",
     "ImageReadOnly",
     "IntegrityError",
     "Interrupted",
@@ -383,6 +385,13 @@ class PartitionTableError(FormatError):
 
 class FilesystemError(FormatError):
     template = "{fs} filesystem {where}: {detail}"
+
+
+class ImageDamaged(FormatError):
+    """Another tool's image (partclone, Clonezilla) that fails a check its own format
+    carries: a checksum, a size, a missing piece. The detail says where."""
+
+    template = "image {image}: {detail}; it is damaged, so no snapshot was made of it"
 
 
 class UnsafeName(FormatError):

@@ -4,14 +4,21 @@ Plan: read the layout, turn the boot areas and each chosen partition into a
 region with a used map, cut each region into fixed chunks aligned to its start,
 then on a thread pool read, hash, deduplicate, compress and store each chunk.
 The index and the manifest are written last (the commit point).
+
+``store_regions`` is the part every source shares: it takes the regions and their
+chunks as ``Unit``s, each knowing how to get its bytes. A disk's units read them on
+the worker (``device_units``: positional reads run in parallel); a stream that can
+only be read forward (another tool's image, interop/) fills them in order on the
+calling thread (``stream_units``) and the workers hash, compress and store.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -32,7 +39,17 @@ from blockvault.repo.sessions import DEFAULT_TIMING, Timing
 from blockvault.repo.writer import WriterSession
 from blockvault.text import plural
 
-__all__ = ["backup", "boot_area_map", "plan_regions"]
+__all__ = [
+    "ChunkTask",
+    "Unit",
+    "backup",
+    "boot_area_map",
+    "chunk_tasks",
+    "device_units",
+    "plan_regions",
+    "store_regions",
+    "stream_units",
+]
 
 BOOT_BLOCK = 4096  # granularity at which non-zero bytes outside partitions are kept
 GAP_KEPT = 1024 * 1024  # the gap before the first partition is kept whole up to here
@@ -41,7 +58,7 @@ GAP_KEPT = 1024 * 1024  # the gap before the first partition is kept whole up to
 READ_UNIT = 16 * 1024 * 1024
 
 
-class _Task(NamedTuple):  # a tuple: some 30,000 are made per 2 GB backed up
+class ChunkTask(NamedTuple):  # a tuple: some 30,000 are made per 2 GB backed up
     region: int  # position in the region list
     number: int  # chunk number within the region
     base: int  # region start on the disk
@@ -51,8 +68,16 @@ class _Task(NamedTuple):  # a tuple: some 30,000 are made per 2 GB backed up
     refine: ExtentMap | None  # for boot areas: bytes kept even when zero
 
 
+class Unit(NamedTuple):
+    """Consecutive chunks of one region and how to get their bytes (run on a worker):
+    ``load()`` returns the bytes from the first task's offset to the last one's end."""
+
+    tasks: list[ChunkTask]
+    load: Callable[[], bytearray | memoryview]
+
+
 class _Done(NamedTuple):
-    task: _Task
+    task: ChunkTask
     chunk_id: bytes
     used: ExtentMap
     stored: int  # bytes written to the repository (0 when deduplicated)
@@ -102,21 +127,23 @@ def _touched(used: ExtentMap, chunk_size: int) -> Iterator[int]:
             last = k
 
 
-def _tasks(regions: list[Region], chunk_size: int, keep: ExtentMap) -> Iterator[_Task]:
+def chunk_tasks(regions: list[Region], chunk_size: int, keep: ExtentMap) -> Iterator[ChunkTask]:
+    """Every chunk of ``regions`` that holds a used byte, in order (``keep``: the
+    disk-relative boot-area bytes kept even when zero)."""
     for i, region in enumerate(regions):
         for k in _touched(region.used, chunk_size):
             offset = k * chunk_size
             length = min(chunk_size, region.size - offset)
             refine = keep.clip(offset, length) if region.kind == fmt.REGION_DISK else None
-            yield _Task(
+            yield ChunkTask(
                 i, k, region.start, offset, length, region.used.clip(offset, length), refine
             )
 
 
-def _read_units(tasks: Iterable[_Task], unit: int) -> Iterator[list[_Task]]:
+def _read_units(tasks: Iterable[ChunkTask], unit: int) -> Iterator[list[ChunkTask]]:
     """Consecutive chunks of one region, about ``unit`` bytes together: a worker reads
     them in one go, since one large read is much faster than several small ones."""
-    batch: list[_Task] = []
+    batch: list[ChunkTask] = []
     for task in tasks:
         if batch and (
             task.region != batch[0].region or task.offset + task.length - batch[0].offset > unit
@@ -126,6 +153,51 @@ def _read_units(tasks: Iterable[_Task], unit: int) -> Iterator[list[_Task]]:
         batch.append(task)
     if batch:
         yield batch
+
+
+def device_units(device: SourceDisk, tasks: Iterable[ChunkTask]) -> Iterator[Unit]:
+    """Units read from a device on the workers, about ``READ_UNIT`` bytes each."""
+    for batch in _read_units(tasks, READ_UNIT):
+        yield Unit(batch, functools.partial(_read_batch, device, batch))
+
+
+def _read_batch(device: SourceDisk, batch: list[ChunkTask]) -> bytearray:
+    first, last = batch[0], batch[-1]
+    used = ExtentMap(extent for task in batch for extent in task.used)
+    span = last.offset + last.length - first.offset
+    data = read_chunk(device, first.base, first.offset, span, used)
+    assert data is not None  # every task holds a used byte (_touched)
+    return data
+
+
+def stream_units(
+    tasks: Iterable[ChunkTask], runs: Iterable[tuple[int, memoryview]]
+) -> Iterator[Unit]:
+    """One unit per chunk, filled here from ``runs``: ``(region offset, data)`` of one
+    region's used bytes in ascending order, each inside the region's used map (so
+    inside the chunks of ``tasks``). Bytes no run covers stay zero."""
+    pending = iter(runs)
+    offset, data = next(pending, (0, memoryview(b"")))
+    for task in tasks:
+        buf = bytearray(task.length)
+        end = task.offset + task.length
+        while data:
+            if offset >= end:
+                break
+            if offset < task.offset:
+                raise ValueError(f"a run at {offset} lies before chunk {task.number}: out of order")
+            n = min(len(data), end - offset)
+            buf[offset - task.offset : offset - task.offset + n] = data[:n]
+            offset, data = offset + n, data[n:]
+            if not data:
+                offset, data = next(pending, (0, memoryview(b"")))
+        yield Unit([task], functools.partial(_given, buf))
+    if data:
+        raise ValueError(f"a run at {offset} lies outside the used map")
+
+
+def _given(data: bytearray) -> bytearray:
+    return data
 
 
 def _nonzero_blocks(data: memoryview, offset: int, used: ExtentMap) -> ExtentMap:
@@ -171,7 +243,9 @@ def backup(
         draft = _manifest(repo, layout, partitions, tags)
         with WriterSession(repo, kind="backup", timing=timing) as writer:
             writer.choose_parent(draft)
-            index, stats = _image(writer, device, regions, boot_area_map(layout), reporter)
+            tasks = chunk_tasks(regions, repo.config.chunk_size, boot_area_map(layout))
+            units = device_units(device, tasks)
+            index, stats = store_regions(writer, regions, units, reporter, str(device.path))
             stats = replace(stats, seconds=round(time.monotonic() - started, 3))
             snapshot = replace(draft, time=_now(), stats=stats)
 
@@ -251,17 +325,22 @@ def _store_again(
             missing.discard(ref.chunk_id)
 
 
-def _image(
+def store_regions(
     writer: WriterSession,
-    device: SourceDisk,
     regions: list[Region],
-    keep: ExtentMap,
+    units: Iterable[Unit],
     reporter: Reporter,
+    description: str,
+    task_name: str = "backup",
 ) -> tuple[Index, Stats]:
+    """Hash, deduplicate, compress and store the chunks of ``units`` on a thread pool;
+    returns the index of ``regions`` (a disk region's used map refined to the boot-area
+    bytes kept and the non-zero blocks) and the statistics. ``units`` come in region
+    order and hold every chunk of ``regions`` with a used byte."""
     repo = writer.repo
     chunk_size = repo.config.chunk_size
 
-    def store_one(task: _Task, data: memoryview) -> _Done:
+    def store_one(task: ChunkTask, data: memoryview) -> _Done:
         used = task.used
         if task.refine is not None:
             used = task.refine | _nonzero_blocks(data, task.offset, task.used)
@@ -271,24 +350,19 @@ def _image(
         stored = writer.put_chunk(data, digest.hex())
         return _Done(task, digest, used, stored, len(data) if stored else 0)
 
-    def store(batch: list[_Task]) -> list[_Done]:
-        first, last = batch[0], batch[-1]
-        span = last.offset + last.length - first.offset
-        used = ExtentMap(extent for task in batch for extent in task.used)
-        data = read_chunk(device, first.base, first.offset, span, used)
-        assert data is not None  # every task holds a used byte (_touched)
-        view = memoryview(data)
-        at = [task.offset - first.offset for task in batch]  # each chunk's place in data
-        return [store_one(t, view[a : a + t.length]) for t, a in zip(batch, at, strict=True)]
+    def store(unit: Unit) -> list[_Done]:
+        view = memoryview(unit.load())
+        first = unit.tasks[0]
+        at = [task.offset - first.offset for task in unit.tasks]  # each chunk's place in data
+        return [store_one(t, view[a : a + t.length]) for t, a in zip(unit.tasks, at, strict=True)]
 
     total = sum(r.used.total for r in regions)
-    reporter(TaskStarted("backup", total, str(device.path)))
+    reporter(TaskStarted(task_name, total, description))
     counts = [-(-r.size // chunk_size) for r in regions]
     ids = [[fmt.HOLE] * n for n in counts]  # filled in below for each chunk read
     used_maps = [[ExtentMap()] * n for n in counts]
     read = chunks = new_chunks = new_bytes = stored_bytes = 0
     threads = workers(repo.backend.capabilities.parallel_io)
-    units = _read_units(_tasks(regions, chunk_size, keep), READ_UNIT)
     # closing: when this loop is left by an error or an interruption, the pool stops
     # and its running tasks finish here, before the session flushes and ends
     with contextlib.closing(ordered_map(store, units, threads)) as results:
@@ -306,8 +380,8 @@ def _image(
                     new_bytes += done.new_bytes
                     stored_bytes += done.stored
             read += advanced
-            reporter(TaskAdvanced("backup", advanced))
-    reporter(TaskFinished("backup"))
+            reporter(TaskAdvanced(task_name, advanced))
+    reporter(TaskFinished(task_name))
     final = []
     for i, region in enumerate(regions):
         used = region.used

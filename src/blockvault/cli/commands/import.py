@@ -40,6 +40,24 @@ SOURCES: dict[str, Source] = {
     "vdi": Source(f"{_VM}:is_vdi", f"{_VM}:import_vdi", "VirtualBox disk (VDI)"),
 }
 """Kind of source -> how it is recognised and imported, most specific first."""
+_FOREIGN = "blockvault.cli.commands.import_foreign"
+SOURCES["clonezilla"] = Source(
+    f"{_FOREIGN}:probe_clonezilla",
+    f"{_FOREIGN}:run_clonezilla",
+    "a Clonezilla or Rescuezilla image directory",
+)
+SOURCES["fog"] = Source(f"{_FOREIGN}:probe_fog", f"{_FOREIGN}:run_fog", "a FOG image directory")
+SOURCES["redo"] = Source(
+    f"{_FOREIGN}:probe_redo",
+    f"{_FOREIGN}:run_redo",
+    "a Redo Rescue image (.redo file or directory)",
+)
+SOURCES["partclone"] = Source(
+    f"{_FOREIGN}:probe_partclone",
+    f"{_FOREIGN}:run_partclone",
+    "a partclone image file (or its first piece), compressed or not",
+)
+# raw stays last: any disk image file is one
 
 
 def _load(spec: str) -> Callable[..., Any]:
@@ -73,6 +91,12 @@ def register(group: click.Group) -> None:
     )
     # each kind's own options go here; every runner is given all of them (by name)
     @import_bvi.image_password_option
+    @click.option(
+        "--tag", "tags", multiple=True, metavar="T", help="Tag the snapshots (repeatable)."
+    )
+    @click.option(
+        "--json", "as_json", is_flag=True, help="Print the snapshots as JSON for scripts."
+    )
     @click.pass_context
     def import_command(
         ctx: click.Context, /, source: str, kind: str | None, **options: Any
@@ -80,3 +104,10 @@ def register(group: click.Group) -> None:
         """Store SOURCE as an ordinary snapshot of the repository (-r), deduplicated
         against everything already stored."""
         _load(SOURCES[kind_of(source, kind)].runner)(ctx, source, **options)
+
+
+SOURCES["raw"] = Source(
+    f"{_FOREIGN}:probe_raw",
+    f"{_FOREIGN}:run_raw",
+    "a raw disk image file (dd), imaged as a disk backup images it",
+)
