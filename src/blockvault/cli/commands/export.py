@@ -24,7 +24,11 @@ class Format(NamedTuple):
     help: str  # one phrase for --help
 
 
-FORMATS: dict[str, Format] = {}
+FORMATS: dict[str, Format] = {
+    "clonezilla": Format(
+        (), "blockvault.cli.commands.export_clonezilla:run", "a Clonezilla image directory"
+    ),
+}
 """Format name -> how it is written."""
 
 
@@ -60,6 +64,24 @@ def register(group: click.Group) -> None:
         + "; ".join(f"{n}: {f.help}" for n, f in FORMATS.items()),
     )
     # each format's own options go here; every writer is given all of them (by name)
+    @click.option(
+        "--disk-name",
+        metavar="NAME",
+        help="clonezilla: the disk's name in the image (sda, nvme0n1); "
+        "default: the snapshot's source device, else sda.",
+    )
+    @click.option(
+        "--split",
+        metavar="SIZE",
+        help="clonezilla: cut each partition image into pieces of SIZE (4G, 700M; "
+        "fat32: 4096 MB), named .aa .ab ... as Clonezilla does.",
+    )
+    @click.option(
+        "--checksum",
+        type=click.Choice(["crc32", "xxh128"]),
+        help="clonezilla: partclone's block checksum (default crc32; "
+        "xxh128 needs partclone 0.3.20 or later).",
+    )
     @click.pass_context
     def export_command(
         ctx: click.Context, /, snapshot: str, dest: str, format_name: str | None, **options: Any
