@@ -38,7 +38,6 @@ import zstandard
 from blockvault.disk.fs.probe import probe
 from blockvault.errors import DeviceError, FormatError, TargetError, UsageError
 from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted, quiet
-from blockvault.interop.c_partclone import CHECKSUM_CRC32
 from blockvault.interop.partclone_write import PartcloneImage, block_size_for, write_image
 from blockvault.repo import format as fmt
 from blockvault.repo.image import RegionReader, SnapshotImage
@@ -152,7 +151,6 @@ def export_clonezilla(
     *,
     disk_name: str | None = None,
     split: int | None = None,
-    checksum_mode: int = CHECKSUM_CRC32,
     reporter: Reporter = quiet,
 ) -> ClonezillaExport:
     """Write ``snapshot`` as a Clonezilla ``savedisk`` image directory ``dest`` (which
@@ -177,7 +175,6 @@ def export_clonezilla(
                 payload,
                 scratch / partition_name(disk, record.number),
                 split,
-                checksum_mode,
                 lambda n: reporter(TaskAdvanced("export", n)),
             )
         parts = tuple(partition_name(disk, r.number) for r, _ in payloads)
@@ -245,7 +242,6 @@ def _write_payload(
     payload: _Payload,
     prefix: Path,
     split: int | None,
-    checksum_mode: int,
     advanced: Callable[[int], None],
 ) -> int:
     """One partition as ``<p>.<fs>-ptcl-img.zst[.aa...]``; the compressed bytes written."""
@@ -265,7 +261,6 @@ def _write_payload(
                     region.size,
                     block_size_for(_fs_block_size(reader, record), region.size),
                     region.used,
-                    checksum_mode,
                 )
                 write_image(image, reader.read_at, stream.write, advanced)
     finally:

@@ -16,14 +16,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
-import xxhash
-
 from blockvault.extents import ExtentMap
 from blockvault.interop.c_partclone import (
     BITMAP_BIT,
     CHECKSUM_CRC32,
     CHECKSUM_SIZES,
-    CHECKSUM_XXH128,
     ENDIAN_MARK,
     MAGIC,
     V2_HEADER_SIZE,
@@ -51,7 +48,6 @@ class PartcloneImage:
     device_size: int  # bytes of the partition
     block_size: int
     used: ExtentMap  # partition-relative, aligned out to whole blocks
-    checksum_mode: int = CHECKSUM_CRC32
     strip_bytes: int = STRIP_BYTES  # partclone's --buffer_size: data per checksum
 
     def __post_init__(self) -> None:
@@ -60,8 +56,6 @@ class PartcloneImage:
             raise ValueError(f"block size {bs} does not divide {self.device_size} bytes")
         if self.total_blocks > MAX_BLOCKS or self.used.end > self.device_size:
             raise ValueError(f"used map ends past {self.device_size} bytes")
-        if self.checksum_mode not in (CHECKSUM_CRC32, CHECKSUM_XXH128):
-            raise ValueError(f"checksum mode {self.checksum_mode:#x} is not written")
 
     @classmethod
     def of(
@@ -70,12 +64,9 @@ class PartcloneImage:
         device_size: int,
         block_size: int,
         used: ExtentMap,
-        checksum_mode: int = CHECKSUM_CRC32,
         strip_bytes: int = STRIP_BYTES,
     ) -> PartcloneImage:
-        return cls(
-            fs_tag, device_size, block_size, used.align_out(block_size), checksum_mode, strip_bytes
-        )
+        return cls(fs_tag, device_size, block_size, used.align_out(block_size), strip_bytes)
 
     @property
     def total_blocks(self) -> int:
@@ -91,7 +82,8 @@ class PartcloneImage:
 
     @property
     def checksum_size(self) -> int:
-        return CHECKSUM_SIZES[self.checksum_mode]
+        # CRC32 only: the partclone Debian ships (0.3.23) verifies no XXH checksum
+        return CHECKSUM_SIZES[CHECKSUM_CRC32]
 
     @property
     def size(self) -> int:
@@ -119,7 +111,7 @@ class PartcloneImage:
             feature_size=FEATURE_SIZE,
             image_version=2,
             cpu_bits=64,
-            checksum_mode=self.checksum_mode,
+            checksum_mode=CHECKSUM_CRC32,
             checksum_size=self.checksum_size,
             blocks_per_checksum=self.blocks_per_checksum,
             reseed=1,
@@ -153,25 +145,17 @@ def _set_bits(bits: bytearray, first: int, end: int) -> None:
 
 
 class _Strips:
-    """Running checksum over used blocks, emitted after every ``per`` blocks."""
+    """Running CRC32 over used blocks, emitted (and reseeded) after every ``per``."""
 
     def __init__(self, image: PartcloneImage) -> None:
-        self.mode = image.checksum_mode
         self.per = image.blocks_per_checksum
         self.block_size = image.block_size
         self.count = 0
-        self._reset()
-
-    def _reset(self) -> None:
         self.crc = 0xFFFFFFFF
-        self.xxh = xxhash.xxh3_128()
 
     def _digest(self) -> bytes:
-        if self.mode == CHECKSUM_CRC32:
-            digest = self.crc.to_bytes(4, "little")
-        else:  # XXH128 as partclone stores its struct: low 64 bits, then high, each LE
-            digest = self.xxh.intdigest().to_bytes(16, "little")
-        self._reset()
+        digest = self.crc.to_bytes(4, "little")
+        self.crc = 0xFFFFFFFF
         return digest
 
     def feed(self, data: bytes, sink: Sink) -> None:
@@ -179,10 +163,7 @@ class _Strips:
         while view:
             take = min(len(view) // self.block_size, self.per - self.count) * self.block_size
             piece = view[:take]
-            if self.mode == CHECKSUM_CRC32:
-                self.crc = partclone_crc32(piece, self.crc)
-            else:
-                self.xxh.update(piece)
+            self.crc = partclone_crc32(piece, self.crc)
             sink(piece.tobytes())
             self.count += take // self.block_size
             view = view[take:]

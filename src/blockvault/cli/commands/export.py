@@ -76,12 +76,6 @@ def register(group: click.Group) -> None:
         help="clonezilla: cut each partition image into pieces of SIZE (4G, 700M; "
         "fat32: 4096 MB), named .aa .ab ... as Clonezilla does.",
     )
-    @click.option(
-        "--checksum",
-        type=click.Choice(["crc32", "xxh128"]),
-        help="clonezilla: partclone's block checksum (default crc32; "
-        "xxh128 needs partclone 0.3.20 or later).",
-    )
     @click.pass_context
     def export_command(
         ctx: click.Context, /, snapshot: str, dest: str, format_name: str | None, **options: Any

@@ -9,13 +9,9 @@ import click
 from blockvault.cli import render
 from blockvault.cli.commands import open_repo
 from blockvault.cli.commands.init import parse_size
-from blockvault.interop.c_partclone import CHECKSUM_CRC32, CHECKSUM_XXH128
 from blockvault.interop.clonezilla_export import FAT32_PIECE, export_clonezilla
 
-__all__ = ["CHECKSUMS", "parse_split", "run"]
-
-CHECKSUMS = {"crc32": CHECKSUM_CRC32, "xxh128": CHECKSUM_XXH128}
-"""--checksum word -> partclone checksum mode."""
+__all__ = ["parse_split", "run"]
 
 
 def parse_split(text: str | None) -> int | None:
@@ -35,7 +31,6 @@ def run(ctx: click.Context, snapshot: str, dest: str, **options: Any) -> None:
             dest,
             disk_name=options.get("disk_name"),
             split=parse_split(options.get("split")),
-            checksum_mode=CHECKSUMS[options.get("checksum") or "crc32"],
             reporter=reporter,
         )
     if options.get("as_json"):

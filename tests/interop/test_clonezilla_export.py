@@ -1,0 +1,270 @@
+"""Export to a Clonezilla image directory, restored by the real tools.
+
+The sample disks are built by sfdisk and mkfs.* in fresh sparse files, so every byte
+a filesystem does not use is zero. A restore the way Clonezilla does it (sfdisk from
+``-pt.sf``, the boot code and hidden sectors by dd, each payload joined, decompressed
+and given to ``partclone.<fs> -r``, swap remade by mkswap from ``swappt-*.info``) onto
+a fresh file must then give back the whole disk byte for byte, which checks every
+used block without trusting our own maps; fsck is the other oracle.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from blockvault.disk.device import open_device
+from blockvault.disk.fs.probe import probe
+from blockvault.interop.c_partclone import c_partclone
+from blockvault.interop.partclone_write import PartcloneImage, block_size_for, write_image
+from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk, demo_disk, make_tree
+from tests.conftest import blockvault, need_tools, needs_root, sh
+from tests.fstree import extract, fsck
+
+MiB = 1024 * 1024
+SECTOR = 512
+
+
+def backup(tmp: Path, image: Path) -> Path:
+    repo = tmp / "repo"
+    if not repo.exists():
+        assert blockvault("-r", repo, "init", "--encryption", "none").returncode == 0
+    done = blockvault("-r", repo, "backup", image)
+    assert done.returncode == 0, done.stderr
+    return repo
+
+
+def export(repo: Path, dest: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return blockvault("-r", repo, "export", "latest", dest, "--format", "clonezilla", *options)
+
+
+def payload_pieces(directory: Path, name: str) -> list[Path]:
+    return sorted(directory.glob(f"{name}.*-ptcl-img.zst*"))
+
+
+def restore_clonezilla(directory: Path, target: Path, loop: Callable[..., str]) -> None:
+    """Restore a Clonezilla ``savedisk`` directory onto the image file ``target`` with
+    the tools Clonezilla uses, as ``ocs-sr restoredisk`` does."""
+    disk = (directory / "disk").read_text().split()[0]
+    parts = (directory / "parts").read_text().split()
+    table = (directory / f"{disk}-pt.sf").read_text()
+    sh("sfdisk", "--force", "-q", target, input=table)
+    if "label: dos" in table:  # Clonezilla writes back the boot code and the gap after it
+        sh(
+            "dd",
+            f"if={directory / f'{disk}-mbr'}",
+            f"of={target}",
+            "bs=446",
+            "count=1",
+            "conv=notrunc",
+        )
+        hidden = directory / f"{disk}-hidden-data-after-mbr"
+        if hidden.exists():
+            sh("dd", f"if={hidden}", f"of={target}", "bs=512", "seek=1", "conv=notrunc")
+    fs_of = {
+        line.split()[0].removeprefix("/dev/"): line.split()[1]
+        for line in (directory / "dev-fs.list").read_text().splitlines()
+        if line.startswith("/dev/")
+    }
+    layout = json.loads(sh("sfdisk", "--json", target))["partitiontable"]["partitions"]
+    for entry in layout:
+        number = int(entry["node"].removeprefix(str(target)).lstrip("p"))
+        name = f"{disk}p{number}" if disk[-1].isdigit() else f"{disk}{number}"
+        device = loop(target, offset=entry["start"] * SECTOR, size=entry["size"] * SECTOR)
+        if name in parts:
+            pieces = payload_pieces(directory, name)
+            fs = pieces[0].name.split(".")[1].removesuffix("-ptcl-img")
+            tool = ["partclone.dd"] if fs == "dd" else [f"partclone.{fs}", "-r"]
+            joined = b"".join(p.read_bytes() for p in pieces)
+            raw = subprocess.run(["zstd", "-dc"], input=joined, capture_output=True, check=True)
+            done = subprocess.run(
+                [*tool, "-s", "-", "-o", device], input=raw.stdout, capture_output=True
+            )
+            assert done.returncode == 0, done.stderr.decode(errors="replace")[-500:]
+        elif fs_of.get(name) == "swap":
+            info = dict(
+                line.split("=", 1)
+                for line in (directory / f"swappt-{name}.info").read_text().splitlines()
+            )
+            sh("mkswap", "-U", info["UUID"].strip('"'), "-L", info["LABEL"].strip('"'), device)
+
+
+def assert_restored(source: Path, restored: Path, tmp: Path, filesystems: dict[int, str]) -> None:
+    layout = json.loads(sh("sfdisk", "--json", source))["partitiontable"]["partitions"]
+    by_number = {int(e["node"].removeprefix(str(source)).lstrip("p")): e for e in layout}
+    for number, fs in filesystems.items():
+        entry = by_number[number]
+        offset, size = entry["start"] * SECTOR, entry["size"] * SECTOR
+        fsck(extract(restored, offset, size, tmp / f"p{number}.img"), fs)
+    same = subprocess.run(["cmp", source, restored], capture_output=True, text=True)
+    assert same.returncode == 0, f"restored disk differs from the source: {same.stdout}"
+
+
+@pytest.mark.root
+@needs_root
+def test_gpt_demo_disk_restores_with_partclone(tmp_path: Path, loop: Callable[..., str]) -> None:
+    """GPT: FAT32 ESP, ext4, swap, NTFS; payloads split into 1 MiB pieces."""
+    need_tools("partclone.restore", "zstd", "parted", "sgdisk")
+    disk = demo_disk(tmp_path / "demo.img")
+    repo = backup(tmp_path, disk.path)
+    out = tmp_path / "cz"
+    done = export(repo, out, "--split", "1M")
+    assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in out.iterdir())
+    for required in (
+        "disk",
+        "parts",
+        "dev-fs.list",
+        "blkdev.list",
+        "clonezilla-img",
+        "sda-pt.sf",
+        "sda-pt.parted",
+        "sda-chs.sf",
+        "sda-mbr",
+        "sda-gpt-1st",
+        "sda-gpt-2nd",
+        "sda-gpt.gdisk",
+        "swappt-sda3.info",
+    ):
+        assert required in names
+    assert (out / "parts").read_text().split() == ["sda1", "sda2", "sda4"]
+    assert "sda2.ext4-ptcl-img.zst.ab" in names and "sda2.ext4-ptcl-img.zst" not in names
+    assert all(p.stat().st_size <= MiB for p in out.glob("*-ptcl-img.zst.*"))
+    assert "sda1.vfat-ptcl-img.zst.aa" in names and "sda4.ntfs-ptcl-img.zst.aa" in names
+    # the GPT copies are the source's own sectors, and sgdisk reads its backup file
+    size = disk.path.stat().st_size
+    with open(disk.path, "rb") as f:
+        assert (out / "sda-gpt-1st").read_bytes() == f.read(34 * SECTOR)
+        f.seek(size - 33 * SECTOR)
+        assert (out / "sda-gpt-2nd").read_bytes() == f.read(33 * SECTOR)
+    restored = tmp_path / "restored.img"
+    restored.write_bytes(b"")
+    subprocess.run(["truncate", "-s", str(size), restored], check=True)
+    restore_clonezilla(out, restored, loop)
+    assert_restored(disk.path, restored, tmp_path, {1: "fat32", 2: "ext4", 4: "ntfs"})
+
+
+@pytest.mark.root
+@needs_root
+def test_mbr_disk_with_logical_partitions_restores_with_partclone(
+    tmp_path: Path, loop: Callable[..., str]
+) -> None:
+    """MBR: ext4, FAT16, raw (a partclone.dd payload), then logical NTFS and swap; the
+    boot code and the hidden sectors before the first partition come back by dd."""
+    need_tools("partclone.restore", "zstd", "parted")
+    content = tmp_path / "tree"
+    make_tree(content, 2 * MiB, seed=3, kinds={"text"})
+    spec = DiskSpec(
+        "mbr",
+        160 * MiB,
+        [
+            PartitionSpec("ext4", 40 * MiB, "root", content),
+            PartitionSpec("fat16", 30 * MiB, "BOOT", content),
+            PartitionSpec("raw", 8 * MiB),
+            PartitionSpec("ntfs", 40 * MiB, "Data", content),
+            PartitionSpec("swap", 0, "swap"),
+        ],
+        logical_from=3,
+    )
+    disk = build_disk(spec, tmp_path / "mbr.img")
+    with open(disk.path, "r+b") as f:  # boot code and a GRUB-like core in the gap
+        f.write(b"\xeb\x63" + bytes(range(200)) * 2)
+        f.seek(SECTOR)
+        f.write(b"core.img" * 4096)
+    repo = backup(tmp_path, disk.path)
+    out = tmp_path / "cz"
+    done = export(repo, out, "--disk-name", "vda")
+    assert done.returncode == 0, done.stderr
+    assert (out / "disk").read_text().split() == ["vda"]
+    assert (out / "parts").read_text().split() == ["vda1", "vda2", "vda3", "vda5"]
+    assert (out / "vda3.dd-ptcl-img.zst").exists()
+    assert (out / "swappt-vda6.info").read_text().splitlines()[1] == 'LABEL="swap"'
+    hidden = (out / "vda-hidden-data-after-mbr").read_bytes()
+    assert len(hidden) == MiB - SECTOR and hidden.startswith(b"core.img")
+    restored = tmp_path / "restored.img"
+    restored.write_bytes(b"")
+    subprocess.run(["truncate", "-s", str(spec.size), restored], check=True)
+    restore_clonezilla(out, restored, loop)
+    filesystems = {1: "ext4", 2: "fat16", 5: "ntfs"}
+    assert_restored(disk.path, restored, tmp_path, filesystems)
+
+
+def test_partclone_writer_matches_partclone(tmp_path: Path) -> None:
+    """For ext4 and FAT32 the image is partclone's own, byte for byte (same used map,
+    same header, bitmap and strip checksums); partclone.chkimg accepts all three."""
+    need_tools("partclone.extfs", "partclone.fat", "partclone.chkimg", "mkfs.ext4", "mkntfs")
+    content = tmp_path / "tree"
+    make_tree(content, 3 * MiB, seed=1, kinds={"random"})
+    cases = {"ext4": ("EXTFS", "extfs"), "fat32": ("FAT32", "fat"), "ntfs": ("NTFS", "ntfs")}
+    for fs, (tag, tool) in cases.items():
+        spec = DiskSpec("none", 48 * MiB, [PartitionSpec(fs, 0, "T", content)])
+        built = build_disk(spec, tmp_path / f"{fs}.img")
+        theirs = tmp_path / f"{fs}.theirs"
+        sh(f"partclone.{tool}", "-q", "-c", "-s", built.path, "-o", theirs)
+        reference = theirs.read_bytes()
+        head = c_partclone.image_head_v2(reference[:110])
+        device = open_device(built.path)
+        info = probe(device)
+        image = PartcloneImage.of(
+            tag,
+            device.size,
+            block_size_for(512 if fs == "fat32" else info.block_size, device.size),
+            info.used,
+            strip_bytes=head.blocks_per_checksum * head.block_size,
+        )
+        ours = tmp_path / f"{fs}.ours"
+        with open(ours, "wb") as f:
+            write_image(image, device.read_at, f.write)
+        assert ours.stat().st_size == image.size
+        if fs != "ntfs":  # partclone.ntfs leaves out the backup boot sector; we keep it
+            assert ours.read_bytes() == reference
+        sh("partclone.chkimg", "-s", ours)
+
+
+def test_damaged_checksum_is_caught_by_partclone(tmp_path: Path) -> None:
+    """The strip checksums are real: partclone.chkimg refuses a flipped data byte."""
+    need_tools("partclone.chkimg", "mkfs.ext4")
+    spec = DiskSpec("none", 16 * MiB, [PartitionSpec("ext4", 0)])
+    built = build_disk(spec, tmp_path / "e.img")
+    device = open_device(built.path)
+    info = probe(device)
+    image = PartcloneImage.of("EXTFS", device.size, info.block_size, info.used)
+    data = bytearray()
+    write_image(image, device.read_at, data.extend)
+    data[image.size - 100] ^= 0x40  # inside the last strip's blocks
+    (tmp_path / "bad").write_bytes(bytes(data))
+    checked = subprocess.run(["partclone.chkimg", "-s", tmp_path / "bad"], capture_output=True)
+    assert checked.returncode != 0
+
+
+def test_export_refuses_bad_requests(tmp_path: Path) -> None:
+    need_tools("mkfs.ext4")
+    spec = DiskSpec("gpt", 32 * MiB, [PartitionSpec("ext4", 0)])
+    built = build_disk(spec, tmp_path / "d.img")
+    repo = backup(tmp_path, built.path)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep").write_text("mine")
+    for dest, options, words in (
+        (busy, (), "is not an empty directory"),
+        (tmp_path / "a", ("--disk-name", "../x"), "is not a kernel disk name"),
+        (tmp_path / "b", ("--split", "1000"), "below 1 MiB"),
+        (tmp_path / "no" / "c", (), "parent directory does not exist"),
+    ):
+        done = export(repo, dest, *options)
+        assert done.returncode == 2, done.stderr
+        assert words in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    assert (busy / "keep").read_text() == "mine" and sorted(p.name for p in busy.iterdir()) == [
+        "keep"
+    ]
+    assert not (tmp_path / "a").exists()
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert export(repo, empty).returncode == 0
+    assert (empty / "parts").read_text().split() == ["sda1"]
