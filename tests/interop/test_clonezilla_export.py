@@ -268,3 +268,46 @@ def test_export_refuses_bad_requests(tmp_path: Path) -> None:
     empty.mkdir()
     assert export(repo, empty).returncode == 0
     assert (empty / "parts").read_text().split() == ["sda1"]
+
+
+OCS_RESTOREDISK = Path(__file__).with_name("ocs_restoredisk.sh")
+
+
+@pytest.mark.root
+@needs_root
+def test_ocs_sr_restores_the_exported_directory(tmp_path: Path, loop: Callable[..., str]) -> None:
+    """Clonezilla itself (``ocs-sr -batch restoredisk``, in a private mount namespace
+    whose /dev/sda* are loop devices) restores the exported demo disk: partition table,
+    boot code, partclone payloads and the swap it remakes. The only bytes it changes
+    on its own are the two NTFS records its ``ntfsfix -d`` rewrites, so the source is
+    given the same ``ntfsfix -d`` before the whole disks are compared."""
+    need_tools("ocs-sr", "unshare", "partclone.restore", "zstd", "parted", "ntfsfix")
+    disk = demo_disk(tmp_path / "demo.img")
+    repo = backup(tmp_path, disk.path)
+    ocsroot = tmp_path / "partimag"
+    ocsroot.mkdir()
+    done = export(repo, ocsroot / "demo-img")
+    assert done.returncode == 0, done.stderr
+    size = disk.path.stat().st_size
+    restored = tmp_path / "restored.img"
+    subprocess.run(["truncate", "-s", str(size), restored], check=True)
+    layout = json.loads(sh("sfdisk", "--json", disk.path))["partitiontable"]["partitions"]
+    devices = [f"sda:{loop(restored)}"] + [
+        f"sda{n}:{loop(restored, offset=p['start'] * SECTOR, size=p['size'] * SECTOR)}"
+        for n, p in enumerate(layout, 1)
+    ]
+    work = tmp_path / "ns"
+    work.mkdir()
+    ran = subprocess.run(
+        ["unshare", "-m", OCS_RESTOREDISK, work, ocsroot, "demo-img", *devices],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = ran.stdout + ran.stderr
+    assert ran.returncode == 0, log[-3000:]
+    assert "End of restoredisk job for image demo-img" in log
+    assert log.count("Partclone successfully restored the image") == 3
+    ntfs = layout[3]
+    sh("ntfsfix", "-d", loop(disk.path, offset=ntfs["start"] * SECTOR, size=ntfs["size"] * SECTOR))
+    assert_restored(disk.path, restored, tmp_path, {1: "fat32", 2: "ext4", 4: "ntfs"})

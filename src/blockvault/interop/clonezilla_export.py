@@ -38,6 +38,7 @@ import zstandard
 from blockvault.disk.fs.probe import probe
 from blockvault.errors import DeviceError, FormatError, TargetError, UsageError
 from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted, quiet
+from blockvault.extents import ExtentMap
 from blockvault.interop.partclone_write import PartcloneImage, block_size_for, write_image
 from blockvault.repo import format as fmt
 from blockvault.repo.image import RegionReader, SnapshotImage
@@ -57,6 +58,8 @@ SECTOR: Final = 512
 HIDDEN_LIMIT: Final = 1024 * 1024 * 1024  # drbl-ocs.conf hidden_data_after_mbr_limit (MiB)
 FAT32_PIECE: Final = 4096 * 1000 * 1000  # Clonezilla's VOL_LIMIT on FAT: 4096 MB
 ZSTD_LEVEL: Final = 3
+FS_PROBE_BYTES: Final = 64 * 1024  # parted's filesystem probes read no further
+READ_BYTES: Final = 4 * 1024 * 1024
 _DISK_NAME: Final = re.compile(r"^[a-z][a-z0-9]{0,31}$")
 
 
@@ -288,9 +291,8 @@ def _copy_raw(
     sink: Callable[[bytes], object],
     advanced: Callable[[int], None],
 ) -> None:
-    step = 4 * 1024 * 1024
-    for offset in range(0, size, step):
-        n = min(step, size - offset)
+    for offset in range(0, size, READ_BYTES):
+        n = min(READ_BYTES, size - offset)
         sink(reader.read_at(offset, n))
         advanced(n)
 
@@ -299,18 +301,20 @@ def _copy_raw(
 
 
 def _write_tables(repo: Repository, snapshot: Snapshot, index: Index, out: Path, disk: str) -> None:
-    """The table files, made by the real tools from a scratch copy of the boot areas."""
+    """The table files, made by the real tools from a sparse scratch copy of the boot
+    areas and the first bytes of each partition (where parted finds the filesystem
+    that Clonezilla's restore reads from ``-pt.parted``: swap is found that way)."""
     image = SnapshotImage(repo, snapshot, index)
     scratch = out / ".tables"
     boot = index.region(fmt.REGION_DISK)
     assert boot is not None  # load_index checked it spans the disk
-    reader = RegionReader(repo, boot, index.chunk_size)
+    heads = ExtentMap((p.start, min(FS_PROBE_BYTES, p.size)) for p in snapshot.imaged_partitions)
     with open(scratch, "xb") as f:
         f.truncate(snapshot.disk_size)
-        for extent in boot.used:
-            for offset in range(extent.offset, extent.end, 4 * 1024 * 1024):
+        for extent in boot.used | heads:
+            for offset in range(extent.offset, extent.end, READ_BYTES):
                 f.seek(offset)
-                f.write(reader.read_at(offset, min(4 * 1024 * 1024, extent.end - offset)))
+                f.write(image.read_at(offset, min(READ_BYTES, extent.end - offset)))
     try:
         rename = _renamer(str(scratch), disk)
         (out / f"{disk}-pt.sf").write_text(rename(_tool("sfdisk", "-d", scratch)))
