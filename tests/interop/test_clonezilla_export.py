@@ -311,3 +311,29 @@ def test_ocs_sr_restores_the_exported_directory(tmp_path: Path, loop: Callable[.
     ntfs = layout[3]
     sh("ntfsfix", "-d", loop(disk.path, offset=ntfs["start"] * SECTOR, size=ntfs["size"] * SECTOR))
     assert_restored(disk.path, restored, tmp_path, {1: "fat32", 2: "ext4", 4: "ntfs"})
+
+
+def test_interrupted_export_leaves_nothing(tmp_path: Path) -> None:
+    """SIGINT halfway (sent by the repository's fault hook after 20 chunk reads): no
+    DEST, no hidden scratch directory, one line saying so, exit 130."""
+    need_tools("mkfs.ext4", "parted")
+    content = tmp_path / "tree"
+    make_tree(content, 24 * MiB, seed=5, kinds={"random"})
+    spec = DiskSpec("gpt", 64 * MiB, [PartitionSpec("ext4", 0, "root", content)])
+    built = build_disk(spec, tmp_path / "d.img")
+    repo = backup(tmp_path, built.path)
+    out = tmp_path / "out" / "cz"
+    out.parent.mkdir()
+    done = blockvault(
+        "-r",
+        repo,
+        "export",
+        "latest",
+        out,
+        "--format",
+        "clonezilla",
+        env={"BLOCKVAULT_FAULTS": "signal=INT,every=20,operations=read,under=data/"},
+    )
+    assert done.returncode == 130, done.stderr
+    assert "nothing was written" in done.stderr and "Traceback" not in done.stderr
+    assert list(out.parent.iterdir()) == []

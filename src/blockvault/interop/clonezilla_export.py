@@ -36,7 +36,13 @@ from typing import IO, BinaryIO, Final, NamedTuple, cast
 import zstandard
 
 from blockvault.disk.fs.probe import probe
-from blockvault.errors import DeviceError, FormatError, TargetError, UsageError
+from blockvault.errors import (
+    DeviceError,
+    FormatError,
+    Interrupted,
+    TargetError,
+    UsageError,
+)
 from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted, quiet
 from blockvault.extents import ExtentMap
 from blockvault.interop.partclone_write import PartcloneImage, block_size_for, write_image
@@ -183,8 +189,10 @@ def export_clonezilla(
         parts = tuple(partition_name(disk, r.number) for r, _ in payloads)
         _write_lists(snapshot, scratch, disk, parts)
         _publish(scratch, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(scratch, ignore_errors=True)
+        if isinstance(exc, Interrupted):
+            exc.outcome = f"nothing was written: {target} was not created"
         raise
     reporter(TaskFinished("export"))
     return ClonezillaExport(target, disk, parts, compressed, time.monotonic() - started)
