@@ -21,7 +21,14 @@ from blockvault.disk.device import open_device
 from blockvault.disk.fs.probe import probe
 from blockvault.interop.c_partclone import c_partclone
 from blockvault.interop.partclone_write import PartcloneImage, block_size_for, write_image
-from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk, demo_disk, make_tree
+from blockvault_demo.sample import (
+    BuiltDisk,
+    DiskSpec,
+    PartitionSpec,
+    build_disk,
+    demo_disk,
+    make_tree,
+)
 from tests.conftest import blockvault, need_tools, needs_root, sh
 from tests.fstree import extract, fsck
 
@@ -44,6 +51,12 @@ def export(repo: Path, dest: Path, *options: str) -> subprocess.CompletedProcess
 
 def payload_pieces(directory: Path, name: str) -> list[Path]:
     return sorted(directory.glob(f"{name}.*-ptcl-img.zst*"))
+
+
+def partition_numbers(image: Path) -> dict[int, dict[str, int]]:
+    """Partition number -> ``sfdisk --json`` entry (start and size in sectors)."""
+    layout = json.loads(sh("sfdisk", "--json", image))["partitiontable"]["partitions"]
+    return {int(e["node"].removeprefix(str(image)).lstrip("p")): e for e in layout}
 
 
 def restore_clonezilla(directory: Path, target: Path, loop: Callable[..., str]) -> None:
@@ -70,9 +83,7 @@ def restore_clonezilla(directory: Path, target: Path, loop: Callable[..., str]) 
         for line in (directory / "dev-fs.list").read_text().splitlines()
         if line.startswith("/dev/")
     }
-    layout = json.loads(sh("sfdisk", "--json", target))["partitiontable"]["partitions"]
-    for entry in layout:
-        number = int(entry["node"].removeprefix(str(target)).lstrip("p"))
+    for number, entry in partition_numbers(target).items():
         name = f"{disk}p{number}" if disk[-1].isdigit() else f"{disk}{number}"
         device = loop(target, offset=entry["start"] * SECTOR, size=entry["size"] * SECTOR)
         if name in parts:
@@ -94,8 +105,7 @@ def restore_clonezilla(directory: Path, target: Path, loop: Callable[..., str]) 
 
 
 def assert_restored(source: Path, restored: Path, tmp: Path, filesystems: dict[int, str]) -> None:
-    layout = json.loads(sh("sfdisk", "--json", source))["partitiontable"]["partitions"]
-    by_number = {int(e["node"].removeprefix(str(source)).lstrip("p")): e for e in layout}
+    by_number = partition_numbers(source)
     for number, fs in filesystems.items():
         entry = by_number[number]
         offset, size = entry["start"] * SECTOR, entry["size"] * SECTOR
@@ -148,14 +158,9 @@ def test_gpt_demo_disk_restores_with_partclone(tmp_path: Path, loop: Callable[..
     assert_restored(disk.path, restored, tmp_path, {1: "fat32", 2: "ext4", 4: "ntfs"})
 
 
-@pytest.mark.root
-@needs_root
-def test_mbr_disk_with_logical_partitions_restores_with_partclone(
-    tmp_path: Path, loop: Callable[..., str]
-) -> None:
-    """MBR: ext4, FAT16, raw (a partclone.dd payload), then logical NTFS and swap; the
-    boot code and the hidden sectors before the first partition come back by dd."""
-    need_tools("partclone.restore", "zstd", "parted")
+def mbr_disk(tmp_path: Path) -> BuiltDisk:
+    """MBR: ext4, FAT16, raw, then logical NTFS and swap; boot code in the first 446
+    bytes and a GRUB-like core in the gap before the first partition."""
     content = tmp_path / "tree"
     make_tree(content, 2 * MiB, seed=3, kinds={"text"})
     spec = DiskSpec(
@@ -171,10 +176,22 @@ def test_mbr_disk_with_logical_partitions_restores_with_partclone(
         logical_from=3,
     )
     disk = build_disk(spec, tmp_path / "mbr.img")
-    with open(disk.path, "r+b") as f:  # boot code and a GRUB-like core in the gap
+    with open(disk.path, "r+b") as f:
         f.write(b"\xeb\x63" + bytes(range(200)) * 2)
         f.seek(SECTOR)
         f.write(b"core.img" * 4096)
+    return disk
+
+
+@pytest.mark.root
+@needs_root
+def test_mbr_disk_with_logical_partitions_restores_with_partclone(
+    tmp_path: Path, loop: Callable[..., str]
+) -> None:
+    """The raw partition goes as a partclone.dd payload; the boot code, the hidden
+    sectors before the first partition and the extended partition's EBR by dd."""
+    need_tools("partclone.restore", "zstd", "parted")
+    disk = mbr_disk(tmp_path)
     repo = backup(tmp_path, disk.path)
     out = tmp_path / "cz"
     done = export(repo, out, "--disk-name", "vda")
@@ -185,12 +202,14 @@ def test_mbr_disk_with_logical_partitions_restores_with_partclone(
     assert (out / "swappt-vda6.info").read_text().splitlines()[1] == 'LABEL="swap"'
     hidden = (out / "vda-hidden-data-after-mbr").read_bytes()
     assert len(hidden) == MiB - SECTOR and hidden.startswith(b"core.img")
+    assert disk.extended is not None
+    with open(disk.path, "rb") as f:
+        f.seek(disk.extended[0])
+        assert (out / "vda4-ebr").read_bytes() == f.read(SECTOR)
     restored = tmp_path / "restored.img"
-    restored.write_bytes(b"")
-    subprocess.run(["truncate", "-s", str(spec.size), restored], check=True)
+    subprocess.run(["truncate", "-s", str(disk.size), restored], check=True)
     restore_clonezilla(out, restored, loop)
-    filesystems = {1: "ext4", 2: "fat16", 5: "ntfs"}
-    assert_restored(disk.path, restored, tmp_path, filesystems)
+    assert_restored(disk.path, restored, tmp_path, {1: "ext4", 2: "fat16", 5: "ntfs"})
 
 
 def test_partclone_writer_matches_partclone(tmp_path: Path) -> None:
@@ -275,42 +294,48 @@ OCS_RESTOREDISK = Path(__file__).with_name("ocs_restoredisk.sh")
 
 @pytest.mark.root
 @needs_root
-def test_ocs_sr_restores_the_exported_directory(tmp_path: Path, loop: Callable[..., str]) -> None:
+@pytest.mark.parametrize("table", ["gpt", "mbr"])
+def test_ocs_sr_restores_the_exported_directory(
+    tmp_path: Path, loop: Callable[..., str], table: str
+) -> None:
     """Clonezilla itself (``ocs-sr -batch restoredisk``, in a private mount namespace
-    whose /dev/sda* are loop devices) restores the exported demo disk: partition table,
-    boot code, partclone payloads and the swap it remakes. The only bytes it changes
-    on its own are the two NTFS records its ``ntfsfix -d`` rewrites, so the source is
-    given the same ``ntfsfix -d`` before the whole disks are compared."""
+    whose /dev/sda* are loop devices) restores the exported disk: partition table,
+    boot code, hidden sectors, EBR, partclone and dd payloads and the swap it remakes.
+    The only bytes it changes on its own are the NTFS records its ``ntfsfix -d``
+    rewrites, so the source gets the same ``ntfsfix -d`` before the disks are compared."""
     need_tools("ocs-sr", "unshare", "partclone.restore", "zstd", "parted", "ntfsfix")
-    disk = demo_disk(tmp_path / "demo.img")
+    if table == "gpt":
+        disk = demo_disk(tmp_path / "demo.img")
+        filesystems, ntfs = {1: "fat32", 2: "ext4", 4: "ntfs"}, 4
+    else:
+        disk = mbr_disk(tmp_path)
+        filesystems, ntfs = {1: "ext4", 2: "fat16", 5: "ntfs"}, 5
     repo = backup(tmp_path, disk.path)
     ocsroot = tmp_path / "partimag"
     ocsroot.mkdir()
-    done = export(repo, ocsroot / "demo-img")
+    done = export(repo, ocsroot / "img")
     assert done.returncode == 0, done.stderr
-    size = disk.path.stat().st_size
     restored = tmp_path / "restored.img"
-    subprocess.run(["truncate", "-s", str(size), restored], check=True)
-    layout = json.loads(sh("sfdisk", "--json", disk.path))["partitiontable"]["partitions"]
+    subprocess.run(["truncate", "-s", str(disk.size), restored], check=True)
+    layout = partition_numbers(disk.path)
     devices = [f"sda:{loop(restored)}"] + [
         f"sda{n}:{loop(restored, offset=p['start'] * SECTOR, size=p['size'] * SECTOR)}"
-        for n, p in enumerate(layout, 1)
+        for n, p in layout.items()
     ]
     work = tmp_path / "ns"
     work.mkdir()
     ran = subprocess.run(
-        ["unshare", "-m", OCS_RESTOREDISK, work, ocsroot, "demo-img", *devices],
+        ["unshare", "-m", OCS_RESTOREDISK, work, ocsroot, "img", *devices],
         capture_output=True,
         text=True,
         timeout=600,
     )
     log = ran.stdout + ran.stderr
     assert ran.returncode == 0, log[-3000:]
-    assert "End of restoredisk job for image demo-img" in log
-    assert log.count("Partclone successfully restored the image") == 3
-    ntfs = layout[3]
-    sh("ntfsfix", "-d", loop(disk.path, offset=ntfs["start"] * SECTOR, size=ntfs["size"] * SECTOR))
-    assert_restored(disk.path, restored, tmp_path, {1: "fat32", 2: "ext4", 4: "ntfs"})
+    assert "End of restoredisk job for image img" in log
+    part = layout[ntfs]
+    sh("ntfsfix", "-d", loop(disk.path, offset=part["start"] * SECTOR, size=part["size"] * SECTOR))
+    assert_restored(disk.path, restored, tmp_path, filesystems)
 
 
 def test_interrupted_export_leaves_nothing(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ blockvault image never locks anyone in. The directory holds:
   <d>-pt.sf             ``sfdisk -d`` of the table: what Clonezilla recreates it from
   <d>-pt.parted[.compact], <d>-chs.sf, <d>-mbr
   <d>-hidden-data-after-mbr              MBR disks: sectors 1 .. first partition
+  <p>-ebr               MBR disks: the first sector of each extended partition
   <d>-gpt-1st, -gpt-2nd, -gpt.gdisk, -gpt.sgdisk   GPT disks: both copies, sgdisk backup
   swappt-<p>.info       UUID and LABEL of a swap partition (Clonezilla runs mkswap)
   <p>.<fs>-ptcl-img.zst[.aa ...]        a partclone image, zstd-compressed, split
@@ -325,7 +326,8 @@ def _write_tables(repo: Repository, snapshot: Snapshot, index: Index, out: Path,
                 f.write(image.read_at(offset, min(READ_BYTES, extent.end - offset)))
     try:
         rename = _renamer(str(scratch), disk)
-        (out / f"{disk}-pt.sf").write_text(rename(_tool("sfdisk", "-d", scratch)))
+        dump = rename(_tool("sfdisk", "-d", scratch))
+        (out / f"{disk}-pt.sf").write_text(dump)
         (out / f"{disk}-chs.sf").write_text(_chs(_tool("sfdisk", "-g", scratch)))
         for suffix, unit in (("", "s"), (".compact", "compact")):
             text = _tool("parted", "-s", scratch, "unit", unit, "print")
@@ -344,6 +346,8 @@ def _write_tables(repo: Repository, snapshot: Snapshot, index: Index, out: Path,
                 (out / f"{disk}-hidden-data-after-mbr").write_bytes(
                     image.read_at(SECTOR, first - SECTOR)
                 )
+            for name, start in _extended(dump):  # Clonezilla rewrites their boot code
+                (out / f"{name}-ebr").write_bytes(image.read_at(start * SECTOR, SECTOR))
     finally:
         scratch.unlink()
 
@@ -359,6 +363,16 @@ def _renamer(scratch: str, disk: str) -> Callable[[str], str]:
         )
 
     return rename
+
+
+_EXTENDED_LINE: Final = re.compile(
+    r"^/dev/(?P<name>[a-z0-9]+) : start=\s*(?P<start>\d+),.*\btype=(?:5|f|85)\b", re.MULTILINE
+)
+
+
+def _extended(dump: str) -> list[tuple[str, int]]:
+    """(name, start sector) of each extended partition in an ``sfdisk -d`` dump."""
+    return [(m["name"], int(m["start"])) for m in _EXTENDED_LINE.finditer(dump)]
 
 
 def _chs(geometry: str) -> str:
