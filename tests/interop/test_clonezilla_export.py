@@ -362,3 +362,29 @@ def test_interrupted_export_leaves_nothing(tmp_path: Path) -> None:
     assert done.returncode == 130, done.stderr
     assert "nothing was written" in done.stderr and "Traceback" not in done.stderr
     assert list(out.parent.iterdir()) == []
+
+
+def test_swap_label_from_a_snapshot_cannot_run_in_clonezilla(tmp_path: Path) -> None:
+    """Clonezilla sources swappt-*.info in its shell: a hostile label such as
+    ``$(touch pwned)`` must arrive as inert text."""
+    need_tools("mkfs.ext4", "mkswap", "parted")
+    spec = DiskSpec(
+        "gpt",
+        48 * MiB,
+        [PartitionSpec("ext4", 24 * MiB), PartitionSpec("swap", 0, "$(touch pwned)")],
+    )
+    built = build_disk(spec, tmp_path / "d.img")
+    repo = backup(tmp_path, built.path)
+    out = tmp_path / "cz"
+    assert export(repo, out).returncode == 0
+    shell = tmp_path / "shell"
+    shell.mkdir()
+    label = subprocess.run(
+        ["bash", "-c", f'. "{out / "swappt-sda2.info"}"; printf %s "$LABEL"'],
+        cwd=shell,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert label == "touch pwned"
+    assert list(shell.iterdir()) == []
