@@ -19,8 +19,11 @@ import pytest
 
 from blockvault.disk.device import open_device
 from blockvault.disk.fs.probe import probe
+from blockvault.events import Event, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.interop.c_partclone import c_partclone
+from blockvault.interop.clonezilla_export import export_clonezilla
 from blockvault.interop.partclone_write import PartcloneImage, block_size_for, write_image
+from blockvault.repo import Repository
 from blockvault_demo.sample import (
     BuiltDisk,
     DiskSpec,
@@ -388,3 +391,22 @@ def test_swap_label_from_a_snapshot_cannot_run_in_clonezilla(tmp_path: Path) -> 
     ).stdout
     assert label == "touch pwned"
     assert list(shell.iterdir()) == []
+
+
+def test_progress_events_add_up(tmp_path: Path) -> None:
+    """The library reports through events: the bytes advanced add up to the total it
+    announced (a dd payload reads its whole partition, a partclone one its used bytes)."""
+    need_tools("mkfs.ext4", "mkfs.vfat", "mkntfs", "parted")
+    disk = mbr_disk(tmp_path)
+    repo = Repository.open(str(backup(tmp_path, disk.path)))
+    events: list[Event] = []
+    result = export_clonezilla(
+        repo, repo.resolve("latest"), tmp_path / "cz", reporter=events.append
+    )
+    started = [e for e in events if isinstance(e, TaskStarted)]
+    advanced = sum(e.done_bytes for e in events if isinstance(e, TaskAdvanced))
+    assert len(started) == 1 and started[0].total_bytes == advanced > 8 * MiB
+    assert isinstance(events[-1], TaskFinished)
+    assert result.parts == ("sda1", "sda2", "sda3", "sda5")
+    pieces = [p for p in (tmp_path / "cz").iterdir() if "-ptcl-img" in p.name]
+    assert result.payload_bytes == sum(p.stat().st_size for p in pieces)

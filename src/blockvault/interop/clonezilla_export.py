@@ -49,7 +49,7 @@ from blockvault.extents import ExtentMap
 from blockvault.interop.partclone_write import PartcloneImage, block_size_for, write_image
 from blockvault.repo import format as fmt
 from blockvault.repo.image import RegionReader, SnapshotImage
-from blockvault.repo.index import Index, Region
+from blockvault.repo.index import Index
 from blockvault.repo.manifest import PartitionRecord, Snapshot
 from blockvault.repo.repository import Repository
 
@@ -68,6 +68,7 @@ ZSTD_LEVEL: Final = 3
 FS_PROBE_BYTES: Final = 64 * 1024  # parted's filesystem probes read no further
 READ_BYTES: Final = 4 * 1024 * 1024
 _DISK_NAME: Final = re.compile(r"^[a-z][a-z0-9]{0,31}$")
+_DISK_KINDS: Final = ("sd", "hd", "vd", "xvd", "nvme", "mmcblk")
 
 
 class _Payload(NamedTuple):
@@ -104,7 +105,10 @@ def partition_name(disk: str, number: int) -> str:
 def piece_suffix(index: int) -> str:
     """GNU split's two-letter suffix (``split -a 2``): aa, ab, ... zz."""
     if not 0 <= index < 26 * 26:
-        raise ValueError(f"piece {index + 1} is beyond split's 676 two-letter names")
+        raise UsageError(
+            f"a partition image needs more than {26 * 26} pieces (.aa to .zz, as Clonezilla "
+            "names them): give --split a larger size"
+        )
     return chr(97 + index // 26) + chr(97 + index % 26)
 
 
@@ -166,28 +170,25 @@ def export_clonezilla(
     """Write ``snapshot`` as a Clonezilla ``savedisk`` image directory ``dest`` (which
     must not exist, or be empty). ``split``: the largest payload piece in bytes."""
     started = time.monotonic()
-    target = Path(dest)
+    target = Path(os.path.abspath(dest))
     disk = disk_name or default_disk_name(snapshot)
     _check_request(snapshot, target, disk, split)
     index = repo.load_index(snapshot)
-    payloads = _payload_partitions(snapshot)
-    total = sum(_region(index, p).used.total for p, _ in payloads)
+    jobs = _jobs(repo, snapshot, index)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        total = sum(job.reads for job in jobs)
         reporter(TaskStarted("export", total, f"Clonezilla image {target}"))
         _write_tables(repo, snapshot, index, scratch, disk)
         compressed = 0
-        for record, payload in payloads:
+        for job in jobs:
             compressed += _write_payload(
-                repo,
-                index,
-                record,
-                payload,
-                scratch / partition_name(disk, record.number),
+                job,
+                scratch / partition_name(disk, job.record.number),
                 split,
                 lambda n: reporter(TaskAdvanced("export", n)),
             )
-        parts = tuple(partition_name(disk, r.number) for r, _ in payloads)
+        parts = tuple(partition_name(disk, job.record.number) for job in jobs)
         _write_lists(snapshot, scratch, disk, parts)
         _publish(scratch, target)
     except BaseException as exc:
@@ -200,9 +201,11 @@ def export_clonezilla(
 
 
 def default_disk_name(snapshot: Snapshot) -> str:
-    """The source's kernel name when it was a device (``/dev/nvme0n1``), else ``sda``."""
+    """The source's kernel name when it was a disk (``/dev/nvme0n1``), else ``sda``
+    (an image file, a loop device)."""
     name = snapshot.source.removeprefix("/dev/")
-    return name if snapshot.source.startswith("/dev/") and _DISK_NAME.match(name) else "sda"
+    real = snapshot.source.startswith("/dev/") and _DISK_NAME.match(name)
+    return name if real and name.startswith(_DISK_KINDS) else "sda"
 
 
 def _check_request(snapshot: Snapshot, target: Path, disk: str, split: int | None) -> None:
@@ -231,50 +234,55 @@ def _check_request(snapshot: Snapshot, target: Path, disk: str, split: int | Non
         raise TargetError("its parent directory does not exist", path=str(target))
 
 
-def _payload_partitions(snapshot: Snapshot) -> list[tuple[PartitionRecord, _Payload]]:
-    """Imaged partitions that get a payload, in order; swap gets none (mkswap remakes it)."""
-    return [
-        (p, PAYLOADS.get(p.filesystem, _Payload("raw", "dd")))
-        for p in sorted(snapshot.imaged_partitions, key=lambda p: p.number)
-        if p.filesystem != "swap"
-    ]
+@dataclass(frozen=True)
+class _Job:
+    """One partition's payload: a partclone image, or (``image`` None) its raw bytes."""
+
+    record: PartitionRecord
+    payload: _Payload
+    reader: RegionReader
+    image: PartcloneImage | None
+
+    @property
+    def reads(self) -> int:
+        """Bytes of the partition it reads (what progress counts)."""
+        return self.image.used.total if self.image else self.reader.size
 
 
-def _region(index: Index, record: PartitionRecord) -> Region:
-    region = index.region(fmt.REGION_PARTITION, record.number)
-    if region is None:  # load_index checked the regions against the manifest
-        raise FormatError(f"partition {record.number} has no region in the snapshot's index")
-    return region
+def _jobs(repo: Repository, snapshot: Snapshot, index: Index) -> list[_Job]:
+    """Imaged partitions that get a payload, in order; swap gets none (mkswap remakes
+    it), and partitions no partclone reads go raw (partclone.dd)."""
+    jobs = []
+    for record in sorted(snapshot.imaged_partitions, key=lambda p: p.number):
+        if record.filesystem == "swap":
+            continue
+        region = index.region(fmt.REGION_PARTITION, record.number)
+        if region is None:  # load_index checked the regions against the manifest
+            raise FormatError(f"partition {record.number} has no region in the snapshot's index")
+        reader = RegionReader(repo, region, index.chunk_size)
+        payload = PAYLOADS.get(record.filesystem, _Payload("raw", "dd"))
+        image = None
+        if payload.name != "dd":
+            block_size = block_size_for(_fs_block_size(reader, record), region.size)
+            image = PartcloneImage.of(payload.fs_tag, region.size, block_size, region.used)
+        jobs.append(_Job(record, payload, reader, image))
+    return jobs
 
 
 def _write_payload(
-    repo: Repository,
-    index: Index,
-    record: PartitionRecord,
-    payload: _Payload,
-    prefix: Path,
-    split: int | None,
-    advanced: Callable[[int], None],
+    job: _Job, prefix: Path, split: int | None, advanced: Callable[[int], None]
 ) -> int:
     """One partition as ``<p>.<fs>-ptcl-img.zst[.aa...]``; the compressed bytes written."""
-    region = _region(index, record)
-    reader = RegionReader(repo, region, index.chunk_size)
-    pieces = PieceWriter(prefix.with_name(f"{prefix.name}.{payload.name}-ptcl-img.zst"), split)
+    pieces = PieceWriter(prefix.with_name(f"{prefix.name}.{job.payload.name}-ptcl-img.zst"), split)
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
     try:
         # zstandard wants a file; PieceWriter has the one method it calls (write)
         with compressor.stream_writer(cast(IO[bytes], pieces), closefd=False) as stream:
-            if payload.name == "dd":
+            if job.image is None:
                 # partclone.dd saves and restores the bare bytes (no header, no bitmap)
-                _copy_raw(reader, region.size, stream.write, advanced)
+                _copy_raw(job.reader, job.reader.size, stream.write, advanced)
             else:
-                image = PartcloneImage.of(
-                    payload.fs_tag,
-                    region.size,
-                    block_size_for(_fs_block_size(reader, record), region.size),
-                    region.used,
-                )
-                write_image(image, reader.read_at, stream.write, advanced)
+                write_image(job.image, job.reader.read_at, stream.write, advanced)
     finally:
         pieces.close()
     return pieces.written
