@@ -152,8 +152,8 @@ def test_gpt_demo_disk_restores_with_partclone(tmp_path: Path, loop: Callable[..
     size = disk.path.stat().st_size
     with open(disk.path, "rb") as f:
         assert (out / "sda-gpt-1st").read_bytes() == f.read(34 * SECTOR)
-        f.seek(size - 33 * SECTOR)
-        assert (out / "sda-gpt-2nd").read_bytes() == f.read(33 * SECTOR)
+        f.seek(size - 32 * SECTOR)  # what ocs-sr's dd gets: see the savedisk test
+        assert (out / "sda-gpt-2nd").read_bytes() == f.read(32 * SECTOR)
     restored = tmp_path / "restored.img"
     restored.write_bytes(b"")
     subprocess.run(["truncate", "-s", str(size), restored], check=True)
@@ -292,7 +292,22 @@ def test_export_refuses_bad_requests(tmp_path: Path) -> None:
     assert (empty / "parts").read_text().split() == ["sda1"]
 
 
-OCS_RESTOREDISK = Path(__file__).with_name("ocs_restoredisk.sh")
+OCS_NAMESPACE = Path(__file__).with_name("ocs_namespace.sh")
+# -j2: the hidden sectors after the MBR too; -icds/-scr: no interactive size checks;
+# -iefi/-irhr/-ius/-iui: leave the restored system and this machine's NVRAM alone
+RESTOREDISK = (
+    "-batch",
+    "-nogui",
+    "-j2",
+    "-icds",
+    "-scr",
+    "-iefi",
+    "-irhr",
+    "-ius",
+    "-iui",
+    "-p",
+    "true",
+)
 
 
 @pytest.mark.root
@@ -328,7 +343,21 @@ def test_ocs_sr_restores_the_exported_directory(
     work = tmp_path / "ns"
     work.mkdir()
     ran = subprocess.run(
-        ["unshare", "-m", OCS_RESTOREDISK, work, ocsroot, "img", *devices],
+        [
+            "unshare",
+            "-m",
+            OCS_NAMESPACE,
+            work,
+            *devices,
+            "--",
+            "ocs-sr",
+            *RESTOREDISK,
+            "-or",
+            ocsroot,
+            "restoredisk",
+            "img",
+            "sda",
+        ],
         capture_output=True,
         text=True,
         timeout=600,
@@ -410,3 +439,84 @@ def test_progress_events_add_up(tmp_path: Path) -> None:
     assert result.parts == ("sda1", "sda2", "sda3", "sda5")
     pieces = [p for p in (tmp_path / "cz").iterdir() if "-ptcl-img" in p.name]
     assert result.payload_bytes == sum(p.stat().st_size for p in pieces)
+
+
+@pytest.mark.root
+@needs_root
+def test_export_matches_what_ocs_sr_savedisk_writes(
+    tmp_path: Path, loop: Callable[..., str]
+) -> None:
+    """The oracle is Clonezilla itself: ``ocs-sr savedisk`` of the demo disk (zstd, no
+    split) and our export of its snapshot hold the same table files, lists and boot
+    sectors, and the same partclone images once decompressed (NTFS: ours keeps one
+    more block, the backup boot sector)."""
+    need_tools("ocs-sr", "unshare", "partclone.extfs", "zstd", "parted", "sgdisk")
+    disk = demo_disk(tmp_path / "demo.img")
+    devices = [f"sda:{loop(disk.path)}"] + [
+        f"sda{n}:{loop(disk.path, offset=p['start'] * SECTOR, size=p['size'] * SECTOR)}"
+        for n, p in partition_numbers(disk.path).items()
+    ]
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    work = tmp_path / "ns"
+    work.mkdir()
+    options = ("-batch", "-nogui", "-q2", "-j2", "-z9", "-i", "0", "-sfsck", "-scs", "-senc")
+    ran = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            OCS_NAMESPACE,
+            work,
+            *devices,
+            "--",
+            "ocs-sr",
+            *options,
+            "-p",
+            "true",
+            "-or",
+            saved,
+            "savedisk",
+            "img",
+            "sda",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ran.returncode == 0, (ran.stdout + ran.stderr)[-3000:]
+    theirs = saved / "img"
+    repo = backup(tmp_path, disk.path)
+    ours = tmp_path / "cz"
+    assert export(repo, ours).returncode == 0
+    # Clonezilla writes a few more notes about the machine it ran on
+    machine_notes = {"Info-OS-prober.txt", "Info-dmi.txt", "Info-packages.txt", "blkid.list"}
+    assert {p.name for p in ours.iterdir()} == {p.name for p in theirs.iterdir()} - machine_notes
+    for name in (
+        "disk",
+        "parts",
+        "dev-fs.list",
+        "sda-pt.sf",
+        "sda-chs.sf",
+        "swappt-sda3.info",
+        "sda-mbr",
+        "sda-gpt-1st",
+        "sda-gpt-2nd",
+        "sda-gpt.gdisk",
+    ):
+        assert (ours / name).read_bytes() == (theirs / name).read_bytes(), name
+    for name in ("sda-pt.parted", "sda-pt.parted.compact"):  # but for the Model: line
+        assert (ours / name).read_text().splitlines()[1:] == (
+            theirs / name
+        ).read_text().splitlines()[1:]
+    for name in ("sda1.vfat", "sda2.ext4", "sda4.ntfs"):
+        mine, clonezillas = (
+            sh_bytes("zstd", "-dc", d / f"{name}-ptcl-img.zst") for d in (ours, theirs)
+        )
+        if name == "sda4.ntfs":
+            assert len(mine) == len(clonezillas) + 4096
+        else:
+            assert mine == clonezillas, name
+
+
+def sh_bytes(*args: str | Path) -> bytes:
+    return subprocess.run([str(a) for a in args], capture_output=True, check=True).stdout

@@ -23,6 +23,7 @@ directory renamed onto DEST at the end, so DEST is either complete or absent.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -344,7 +345,8 @@ def _write_tables(repo: Repository, snapshot: Snapshot, index: Index, out: Path,
         if snapshot.table == "gpt":
             sectors = snapshot.disk_size // SECTOR
             (out / f"{disk}-gpt-1st").write_bytes(image.read_at(0, 34 * SECTOR))
-            backup = image.read_at((sectors - 33) * SECTOR, 33 * SECTOR)
+            # ocs-sr's dd skips N - 33 + 1 sectors and reads 33: the last 32 it gets
+            backup = image.read_at((sectors - 32) * SECTOR, 32 * SECTOR)
             (out / f"{disk}-gpt-2nd").write_bytes(backup)
             _tool("sgdisk", "-b", out / f"{disk}-gpt.gdisk", scratch)
             (out / f"{disk}-gpt.sgdisk").write_text(rename(_tool("sgdisk", "-p", scratch)))
@@ -426,6 +428,7 @@ def _write_lists(snapshot: Snapshot, out: Path, disk: str, parts: tuple[str, ...
     ]
     blk_lines = [f"{'KNAME':<8}{'NAME':<9}{'SIZE':>7} TYPE FSTYPE MOUNTPOINT MODEL"]
     blk_lines.append(f"{disk:<8}{disk:<9}{_human(snapshot.disk_size):>7} disk")
+    swap_lines: list[str] = []  # ocs-sr appends swap partitions after the saved ones
     for record in sorted(snapshot.partitions, key=lambda p: p.number):
         name = partition_name(disk, record.number)
         fs = PAYLOADS[record.filesystem].name if record.filesystem in PAYLOADS else ""
@@ -433,12 +436,13 @@ def _write_lists(snapshot: Snapshot, out: Path, disk: str, parts: tuple[str, ...
         blk_lines.append(f"{name:<8}{'`-' + name:<9}{_human(record.size):>7} part {fs}".rstrip())
         if not record.imaged:
             continue
-        fs_lines.append(f"/dev/{name} {fs or 'raw'} {sizes.get(record.number, '')}".rstrip())
+        line = f"/dev/{name} {fs or 'raw'} {sizes.get(record.number, '')}".rstrip()
+        (swap_lines if record.filesystem == "swap" else fs_lines).append(line)
         if record.filesystem == "swap":
             (out / f"swappt-{name}.info").write_text(
                 f'UUID="{_shell_safe(record.uuid)}"\nLABEL="{_shell_safe(record.label)}"\n'
             )
-    (out / "dev-fs.list").write_text("\n".join(fs_lines) + "\n")
+    (out / "dev-fs.list").write_text("\n".join(fs_lines + swap_lines) + "\n")
     (out / "blkdev.list").write_text("\n".join(blk_lines) + "\n")
     log = (
         f"This image was exported by blockvault from snapshot {snapshot.id} "
@@ -447,6 +451,10 @@ def _write_lists(snapshot: Snapshot, out: Path, disk: str, parts: tuple[str, ...
         f"Saved partitions: {' '.join(parts)}\n"
     )
     (out / "clonezilla-img").write_text(log)
+    (out / "Info-img-id.txt").write_text(
+        "# This checksum is only for identifying the image. Created by the command: "
+        f"sha512sum clonezilla-img\nIMG_ID={hashlib.sha512(log.encode()).hexdigest()}\n"
+    )
     (out / "Info-saved-by-cmd.txt").write_text(
         f"blockvault export {snapshot.id} DIR --format clonezilla\n"
     )

@@ -1,16 +1,20 @@
 #!/bin/bash
-# Run Clonezilla's `ocs-sr restoredisk` on loop devices, inside `unshare -m`.
+# Run Clonezilla's `ocs-sr` on loop devices, inside `unshare -m`.
 #
-# usage: unshare -m ocs_restoredisk.sh WORKDIR OCSROOT IMAGE NAME:DEVICE...
+# usage: unshare -m ocs_namespace.sh WORKDIR NAME:DEVICE... -- COMMAND...
 # The first NAME:DEVICE is the disk (sda:/dev/loop7), the others its partitions
-# (sda1:/dev/loop8 ...), each a loop device over the right byte range. This kernel
+# (sda1:/dev/loop8 ...), each a loop device over the right byte range; COMMAND
+# (ocs-sr with its arguments) then runs with them as /dev/sda, /dev/sda1 ... This kernel
 # makes no partition devices for loop devices, so the namespace gets its own /dev,
 # /proc/partitions and /sys/block naming them; ocs-sr's logs and caches go to private
 # tmpfs mounts so parallel runs do not meet.
 set -eu
-work=$1 ocsroot=$2 image=$3
-shift 3
+work=$1
+shift
 disk=${1%%:*}
+devices=()
+while [ "$1" != "--" ]; do devices+=("$1"); shift; done
+shift
 mount --make-rprivate /
 mkdir -p "$work/dev" "$work/sysblock" /tmp/ocs-cache
 mount -t tmpfs tmpfs "$work/dev"
@@ -19,7 +23,7 @@ mount -t tmpfs tmpfs /tmp/ocs-cache
 mount -t tmpfs tmpfs /var/log
 cp -a /dev/. "$work/dev/" 2>/dev/null || true
 partitions="major minor  #blocks  name\n\n"
-for pair in "$@"; do
+for pair in "${devices[@]}"; do
     name=${pair%%:*} device=${pair#*:}
     mm=$(stat -c '%t %T' "$device")
     major=$((16#${mm% *})) minor=$((16#${mm#* }))
@@ -41,7 +45,4 @@ printf "$partitions" > "$work/partitions"
 mount --bind "$work/dev" /dev
 mount --bind "$work/partitions" /proc/partitions
 mount --bind "$work/sysblock" /sys/block
-# -j2: the hidden sectors after the MBR too; -icds/-scr: no interactive size checks;
-# -iefi/-irhr/-ius/-iui: leave the restored system and this machine's NVRAM alone
-exec ocs-sr -batch -nogui -j2 -icds -scr -iefi -irhr -ius -iui -p true -or "$ocsroot" \
-    restoredisk "$image" "$disk"
+exec "$@"
