@@ -310,6 +310,29 @@ RESTOREDISK = (
 )
 
 
+def ocs_sr(
+    tmp_path: Path,
+    image: Path,
+    layout: dict[int, dict[str, int]],
+    loop: Callable[..., str],
+    *args: str | Path,
+) -> str:
+    """Run ``ocs-sr ARGS img sda`` where /dev/sda is ``image`` and /dev/sdaN its
+    partitions as ``layout`` places them (loop devices in a private mount namespace);
+    its output, after checking that it succeeded."""
+    devices = [f"sda:{loop(image)}"] + [
+        f"sda{n}:{loop(image, offset=p['start'] * SECTOR, size=p['size'] * SECTOR)}"
+        for n, p in layout.items()
+    ]
+    work = tmp_path / "ns"
+    work.mkdir()
+    command = ["unshare", "-m", OCS_NAMESPACE, work, *devices, "--", "ocs-sr", *args, "img", "sda"]
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    log = ran.stdout + ran.stderr
+    assert ran.returncode == 0, log[-3000:]
+    return log
+
+
 @pytest.mark.root
 @needs_root
 @pytest.mark.parametrize("table", ["gpt", "mbr"])
@@ -336,34 +359,7 @@ def test_ocs_sr_restores_the_exported_directory(
     restored = tmp_path / "restored.img"
     subprocess.run(["truncate", "-s", str(disk.size), restored], check=True)
     layout = partition_numbers(disk.path)
-    devices = [f"sda:{loop(restored)}"] + [
-        f"sda{n}:{loop(restored, offset=p['start'] * SECTOR, size=p['size'] * SECTOR)}"
-        for n, p in layout.items()
-    ]
-    work = tmp_path / "ns"
-    work.mkdir()
-    ran = subprocess.run(
-        [
-            "unshare",
-            "-m",
-            OCS_NAMESPACE,
-            work,
-            *devices,
-            "--",
-            "ocs-sr",
-            *RESTOREDISK,
-            "-or",
-            ocsroot,
-            "restoredisk",
-            "img",
-            "sda",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    log = ran.stdout + ran.stderr
-    assert ran.returncode == 0, log[-3000:]
+    log = ocs_sr(tmp_path, restored, layout, loop, *RESTOREDISK, "-or", ocsroot, "restoredisk")
     assert "End of restoredisk job for image img" in log
     part = layout[ntfs]
     sh("ntfsfix", "-d", loop(disk.path, offset=part["start"] * SECTOR, size=part["size"] * SECTOR))
@@ -452,38 +448,11 @@ def test_export_matches_what_ocs_sr_savedisk_writes(
     more block, the backup boot sector)."""
     need_tools("ocs-sr", "unshare", "partclone.extfs", "zstd", "parted", "sgdisk")
     disk = demo_disk(tmp_path / "demo.img")
-    devices = [f"sda:{loop(disk.path)}"] + [
-        f"sda{n}:{loop(disk.path, offset=p['start'] * SECTOR, size=p['size'] * SECTOR)}"
-        for n, p in partition_numbers(disk.path).items()
-    ]
     saved = tmp_path / "saved"
     saved.mkdir()
-    work = tmp_path / "ns"
-    work.mkdir()
     options = ("-batch", "-nogui", "-q2", "-j2", "-z9", "-i", "0", "-sfsck", "-scs", "-senc")
-    ran = subprocess.run(
-        [
-            "unshare",
-            "-m",
-            OCS_NAMESPACE,
-            work,
-            *devices,
-            "--",
-            "ocs-sr",
-            *options,
-            "-p",
-            "true",
-            "-or",
-            saved,
-            "savedisk",
-            "img",
-            "sda",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert ran.returncode == 0, (ran.stdout + ran.stderr)[-3000:]
+    layout = partition_numbers(disk.path)
+    ocs_sr(tmp_path, disk.path, layout, loop, *options, "-p", "true", "-or", saved, "savedisk")
     theirs = saved / "img"
     repo = backup(tmp_path, disk.path)
     ours = tmp_path / "cz"
