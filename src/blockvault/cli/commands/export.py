@@ -33,6 +33,9 @@ FORMATS: dict[str, Format] = {
     "vmdk": Format((".vmdk",), f"{_VM}:write_vmdk", "VMware disk (VMDK, sparse)"),
     "vhd": Format((".vhd",), f"{_VM}:write_vhd", "fixed VHD, whole MiB (Azure)"),
     "raw": Format((".raw",), f"{_VM}:write_raw", "raw disk image (sparse file)"),
+    "clonezilla": Format(
+        (), "blockvault.cli.commands.export_clonezilla:run", "a Clonezilla image directory"
+    ),
 }
 """Format name -> how it is written."""
 
@@ -71,6 +74,12 @@ def register(group: click.Group) -> None:
     # each format's own options go here; every writer is given all of them (by name)
     @export_bvi.split_option
     @export_bvi.recompress_option
+    @click.option(
+        "--disk-name",
+        metavar="NAME",
+        help="clonezilla: the disk's name in the image (sda, nvme0n1); "
+        "default: the snapshot's source device, else sda.",
+    )
     @click.pass_context
     def export_command(
         ctx: click.Context, /, snapshot: str, dest: str, format_name: str | None, **options: Any

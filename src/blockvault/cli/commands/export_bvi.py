@@ -20,7 +20,8 @@ split_option = click.option(
     metavar="SIZE",
     help="bvi: write numbered pieces DEST.001, DEST.002… of at most SIZE bytes each: "
     "fat32 or 4G (4 GiB - 1 MiB: FAT32 holds no file of 4 GiB), dvd (4480 MiB, one per "
-    "single-layer DVD), or a size such as 700M.",
+    "single-layer DVD), or a size such as 700M. clonezilla: cut each partition image "
+    "into pieces of SIZE named .aa .ab ... as Clonezilla does (fat32: its 4096 MB).",
 )
 
 recompress_option = click.option(
