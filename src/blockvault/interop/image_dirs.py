@@ -157,8 +157,11 @@ def _payload(image: Path, part: str) -> tuple[Path, str] | None:
         raise SourceError(
             f"{first.name} is an ntfsclone image, which blockvault does not read", path=str(image)
         )
-    # <part>.dd-img is a plain stream; <part>.dd-ptcl-img is partclone.dd's image
-    return first, "raw" if match.group(2) else "partclone"
+    # <part>.dd-img is a plain stream; <part>.dd-ptcl-img is what partclone.dd wrote:
+    # a plain stream from partclone 0.3 (checked with 0.3.23), an image from some others
+    if match.group(2):
+        return first, "raw"
+    return first, "dd" if match.group(1) == "dd" else "partclone"
 
 
 def _swap_info(path: Path) -> tuple[str | None, str | None]:

@@ -46,6 +46,7 @@ from blockvault.errors import FilesystemError, ImageDamaged, SourceError
 from blockvault.events import Noted, Reporter, Warned
 from blockvault.events import quiet as quiet_reporter
 from blockvault.extents import ExtentMap
+from blockvault.interop.c_partclone import MAGIC
 from blockvault.interop.partclone import PartcloneImage
 from blockvault.interop.payload import Payload, pieces_of
 from blockvault.pipeline.backup import (
@@ -78,7 +79,7 @@ class ForeignPartition:
     name: str  # the tool's device name: "sda1", "nvme0n1p2", "d1p1"
     start_sector: int  # where the table dump puts it
     payload: Path | None = None  # first piece of a partclone image or a raw stream
-    payload_kind: str = "partclone"  # "partclone" | "raw"
+    payload_kind: str = "partclone"  # "partclone" | "raw" | "dd" (either: by magic)
     filesystem: str = ""  # what the tool recorded ("ext4", "vfat", "swap", ...)
     swap_uuid: str | None = None  # a swap area to recreate: its UUID and label
     swap_label: str | None = None
@@ -342,7 +343,10 @@ def _open_stream(
         return
     pieces = list(part.pieces) or pieces_of(part.payload)
     with Payload(pieces, part.payload.name, disk.checksums) as payload:
-        if part.payload_kind == "raw":
+        plain = part.payload_kind == "raw" or (
+            part.payload_kind == "dd" and payload.peek(len(MAGIC)) != MAGIC
+        )
+        if plain:
             yield _RawStream(payload, size)
         else:
             image = PartcloneImage(payload, limit=size)
