@@ -28,6 +28,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     ├── DeviceError                 exit 1   reading or writing a device failed
     ├── TreeIncomplete              exit 1   extract skipped entries or left files unfinished
     │   └── TreeDamaged             exit 4   ... and some of them for missing or damaged data
+    ├── NotifyError                 exit 1   a notification could not be sent (plans/)
     ├── CastError                   exit 1   a multicast session failed (deploy/)
     │   ├── CastAuthError                    a peer or packet failed authentication
     │   ├── CastProtocolError                a peer sent a malformed or oversized message
@@ -93,6 +94,7 @@ __all__ = [
     "KeyMissing",
     "MountpointError",
     "NewPassphraseRequired",
+    "NotifyError",
     "ObjectCorrupt",
     "ObjectNotFound",
     "ObjectTooLarge",
@@ -244,6 +246,17 @@ class TargetNotEmpty(TargetError):
 
 class DeviceError(BlockvaultError):
     template = "{path}: {detail}"
+
+
+class NotifyError(BlockvaultError):
+    """A mail or webhook that could not be delivered; ``transient`` when trying again
+    later may help (connection refused, timeout, SMTP 4xx, HTTP 5xx or 429)."""
+
+    template = "notification to {target}: {detail}"
+
+    @property
+    def transient(self) -> bool:
+        return bool(self.fields.get("transient"))
 
 
 class TreeIncomplete(BlockvaultError):
