@@ -15,6 +15,10 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   ├── PassphraseRequired               encrypted repository, no passphrase given
     │   │   └── NewPassphraseRequired            a new one is needed and cannot be asked
     │   ├── KeyFileInvalid                   a key file to import is not usable
+    │   ├── PlanError                        a plan, or the plans file, is wrong (plans/)
+    │   │   └── PlanNotFound                     no plan of that name in the plans file
+    │   ├── ClockBehind                      a snapshot is dated after the clock: prune refuses
+    │   ├── ScheduleError                    a plan's schedule or window spec is wrong
     │   ├── BrowseError                      a snapshot path to browse is wrong (browse/)
     │   │   ├── PartitionNotFound                no such imaged partition in the snapshot
     │   │   ├── PathNotFound                     no such file or directory in it
@@ -26,6 +30,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │       ├── TargetHoldsRepository
     │       └── TargetNotEmpty               needs confirmation (--yes)
     ├── DeviceError                 exit 1   reading or writing a device failed
+    ├── PlanRunFailed               exit 1   a plan's run failed or was stopped (its error line)
     ├── TreeIncomplete              exit 1   extract skipped entries or left files unfinished
     │   └── TreeDamaged             exit 4   ... and some of them for missing or damaged data
     ├── NotifyError                 exit 1   a notification could not be sent (plans/)
@@ -85,6 +90,7 @@ __all__ = [
     "CastProtocolError",
     "ChunkCorrupt",
     "ChunkMissing",
+    "ClockBehind",
     "DeviceError",
     "FilesystemError",
     "FormatError",
@@ -102,10 +108,14 @@ __all__ = [
     "PartitionTableError",
     "PassphraseRequired",
     "PathNotFound",
+    "PlanError",
+    "PlanNotFound",
+    "PlanRunFailed",
     "RepositoryBusy",
     "RepositoryError",
     "RepositoryExists",
     "RepositoryNotFound",
+    "ScheduleError",
     "SessionExpired",
     "SnapshotNotFound",
     "SourceError",
@@ -191,6 +201,25 @@ class KeyFileInvalid(UsageError):
     template = "key file {path}: {detail}"
 
 
+class PlanError(UsageError):
+    template = "{where}: {detail}"  # where: "plan NAME" or "plans file PATH"
+
+
+class PlanNotFound(PlanError):
+    template = "no plan named {plan!r} in {path}; 'blockvault plan list' shows the plans"
+
+
+class ClockBehind(UsageError):
+    template = (
+        "snapshot {snapshot} is dated {time}, after this machine's clock ({now}): the clock "
+        "may have jumped back, so nothing was pruned; set the clock right and prune again"
+    )
+
+
+class ScheduleError(UsageError):
+    template = "{what} '{spec}': {detail}"
+
+
 class BrowseError(UsageError):
     template = "{detail}"
 
@@ -257,6 +286,10 @@ class NotifyError(BlockvaultError):
     @property
     def transient(self) -> bool:
         return bool(self.fields.get("transient"))
+
+
+class PlanRunFailed(BlockvaultError):
+    template = "plan {plan}: run {run} {status}: {detail} (log: {log})"
 
 
 class TreeIncomplete(BlockvaultError):

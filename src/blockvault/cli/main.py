@@ -111,6 +111,14 @@ EPILOG = "\b\nExit codes:\n" + "\n".join(
     help="Only snapshots of disk S (for 'latest', 'snapshots' and 'prune'): a device or "
     "image path, or an identity as 'snapshots --json' shows it (wwn:…, serial:…, image:…).",
 )
+@click.option(
+    "--plans",
+    envvar="BLOCKVAULT_PLANS",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="The plans file of 'plan', 'status' and 'agent' (their history database lies "
+    "beside it). Default: /etc/blockvault/plans.toml. Also from $BLOCKVAULT_PLANS.",
+)
 @click.version_option(__version__, "-V", "--version")
 @click.pass_context
 def cli(
@@ -120,6 +128,7 @@ def cli(
     s3_endpoint: str | None,
     host: str | None,
     source: str | None,
+    plans: str | None,
 ) -> None:
     """blockvault: image disks and partitions into a deduplicated, compressed repository.
 
@@ -142,6 +151,7 @@ def cli(
         "s3_endpoint": s3_endpoint,
         "host": host,
         "source": source,
+        "plans": plans,
     }
     if s3_endpoint:
         # the S3 backend reads it like boto3 does; this reaches every way a command

@@ -5,6 +5,11 @@ repository's ``selector`` matches (the global ``--host``/``--source``) and the
 ``tags`` select are considered; the others are kept. A damaged snapshot (its
 manifest unreadable, its index missing, or its time not a time) is never removed by
 a policy: it is reported, so that a person decides after ``blockvault check``.
+
+Ages come from the times the repository recorded, against the caller's ``now``. A
+considered snapshot dated after ``now`` means the clock jumped back (or the
+repository's times are wrong): counting periods then could remove the only good
+snapshot, so prune refuses (``ClockBehind``) and removes nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
-from blockvault.plans.retention import Decision, Policy, apply_policy, time_problem
+from blockvault.errors import ClockBehind
+from blockvault.plans.retention import Decision, Policy, apply_policy, snapshot_time, time_problem
 from blockvault.repo import Repository, Snapshot
 
 __all__ = ["PruneResult", "prune"]
@@ -45,8 +51,9 @@ def prune(
 ) -> PruneResult:
     """Decide with ``policy`` (periods in ``tz``, ``within`` counted back from ``now``)
     and, unless ``dry_run``, delete the manifests of the snapshots it does not keep
-    (``collect_garbage`` frees their chunks later). ``UsageError`` for an empty policy,
-    before anything is removed."""
+    (``collect_garbage`` frees their chunks later). ``UsageError`` for an empty policy
+    and ``ClockBehind`` for a considered snapshot dated after ``now``, before anything
+    is removed."""
     listing = repo.listing()
     all_damage = dict(listing.damaged)
     judged = []
@@ -56,6 +63,12 @@ def prune(
         else:
             judged.append(snap)
     decisions = apply_policy(judged, policy, now=now, tz=tz, selector=repo.selector, tags=tags)
+    future = [d.snapshot for d in decisions if snapshot_time(d.snapshot) > now]
+    if future:
+        newest = max(future, key=snapshot_time)
+        raise ClockBehind(
+            snapshot=newest.id[:12], time=newest.time, now=now.isoformat(timespec="seconds")
+        )
     by_id = {s.id: s for s in listing.snapshots}
     damaged = {
         snapshot_id: why

@@ -17,6 +17,7 @@ and every rule it satisfies is a reason. ``within`` keeps everything newer than
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, tzinfo
@@ -30,7 +31,9 @@ __all__ = [
     "Decision",
     "Policy",
     "apply_policy",
+    "duration_text",
     "group_key",
+    "parse_duration",
     "snapshot_time",
     "time_problem",
 ]
@@ -155,12 +158,24 @@ def apply_policy(
                 counts[name] -= 1
                 reasons.append(name)
             if policy.within is not None and snapshot_time(snap) >= now - policy.within:
-                reasons.append(f"within {_span(policy.within)}")
+                reasons.append(f"within {duration_text(policy.within)}")
             decisions.append(Decision(snap, bool(reasons), tuple(reasons), key))
     return decisions
 
 
-def _span(delta: timedelta) -> str:
+_UNITS: Final = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``7d``, ``12h``, ``2w``, ``1y6m``... (m = minutes)."""
+    parts = re.findall(r"(\d+)([mhdwy])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise UsageError(f"duration {text!r}: use a number and a unit m, h, d, w or y (e.g. 7d)")
+    return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
+
+
+def duration_text(delta: timedelta) -> str:
+    """The shortest exact ``parse_duration`` spelling in one unit: ``7d``, ``90m``."""
     seconds = int(delta.total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds and seconds % size == 0:

@@ -6,6 +6,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
@@ -19,6 +20,7 @@ __all__ = [
     "new_ids_option",
     "open_repo",
     "passphrase_source",
+    "plans_file",
     "raw_option",
     "read_password_file",
     "register",
@@ -35,6 +37,14 @@ def repo_location(ctx: click.Context) -> str:
     if not location:
         raise UsageError("no repository given: use -r REPO or set BLOCKVAULT_REPO")
     return location
+
+
+def plans_file(ctx: click.Context) -> Path:
+    """The plans file: the global --plans (or $BLOCKVAULT_PLANS), else the default."""
+    from blockvault.plans.store import DEFAULT_PLANS  # only the commands that use plans
+
+    given: str | None = (ctx.obj or {}).get("plans")
+    return Path(given) if given else DEFAULT_PLANS
 
 
 def read_password_file(path: str) -> str:
@@ -153,6 +163,8 @@ COMMANDS = (
     "cast",
     "export",
     "import",
+    "plan",
+    "status",
 )
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import click
 
@@ -12,17 +11,8 @@ from blockvault.cli import render
 from blockvault.cli.commands import json_option, open_repo
 from blockvault.errors import UsageError
 from blockvault.plans import Policy, prune
+from blockvault.plans.retention import parse_duration
 from blockvault.repo import Selector
-
-_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
-
-
-def parse_duration(text: str) -> timedelta:
-    """``7d``, ``12h``, ``2w``, ``1y6m``... (m = minutes)."""
-    parts = re.findall(r"(\d+)([mhdwy])", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise UsageError(f"duration {text!r}: use a number and a unit m, h, d, w or y (e.g. 7d)")
-    return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
 
 
 def register(group: click.Group) -> None:

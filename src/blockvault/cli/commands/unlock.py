@@ -6,7 +6,7 @@ import click
 
 from blockvault.cli import render
 from blockvault.cli.commands import json_option, repo_location
-from blockvault.cli.commands.prune import parse_duration
+from blockvault.plans.retention import parse_duration
 from blockvault.repo.sessions import MarkerInfo, marker_storage, unlock
 from blockvault.text import shown
 

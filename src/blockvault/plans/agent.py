@@ -1,0 +1,317 @@
+"""The agent's scheduler: fires each plan when its schedule says, within its limits.
+
+Glossary:
+  job        one plan as the scheduler sees it: a name, a schedule, its jitter and
+             timeout, and the callable that runs it once (the plan runner).
+  reckoned   the moment a plan's next fire time is counted from: when it last fired.
+             It is saved in the plans database when a run ends, and only then, so a
+             run cut short by a stop of the agent, SIGKILL or a power loss fires again,
+             once, when the agent is back.
+  missed     a fire time that passed while the agent was down: the plan runs once (not
+             once per missed slot) after the start-up delay.
+  pending    a trigger waiting to start: for the concurrency limit, or because the plan
+             is still running (a plan never overlaps itself; triggers meanwhile
+             coalesce into this one). One that waits longer than the maximum start
+             delay is skipped.
+
+The scheduler runs each plan in a thread of its own and stops it through the stop
+event the runner watches (timeout, shutdown). ``step()`` does what is due now and says
+how long nothing else is; ``serve()`` alternates it with the clock's sleep, so a
+``FakeClock`` drives days of schedule in no time. The library never prints: what the
+agent does goes to the reporter as events.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Final
+
+from blockvault.events import Noted, Reporter, Warned, quiet
+from blockvault.plans.model import Trigger
+from blockvault.plans.schedule import Alarm, Clock, Schedule, jitter
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Job",
+    "Limits",
+    "Reckoning",
+    "RunOutcome",
+    "Scheduler",
+    "host_id",
+    "job_jitter",
+]
+
+RunOutcome = str  # the run's final status as the runner reports it: "ok", "failed", ...
+# runs the plan once; returns its final status; stops soon after ``stop`` is set
+RunOnce = Callable[[Trigger, threading.Event], RunOutcome]
+
+JITTER_SHARE: Final = 10  # jitter is at most a tenth of the plan's period
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    schedule: Schedule
+    run: RunOnce
+    timeout: timedelta | None = None
+    jitter: timedelta = timedelta(0)
+
+
+@dataclass(frozen=True)
+class Limits:
+    concurrency: int = 1  # runs at once, all plans together
+    startup_delay: timedelta = timedelta(minutes=2)  # before missed runs fire
+    max_start_delay: timedelta | None = timedelta(hours=12)  # pending longer: skipped
+    longest_sleep: timedelta = timedelta(minutes=1)  # look again at least this often
+    # (a clock stepped by NTP or a suspend is noticed within it)
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+
+def host_id() -> str:
+    """This machine's stable identity for jitter: /etc/machine-id, else its name."""
+    try:
+        with open("/etc/machine-id", encoding="ascii") as file:
+            text = file.read(64).strip()
+            if text:
+                return text
+    except (OSError, UnicodeDecodeError):
+        pass
+    return os.uname().nodename
+
+
+def job_jitter(host: str, name: str, schedule: Schedule, maximum: timedelta) -> timedelta:
+    """The plan's fixed delay after each fire time: per host, at most ``maximum`` and
+    at most a tenth of the schedule's period (an ``every 2s`` plan is not delayed a
+    minute)."""
+    if maximum <= timedelta(0):
+        return timedelta(0)
+    return jitter(host, name, min(maximum, schedule.period / JITTER_SHARE))
+
+
+class Reckoning:
+    """When each plan last fired, in table ``agent_reckoning`` of the plans database."""
+
+    def __init__(self, database: Path) -> None:
+        self._db = sqlite3.connect(database, isolation_level=None, timeout=30)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS agent_reckoning"
+            " (plan TEXT PRIMARY KEY, since TEXT NOT NULL)"
+        )
+
+    def get(self, plan: str) -> datetime | None:
+        row = self._db.execute(
+            "SELECT since FROM agent_reckoning WHERE plan = ?", (plan,)
+        ).fetchone()
+        if row is None:
+            return None
+        moment = datetime.fromisoformat(row[0])
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+    def set(self, plan: str, since: datetime) -> None:
+        self._db.execute(
+            "INSERT INTO agent_reckoning (plan, since) VALUES (?, ?)"
+            " ON CONFLICT (plan) DO UPDATE SET since = excluded.since",
+            (plan, since.astimezone(UTC).isoformat()),
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@dataclass
+class _Pending:
+    trigger: Trigger
+    queued: datetime  # when it became due (for the maximum start delay)
+
+
+@dataclass
+class _Running:
+    thread: threading.Thread
+    stop: threading.Event
+    fired: datetime
+    started: datetime
+    outcome: list[RunOutcome] = field(default_factory=list)
+    timed_out: bool = False
+
+
+class Scheduler:
+    """Fires jobs on their schedules; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        jobs: Iterable[Job],
+        reckoning: Reckoning,
+        clock: Clock,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        reporter: Reporter = quiet,
+        on_skipped: Callable[[str, Trigger, datetime], None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.limits = limits
+        self.reporter = reporter
+        self.on_skipped = on_skipped
+        self.alarm = Alarm()  # rung by finishing runs and by the agent's signal handlers
+        self.started = clock.now()
+        self.stopping = False
+        self.jobs: dict[str, Job] = {}
+        self.running: dict[str, _Running] = {}
+        self.pending: dict[str, _Pending] = {}  # insertion order is queue order
+        self._reckoning = reckoning
+        self._since: dict[str, datetime | None] = {}
+        self.replace_jobs(jobs)
+
+    def replace_jobs(self, jobs: Iterable[Job]) -> None:
+        """Take a new set of jobs (the plans file was reloaded). A removed plan's run
+        goes on to its end; an added plan is reckoned from now (cron) or due now
+        (interval), unless the database knows when it last fired."""
+        self.jobs = {job.name: job for job in jobs}
+        for name in list(self.pending):
+            if name not in self.jobs:
+                del self.pending[name]
+        now = self.clock.now()
+        for name, job in self.jobs.items():
+            if name in self._since:
+                continue
+            since = self._reckoning.get(name)
+            if since is None and job.schedule.interval is None:
+                since = now  # a new cron plan waits for its first fire time
+                self._reckoning.set(name, since)
+            self._since[name] = since
+
+    def step(self) -> timedelta:
+        """Do what is due now: reap ended runs, stop those past their timeout, queue
+        due plans, start what the limits allow. Returns how long until the next thing."""
+        now = self.clock.now()
+        self._reap()
+        for name, run in self.running.items():
+            timeout = self.jobs[name].timeout if name in self.jobs else None
+            if timeout is not None and not run.timed_out and now - run.started >= timeout:
+                run.timed_out = True
+                run.stop.set()
+                self.reporter(Warned(f"plan {name}: timed out after {timeout}; stopping it"))
+        if not self.stopping:
+            for name in self.jobs:
+                if self._due(name) > now:
+                    continue
+                if name not in self.pending:
+                    slot = self._slot(name)
+                    missed = slot is not None and slot < self.started
+                    self.pending[name] = _Pending("missed" if missed else "schedule", now)
+                self._since[name] = now  # the pending run covers every slot until now
+            self._start_pending(now)
+        return self._quiet_for(now)
+
+    def serve(self, *, reload: Callable[[], Iterable[Job] | None] | None = None) -> None:
+        """Step and sleep until ``stop()``; between steps, ``reload()`` may hand new
+        jobs (it returns None when nothing changed). Ends with every run ended."""
+        while not self.stopping:
+            if reload is not None and (jobs := reload()) is not None:
+                self.replace_jobs(jobs)
+            wait = self.step()
+            if self.stopping:
+                break
+            self.clock.sleep(wait.total_seconds(), self.alarm)
+        self.join()
+
+    def stop(self) -> None:
+        """Stop firing, and stop every running run (safe from a signal handler: only
+        flags and the alarm's pipe)."""
+        self.stopping = True
+        for run in list(self.running.values()):
+            run.stop.set()
+        self.alarm.ring()
+
+    def join(self) -> None:
+        """Wait until every started run has ended, and record them."""
+        for run in list(self.running.values()):
+            run.thread.join()
+        self._reap()
+
+    def _slot(self, name: str) -> datetime | None:
+        since = self._since[name]
+        return None if since is None else self.jobs[name].schedule.next_after(since)
+
+    def _due(self, name: str) -> datetime:
+        slot = self._slot(name)
+        job = self.jobs[name]
+        if slot is None:  # an interval plan that never ran: now, after the start-up delay
+            return self.started + self.limits.startup_delay
+        due = slot + job.jitter
+        if slot < self.started:  # missed while the agent was down
+            due = max(due, self.started + self.limits.startup_delay)
+        return due
+
+    def _start_pending(self, now: datetime) -> None:
+        for name, pending in list(self.pending.items()):
+            if name in self.running:
+                continue  # never overlap: it starts when the running one ends
+            most = self.limits.max_start_delay
+            if most is not None and now - pending.queued >= most:
+                del self.pending[name]
+                self._reckoning.set(name, now)
+                self.reporter(
+                    Warned(
+                        f"plan {name}: skipped, it could not start within {most} "
+                        f"(due since {pending.queued:%Y-%m-%d %H:%M:%S} UTC)"
+                    )
+                )
+                if self.on_skipped is not None:
+                    self.on_skipped(name, pending.trigger, pending.queued)
+                continue
+            if len(self.running) >= self.limits.concurrency:
+                continue  # a later one may not start either, but may expire
+            del self.pending[name]
+            self._launch(self.jobs[name], pending, now)
+
+    def _launch(self, job: Job, pending: _Pending, now: datetime) -> None:
+        stop = threading.Event()
+        fired = self._since[job.name] or now  # the last slot this run covers
+        run = _Running(threading.Thread(), stop, fired=fired, started=now)
+
+        def body() -> None:
+            try:
+                run.outcome.append(job.run(pending.trigger, stop))
+            except Exception as exc:  # a bug in one run must not stop the agent
+                run.outcome.append(f"failed: {type(exc).__name__}: {exc}")
+            finally:
+                self.alarm.ring()
+
+        run.thread = threading.Thread(target=body, name=f"plan {job.name}", daemon=True)
+        self.running[job.name] = run
+        self.reporter(Noted(f"plan {job.name}: started ({pending.trigger})"))
+        run.thread.start()
+
+    def _reap(self) -> None:
+        for name, run in list(self.running.items()):
+            if run.thread.is_alive():
+                continue
+            run.thread.join()
+            del self.running[name]
+            outcome = run.outcome[0] if run.outcome else "failed"
+            shutdown = self.stopping and not run.timed_out
+            if not shutdown:  # a run the agent's stop cut short fires again next start
+                self._reckoning.set(name, run.fired)
+            note = "timed out" if run.timed_out else outcome
+            event = Noted if outcome == "ok" else Warned
+            self.reporter(event(f"plan {name}: {note}"))
+
+    def _quiet_for(self, now: datetime) -> timedelta:
+        moments = [now + self.limits.longest_sleep]
+        if not self.stopping:
+            moments += [self._due(name) for name in self.jobs]
+        for name, run in self.running.items():
+            timeout = self.jobs[name].timeout if name in self.jobs else None
+            if timeout is not None and not run.timed_out:
+                moments.append(run.started + timeout)
+        if self.limits.max_start_delay is not None:
+            moments += [p.queued + self.limits.max_start_delay for p in self.pending.values()]
+        return max(min(moments) - now, timedelta(0))

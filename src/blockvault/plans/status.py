@@ -1,0 +1,60 @@
+"""How each plan stands: its last result, its last good run, its next run, overdue.
+
+A plan is **overdue** when its last good run ended more than ``OVERDUE_FACTOR`` times
+its schedule's period ago (the longest gap between two fire times): one missed run
+of a daily plan is not yet overdue at 25 hours, two are. A plan that never had a good
+run is overdue once its first recorded run is that old; one never run at all is not
+(it may just have been added). Pure: the caller passes ``now``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+from blockvault.plans.model import Plan, RunRecord
+from blockvault.plans.schedule import parse_schedule
+from blockvault.plans.store import History
+
+__all__ = ["OVERDUE_FACTOR", "PlanStatus", "plan_status"]
+
+OVERDUE_FACTOR: Final = 1.25
+
+
+@dataclass(frozen=True)
+class PlanStatus:
+    plan: Plan
+    last: RunRecord | None  # the newest ended run
+    last_good: RunRecord | None  # the newest run that ended ok
+    running: RunRecord | None  # a run under way now
+    period: timedelta  # the schedule's longest gap between fire times
+    next_run: datetime | None  # None when the plan is disabled
+    overdue: bool
+
+    def good_age(self, now: datetime) -> timedelta | None:
+        """How old the last good snapshot is (from the end of its run)."""
+        if self.last_good is None or self.last_good.ended is None:
+            return None
+        return now - self.last_good.ended
+
+
+def plan_status(plan: Plan, history: History, now: datetime) -> PlanStatus:
+    schedule = parse_schedule(plan.schedule, plan.window)
+    period = schedule.period
+    last, last_good = history.last(plan.name), history.last_good(plan.name)
+    running = history.running(plan.name)
+    next_run = None
+    if plan.enabled:
+        # counted from the last start, so a missed fire time shows as due (in the past)
+        started = running[-1].started if running else last.started if last else None
+        next_run = schedule.next_after(started) if started else schedule.next_after(now)
+    limit = period * OVERDUE_FACTOR
+    if last_good is not None and last_good.ended is not None:
+        overdue = now - last_good.ended > limit
+    else:
+        oldest = history.runs(plan.name, limit=1, oldest_first=True)
+        overdue = bool(oldest) and now - oldest[0].started > limit
+    return PlanStatus(
+        plan, last, last_good, running[-1] if running else None, period, next_run, overdue
+    )
