@@ -1,5 +1,5 @@
 """The real ``blockvault agent`` process against a real loop-device disk and a real
-local repository: killed (SIGKILL) at random points and restarted, stopped by
+local or SFTP repository: killed (SIGKILL) at random points and restarted, stopped by
 SIGTERM in the middle of a backup, told to reload by SIGHUP.
 
 Time is shortened the way the agent allows it (an ``every 2s`` schedule, no jitter,
@@ -22,7 +22,9 @@ import signal
 import sqlite3
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,7 @@ from blockvault.repo import format as fmt
 from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk
 from tests.conftest import blockvault as run
 from tests.conftest import needs_root, process_state
+from tests.storage.conftest import sshd  # noqa: F401 - the OpenSSH server fixture
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -55,6 +58,29 @@ def disk(tmp_path_factory: pytest.TempPathFactory) -> BuiltDisk:
     return build_disk(spec, tmp / "disk.img")
 
 
+@dataclass
+class Repo:
+    """A repository the agent's plans write to, and the environment that reaches it."""
+
+    location: str
+    env: dict[str, str]
+
+    def run(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
+        return run("-r", self.location, *args, env=self.env)
+
+
+@pytest.fixture(params=["local", "sftp"])
+def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Repo:
+    if request.param == "local":
+        made = Repo(str(tmp_path / "repo"), {})
+    else:
+        server = request.getfixturevalue("sshd")
+        made = Repo(server.url(f"repo-{uuid.uuid4().hex[:8]}"), server.env())
+    initialised = made.run("init")
+    assert initialised.returncode == 0, initialised.stderr
+    return made
+
+
 class AgentProcess:
     """One ``blockvault agent`` child with its plans file, history and log."""
 
@@ -62,10 +88,11 @@ class AgentProcess:
         self.plans = workdir / "plans.toml"
         self.database = workdir / "plans.db"
         self.log = workdir / "agent.log"
+        self.env: dict[str, str] = {}  # the repository's (HOME with the SSH keys)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, faults: str | None = None) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "BLOCKVAULT_PLANS": str(self.plans)}
+        env = {**os.environ, **self.env, "BLOCKVAULT_PLANS": str(self.plans)}
         env.pop("BLOCKVAULT_FAULTS", None)
         if faults:
             env["BLOCKVAULT_FAULTS"] = faults
@@ -126,9 +153,12 @@ def agent(tmp_path: Path) -> Iterator[AgentProcess]:
         process.kill()
 
 
-def write_plan(agent: AgentProcess, name: str, device: str, repo: Path, schedule: str) -> None:
+def write_plan(agent: AgentProcess, name: str, device: str, repo: Repo, schedule: str) -> None:
+    agent.env = repo.env
     with open(agent.plans, "a", encoding="utf-8") as file:
-        file.write(f'[plan.{name}]\ndisk = "{device}"\nrepo = "{repo}"\nschedule = "{schedule}"\n')
+        file.write(
+            f'[plan.{name}]\ndisk = "{device}"\nrepo = "{repo.location}"\nschedule = "{schedule}"\n'
+        )
 
 
 def sha256(path: Path) -> str:
@@ -139,17 +169,17 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def assert_repository_whole(repo: Path, disk: BuiltDisk, tmp_path: Path) -> list[str]:
+def assert_repository_whole(repo: Repo, disk: BuiltDisk, tmp_path: Path) -> list[str]:
     """``check --read-data`` clean, and every snapshot restores the disk byte for byte."""
-    checked = run("-r", repo, "check", "--read-data")
+    checked = repo.run("check", "--read-data")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    listed = run("-r", repo, "snapshots", "--json")
+    listed = repo.run("snapshots", "--json")
     assert listed.returncode == 0, listed.stderr
     ids = [s["id"] for s in json.loads(listed.stdout)]
     expected = sha256(disk.path)
     for snapshot in ids:
         target = tmp_path / "restored.img"
-        restored = run("-r", repo, "restore", snapshot, target, "--yes")
+        restored = repo.run("restore", snapshot, target, "--yes")
         assert restored.returncode == 0, restored.stderr
         assert sha256(target) == expected, f"snapshot {snapshot} does not restore the disk"
         target.unlink()
@@ -157,13 +187,11 @@ def assert_repository_whole(repo: Path, disk: BuiltDisk, tmp_path: Path) -> list
 
 
 def test_killed_at_random_points_and_restarted(
-    disk: BuiltDisk, agent: AgentProcess, loop: Callable[..., str], tmp_path: Path
+    disk: BuiltDisk, repo: Repo, agent: AgentProcess, loop: Callable[..., str], tmp_path: Path
 ) -> None:
     seed = int(os.environ.get("AGENT_KILL_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     print(f"AGENT_KILL_SEED={seed}")  # shown when the test fails: rerun with it
-    repo = tmp_path / "repo"
-    assert run("-r", repo, "init").returncode == 0
     write_plan(agent, "fast", loop(disk.path), repo, "every 2s")
     # frozen inside the first backup: at its first chunk, some way into the chunks
     # left (a backup after a kill writes only the chunks it lacks), at the index, at
@@ -214,10 +242,8 @@ def test_killed_at_random_points_and_restarted(
 
 
 def test_sigterm_during_a_backup_records_it_interrupted_and_exits_143(
-    disk: BuiltDisk, agent: AgentProcess, loop: Callable[..., str], tmp_path: Path
+    disk: BuiltDisk, repo: Repo, agent: AgentProcess, loop: Callable[..., str], tmp_path: Path
 ) -> None:
-    repo = tmp_path / "repo"
-    assert run("-r", repo, "init").returncode == 0
     write_plan(agent, "fast", loop(disk.path), repo, "every 2s")
     proc = agent.start(f"signal=STOP,operations=write,every=1,under={fmt.DATA_DIR}/")
     agent.wait_frozen()  # the first chunk of the first backup is being written
@@ -236,11 +262,10 @@ def test_sigterm_during_a_backup_records_it_interrupted_and_exits_143(
     assert agent.runs()[1]["trigger"] == "missed"
 
 
+@pytest.mark.parametrize("repo", ["local"], indirect=True)
 def test_sighup_picks_up_an_added_plan(
-    disk: BuiltDisk, agent: AgentProcess, loop: Callable[..., str], tmp_path: Path
+    disk: BuiltDisk, repo: Repo, agent: AgentProcess, loop: Callable[..., str]
 ) -> None:
-    repo = tmp_path / "repo"
-    assert run("-r", repo, "init").returncode == 0
     device = loop(disk.path)
     write_plan(agent, "yearly", device, repo, "0 3 1 1 *")  # will not fire during the test
     proc = agent.start()
