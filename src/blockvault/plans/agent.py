@@ -27,17 +27,21 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Final
 
-from blockvault.events import Noted, Reporter, Warned, quiet
-from blockvault.plans.model import Trigger
-from blockvault.plans.schedule import Alarm, Clock, Schedule, jitter
+from blockvault.errors import BlockvaultError, Interrupted
+from blockvault.events import Event, Noted, Reporter, Warned, quiet
+from blockvault.plans.model import Plan, Trigger
+from blockvault.plans.runner import OnFinished, run_plan
+from blockvault.plans.schedule import Alarm, Clock, Schedule, jitter, parse_schedule
+from blockvault.plans.store import History, PlanBook
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "Agent",
     "Job",
     "Limits",
     "Reckoning",
@@ -154,6 +158,7 @@ class Scheduler:
         limits: Limits = DEFAULT_LIMITS,
         reporter: Reporter = quiet,
         on_skipped: Callable[[str, Trigger, datetime], None] | None = None,
+        owed: Iterable[str] = (),
     ) -> None:
         self.clock = clock
         self.limits = limits
@@ -167,6 +172,8 @@ class Scheduler:
         self.pending: dict[str, _Pending] = {}  # insertion order is queue order
         self._reckoning = reckoning
         self._since: dict[str, datetime | None] = {}
+        # plans whose run a dead agent left unfinished: each runs once, as missed
+        self._owed = set(owed)
         self.replace_jobs(jobs)
 
     def replace_jobs(self, jobs: Iterable[Job]) -> None:
@@ -204,7 +211,8 @@ class Scheduler:
                     continue
                 if name not in self.pending:
                     slot = self._slot(name)
-                    missed = slot is not None and slot < self.started
+                    missed = name in self._owed or (slot is not None and slot < self.started)
+                    self._owed.discard(name)
                     self.pending[name] = _Pending("missed" if missed else "schedule", now)
                 self._since[name] = now  # the pending run covers every slot until now
             self._start_pending(now)
@@ -222,13 +230,15 @@ class Scheduler:
             self.clock.sleep(wait.total_seconds(), self.alarm)
         self.join()
 
-    def stop(self) -> None:
-        """Stop firing, and stop every running run (safe from a signal handler: only
-        flags and the alarm's pipe)."""
+    def stop(self) -> int:
+        """Stop firing, and stop every running run; how many were running. Safe from
+        a signal handler: only flags and the alarm's pipe."""
         self.stopping = True
-        for run in list(self.running.values()):
+        runs = list(self.running.values())
+        for run in runs:
             run.stop.set()
         self.alarm.ring()
+        return len(runs)
 
     def join(self) -> None:
         """Wait until every started run has ended, and record them."""
@@ -242,13 +252,11 @@ class Scheduler:
 
     def _due(self, name: str) -> datetime:
         slot = self._slot(name)
-        job = self.jobs[name]
-        if slot is None:  # an interval plan that never ran: now, after the start-up delay
-            return self.started + self.limits.startup_delay
-        due = slot + job.jitter
-        if slot < self.started:  # missed while the agent was down
-            due = max(due, self.started + self.limits.startup_delay)
-        return due
+        after_delay = self.started + self.limits.startup_delay
+        if slot is None or name in self._owed:  # never ran (an interval plan), or owed
+            return after_delay
+        due = slot + self.jobs[name].jitter
+        return max(due, after_delay) if slot < self.started else due  # missed: after the delay
 
     def _start_pending(self, now: datetime) -> None:
         for name, pending in list(self.pending.items()):
@@ -315,3 +323,146 @@ class Scheduler:
         if self.limits.max_start_delay is not None:
             moments += [p.queued + self.limits.max_start_delay for p in self.pending.values()]
         return max(min(moments) - now, timedelta(0))
+
+
+class Agent:
+    """The plans of one plans file, fired by a ``Scheduler``: what ``blockvault agent``
+    runs. Each run goes through the plan runner, recorded in the history beside the
+    plans file; the scheduler's own state (when each plan last fired) is a table of
+    the same database. Signals are the caller's: it calls ``stop()`` (SIGTERM) and
+    ``request_reload()`` (SIGHUP), both safe from a signal handler."""
+
+    def __init__(
+        self,
+        plans_file: Path,
+        *,
+        clock: Clock,
+        limits: Limits = DEFAULT_LIMITS,
+        jitter_max: timedelta = timedelta(0),
+        reporter: Reporter = quiet,
+        host: str | None = None,
+        zone: tzinfo | None = None,
+        on_finished: OnFinished | None = None,
+    ) -> None:
+        self.plans_file = plans_file
+        self.history = History.beside(plans_file)
+        self.reporter = reporter
+        self.host = host if host is not None else host_id()
+        self.zone = zone
+        self.jitter_max = jitter_max
+        self.on_finished = on_finished
+        self._reload_requested = False
+        book = PlanBook.load(plans_file)  # a bad file at start: the caller's error
+        for record in self.history.interrupted_leftovers():
+            reporter(
+                Warned(f"plan {record.plan}: run {record.run_id} was cut short: {record.error}")
+            )
+        # a plan whose last run was interrupted (killed, stopped, power lost) is owed one
+        owed = [
+            name
+            for name in book.plans
+            if (last := self.history.last(name)) is not None and last.status == "interrupted"
+        ]
+        self.scheduler = Scheduler(
+            self._jobs(book),
+            Reckoning(self.history.path),
+            clock,
+            limits=limits,
+            reporter=reporter,
+            on_skipped=self._record_skipped,
+            owed=owed,
+        )
+        self._book = book
+
+    def serve(self) -> None:
+        """Fire plans until ``stop()``; returns once every run has ended."""
+        self.reporter(Noted(f"agent: running {self._summary(self._book)} of {self.plans_file}"))
+        self.scheduler.serve(reload=self._reload)
+
+    def stop(self) -> int:
+        """Stop (SIGTERM); how many runs were stopped."""
+        return self.scheduler.stop()
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self.scheduler.alarm.ring()
+
+    def _reload(self) -> list[Job] | None:
+        if not self._reload_requested:
+            return None
+        self._reload_requested = False
+        try:
+            book = PlanBook.load(self.plans_file)
+            jobs = self._jobs(book)
+        except BlockvaultError as exc:  # keep running the plans we have
+            self.reporter(Warned(f"agent: reload failed, keeping the plans as they were: {exc}"))
+            return None
+        self._book = book
+        self.reporter(Noted(f"agent: reloaded, {self._summary(book)}"))
+        return jobs
+
+    def _jobs(self, book: PlanBook) -> list[Job]:
+        return [self._job(plan) for plan in book.plans.values() if plan.enabled]
+
+    def _job(self, plan: Plan) -> Job:
+        schedule = parse_schedule(plan.schedule, plan.window, self.zone)
+        history, reporter, on_finished = self.history, self.reporter, self.on_finished
+
+        def run(trigger: Trigger, stop: threading.Event) -> RunOutcome:
+            try:
+                record = run_plan(
+                    plan,
+                    history,
+                    trigger=trigger,
+                    reporter=_run_reporter(plan.name, reporter),
+                    stop=stop,
+                    on_finished=on_finished,
+                )
+            except Interrupted:
+                return "interrupted"
+            except BlockvaultError as exc:  # not run at all (running already elsewhere)
+                return f"failed: {exc}"
+            return record.status + (f": {record.error}" if record.error else "")
+
+        # the runner ends a run past the plan's timeout itself; the scheduler's stop,
+        # a grace later, is for a run that would not end
+        timeout = None if plan.timeout is None else timedelta(seconds=plan.timeout) + TIMEOUT_GRACE
+        return Job(
+            plan.name,
+            schedule,
+            run,
+            timeout=timeout,
+            jitter=job_jitter(self.host, plan.name, schedule, self.jitter_max),
+        )
+
+    def _record_skipped(self, plan: str, trigger: Trigger, due: datetime) -> None:
+        record = self.history.start(plan, trigger)
+        most = self.scheduler.limits.max_start_delay
+        self.history.finish(
+            replace(
+                record,
+                status="failed",
+                error=f"skipped: could not start within {most} of {due:%Y-%m-%d %H:%M:%S} UTC "
+                "(other runs held the concurrency limit)",
+            )
+        )
+
+    def _summary(self, book: PlanBook) -> str:
+        enabled = [p.name for p in book.plans.values() if p.enabled]
+        return f"{len(enabled)} enabled of {len(book.plans)} plans"
+
+
+TIMEOUT_GRACE: Final = timedelta(minutes=2)
+
+
+def _run_reporter(plan: str, reporter: Reporter) -> Reporter:
+    """What a background run tells the agent's log: its warnings and notes, not its
+    progress (that is in the run's own log)."""
+
+    def report(event: Event) -> None:
+        if isinstance(event, Warned):
+            reporter(Warned(f"plan {plan}: {event.message}"))
+        elif isinstance(event, Noted):
+            reporter(Noted(f"plan {plan}: {event.message}"))
+
+    return report

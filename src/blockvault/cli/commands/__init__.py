@@ -165,6 +165,7 @@ COMMANDS = (
     "import",
     "plan",
     "status",
+    "agent",
 )
 
 
