@@ -29,6 +29,7 @@ from cryptography.x509.oid import NameOID
 from blockvault.errors import NotifyError, UsageError
 from blockvault.events import Event as Progress
 from blockvault.events import Noted, Warned
+from blockvault.plans.alerts import Alerts
 from blockvault.plans.model import Plan, RunRecord
 from blockvault.plans.notify import (
     Event,
@@ -37,10 +38,10 @@ from blockvault.plans.notify import (
     deliver,
     events,
     notifier_for,
-    notify_on_finished,
     parse_target,
     smtp_settings,
 )
+from blockvault.plans.store import History, PlanBook
 from blockvault_demo.servers import free_port
 
 UTC = dt.UTC
@@ -133,8 +134,8 @@ def test_log_tail_is_bounded_and_safe(tmp_path: Path) -> None:
     [
         ("mailto:not an address", "not a mail address"),
         ("mailto:ann@example.org\nBcc: eve@evil", "not a mail address"),
-        ("ftp://example.org/hook", "give mailto:ADDRESS"),
-        ("https:///nohost", "give mailto:ADDRESS"),
+        ("ftp://example.org/hook", "use mailto:ADDRESS"),
+        ("https:///nohost", "use mailto:ADDRESS"),
         ("https://example.org/h#events=sometimes", "events are"),
         ("https://example.org/h#colour=red", "unknown option 'colour'"),
         ("mailto:ann@example.org#template=/etc/passwd", "webhooks only"),
@@ -392,29 +393,35 @@ def test_wrong_password_is_not_retried(
 
 
 def test_dead_mail_server_never_fails_the_run(tmp_path: Path) -> None:
-    """Nothing listens on the port: each attempt is refused, the failure is reported,
-    logged and returned, and the run's callback returns normally."""
+    """Nothing listens on the [smtp] port: each attempt is refused, the failure is
+    reported, logged and returned, and the runner's callback returns normally."""
+    plans_file = tmp_path / "plans.toml"
+    book = PlanBook(plans_file, {"nightly": plan_to("mailto:ann@example.org")})
+    book.settings["smtp"] = {"host": "127.0.0.1", "port": free_port(), "security": "none"}
+    book.save()
     log = tmp_path / "run.log"
     log.write_text("backup done\n")
-    smtp = smtp_settings({"host": "127.0.0.1", "port": free_port(), "security": "none"})
-    plan = Plan(
-        name="nightly",
-        repo=str(tmp_path / "repo"),
-        source_kind="disk",
-        sources=("/dev/sdz",),
-        schedule="daily 02:00",
-        notify=("mailto:ann@example.org",),
-    )
     notes: list[Progress] = []
     waits: list[float] = []
-    on_finished = notify_on_finished(plan, smtp, notes.append, host="alpha", sleep=waits.append)
-    on_finished(run("failed", log=log), run("ok", 6))  # returns: nothing raised
+    alerts = Alerts(plans_file, notes.append, host="alpha", sleep=waits.append)
+    alerts.on_finished(run("failed", log=log), run("ok", 6))  # returns: nothing raised
     assert waits == [2.0, 4.0]  # three attempts
     (warning,) = notes
     assert isinstance(warning, Warned)
     assert "could not send failure notice to mailto:ann@example.org" in warning.message
     assert "Connection refused" in warning.message
     assert warning.message in log.read_text()
+
+
+def plan_to(*targets: str) -> Plan:
+    return Plan(
+        name="nightly",
+        repo="/srv/repo",
+        source_kind="disk",
+        sources=("/dev/sdz",),
+        schedule="daily 02:00",
+        notify=targets,
+    )
 
 
 # -- a real HTTP server -------------------------------------------------------------------------
@@ -545,3 +552,27 @@ def test_each_event_is_one_message(hook: Hook, tmp_path: Path) -> None:
     for event in found:
         deliver(event, [notifier], lambda e: None)
     assert [json.loads(b)["event"] for _, b in hook.bodies] == ["failure", "overdue"]
+
+
+def test_overdue_is_told_once_per_episode(hook: Hook, tmp_path: Path) -> None:
+    """The agent's overdue check against a real history: a daily plan whose last good
+    run ended 40 hours ago is overdue (more than 1.25 days); told once, not again at
+    the next check, and again after a good run and a new episode."""
+    plans_file = tmp_path / "plans.toml"
+    PlanBook(plans_file, {"nightly": plan_to(hook.url)}).save()
+    history = History.beside(plans_file)
+    now = dt.datetime.now(UTC)
+    record = history.start("nightly", "schedule", now=now - dt.timedelta(hours=40))
+    history.finish(replace(record, status="ok"), now=now - dt.timedelta(hours=40))
+    alerts = Alerts(plans_file, lambda e: None, host="alpha")
+    (sent,) = alerts.check_overdue(now)
+    assert sent.error is None and sent.event == "overdue"
+    assert alerts.check_overdue(now + dt.timedelta(minutes=1)) == []
+    body = json.loads(hook.bodies[0][1])
+    assert body["event"] == "overdue" and body["previous_status"] == "ok"
+    assert body["last_good"] == (now - dt.timedelta(hours=40)).isoformat(timespec="seconds")
+    record = history.start("nightly", "schedule", now=now)
+    history.finish(replace(record, status="ok"), now=now)
+    assert alerts.check_overdue(now) == []  # in time again: the episode ends
+    (again,) = alerts.check_overdue(now + dt.timedelta(hours=31))
+    assert again.event == "overdue" and len(hook.bodies) == 2

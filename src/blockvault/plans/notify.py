@@ -38,7 +38,7 @@ from typing import Any, Final, Literal, Protocol, get_args
 from blockvault import __version__
 from blockvault.errors import NotifyError, UsageError
 from blockvault.events import Noted, Reporter, Warned
-from blockvault.plans.model import Plan, RunRecord
+from blockvault.plans.model import RunRecord
 from blockvault.text import shown
 
 __all__ = [
@@ -49,12 +49,12 @@ __all__ = [
     "Notifier",
     "Overdue",
     "OverdueLatch",
+    "Sleep",
     "SmtpSettings",
     "Target",
     "deliver",
     "events",
     "notifier_for",
-    "notify_on_finished",
     "parse_target",
     "read_log_tail",
     "smtp_settings",
@@ -249,7 +249,7 @@ def parse_target(text: str) -> Target:
     options = urllib.parse.parse_qs(fragment, keep_blank_values=True, strict_parsing=False)
     unknown = sorted(set(options) - {"events", "template"})
     if unknown or (fragment and not options):
-        raise UsageError(f"notify target {text}: unknown option {(unknown or [fragment])[0]!r}")
+        raise UsageError(f"notify target {text!r}: unknown option {(unknown or [fragment])[0]!r}")
     wants = DEFAULT_EVENTS
     if "events" in options:
         names = {n.strip() for n in ",".join(options["events"]).split(",")}
@@ -257,22 +257,20 @@ def parse_target(text: str) -> Target:
             names = set(HEADLINES)
         if not names or not names <= set(HEADLINES):
             raise UsageError(
-                f"notify target {text}: events are failure, success, overdue, recovery or all"
+                f"notify target {text!r}: events are failure, success, overdue, recovery or all"
             )
         wants = frozenset(n for n in HEADLINES if n in names)
     template = options.get("template", [None])[-1]
     if base.startswith("mailto:"):
         address = base.removeprefix("mailto:")
         if not _ADDRESS.fullmatch(address):
-            raise UsageError(f"notify target {text}: not a mail address (mailto:ann@example.org)")
+            raise UsageError(f"notify target {text!r}: not a mail address (mailto:ann@example.org)")
         if template is not None:
-            raise UsageError(f"notify target {text}: a template is for webhooks only")
+            raise UsageError(f"notify target {text!r}: a template is for webhooks only")
         return Target(text, "email", address, wants)
     url = urllib.parse.urlsplit(base)
     if url.scheme not in ("http", "https") or not url.hostname or not base.isprintable():
-        raise UsageError(
-            f"notify target {shown(text)}: give mailto:ADDRESS or an http(s):// webhook URL"
-        )
+        raise UsageError(f"notify target {text!r}: use mailto:ADDRESS or an http(s):// URL")
     if template is not None:
         _load_template(template, text)  # refused now, not at the first failure
     return Target(text, "webhook", base, wants, template)
@@ -352,25 +350,25 @@ def _load_template(path: str, target: str) -> string.Template:
         with open(path, "rb") as file:
             data = file.read(TEMPLATE_MAX_BYTES + 1)
     except OSError as exc:
-        raise UsageError(f"notify target {target}: template {path}: {exc.strerror}") from None
+        raise UsageError(f"notify target {target!r}: template {path}: {exc.strerror}") from None
     if len(data) > TEMPLATE_MAX_BYTES:
-        raise UsageError(f"notify target {target}: template {path} is over 64 KiB")
+        raise UsageError(f"notify target {target!r}: template {path} is over 64 KiB")
     try:
         template = string.Template(data.decode("utf-8"))
     except UnicodeDecodeError:
-        raise UsageError(f"notify target {target}: template {path} is not UTF-8") from None
+        raise UsageError(f"notify target {target!r}: template {path} is not UTF-8") from None
     known = set(webhook_body(_SAMPLE))
     unknown = sorted(set(template.get_identifiers()) - known)
     if unknown or not template.is_valid():
         raise UsageError(
-            f"notify target {target}: template {path} uses "
+            f"notify target {target!r}: template {path} uses "
             f"{'$' + unknown[0] if unknown else 'a lone $'}; known: "
             + ", ".join(f"${name}" for name in sorted(known))
         )
     try:
         _render(template, _SAMPLE)
     except ValueError as exc:
-        raise UsageError(f"notify target {target}: template {path} is not JSON: {exc}") from None
+        raise UsageError(f"notify target {target!r}: template {path} is not JSON: {exc}") from None
     return template
 
 
@@ -548,7 +546,7 @@ def notifier_for(
         return WebhookNotifier(parsed, sleep=sleep)
     if smtp is None:
         raise UsageError(
-            f"notify target {parsed.text}: mail needs an [smtp] table (host, from...) "
+            f"notify target {parsed.text!r}: mail needs an [smtp] table (host, from...) "
             "in the plans file"
         )
     return EmailNotifier(parsed, smtp, sleep=sleep)
@@ -600,22 +598,3 @@ def _append_to_log(path: str | None, deliveries: Sequence[Delivery]) -> None:
                 log.write(shown(delivery.line) + "\n")
     except OSError:
         pass  # the reporter has it; a log that cannot be written must not fail the run
-
-
-def notify_on_finished(
-    plan: Plan,
-    smtp: SmtpSettings | None,
-    reporter: Reporter,
-    *,
-    host: str | None = None,
-    sleep: Sleep = time.sleep,
-) -> Callable[[RunRecord, RunRecord | None], None]:
-    """The ``on_finished`` callback of ``run_plan`` that tells ``plan``'s targets.
-    Targets are checked now (``UsageError``), so a bad one is refused before the run."""
-    notifiers = [notifier_for(target, smtp, sleep=sleep) for target in plan.notify]
-
-    def on_finished(current: RunRecord, previous: RunRecord | None) -> None:
-        for event in events(previous, current, None, host=host):
-            deliver(event, notifiers, reporter)
-
-    return on_finished
