@@ -10,11 +10,9 @@ import email
 import email.policy
 import ipaddress
 import json
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,7 @@ from blockvault.plans.notify import (
 )
 from blockvault.plans.store import History, PlanBook
 from blockvault_demo.servers import free_port
+from tests.plans.conftest import Hook
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
@@ -425,37 +424,6 @@ def plan_to(*targets: str) -> Plan:
 
 
 # -- a real HTTP server -------------------------------------------------------------------------
-
-
-@dataclass
-class Hook:
-    url: str
-    bodies: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    answers: list[int] = field(default_factory=list)  # statuses to give first, then 204
-
-
-@pytest.fixture
-def hook() -> Iterator[Hook]:
-    record = Hook("")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            size = int(self.headers["Content-Length"])
-            record.bodies.append((dict(self.headers), self.rfile.read(size)))
-            self.send_response(record.answers.pop(0) if record.answers else 204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    record.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/backup"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield record
-    server.shutdown()
-    server.server_close()
 
 
 def test_webhook_body_as_documented(hook: Hook, tmp_path: Path) -> None:

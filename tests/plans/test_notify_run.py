@@ -8,11 +8,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,6 +17,7 @@ from blockvault.plans.store import PlanBook
 from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk, make_tree
 from blockvault_demo.servers import free_port
 from tests.conftest import blockvault, needs_root, sh
+from tests.plans.conftest import Hook
 
 pytestmark = [needs_root, pytest.mark.root]
 MiB = 1 << 20
@@ -35,31 +33,10 @@ def disk(tmp_path: Path) -> Iterator[str]:
     subprocess.run(["losetup", "-d", device], check=False)
 
 
-@pytest.fixture
-def hook() -> Iterator[tuple[str, list[bytes]]]:
-    bodies: list[bytes] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", bodies
-    server.shutdown()
-    server.server_close()
-
-
 def test_a_run_tells_its_webhook_though_the_mail_server_is_dead(
-    tmp_path: Path, disk: str, hook: tuple[str, list[bytes]]
+    tmp_path: Path, disk: str, hook: Hook
 ) -> None:
-    url, bodies = hook
+    url = hook.url
     repo = tmp_path / "repo"
     env = {"BLOCKVAULT_PLANS": str(tmp_path / "etc" / "plans.toml")}
     assert blockvault("-r", repo, "init").returncode == 0
@@ -77,7 +54,7 @@ def test_a_run_tells_its_webhook_though_the_mail_server_is_dead(
     assert "could not send success notice to mailto:ops@example.org#events=all" in done.stderr
 
     (row,) = json.loads(blockvault("plan", "history", "nightly", "--json", env=env).stdout)
-    (body,) = map(json.loads, bodies)
+    (body,) = (json.loads(raw) for _, raw in hook.bodies)
     assert body["event"] == "success" and body["plan"] == "nightly"
     assert body["snapshot"] == row["snapshot"] and row["snapshot"] == snapshot
     assert body["run_id"] == row["run_id"] and body["status"] == "ok"
