@@ -544,3 +544,18 @@ def test_overdue_is_told_once_per_episode(hook: Hook, tmp_path: Path) -> None:
     assert alerts.check_overdue(now) == []  # in time again: the episode ends
     (again,) = alerts.check_overdue(now + dt.timedelta(hours=31))
     assert again.event == "overdue" and len(hook.bodies) == 2
+
+
+def test_a_run_cut_short_between_a_failure_and_a_good_run_still_recovers(
+    hook: Hook, tmp_path: Path
+) -> None:
+    plans_file = tmp_path / "plans.toml"
+    PlanBook(plans_file, {"nightly": plan_to(hook.url)}).save()
+    history = History.beside(plans_file)
+    finished = []
+    for status in ("failed", "interrupted", "ok"):
+        record = history.start("nightly", "schedule")
+        finished.append(history.finish(replace(record, status=status)))
+    Alerts(plans_file, lambda e: None, host="alpha").on_finished(finished[2], finished[1])
+    (body,) = (json.loads(raw) for _, raw in hook.bodies)
+    assert body["event"] == "recovery" and body["previous_status"] == "failed"

@@ -58,8 +58,17 @@ class Alerts:
         if book is None or current.plan not in book.plans:
             return
         notifiers = self._notifiers(book, book.plans[current.plan])
+        if previous is not None and previous.status == "interrupted":
+            previous = self._last_ended(current) or previous
         for event in events(previous, current, None, host=self.host):
             deliver(event, notifiers, self.reporter)
+
+    def _last_ended(self, current: RunRecord) -> RunRecord | None:
+        """The plan's newest run before ``current`` that ended ok or failed: a failure,
+        a shutdown mid-run, then a good run is a recovery."""
+        history = History.beside(self.plans_file)
+        earlier = (r for r in history.runs(current.plan) if r.run_id < current.run_id)
+        return next((r for r in earlier if r.status in ("ok", "failed")), None)
 
     def check_overdue(self, now: datetime | None = None) -> list[Delivery]:
         """Tell the plans that became overdue since the last check; what was sent."""
