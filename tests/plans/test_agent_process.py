@@ -116,8 +116,10 @@ class AgentProcess:
             rows = db.execute(
                 "SELECT run_id, plan, trigger, status, snapshot, error FROM runs ORDER BY run_id"
             ).fetchall()
-        except sqlite3.OperationalError:  # not created yet
-            return []
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # not created yet
+                return []
+            raise
         finally:
             db.close()
         return [dict(row) for row in rows]
@@ -215,7 +217,9 @@ def test_killed_at_random_points_and_restarted(
         else:
             agent.start(f"signal=STOP,operations=write,{point}")
             agent.wait_frozen()
-            frozen_runs.append(agent.runs()[-1]["run_id"])
+            runs = agent.runs()
+            assert len(runs) == before + 1, (point, runs, agent.log_text())
+            frozen_runs.append(runs[-1]["run_id"])
         agent.kill()
     # back for good: the leftovers are recorded interrupted and the plan runs again
     agent.start()
