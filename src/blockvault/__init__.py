@@ -44,8 +44,12 @@ if TYPE_CHECKING:
     from blockvault.pipeline.restore import RestoreResult, restore
     from blockvault.pipeline.target import Confirm
     from blockvault.pipeline.verify import Problem, VerifyResult, verify
+    from blockvault.plans.model import Plan, RunRecord
     from blockvault.plans.prune import PruneResult, prune
     from blockvault.plans.retention import Decision, Policy, apply_policy
+    from blockvault.plans.runner import run_plan
+    from blockvault.plans.status import PlanStatus, plan_status
+    from blockvault.plans.store import History, PlanBook
     from blockvault.repo.check import CheckResult, Damage, Subset, check_repository, parse_subset
     from blockvault.repo.gc import GcResult, collect_garbage
     from blockvault.repo.manifest import Snapshot
@@ -82,6 +86,14 @@ _EXPORTS: dict[str, str] = {
     "Decision": "blockvault.plans.retention",
     "collect_garbage": "blockvault.repo.gc",
     "GcResult": "blockvault.repo.gc",
+    # backup plans: the plans file, the run history, one run, how each plan stands
+    "Plan": "blockvault.plans.model",
+    "RunRecord": "blockvault.plans.model",
+    "PlanBook": "blockvault.plans.store",
+    "History": "blockvault.plans.store",
+    "run_plan": "blockvault.plans.runner",
+    "plan_status": "blockvault.plans.status",
+    "PlanStatus": "blockvault.plans.status",
     # progress events and the reporter that receives them
     "Event": "blockvault.events",
     "Reporter": "blockvault.events",
@@ -104,13 +116,18 @@ __all__ = [
     "Decision",
     "Event",
     "GcResult",
+    "History",
     "Noted",
+    "Plan",
+    "PlanBook",
+    "PlanStatus",
     "Policy",
     "Problem",
     "PruneResult",
     "Reporter",
     "Repository",
     "RestoreResult",
+    "RunRecord",
     "Selector",
     "Snapshot",
     "Subset",
@@ -125,9 +142,11 @@ __all__ = [
     "clone",
     "collect_garbage",
     "parse_subset",
+    "plan_status",
     "prune",
     "quiet",
     "restore",
+    "run_plan",
     "verify",
 ]
 

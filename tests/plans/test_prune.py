@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import blockvault
+from blockvault.errors import ClockBehind
 from blockvault.repo import format as fmt
 from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.conftest import blockvault as run_cli
@@ -181,3 +182,31 @@ def test_a_manifest_whose_time_is_no_time_is_reported_not_judged(
     shown = run_cli("-r", repo.location, "prune", "--keep-last", "1")
     assert shown.returncode == 0, shown.stderr
     assert "\x1b" not in shown.stdout + shown.stderr
+
+
+def test_a_snapshot_dated_after_now_makes_prune_refuse_and_remove_nothing(
+    repo: blockvault.Repository, disks: tuple[Path, Path]
+) -> None:
+    """A clock that jumped back makes every snapshot look younger than it is, and the
+    newest ones lie "in the future": prune refuses rather than count from there. A
+    future snapshot that prune would not consider (another host) does not block it."""
+    older = blockvault.backup(repo, str(disks[0]))
+    newer = blockvault.backup(repo, str(disks[0]))
+    index = repo.load_index(newer)
+    ahead = repo.write_snapshot(replace(newer, time="2040-01-02T00:00:00+00:00"), index)
+    before = set(repo.snapshot_ids())
+
+    with pytest.raises(ClockBehind, match="the clock may have jumped back") as refused:
+        blockvault.prune(repo, blockvault.Policy(last=1), now=NOW, tz=UTC)
+    assert ahead.id[:12] in str(refused.value)
+    assert set(repo.snapshot_ids()) == before
+    shown = run_cli("-r", repo.location, "prune", "--keep-last", "1")  # now: 2026
+    assert shown.returncode == 2 and "nothing was pruned" in shown.stderr
+    assert set(repo.snapshot_ids()) == before
+
+    elsewhere = repo.write_snapshot(replace(ahead, host="other"), index)
+    repo.delete_snapshot(ahead.id)
+    repo.selector = blockvault.Selector(host=newer.host)
+    result = blockvault.prune(repo, blockvault.Policy(last=1), now=NOW, tz=UTC)
+    assert [s.id for s in result.removed] == [older.id]
+    assert set(repo.snapshot_ids()) == {newer.id, elsewhere.id}

@@ -77,9 +77,9 @@ def resolve_source(plan: Plan, *, sysfs: Path = SYSFS) -> tuple[str, tuple[int, 
     raise PlanError("file backup is not in this version of blockvault", where=where)
 
 
-def preflight(plan: Plan) -> None:
+def preflight(plan: Plan) -> Repository:
     """Refuse a plan that cannot run here: hooks first (cheap), then the source, then
-    the repository (it may be remote)."""
+    the repository (it may be remote), which is returned open."""
     for name, command in (("pre", plan.pre), ("post", plan.post)):
         if command is not None:
             _require_executable(plan, name, command)
@@ -90,7 +90,7 @@ def preflight(plan: Plan) -> None:
             "or the system",
             where=f"plan {plan.name}",
         )
-    open_repository(plan)
+    return open_repository(plan)
 
 
 def _require_device(where: str, path: str) -> None:

@@ -44,10 +44,11 @@ from blockvault.plans.preflight import PASSWORD_ENV, open_repository, preflight,
 from blockvault.plans.prune import prune
 from blockvault.plans.retention import duration_text, snapshot_time
 from blockvault.plans.store import History
-from blockvault.repo import Selector, Snapshot
+from blockvault.repo import Repository, Selector, Snapshot
+from blockvault.repo.check import CheckResult, Subset, check_repository
 from blockvault.text import plural
 
-__all__ = ["MAX_LOG", "OnFinished", "plan_tag", "run_plan"]
+__all__ = ["MAX_LOG", "OnFinished", "check_plan", "plan_tag", "run_plan"]
 
 MAX_LOG: Final = 1 << 20  # bytes of one run's log; the rest is dropped, with a note
 POST_HOOK_GRACE: Final = 60.0  # seconds a post-hook may take after a stop or timeout
@@ -76,27 +77,43 @@ def run_plan(
         previous = history.last(plan.name)
         record = history.start(plan.name, trigger)
         assert record.log is not None
-        signal_exc: Interrupted | None = None
+        raised: BaseException | None = None
         with _RunLog(Path(record.log)) as log:
             run = _Run(plan, record, log, reporter, stop or threading.Event())
             try:
                 run.steps()
             except Interrupted as exc:  # a signal (the CLI's or the agent's handler)
-                signal_exc = exc
-                run.ended("interrupted", f"interrupted by {exc.signal_name}: {exc.outcome}")
-            finally:
-                run.post_hook()
-            log.line(f"run ended {run.record.status}" + _error_suffix(run.record.error))
+                raised = exc
+                run.ended("interrupted", f"interrupted by {exc.signal_name}{_colon(exc.outcome)}")
+            except BaseException as exc:  # Ctrl-C without interrupts.install(), SystemExit
+                raised = exc
+                run.ended("interrupted", f"interrupted by {type(exc).__name__}")
+            run.post_hook()
+            log.line(f"run ended {run.record.status}{_colon(run.record.error)}")
         record = history.finish(run.record)
     if on_finished is not None:
         on_finished(record, previous)
-    if signal_exc is not None:
-        raise signal_exc
+    if raised is not None:
+        raise raised
     return record
 
 
-def _error_suffix(error: str | None) -> str:
-    return f": {error}" if error else ""
+def check_plan(plan: Plan, *, reporter: Reporter) -> CheckResult:
+    """The plan's scheduled check (``plan.check``, which the agent fires on its own
+    schedule): ``check --read-data`` of a random ``subset`` percent of the repository's
+    chunks, so that many runs together read all of it. ``PlanError`` when the plan
+    has no check."""
+    if plan.check is None:
+        raise PlanError(
+            "has no check; add one with 'plan edit --check SPEC'", where=f"plan {plan.name}"
+        )
+    repo = open_repository(plan)
+    subset = Subset(fraction=plan.check.subset / 100)
+    return check_repository(repo, read_data=True, subset=subset, reporter=reporter)
+
+
+def _colon(text: str | None) -> str:
+    return f": {text}" if text else ""
 
 
 @contextlib.contextmanager
@@ -167,7 +184,8 @@ class _Run:
         plan = self.plan
         self.log.line(f"plan {plan.name}: run {self.record.run_id} ({self.record.trigger})")
         try:
-            preflight(plan)
+            repo = preflight(plan)
+            self._check_stop()  # asked to stop before it began: nothing is run
             if plan.pre is not None:
                 code = self.hook("pre", plan.pre, self._environment("pre"))
                 if code != 0:
@@ -176,9 +194,9 @@ class _Run:
                         self.ended("failed", why + "; the backup did not run")
                         return
                     self.log.line(f"{why}; continuing (pre_failure = continue)")
-            self.backup()
-            self.retention()
-            self.verify()
+            self.backup(repo)
+            self.retention(repo)
+            self.verify(repo)
             self.ended("ok", None)
         except Interrupted as exc:
             if exc is not self.stopped:
@@ -193,10 +211,9 @@ class _Run:
             self.log.raw(traceback.format_exc().encode(errors="replace"))
             self.ended("failed", f"internal error: {type(exc).__name__}: {exc}")
 
-    def backup(self) -> None:
+    def backup(self, repo: Repository) -> None:
         disk, partitions = resolve_source(self.plan)
         self.disk = disk
-        repo = open_repository(self.plan)
         what = f"partitions {', '.join(map(str, partitions))} of {disk}" if partitions else disk
         self.log.line(f"backup of {what} into {self.plan.repo}")
         snap = backup(
@@ -220,11 +237,10 @@ class _Run:
             f"{stats.stored_bytes} stored"
         )
 
-    def retention(self) -> None:
+    def retention(self, repo: Repository) -> None:
         if self.plan.retention is None or self.snapshot is None:
             return
         snap = self.snapshot
-        repo = open_repository(self.plan)
         repo.selector = Selector(host=snap.host, source=snap.source_id or snap.source)
         # ages from the repository's recorded time of what was just made, not from a
         # clock that may since have jumped; prune refuses snapshots dated after it
@@ -239,11 +255,10 @@ class _Run:
             f"{len(result.removed)}" + (f" ({removed})" if removed else "")
         )
 
-    def verify(self) -> None:
+    def verify(self, repo: Repository) -> None:
         if self.plan.verify is None or self.snapshot is None:
             return
         against = self.disk if self.plan.verify == "source" else None
-        repo = open_repository(self.plan)
         result = verify(repo, [self.snapshot], against=against, reporter=self.report)
         for problem in result.problems[:20]:
             self.log.line(f"verify: {problem.region} @ {problem.offset}: {problem.detail}")
@@ -260,10 +275,8 @@ class _Run:
             return
         if self.record.status == "running":  # an error escaped the steps: say so
             self.ended("failed", self.record.error or "the run ended unexpectedly")
-        stopping = self.stop.is_set() or self._past_deadline()
-        grace = time.monotonic() + POST_HOOK_GRACE if stopping else None
         try:
-            code = self.hook("post", self.plan.post, self._environment("post"), deadline=grace)
+            code = self.hook("post", self.plan.post, self._environment("post"))
         except Interrupted as exc:  # a signal during the post-hook: the run is over anyway
             self.log.line(f"post-hook stopped: interrupted by {exc.signal_name}")
             return
@@ -279,7 +292,7 @@ class _Run:
         self.record = replace(self.record, status=status, error=error)
 
     def ended_by_stop(self, exc: Interrupted) -> None:
-        left = f": {exc.outcome}" if exc.outcome else ""
+        left = _colon(exc.outcome)
         if self.stop.is_set():
             self.ended("interrupted", f"stopped{left}")
         else:
@@ -332,12 +345,12 @@ class _Run:
             )
         return env
 
-    def hook(
-        self, phase: str, command: str, env: dict[str, str], *, deadline: float | None = None
-    ) -> int:
-        """Run ``command`` with ``/bin/sh -c``, its output into the log; stop it (its
-        whole process group) when the run is asked to stop or runs out of time.
-        Returns its exit status (negative: killed by that signal)."""
+    def hook(self, phase: str, command: str, env: dict[str, str]) -> int:
+        """Run ``command`` with ``/bin/sh -c``, its output into the log. When the run
+        is asked to stop or runs out of time, a pre-hook is stopped at once (its whole
+        process group) and the run with it; a post-hook, which must report the end, is
+        given ``POST_HOOK_GRACE`` seconds more. Returns its exit status (negative:
+        killed by that signal)."""
         self.log.line(f"{phase}-hook: {command}")
         proc = subprocess.Popen(
             ["/bin/sh", "-c", command],
@@ -350,6 +363,7 @@ class _Run:
         assert proc.stdout is not None
         copier = threading.Thread(target=self._copy_output, args=(proc.stdout,), daemon=True)
         copier.start()
+        grace: float | None = None
         try:
             while True:
                 try:
@@ -357,12 +371,13 @@ class _Run:
                     break
                 except subprocess.TimeoutExpired:
                     pass
-                if deadline is not None:
-                    if time.monotonic() >= deadline:
+                if phase == "pre":
+                    self._check_stop()
+                elif self.stop.is_set() or self._past_deadline():
+                    grace = grace or time.monotonic() + POST_HOOK_GRACE
+                    if time.monotonic() >= grace:
                         self.log.line(f"{phase}-hook took too long after the run stopped")
                         _kill_group(proc)
-                else:
-                    self._check_stop()
         except BaseException:
             _kill_group(proc)
             raise

@@ -196,6 +196,13 @@ def register(group: click.Group) -> None:
         """Add plan NAME (needs --repo, a source and --schedule). The repository must
         open, the source exist and the hooks be executable, or nothing is saved."""
         path = plans_file(ctx)
+        has_source = given["disk"] or given["partitions"] or given["system"] or given["paths"]
+        if not (given["repo"] and given["schedule"] and has_source):
+            raise PlanError(
+                "plan add needs --repo REPO, a source (--disk DEV, --partition DEV... or "
+                "--system) and --schedule SPEC",
+                where=f"plan {name}",
+            )
         with PlanBook.editing(path) as book:
             plan = plan_from_table(name, changed_table({}, {"name": name, **given}))
             preflight(plan)
@@ -305,6 +312,7 @@ def register(group: click.Group) -> None:
         path = plans_file(ctx)
         plan = PlanBook.load(path).get(name)
         history = History.beside(path)
+        history.interrupted_leftovers()  # a killed runner's run is not "running" forever
         with render.progress(as_json) as reporter:
             record = run_plan(plan, history, trigger="manual", reporter=reporter)
         if as_json:
@@ -337,7 +345,11 @@ def register(group: click.Group) -> None:
         """The runs of plan NAME, newest first: when, how they ended, bytes read, new
         and stored, the snapshot, the error and the log file."""
         path = plans_file(ctx)
-        runs = History.beside(path).runs(name, limit) if Path(path).exists() else []
+        runs = []
+        if path.exists():
+            history = History.beside(path)
+            history.interrupted_leftovers()
+            runs = history.runs(name, limit)
         if as_json:
             render.emit_json([record_json(r) for r in runs])
             return

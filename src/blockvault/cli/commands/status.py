@@ -24,7 +24,14 @@ def register(group: click.Group) -> None:
         period."""
         path = plans_file(ctx)
         book = PlanBook.load(path)
+        if not book.plans:
+            if as_json:
+                render.emit_json([])
+            else:
+                click.echo(f"no plans in {path}; add one with 'blockvault plan add'", err=True)
+            return
         history = History.beside(path)
+        history.interrupted_leftovers()
         now = datetime.now(UTC)
         states = [plan_status(plan, history, now) for plan in book.plans.values()]
         if as_json:
