@@ -297,3 +297,27 @@ def test_bad_plans_file_is_one_line_and_exit_2(agent: AgentProcess) -> None:
         "('0 2 * * *'), hourly, daily [HH:MM], weekly [DAY] [HH:MM], monthly [DAY] [HH:MM] "
         "or 'every 6h'"
     ]
+
+
+@pytest.mark.parametrize("repo", ["local"], indirect=True)
+def test_scheduled_check_reads_the_repository_and_reports_damage(
+    disk: BuiltDisk, repo: Repo, agent: AgentProcess, loop: Callable[..., str]
+) -> None:
+    device = loop(disk.path)
+    made = repo.run("backup", device, "--json")
+    assert made.returncode == 0, made.stderr
+    write_plan(agent, "fast", device, repo, "0 3 1 1 *")  # the backup itself: not now
+    with open(agent.plans, "a", encoding="utf-8") as file:
+        file.write('check = { schedule = "every 2s", subset = 100 }\n')
+    proc = agent.start()
+    agent.wait_for("a clean check", lambda: "plan fast:check: ok" in agent.log_text())
+    chunks = sorted(p for p in (Path(repo.location) / fmt.DATA_DIR).rglob("*") if p.is_file())
+    damaged = bytearray(chunks[len(chunks) // 2].read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # one flipped byte in one chunk, as a disk might
+    chunks[len(chunks) // 2].write_bytes(bytes(damaged))
+    agent.wait_for(
+        "the damage found", lambda: "plan fast:check: failed: 1 problem" in agent.log_text()
+    )
+    assert agent.runs() == []  # checks are not backup runs
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=DEADLINE) == 143

@@ -24,6 +24,7 @@ agent does goes to the reporter as events.
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
@@ -35,9 +36,10 @@ from typing import Final
 from blockvault.errors import BlockvaultError, Interrupted
 from blockvault.events import Event, Noted, Reporter, Warned, quiet
 from blockvault.plans.model import Plan, Trigger
-from blockvault.plans.runner import OnFinished, run_plan
+from blockvault.plans.runner import OnFinished, check_plan, run_plan
 from blockvault.plans.schedule import Alarm, Clock, Schedule, jitter, parse_schedule
 from blockvault.plans.store import History, PlanBook
+from blockvault.text import plural
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -402,7 +404,34 @@ class Agent:
         return jobs
 
     def _jobs(self, book: PlanBook) -> list[Job]:
-        return [self._job(plan) for plan in book.plans.values() if plan.enabled]
+        enabled = [plan for plan in book.plans.values() if plan.enabled]
+        return [self._job(plan) for plan in enabled] + [
+            self._check_job(plan) for plan in enabled if plan.check is not None
+        ]
+
+    def _check_job(self, plan: Plan) -> Job:
+        """The plan's scheduled ``check --read-data --subset N%``, a job of its own
+        (``NAME:check``: a colon no plan name has), its result in the agent's log."""
+        assert plan.check is not None
+        schedule = parse_schedule(plan.check.schedule, None, self.zone)
+        reporter = self.reporter
+        name = f"{plan.name}{CHECK_SUFFIX}"
+
+        def run(trigger: Trigger, stop: threading.Event) -> RunOutcome:
+            try:
+                result = check_plan(plan, reporter=_stopping_reporter(stop, name, reporter))
+            except Interrupted:
+                return "interrupted"
+            except BlockvaultError as exc:
+                return f"failed: {exc}"
+            if not result.ok:
+                damaged = ", ".join(s[:12] for s in result.damaged_snapshots) or "no snapshot"
+                return f"failed: {plural(len(result.problems), 'problem')} (damaged: {damaged})"
+            return "ok"
+
+        return Job(
+            name, schedule, run, jitter=job_jitter(self.host, name, schedule, self.jitter_max)
+        )
 
     def _job(self, plan: Plan) -> Job:
         schedule = parse_schedule(plan.schedule, plan.window, self.zone)
@@ -453,6 +482,22 @@ class Agent:
 
 
 TIMEOUT_GRACE: Final = timedelta(minutes=2)
+
+
+CHECK_SUFFIX: Final = ":check"
+
+
+def _stopping_reporter(stop: threading.Event, name: str, reporter: Reporter) -> Reporter:
+    """``_run_reporter`` that also ends the task at its next event once ``stop`` is
+    set (events come from the calling thread, so this unwinds it like a signal)."""
+    forward = _run_reporter(name, reporter)
+
+    def report(event: Event) -> None:
+        forward(event)
+        if stop.is_set():
+            raise Interrupted("SIGTERM", signal.SIGTERM)
+
+    return report
 
 
 def _run_reporter(plan: str, reporter: Reporter) -> Reporter:
