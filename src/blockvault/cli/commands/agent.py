@@ -17,10 +17,12 @@ from typing import TextIO
 
 import click
 
-from blockvault.cli.commands import plans_file
+from blockvault.cli.commands import agent_install, plans_file
 from blockvault.errors import Interrupted, UsageError
 from blockvault.events import Event, Noted, Reporter, Warned
 from blockvault.plans.agent import DEFAULT_LIMITS, Agent, Limits
+from blockvault.plans.alerts import Alerts
+from blockvault.plans.metrics import serve_metrics
 from blockvault.plans.schedule import RealClock
 from blockvault.text import plural, shown
 
@@ -67,6 +69,12 @@ def register(group: click.Group) -> None:
         help="A run that could not start this long after it was due (the concurrency "
         "limit) is skipped and recorded; 0: wait as long as it takes.",
     )
+    @click.option(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="Serve Prometheus metrics of the plans there, such as 127.0.0.1:9750 (no "
+        "authentication: keep it on loopback or a management network).",
+    )
     @click.pass_context
     def agent(
         ctx: click.Context,
@@ -75,6 +83,7 @@ def register(group: click.Group) -> None:
         jitter: float,
         startup_delay: float,
         max_start_delay: float,
+        metrics: str | None,
     ) -> None:
         """Run the plans on their schedules, in the foreground, until SIGTERM.
 
@@ -90,13 +99,17 @@ def register(group: click.Group) -> None:
             max_start_delay=timedelta(seconds=max_start_delay) if max_start_delay else None,
         )
         log = _open_log(log_file)
+        reporter = _log_reporter(log)
+        alerts = Alerts(plans_file(ctx), reporter)  # after each run, and when overdue
         daemon = Agent(
             plans_file(ctx),
             clock=RealClock(),
             limits=limits,
             jitter_max=timedelta(seconds=jitter),
-            reporter=_log_reporter(log),
+            reporter=reporter,
+            on_finished=alerts.on_finished,
         )
+        stop_metrics = serve_metrics(plans_file(ctx), metrics) if metrics else None
         stopped_by: list[signal.Signals] = []
         runs_stopped: list[int] = []
 
@@ -114,7 +127,13 @@ def register(group: click.Group) -> None:
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_reload)
-        daemon.serve()
+        stop_watching = alerts.watch()
+        try:
+            daemon.serve()
+        finally:
+            stop_watching()
+            if stop_metrics is not None:
+                stop_metrics()
         if stopped_by:
             interrupted = Interrupted(stopped_by[0].name, stopped_by[0].value)
             stopped = runs_stopped[0]
@@ -125,6 +144,8 @@ def register(group: click.Group) -> None:
                 else "the agent stopped; no plan was running"
             )
             raise interrupted
+
+    agent_install.register(agent)
 
 
 def _open_log(path: str | None) -> TextIO:
