@@ -91,7 +91,7 @@ class AgentProcess:
         self.env: dict[str, str] = {}  # the repository's (HOME with the SSH keys)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, faults: str | None = None) -> subprocess.Popen[bytes]:
+    def start(self, faults: str | None = None, *options: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.env, "BLOCKVAULT_PLANS": str(self.plans)}
         env.pop("BLOCKVAULT_FAULTS", None)
         if faults:
@@ -99,7 +99,7 @@ class AgentProcess:
         command = ["blockvault", "agent", "--jitter", "0", "--startup-delay", "0"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [*command, "--log-file", str(self.log)],
+                [*command, "--log-file", str(self.log), *options],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -321,3 +321,23 @@ def test_scheduled_check_reads_the_repository_and_reports_damage(
     assert agent.runs() == []  # checks are not backup runs
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=DEADLINE) == 143
+
+
+@pytest.mark.parametrize("repo", ["local"], indirect=True)
+def test_a_run_that_cannot_start_in_time_is_skipped_and_recorded(
+    disk: BuiltDisk, repo: Repo, agent: AgentProcess, loop: Callable[..., str]
+) -> None:
+    device = loop(disk.path)
+    write_plan(agent, "slow", device, repo, "every 2s")
+    with open(agent.plans, "a", encoding="utf-8") as file:
+        file.write('pre = "/bin/sleep 30"\n')  # holds the one place for the whole test
+    write_plan(agent, "waiting", device, repo, "every 2s")
+    proc = agent.start("", "--concurrency", "1", "--max-start-delay", "1")
+    agent.wait_for("a skipped run", lambda: any(r["plan"] == "waiting" for r in agent.runs()))
+    waiting = [r for r in agent.runs() if r["plan"] == "waiting"]
+    assert waiting[0]["status"] == "failed", waiting
+    assert waiting[0]["error"].startswith("skipped: could not start within 0:00:01"), waiting
+    assert [r["status"] for r in agent.runs() if r["plan"] == "slow"] == ["running"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=DEADLINE) == 143
+    assert [r["status"] for r in agent.runs() if r["plan"] == "slow"] == ["interrupted"]
