@@ -247,3 +247,24 @@ def test_jitter_delays_each_fire_by_a_fixed_amount(reckoning: Reckoning) -> None
     run_for(scheduler, clock, timedelta(days=2))
     expected = [datetime(2026, 1, d, 2, tzinfo=UTC) + delay for d in (8, 9)]
     assert [m for _, _, m in runner.calls] == expected
+
+
+def test_a_clock_set_back_does_not_hold_plans_back(reckoning: Reckoning) -> None:
+    # the last fire was recorded by a clock a year fast; the clock is right again
+    reckoning.set("nightly", START + timedelta(days=365))
+    clock = FakeClock(START)
+    runner = StandIn(clock, instant=True)
+    scheduler = Scheduler([runner.job("nightly", "daily 02:00")], reckoning, clock, limits=NO_DELAY)
+    run_for(scheduler, clock, timedelta(days=1))
+    assert [m for _, _, m in runner.calls] == [datetime(2026, 1, 8, 2, tzinfo=UTC)]
+
+
+def test_a_damaged_reckoning_counts_as_never_fired(reckoning: Reckoning, tmp_path: Path) -> None:
+    import sqlite3
+
+    reckoning.set("nightly", START)
+    db = sqlite3.connect(tmp_path / "plans.db")
+    db.execute("UPDATE agent_reckoning SET since = 'not a time'")
+    db.commit()
+    db.close()
+    assert reckoning.get("nightly") is None

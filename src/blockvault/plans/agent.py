@@ -58,6 +58,7 @@ RunOutcome = str  # the run's final status as the runner reports it: "ok", "fail
 RunOnce = Callable[[Trigger, threading.Event], RunOutcome]
 
 JITTER_SHARE: Final = 10  # jitter is at most a tenth of the plan's period
+CLOCK_SLACK: Final = timedelta(minutes=5)  # a last fire this far ahead of now: clock set back
 
 
 @dataclass(frozen=True)
@@ -116,10 +117,13 @@ class Reckoning:
         row = self._db.execute(
             "SELECT since FROM agent_reckoning WHERE plan = ?", (plan,)
         ).fetchone()
-        if row is None:
+        try:
+            moment = datetime.fromisoformat(row[0]) if row is not None else None
+        except (TypeError, ValueError):  # not ours, or damaged: as if it never fired
             return None
-        moment = datetime.fromisoformat(row[0])
-        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        if moment is None or moment.tzinfo is not None:
+            return moment
+        return moment.replace(tzinfo=UTC)
 
     def set(self, plan: str, since: datetime) -> None:
         self._db.execute(
@@ -209,6 +213,17 @@ class Scheduler:
                 self.reporter(Warned(f"plan {name}: timed out after {timeout}; stopping it"))
         if not self.stopping:
             for name in self.jobs:
+                since = self._since[name]
+                if since is not None and since > now + CLOCK_SLACK:
+                    # fired "in the future": the clock was stepped back since. Counting
+                    # from then would hold the plan back until the clock catches up.
+                    self.reporter(
+                        Warned(
+                            f"plan {name}: last fired {since:%Y-%m-%d %H:%M:%S} UTC, after "
+                            "the clock's now; the clock was set back: counting from now"
+                        )
+                    )
+                    self._since[name] = now
                 if self._due(name) > now:
                     continue
                 if name not in self.pending:
