@@ -268,12 +268,20 @@ class Scheduler:
         return None if since is None else self.jobs[name].schedule.next_after(since)
 
     def _due(self, name: str) -> datetime:
+        """When the plan should start: its next slot plus its jitter; a missed (or
+        owed, or first interval) run after the start-up delay; inside the window."""
+        schedule = self.jobs[name].schedule
         slot = self._slot(name)
         after_delay = self.started + self.limits.startup_delay
         if slot is None or name in self._owed:  # never ran (an interval plan), or owed
-            return after_delay
-        due = slot + self.jobs[name].jitter
-        return max(due, after_delay) if slot < self.started else due  # missed: after the delay
+            due = after_delay
+        else:
+            due = slot + self.jobs[name].jitter
+            if slot < self.started:  # missed while the agent was down
+                due = max(due, after_delay)
+        if schedule.window is not None:  # the delay or the jitter may have left it
+            due = schedule.window.next_open(due, schedule.zone)
+        return due
 
     def _start_pending(self, now: datetime) -> None:
         for name, pending in list(self.pending.items()):
