@@ -44,8 +44,14 @@ if TYPE_CHECKING:
     from blockvault.pipeline.restore import RestoreResult, restore
     from blockvault.pipeline.target import Confirm
     from blockvault.pipeline.verify import Problem, VerifyResult, verify
+    from blockvault.plans.agent import Agent, Limits
+    from blockvault.plans.model import Plan, RunRecord
     from blockvault.plans.prune import PruneResult, prune
     from blockvault.plans.retention import Decision, Policy, apply_policy
+    from blockvault.plans.runner import run_plan
+    from blockvault.plans.schedule import Schedule, parse_schedule
+    from blockvault.plans.status import PlanStatus, plan_status
+    from blockvault.plans.store import History, PlanBook
     from blockvault.repo.check import CheckResult, Damage, Subset, check_repository, parse_subset
     from blockvault.repo.gc import GcResult, collect_garbage
     from blockvault.repo.manifest import Snapshot
@@ -82,6 +88,19 @@ _EXPORTS: dict[str, str] = {
     "Decision": "blockvault.plans.retention",
     "collect_garbage": "blockvault.repo.gc",
     "GcResult": "blockvault.repo.gc",
+    # backup plans: the plans file, the run history, one run, how each plan stands
+    "Plan": "blockvault.plans.model",
+    "RunRecord": "blockvault.plans.model",
+    "PlanBook": "blockvault.plans.store",
+    "History": "blockvault.plans.store",
+    "run_plan": "blockvault.plans.runner",
+    "plan_status": "blockvault.plans.status",
+    "PlanStatus": "blockvault.plans.status",
+    # schedules, and the agent that fires plans on them
+    "parse_schedule": "blockvault.plans.schedule",
+    "Schedule": "blockvault.plans.schedule",
+    "Agent": "blockvault.plans.agent",
+    "Limits": "blockvault.plans.agent",
     # progress events and the reporter that receives them
     "Event": "blockvault.events",
     "Reporter": "blockvault.events",
@@ -96,6 +115,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "Agent",
     "BlockvaultError",
     "CheckResult",
     "CloneResult",
@@ -104,13 +124,20 @@ __all__ = [
     "Decision",
     "Event",
     "GcResult",
+    "History",
+    "Limits",
     "Noted",
+    "Plan",
+    "PlanBook",
+    "PlanStatus",
     "Policy",
     "Problem",
     "PruneResult",
     "Reporter",
     "Repository",
     "RestoreResult",
+    "RunRecord",
+    "Schedule",
     "Selector",
     "Snapshot",
     "Subset",
@@ -124,10 +151,13 @@ __all__ = [
     "check_repository",
     "clone",
     "collect_garbage",
+    "parse_schedule",
     "parse_subset",
+    "plan_status",
     "prune",
     "quiet",
     "restore",
+    "run_plan",
     "verify",
 ]
 

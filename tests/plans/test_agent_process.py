@@ -91,7 +91,7 @@ class AgentProcess:
         self.env: dict[str, str] = {}  # the repository's (HOME with the SSH keys)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, faults: str | None = None) -> subprocess.Popen[bytes]:
+    def start(self, faults: str | None = None, *options: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.env, "BLOCKVAULT_PLANS": str(self.plans)}
         env.pop("BLOCKVAULT_FAULTS", None)
         if faults:
@@ -99,7 +99,7 @@ class AgentProcess:
         command = ["blockvault", "agent", "--jitter", "0", "--startup-delay", "0"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [*command, "--log-file", str(self.log)],
+                [*command, "--log-file", str(self.log), *options],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -116,8 +116,10 @@ class AgentProcess:
             rows = db.execute(
                 "SELECT run_id, plan, trigger, status, snapshot, error FROM runs ORDER BY run_id"
             ).fetchall()
-        except sqlite3.OperationalError:  # not created yet
-            return []
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # not created yet
+                return []
+            raise
         finally:
             db.close()
         return [dict(row) for row in rows]
@@ -215,7 +217,9 @@ def test_killed_at_random_points_and_restarted(
         else:
             agent.start(f"signal=STOP,operations=write,{point}")
             agent.wait_frozen()
-            frozen_runs.append(agent.runs()[-1]["run_id"])
+            runs = agent.runs()
+            assert len(runs) == before + 1, (point, runs, agent.log_text())
+            frozen_runs.append(runs[-1]["run_id"])
         agent.kill()
     # back for good: the leftovers are recorded interrupted and the plan runs again
     agent.start()
@@ -293,3 +297,47 @@ def test_bad_plans_file_is_one_line_and_exit_2(agent: AgentProcess) -> None:
         "('0 2 * * *'), hourly, daily [HH:MM], weekly [DAY] [HH:MM], monthly [DAY] [HH:MM] "
         "or 'every 6h'"
     ]
+
+
+@pytest.mark.parametrize("repo", ["local"], indirect=True)
+def test_scheduled_check_reads_the_repository_and_reports_damage(
+    disk: BuiltDisk, repo: Repo, agent: AgentProcess, loop: Callable[..., str]
+) -> None:
+    device = loop(disk.path)
+    made = repo.run("backup", device, "--json")
+    assert made.returncode == 0, made.stderr
+    write_plan(agent, "fast", device, repo, "0 3 1 1 *")  # the backup itself: not now
+    with open(agent.plans, "a", encoding="utf-8") as file:
+        file.write('check = { schedule = "every 2s", subset = 100 }\n')
+    proc = agent.start()
+    agent.wait_for("a clean check", lambda: "plan fast:check: ok" in agent.log_text())
+    chunks = sorted(p for p in (Path(repo.location) / fmt.DATA_DIR).rglob("*") if p.is_file())
+    damaged = bytearray(chunks[len(chunks) // 2].read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # one flipped byte in one chunk, as a disk might
+    chunks[len(chunks) // 2].write_bytes(bytes(damaged))
+    agent.wait_for(
+        "the damage found", lambda: "plan fast:check: failed: 1 problem" in agent.log_text()
+    )
+    assert agent.runs() == []  # checks are not backup runs
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=DEADLINE) == 143
+
+
+@pytest.mark.parametrize("repo", ["local"], indirect=True)
+def test_a_run_that_cannot_start_in_time_is_skipped_and_recorded(
+    disk: BuiltDisk, repo: Repo, agent: AgentProcess, loop: Callable[..., str]
+) -> None:
+    device = loop(disk.path)
+    write_plan(agent, "slow", device, repo, "every 2s")
+    with open(agent.plans, "a", encoding="utf-8") as file:
+        file.write('pre = "/bin/sleep 30"\n')  # holds the one place for the whole test
+    write_plan(agent, "waiting", device, repo, "every 2s")
+    proc = agent.start("", "--concurrency", "1", "--max-start-delay", "1")
+    agent.wait_for("a skipped run", lambda: any(r["plan"] == "waiting" for r in agent.runs()))
+    waiting = [r for r in agent.runs() if r["plan"] == "waiting"]
+    assert waiting[0]["status"] == "failed", waiting
+    assert waiting[0]["error"].startswith("skipped: could not start within 0:00:01"), waiting
+    assert [r["status"] for r in agent.runs() if r["plan"] == "slow"] == ["running"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=DEADLINE) == 143
+    assert [r["status"] for r in agent.runs() if r["plan"] == "slow"] == ["interrupted"]

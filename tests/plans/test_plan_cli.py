@@ -156,6 +156,16 @@ def test_bad_input_is_one_clear_line_and_nothing_is_saved(
     assert not Path(place["BLOCKVAULT_PLANS"]).exists() or plans(place) == {}
 
 
+def test_plan_add_names_what_it_needs(place: dict[str, str], image: Path) -> None:
+    done = cli(place, "plan", "add", "p", "--repo", place["REPO"], "--disk", image)
+    assert (done.returncode, done.stderr) == (
+        2,
+        "blockvault: error: plan p: plan add needs --repo REPO, a source (--disk DEV, "
+        "--partition DEV... or --system) and --schedule SPEC\n",
+    )
+    assert not Path(place["BLOCKVAULT_PLANS"]).exists()
+
+
 def test_a_hand_edited_plans_file_is_checked_field_by_field(place: dict[str, str]) -> None:
     path = Path(place["BLOCKVAULT_PLANS"])
     path.parent.mkdir(parents=True)

@@ -25,9 +25,9 @@ from blockvault.errors import PlanError
 from blockvault.events import Event, TaskAdvanced
 from blockvault.pipeline.backup import backup
 from blockvault.pipeline.restore import restore
-from blockvault.plans.model import Plan, RunRecord
+from blockvault.plans.model import CheckSpec, Plan, RunRecord
 from blockvault.plans.retention import Policy
-from blockvault.plans.runner import MAX_LOG, plan_tag, run_plan
+from blockvault.plans.runner import MAX_LOG, check_plan, plan_tag, run_plan
 from blockvault.plans.store import History
 from blockvault.repo import Repository
 from blockvault.repo.check import check_repository
@@ -333,3 +333,34 @@ def test_a_run_log_is_bounded(disk: str, repo_path: str, history: History) -> No
     log = Path(record.log or "").read_bytes()
     assert MAX_LOG <= len(log) <= MAX_LOG + 100
     assert log.endswith(b"[log truncated: it reached its size limit]\n")
+
+
+def test_ctrl_c_without_signal_handlers_is_recorded_then_raised(
+    disk: str, repo_path: str, history: History
+) -> None:
+    """A program embedding the library without ``interrupts.install()`` gets Python's
+    KeyboardInterrupt: the run is still finished in the history before it propagates."""
+
+    def ctrl_c(event: Event) -> None:
+        if isinstance(event, TaskAdvanced):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(plan_for(disk, repo_path), history, trigger="manual", reporter=ctrl_c)
+    (record,) = history.runs("nightly")
+    assert (record.status, record.error) == ("interrupted", "interrupted by KeyboardInterrupt")
+    assert history.running() == [] and Repository.open(repo_path).snapshots() == []
+
+
+def test_the_plans_check_reads_its_subset_of_the_repository(
+    disk: str, repo_path: str, history: History
+) -> None:
+    record = run_plan(plan_for(disk, repo_path), history, trigger="manual", reporter=quiet)
+    assert record.status == "ok"
+    everything = check_repository(Repository.open(repo_path), read_data=True)
+    plan = plan_for(disk, repo_path, check=CheckSpec("weekly sun 04:00", 50))
+    result = check_plan(plan, reporter=quiet)
+    assert result.ok and result.chunks == everything.chunks > 1
+    assert result.chunks_read == round(everything.chunks * 0.5)
+    with pytest.raises(PlanError, match="has no check"):
+        check_plan(plan_for(disk, repo_path), reporter=quiet)

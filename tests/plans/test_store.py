@@ -114,3 +114,10 @@ def test_old_runs_are_removed_with_their_logs(tmp_path: Path) -> None:
     )
     assert history.running() == [other]
     assert kept[0].ended == start + timedelta(days=4, hours=1)
+
+
+def test_a_damaged_history_database_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "plans.db"
+    path.write_bytes(b"not a database, " * 1000)
+    with pytest.raises(PlanError, match=f"history database {path}: file is not a database"):
+        History(path)

@@ -24,6 +24,7 @@ agent does goes to the reporter as events.
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
@@ -35,9 +36,10 @@ from typing import Final
 from blockvault.errors import BlockvaultError, Interrupted
 from blockvault.events import Event, Noted, Reporter, Warned, quiet
 from blockvault.plans.model import Plan, Trigger
-from blockvault.plans.runner import OnFinished, run_plan
+from blockvault.plans.runner import OnFinished, check_plan, run_plan
 from blockvault.plans.schedule import Alarm, Clock, Schedule, jitter, parse_schedule
 from blockvault.plans.store import History, PlanBook
+from blockvault.text import plural
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -56,6 +58,7 @@ RunOutcome = str  # the run's final status as the runner reports it: "ok", "fail
 RunOnce = Callable[[Trigger, threading.Event], RunOutcome]
 
 JITTER_SHARE: Final = 10  # jitter is at most a tenth of the plan's period
+CLOCK_SLACK: Final = timedelta(minutes=5)  # a last fire this far ahead of now: clock set back
 
 
 @dataclass(frozen=True)
@@ -114,10 +117,13 @@ class Reckoning:
         row = self._db.execute(
             "SELECT since FROM agent_reckoning WHERE plan = ?", (plan,)
         ).fetchone()
-        if row is None:
+        try:
+            moment = datetime.fromisoformat(row[0]) if row is not None else None
+        except (TypeError, ValueError):  # not ours, or damaged: as if it never fired
             return None
-        moment = datetime.fromisoformat(row[0])
-        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        if moment is None or moment.tzinfo is not None:
+            return moment
+        return moment.replace(tzinfo=UTC)
 
     def set(self, plan: str, since: datetime) -> None:
         self._db.execute(
@@ -207,6 +213,17 @@ class Scheduler:
                 self.reporter(Warned(f"plan {name}: timed out after {timeout}; stopping it"))
         if not self.stopping:
             for name in self.jobs:
+                since = self._since[name]
+                if since is not None and since > now + CLOCK_SLACK:
+                    # fired "in the future": the clock was stepped back since. Counting
+                    # from then would hold the plan back until the clock catches up.
+                    self.reporter(
+                        Warned(
+                            f"plan {name}: last fired {since:%Y-%m-%d %H:%M:%S} UTC, after "
+                            "the clock's now; the clock was set back: counting from now"
+                        )
+                    )
+                    self._since[name] = now
                 if self._due(name) > now:
                     continue
                 if name not in self.pending:
@@ -251,12 +268,20 @@ class Scheduler:
         return None if since is None else self.jobs[name].schedule.next_after(since)
 
     def _due(self, name: str) -> datetime:
+        """When the plan should start: its next slot plus its jitter; a missed (or
+        owed, or first interval) run after the start-up delay; inside the window."""
+        schedule = self.jobs[name].schedule
         slot = self._slot(name)
         after_delay = self.started + self.limits.startup_delay
         if slot is None or name in self._owed:  # never ran (an interval plan), or owed
-            return after_delay
-        due = slot + self.jobs[name].jitter
-        return max(due, after_delay) if slot < self.started else due  # missed: after the delay
+            due = after_delay
+        else:
+            due = slot + self.jobs[name].jitter
+            if slot < self.started:  # missed while the agent was down
+                due = max(due, after_delay)
+        if schedule.window is not None:  # the delay or the jitter may have left it
+            due = schedule.window.next_open(due, schedule.zone)
+        return due
 
     def _start_pending(self, now: datetime) -> None:
         for name, pending in list(self.pending.items()):
@@ -402,7 +427,34 @@ class Agent:
         return jobs
 
     def _jobs(self, book: PlanBook) -> list[Job]:
-        return [self._job(plan) for plan in book.plans.values() if plan.enabled]
+        enabled = [plan for plan in book.plans.values() if plan.enabled]
+        return [self._job(plan) for plan in enabled] + [
+            self._check_job(plan) for plan in enabled if plan.check is not None
+        ]
+
+    def _check_job(self, plan: Plan) -> Job:
+        """The plan's scheduled ``check --read-data --subset N%``, a job of its own
+        (``NAME:check``: a colon no plan name has), its result in the agent's log."""
+        assert plan.check is not None
+        schedule = parse_schedule(plan.check.schedule, None, self.zone)
+        reporter = self.reporter
+        name = f"{plan.name}{CHECK_SUFFIX}"
+
+        def run(trigger: Trigger, stop: threading.Event) -> RunOutcome:
+            try:
+                result = check_plan(plan, reporter=_stopping_reporter(stop, name, reporter))
+            except Interrupted:
+                return "interrupted"
+            except BlockvaultError as exc:
+                return f"failed: {exc}"
+            if not result.ok:
+                damaged = ", ".join(s[:12] for s in result.damaged_snapshots) or "no snapshot"
+                return f"failed: {plural(len(result.problems), 'problem')} (damaged: {damaged})"
+            return "ok"
+
+        return Job(
+            name, schedule, run, jitter=job_jitter(self.host, name, schedule, self.jitter_max)
+        )
 
     def _job(self, plan: Plan) -> Job:
         schedule = parse_schedule(plan.schedule, plan.window, self.zone)
@@ -453,6 +505,22 @@ class Agent:
 
 
 TIMEOUT_GRACE: Final = timedelta(minutes=2)
+
+
+CHECK_SUFFIX: Final = ":check"
+
+
+def _stopping_reporter(stop: threading.Event, name: str, reporter: Reporter) -> Reporter:
+    """``_run_reporter`` that also ends the task at its next event once ``stop`` is
+    set (events come from the calling thread, so this unwinds it like a signal)."""
+    forward = _run_reporter(name, reporter)
+
+    def report(event: Event) -> None:
+        forward(event)
+        if stop.is_set():
+            raise Interrupted("SIGTERM", signal.SIGTERM)
+
+    return report
 
 
 def _run_reporter(plan: str, reporter: Reporter) -> Reporter:

@@ -40,14 +40,15 @@ from blockvault.events import Event, Noted, Reporter, TaskFinished, TaskStarted,
 from blockvault.pipeline.backup import backup
 from blockvault.pipeline.verify import verify
 from blockvault.plans.model import Plan, RunRecord, RunStatus, Trigger
-from blockvault.plans.preflight import PASSWORD_ENV, preflight, resolve_source
+from blockvault.plans.preflight import PASSWORD_ENV, open_repository, preflight, resolve_source
 from blockvault.plans.prune import prune
 from blockvault.plans.retention import duration_text, snapshot_time
 from blockvault.plans.store import History
 from blockvault.repo import Repository, Selector, Snapshot
+from blockvault.repo.check import CheckResult, Subset, check_repository
 from blockvault.text import plural
 
-__all__ = ["MAX_LOG", "OnFinished", "plan_tag", "run_plan"]
+__all__ = ["MAX_LOG", "OnFinished", "check_plan", "plan_tag", "run_plan"]
 
 MAX_LOG: Final = 1 << 20  # bytes of one run's log; the rest is dropped, with a note
 POST_HOOK_GRACE: Final = 60.0  # seconds a post-hook may take after a stop or timeout
@@ -76,27 +77,43 @@ def run_plan(
         previous = history.last(plan.name)
         record = history.start(plan.name, trigger)
         assert record.log is not None
-        signal_exc: Interrupted | None = None
+        raised: BaseException | None = None
         with _RunLog(Path(record.log)) as log:
             run = _Run(plan, record, log, reporter, stop or threading.Event())
             try:
                 run.steps()
             except Interrupted as exc:  # a signal (the CLI's or the agent's handler)
-                signal_exc = exc
-                run.ended("interrupted", f"interrupted by {exc.signal_name}: {exc.outcome}")
-            finally:
-                run.post_hook()
-            log.line(f"run ended {run.record.status}" + _error_suffix(run.record.error))
+                raised = exc
+                run.ended("interrupted", f"interrupted by {exc.signal_name}{_colon(exc.outcome)}")
+            except BaseException as exc:  # Ctrl-C without interrupts.install(), SystemExit
+                raised = exc
+                run.ended("interrupted", f"interrupted by {type(exc).__name__}")
+            run.post_hook()
+            log.line(f"run ended {run.record.status}{_colon(run.record.error)}")
         record = history.finish(run.record)
     if on_finished is not None:
         on_finished(record, previous)
-    if signal_exc is not None:
-        raise signal_exc
+    if raised is not None:
+        raise raised
     return record
 
 
-def _error_suffix(error: str | None) -> str:
-    return f": {error}" if error else ""
+def check_plan(plan: Plan, *, reporter: Reporter) -> CheckResult:
+    """The plan's scheduled check (``plan.check``, which the agent fires on its own
+    schedule): ``check --read-data`` of a random ``subset`` percent of the repository's
+    chunks, so that many runs together read all of it. ``PlanError`` when the plan
+    has no check."""
+    if plan.check is None:
+        raise PlanError(
+            "has no check; add one with 'plan edit --check SPEC'", where=f"plan {plan.name}"
+        )
+    repo = open_repository(plan)
+    subset = Subset(fraction=plan.check.subset / 100)
+    return check_repository(repo, read_data=True, subset=subset, reporter=reporter)
+
+
+def _colon(text: str | None) -> str:
+    return f": {text}" if text else ""
 
 
 @contextlib.contextmanager
@@ -168,6 +185,7 @@ class _Run:
         self.log.line(f"plan {plan.name}: run {self.record.run_id} ({self.record.trigger})")
         try:
             repo = preflight(plan)
+            self._check_stop()  # asked to stop before it began: nothing is run
             if plan.pre is not None:
                 code = self.hook("pre", plan.pre, self._environment("pre"))
                 if code != 0:
@@ -274,7 +292,7 @@ class _Run:
         self.record = replace(self.record, status=status, error=error)
 
     def ended_by_stop(self, exc: Interrupted) -> None:
-        left = f": {exc.outcome}" if exc.outcome else ""
+        left = _colon(exc.outcome)
         if self.stop.is_set():
             self.ended("interrupted", f"stopped{left}")
         else:

@@ -488,12 +488,18 @@ class History:
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
         try:
-            with db:  # one transaction: committed at the end, rolled back on error
-                yield db
-        finally:
-            db.close()
+            db = sqlite3.connect(self.path, timeout=30)
+            try:
+                with db:  # one transaction: committed at the end, rolled back on error
+                    yield db
+            finally:
+                db.close()
+        except sqlite3.Error as exc:  # damaged, not a database, locked past the timeout
+            raise PlanError(
+                f"{exc}; move it aside and a new, empty history starts",
+                where=f"history database {self.path}",
+            ) from None
 
     def start(self, plan: str, trigger: Trigger, *, now: datetime | None = None) -> RunRecord:
         """A new run, "running", owned by this process; its log file's path is chosen

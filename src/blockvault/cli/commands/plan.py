@@ -197,6 +197,13 @@ def register(group: click.Group) -> None:
         """Add plan NAME (needs --repo, a source and --schedule). The repository must
         open, the source exist and the hooks be executable, or nothing is saved."""
         path = plans_file(ctx)
+        has_source = given["disk"] or given["partitions"] or given["system"] or given["paths"]
+        if not (given["repo"] and given["schedule"] and has_source):
+            raise PlanError(
+                "plan add needs --repo REPO, a source (--disk DEV, --partition DEV... or "
+                "--system) and --schedule SPEC",
+                where=f"plan {name}",
+            )
         with PlanBook.editing(path) as book:
             plan = plan_from_table(name, changed_table({}, {"name": name, **given}))
             preflight(plan)
