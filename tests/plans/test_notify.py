@@ -559,3 +559,21 @@ def test_a_run_cut_short_between_a_failure_and_a_good_run_still_recovers(
     Alerts(plans_file, lambda e: None, host="alpha").on_finished(finished[2], finished[1])
     (body,) = (json.loads(raw) for _, raw in hook.bodies)
     assert body["event"] == "recovery" and body["previous_status"] == "failed"
+
+
+def test_a_good_run_after_an_overdue_notice_is_a_recovery(hook: Hook, tmp_path: Path) -> None:
+    plans_file = tmp_path / "plans.toml"
+    PlanBook(plans_file, {"nightly": plan_to(hook.url)}).save()
+    history = History.beside(plans_file)
+    now = dt.datetime.now(UTC)
+    first = history.finish(
+        replace(history.start("nightly", "schedule", now=now - dt.timedelta(days=3)), status="ok"),
+        now=now - dt.timedelta(days=3),
+    )
+    alerts = Alerts(plans_file, lambda e: None, host="alpha")
+    assert [d.event for d in alerts.check_overdue(now)] == ["overdue"]
+    good = history.finish(replace(history.start("nightly", "schedule"), status="ok"))
+    alerts.on_finished(good, first)
+    alerts.on_finished(good, first)  # the episode ended with the first: a plain success
+    kinds = [json.loads(raw)["event"] for _, raw in hook.bodies]
+    assert kinds == ["overdue", "recovery"]  # success is not this target's

@@ -60,7 +60,9 @@ class Alerts:
         notifiers = self._notifiers(book, book.plans[current.plan])
         if previous is not None and previous.status == "interrupted":
             previous = self._last_ended(current) or previous
-        for event in events(previous, current, None, host=self.host):
+        with self._lock:
+            was_overdue = current.status == "ok" and self._latch.good_run(current.plan)
+        for event in events(previous, current, None, host=self.host, was_overdue=was_overdue):
             deliver(event, notifiers, self.reporter)
 
     def _last_ended(self, current: RunRecord) -> RunRecord | None:

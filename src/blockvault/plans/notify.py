@@ -114,16 +114,19 @@ def events(
     *,
     host: str | None = None,
     now: datetime | None = None,
+    was_overdue: bool = False,
 ) -> list[Event]:
     """What to tell about ``current`` (just finished; None when only checking for
-    overdue) given the plan's run before it, plus the overdue episode that began now."""
+    overdue) given the plan's run before it, plus the overdue episode that began now.
+    ``was_overdue``: an overdue notice went out for this plan and no good run since,
+    so a good run now is a recovery too (whoever heard "overdue" hears it ended)."""
     host = host if host is not None else socket.gethostname()
     now = now if now is not None else datetime.now(UTC)
     found: list[Event] = []
     if current is not None and current.status in ("ok", "failed"):
         if current.status == "failed":
             kind: EventKind = "failure"
-        elif previous is not None and previous.status == "failed":
+        elif was_overdue or (previous is not None and previous.status == "failed"):
             kind = "recovery"
         else:
             kind = "success"
@@ -150,6 +153,12 @@ class OverdueLatch:
             return False
         self._overdue.add(plan)
         return True
+
+    def good_run(self, plan: str) -> bool:
+        """A good run ended the plan's episode; whether it was in one."""
+        was = plan in self._overdue
+        self._overdue.discard(plan)
+        return was
 
 
 def read_log_tail(path: str | None) -> str:
