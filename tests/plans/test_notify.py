@@ -137,7 +137,11 @@ def test_log_tail_is_bounded_and_safe(tmp_path: Path) -> None:
         ("https:///nohost", "use mailto:ADDRESS"),
         ("https://example.org/h#events=sometimes", "events are"),
         ("https://example.org/h#colour=red", "unknown option 'colour'"),
-        ("mailto:ann@example.org#template=/etc/passwd", "webhooks only"),
+        ("mailto:ann@example.org#template=/etc/passwd", "for webhooks"),
+        ("mailto:ann@example.org#timeout=5", "for webhooks"),
+        ("https://example.org/h#timeout=0", "timeout is seconds"),
+        ("https://example.org/h#timeout=soon", "timeout is seconds"),
+        ("https://example.org/h#timeout=301", "at most 300"),
         ("https://example.org/h#template=/nonexistent/t.json", "No such file"),
     ],
 )
@@ -577,3 +581,21 @@ def test_a_good_run_after_an_overdue_notice_is_a_recovery(hook: Hook, tmp_path: 
     alerts.on_finished(good, first)  # the episode ended with the first: a plain success
     kinds = [json.loads(raw)["event"] for _, raw in hook.bodies]
     assert kinds == ["overdue", "recovery"]  # success is not this target's
+
+
+def test_a_webhook_that_does_not_answer_times_out(tmp_path: Path) -> None:
+    """A server that accepts and never answers: the POST gives up after the target's
+    timeout, each of the three attempts, and the notice is reported, not raised."""
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/hook#timeout=0.5"
+        notifier = notifier_for(url, sleep=lambda s: None)
+        started = time.monotonic()
+        (delivery,) = deliver(one_event("failure", tmp_path), [notifier], lambda e: None)
+        took = time.monotonic() - started
+    assert delivery.error is not None and "timed out" in delivery.error
+    assert 1.5 <= took < 10

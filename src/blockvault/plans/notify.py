@@ -77,6 +77,7 @@ RESPONSE_MAX_BYTES: Final = 64 * 1024  # of a webhook's answer, read and dropped
 ATTEMPTS: Final = 3  # per message: the first try and two retries
 BACKOFF: Final = 2.0  # seconds before the first retry, doubled before each next one
 TIMEOUT: Final = 20.0  # seconds for a connection or an answer
+MAX_TIMEOUT: Final = 300.0  # a notice must not hold a run's end for long
 
 
 # -- what happened --------------------------------------------------------------------
@@ -250,13 +251,14 @@ class Target:
     address: str  # the mail address, or the URL without its fragment
     wants: frozenset[EventKind] = DEFAULT_EVENTS
     template: str | None = None  # webhook only: a file holding the JSON body's template
+    timeout: float = TIMEOUT  # webhook only: seconds to connect, and to wait for an answer
 
 
 def parse_target(text: str) -> Target:
     """A plan's notify target, checked; ``UsageError`` saying what is wrong."""
     base, _, fragment = text.partition("#")
     options = urllib.parse.parse_qs(fragment, keep_blank_values=True, strict_parsing=False)
-    unknown = sorted(set(options) - {"events", "template"})
+    unknown = sorted(set(options) - {"events", "template", "timeout"})
     if unknown or (fragment and not options):
         raise UsageError(f"notify target {text!r}: unknown option {(unknown or [fragment])[0]!r}")
     wants = DEFAULT_EVENTS
@@ -270,19 +272,34 @@ def parse_target(text: str) -> Target:
             )
         wants = frozenset(n for n in HEADLINES if n in names)
     template = options.get("template", [None])[-1]
+    timeout_text = options.get("timeout", [None])[-1]
+    timeout = TIMEOUT
+    if timeout_text is not None:
+        try:
+            timeout = float(timeout_text)
+        except ValueError:
+            timeout = 0.0
+        if not 0 < timeout <= MAX_TIMEOUT:
+            raise UsageError(
+                f"notify target {text!r}: timeout is seconds, more than 0 and at most "
+                f"{MAX_TIMEOUT:g}"
+            )
     if base.startswith("mailto:"):
         address = base.removeprefix("mailto:")
         if not _ADDRESS.fullmatch(address):
             raise UsageError(f"notify target {text!r}: not a mail address (mailto:ann@example.org)")
-        if template is not None:
-            raise UsageError(f"notify target {text!r}: a template is for webhooks only")
+        if template is not None or timeout_text is not None:
+            raise UsageError(
+                f"notify target {text!r}: template and timeout are for webhooks "
+                "(a mail's timeout is in [smtp])"
+            )
         return Target(text, "email", address, wants)
     url = urllib.parse.urlsplit(base)
     if url.scheme not in ("http", "https") or not url.hostname or not base.isprintable():
         raise UsageError(f"notify target {text!r}: use mailto:ADDRESS or an http(s):// URL")
     if template is not None:
         _load_template(template, text)  # refused now, not at the first failure
-    return Target(text, "webhook", base, wants, template)
+    return Target(text, "webhook", base, wants, template, timeout)
 
 
 # -- how it is said -------------------------------------------------------------------
@@ -528,7 +545,7 @@ class WebhookNotifier:
 
     def _post(self, request: urllib.request.Request) -> None:
         try:
-            with self._opener.open(request, timeout=TIMEOUT) as answer:
+            with self._opener.open(request, timeout=self.target.timeout) as answer:
                 answer.read(RESPONSE_MAX_BYTES)
                 status = answer.status
         except urllib.error.HTTPError as exc:
