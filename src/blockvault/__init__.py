@@ -46,10 +46,12 @@ if TYPE_CHECKING:
     from blockvault.pipeline.restore import RestoreResult, restore
     from blockvault.pipeline.target import Confirm
     from blockvault.pipeline.verify import Problem, VerifyResult, verify
+    from blockvault.plans.agent import Agent, Limits
     from blockvault.plans.model import Plan, RunRecord
     from blockvault.plans.prune import PruneResult, prune
     from blockvault.plans.retention import Decision, Policy, apply_policy
     from blockvault.plans.runner import run_plan
+    from blockvault.plans.schedule import Schedule, parse_schedule
     from blockvault.plans.status import PlanStatus, plan_status
     from blockvault.plans.store import History, PlanBook
     from blockvault.repo.check import CheckResult, Damage, Subset, check_repository, parse_subset
@@ -102,6 +104,11 @@ _EXPORTS: dict[str, str] = {
     "run_plan": "blockvault.plans.runner",
     "plan_status": "blockvault.plans.status",
     "PlanStatus": "blockvault.plans.status",
+    # schedules, and the agent that fires plans on them
+    "parse_schedule": "blockvault.plans.schedule",
+    "Schedule": "blockvault.plans.schedule",
+    "Agent": "blockvault.plans.agent",
+    "Limits": "blockvault.plans.agent",
     # progress events and the reporter that receives them
     "Event": "blockvault.events",
     "Reporter": "blockvault.events",
@@ -116,6 +123,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "Agent",
     "BlockvaultError",
     "CheckResult",
     "CloneResult",
@@ -126,6 +134,7 @@ __all__ = [
     "Event",
     "GcResult",
     "History",
+    "Limits",
     "Noted",
     "Plan",
     "PlanBook",
@@ -137,6 +146,7 @@ __all__ = [
     "Repository",
     "RestoreResult",
     "RunRecord",
+    "Schedule",
     "Selector",
     "Snapshot",
     "Subset",
@@ -153,6 +163,7 @@ __all__ = [
     "copy_snapshot",
     "export_bundle",
     "import_image",
+    "parse_schedule",
     "parse_subset",
     "plan_status",
     "prune",

@@ -35,6 +35,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     ├── PlanRunFailed               exit 1   a plan's run failed or was stopped (its error line)
     ├── TreeIncomplete              exit 1   extract skipped entries or left files unfinished
     │   └── TreeDamaged             exit 4   ... and some of them for missing or damaged data
+    ├── NotifyError                 exit 1   a notification could not be sent (plans/)
     ├── CastError                   exit 1   a multicast session failed (deploy/)
     │   ├── CastAuthError                    a peer or packet failed authentication
     │   ├── CastProtocolError                a peer sent a malformed or oversized message
@@ -110,6 +111,7 @@ __all__ = [
     "MountpointError",
     "NbdError",
     "NewPassphraseRequired",
+    "NotifyError",
     "ObjectCorrupt",
     "ObjectNotFound",
     "ObjectTooLarge",
@@ -294,6 +296,17 @@ class TargetNotEmpty(TargetError):
 
 class DeviceError(BlockvaultError):
     template = "{path}: {detail}"
+
+
+class NotifyError(BlockvaultError):
+    """A mail or webhook that could not be delivered; ``transient`` when trying again
+    later may help (connection refused, timeout, SMTP 4xx, HTTP 5xx or 429)."""
+
+    template = "notification to {target}: {detail}"
+
+    @property
+    def transient(self) -> bool:
+        return bool(self.fields.get("transient"))
 
 
 class PlanRunFailed(BlockvaultError):

@@ -5,6 +5,7 @@ exercised by the end-to-end tests of the agent process)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +33,9 @@ class StandIn:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def job(self, name: str, spec: str, **kwargs: object) -> Job:
+        return Job(name, parse_schedule(spec, zone=UTC), self.run_for(name), **kwargs)  # type: ignore[arg-type]
+
+    def run_for(self, name: str) -> Callable[[Trigger, threading.Event], str]:
         def run(trigger: Trigger, stop: threading.Event) -> str:
             gate = threading.Event()
             with self.lock:
@@ -44,7 +48,7 @@ class StandIn:
                     return "interrupted"
             return "ok"
 
-        return Job(name, parse_schedule(spec, zone=UTC), run, **kwargs)  # type: ignore[arg-type]
+        return run
 
     def release_all(self) -> None:
         for gate in self.gates:
@@ -127,7 +131,7 @@ def test_a_dst_night_fires_once(reckoning: Reckoning) -> None:
     berlin = ZoneInfo("Europe/Berlin")
     clock = FakeClock(datetime(2026, 10, 24, 12, tzinfo=berlin))
     runner = StandIn(clock, instant=True)
-    job = Job("nightly", parse_schedule("daily 02:30", zone=berlin), runner.job("x", "hourly").run)
+    job = Job("nightly", parse_schedule("daily 02:30", zone=berlin), runner.run_for("nightly"))
     scheduler = Scheduler([job], reckoning, clock, limits=NO_DELAY)
     run_for(scheduler, clock, timedelta(days=2))
     assert [m.astimezone(berlin).strftime("%d %H:%M%z") for _, _, m in runner.calls] == [
@@ -242,8 +246,54 @@ def test_jitter_delays_each_fire_by_a_fixed_amount(reckoning: Reckoning) -> None
     assert job_jitter("host-a", "nightly", schedule, timedelta(minutes=30)) == delay
     fast = parse_schedule("every 2s")
     assert job_jitter("host-a", "nightly", fast, timedelta(minutes=30)) <= timedelta(seconds=0.2)
-    job = Job("nightly", schedule, runner.job("x", "hourly").run, jitter=delay)
+    job = Job("nightly", schedule, runner.run_for("nightly"), jitter=delay)
     scheduler = Scheduler([job], reckoning, clock, limits=NO_DELAY)
     run_for(scheduler, clock, timedelta(days=2))
     expected = [datetime(2026, 1, d, 2, tzinfo=UTC) + delay for d in (8, 9)]
     assert [m for _, _, m in runner.calls] == expected
+
+
+def test_a_clock_set_back_does_not_hold_plans_back(reckoning: Reckoning) -> None:
+    # the last fire was recorded by a clock a year fast; the clock is right again
+    reckoning.set("nightly", START + timedelta(days=365))
+    clock = FakeClock(START)
+    runner = StandIn(clock, instant=True)
+    scheduler = Scheduler([runner.job("nightly", "daily 02:00")], reckoning, clock, limits=NO_DELAY)
+    run_for(scheduler, clock, timedelta(days=1))
+    assert [m for _, _, m in runner.calls] == [datetime(2026, 1, 8, 2, tzinfo=UTC)]
+
+
+def test_a_damaged_reckoning_counts_as_never_fired(reckoning: Reckoning, tmp_path: Path) -> None:
+    import sqlite3
+
+    reckoning.set("nightly", START)
+    db = sqlite3.connect(tmp_path / "plans.db")
+    db.execute("UPDATE agent_reckoning SET since = 'not a time'")
+    db.commit()
+    db.close()
+    assert reckoning.get("nightly") is None
+
+
+def test_a_missed_run_waits_for_the_window(reckoning: Reckoning) -> None:
+    # fired Tuesday 14:00; the agent is back Wednesday 21:00, after the window shut
+    reckoning.set("office", START - timedelta(hours=22))
+    clock = FakeClock(START + timedelta(hours=9))
+    runner = StandIn(clock, instant=True)
+    job = Job(
+        "office",
+        parse_schedule("every 6h", "Mon-Fri 08:00-20:00", zone=UTC),
+        runner.run_for("office"),
+    )
+    scheduler = Scheduler([job], reckoning, clock, limits=NO_DELAY)
+    run_for(scheduler, clock, timedelta(hours=12))
+    assert [(t, m) for _, t, m in runner.calls] == [("missed", datetime(2026, 1, 8, 8, tzinfo=UTC))]
+
+
+def test_jitter_does_not_start_a_run_outside_its_window(reckoning: Reckoning) -> None:
+    clock = FakeClock(START)
+    runner = StandIn(clock, instant=True)
+    schedule = parse_schedule("daily 19:59", "08:00-20:00", zone=UTC)
+    job = Job("late", schedule, runner.run_for("late"), jitter=timedelta(minutes=10))
+    scheduler = Scheduler([job], reckoning, clock, limits=NO_DELAY)
+    run_for(scheduler, clock, timedelta(days=1))
+    assert [m for _, _, m in runner.calls] == [datetime(2026, 1, 8, 8, tzinfo=UTC)]

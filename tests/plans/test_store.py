@@ -67,14 +67,14 @@ def test_every_field_survives_the_table_and_the_file(plan: Plan, tmp_path: Path)
 def test_other_tables_are_kept_as_they_are(tmp_path: Path) -> None:
     path = tmp_path / "plans.toml"
     path.write_text(
-        '[smtp]\nhost = "mail.example.org"\nport = 587\nstarttls = true\n\n'
+        '[smtp]\nhost = "mail.example.org"\nport = 587\nsecurity = "starttls"\n\n'
         "[agent]\nconcurrency = 2\n\n"
         '[plan.a]\nrepo = "/r"\ndisk = "/dev/sda"\nschedule = "daily"\n'
     )
     with PlanBook.editing(path) as book:
         book.add(PLANS[2])
     document = tomllib.loads(path.read_text())
-    assert document["smtp"] == {"host": "mail.example.org", "port": 587, "starttls": True}
+    assert document["smtp"] == {"host": "mail.example.org", "port": 587, "security": "starttls"}
     assert document["agent"] == {"concurrency": 2}
     assert list(document["plan"]) == ["a", "sys"]
 

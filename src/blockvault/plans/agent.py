@@ -24,20 +24,26 @@ agent does goes to the reporter as events.
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Final
 
-from blockvault.events import Noted, Reporter, Warned, quiet
-from blockvault.plans.model import Trigger
-from blockvault.plans.schedule import Alarm, Clock, Schedule, jitter
+from blockvault.errors import BlockvaultError, Interrupted
+from blockvault.events import Event, Noted, Reporter, Warned, quiet
+from blockvault.plans.model import Plan, Trigger
+from blockvault.plans.runner import OnFinished, check_plan, run_plan
+from blockvault.plans.schedule import Alarm, Clock, Schedule, jitter, parse_schedule
+from blockvault.plans.store import History, PlanBook
+from blockvault.text import plural
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "Agent",
     "Job",
     "Limits",
     "Reckoning",
@@ -52,6 +58,7 @@ RunOutcome = str  # the run's final status as the runner reports it: "ok", "fail
 RunOnce = Callable[[Trigger, threading.Event], RunOutcome]
 
 JITTER_SHARE: Final = 10  # jitter is at most a tenth of the plan's period
+CLOCK_SLACK: Final = timedelta(minutes=5)  # a last fire this far ahead of now: clock set back
 
 
 @dataclass(frozen=True)
@@ -110,10 +117,13 @@ class Reckoning:
         row = self._db.execute(
             "SELECT since FROM agent_reckoning WHERE plan = ?", (plan,)
         ).fetchone()
-        if row is None:
+        try:
+            moment = datetime.fromisoformat(row[0]) if row is not None else None
+        except (TypeError, ValueError):  # not ours, or damaged: as if it never fired
             return None
-        moment = datetime.fromisoformat(row[0])
-        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        if moment is None or moment.tzinfo is not None:
+            return moment
+        return moment.replace(tzinfo=UTC)
 
     def set(self, plan: str, since: datetime) -> None:
         self._db.execute(
@@ -154,6 +164,7 @@ class Scheduler:
         limits: Limits = DEFAULT_LIMITS,
         reporter: Reporter = quiet,
         on_skipped: Callable[[str, Trigger, datetime], None] | None = None,
+        owed: Iterable[str] = (),
     ) -> None:
         self.clock = clock
         self.limits = limits
@@ -167,6 +178,8 @@ class Scheduler:
         self.pending: dict[str, _Pending] = {}  # insertion order is queue order
         self._reckoning = reckoning
         self._since: dict[str, datetime | None] = {}
+        # plans whose run a dead agent left unfinished: each runs once, as missed
+        self._owed = set(owed)
         self.replace_jobs(jobs)
 
     def replace_jobs(self, jobs: Iterable[Job]) -> None:
@@ -200,11 +213,23 @@ class Scheduler:
                 self.reporter(Warned(f"plan {name}: timed out after {timeout}; stopping it"))
         if not self.stopping:
             for name in self.jobs:
+                since = self._since[name]
+                if since is not None and since > now + CLOCK_SLACK:
+                    # fired "in the future": the clock was stepped back since. Counting
+                    # from then would hold the plan back until the clock catches up.
+                    self.reporter(
+                        Warned(
+                            f"plan {name}: last fired {since:%Y-%m-%d %H:%M:%S} UTC, after "
+                            "the clock's now; the clock was set back: counting from now"
+                        )
+                    )
+                    self._since[name] = now
                 if self._due(name) > now:
                     continue
                 if name not in self.pending:
                     slot = self._slot(name)
-                    missed = slot is not None and slot < self.started
+                    missed = name in self._owed or (slot is not None and slot < self.started)
+                    self._owed.discard(name)
                     self.pending[name] = _Pending("missed" if missed else "schedule", now)
                 self._since[name] = now  # the pending run covers every slot until now
             self._start_pending(now)
@@ -222,13 +247,15 @@ class Scheduler:
             self.clock.sleep(wait.total_seconds(), self.alarm)
         self.join()
 
-    def stop(self) -> None:
-        """Stop firing, and stop every running run (safe from a signal handler: only
-        flags and the alarm's pipe)."""
+    def stop(self) -> int:
+        """Stop firing, and stop every running run; how many were running. Safe from
+        a signal handler: only flags and the alarm's pipe."""
         self.stopping = True
-        for run in list(self.running.values()):
+        runs = list(self.running.values())
+        for run in runs:
             run.stop.set()
         self.alarm.ring()
+        return len(runs)
 
     def join(self) -> None:
         """Wait until every started run has ended, and record them."""
@@ -241,13 +268,19 @@ class Scheduler:
         return None if since is None else self.jobs[name].schedule.next_after(since)
 
     def _due(self, name: str) -> datetime:
+        """When the plan should start: its next slot plus its jitter; a missed (or
+        owed, or first interval) run after the start-up delay; inside the window."""
+        schedule = self.jobs[name].schedule
         slot = self._slot(name)
-        job = self.jobs[name]
-        if slot is None:  # an interval plan that never ran: now, after the start-up delay
-            return self.started + self.limits.startup_delay
-        due = slot + job.jitter
-        if slot < self.started:  # missed while the agent was down
-            due = max(due, self.started + self.limits.startup_delay)
+        after_delay = self.started + self.limits.startup_delay
+        if slot is None or name in self._owed:  # never ran (an interval plan), or owed
+            due = after_delay
+        else:
+            due = slot + self.jobs[name].jitter
+            if slot < self.started:  # missed while the agent was down
+                due = max(due, after_delay)
+        if schedule.window is not None:  # the delay or the jitter may have left it
+            due = schedule.window.next_open(due, schedule.zone)
         return due
 
     def _start_pending(self, now: datetime) -> None:
@@ -315,3 +348,189 @@ class Scheduler:
         if self.limits.max_start_delay is not None:
             moments += [p.queued + self.limits.max_start_delay for p in self.pending.values()]
         return max(min(moments) - now, timedelta(0))
+
+
+class Agent:
+    """The plans of one plans file, fired by a ``Scheduler``: what ``blockvault agent``
+    runs. Each run goes through the plan runner, recorded in the history beside the
+    plans file; the scheduler's own state (when each plan last fired) is a table of
+    the same database. Signals are the caller's: it calls ``stop()`` (SIGTERM) and
+    ``request_reload()`` (SIGHUP), both safe from a signal handler."""
+
+    def __init__(
+        self,
+        plans_file: Path,
+        *,
+        clock: Clock,
+        limits: Limits = DEFAULT_LIMITS,
+        jitter_max: timedelta = timedelta(0),
+        reporter: Reporter = quiet,
+        host: str | None = None,
+        zone: tzinfo | None = None,
+        on_finished: OnFinished | None = None,
+    ) -> None:
+        self.plans_file = plans_file
+        self.history = History.beside(plans_file)
+        self.reporter = reporter
+        self.host = host if host is not None else host_id()
+        self.zone = zone
+        self.jitter_max = jitter_max
+        self.on_finished = on_finished
+        self._reload_requested = False
+        book = PlanBook.load(plans_file)  # a bad file at start: the caller's error
+        for record in self.history.interrupted_leftovers():
+            reporter(
+                Warned(f"plan {record.plan}: run {record.run_id} was cut short: {record.error}")
+            )
+        # a plan whose last run was interrupted (killed, stopped, power lost) is owed one
+        owed = [
+            name
+            for name in book.plans
+            if (last := self.history.last(name)) is not None and last.status == "interrupted"
+        ]
+        self.scheduler = Scheduler(
+            self._jobs(book),
+            Reckoning(self.history.path),
+            clock,
+            limits=limits,
+            reporter=reporter,
+            on_skipped=self._record_skipped,
+            owed=owed,
+        )
+        self._book = book
+
+    def serve(self) -> None:
+        """Fire plans until ``stop()``; returns once every run has ended."""
+        self.reporter(Noted(f"agent: running {self._summary(self._book)} of {self.plans_file}"))
+        self.scheduler.serve(reload=self._reload)
+
+    def stop(self) -> int:
+        """Stop (SIGTERM); how many runs were stopped."""
+        return self.scheduler.stop()
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self.scheduler.alarm.ring()
+
+    def _reload(self) -> list[Job] | None:
+        if not self._reload_requested:
+            return None
+        self._reload_requested = False
+        try:
+            book = PlanBook.load(self.plans_file)
+            jobs = self._jobs(book)
+        except BlockvaultError as exc:  # keep running the plans we have
+            self.reporter(Warned(f"agent: reload failed, keeping the plans as they were: {exc}"))
+            return None
+        self._book = book
+        self.reporter(Noted(f"agent: reloaded, {self._summary(book)}"))
+        return jobs
+
+    def _jobs(self, book: PlanBook) -> list[Job]:
+        enabled = [plan for plan in book.plans.values() if plan.enabled]
+        return [self._job(plan) for plan in enabled] + [
+            self._check_job(plan) for plan in enabled if plan.check is not None
+        ]
+
+    def _check_job(self, plan: Plan) -> Job:
+        """The plan's scheduled ``check --read-data --subset N%``, a job of its own
+        (``NAME:check``: a colon no plan name has), its result in the agent's log."""
+        assert plan.check is not None
+        schedule = parse_schedule(plan.check.schedule, None, self.zone)
+        reporter = self.reporter
+        name = f"{plan.name}{CHECK_SUFFIX}"
+
+        def run(trigger: Trigger, stop: threading.Event) -> RunOutcome:
+            try:
+                result = check_plan(plan, reporter=_stopping_reporter(stop, name, reporter))
+            except Interrupted:
+                return "interrupted"
+            except BlockvaultError as exc:
+                return f"failed: {exc}"
+            if not result.ok:
+                damaged = ", ".join(s[:12] for s in result.damaged_snapshots) or "no snapshot"
+                return f"failed: {plural(len(result.problems), 'problem')} (damaged: {damaged})"
+            return "ok"
+
+        return Job(
+            name, schedule, run, jitter=job_jitter(self.host, name, schedule, self.jitter_max)
+        )
+
+    def _job(self, plan: Plan) -> Job:
+        schedule = parse_schedule(plan.schedule, plan.window, self.zone)
+        history, reporter, on_finished = self.history, self.reporter, self.on_finished
+
+        def run(trigger: Trigger, stop: threading.Event) -> RunOutcome:
+            try:
+                record = run_plan(
+                    plan,
+                    history,
+                    trigger=trigger,
+                    reporter=_run_reporter(plan.name, reporter),
+                    stop=stop,
+                    on_finished=on_finished,
+                )
+            except Interrupted:
+                return "interrupted"
+            except BlockvaultError as exc:  # not run at all (running already elsewhere)
+                return f"failed: {exc}"
+            return record.status + (f": {record.error}" if record.error else "")
+
+        # the runner ends a run past the plan's timeout itself; the scheduler's stop,
+        # a grace later, is for a run that would not end
+        timeout = None if plan.timeout is None else timedelta(seconds=plan.timeout) + TIMEOUT_GRACE
+        return Job(
+            plan.name,
+            schedule,
+            run,
+            timeout=timeout,
+            jitter=job_jitter(self.host, plan.name, schedule, self.jitter_max),
+        )
+
+    def _record_skipped(self, plan: str, trigger: Trigger, due: datetime) -> None:
+        record = self.history.start(plan, trigger)
+        most = self.scheduler.limits.max_start_delay
+        self.history.finish(
+            replace(
+                record,
+                status="failed",
+                error=f"skipped: could not start within {most} of {due:%Y-%m-%d %H:%M:%S} UTC "
+                "(other runs held the concurrency limit)",
+            )
+        )
+
+    def _summary(self, book: PlanBook) -> str:
+        enabled = [p.name for p in book.plans.values() if p.enabled]
+        return f"{len(enabled)} enabled of {len(book.plans)} plans"
+
+
+TIMEOUT_GRACE: Final = timedelta(minutes=2)
+
+
+CHECK_SUFFIX: Final = ":check"
+
+
+def _stopping_reporter(stop: threading.Event, name: str, reporter: Reporter) -> Reporter:
+    """``_run_reporter`` that also ends the task at its next event once ``stop`` is
+    set (events come from the calling thread, so this unwinds it like a signal)."""
+    forward = _run_reporter(name, reporter)
+
+    def report(event: Event) -> None:
+        forward(event)
+        if stop.is_set():
+            raise Interrupted("SIGTERM", signal.SIGTERM)
+
+    return report
+
+
+def _run_reporter(plan: str, reporter: Reporter) -> Reporter:
+    """What a background run tells the agent's log: its warnings and notes, not its
+    progress (that is in the run's own log)."""
+
+    def report(event: Event) -> None:
+        if isinstance(event, Warned):
+            reporter(Warned(f"plan {plan}: {event.message}"))
+        elif isinstance(event, Noted):
+            reporter(Noted(f"plan {plan}: {event.message}"))
+
+    return report

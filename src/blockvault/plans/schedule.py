@@ -212,6 +212,13 @@ class Alarm:
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
 
+    @property
+    def signal_fd(self) -> int:
+        """For ``signal.set_wakeup_fd``: a signal delivered to another thread than the
+        sleeping one still cuts its sleep short (Python runs handlers in the main
+        thread only, once it wakes)."""
+        return self._write
+
     def ring(self) -> None:
         with contextlib.suppress(BlockingIOError):  # full: it rings already
             os.write(self._write, b"!")

@@ -42,6 +42,7 @@ from blockvault.plans.model import (
     Trigger,
     VerifySpec,
 )
+from blockvault.plans.notify import parse_target, smtp_settings
 from blockvault.plans.retention import Policy, duration_text, parse_duration
 from blockvault.plans.schedule import parse_schedule
 
@@ -85,7 +86,6 @@ PLAN_KEYS: Final = {
     "timeout",
     "password_file",
 }
-NOTIFY_SCHEMES: Final = ("mailto:", "https://", "http://")
 KEEP_RUNS: Final = 100  # history rows (and logs) kept per plan; older ones are removed
 
 
@@ -150,11 +150,10 @@ def plan_from_table(name: str, table: Mapping[str, Any]) -> Plan:
         raise PlanError(f"pre_failure = {pre_failure!r}: use 'abort' or 'continue'", where=where)
     notify = field.texts("notify") if "notify" in table else ()
     for target in notify:
-        if not target.startswith(NOTIFY_SCHEMES):
-            raise PlanError(
-                f"notify target {target!r}: use mailto:ADDRESS or an http(s):// URL",
-                where=where,
-            )
+        try:
+            parse_target(target)  # syntax, events, a webhook's template
+        except UsageError as exc:
+            raise PlanError(str(exc), where=where) from None
     schedule = field.text("schedule")
     window = field.optional_text("window")
     _check_schedule(where, schedule, window)
@@ -341,6 +340,19 @@ def _check(where: str, check: Any) -> CheckSpec | None:
     return CheckSpec(field.text("schedule"), subset)
 
 
+def _check_smtp(where: str, table: Any) -> None:
+    """The ``[smtp]`` table, when there is one, is checked with the plans (a mail
+    target without one is reported when a notice is due: plans/notify.py)."""
+    if table is None:
+        return
+    if not isinstance(table, dict):
+        raise PlanError("'smtp' must be a table: [smtp]", where=where)
+    try:
+        smtp_settings(table)
+    except UsageError as exc:
+        raise PlanError(str(exc), where=where) from None
+
+
 class PlanBook:
     """The plans of one plans file, in the order the file lists them, and its other
     top-level tables (``settings``), written back unchanged."""
@@ -377,6 +389,7 @@ class PlanBook:
             if not isinstance(table, dict):
                 raise PlanError("must be a table: [plan.NAME]", where=f"plan {name}")
             plans[name] = plan_from_table(name, table)
+        _check_smtp(where, document.get("smtp"))
         return cls(path, plans, document)
 
     @classmethod

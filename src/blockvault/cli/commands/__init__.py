@@ -206,6 +206,7 @@ COMMANDS = (
     "plan",
     "status",
     "boot",
+    "agent",
 )
 
 

@@ -13,6 +13,7 @@ import click
 from blockvault.cli import render
 from blockvault.cli.commands import json_option, plans_file
 from blockvault.errors import PlanError, PlanRunFailed
+from blockvault.plans.alerts import Alerts
 from blockvault.plans.model import Plan, RunRecord
 from blockvault.plans.preflight import preflight
 from blockvault.plans.runner import run_plan
@@ -314,7 +315,10 @@ def register(group: click.Group) -> None:
         history = History.beside(path)
         history.interrupted_leftovers()  # a killed runner's run is not "running" forever
         with render.progress(as_json) as reporter:
-            record = run_plan(plan, history, trigger="manual", reporter=reporter)
+            alerts = Alerts(path, reporter)  # the plan's notify targets hear of it
+            record = run_plan(
+                plan, history, trigger="manual", reporter=reporter, on_finished=alerts.on_finished
+            )
         if as_json:
             render.emit_json(record_json(record))
         if record.status != "ok":
