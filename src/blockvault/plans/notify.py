@@ -42,7 +42,6 @@ from blockvault.plans.model import RunRecord
 from blockvault.text import shown
 
 
-
 def _version() -> str:
     """Ours, for the User-Agent (not "from blockvault import __version__": that imports
     the top layer)."""
