@@ -140,10 +140,10 @@ def _check(
     for _, index in loaded:
         referenced |= index.chunk_ids()
     missing = referenced - stored
-    bad: dict[str, str] = {c: "it is missing" for c in missing}
+    bad: dict[str, str] = {c: f"chunk {c} is missing" for c in missing}
     for chunk_id in referenced - missing:  # sizes come with the listing: no reads
         if (problem := repo.stored_chunk_size_problem(sizes[chunk_id])) is not None:
-            bad[chunk_id] = problem
+            bad[chunk_id] = f"chunk {chunk_id}: {problem}"
 
     read = read_bytes = 0
     if read_data:
