@@ -142,6 +142,21 @@ def _refuse_unsupported(image: Path) -> None:
             )
 
 
+def _placements(
+    entries: dict[str, dict[str, str]], ss: int, image: Path
+) -> tuple[list[tuple[str, int]], int]:
+    """Each sfdisk-dump entry's checked name and start sector, and the byte where the
+    last partition ends (the disk is at least that large)."""
+    placements, ends = [], 0
+    for raw_name, fields in entries.items():
+        name = _plain(raw_name, image, "partition")
+        start = _number(fields.get("start", ""), f"start of {name}", image)
+        size = _number(fields.get("size", "0"), f"size of {name}", image)
+        ends = max(ends, (start + size) * ss)
+        placements.append((name, start))
+    return placements, ends
+
+
 def _payload(image: Path, part: str) -> tuple[Path, str] | None:
     """The first piece of a partition's payload and its kind, if one was saved."""
     pattern = re.compile(
@@ -225,13 +240,9 @@ def read_clonezilla(image: Path) -> list[ForeignDisk]:
         if ss not in (512, 1024, 2048, 4096):
             raise ImageDamaged(f"sector size {ss} is not one disks have", image=str(image))
         partitions = []
-        ends = 0
         notes = []
-        for name, fields in entries.items():
-            name = _plain(name, image, "partition")
-            start = _number(fields.get("start", ""), f"start of {name}", image)
-            size = _number(fields.get("size", "0"), f"size of {name}", image)
-            ends = max(ends, (start + size) * ss)
+        placements, ends = _placements(entries, ss, image)
+        for name, start in placements:
             swap_file = image / f"swappt-{name}.info"
             if name in parts:
                 found = _payload(image, name)
@@ -308,13 +319,9 @@ def read_fog(image: Path) -> list[ForeignDisk]:
             if len(words) >= 2:
                 swaps[words[0].removeprefix("/dev/")] = words[1]
     partitions = []
-    ends = 0
     notes = []
-    for name, fields in entries.items():
-        name = _plain(name, image, "partition")
-        start = _number(fields.get("start", ""), f"start of {name}", image)
-        size = _number(fields.get("size", "0"), f"size of {name}", image)
-        ends = max(ends, (start + size) * ss)
+    placements, ends = _placements(entries, ss, image)
+    for name, start in placements:
         number = re.search(r"(\d+)$", name)
         if number is None:
             continue
