@@ -335,8 +335,12 @@ def test_a_run_that_cannot_start_in_time_is_skipped_and_recorded(
     proc = agent.start("", "--concurrency", "1", "--max-start-delay", "1")
     agent.wait_for("a skipped run", lambda: any(r["plan"] == "waiting" for r in agent.runs()))
     waiting = [r for r in agent.runs() if r["plan"] == "waiting"]
-    assert waiting[0]["status"] == "failed", waiting
-    assert waiting[0]["error"].startswith("skipped: could not start within 0:00:01"), waiting
+    assert waiting[0]["status"] == "skipped", waiting  # never ran: not a failure
+    assert waiting[0]["error"].startswith("could not start within 0:00:01"), waiting
+    shown = run("--plans", agent.plans, "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    (state,) = (s for s in json.loads(shown.stdout) if s["plan"] == "waiting")
+    assert state["last"]["status"] == "skipped" and state["last_good"] is None
     assert [r["status"] for r in agent.runs() if r["plan"] == "slow"] == ["running"]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=DEADLINE) == 143

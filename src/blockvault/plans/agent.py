@@ -38,7 +38,7 @@ from blockvault.events import Event, Noted, Reporter, Warned, quiet
 from blockvault.plans.model import Plan, Trigger
 from blockvault.plans.runner import OnFinished, check_plan, run_plan
 from blockvault.plans.schedule import Alarm, Clock, Schedule, jitter, parse_schedule
-from blockvault.plans.store import History, PlanBook
+from blockvault.plans.store import SKIPPED_WHY, History, PlanBook
 from blockvault.text import plural
 
 __all__ = [
@@ -493,8 +493,8 @@ class Agent:
         self.history.finish(
             replace(
                 record,
-                status="failed",
-                error=f"skipped: could not start within {most} of {due:%Y-%m-%d %H:%M:%S} UTC "
+                status="skipped",
+                error=f"{SKIPPED_WHY} {most} of {due:%Y-%m-%d %H:%M:%S} UTC "
                 "(other runs held the concurrency limit)",
             )
         )

@@ -37,7 +37,9 @@ SourceKind = Literal["disk", "system", "partition", "files"]
 VerifySpec = Literal["snapshot", "source"]
 PreFailure = Literal["abort", "continue"]
 Trigger = Literal["schedule", "missed", "manual"]
-RunStatus = Literal["running", "ok", "failed", "interrupted"]
+# skipped: the agent could not start it within --max-start-delay (other runs held the
+# concurrency limit); it never ran, so it is neither a failure nor a good run
+RunStatus = Literal["running", "ok", "failed", "interrupted", "skipped"]
 
 CHECK_SUBSET_DEFAULT: Final = 10  # percent of the chunks a scheduled check reads
 

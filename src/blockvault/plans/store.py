@@ -49,6 +49,7 @@ from blockvault.plans.schedule import parse_schedule
 __all__ = [
     "DEFAULT_PLANS",
     "PLANS_ENV",
+    "SKIPPED_WHY",
     "History",
     "PlanBook",
     "check_spec_text",
@@ -617,8 +618,15 @@ def _utc(now: datetime | None) -> datetime:
     return moment.astimezone(UTC)
 
 
+SKIPPED_WHY: Final = "could not start within"
+_OLD_SKIPPED: Final = f"skipped: {SKIPPED_WHY} "
+
+
 def _record(row: tuple[Any, ...]) -> RunRecord:
     plan, run_id, trigger, status, started, ended, read, new, stored, snap, error, log = row
+    if status == "failed" and (error or "").startswith(_OLD_SKIPPED):
+        # written before "skipped" was a status of its own: read it as what it was
+        status, error = "skipped", error.removeprefix("skipped: ")
     return RunRecord(
         plan=plan,
         run_id=run_id,
