@@ -52,6 +52,7 @@ __all__ = [
     "SKIPPED_WHY",
     "History",
     "PlanBook",
+    "Reckoning",
     "check_spec_text",
     "parse_check_spec",
     "plan_from_table",
@@ -670,3 +671,61 @@ def _alive(owner: str) -> bool:
     if not pid.isdigit() or boot != _boot_id():
         return False
     return _owner(int(pid)) == owner
+
+
+MAX_JITTER_SECONDS: Final = 366 * 86400  # a jitter is at most a tenth of a period
+
+
+class Reckoning:
+    """When each plan last fired, in table ``agent_reckoning`` of the plans database,
+    and the jitter the agent gives it (``agent_jitter``): what ``status`` needs to show
+    when the agent will fire it (``schedule.fire_time``)."""
+
+    def __init__(self, database: Path) -> None:
+        self._db = sqlite3.connect(database, isolation_level=None, timeout=30)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS agent_reckoning"
+            " (plan TEXT PRIMARY KEY, since TEXT NOT NULL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS agent_jitter (plan TEXT PRIMARY KEY, seconds REAL NOT NULL)"
+        )
+
+    def get(self, plan: str) -> datetime | None:
+        row = self._db.execute(
+            "SELECT since FROM agent_reckoning WHERE plan = ?", (plan,)
+        ).fetchone()
+        try:
+            moment = datetime.fromisoformat(row[0]) if row is not None else None
+        except (TypeError, ValueError):  # not ours, or damaged: as if it never fired
+            return None
+        if moment is None or moment.tzinfo is not None:
+            return moment
+        return moment.replace(tzinfo=UTC)
+
+    def set(self, plan: str, since: datetime) -> None:
+        self._db.execute(
+            "INSERT INTO agent_reckoning (plan, since) VALUES (?, ?)"
+            " ON CONFLICT (plan) DO UPDATE SET since = excluded.since",
+            (plan, since.astimezone(UTC).isoformat()),
+        )
+
+    def jitter(self, plan: str) -> timedelta:
+        """The delay after each fire time the agent last gave the plan (0 if none)."""
+        row = self._db.execute(
+            "SELECT seconds FROM agent_jitter WHERE plan = ?", (plan,)
+        ).fetchone()
+        seconds = row[0] if row is not None else 0
+        if not isinstance(seconds, int | float) or not 0 <= seconds <= MAX_JITTER_SECONDS:
+            return timedelta(0)  # not ours, or damaged
+        return timedelta(seconds=seconds)
+
+    def set_jitter(self, plan: str, jitter: timedelta) -> None:
+        self._db.execute(
+            "INSERT INTO agent_jitter (plan, seconds) VALUES (?, ?)"
+            " ON CONFLICT (plan) DO UPDATE SET seconds = excluded.seconds",
+            (plan, jitter.total_seconds()),
+        )
+
+    def close(self) -> None:
+        self._db.close()
