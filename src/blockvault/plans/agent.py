@@ -35,10 +35,9 @@ from typing import Final
 from blockvault.errors import BlockvaultError, Interrupted
 from blockvault.events import Event, Noted, Reporter, Warned, quiet
 from blockvault.plans.model import Plan, Trigger
-from blockvault.plans.runner import OnFinished, check_plan, run_plan
+from blockvault.plans.runner import OnFinished, run_check, run_plan
 from blockvault.plans.schedule import Alarm, Clock, Schedule, fire_time, jitter, parse_schedule
 from blockvault.plans.store import SKIPPED_WHY, History, PlanBook, Reckoning
-from blockvault.text import plural
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -396,23 +395,25 @@ class Agent:
 
     def _check_job(self, plan: Plan) -> Job:
         """The plan's scheduled ``check --read-data --subset N%``, a job of its own
-        (``NAME:check``: a colon no plan name has), its result in the agent's log."""
+        (``NAME:check``: a colon no plan name has), recorded in the plan's history as a
+        run of kind "check" and told to its notify targets like a backup."""
         assert plan.check is not None
         schedule = parse_schedule(plan.check.schedule, None, self.zone)
-        reporter = self.reporter
+        history, reporter, on_finished = self.history, self.reporter, self.on_finished
         name = f"{plan.name}{CHECK_SUFFIX}"
 
         def run(trigger: Trigger, stop: threading.Event) -> RunOutcome:
             try:
-                result = check_plan(plan, reporter=_stopping_reporter(stop, name, reporter))
+                record = run_check(
+                    plan,
+                    history,
+                    trigger=trigger,
+                    reporter=_stopping_reporter(stop, name, reporter),
+                    on_finished=on_finished,
+                )
             except Interrupted:
                 return "interrupted"
-            except BlockvaultError as exc:
-                return f"failed: {exc}"
-            if not result.ok:
-                damaged = ", ".join(s[:12] for s in result.damaged_snapshots) or "no snapshot"
-                return f"failed: {plural(len(result.problems), 'problem')} (damaged: {damaged})"
-            return "ok"
+            return record.status + (f": {record.error}" if record.error else "")
 
         return Job(
             name, schedule, run, jitter=job_jitter(self.host, name, schedule, self.jitter_max)

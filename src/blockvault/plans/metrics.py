@@ -71,7 +71,7 @@ class PlansCollector(Collector):
         for plan in book.plans.values():
             name = [plan.name]
             state = plan_status(plan, history, now)
-            runs = history.runs(plan.name)
+            runs = history.runs(plan.name, kind="backup")
             enabled.add_metric(name, int(plan.enabled))
             running.add_metric(name, int(state.running is not None))
             overdue.add_metric(name, int(state.overdue))

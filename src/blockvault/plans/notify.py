@@ -117,7 +117,10 @@ class Event:
 
     @property
     def subject(self) -> str:
-        return shown(f"[blockvault] {self.plan} on {self.host}: {HEADLINES[self.kind]}")
+        headline = HEADLINES[self.kind]
+        if self.run is not None and self.run.kind == "check":  # the scheduled check's
+            headline = headline.replace("backup", "repository check", 1)
+        return shown(f"[blockvault] {self.plan} on {self.host}: {headline}")
 
 
 def events(

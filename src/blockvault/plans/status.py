@@ -72,7 +72,7 @@ def plan_status(plan: Plan, history: History, now: datetime) -> PlanStatus:
     if last_good is not None and last_good.ended is not None:
         overdue = now - last_good.ended > limit
     else:
-        oldest = history.runs(plan.name, limit=1, oldest_first=True)
+        oldest = history.runs(plan.name, limit=1, oldest_first=True, kind="backup")
         overdue = bool(oldest) and now - oldest[0].started > limit
     return PlanStatus(
         plan, last, last_good, running[-1] if running else None, period, next_run, overdue
