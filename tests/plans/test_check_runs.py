@@ -65,6 +65,7 @@ def test_a_check_is_recorded_and_a_failed_one_notifies(hook: Hook, tmp_path: Pat
     assert bad.error is not None and bad.error.startswith("1 problem (damaged: "), bad.error
     (body,) = (json.loads(raw) for _, raw in hook.bodies)
     assert body["event"] == "failure" and body["run_id"] == bad.run_id
+    assert body["kind"] == "check" and body["error"] == bad.error
     assert body["message"] == "[blockvault] nightly on alpha: repository check FAILED"
 
     # the plan's history shows both; its backup status is not the checks'

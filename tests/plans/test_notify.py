@@ -447,6 +447,7 @@ def test_webhook_body_as_documented(hook: Hook, tmp_path: Path) -> None:
         "time": body["time"],
         "message": "[blockvault] nightly on alpha: backup FAILED",
         "run_id": 7,
+        "kind": "backup",
         "trigger": "schedule",
         "status": "failed",
         "started": "2026-03-01T02:00:00+00:00",
