@@ -69,6 +69,7 @@ repeats it (a test keeps the three and the classes below in agreement).
             └── PieceError                  a one-file image's piece is missing, foreign or damaged
 
     Interrupted (a BaseException)   exit 128 + signal: 130 SIGINT, 143 SIGTERM, 129 SIGHUP
+    (stdout's reader gone, a BrokenPipeError: 141 = 128 + SIGPIPE, silent; cli/main.py)
 
 ``Interrupted`` is outside the tree on purpose: like ``KeyboardInterrupt``, no
 ``except BlockvaultError`` or ``except Exception`` may swallow it on its way out. The
@@ -87,6 +88,7 @@ __all__ = [
     "EXIT_CODES",
     "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
+    "EXIT_STDOUT_CLOSED",
     "AmbiguousLatest",
     "AmbiguousSnapshot",
     "BlockvaultError",
@@ -149,6 +151,7 @@ __all__ = [
 
 EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: what a shell shows for `cat | head`
 
 EXIT_CODES: dict[int, str] = {
     0: "success",
@@ -160,6 +163,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_INTERNAL: "internal error (a bug: please report it with BLOCKVAULT_DEBUG=1 output)",
     129: "stopped by SIGHUP (the terminal closed); the one line says what it left",
     EXIT_INTERRUPTED: "interrupted by Ctrl-C (SIGINT); the one line says what it left",
+    EXIT_STDOUT_CLOSED: "the reader of the output went away, as head does; nothing said, like cat",
     143: "stopped by SIGTERM; the one line says what it left",
 }
 

@@ -109,8 +109,8 @@ def test_one_exit_code_table_in_errors_help_and_user_guide() -> None:
     assert drawn
     for name, code in drawn:
         assert classes[name].exit_code == int(code), name
-    signals = {code for code in table if code > 128}  # 128 + SIGHUP, SIGINT, SIGTERM
-    assert signals == {129, errors.EXIT_INTERRUPTED, 143}
+    signals = {code for code in table if code > 128}  # 128 + SIGHUP, SIGINT, SIGPIPE, SIGTERM
+    assert signals == {129, errors.EXIT_INTERRUPTED, errors.EXIT_STDOUT_CLOSED, 143}
     # a class may exit 128 + N for a signal (CastInterrupted), never with a code outside
     assert {cls.exit_code for cls in classes.values()} - signals == set(table) - {
         0,

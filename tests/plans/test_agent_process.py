@@ -114,7 +114,8 @@ class AgentProcess:
         try:
             db.row_factory = sqlite3.Row
             rows = db.execute(
-                "SELECT run_id, plan, trigger, status, snapshot, error FROM runs ORDER BY run_id"
+                "SELECT run_id, plan, trigger, status, snapshot, error, kind, bytes_read FROM runs "
+                "ORDER BY run_id"
             ).fetchall()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):  # not created yet
@@ -318,7 +319,15 @@ def test_scheduled_check_reads_the_repository_and_reports_damage(
     agent.wait_for(
         "the damage found", lambda: "plan fast:check: failed: 1 problem" in agent.log_text()
     )
-    assert agent.runs() == []  # checks are not backup runs
+    checks = agent.runs()  # each check is a run of its own kind in the plan's history
+    assert {(r["plan"], r["kind"]) for r in checks} == {("fast", "check")}, checks
+    assert checks[0]["status"] == "ok" and checks[0]["error"] is None
+    assert checks[0]["bytes_read"] > 0 and checks[0]["snapshot"] is None  # it read, made none
+    damage = [r for r in checks if r["status"] == "failed"]
+    assert damage and damage[0]["error"].startswith("1 problem (damaged: "), damage
+    shown = run("--plans", agent.plans, "plan", "history", "fast", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert {r["kind"] for r in json.loads(shown.stdout)} == {"check"}
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=DEADLINE) == 143
 
@@ -335,8 +344,12 @@ def test_a_run_that_cannot_start_in_time_is_skipped_and_recorded(
     proc = agent.start("", "--concurrency", "1", "--max-start-delay", "1")
     agent.wait_for("a skipped run", lambda: any(r["plan"] == "waiting" for r in agent.runs()))
     waiting = [r for r in agent.runs() if r["plan"] == "waiting"]
-    assert waiting[0]["status"] == "failed", waiting
-    assert waiting[0]["error"].startswith("skipped: could not start within 0:00:01"), waiting
+    assert waiting[0]["status"] == "skipped", waiting  # never ran: not a failure
+    assert waiting[0]["error"].startswith("could not start within 0:00:01"), waiting
+    shown = run("--plans", agent.plans, "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    (state,) = (s for s in json.loads(shown.stdout) if s["plan"] == "waiting")
+    assert state["last"]["status"] == "skipped" and state["last_good"] is None
     assert [r["status"] for r in agent.runs() if r["plan"] == "slow"] == ["running"]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=DEADLINE) == 143

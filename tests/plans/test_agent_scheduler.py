@@ -14,8 +14,10 @@ import pytest
 
 from blockvault.events import Event
 from blockvault.plans.agent import Job, Limits, Reckoning, Scheduler, job_jitter
-from blockvault.plans.model import Trigger
+from blockvault.plans.model import Plan, Trigger
 from blockvault.plans.schedule import FakeClock, parse_schedule
+from blockvault.plans.status import plan_status
+from blockvault.plans.store import History, PlanBook
 
 START = datetime(2026, 1, 7, 12, 0, tzinfo=UTC)  # a Wednesday
 NO_DELAY = Limits(concurrency=4, startup_delay=timedelta(0), max_start_delay=None)
@@ -297,3 +299,26 @@ def test_jitter_does_not_start_a_run_outside_its_window(reckoning: Reckoning) ->
     scheduler = Scheduler([job], reckoning, clock, limits=NO_DELAY)
     run_for(scheduler, clock, timedelta(days=1))
     assert [m for _, _, m in runner.calls] == [datetime(2026, 1, 8, 8, tzinfo=UTC)]
+
+
+def test_status_shows_when_the_agent_really_fires(tmp_path: Path) -> None:
+    """``status``'s next run is the time the scheduler fires the plan: counted from the
+    agent's reckoning (not the history, which a stand-in runner leaves empty) and with
+    the plan's jitter."""
+    plans_file = tmp_path / "plans.toml"
+    plan = Plan("sixhourly", "/srv/repo", "disk", ("/dev/sdz",), "every 6h")
+    PlanBook(plans_file, {plan.name: plan}).save()
+    history = History.beside(plans_file)
+    clock = FakeClock(START)
+    runner = StandIn(clock, instant=True)
+    schedule = parse_schedule(plan.schedule, zone=UTC)
+    jitter = job_jitter("host-a", plan.name, schedule, timedelta(minutes=30))
+    assert jitter > timedelta(0)
+    job = Job(plan.name, schedule, runner.run_for(plan.name), jitter=jitter)
+    scheduler = Scheduler([job], Reckoning(history.path), clock, limits=NO_DELAY)
+    run_for(scheduler, clock, timedelta(hours=1))  # an interval plan fires at once
+    assert [when for _, _, when in runner.calls] == [START]
+    told = plan_status(plan, history, clock.now()).next_run
+    assert told == START + timedelta(hours=6) + jitter
+    run_for(scheduler, clock, timedelta(hours=7))
+    assert [when for _, _, when in runner.calls][1] == told

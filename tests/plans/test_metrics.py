@@ -48,7 +48,9 @@ def test_metrics_show_the_history(tmp_path: Path) -> None:
     PlanBook(plans_file, {"root": plan("root"), "data": plan("data", enabled=False)}).save()
     history = History.beside(plans_file)
 
-    def one_run(name: str, status: str, hours_ago: float, seconds: int, size: int) -> None:
+    def one_run(
+        name: str, status: str, hours_ago: float, seconds: int, size: int, error: str | None = None
+    ) -> None:
         start = NOW - dt.timedelta(hours=hours_ago)
         record = history.start(name, "schedule", now=start)
         history.finish(
@@ -59,7 +61,7 @@ def test_metrics_show_the_history(tmp_path: Path) -> None:
                 bytes_read=size,
                 bytes_new=size // 2,
                 bytes_stored=size // 3,
-                error=None if status == "ok" else "device /dev/sdz: gone",
+                error=error or (None if status == "ok" else "device /dev/sdz: gone"),
             )
         )
 
@@ -67,6 +69,10 @@ def test_metrics_show_the_history(tmp_path: Path) -> None:
     one_run("root", "ok", 50, 600, 9_000_000)
     one_run("root", "failed", 26, 7, 3)
     one_run("root", "failed", 2, 42, 1_234_567)
+    # skipped runs never ran: not failures, and not the last run the gauges describe;
+    # the first as blockvault wrote it before "skipped" was a status of its own
+    one_run("root", "failed", 1.5, 0, 0, "skipped: could not start within 12:00:00 of …")
+    one_run("root", "skipped", 1, 0, 0, "could not start within 12:00:00 of …")
     one_run("data", "ok", 1, 30, 600)
 
     address = f"127.0.0.1:{free_port()}"
@@ -91,6 +97,7 @@ def test_metrics_show_the_history(tmp_path: Path) -> None:
     assert value("last_run_bytes", "root", kind="stored") == 411_522
     assert value("failures_total", "root") == 3
     assert value("consecutive_failures", "root") == 2
+    assert value("skipped_total", "root") == 2 and value("skipped_total", "data") == 0
     assert value("overdue", "root") == 1  # 50 h > 1.25 days
     assert value("period_seconds", "root") == 86400
     assert value("enabled", "root") == 1 and value("enabled", "data") == 0

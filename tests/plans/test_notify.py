@@ -80,6 +80,8 @@ def run(status: str, run_id: int = 7, *, log: Path | None = None, **more: Any) -
         ("ok", "failed", ["failure"]),
         ("failed", "failed", ["failure"]),
         ("ok", "interrupted", []),
+        ("ok", "skipped", []),  # never ran: status shows it, overdue tells if it goes on
+        ("failed", "skipped", []),
         ("ok", "running", []),
     ],
 )
@@ -445,6 +447,7 @@ def test_webhook_body_as_documented(hook: Hook, tmp_path: Path) -> None:
         "time": body["time"],
         "message": "[blockvault] nightly on alpha: backup FAILED",
         "run_id": 7,
+        "kind": "backup",
         "trigger": "schedule",
         "status": "failed",
         "started": "2026-03-01T02:00:00+00:00",
@@ -550,16 +553,17 @@ def test_overdue_is_told_once_per_episode(hook: Hook, tmp_path: Path) -> None:
     assert again.event == "overdue" and len(hook.bodies) == 2
 
 
+@pytest.mark.parametrize("between", ["interrupted", "skipped"])
 def test_a_run_cut_short_between_a_failure_and_a_good_run_still_recovers(
-    hook: Hook, tmp_path: Path
+    hook: Hook, tmp_path: Path, between: str
 ) -> None:
     plans_file = tmp_path / "plans.toml"
     PlanBook(plans_file, {"nightly": plan_to(hook.url)}).save()
     history = History.beside(plans_file)
     finished = []
-    for status in ("failed", "interrupted", "ok"):
+    for status in ("failed", between, "ok"):
         record = history.start("nightly", "schedule")
-        finished.append(history.finish(replace(record, status=status)))
+        finished.append(history.finish(replace(record, status=status)))  # type: ignore[arg-type]
     Alerts(plans_file, lambda e: None, host="alpha").on_finished(finished[2], finished[1])
     (body,) = (json.loads(raw) for _, raw in hook.bodies)
     assert body["event"] == "recovery" and body["previous_status"] == "failed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import sys
 import traceback
 from typing import Any, NoReturn
@@ -15,6 +16,7 @@ from blockvault.errors import (
     EXIT_CODES,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
+    EXIT_STDOUT_CLOSED,
     BlockvaultError,
     Interrupted,
     UsageError,
@@ -54,6 +56,8 @@ class Group(click.Group):
         except (click.ClickException, click.exceptions.Exit):
             raise
         except OSError as exc:
+            if isinstance(exc, BrokenPipeError) and _stdout_closed():
+                _quietly_stop()  # else a peer's socket: an error like any other
             if os.environ.get("BLOCKVAULT_DEBUG"):
                 traceback.print_exc()
             where = f" ({exc.filename})" if exc.filename else ""
@@ -164,9 +168,35 @@ def main() -> None:
     # Interrupted, so every command cleans up on the way out (blockvault/interrupts.py)
     interrupts.install()
     try:
-        cli(prog_name="blockvault")
+        try:
+            cli(prog_name="blockvault")
+        finally:
+            sys.stdout.flush()  # output still buffered meets a closed pipe here
     except Interrupted as exc:  # before a command ran: parsing options, loading it
         _interrupted(exc)
+    except BrokenPipeError:
+        _quietly_stop()
+
+
+def _stdout_closed() -> bool:
+    """Whether whoever read our stdout has gone (``ls | head``): the kernel flags the
+    write end of a pipe whose reader closed as in error."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):  # no stdout at all
+        return True
+
+
+def _quietly_stop() -> NoReturn:
+    """Stop the way ``cat`` does when its reader goes: no message, and the status a
+    shell shows for a death by SIGPIPE. The rest of the output goes to /dev/null, so
+    the interpreter's final flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(EXIT_STDOUT_CLOSED)
 
 
 def _interrupted(exc: Interrupted) -> NoReturn:

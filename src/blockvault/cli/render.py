@@ -7,7 +7,9 @@ script (no terminal, or --json) starts without it.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,7 +40,12 @@ if TYPE_CHECKING:
 def console(stderr: bool = False) -> Console:
     from rich.console import Console
 
-    return Console(stderr=stderr)
+    class Quiet(Console):
+        def on_broken_pipe(self) -> None:
+            # rich would exit by itself; cli/main.py decides for every command
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    return Quiet(stderr=stderr)
 
 
 def size(n: int | float) -> str:

@@ -25,21 +25,19 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Final
 
 from blockvault.errors import BlockvaultError, Interrupted
 from blockvault.events import Event, Noted, Reporter, Warned, quiet
 from blockvault.plans.model import Plan, Trigger
-from blockvault.plans.runner import OnFinished, check_plan, run_plan
-from blockvault.plans.schedule import Alarm, Clock, Schedule, jitter, parse_schedule
-from blockvault.plans.store import History, PlanBook
-from blockvault.text import plural
+from blockvault.plans.runner import OnFinished, run_check, run_plan
+from blockvault.plans.schedule import Alarm, Clock, Schedule, fire_time, jitter, parse_schedule
+from blockvault.plans.store import SKIPPED_WHY, History, PlanBook, Reckoning
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -103,39 +101,6 @@ def job_jitter(host: str, name: str, schedule: Schedule, maximum: timedelta) -> 
     return jitter(host, name, min(maximum, schedule.period / JITTER_SHARE))
 
 
-class Reckoning:
-    """When each plan last fired, in table ``agent_reckoning`` of the plans database."""
-
-    def __init__(self, database: Path) -> None:
-        self._db = sqlite3.connect(database, isolation_level=None, timeout=30)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS agent_reckoning"
-            " (plan TEXT PRIMARY KEY, since TEXT NOT NULL)"
-        )
-
-    def get(self, plan: str) -> datetime | None:
-        row = self._db.execute(
-            "SELECT since FROM agent_reckoning WHERE plan = ?", (plan,)
-        ).fetchone()
-        try:
-            moment = datetime.fromisoformat(row[0]) if row is not None else None
-        except (TypeError, ValueError):  # not ours, or damaged: as if it never fired
-            return None
-        if moment is None or moment.tzinfo is not None:
-            return moment
-        return moment.replace(tzinfo=UTC)
-
-    def set(self, plan: str, since: datetime) -> None:
-        self._db.execute(
-            "INSERT INTO agent_reckoning (plan, since) VALUES (?, ?)"
-            " ON CONFLICT (plan) DO UPDATE SET since = excluded.since",
-            (plan, since.astimezone(UTC).isoformat()),
-        )
-
-    def close(self) -> None:
-        self._db.close()
-
-
 @dataclass
 class _Pending:
     trigger: Trigger
@@ -192,6 +157,7 @@ class Scheduler:
                 del self.pending[name]
         now = self.clock.now()
         for name, job in self.jobs.items():
+            self._reckoning.set_jitter(name, job.jitter)  # for status (plans/status.py)
             if name in self._since:
                 continue
             since = self._reckoning.get(name)
@@ -270,17 +236,12 @@ class Scheduler:
     def _due(self, name: str) -> datetime:
         """When the plan should start: its next slot plus its jitter; a missed (or
         owed, or first interval) run after the start-up delay; inside the window."""
-        schedule = self.jobs[name].schedule
-        slot = self._slot(name)
+        job = self.jobs[name]
+        slot = None if name in self._owed else self._slot(name)
         after_delay = self.started + self.limits.startup_delay
-        if slot is None or name in self._owed:  # never ran (an interval plan), or owed
-            due = after_delay
-        else:
-            due = slot + self.jobs[name].jitter
-            if slot < self.started:  # missed while the agent was down
-                due = max(due, after_delay)
-        if schedule.window is not None:  # the delay or the jitter may have left it
-            due = schedule.window.next_open(due, schedule.zone)
+        missed = slot is None or slot < self.started  # (never ran, owed, or missed)
+        due = fire_time(job.schedule, slot, job.jitter, not_before=after_delay if missed else None)
+        assert due is not None  # not_before is given when there is no slot
         return due
 
     def _start_pending(self, now: datetime) -> None:
@@ -434,23 +395,25 @@ class Agent:
 
     def _check_job(self, plan: Plan) -> Job:
         """The plan's scheduled ``check --read-data --subset N%``, a job of its own
-        (``NAME:check``: a colon no plan name has), its result in the agent's log."""
+        (``NAME:check``: a colon no plan name has), recorded in the plan's history as a
+        run of kind "check" and told to its notify targets like a backup."""
         assert plan.check is not None
         schedule = parse_schedule(plan.check.schedule, None, self.zone)
-        reporter = self.reporter
+        history, reporter, on_finished = self.history, self.reporter, self.on_finished
         name = f"{plan.name}{CHECK_SUFFIX}"
 
         def run(trigger: Trigger, stop: threading.Event) -> RunOutcome:
             try:
-                result = check_plan(plan, reporter=_stopping_reporter(stop, name, reporter))
+                record = run_check(
+                    plan,
+                    history,
+                    trigger=trigger,
+                    reporter=_stopping_reporter(stop, name, reporter),
+                    on_finished=on_finished,
+                )
             except Interrupted:
                 return "interrupted"
-            except BlockvaultError as exc:
-                return f"failed: {exc}"
-            if not result.ok:
-                damaged = ", ".join(s[:12] for s in result.damaged_snapshots) or "no snapshot"
-                return f"failed: {plural(len(result.problems), 'problem')} (damaged: {damaged})"
-            return "ok"
+            return record.status + (f": {record.error}" if record.error else "")
 
         return Job(
             name, schedule, run, jitter=job_jitter(self.host, name, schedule, self.jitter_max)
@@ -493,8 +456,8 @@ class Agent:
         self.history.finish(
             replace(
                 record,
-                status="failed",
-                error=f"skipped: could not start within {most} of {due:%Y-%m-%d %H:%M:%S} UTC "
+                status="skipped",
+                error=f"{SKIPPED_WHY} {most} of {due:%Y-%m-%d %H:%M:%S} UTC "
                 "(other runs held the concurrency limit)",
             )
         )

@@ -58,18 +58,21 @@ class Alerts:
         if book is None or current.plan not in book.plans:
             return
         notifiers = self._notifiers(book, book.plans[current.plan])
-        if previous is not None and previous.status == "interrupted":
+        if previous is not None and previous.status in ("interrupted", "skipped"):
             previous = self._last_ended(current) or previous
         with self._lock:
-            was_overdue = current.status == "ok" and self._latch.good_run(current.plan)
+            # a good check says nothing of how old the backups are
+            good = current.status == "ok" and current.kind == "backup"
+            was_overdue = good and self._latch.good_run(current.plan)
         for event in events(previous, current, None, host=self.host, was_overdue=was_overdue):
             deliver(event, notifiers, self.reporter)
 
     def _last_ended(self, current: RunRecord) -> RunRecord | None:
         """The plan's newest run before ``current`` that ended ok or failed: a failure,
-        a shutdown mid-run, then a good run is a recovery."""
+        a shutdown mid-run or a skipped run, then a good run is a recovery."""
         history = History.beside(self.plans_file)
-        earlier = (r for r in history.runs(current.plan) if r.run_id < current.run_id)
+        runs = history.runs(current.plan, kind=current.kind)
+        earlier = (r for r in runs if r.run_id < current.run_id)
         return next((r for r in earlier if r.status in ("ok", "failed")), None)
 
     def check_overdue(self, now: datetime | None = None) -> list[Delivery]:

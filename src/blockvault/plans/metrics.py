@@ -63,17 +63,23 @@ class PlansCollector(Collector):
             f"Failed runs among the last {KEEP_RUNS} the history keeps.",
             labels=["plan"],
         )
+        skips = CounterMetricFamily(
+            f"{PREFIX}_skipped",
+            f"Runs skipped (never started: the concurrency limit) among the last {KEEP_RUNS}.",
+            labels=["plan"],
+        )
         for plan in book.plans.values():
             name = [plan.name]
             state = plan_status(plan, history, now)
-            runs = history.runs(plan.name)
+            runs = history.runs(plan.name, kind="backup")
             enabled.add_metric(name, int(plan.enabled))
             running.add_metric(name, int(state.running is not None))
             overdue.add_metric(name, int(state.overdue))
             period.add_metric(name, state.period.total_seconds())
             if state.last_good is not None and state.last_good.ended is not None:
                 success.add_metric(name, state.last_good.ended.timestamp())
-            last = state.last
+            # the last run that ran: a skipped one has no time, bytes or result to show
+            last = next((r for r in runs if r.status not in ("running", "skipped")), None)
             if last is not None and last.ended is not None and last.seconds is not None:
                 last_end.add_metric(name, last.ended.timestamp())
                 last_ok.add_metric(name, int(last.status == "ok"))
@@ -88,8 +94,9 @@ class PlansCollector(Collector):
             good = next((i for i, r in enumerate(ended) if r.status == "ok"), len(ended))
             streak.add_metric(name, sum(r.status == "failed" for r in ended[:good]))
             failures.add_metric(name, sum(r.status == "failed" for r in runs))
+            skips.add_metric(name, sum(r.status == "skipped" for r in runs))
         yield from (enabled, running, overdue, period, success, last_end, last_ok)
-        yield from (duration, sizes, streak, failures)
+        yield from (duration, sizes, streak, failures, skips)
 
 
 def parse_address(text: str) -> tuple[str, int]:

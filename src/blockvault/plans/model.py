@@ -21,6 +21,7 @@ __all__ = [
     "CheckSpec",
     "Plan",
     "PreFailure",
+    "RunKind",
     "RunRecord",
     "RunStatus",
     "SourceKind",
@@ -37,7 +38,12 @@ SourceKind = Literal["disk", "system", "partition", "files"]
 VerifySpec = Literal["snapshot", "source"]
 PreFailure = Literal["abort", "continue"]
 Trigger = Literal["schedule", "missed", "manual"]
-RunStatus = Literal["running", "ok", "failed", "interrupted"]
+# backup: the plan's backup (run_plan); check: its scheduled ``check --read-data
+# --subset`` (run_check), whose bytes_read is what it read and error the damage found
+RunKind = Literal["backup", "check"]
+# skipped: the agent could not start it within --max-start-delay (other runs held the
+# concurrency limit); it never ran, so it is neither a failure nor a good run
+RunStatus = Literal["running", "ok", "failed", "interrupted", "skipped"]
 
 CHECK_SUBSET_DEFAULT: Final = 10  # percent of the chunks a scheduled check reads
 
@@ -87,6 +93,7 @@ class RunRecord:
     snapshot: str | None = None  # the new snapshot's id
     error: str | None = None  # one line: why the run failed or was interrupted
     log: str | None = None  # path of the run's log file
+    kind: RunKind = "backup"
 
     @property
     def seconds(self) -> float | None:

@@ -117,7 +117,10 @@ class Event:
 
     @property
     def subject(self) -> str:
-        return shown(f"[blockvault] {self.plan} on {self.host}: {HEADLINES[self.kind]}")
+        headline = HEADLINES[self.kind]
+        if self.run is not None and self.run.kind == "check":  # the scheduled check's
+            headline = headline.replace("backup", "repository check", 1)
+        return shown(f"[blockvault] {self.plan} on {self.host}: {headline}")
 
 
 def events(
@@ -333,6 +336,7 @@ def webhook_body(event: Event) -> dict[str, Any]:
         "time": _when(event.time),
         "message": event.subject,
         "run_id": run.run_id if run else None,
+        "kind": run.kind if run else None,  # backup, or the scheduled repository check
         "trigger": run.trigger if run else None,
         "status": run.status if run else None,
         "started": _when(run.started) if run else None,

@@ -48,7 +48,15 @@ from blockvault.repo import Repository, Selector, Snapshot
 from blockvault.repo.check import CheckResult, Subset, check_repository
 from blockvault.text import plural
 
-__all__ = ["MAX_LOG", "OnFinished", "check_plan", "plan_tag", "run_plan"]
+__all__ = [
+    "MAX_LOG",
+    "OnFinished",
+    "check_plan",
+    "damage_text",
+    "plan_tag",
+    "run_check",
+    "run_plan",
+]
 
 MAX_LOG: Final = 1 << 20  # bytes of one run's log; the rest is dropped, with a note
 POST_HOOK_GRACE: Final = 60.0  # seconds a post-hook may take after a stop or timeout
@@ -110,6 +118,53 @@ def check_plan(plan: Plan, *, reporter: Reporter) -> CheckResult:
     repo = open_repository(plan)
     subset = Subset(fraction=plan.check.subset / 100)
     return check_repository(repo, read_data=True, subset=subset, reporter=reporter)
+
+
+def run_check(
+    plan: Plan,
+    history: History,
+    *,
+    trigger: Trigger,
+    reporter: Reporter,
+    on_finished: OnFinished | None = None,
+) -> RunRecord:
+    """``check_plan``, recorded in the plan's history as a run of kind "check" (what it
+    read, and the damage it found as the error), and told to ``on_finished`` like a
+    backup, so a failed check notifies. ``Interrupted`` is recorded, then raised."""
+    previous = history.last(plan.name, kind="check")
+    record = history.start(plan.name, trigger, kind="check")
+    assert record.log is not None
+    raised: Interrupted | None = None
+    with _RunLog(Path(record.log)) as log:
+        try:
+            result = check_plan(plan, reporter=reporter)
+        except Interrupted as exc:
+            raised = exc
+            record = replace(
+                record, status="interrupted", error=f"interrupted by {exc.signal_name}"
+            )
+        except BlockvaultError as exc:
+            record = replace(record, status="failed", error=str(exc))
+        else:
+            record = replace(
+                record,
+                status="ok" if result.ok else "failed",
+                bytes_read=result.bytes_read,
+                error=None if result.ok else damage_text(result),
+            )
+        log.line(f"check ended {record.status}{_colon(record.error)}")
+    record = history.finish(record)
+    if on_finished is not None:
+        on_finished(record, previous)
+    if raised is not None:
+        raise raised
+    return record
+
+
+def damage_text(result: CheckResult) -> str:
+    """One line for a check that found damage: how many problems, which snapshots."""
+    damaged = ", ".join(s[:12] for s in result.damaged_snapshots) or "no snapshot"
+    return f"{plural(len(result.problems), 'problem')} (damaged: {damaged})"
 
 
 def _colon(text: str | None) -> str:

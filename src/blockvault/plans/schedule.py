@@ -43,6 +43,7 @@ __all__ = [
     "RealClock",
     "Schedule",
     "Window",
+    "fire_time",
     "jitter",
     "local_zone",
     "parse_schedule",
@@ -190,6 +191,27 @@ def parse_window(spec: str) -> Window:
     start = _clock_time(spec, start_text, "window")
     end = _clock_time(spec, end_text, "window", allow_24=True)
     return Window(days, start, end)
+
+
+def fire_time(
+    schedule: Schedule,
+    slot: datetime | None,
+    jitter: timedelta,
+    *,
+    not_before: datetime | None = None,
+) -> datetime | None:
+    """When the agent fires a plan whose next slot is ``slot``: the slot plus the plan's
+    jitter, no sooner than ``not_before`` (a missed slot waits for the start-up delay),
+    inside the window. No slot (never fired, or owed a run): at ``not_before``. The
+    agent's scheduler and ``status`` both ask this, so they cannot disagree."""
+    due = not_before if slot is None else slot + jitter
+    if due is None:
+        return None
+    if not_before is not None:
+        due = max(due, not_before)
+    if schedule.window is not None:  # the delay or the jitter may have left it
+        due = schedule.window.next_open(due, schedule.zone)
+    return due
 
 
 def jitter(host_id: str, plan: str, maximum: timedelta) -> timedelta:

@@ -9,13 +9,14 @@ run is overdue once its first recorded run is that old; one never run at all is 
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
 from blockvault.plans.model import Plan, RunRecord
-from blockvault.plans.schedule import parse_schedule
-from blockvault.plans.store import History
+from blockvault.plans.schedule import fire_time, parse_schedule
+from blockvault.plans.store import History, Reckoning
 
 __all__ = ["OVERDUE_FACTOR", "PlanStatus", "plan_status"]
 
@@ -39,6 +40,19 @@ class PlanStatus:
         return now - self.last_good.ended
 
 
+def agent_reckoning(history: History, plan: str) -> tuple[datetime | None, timedelta]:
+    """When the agent last fired ``plan`` and the jitter it gives it (None and 0 when
+    no agent ever ran it, or its tables cannot be read: status still answers)."""
+    try:
+        reckoning = Reckoning(history.path)
+        try:
+            return reckoning.get(plan), reckoning.jitter(plan)
+        finally:
+            reckoning.close()
+    except sqlite3.Error:
+        return None, timedelta(0)
+
+
 def plan_status(plan: Plan, history: History, now: datetime) -> PlanStatus:
     schedule = parse_schedule(plan.schedule, plan.window)
     period = schedule.period
@@ -46,14 +60,19 @@ def plan_status(plan: Plan, history: History, now: datetime) -> PlanStatus:
     running = history.running(plan.name)
     next_run = None
     if plan.enabled:
-        # counted from the last start, so a missed fire time shows as due (in the past)
-        started = running[-1].started if running else last.started if last else None
-        next_run = schedule.next_after(started) if started else schedule.next_after(now)
+        # what the agent reckons from (when the plan last fired) and its jitter; a run
+        # under way covers every slot until it started. Without the agent's word: the
+        # last start, so a missed fire time shows as due (in the past)
+        fired, jitter = agent_reckoning(history, plan.name)
+        started = running[-1].started if running else None
+        known = [moment for moment in (fired, started) if moment is not None]
+        since = max(known) if known else last.started if last else now
+        next_run = fire_time(schedule, schedule.next_after(since), jitter)
     limit = period * OVERDUE_FACTOR
     if last_good is not None and last_good.ended is not None:
         overdue = now - last_good.ended > limit
     else:
-        oldest = history.runs(plan.name, limit=1, oldest_first=True)
+        oldest = history.runs(plan.name, limit=1, oldest_first=True, kind="backup")
         overdue = bool(oldest) and now - oldest[0].started > limit
     return PlanStatus(
         plan, last, last_good, running[-1] if running else None, period, next_run, overdue

@@ -36,6 +36,7 @@ from blockvault.plans.model import (
     CheckSpec,
     Plan,
     PreFailure,
+    RunKind,
     RunRecord,
     RunStatus,
     SourceKind,
@@ -49,8 +50,10 @@ from blockvault.plans.schedule import parse_schedule
 __all__ = [
     "DEFAULT_PLANS",
     "PLANS_ENV",
+    "SKIPPED_WHY",
     "History",
     "PlanBook",
+    "Reckoning",
     "check_spec_text",
     "parse_check_spec",
     "plan_from_table",
@@ -459,13 +462,14 @@ CREATE TABLE IF NOT EXISTS runs (
     snapshot TEXT,
     error TEXT,
     log TEXT,
-    owner TEXT NOT NULL DEFAULT ''
+    owner TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL DEFAULT 'backup'
 );
 CREATE INDEX IF NOT EXISTS runs_by_plan ON runs (plan, run_id);
 """
 _COLUMNS = (
     "plan, run_id, trigger, status, started, ended, bytes_read, bytes_new, bytes_stored, "
-    "snapshot, error, log"
+    "snapshot, error, log, kind"
 )
 
 
@@ -480,6 +484,9 @@ class History:
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+            if "kind" not in columns:  # a history from before checks were recorded
+                db.execute("ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'backup'")
 
     @classmethod
     def beside(cls, plans_file: Path) -> Self:
@@ -501,20 +508,28 @@ class History:
                 where=f"history database {self.path}",
             ) from None
 
-    def start(self, plan: str, trigger: Trigger, *, now: datetime | None = None) -> RunRecord:
+    def start(
+        self,
+        plan: str,
+        trigger: Trigger,
+        *,
+        kind: RunKind = "backup",
+        now: datetime | None = None,
+    ) -> RunRecord:
         """A new run, "running", owned by this process; its log file's path is chosen
         (the file itself is the runner's)."""
         started = _utc(now)
         with self._db() as db:
             cursor = db.execute(
-                "INSERT INTO runs (plan, trigger, status, started, owner) VALUES (?, ?, ?, ?, ?)",
-                (plan, trigger, "running", started.isoformat(), _owner(os.getpid())),
+                "INSERT INTO runs (plan, trigger, status, started, owner, kind) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (plan, trigger, "running", started.isoformat(), _owner(os.getpid()), kind),
             )
             run_id = cursor.lastrowid
             assert run_id is not None
             log = str(self.logs / f"{plan}-{run_id}.log")
             db.execute("UPDATE runs SET log = ? WHERE run_id = ?", (log, run_id))
-        return RunRecord(plan, run_id, trigger, "running", started, log=log)
+        return RunRecord(plan, run_id, trigger, "running", started, log=log, kind=kind)
 
     def finish(self, record: RunRecord, *, now: datetime | None = None) -> RunRecord:
         """Record how ``record`` ended (its status, bytes, snapshot, error) and drop the
@@ -538,26 +553,38 @@ class History:
                     done.run_id,
                 ),
             )
-        self._trim(done.plan)
+        self._trim(done.plan, done.kind)
         return done
 
     def runs(
-        self, plan: str, limit: int = KEEP_RUNS, *, oldest_first: bool = False
+        self,
+        plan: str,
+        limit: int = KEEP_RUNS,
+        *,
+        oldest_first: bool = False,
+        kind: RunKind | None = None,
     ) -> list[RunRecord]:
-        """The plan's runs, newest first (or oldest first)."""
+        """The plan's runs, newest first (or oldest first); of one kind, or all."""
         order = "ASC" if oldest_first else "DESC"
-        return self._select(f"WHERE plan = ? ORDER BY run_id {order} LIMIT ?", (plan, limit))
+        kinds = get_args(RunKind) if kind is None else (kind,)
+        return self._select(
+            f"WHERE plan = ? AND kind IN ({', '.join('?' * len(kinds))}) "
+            f"ORDER BY run_id {order} LIMIT ?",
+            (plan, *kinds, limit),
+        )
 
-    def last(self, plan: str) -> RunRecord | None:
-        """The plan's newest run that has ended."""
+    def last(self, plan: str, kind: RunKind = "backup") -> RunRecord | None:
+        """The plan's newest backup (or check) that has ended."""
         found = self._select(
-            "WHERE plan = ? AND status != 'running' ORDER BY run_id DESC LIMIT 1", (plan,)
+            "WHERE plan = ? AND kind = ? AND status != 'running' ORDER BY run_id DESC LIMIT 1",
+            (plan, kind),
         )
         return found[0] if found else None
 
     def last_good(self, plan: str) -> RunRecord | None:
         found = self._select(
-            "WHERE plan = ? AND status = 'ok' ORDER BY run_id DESC LIMIT 1", (plan,)
+            "WHERE plan = ? AND kind = 'backup' AND status = 'ok' ORDER BY run_id DESC LIMIT 1",
+            (plan,),
         )
         return found[0] if found else None
 
@@ -566,7 +593,9 @@ class History:
         ``interrupted_leftovers`` is called)."""
         if plan is None:
             return self._select("WHERE status = 'running' ORDER BY run_id", ())
-        return self._select("WHERE status = 'running' AND plan = ? ORDER BY run_id", (plan,))
+        return self._select(
+            "WHERE status = 'running' AND plan = ? AND kind = 'backup' ORDER BY run_id", (plan,)
+        )
 
     def interrupted_leftovers(self, *, now: datetime | None = None) -> list[RunRecord]:
         """Mark every run left "running" by a process that no longer runs (killed,
@@ -596,12 +625,14 @@ class History:
             rows = db.execute(f"SELECT {_COLUMNS} FROM runs {where}", args).fetchall()
         return [_record(row) for row in rows]
 
-    def _trim(self, plan: str) -> None:
+    def _trim(self, plan: str, kind: RunKind) -> None:
+        """Keep the newest ``keep_runs`` of each kind: frequent checks do not push the
+        plan's backups out of its history."""
         with self._db() as db:
             old = db.execute(
-                "SELECT run_id, log FROM runs WHERE plan = ? AND status != 'running' "
+                "SELECT run_id, log FROM runs WHERE plan = ? AND kind = ? AND status != 'running' "
                 "ORDER BY run_id DESC LIMIT -1 OFFSET ?",
-                (plan, self.keep_runs),
+                (plan, kind, self.keep_runs),
             ).fetchall()
             db.executemany("DELETE FROM runs WHERE run_id = ?", [(run_id,) for run_id, _ in old])
         for _, log in old:
@@ -617,8 +648,15 @@ def _utc(now: datetime | None) -> datetime:
     return moment.astimezone(UTC)
 
 
+SKIPPED_WHY: Final = "could not start within"
+_OLD_SKIPPED: Final = f"skipped: {SKIPPED_WHY} "
+
+
 def _record(row: tuple[Any, ...]) -> RunRecord:
-    plan, run_id, trigger, status, started, ended, read, new, stored, snap, error, log = row
+    plan, run_id, trigger, status, started, ended, read, new, stored, snap, error, log, kind = row
+    if status == "failed" and (error or "").startswith(_OLD_SKIPPED):
+        # written before "skipped" was a status of its own: read it as what it was
+        status, error = "skipped", error.removeprefix("skipped: ")
     return RunRecord(
         plan=plan,
         run_id=run_id,
@@ -632,6 +670,7 @@ def _record(row: tuple[Any, ...]) -> RunRecord:
         snapshot=snap,
         error=error,
         log=log,
+        kind=cast(RunKind, kind),
     )
 
 
@@ -662,3 +701,61 @@ def _alive(owner: str) -> bool:
     if not pid.isdigit() or boot != _boot_id():
         return False
     return _owner(int(pid)) == owner
+
+
+MAX_JITTER_SECONDS: Final = 366 * 86400  # a jitter is at most a tenth of a period
+
+
+class Reckoning:
+    """When each plan last fired, in table ``agent_reckoning`` of the plans database,
+    and the jitter the agent gives it (``agent_jitter``): what ``status`` needs to show
+    when the agent will fire it (``schedule.fire_time``)."""
+
+    def __init__(self, database: Path) -> None:
+        self._db = sqlite3.connect(database, isolation_level=None, timeout=30)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS agent_reckoning"
+            " (plan TEXT PRIMARY KEY, since TEXT NOT NULL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS agent_jitter (plan TEXT PRIMARY KEY, seconds REAL NOT NULL)"
+        )
+
+    def get(self, plan: str) -> datetime | None:
+        row = self._db.execute(
+            "SELECT since FROM agent_reckoning WHERE plan = ?", (plan,)
+        ).fetchone()
+        try:
+            moment = datetime.fromisoformat(row[0]) if row is not None else None
+        except (TypeError, ValueError):  # not ours, or damaged: as if it never fired
+            return None
+        if moment is None or moment.tzinfo is not None:
+            return moment
+        return moment.replace(tzinfo=UTC)
+
+    def set(self, plan: str, since: datetime) -> None:
+        self._db.execute(
+            "INSERT INTO agent_reckoning (plan, since) VALUES (?, ?)"
+            " ON CONFLICT (plan) DO UPDATE SET since = excluded.since",
+            (plan, since.astimezone(UTC).isoformat()),
+        )
+
+    def jitter(self, plan: str) -> timedelta:
+        """The delay after each fire time the agent last gave the plan (0 if none)."""
+        row = self._db.execute(
+            "SELECT seconds FROM agent_jitter WHERE plan = ?", (plan,)
+        ).fetchone()
+        seconds = row[0] if row is not None else 0
+        if not isinstance(seconds, int | float) or not 0 <= seconds <= MAX_JITTER_SECONDS:
+            return timedelta(0)  # not ours, or damaged
+        return timedelta(seconds=seconds)
+
+    def set_jitter(self, plan: str, jitter: timedelta) -> None:
+        self._db.execute(
+            "INSERT INTO agent_jitter (plan, seconds) VALUES (?, ?)"
+            " ON CONFLICT (plan) DO UPDATE SET seconds = excluded.seconds",
+            (plan, jitter.total_seconds()),
+        )
+
+    def close(self) -> None:
+        self._db.close()

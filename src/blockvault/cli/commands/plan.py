@@ -361,6 +361,7 @@ def register(group: click.Group) -> None:
             None,
             [
                 "Run",
+                "Kind",
                 "Trigger",
                 "Started",
                 "Seconds",
@@ -375,6 +376,7 @@ def register(group: click.Group) -> None:
             [
                 (
                     r.run_id,
+                    r.kind,
                     r.trigger,
                     when(r.started),
                     "" if r.seconds is None else f"{r.seconds:.0f}",
