@@ -286,6 +286,26 @@ def test_import_twice_stores_almost_nothing(source: Source, tmp_path: Path) -> N
     assert chunks(alike) == chunks(source.plain)  # copied as stored, none re-encoded
 
 
+def test_a_split_image_imports_by_its_name(source: Source, tmp_path: Path) -> None:
+    """As restore does, import takes a split image by the name it was exported to (only
+    NAME.001, NAME.002... exist); a name that is nothing gives one line."""
+    dest = tmp_path / "disk.bvi"
+    done = blockvault("-r", source.plain, "export", "latest", dest, "--split", "2M")
+    assert done.returncode == 0, done.stderr
+    assert not dest.exists() and (tmp_path / "disk.bvi.001").exists()
+    repo = tmp_path / "repo"
+    Repository.init(str(repo), chunk_size=64 * 1024)
+    done = blockvault("-r", repo, "import", dest)
+    assert done.returncode == 0, done.stderr
+    target = tmp_path / "out.img"
+    assert blockvault("-r", repo, "restore", "latest", target).returncode == 0
+    source.check_restored(target, tmp_path)
+    missing = blockvault("-r", repo, "import", tmp_path / "nothing.bvi")
+    assert missing.returncode == 2
+    assert missing.stderr.strip().endswith("nothing.bvi: no such file or directory")
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+
 def test_an_interrupted_export_leaves_no_file(source: Source, tmp_path: Path) -> None:
     repo = Repository.open(str(source.plain))
     seen = []

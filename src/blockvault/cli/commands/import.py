@@ -9,6 +9,7 @@ specific.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -16,6 +17,7 @@ import click
 
 from blockvault.cli.commands import import_bvi
 from blockvault.errors import UsageError
+from blockvault.storage.bundle import is_bundle
 
 __all__ = ["SOURCES", "Source", "register"]
 
@@ -70,6 +72,8 @@ def kind_of(source: str, given: str | None) -> str:
     """The kind of ``source``: ``given`` if any, else the first whose probe knows it."""
     if given:
         return given
+    if not os.path.exists(source) and not is_bundle(source):  # a split image: NAME.001
+        raise UsageError(f"{source}: no such file or directory")
     for name, kind in SOURCES.items():
         if _load(kind.probe)(source):
             return name
@@ -81,7 +85,7 @@ def kind_of(source: str, given: str | None) -> str:
 
 def register(group: click.Group) -> None:
     @group.command("import")
-    @click.argument("source", type=click.Path(exists=True))
+    @click.argument("source", type=click.Path())
     @click.option(
         "--format",
         "kind",
