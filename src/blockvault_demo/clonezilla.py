@@ -46,6 +46,11 @@ done < "$work/devices"
 mount --bind "$work/partitions" /proc/partitions
 mkdir -p /home/partimag
 mount --bind "$work/images" /home/partimag
+# ocs-sr runs os-prober and linux-boot-prober to describe the machine; their grub-mount
+# daemons would outlive the namespace and keep the loop devices busy
+for prober in os-prober linux-boot-prober; do
+    if command -v "$prober" >/dev/null; then mount --bind /bin/true "$(command -v "$prober")"; fi
+done
 exec ocs-sr "$@"
 """
 

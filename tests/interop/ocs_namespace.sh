@@ -45,4 +45,9 @@ printf "$partitions" > "$work/partitions"
 mount --bind "$work/dev" /dev
 mount --bind "$work/partitions" /proc/partitions
 mount --bind "$work/sysblock" /sys/block
+# ocs-sr runs os-prober and linux-boot-prober to describe the machine; their grub-mount
+# daemons would outlive the namespace and keep the loop devices busy
+for prober in os-prober linux-boot-prober; do
+    if command -v "$prober" >/dev/null; then mount --bind /bin/true "$(command -v "$prober")"; fi
+done
 exec "$@"
