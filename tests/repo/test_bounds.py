@@ -77,14 +77,16 @@ def test_declared_lengths_beyond_the_bound_are_refused(
         Codec().decode(magic, envelope(magic, length, b"x" * 16), limit=limit)
 
 
-def test_repository_refuses_a_chunk_larger_than_its_chunk_size(tmp_path: Path) -> None:
+def test_repository_refuses_a_chunk_larger_than_any_chunk_may_be(tmp_path: Path) -> None:
+    """A chunk is at most the disk chunk size or a file snapshot's largest object."""
     repo = Repository.init(str(tmp_path / "r"), chunk_size=4096)
-    plain = bytes(range(256)) * 32  # 8 KiB: a valid object, but not a chunk of this repository
+    assert repo.chunk_bound == fmt.MAX_FILE_OBJECT
+    plain = bytes(range(256)) * (fmt.MAX_FILE_OBJECT // 256 + 16)  # a valid object, too large
     chunk_id = blake3.blake3(plain).hexdigest()
     stored = tmp_path / "r" / fmt.chunk_name(chunk_id)
     stored.parent.mkdir(parents=True, exist_ok=True)
     stored.write_bytes(Codec(3).encode(fmt.CHUNK_MAGIC, plain))
-    with pytest.raises(ChunkCorrupt, match="exceeds the bound of 4096 bytes"):
+    with pytest.raises(ChunkCorrupt, match=f"exceeds the bound of {fmt.MAX_FILE_OBJECT} bytes"):
         repo.get_chunk(chunk_id)
 
 

@@ -137,7 +137,7 @@ def test_check_without_reading_finds_chunks_of_impossible_size(
     victim = repo / fmt.chunk_name(chunks_of_partition(repo, 2)[1])
     if size == "huge":
         with open(victim, "ab") as f:
-            f.truncate(256 * 1024 + 4096 + 1)  # sparse: costs nothing
+            f.truncate(fmt.MAX_FILE_OBJECT + 4096 + 1)  # sparse: costs nothing
     else:
         victim.write_bytes(victim.read_bytes()[: int(size)])
     proc = run("-r", repo, "check", "--json")

@@ -26,6 +26,7 @@ __all__ = [
     "INDEX_REGION",
     "MAX_CHUNK_SIZE",
     "MAX_CONFIG_BYTES",
+    "MAX_FILE_OBJECT",
     "MAX_INDEX_BYTES",
     "MAX_KEYS",
     "MAX_KEY_BYTES",
@@ -33,6 +34,7 @@ __all__ = [
     "MAX_PLAINTEXT",
     "MIN_CHUNK_SIZE",
     "REGION_DISK",
+    "REGION_FILES",
     "REGION_PARTITION",
     "SNAPSHOT_MAGIC",
     "VERSION",
@@ -179,6 +181,13 @@ assert INDEX_HEADER.size == 16
 
 REGION_DISK: Final = 0  # the boot areas: the whole disk, used map = outside partitions
 REGION_PARTITION: Final = 1  # one partition's content
+# a file snapshot's one region: every object its trees reference (tree objects, file
+# content), sorted and each once; start 0, size 0, no used map, any chunk_count
+REGION_FILES: Final = 2
+# the most plaintext a file snapshot's object may hold: a content-defined chunk (at most
+# 8 MiB), a pack of small files, or a directory's tree object; chunks of any repository
+# may be this large, whatever its fixed chunk size for disks
+MAX_FILE_OBJECT: Final = 8 << 20
 
 INDEX_REGION: Final = struct.Struct(
     "<"

@@ -39,9 +39,15 @@ class Region:
 
     @property
     def name(self) -> str:
+        if self.kind == fmt.REGION_FILES:
+            return "files"
         return "boot areas" if self.kind == fmt.REGION_DISK else f"partition {self.number}"
 
     def chunks(self, chunk_size: int) -> Iterator[ChunkRef]:
+        """The region's chunks where they lie; a files region has no layout (its
+        objects are placed by trees, ``repo/tree.py``) and yields none."""
+        if self.kind == fmt.REGION_FILES:
+            return
         for k, raw in enumerate(self.chunk_ids):
             offset = k * chunk_size
             length = min(chunk_size, self.size - offset)
@@ -70,9 +76,13 @@ class Index:
         spanning the disk, then each imaged partition where the manifest puts it, in
         the manifest's chunk size. A reader trusts no region that fails this: restore
         writes each region at its ``start``, and must never write past the disk."""
-        want = [(fmt.REGION_DISK, 0, 0, snapshot.disk_size)] + [
-            (fmt.REGION_PARTITION, p.number, p.start, p.size) for p in snapshot.imaged_partitions
-        ]
+        if snapshot.kind == "files":
+            want = [(fmt.REGION_FILES, 0, 0, 0)]
+        else:
+            want = [(fmt.REGION_DISK, 0, 0, snapshot.disk_size)] + [
+                (fmt.REGION_PARTITION, p.number, p.start, p.size)
+                for p in snapshot.imaged_partitions
+            ]
         have = [(r.kind, r.number, r.start, r.size) for r in self.regions]
         problems = []
         if have != want:
@@ -123,9 +133,11 @@ class Index:
             kind, number, _, start, size, n_ext, n_chunks = fmt.INDEX_REGION.unpack_from(
                 data, pos - fmt.INDEX_REGION.size
             )
-            if kind not in (fmt.REGION_DISK, fmt.REGION_PARTITION):
+            if kind not in (fmt.REGION_DISK, fmt.REGION_PARTITION, fmt.REGION_FILES):
                 raise ValueError(f"{where}: unknown kind {kind}")
-            if n_chunks != -(-size // chunk_size):
+            if kind == fmt.REGION_FILES and (start or size or n_ext):
+                raise ValueError(f"{where}: a files region has no start, size or used map")
+            if kind != fmt.REGION_FILES and n_chunks != -(-size // chunk_size):
                 raise ValueError(f"{where}: {n_chunks} chunks for {size} bytes")
             first = pos
             pos = _need(data, pos, n_ext * fmt.INDEX_EXTENT.size, f"{where}: {n_ext} extents")

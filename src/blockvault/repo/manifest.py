@@ -64,11 +64,20 @@ class Snapshot:
     # writer session began (what a file backup diffs against); "" when there was none,
     # or in snapshots made before it was recorded. It may since have been pruned.
     parent: str = ""
+    # "disk" (an image: partitions and an index of regions) or "files" (directory trees
+    # and streams: ``tree`` is the root tree object, ``paths`` what was backed up, and
+    # the index's one files region lists every object the trees reference)
+    kind: str = "disk"
+    paths: tuple[str, ...] = ()
+    tree: str = ""
     id: str = ""  # filled in when read back; not part of the stored JSON
 
     @property
     def origin(self) -> str:
-        """Host, disk and imaged partitions, for people: ``pc1 wwn:0x5000… [1, 2]``."""
+        """Host, disk and imaged partitions, for people: ``pc1 wwn:0x5000… [1, 2]``
+        (for file snapshots: host and paths, ``pc1 files /home /etc``)."""
+        if self.kind == "files":
+            return f"{self.host} files {' '.join(self.paths)}"
         numbers = list(self.imaged_partitions_numbers)
         return f"{self.host} {self.source_id or self.source} partitions {numbers}"
 
@@ -76,6 +85,8 @@ class Snapshot:
         """Whether both image the same partitions of the same disk of the same host:
         ``latest`` never crosses from one origin to another. A snapshot made before
         ``source_id`` was recorded is compared by its device or image path."""
+        if self.kind != other.kind:
+            return False
         if self.host != other.host or self.imaged_partitions_numbers != (
             other.imaged_partitions_numbers
         ):
@@ -98,9 +109,11 @@ class Snapshot:
     def to_json(self) -> bytes:
         data = asdict(self)
         data.pop("id")
-        for optional in ("source_id", "parent"):  # absent reads as it did before they existed
-            if not data[optional]:
+        for optional in ("source_id", "parent", "paths", "tree"):
+            if not data[optional]:  # absent reads as it did before they existed
                 data.pop(optional)
+        if data["kind"] == "disk":
+            data.pop("kind")
         return json.dumps({"version": 1, **data}, sort_keys=True, indent=1).encode()
 
     @classmethod
@@ -121,6 +134,16 @@ class Snapshot:
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise ValueError("tags: a list of strings is expected")
         data["tags"] = tuple(tags)
+        paths = data.get("paths", [])
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise ValueError("paths: a list of strings is expected")
+        data["paths"] = tuple(paths)
+        if data.get("kind", "disk") not in ("disk", "files"):
+            raise ValueError(f"kind: {data['kind']!r} is neither disk nor files")
+        if data.get("tree") and not fmt.is_object_id(data["tree"]):
+            raise ValueError(f"tree: {data['tree']!r} is not an object id")
+        if data.get("kind") == "files" and not data.get("tree"):
+            raise ValueError("a files snapshot names no tree")
         data["stats"] = Stats(**_known(Stats, data.get("stats", {})))
         if data.get("parent") and not fmt.is_object_id(data["parent"]):
             raise ValueError(f"parent: {data['parent']!r} is not a snapshot id")
@@ -137,6 +160,7 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,),
     "bool": (bool,),
     "str | None": (str, type(None)),
+    "tuple[str, ...]": (list,),
 }
 
 

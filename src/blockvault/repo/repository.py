@@ -273,6 +273,12 @@ class Repository:
 
     # --- ids and keys --------------------------------------------------------------
     @property
+    def chunk_bound(self) -> int:
+        """The most plaintext any chunk of this repository may hold: a disk chunk of the
+        configured size, or a file snapshot's object (``fmt.MAX_FILE_OBJECT``)."""
+        return max(self.config.chunk_size, fmt.MAX_FILE_OBJECT)
+
+    @property
     def encrypted(self) -> bool:
         return self.config.encrypted
 
@@ -412,7 +418,7 @@ class Repository:
         """The stored (still compressed) form, as remote copies and multicast move it."""
         try:
             return _read_small(
-                self.backend, fmt.chunk_name(chunk_id), _stored_bound(self.config.chunk_size)
+                self.backend, fmt.chunk_name(chunk_id), _stored_bound(self.chunk_bound)
             )
         except ObjectNotFound:
             raise ChunkMissing(chunk=chunk_id, repo=self.location, where="") from None
@@ -421,7 +427,7 @@ class Repository:
 
     def decode_chunk(self, chunk_id: str, raw: bytes) -> bytes:
         try:
-            return self.codec.decode(fmt.CHUNK_MAGIC, raw, chunk_id, self.config.chunk_size)
+            return self.codec.decode(fmt.CHUNK_MAGIC, raw, chunk_id, self.chunk_bound)
         except DecodeError as exc:
             raise ChunkCorrupt(str(exc), chunk=chunk_id, repo=self.location, where="") from None
 
@@ -581,7 +587,7 @@ class Repository:
         """Why a chunk stored in ``size`` bytes cannot be sound, if it cannot: smaller
         than its envelope header, or larger than any chunk of this repository may be
         stored (a reader refuses it unread)."""
-        bound = _stored_bound(self.config.chunk_size)
+        bound = _stored_bound(self.chunk_bound)
         if size < fmt.ENVELOPE.size:
             header = fmt.ENVELOPE.size
             return f"its stored size, {size} bytes, is smaller than the {header}-byte header"
