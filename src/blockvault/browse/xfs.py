@@ -36,6 +36,7 @@ _BMBT_KEY: Final = 8
 _BMDR_HEADER: Final = 4  # xfs_bmdr_block: level, numrecs (the root in the inode)
 _MAX_BMBT_LEVELS: Final = 9  # XFS_BM_MAXLEVELS is 9 with 64-bit extent counts
 _MAX_EXTENTS: Final = 1 << 22  # four million extents: a badly fragmented 16 GiB file
+_DIRECTORIES_KEPT: Final = 8  # directory listings held for lookups (a path's parents)
 _DIR_SPACE: Final = 32 << 30  # XFS_DIR2_SPACE_SIZE: data blocks live below 32 GiB
 
 Extent = tuple[int, int, int, bool]  # file block, filesystem block, count, unwritten
@@ -53,6 +54,7 @@ class XfsFilesystem(Filesystem[Node]):
         self._agblocks = int(sb.sb_agblocks)
         self._dblocks = int(sb.sb_dblocks)
         self._crc = self._fs.version == 5
+        self._names: dict[int, dict[str, Node]] = {}  # inode -> its entries, oldest first
         if sb.sb_dirblklog:
             raise NotImplementedError(
                 f"directory blocks of {self._block << sb.sb_dirblklog} bytes "
@@ -76,6 +78,21 @@ class XfsFilesystem(Filesystem[Node]):
             if node.size > min(_DIR_SPACE, data_blocks * self._block):
                 raise ValueError(f"directory of {node.size} bytes maps {data_blocks} blocks")
         return without_dots((child.filename, child) for child in node.iterdir())
+
+    def _lookup(self, node: Node, name: str) -> Node | None:
+        # Names in an XFS directory are hashed, not sorted; rather than read its hash
+        # tree, keep the last few directories read as dicts: a path walks through its
+        # parents each time, and a walk opens the files of one directory in turn.
+        inum = int(node.inum)
+        children = self._names.pop(inum, None)
+        if children is None:
+            children = {}
+            for child_name, child in self._children(node):
+                children.setdefault(child_name, child)
+        self._names[inum] = children
+        while len(self._names) > _DIRECTORIES_KEPT:
+            del self._names[next(iter(self._names))]
+        return children.get(name)
 
     def _kind(self, node: Node) -> Kind:
         mode = stat.S_IFMT(node.inode.di_mode)
