@@ -148,6 +148,22 @@ def test_restore_onto_a_larger_disk_keeps_the_xfs_size(backed: Backed) -> None:
     fsck(_partition(backed, target, "larger-part.img"), "xfs")
 
 
+def test_restore_with_grow_grows_the_xfs_into_the_larger_partition(backed: Backed) -> None:
+    target = backed.work / "grown.img"
+    target.write_bytes(b"")
+    os.truncate(target, backed.disk.size + 64 * MiB)
+    restore(backed.repo, backed.snapshot, str(target), confirm=lambda _: True, grow=True)
+    table = json.loads(sh("sfdisk", "--json", target))["partitiontable"]
+    part = table["partitions"][XFS_PART - 1]
+    offset, size = part["start"] * 512, part["size"] * 512
+    assert size > backed.part[1] + 60 * MiB
+    grown = extract(target, offset, size, backed.work / "grown-part.img")
+    fsck(grown, "xfs")
+    blocks = int(sh("xfs_db", "-r", "-c", "sb 0", "-c", "print dblocks", grown).split("=")[1])
+    assert blocks * 4096 > size - 4 * MiB  # the filesystem fills its partition
+    assert tree(grown, "xfs", backed.work / "grown-tree") == manifest(backed.tree)
+
+
 def test_restore_onto_a_smaller_disk_says_xfs_cannot_shrink(backed: Backed) -> None:
     target = backed.work / "smaller.img"
     target.write_bytes(b"")
