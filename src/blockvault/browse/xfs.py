@@ -23,6 +23,7 @@ from typing import Any, BinaryIO, Final
 from dissect.util.stream import RunlistStream
 from dissect.xfs import XFS
 from dissect.xfs.c_xfs import c_xfs
+from dissect.xfs.xfs import parse_fsblock
 
 from blockvault.browse.filesystem import Entry, Filesystem, Kind, without_dots
 
@@ -209,12 +210,9 @@ def _pointers(data: bytes, at: int, count: int) -> list[int]:
 
 
 def _records(data: bytes) -> list[Extent]:
-    """Packed ``xfs_bmbt_rec``s: flag (1 bit), file offset (54), block (52), count (21)."""
+    """Packed ``xfs_bmbt_rec``s (flag, file offset, block, count), decoded by dissect."""
     out = []
     for at in range(0, len(data), _EXTENT_SIZE):
-        value = int.from_bytes(data[at : at + _EXTENT_SIZE], "big")
-        count = value & ((1 << 21) - 1)
-        block = value >> 21 & ((1 << 52) - 1)
-        first = value >> 73 & ((1 << 54) - 1)
-        out.append((first, block, count, bool(value >> 127)))
+        first, block, count, flag = parse_fsblock(data[at : at + _EXTENT_SIZE])
+        out.append((first, block, count, bool(flag)))
     return out
