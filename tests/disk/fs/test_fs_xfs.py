@@ -162,6 +162,7 @@ HOSTILE: dict[str, Callable[[Path], None]] = {
     "free-extent-past-group": lambda image: _patch(
         image, _u32(image, BNO_ROOT) * BLOCK + 56 + 4, 0xFFFFFFF, 4
     ),
+    "headers-called-free": lambda image: _patch(image, _u32(image, BNO_ROOT) * BLOCK + 56, 0, 4),
     "agf-length-wrong": lambda image: _patch(image, AGF + 12, 7, 4),
     "agfl-count-huge": lambda image: _patch(image, AGF + 48, 10_000, 4),
     "agcount-zero": lambda image: _patch(image, 88, 0, 4),

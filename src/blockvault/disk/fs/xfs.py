@@ -190,7 +190,8 @@ class _Group:
             at = header + i * REC_SIZE
             start = int.from_bytes(data[at : at + 4], "big")
             count = int.from_bytes(data[at + 4 : at + 8], "big")
-            if count == 0 or start + count > self.length:
+            # block 0 holds the group's headers (superblock copy, AGF, AGI, AGFL)
+            if count == 0 or start == 0 or start + count > self.length:
                 raise _fail(
                     f"free-space B+tree block {block} frees blocks {start}+{count} "
                     f"outside the group's {self.length}",
