@@ -3,7 +3,8 @@ a directory of thousands of entries (node form), a file of hundreds of extents
 (an extent B+tree), a sparse file; and a damaged extent tree that must fail, not loop.
 
 The filesystem is made by mkfs.xfs and filled and read back through a loop mount
-(root); the reader opens the image file directly.
+(root), or filled by ``mkfs.xfs -p`` (v4 and v5, no root); the reader opens the image
+file directly.
 """
 
 from __future__ import annotations
@@ -18,12 +19,8 @@ import pytest
 
 from blockvault.browse.filesystem import Filesystem
 from blockvault.browse.xfs import XfsFilesystem
-from tests.conftest import IS_ROOT, need_tools, sh
-
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(not IS_ROOT, reason="filling an XFS needs a loop mount (root)"),
-]
+from tests.conftest import need_tools, needs_root, sh
+from tests.disk.fs.fsimages import V4, build_xfs_proto
 
 MiB = 1024 * 1024
 BLOCK = 4096
@@ -99,6 +96,8 @@ def image(
     yield path, view
 
 
+@pytest.mark.root
+@needs_root
 def test_reader_sees_what_the_kernel_sees(
     image: tuple[Path, dict[str, tuple[str, int, int, str]]],
 ) -> None:
@@ -107,6 +106,26 @@ def test_reader_sees_what_the_kernel_sees(
         assert reader_view(XfsFilesystem(f)) == view
 
 
+@pytest.mark.parametrize("version", [4, 5])
+def test_prototype_filled_xfs_reads_back(version: int, tmp_path: Path) -> None:
+    """v4 and v5 filled by mkfs.xfs -p (no mount): contents, modes, owners, the link."""
+    need_tools("mkfs.xfs")
+    image, expected = build_xfs_proto(tmp_path, *(V4 if version == 4 else ()))
+    with image.open("rb") as f:
+        fs = XfsFilesystem(f)
+        assert [e.name for e in fs.listdir("/")] == ["hello.txt", "link", "sub"]
+        for path, content in expected.items():
+            entry = fs.entry(path)
+            got = entry.target.encode() if entry.target else fs.open(path).read()
+            assert got == content, path
+        hello, sub = fs.entry("/hello.txt"), fs.entry("/sub")
+        assert (hello.mode, hello.uid, hello.gid) == (0o100644, 1000, 1000)
+        assert sub.mode == 0o40750
+        assert fs.open("/link").read() == expected["/sub/data.bin"]  # followed
+
+
+@pytest.mark.root
+@needs_root
 def test_a_looping_extent_tree_fails_instead_of_looping(
     image: tuple[Path, dict[str, tuple[str, int, int, str]]], tmp_path: Path
 ) -> None:

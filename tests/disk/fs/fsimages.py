@@ -234,6 +234,33 @@ def build_xfs(workdir: Path, size: int, *options: str) -> Path:
     return image
 
 
+V4 = ("-m", "crc=0,finobt=0,reflink=0,rmapbt=0,bigtime=0,inobtcount=0", "-i", "sparse=0")
+"""mkfs.xfs options for a version 4 XFS (deprecated; this kernel cannot mount one)."""
+
+
+def build_xfs_proto(workdir: Path, *options: str) -> tuple[Path, dict[str, bytes]]:
+    """An XFS filled by ``mkfs.xfs -p`` from a prototype file (no mount, no root): a
+    file, a directory with a 100 KB file and a symlink. Returns the image and
+    path -> content (symlink: target) as written."""
+    (workdir / "hello.txt").write_bytes(b"hello\n")
+    (workdir / "data.bin").write_bytes(bytes(range(256)) * 400)
+    proto = workdir / "proto"
+    proto.write_text(
+        "/dev/null\n0 0\nd--755 0 0\n"
+        f"hello.txt ---644 1000 1000 {workdir / 'hello.txt'}\n"
+        f"sub d--750 0 0\ndata.bin ---600 0 0 {workdir / 'data.bin'}\n$\n"
+        "link l--777 0 0 sub/data.bin\n$\n"
+    )
+    image = new_image(workdir / "xfs.img", 320 * MiB)
+    sh("mkfs.xfs", "-q", "-f", *options, "-p", proto, image)
+    expected = {
+        "/hello.txt": b"hello\n",
+        "/sub/data.bin": (workdir / "data.bin").read_bytes(),
+        "/link": b"sub/data.bin",
+    }
+    return image, expected
+
+
 def partclone_image(image: Path, work: Path) -> PartcloneImage:
     """What ``partclone.xfs -c`` makes of ``image``: its header and block bitmap."""
     out = work / f"{image.stem}.partclone"

@@ -23,7 +23,7 @@ from blockvault.errors import FilesystemError
 from blockvault_demo.sample import make_tree, manifest
 from tests.conftest import need_tools, sh
 
-from .fsimages import TREE_KINDS, copy_used, partclone_image, read_map
+from .fsimages import TREE_KINDS, V4, build_xfs_proto, copy_used, partclone_image, read_map
 
 MiB = 1 << 20
 SMALLEST = 300 * MiB  # mkfs.xfs makes no smaller v5 filesystem
@@ -60,11 +60,7 @@ CASES: dict[str, tuple[int, tuple[str, ...], Callable[[Path], None]]] = {
     "filled-8-ags": (1024 * MiB, ("-d", "agcount=8"), fill_realistic),
     "filled-1k-blocks-rmapbt": (320 * MiB, ("-b", "size=1024", "-m", "rmapbt=1"), fill_realistic),
     # this kernel mounts no v4 filesystem, so it stays as mkfs.xfs made it
-    "empty-v4": (
-        320 * MiB,
-        ("-m", "crc=0,finobt=0,reflink=0,rmapbt=0,bigtime=0,inobtcount=0", "-i", "sparse=0"),
-        fill_nothing,
-    ),
+    "empty-v4": (320 * MiB, V4, fill_nothing),
 }
 
 
@@ -108,6 +104,16 @@ def test_only_mapped_bytes_make_the_same_filesystem(
     if recorded.exists():  # filled, so mountable by this kernel
         mnt = mounted(loop(copy), tmp_path / "mnt", "-o", "ro,norecovery")
         assert repr(sorted(manifest(mnt).items())) == recorded.read_text()
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_filled_by_mkfs_prototype_without_root(version: int, tmp_path: Path) -> None:
+    """v4 filled as no mount here can: mkfs.xfs -p writes the files."""
+    need_tools("mkfs.xfs", "partclone.xfs", "xfs_repair")
+    image, _ = build_xfs_proto(tmp_path, *(V4 if version == 4 else ()))
+    info = read_map(image)
+    assert info.used == partclone_image(image, tmp_path).used
+    sh("xfs_repair", "-n", "-f", copy_used(image, info.used, tmp_path / "copy.img"))
 
 
 def test_label_and_uuid_agree_with_blkid(tmp_path: Path) -> None:
