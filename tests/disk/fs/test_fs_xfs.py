@@ -21,7 +21,7 @@ from blockvault.disk.fs import FilesystemInfo, xfs
 from blockvault.disk.fs.probe import probe
 from blockvault.errors import FilesystemError
 from blockvault_demo.sample import make_tree, manifest
-from tests.conftest import need_tools, sh
+from tests.conftest import blockvault, need_tools, sh
 
 from .fsimages import TREE_KINDS, V4, build_xfs_proto, copy_used, partclone_image, read_map
 
@@ -185,6 +185,18 @@ def test_damaged_structures_raise_filesystem_error(tmp_path: Path, damage: str) 
     with pytest.raises(FilesystemError, match="xfs filesystem") as caught:
         read_map(image)
     assert "xfs_repair" in str(caught.value)
+
+
+def test_backup_of_a_damaged_xfs_image_is_one_line_naming_it(tmp_path: Path) -> None:
+    image = _hostile(tmp_path)
+    _patch(image, BNO_LEVEL, 200, 4)
+    assert blockvault("-r", tmp_path / "repo", "init").returncode == 0
+    done = blockvault("-r", tmp_path / "repo", "backup", image)
+    assert done.returncode != 0
+    line = done.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert "damaged filesystem (xfs filesystem allocation group 0" in line
+    assert "xfs_repair -n" in line and "--raw" in line
 
 
 def test_truncated_image_raises(tmp_path: Path) -> None:
