@@ -208,6 +208,20 @@ def test_browse_ls_cat_find_extract(backed: Backed, tmp_path: Path) -> None:
         )
 
 
+def test_a_partclone_xfs_image_imports_as_a_browsable_xfs(backed: Backed, tmp_path: Path) -> None:
+    source = _partition(backed, backed.disk.path, "import-source.img")
+    image = tmp_path / "part.pcl"
+    sh("partclone.xfs", "-c", "-q", "-s", source, "-o", image, "-L", tmp_path / "pc.log")
+    repo = tmp_path / "repo"
+    assert blockvault("-r", repo, "init").returncode == 0
+    done = blockvault("-r", repo, "import", "--format", "partclone", image)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "out"
+    done = blockvault("-r", repo, "extract", "latest:1/", out)
+    assert done.returncode == 0, done.stderr
+    assert manifest(out) == manifest(backed.tree)
+
+
 def test_mount_shows_the_xfs_through_the_kernel(backed: Backed, tmp_path: Path) -> None:
     if not os.path.exists("/dev/fuse"):
         pytest.skip("no /dev/fuse")
