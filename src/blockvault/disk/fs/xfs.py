@@ -32,7 +32,7 @@ from blockvault.disk.fs import FilesystemInfo
 from blockvault.errors import FilesystemError
 from blockvault.extents import ExtentMap
 
-__all__ = ["detect", "read"]
+__all__ = ["detect", "read", "sector_size"]
 
 MAGIC: Final = b"XFSB"
 MIN_AG_BLOCKS: Final = 64  # XFS_MIN_AG_BLOCKS: the kernel refuses smaller groups
@@ -48,6 +48,12 @@ PTR_SIZE: Final = 4  # xfs_alloc_ptr_t: an AG block number
 def detect(reader: Reader) -> bool:
     """The primary superblock's magic, as libblkid checks it."""
     return reader.size >= 512 and reader.read_at(0, len(MAGIC)) == MAGIC
+
+
+def sector_size(reader: Reader) -> int:
+    """The sector size the XFS on ``reader`` was made for (``sb_sectsize``): the kernel
+    mounts it on no device whose logical sectors are larger."""
+    return int(_superblock(reader).sb_sectsize)
 
 
 def _fail(detail: str, where: str = "superblock") -> FilesystemError:
