@@ -336,13 +336,14 @@ def file_mix(root: Path) -> dict[str, dict[str, int]]:
     return dict(sorted(mix.items(), key=lambda kv: -kv[1]["bytes"]))
 
 
-def ensure_disk(size: int, fill: float, seed: int) -> dict[str, Any]:
+def ensure_disk(size: int, fill: float, seed: int, fs: str = "ext4") -> dict[str, Any]:
     """The cached sample disk for these parameters, built when missing; returns its
-    metadata (path, partition offset and size, tree summary and file mix)."""
+    metadata (path, partition offset and size, tree summary and file mix). ``fs`` is
+    the partition's filesystem (``xfs``: filled through a loop mount, so as root)."""
     from blockvault_demo import sample
 
     builder = hashlib.sha256(Path(sample.__file__).read_bytes()).hexdigest()[:8]
-    key = f"gpt-ext4-{size_label(size)}-fill{fill:g}-seed{seed}-{builder}"
+    key = f"gpt-{fs}-{size_label(size)}-fill{fill:g}-seed{seed}-{builder}"
     disks = WORK / "disks"
     image, meta_path = disks / f"{key}.img", disks / f"{key}.json"
     if image.exists() and meta_path.exists():
@@ -357,9 +358,9 @@ def ensure_disk(size: int, fill: float, seed: int) -> dict[str, Any]:
     log(f"writing a {fill:.0%} tree ({int(size * fill) / GiB:.2f} GiB) into {tree.name}")
     summary = sample.make_tree(tree, int(size * fill), seed=seed)
     mix = file_mix(tree)
-    log(f"building the {size_label(size)} GPT disk (mkfs.ext4 -d)")
+    log(f"building the {size_label(size)} GPT disk ({fs})")
     built = sample.build_disk(
-        sample.DiskSpec("gpt", size, [sample.PartitionSpec("ext4", 0, "root", tree)]), sparse
+        sample.DiskSpec("gpt", size, [sample.PartitionSpec(fs, 0, "root", tree)]), sparse
     )
     shutil.rmtree(tree)
     # Free space on a real disk is media to read, not a hole: write the image densely so

@@ -1,8 +1,8 @@
 """Independent oracles for the end-to-end tests: the filesystems' own tools.
 
 Partitions are copied out of a disk image into their own file, then checked with
-e2fsck / fsck.vfat / ntfsfix and read back with debugfs / mcopy / ntfs-3g (or ntfscat),
-never with blockvault's own parsers.
+e2fsck / fsck.vfat / ntfsfix / xfs_repair and read back with debugfs / mcopy / ntfs-3g
+(or ntfscat) / the kernel's XFS driver, never with blockvault's own parsers.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ CHECK = {
     "ext": ["e2fsck", "-fn"],
     "fat": ["fsck.vfat", "-n"],
     "ntfs": ["ntfsfix", "-n"],
+    "xfs": ["xfs_repair", "-n", "-f"],
 }
 
 
@@ -83,6 +84,18 @@ def tree(part: Path, fs: str, out: Path) -> dict[str, str]:
                 dirs_exist_ok=True,
                 ignore=shutil.ignore_patterns("System Volume Information"),
             )
+        finally:
+            subprocess.run(["umount", str(mnt)], check=False)
+    elif kind == "xfs":  # the kernel's reader (a loop mount: root)
+        mnt = out.parent / f"{out.name}-mnt"
+        mnt.mkdir()
+        subprocess.run(
+            ["mount", "-o", "loop,ro,norecovery", str(part), str(mnt)],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            return manifest(mnt)
         finally:
             subprocess.run(["umount", str(mnt)], check=False)
     else:

@@ -219,3 +219,25 @@ def test_ext_with_blocks_smaller_than_the_new_sector_is_refused(tmp_path: Path) 
         assert table is not None
         reason = sectors.check_disk(dev, table, 4096)
     assert reason is not None and "1024-byte blocks" in reason
+
+
+@pytest.mark.parametrize("xfs_sector", [512, 4096])
+def test_xfs_moves_only_when_made_for_sectors_as_large(tmp_path: Path, xfs_sector: int) -> None:
+    need_tools("sgdisk", "mkfs.xfs")
+    image = tmp_path / "d.img"
+    with image.open("wb") as f:
+        f.truncate(400 * MiB)
+    sh("sgdisk", "-n", "1:2048:0", image)
+    part = tmp_path / "p.img"
+    with part.open("wb") as f:
+        f.truncate(400 * MiB - 2 * MiB)  # leaves room for the backup GPT
+    sh("mkfs.xfs", "-q", "-f", "-s", f"size={xfs_sector}", part)
+    sh("dd", f"if={part}", f"of={image}", "bs=1M", "seek=1", "conv=sparse,notrunc", "status=none")
+    with open_device(image) as dev:
+        table = gpt.parse(dev, 512)
+        assert table is not None
+        reason = sectors.check_disk(dev, table, 4096)
+    if xfs_sector == 512:
+        assert reason is not None and "(xfs): it was made for 512-byte sectors" in reason
+    else:
+        assert reason is None

@@ -4,7 +4,7 @@ Process model: ``mount`` forks a server that starts its own session (so a
 terminal's Ctrl-C reaches only the foreground command, which then tears down in
 order) and serves :class:`SnapshotTree` until unmounted. With ``filesystems``,
 the command, not the server, then attaches ``pN.img`` to read-only loop devices
-and mounts them (ext2/3/4 by the kernel, NTFS by ntfs-3g, as root); FAT and any
+and mounts them (ext2/3/4 and XFS by the kernel, NTFS by ntfs-3g, as root); FAT and any
 filesystem when not root are shown by blockvault's own parsers inside the tree.
 
 Every loop device and inner mount is written to a state file before it is made,
@@ -52,7 +52,10 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT: Final = 30.0
 SERVER_EXIT_TIMEOUT: Final = 10.0
-_KERNEL: Final = {"ext2": "ext", "ext3": "ext", "ext4": "ext", "ntfs": "ntfs"}
+_KERNEL: Final = {"ext2": "ext", "ext3": "ext", "ext4": "ext", "ntfs": "ntfs", "xfs": "xfs"}
+# how the kernel mounts each family read-only without touching the image: no journal
+# replay; XFS also without its UUID check, as the source may be mounted beside it
+_KERNEL_MOUNT: Final = {"ext": ("ext4", "ro,noload"), "xfs": ("xfs", "ro,norecovery,nouuid")}
 
 
 @dataclass
@@ -328,7 +331,7 @@ def mount(
         for record in snap.imaged_partitions:
             target = str(where / f"p{record.number}")
             if record.number in kernel:
-                how = "kernel" if kernel[record.number] == "ext" else "ntfs-3g"
+                how = "ntfs-3g" if kernel[record.number] == "ntfs" else "kernel"
                 state.inner.append(InnerMount(record.number, target, how))
             elif record.filesystem in PARSERS:
                 note = "" if root else "not root: served by blockvault's reader"
@@ -346,7 +349,8 @@ def mount(
                     _tool("losetup"), "--find", "--show", "--read-only", image
                 ).strip()
                 state.save()
-                _run(_tool("mount"), "-t", "ext4", "-o", "ro,noload", inner.loop, inner.path)
+                fs_type, options = _KERNEL_MOUNT[kernel[inner.partition]]
+                _run(_tool("mount"), "-t", fs_type, "-o", options, inner.loop, inner.path)
             elif inner.how == "ntfs-3g":
                 image = str(where / f"p{inner.partition}.img")
                 _run(_tool("ntfs-3g"), "-o", "ro", image, inner.path)

@@ -18,6 +18,7 @@ from blockvault.browse.fat import FatFilesystem
 from blockvault.browse.filesystem import Entry, Filesystem, NotFound, normalize
 from blockvault.browse.ntfs import NtfsFilesystem
 from blockvault.browse.stream import RegionFile, region_reader
+from blockvault.browse.xfs import XfsFilesystem
 from blockvault.errors import (
     BlockvaultError,
     BrowseError,
@@ -53,6 +54,7 @@ PARSERS: Final[dict[str, Callable[[BinaryIO, str], Filesystem[object]]]] = {
     "fat16": FatFilesystem,
     "fat32": FatFilesystem,
     "ntfs": NtfsFilesystem,
+    "xfs": XfsFilesystem,
 }
 """Filesystem type as the manifest records it -> parser."""
 

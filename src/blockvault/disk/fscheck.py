@@ -27,6 +27,7 @@ CHECKERS: dict[str, list[str]] = {
     "fat16": ["fsck.vfat", "-n"],
     "fat32": ["fsck.vfat", "-n"],
     "ntfs": ["ntfsfix", "-n"],
+    "xfs": ["xfs_repair", "-n", "-f"],  # -f: the partition is a file, not a device
 }
 
 

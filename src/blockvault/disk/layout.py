@@ -21,6 +21,7 @@ __all__ = ["DiskLayout", "PartitionLayout", "read_layout", "refuse_plain_file", 
 
 BIOS_BOOT_GUID = "21686148-6449-6e6f-744e-656564454649"  # GRUB's core image on GPT disks
 BIOS_BOOT_NOTE = "BIOS boot partition (boot loader code), imaged raw"
+DAMAGED = "; imaged raw"  # ends the note of a filesystem whose structures failed to read
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,15 @@ def refuse_plain_file(device: Device, layout: DiskLayout) -> None:
     if device.is_block or layout.table is not None or device.size == 0:
         return
     if all(p.fs.type == "raw" for p in layout.partitions):
+        # a signature whose structures failed to read: name that, not "no filesystem"
+        notes = [p.fs.note or "" for p in layout.partitions]
+        damaged = [note for note in notes if note.endswith(DAMAGED)]
+        if damaged:
+            raise SourceError(
+                f"holds a damaged filesystem ({damaged[0].removesuffix(DAMAGED)}); "
+                "pass --raw to copy it as raw bytes anyway",
+                path=device.path,
+            )
         raise SourceError(
             "is a regular file with neither a partition table nor a filesystem, so it "
             "does not look like a disk image; pass --raw to copy it as raw bytes anyway",
@@ -141,7 +151,7 @@ def probe_partition(reader: Reader, part: Partition) -> FilesystemInfo:
     try:
         return probe(region)
     except FilesystemError as exc:
-        return raw(region, note=f"{exc}; imaged raw")
+        return raw(region, note=f"{exc}{DAMAGED}")
 
 
 def raise_truncated(device: SourceDisk, part: Partition) -> None:

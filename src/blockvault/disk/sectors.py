@@ -10,7 +10,8 @@ FAT: the data region (the clusters) must start on a whole new sector and a
 cluster must hold at least one; everything before it (reserved region, FATs,
 FAT12/16 root directory) is metadata and is rebuilt whole by ``convert_fat``,
 so FATs that did not start on a 4096-byte boundary are simply moved within
-that region. NTFS: only the boot sector and its backup change.
+that region. NTFS: only the boot sector and its backup change. XFS needs nothing when
+it was made for sectors at least as large as the new ones, and is refused otherwise.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from blockvault.disk.device import Device, Reader, Region
-from blockvault.disk.fs import ext, fat, ntfs
+from blockvault.disk.fs import ext, fat, ntfs, xfs
 from blockvault.disk.fs.c_fat import c_fat
 from blockvault.disk.fs.c_ntfs import (
     backup_boot_offset,
@@ -286,6 +287,14 @@ def check_disk(source: Reader, table: PartitionTable, new_ss: int) -> str | None
                 return (
                     f"partition {p.number} (ext): its {block}-byte blocks are smaller than "
                     f"a {new_ss}-byte sector, so it could not be mounted there"
+                )
+        if kind is None and xfs.detect(volume):
+            sector = xfs.sector_size(volume)
+            if sector < new_ss:
+                return (
+                    f"partition {p.number} (xfs): it was made for {sector}-byte sectors, so it "
+                    f"could not be mounted on {new_ss}-byte ones (mkfs.xfs -s size={new_ss} "
+                    "makes one that can)"
                 )
         if kind is None:
             continue

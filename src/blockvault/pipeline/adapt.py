@@ -22,6 +22,7 @@ from blockvault.disk.fs.hidden import move_hidden_sectors
 from blockvault.disk.fs.probe import probe
 from blockvault.disk.fs.resize import can_grow, can_shrink, grow_filesystem, shrink_filesystem
 from blockvault.disk.plan import (
+    DoesNotFit,
     LayoutPlan,
     grown_table,
     last_partition,
@@ -134,7 +135,19 @@ def plan_shrink(
             "out anew; nothing was written"
         )
     minimums = {n: fs_minimum(filesystems.get(n, ""), used.get(n, 0)) for n in filesystems}
-    plan = shrunk_layout(table, target_size, minimums)
+    try:
+        plan = shrunk_layout(table, target_size, minimums)
+    except DoesNotFit as exc:  # say which partitions held their size, and why
+        kept = [n for n in sorted(minimums) if minimums[n] is None and table.partition(n)]
+        if not kept:
+            raise
+        what = ", ".join(f"{n} ({filesystems.get(n) or 'unknown content'})" for n in kept)
+        raise DoesNotFit(
+            exc.missing,
+            exc.have,
+            f"{agree(len(kept), 'partition')} {what} cannot shrink (XFS has no way to "
+            "shrink, unknown content is kept whole; ext2/3/4 and NTFS can); ",
+        ) from None
     shrinking = [p.number for p in plan.placements if p.action == "shrink"]
     if not shrinking:
         return plan, None

@@ -3,9 +3,10 @@
 Each ``FsCase`` builds one filesystem in a regular file (no root needed), fills
 it with a ``make_tree`` tree, and names the independent tools that say what is
 used: ``dumpe2fs`` (free block ranges), ``fsck.fat`` and ``mshowfat`` (used
-clusters, each file's chain), ``ntfsinfo`` (free clusters), and for swap the
-page size given to ``mkswap``. The files are read back with ``debugfs``,
-``mcopy`` and ``ntfscat``, never with blockvault's parsers.
+clusters, each file's chain), ``ntfsinfo`` (free clusters), for swap the
+page size given to ``mkswap``, for XFS ``partclone.xfs``'s block bitmap. The files
+are read back with ``debugfs``, ``mcopy`` and ``ntfscat``, never with blockvault's
+parsers.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from blockvault.disk.device import open_device
 from blockvault.disk.fs import FilesystemInfo
 from blockvault.disk.fs.probe import probe
 from blockvault.extents import ExtentMap
+from blockvault.interop.partclone import PartcloneImage
+from blockvault.interop.payload import Payload
 from blockvault_demo.sample import make_tree, manifest
 from tests.conftest import sh
 from tests.fstree import tree
@@ -221,6 +224,54 @@ def build_swap(workdir: Path, page: int, size: int = 8 * MiB) -> Path:
     return image
 
 
+# --- xfs ---------------------------------------------------------------------------
+
+
+def build_xfs(workdir: Path, size: int, *options: str) -> Path:
+    """An XFS as ``mkfs.xfs`` makes it; filling one needs a mount (test_fs_xfs.py)."""
+    image = new_image(workdir / "xfs.img", size)
+    sh("mkfs.xfs", "-q", "-f", "-L", "xfslabel", *options, image)
+    return image
+
+
+V4 = ("-m", "crc=0,finobt=0,reflink=0,rmapbt=0,bigtime=0,inobtcount=0", "-i", "sparse=0")
+"""mkfs.xfs options for a version 4 XFS (deprecated; this kernel cannot mount one)."""
+
+
+def build_xfs_proto(workdir: Path, *options: str) -> tuple[Path, dict[str, bytes]]:
+    """An XFS filled by ``mkfs.xfs -p`` from a prototype file (no mount, no root): a
+    file, a directory with a 100 KB file and a symlink. Returns the image and
+    path -> content (symlink: target) as written."""
+    (workdir / "hello.txt").write_bytes(b"hello\n")
+    (workdir / "data.bin").write_bytes(bytes(range(256)) * 400)
+    proto = workdir / "proto"
+    proto.write_text(
+        "/dev/null\n0 0\nd--755 0 0\n"
+        f"hello.txt ---644 1000 1000 {workdir / 'hello.txt'}\n"
+        f"sub d--750 0 0\ndata.bin ---600 0 0 {workdir / 'data.bin'}\n$\n"
+        "link l--777 0 0 sub/data.bin\n$\n"
+    )
+    image = new_image(workdir / "xfs.img", 320 * MiB)
+    sh("mkfs.xfs", "-q", "-f", *options, "-p", proto, image)
+    expected = {
+        "/hello.txt": b"hello\n",
+        "/sub/data.bin": (workdir / "data.bin").read_bytes(),
+        "/link": b"sub/data.bin",
+    }
+    return image, expected
+
+
+def partclone_image(image: Path, work: Path) -> PartcloneImage:
+    """What ``partclone.xfs -c`` makes of ``image``: its header and block bitmap."""
+    out = work / f"{image.stem}.partclone"
+    sh("partclone.xfs", "-c", "-q", "-s", image, "-o", out, "-L", work / "partclone.log")
+    return PartcloneImage(Payload([out]))
+
+
+def xfs_used(image: Path, info: FilesystemInfo) -> None:
+    assert info.used == partclone_image(image, image.parent).used
+
+
 # --- the cases every filesystem map runs -------------------------------------------
 
 
@@ -253,6 +304,7 @@ class FsCase:
 
 E2 = ("mke2fs", "dumpe2fs", "debugfs", "e2fsck", "blkid")
 FAT = ("mkfs.fat", "fsck.fat", "mcopy", "mdel", "mshowfat", "blkid")
+XFS = ("mkfs.xfs", "partclone.xfs", "xfs_repair", "blkid")
 NTFS = ("mkntfs", "ntfscp", "ntfsinfo", "ntfsfix", "ntfscat", "blkid")
 
 
@@ -298,6 +350,9 @@ CASES = [
     _ntfs("ntfs-4k", 40 * MiB),
     _ntfs("ntfs-512b-clusters", 24 * MiB, "-c", "512"),
     _ntfs("ntfs-64k-clusters", 100 * MiB, "-c", "65536"),
+    FsCase(
+        "xfs", "xfs", "xfs", XFS, lambda w: build_xfs(w, 320 * MiB, "-b", "size=2048"), xfs_used
+    ),
     _swap("swap-4k", 4096),
     _swap("swap-64k", 65536),
 ]

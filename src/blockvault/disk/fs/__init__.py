@@ -8,9 +8,9 @@ Glossary:
   raw              content we cannot read (unknown, encrypted): the whole partition
                    counts as used; all-zero chunks still become holes.
 
-Each filesystem module (``ext``, ``fat``, ``ntfs``, ``swap``) has ``detect(reader) -> bool``
-and ``read(reader) -> FilesystemInfo``, reading only through ``reader.read_at`` with
-partition-relative offsets. ``probe`` picks the module.
+Each filesystem module (``ext``, ``fat``, ``ntfs``, ``swap``, ``xfs``) has
+``detect(reader) -> bool`` and ``read(reader) -> FilesystemInfo``, reading only
+through ``reader.read_at`` with partition-relative offsets. ``probe`` picks the module.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class FilesystemInfo:
     """What a filesystem module learned about one partition."""
 
     type: str  # "ext2" | "ext3" | "ext4" | "fat12" | "fat16" | "fat32" | "ntfs" | "swap" | "raw"
+    # | "xfs"
     size: int  # bytes the filesystem spans (may be less than the partition)
     block_size: int  # allocation unit in bytes (cluster, block, page)
     used: ExtentMap  # partition-relative byte ranges in use, metadata included

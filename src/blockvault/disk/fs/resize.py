@@ -1,5 +1,8 @@
 """Grow a filesystem in place to fill its (already grown) partition, with its own tool.
 
+XFS grows only while mounted, so it is mounted on a private directory for
+``xfs_growfs``; it never shrinks (``can_shrink`` is False: its partition keeps its size).
+
 The kernel here scans no partitions of loop devices, so the partition is reached
 through a loop device over exactly its bytes (``losetup -o OFFSET --sizelimit SIZE``).
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +26,7 @@ __all__ = ["can_grow", "can_shrink", "grow_filesystem", "shrink_filesystem"]
 
 def can_grow(fs: str) -> str | None:
     """None when ``fs`` can be grown, else why not (checked before anything is written)."""
-    if fs.startswith(("ext", "fat")) or fs == "ntfs":
+    if fs.startswith(("ext", "fat")) or fs in ("ntfs", "xfs"):
         return None
     return f"a {fs or 'unknown'} partition has no filesystem blockvault can grow"
 
@@ -43,9 +47,22 @@ def grow_filesystem(path: str | os.PathLike[str], offset: int, size: int, fs: st
         if fs.startswith("ext"):
             _run("e2fsck", "-f", "-y", device, ok=(0, 1))
             _run("resize2fs", device)
+        elif fs == "xfs":
+            _grow_xfs(device)
         else:
             _run("ntfsresize", "--force", "--force", device, stdin="y\n")
     return f"{fs} filesystem grown to {size} bytes"
+
+
+def _grow_xfs(device: str) -> None:
+    """XFS grows only while mounted: mount it on a private directory (``nouuid``, as the
+    source may be mounted here too), run ``xfs_growfs``, unmount."""
+    with tempfile.TemporaryDirectory(prefix="blockvault-xfs-") as mountpoint:
+        _run("mount", "-t", "xfs", "-o", "nouuid", device, mountpoint)
+        try:
+            _run("xfs_growfs", mountpoint)
+        finally:
+            _run("umount", mountpoint)
 
 
 def can_shrink(fs: str) -> bool:
