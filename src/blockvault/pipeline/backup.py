@@ -19,7 +19,7 @@ import functools
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -33,7 +33,15 @@ from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted,
 from blockvault.events import quiet as quiet_reporter
 from blockvault.extents import ExtentMap
 from blockvault.pipeline.stages import is_zero, ordered_map, read_chunk, workers
-from blockvault.repo import Index, PartitionRecord, Region, Repository, Snapshot, Stats
+from blockvault.repo import (
+    Index,
+    PartitionRecord,
+    Region,
+    Repository,
+    Snapshot,
+    Stats,
+    VolumeRecord,
+)
 from blockvault.repo import format as fmt
 from blockvault.repo.sessions import DEFAULT_TIMING, Timing
 from blockvault.repo.writer import WriterSession
@@ -289,6 +297,7 @@ def _manifest(
                 label=p.fs.label,
                 uuid=p.fs.uuid,
                 name=p.partition.name,
+                volumes=tuple(VolumeRecord(**asdict(v)) for v in p.fs.volumes),
             )
             for p in layout.partitions
         ),
