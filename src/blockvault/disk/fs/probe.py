@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from blockvault.disk.device import Reader
 from blockvault.disk.fs import FilesystemInfo, ext, fat, ntfs, swap
+from blockvault.disk.volumes import lvm
 from blockvault.extents import ExtentMap
 
 __all__ = ["RAW_BLOCK_SIZE", "known", "probe", "raw"]
@@ -25,6 +26,7 @@ _MODULES: tuple[tuple[Callable[[Reader], bool], Callable[[Reader], FilesystemInf
     (ntfs.detect, ntfs.read),
     (fat.detect, fat.read),
     (swap.detect, swap.read),
+    (lvm.detect, lambda reader: lvm.read(reader, probe)),  # LVs probed through their mapping
 )
 
 
