@@ -28,7 +28,14 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from blockvault.errors import UsageError
 
-__all__ = ["LogicalVolumeSpec", "aes_xts_encrypt", "luks_format", "make_pv"]
+__all__ = [
+    "LogicalVolumeSpec",
+    "LuksContainer",
+    "aes_xts_encrypt",
+    "luks_format",
+    "make_pv",
+    "write_encrypted",
+]
 
 MiB = 1024 * 1024
 
@@ -125,36 +132,64 @@ def _write_fs(image: Path, offset: int, lv: LogicalVolumeSpec, runs: list[tuple[
                 at += length
 
 
+@dataclass(frozen=True)
+class LuksContainer:
+    """What ``cryptsetup luksDump`` says about a container made by ``luks_format``."""
+
+    key: bytes  # the volume key
+    payload_offset: int  # bytes, container-relative
+    sector_size: int
+
+
 def luks_format(
-    image: Path, offset: int, size: int, passphrase: str, luks_type: str = "luks2", *extra: str
-) -> bytes:
+    image: Path, offset: int, size: int, key_file: Path, luks_type: str = "luks2", *extra: str
+) -> LuksContainer:
     """``cryptsetup luksFormat`` on ``[offset, offset + size)`` of ``image`` with fast key
-    derivation; returns the volume key."""
-    with loop_device(image, offset, size) as dev, tempfile.NamedTemporaryFile("w") as key:
-        key.write(passphrase)
-        key.flush()
+    derivation (PBKDF2, 1000 iterations, unless ``extra`` says otherwise)."""
+    fast = () if "--pbkdf" in extra else ("--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000")
+    with loop_device(image, offset, size) as dev:
         _run(
-            "cryptsetup", "luksFormat", "-q", "--type", luks_type, "--pbkdf", "pbkdf2",
-            "--pbkdf-force-iterations", "1000", "--key-file", key.name, *extra, dev,
+            "cryptsetup", "luksFormat", "-q", "--type", luks_type, *fast,
+            "--key-file", key_file, *extra, dev,
         )  # fmt: skip
         dump = _run(
-            "cryptsetup", "luksDump", "--dump-volume-key", "-q", "--key-file", key.name, dev
+            "cryptsetup", "luksDump", "--dump-volume-key", "-q", "--key-file", key_file, dev
         )
+        info = _run("cryptsetup", "luksDump", dev)
     hexkey = re.search(r"(?:MK|Volume key) dump:\s*((?:[0-9a-f]{2}\s*)+)", dump)
-    if hexkey is None:
-        raise UsageError("cryptsetup luksDump printed no volume key")
-    return bytes.fromhex(re.sub(r"\s", "", hexkey.group(1)))
+    payload = re.search(r"Payload offset:\s*(\d+)", dump)
+    sector = re.search(r"sector: (\d+) \[bytes\]", info)
+    if hexkey is None or payload is None:
+        raise UsageError("cryptsetup luksDump printed no volume key or payload offset")
+    return LuksContainer(
+        bytes.fromhex(re.sub(r"\s", "", hexkey.group(1))),
+        int(payload.group(1)) * 512,
+        int(sector.group(1)) if sector else 512,
+    )
+
+
+def write_encrypted(image: Path, offset: int, container: LuksContainer, plain: Path) -> None:
+    """Encrypt the file ``plain`` as the content of ``container`` (at ``offset`` of
+    ``image``), as dm-crypt would have written it."""
+    with open(plain, "rb") as src, open(image, "r+b") as dst:
+        at = 0
+        while block := src.read(4 * MiB):
+            data = aes_xts_encrypt(
+                container.key, block, at // container.sector_size, container.sector_size
+            )
+            dst.seek(offset + container.payload_offset + at)
+            dst.write(data)
+            at += len(block)
 
 
 def aes_xts_encrypt(
     key: bytes, plaintext: bytes, first_sector: int, sector_size: int = 512
 ) -> bytes:
-    """AES-XTS-plain64 of whole sectors, sector numbers counted from ``first_sector``
-    (in 512-byte units, as dm-crypt counts them)."""
+    """AES-XTS-plain64 of whole sectors numbered from ``first_sector``, in units of
+    ``sector_size`` (LUKS2 with larger sectors sets dm-crypt's iv_large_sectors)."""
     out = bytearray()
-    step = sector_size // 512
     for i in range(0, len(plaintext), sector_size):
-        iv = (first_sector + (i // sector_size) * step).to_bytes(16, "little")
+        iv = (first_sector + i // sector_size).to_bytes(16, "little")
         enc = Cipher(algorithms.AES(key), modes.XTS(iv)).encryptor()
         out += enc.update(plaintext[i : i + sector_size]) + enc.finalize()
     return bytes(out)

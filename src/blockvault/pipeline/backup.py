@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from blockvault.disk.device import SourceDisk, open_device
 from blockvault.disk.identity import source_identity
-from blockvault.disk.layout import DiskLayout, read_layout
+from blockvault.disk.layout import DiskLayout, LuksKeys, read_layout
 from blockvault.disk.table.gpt import backup_area
 from blockvault.disk.usage import mounts_using
 from blockvault.errors import SourceError, UsageError
@@ -224,19 +224,21 @@ def backup(
     *,
     partitions: Sequence[int] | None = None,
     tags: Sequence[str] = (),
+    luks_keys: LuksKeys | None = None,
     reporter: Reporter = quiet_reporter,
     timing: Timing = DEFAULT_TIMING,
 ) -> Snapshot:
     """Image ``source`` into ``repo``; returns the committed snapshot.
 
     ``source`` is a device or image path, or a disk already open (``SourceDisk``: a VM
-    disk read through NBD), which the caller closes. Everything is written through one
+    disk read through NBD), which the caller closes. ``luks_keys`` open LUKS containers,
+    so that only their used sectors are stored (still encrypted). Everything is written through one
     ``WriterSession`` (repo/writer.py), which keeps it safe beside ``gc`` and says what
     an interruption left behind."""
     started = time.monotonic()
     opened = open_device(source) if isinstance(source, str) else contextlib.nullcontext(source)
     with opened as device:
-        layout = read_layout(device)
+        layout = read_layout(device, luks_keys)
         for warning in layout.warnings:
             reporter(Warned(warning))
         for mount in mounts_using(device.path):

@@ -24,13 +24,13 @@ below the partition, parents before children.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from blockvault.disk.device import Reader
 from blockvault.errors import FilesystemError
 from blockvault.extents import ExtentMap
 
-__all__ = ["MAX_VOLUMES", "MappedReader", "Run", "Volume", "check_mapping", "map_out"]
+__all__ = ["MAX_VOLUMES", "MappedReader", "Run", "Volume", "check_mapping", "map_out", "nest"]
 
 Run = tuple[int, int, int]  # (inner offset, outer offset, length)
 
@@ -106,3 +106,17 @@ class MappedReader:
             if lo < hi:
                 out[lo - offset : hi - offset] = self._outer.read_at(outer + lo - start, hi - lo)
         return bytes(out)
+
+
+def nest(volumes: tuple[Volume, ...], parent: str) -> list[Volume]:
+    """Volumes found inside volume ``parent``: top-level ones hang from it, and a LUKS
+    container is named after its place (``vg0/home:luks``) so names stay unique."""
+    renamed = {v.name: f"{parent}:{v.name}" for v in volumes if v.kind.startswith("luks")}
+    return [
+        replace(
+            v,
+            name=renamed.get(v.name, v.name),
+            parent=renamed.get(v.parent, v.parent) if v.parent else parent,
+        )
+        for v in volumes
+    ]

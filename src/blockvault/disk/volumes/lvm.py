@@ -26,7 +26,15 @@ from dataclasses import dataclass
 
 from blockvault.disk.device import Reader
 from blockvault.disk.fs import FilesystemInfo
-from blockvault.disk.volumes import MAX_VOLUMES, MappedReader, Run, Volume, check_mapping, map_out
+from blockvault.disk.volumes import (
+    MAX_VOLUMES,
+    MappedReader,
+    Run,
+    Volume,
+    check_mapping,
+    map_out,
+    nest,
+)
 from blockvault.disk.volumes.c_lvm import (
     FMTT_MAGIC,
     LABEL_ID,
@@ -346,19 +354,3 @@ def read(reader: Reader, probe: Probe) -> FilesystemInfo:
 def _raw(lv: LogicalVolume, note: str) -> FilesystemInfo:
     """An LV whose content we do not read: all of it counts (only what lies here maps)."""
     return FilesystemInfo("raw", lv.size, SECTOR_SIZE, ExtentMap.span(0, lv.size), note=note)
-
-
-def nest(volumes: tuple[Volume, ...], parent: str) -> list[Volume]:
-    """Volumes found inside volume ``parent``: top-level ones hang from it, and a LUKS
-    container is named after its place (``vg0/home:luks``) so names stay unique."""
-    renamed = {v.name: f"{parent}:{v.name}" for v in volumes if v.kind.startswith("luks")}
-    return [
-        Volume(
-            **{
-                **v.__dict__,
-                "name": renamed.get(v.name, v.name),
-                "parent": renamed.get(v.parent, v.parent) if v.parent else parent,
-            }
-        )
-        for v in volumes
-    ]
