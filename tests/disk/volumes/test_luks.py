@@ -26,7 +26,13 @@ from blockvault.errors import LuksKeyRejected
 from blockvault.extents import ExtentMap
 from blockvault.repo import Repository
 from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk, make_tree
-from blockvault_demo.sample_stack import LuksContainer, luks_format, write_encrypted
+from blockvault_demo.sample_stack import (
+    LogicalVolumeSpec,
+    LuksContainer,
+    luks_format,
+    make_pv,
+    write_encrypted,
+)
 from tests.conftest import blockvault, need_tools, needs_root, sh
 from tests.fstree import fsck, tree
 
@@ -75,8 +81,13 @@ def _luks_disk(work: Path, luks_type: str, *extra: str) -> LuksDisk:
 
 @pytest.fixture(
     scope="module",
-    params=[("luks1",), ("luks2",), ("luks2", "--sector-size", "4096")],
-    ids=["luks1", "luks2", "luks2-4k"],
+    params=[
+        ("luks1",),
+        ("luks2",),
+        ("luks2", "--sector-size", "4096"),
+        ("luks2", "--pbkdf", "argon2id", "--pbkdf-memory", "1024", "--pbkdf-force-iterations", "4"),
+    ],
+    ids=["luks1", "luks2", "luks2-4k", "luks2-argon2id"],
 )
 def luks_disk(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> LuksDisk:
     return _luks_disk(tmp_path_factory.mktemp("luks"), *request.param)
@@ -175,3 +186,38 @@ def test_no_plaintext_in_the_repository_and_restore_opens(
         sh("cryptsetup", "open", "--test-passphrase", "--key-file", luks_disk.key_file, loop)
     finally:
         subprocess.run(["losetup", "-d", loop], check=False)
+
+
+def test_lvm_inside_luks_is_read_to_its_logical_volumes(tmp_path: Path) -> None:
+    """The Ubuntu/Debian "LVM with encryption" layout: partition -> LUKS2 -> PV -> LVs.
+    The PV is made by pvcreate on a plaintext file, then encrypted into the container."""
+    need_tools("cryptsetup", "pvcreate", "mkfs.ext4")
+    content = tmp_path / "tree"
+    make_tree(content, 2 * MiB, seed=3)
+    image = tmp_path / "disk.img"
+    disk = build_disk(DiskSpec("gpt", 80 * MiB, [PartitionSpec("empty", 72 * MiB)]), image)
+    part = disk.partitions[0]
+    key_file = tmp_path / "key"
+    key_file.write_bytes(PASSPHRASE)
+    container = luks_format(image, part.offset, part.size, key_file, "luks2")
+    plain = tmp_path / "pv.img"
+    plain.touch()
+    os.truncate(plain, part.size - container.payload_offset)
+    vg = f"bv{os.urandom(5).hex()}"
+    places = make_pv(
+        plain, 0, plain.stat().st_size, vg, [LogicalVolumeSpec("root", 20 * MiB, content)]
+    )
+    write_encrypted(image, part.offset, container, plain)
+    with open_device(str(image)) as device:
+        layout = read_layout(device, {None: PASSPHRASE})
+    info = layout.partitions[0].fs
+    names = [(v.name, v.parent, v.kind, v.filesystem, v.encrypted) for v in info.volumes]
+    assert names == [
+        ("luks", "", "luks2", "lvm2", True),
+        (vg, "luks", "lvm2-pv", "", True),
+        (f"{vg}/root", vg, "lvm2-lv", "ext4", True),
+    ]
+    root = info.volumes[2]
+    assert [(outer, length) for _, outer, length in root.mapping] == places["root"]
+    # the used map: header area, PV metadata and the LV's used blocks, nothing more
+    assert info.used_bytes < container.payload_offset + 8 * MiB

@@ -190,7 +190,7 @@ def _luks2_json(reader: Reader) -> tuple[Any, dict[str, Any]]:
             continue
         try:
             data = json.loads(area.split(b"\0", 1)[0])
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: nested past Python's limit
             problems.append(f"JSON area at {offset + size} is not JSON")
             continue
         if isinstance(data, dict):
