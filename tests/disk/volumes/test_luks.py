@@ -221,3 +221,23 @@ def test_lvm_inside_luks_is_read_to_its_logical_volumes(tmp_path: Path) -> None:
     assert [(outer, length) for _, outer, length in root.mapping] == places["root"]
     # the used map: header area, PV metadata and the LV's used blocks, nothing more
     assert info.used_bytes < container.payload_offset + 8 * MiB
+
+
+def test_browsing_an_encrypted_partition_takes_the_key(luks_disk: LuksDisk, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert blockvault("-r", repo, "init").returncode == 0
+    key = f"2={luks_disk.key_file}"
+    done = blockvault("-r", repo, "backup", "-p", "2", "--luks-key-file", key, luks_disk.image)
+    assert done.returncode == 0, done.stderr
+    locked = blockvault("-r", repo, "ls", "latest:2/")
+    assert locked.returncode == 2 and "no key was given" in locked.stderr
+    assert locked.stderr.count("\n") == 1
+    ls = blockvault("-r", repo, "ls", "--luks-key-file", key, "latest:2/")
+    assert ls.returncode == 0, ls.stderr
+    assert sorted(ls.stdout.split()) == sorted([*os.listdir(luks_disk.tree), "lost+found"])
+    cat = subprocess.run(
+        ["blockvault", "-r", repo, "cat", "--luks-key-file", key, "latest:2/secret.txt"],
+        capture_output=True,
+        check=False,
+    )
+    assert cat.returncode == 0 and cat.stdout == MARKER * 200

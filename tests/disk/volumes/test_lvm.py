@@ -10,6 +10,8 @@ from LVM's own report, file trees and checks from debugfs and e2fsck.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import uuid
 from pathlib import Path
 from typing import NamedTuple
@@ -22,9 +24,9 @@ from blockvault.extents import ExtentMap
 from blockvault.pipeline.backup import backup
 from blockvault.pipeline.restore import restore
 from blockvault.repo import Repository
-from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk, make_tree
+from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk, make_tree, manifest
 from blockvault_demo.sample_stack import LogicalVolumeSpec, make_pv
-from tests.conftest import need_tools, needs_root
+from tests.conftest import blockvault, need_tools, needs_root
 from tests.fstree import fsck, tree
 
 MiB = 1024 * 1024
@@ -46,6 +48,7 @@ class PvDisk(NamedTuple):
     offset: int  # of the PV partition
     vg: str
     places: dict[str, list[tuple[int, int]]]  # LV -> PV-relative runs, from lvs
+    trees: dict[str, Path]  # LV -> the tree its ext4 was made from
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +79,11 @@ def pv_disk(
             LogicalVolumeSpec("home", 16 * MiB, trees["home"]),
         ],
     )
-    return PvDisk(image, part.offset, vg, places)
+    return PvDisk(image, part.offset, vg, places, trees)
 
 
 def test_pv_is_read_by_its_logical_volumes(pv_disk: PvDisk) -> None:
-    image, _, vg, places = pv_disk
+    image, _, vg, places, _ = pv_disk
     with open_device(str(image)) as device:
         layout = read_layout(device)
     part = layout.partitions[1]
@@ -105,7 +108,7 @@ def test_pv_is_read_by_its_logical_volumes(pv_disk: PvDisk) -> None:
 def test_pv_round_trip_keeps_used_bytes_and_skips_free_extents(
     pv_disk: PvDisk, tmp_path: Path
 ) -> None:
-    image, offset, vg, places = pv_disk
+    image, offset, vg, places, _ = pv_disk
     work = tmp_path / "src.img"
     work.write_bytes(image.read_bytes())
     # garbage in the VG's free extents (after the last LV) must not be imaged
@@ -130,3 +133,29 @@ def test_pv_round_trip_keeps_used_bytes_and_skips_free_extents(
         assert tree(copy, "ext4", tmp_path / f"{name}-t") == tree(
             src, "ext4", tmp_path / f"{name}-u"
         )
+
+
+def test_logical_volumes_are_browsed_by_vg_lv(pv_disk: PvDisk, tmp_path: Path) -> None:
+    image, _, vg, _, trees = pv_disk
+    repo = tmp_path / "repo"
+    assert blockvault("-r", repo, "init").returncode == 0
+    done = blockvault("-r", repo, "backup", "-p", "2", image)
+    assert done.returncode == 0, done.stderr
+    listing = blockvault("-r", repo, "ls", "latest")
+    assert f"2: {vg}/root" in listing.stdout and f"2: {vg}/home" in listing.stdout
+    for name, source in trees.items():
+        ls = blockvault("-r", repo, "ls", f"latest:{vg}/{name}:/")
+        assert ls.returncode == 0, ls.stderr
+        assert sorted(ls.stdout.split()) == sorted([*os.listdir(source), "lost+found"])
+        dest = tmp_path / name
+        done = blockvault("-r", repo, "extract", f"latest:{vg}/{name}:/", dest)
+        assert done.returncode == 0, done.stderr
+        shutil.rmtree(dest / "lost+found")
+        assert manifest(dest) == manifest(source)
+    some = next(p for p in sorted(trees["home"].rglob("*")) if p.is_file() and not p.is_symlink())
+    address = f"latest:{vg}/home:/{some.relative_to(trees['home'])}"
+    cat = subprocess.run(["blockvault", "-r", repo, "cat", address], capture_output=True)
+    assert cat.returncode == 0 and cat.stdout == some.read_bytes()
+    missing = blockvault("-r", repo, "ls", f"latest:{vg}/nothing:/")
+    assert missing.returncode == 2 and "no logical volume" in missing.stderr
+    assert missing.stderr.count("\n") == 1

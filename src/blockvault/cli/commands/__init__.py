@@ -18,6 +18,7 @@ __all__ = [
     "COMMANDS",
     "grow_partition_option",
     "json_option",
+    "luks_key_for",
     "luks_key_option",
     "luks_keys",
     "new_ids_option",
@@ -129,6 +130,12 @@ def luks_keys(values: tuple[str, ...]) -> dict[int | None, bytes]:
             raise UsageError(f"LUKS key file {path}: empty or larger than 8 MiB")
         keys[number] = key
     return keys
+
+
+def luks_key_for(values: tuple[str, ...], number: int | None) -> bytes | None:
+    """The ``--luks-key-file`` key for partition ``number`` (or the one for every one)."""
+    keys = luks_keys(values)
+    return keys.get(number, keys.get(None)) if number is not None else keys.get(None)
 
 
 def open_location(ctx: click.Context, location: str) -> Repository:
