@@ -33,7 +33,9 @@ __all__ = [
     "LuksContainer",
     "aes_xts_encrypt",
     "luks_format",
+    "lvm_places",
     "make_pv",
+    "pv_size",
     "write_encrypted",
 ]
 
@@ -97,24 +99,53 @@ def make_pv(
                 "lvcreate", "--driverloaded", "n", "-q", "-y", *common, "-L",
                 f"{lv.size // 1024}k", "-n", lv.name, vg, env=env,
             )  # fmt: skip
+    places = lvm_places(image, offset, size, extent_size)
+    for lv in lvs:
+        if lv.content is not None or lv.fs != "ext4":
+            _write_fs(image, offset, lv, places[lv.name])
+    return places
+
+
+def lvm_places(
+    image: Path, offset: int, size: int, extent_size: int = MiB
+) -> dict[str, list[tuple[int, int]]]:
+    """Per LV of the PV at ``[offset, offset + size)`` of ``image``, the runs (PV-relative
+    byte offset, length) of its segments, as ``lvs`` and ``pvs`` report them; ``vgck``
+    must find the metadata consistent first."""
+    with (
+        tempfile.TemporaryDirectory(prefix="bv-lvm-") as scratch,
+        loop_device(image, offset, size) as dev,
+    ):
+        env = {"LVM_SYSTEM_DIR": scratch, "LVM_SUPPRESS_FD_WARNINGS": "1"}
+        common = ("--devices", dev)
+        _run("vgck", *common, env=env)
         pe_start = int(
             _run("pvs", *common, "--noheadings", "--units", "b", "--nosuffix", "-o", "pe_start",
                  dev, env=env).strip()
         )  # fmt: skip
         report = _run(
             "lvs", *common, "--noheadings", "--separator", "|", "-o",
-            "lv_name,seg_start_pe,seg_pe_ranges", vg, env=env,
+            "lv_name,seg_start_pe,seg_pe_ranges", env=env,
         )  # fmt: skip
-    places: dict[str, list[tuple[int, int]]] = {lv.name: [] for lv in lvs}
+    places: dict[str, list[tuple[int, int]]] = {}
     for line in report.splitlines():
         name, _, ranges = (field.strip() for field in line.split("|"))
         for first, last in re.findall(r":(\d+)-(\d+)", ranges):
             start = pe_start + int(first) * extent_size
-            places[name].append((start, (int(last) - int(first) + 1) * extent_size))
-    for lv in lvs:
-        if lv.content is not None or lv.fs != "ext4":
-            _write_fs(image, offset, lv, places[lv.name])
+            places.setdefault(name, []).append((start, (int(last) - int(first) + 1) * extent_size))
     return places
+
+
+def pv_size(image: Path, offset: int, size: int) -> tuple[int, int]:
+    """(PV size in bytes, extent count) as ``pvs`` reports them."""
+    with (
+        tempfile.TemporaryDirectory(prefix="bv-lvm-") as scratch,
+        loop_device(image, offset, size) as dev,
+    ):
+        env = {"LVM_SYSTEM_DIR": scratch, "LVM_SUPPRESS_FD_WARNINGS": "1"}
+        out = _run("pvs", "--devices", dev, "--noheadings", "--units", "b", "--nosuffix",
+                   "-o", "pv_size,pv_pe_count", dev, env=env).split()  # fmt: skip
+    return int(out[0]), int(out[1])
 
 
 def _write_fs(image: Path, offset: int, lv: LogicalVolumeSpec, runs: list[tuple[int, int]]) -> None:

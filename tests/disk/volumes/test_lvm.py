@@ -9,7 +9,9 @@ from LVM's own report, file trees and checks from debugfs and e2fsck.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -25,9 +27,9 @@ from blockvault.pipeline.backup import backup
 from blockvault.pipeline.restore import restore
 from blockvault.repo import Repository
 from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk, make_tree, manifest
-from blockvault_demo.sample_stack import LogicalVolumeSpec, make_pv
-from tests.conftest import blockvault, need_tools, needs_root
-from tests.fstree import fsck, tree
+from blockvault_demo.sample_stack import LogicalVolumeSpec, lvm_places, make_pv, pv_size
+from tests.conftest import blockvault, need_tools, needs_root, sh
+from tests.fstree import ext_blocks, fsck, tree
 
 MiB = 1024 * 1024
 
@@ -159,3 +161,59 @@ def test_logical_volumes_are_browsed_by_vg_lv(pv_disk: PvDisk, tmp_path: Path) -
     missing = blockvault("-r", repo, "ls", f"latest:{vg}/nothing:/")
     assert missing.returncode == 2 and "no logical volume" in missing.stderr
     assert missing.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("target_size", "shrinks_lv"),
+    [(128 * MiB, False), (72 * MiB, False), (44 * MiB, True)],
+    ids=["larger", "smaller-free-extents", "smaller-last-lv"],
+)
+def test_restore_resizes_the_pv_and_its_last_lv(
+    pv_disk: PvDisk, tmp_path: Path, target_size: int, shrinks_lv: bool
+) -> None:
+    """Onto another size the PV's metadata is rewritten (pe_count, the last LV's extents)
+    and the last LV's ext4 resized; LVM's own vgck/pvs/lvs read the result."""
+    image, _, _, places, trees = pv_disk
+    repo = Repository.init(str(tmp_path / "repo"))
+    snap = backup(repo, str(image))
+    target = tmp_path / "target.img"
+    with open(target, "wb") as f:
+        f.truncate(target_size)
+    grow = target_size > image.stat().st_size
+    result = restore(
+        repo, snap, str(target), confirm=lambda _: True, grow=grow, scratch=str(tmp_path)
+    )
+    assert result.grown
+    part = json.loads(sh("sfdisk", "--json", target))["partitiontable"]["partitions"][1]
+    offset, size = part["start"] * 512, part["size"] * 512
+    _, pe_count = pv_size(target, offset, size)
+    assert pe_count == (size - MiB) // MiB  # every whole extent after pe_start
+    after = lvm_places(target, offset, size)  # vgck passed
+    assert after["root"] == places["root"]  # the first LV did not move or change
+    (old_home,) = places["home"]
+    (new_home,) = after["home"]
+    assert new_home[0] == old_home[0]
+    if grow:
+        assert new_home[0] + new_home[1] == MiB + pe_count * MiB  # to the PV's end
+    else:
+        assert (new_home[1] < old_home[1]) == shrinks_lv
+    for name in ("root", "home"):
+        copy = _gather(target, offset, after[name], tmp_path / f"{name}.img")
+        fsck(copy, "ext4")
+        block = int(re.search(r"Block size:\s+(\d+)", sh("dumpe2fs", "-h", copy))[1])  # type: ignore[index]
+        assert ext_blocks(copy) * block == sum(n for _, n in after[name])  # fills its LV
+        got = tree(copy, "ext4", tmp_path / f"{name}-t")
+        assert got == manifest(trees[name])
+
+
+def test_restore_refuses_a_pv_that_cannot_fit(pv_disk: PvDisk, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert blockvault("-r", repo, "init").returncode == 0
+    assert blockvault("-r", repo, "backup", pv_disk.image).returncode == 0
+    target = tmp_path / "target.img"
+    with open(target, "wb") as f:
+        f.truncate(30 * MiB)
+    done = blockvault("-r", repo, "restore", "--yes", "--scratch", tmp_path, "latest", target)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "nothing was written" in done.stderr, done.stderr
+    assert target.read_bytes().count(0) == 30 * MiB  # not a byte written

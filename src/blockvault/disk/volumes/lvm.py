@@ -86,6 +86,7 @@ class PhysicalVolume:
     metadata: ExtentMap  # label sectors and metadata areas, PV-relative
     vg_name: str
     vg: Config  # the volume group section of the metadata text
+    text: Config  # the whole committed metadata text
     pv_key: str  # this PV's name in the text ("pv0")
     pe_start: int  # bytes
     pe_count: int
@@ -196,7 +197,9 @@ def _physical_volume(
                 )
             if data_areas and data_areas[0][0] != pe_start:
                 raise _error(f"data area at {data_areas[0][0]} but pe_start {pe_start}", pv_where)
-            return PhysicalVolume(uuid, metadata, vg_name, vg, key, pe_start, pe_count, extent_size)
+            return PhysicalVolume(
+                uuid, metadata, vg_name, vg, text, key, pe_start, pe_count, extent_size
+            )
     raise _error(f"this PV ({uuid}) is not in the metadata of {vg_name}", where)
 
 

@@ -6,7 +6,8 @@ Grammar (lib/config/config.c)::
     item    := section | NAME "=" value
     value   := INTEGER | FLOAT | STRING | "[" (value ("," value)*)? "]"
 
-``#`` starts a comment outside strings; strings are double-quoted with backslash
+``dump`` writes a parsed text back (comments dropped), as a restore that resizes a PV
+needs. ``#`` starts a comment outside strings; strings are double-quoted with backslash
 escapes. The text comes from a disk and may be hostile: its length is bounded by the
 caller, sections nest at most ``MAX_DEPTH`` deep and a list holds at most
 ``MAX_LIST`` values, so parsing is linear in the text and cannot recurse without end.
@@ -19,7 +20,7 @@ from typing import Union
 
 from blockvault.errors import FilesystemError
 
-__all__ = ["Config", "Value", "parse"]
+__all__ = ["Config", "Value", "dump", "parse"]
 
 Value = Union[int, float, str, list["Value"], "Config"]
 Config = dict[str, Value]
@@ -123,3 +124,25 @@ def parse(text: str) -> Config:
         return section
 
     return items(0, None)
+
+
+def _value(value: Value) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        raise ValueError("a section is no value")
+    return str(value)
+
+
+def dump(config: Config, depth: int = 0) -> str:
+    """LVM2 text for ``config``: sections and ``name = value`` lines, tab-indented."""
+    lines = []
+    pad = "\t" * depth
+    for name, value in config.items():
+        if isinstance(value, dict):
+            lines.append(f"{pad}{name} {{\n{dump(value, depth + 1)}{pad}}}\n")
+        else:
+            lines.append(f"{pad}{name} = {_value(value)}\n")
+    return "".join(lines)
