@@ -143,7 +143,7 @@ def test_logical_volumes_are_browsed_by_vg_lv(pv_disk: PvDisk, tmp_path: Path) -
     assert blockvault("-r", repo, "init").returncode == 0
     done = blockvault("-r", repo, "backup", "-p", "2", image)
     assert done.returncode == 0, done.stderr
-    info = blockvault("-r", repo, "info", "latest")
+    info = blockvault("-r", repo, "info", "latest", env={"COLUMNS": "200"})
     assert info.returncode == 0 and "Volumes" in info.stdout, info.stderr
     assert f"{vg}/root" in info.stdout and "lvm2-lv" in info.stdout
     listing = blockvault("-r", repo, "ls", "latest")
