@@ -6,8 +6,8 @@ partition table is one partition, number 1, spanning the whole disk.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from blockvault.disk.device import Device, Reader, Region, SourceDisk, open_device
 from blockvault.disk.fs import FilesystemInfo
@@ -15,7 +15,7 @@ from blockvault.disk.fs.probe import known, probe, raw
 from blockvault.disk.table import Partition, PartitionTable, mbr
 from blockvault.disk.table.gpt import SECTOR_SIZES, detect_sector_size
 from blockvault.disk.table.probe import read_table
-from blockvault.errors import FilesystemError, PartitionTableError, SourceError
+from blockvault.errors import FilesystemError, PartitionTableError, SourceError, UsageError
 from blockvault.extents import ExtentMap
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "read_layout",
     "refuse_plain_file",
     "refuse_plain_path",
+    "select_volumes",
 ]
 
 # LUKS passphrases or key file contents by partition number; None: every partition
@@ -168,3 +169,50 @@ def raise_truncated(device: SourceDisk, part: Partition) -> None:
         f"{device.size} bytes: the image is truncated",
         path=device.path,
     )
+
+
+def _line(name: str, parent: Mapping[str, str]) -> set[str]:
+    """``name`` and every volume it lies in (a loop in hostile records ends it)."""
+    seen: set[str] = set()
+    while name and name not in seen:
+        seen.add(name)
+        name = parent.get(name, "")
+    return seen
+
+
+NOT_CHOSEN = "not imaged: the backup chose other logical volumes"
+
+
+def select_volumes(layout: DiskLayout, names: Sequence[str]) -> tuple[DiskLayout, list[int]]:
+    """``layout`` narrowed to the logical volumes ``names`` (``VG/LV``), and the numbers
+    of the partitions holding them. In those partitions the other LVs' used bytes are
+    dropped (their records say so); the layers' metadata and the chosen LVs stay."""
+    wanted = set(names)
+    found: set[str] = set()
+    numbers: list[int] = []
+    partitions = []
+    for p in layout.partitions:
+        chosen = wanted & {v.name for v in p.fs.volumes if v.kind == "lvm2-lv"}
+        if not chosen:
+            partitions.append(p)
+            continue
+        found |= chosen
+        numbers.append(p.number)
+        parent = {v.name: v.parent for v in p.fs.volumes}
+        keep = set().union(*(_line(n, parent) for n in chosen))
+        kept = [v for v in p.fs.volumes if v.name in keep or _line(v.name, parent) & chosen]
+        dropped = [v for v in p.fs.volumes if v not in kept]
+        used = p.fs.used
+        for v in dropped:
+            if v.kind == "lvm2-lv":
+                used = used.subtract(v.used_out)
+        volumes = tuple(v if v in kept else replace(v, note=NOT_CHOSEN) for v in p.fs.volumes)
+        partitions.append(replace(p, fs=replace(p.fs, used=used, volumes=volumes)))
+    missing = sorted(wanted - found)
+    if missing:
+        have = [v.name for p in layout.partitions for v in p.fs.volumes if v.kind == "lvm2-lv"]
+        raise UsageError(
+            f"{layout.path} has no logical volume {', '.join(missing)} "
+            f"(it has {', '.join(have) or 'none'}); name one as VG/LV"
+        )
+    return replace(layout, partitions=tuple(partitions)), numbers

@@ -220,3 +220,26 @@ def test_restore_refuses_a_pv_that_cannot_fit(pv_disk: PvDisk, tmp_path: Path) -
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "nothing was written" in done.stderr, done.stderr
     assert target.read_bytes().count(0) == 30 * MiB  # not a byte written
+
+
+def test_backup_of_one_logical_volume(pv_disk: PvDisk, tmp_path: Path) -> None:
+    image, offset, vg, places, trees = pv_disk
+    repo_path = tmp_path / "repo"
+    assert blockvault("-r", repo_path, "init").returncode == 0
+    done = blockvault("-r", repo_path, "backup", "-p", f"{vg}/root", image)
+    assert done.returncode == 0, done.stderr
+    repo = Repository.open(str(repo_path))
+    (snap,) = repo.snapshots()
+    assert [p.number for p in snap.imaged_partitions] == [2]
+    notes = {v.name: v.note for v in snap.partitions[1].volumes}
+    assert notes[f"{vg}/root"] is None and "not imaged" in (notes[f"{vg}/home"] or "")
+    restored = tmp_path / "restored.img"
+    restore(repo, snap, str(restored))
+    root = _gather(restored, offset, places["root"], tmp_path / "root.img")
+    fsck(root, "ext4")
+    assert tree(root, "ext4", tmp_path / "root-t") == manifest(trees["root"])
+    home = _gather(restored, offset, places["home"], tmp_path / "home.img")
+    assert home.read_bytes().count(0) == home.stat().st_size  # not a byte of it stored
+    missing = blockvault("-r", repo_path, "backup", "-p", f"{vg}/nothing", image)
+    assert missing.returncode == 2 and "no logical volume" in missing.stderr
+    assert missing.stderr.count("\n") == 1

@@ -24,7 +24,7 @@ below the partition, parents before children.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from blockvault.disk.device import Reader
 from blockvault.errors import FilesystemError
@@ -52,6 +52,10 @@ class Volume:
     uuid: str | None = None
     encrypted: bool = False  # its bytes are ciphertext on the partition (LUKS and below)
     note: str | None = None  # e.g. "locked: no key given, imaged raw"
+    # the bytes of the reader the layer was read from (the partition, at the top) that
+    # hold this volume's used content: what ``backup -p VG/LV`` keeps. Not recorded in
+    # the manifest (VolumeRecord has no such field).
+    used_out: ExtentMap = field(default_factory=ExtentMap, compare=False, repr=False)
 
 
 def map_out(inner: ExtentMap, mapping: Iterable[Run]) -> ExtentMap:
@@ -108,15 +112,21 @@ class MappedReader:
         return bytes(out)
 
 
-def nest(volumes: tuple[Volume, ...], parent: str) -> list[Volume]:
-    """Volumes found inside volume ``parent``: top-level ones hang from it, and a LUKS
-    container is named after its place (``vg0/home:luks``) so names stay unique."""
+def nest(
+    volumes: tuple[Volume, ...], parent: str, mapping: Iterable[Run], granule: int = 1
+) -> list[Volume]:
+    """Volumes found inside volume ``parent`` (whose content lies at ``mapping``; LUKS
+    passes its sector size as ``granule``): top-level ones hang from it, their
+    ``used_out`` is mapped out too, and a LUKS container is named after its place
+    (``vg0/home:luks``) so names stay unique."""
+    runs = tuple(mapping)
     renamed = {v.name: f"{parent}:{v.name}" for v in volumes if v.kind.startswith("luks")}
     return [
         replace(
             v,
             name=renamed.get(v.name, v.name),
             parent=renamed.get(v.parent, v.parent) if v.parent else parent,
+            used_out=map_out(v.used_out.align_out(granule), runs),
         )
         for v in volumes
     ]

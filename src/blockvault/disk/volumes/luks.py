@@ -421,6 +421,7 @@ def read(reader: Reader, passphrase: bytes | None, probe: Probe, where: str) -> 
         volume = Volume(
             "luks", "", kind, "raw", header.payload_size, mapping, header.payload_size,
             header.label, header.uuid, encrypted=True, note=note,
+            used_out=ExtentMap.span(0, reader.size),
         )  # fmt: skip
         return FilesystemInfo(
             kind, reader.size, header.sector_size, ExtentMap.span(0, reader.size),
@@ -432,9 +433,11 @@ def read(reader: Reader, passphrase: bytes | None, probe: Probe, where: str) -> 
     used = ExtentMap.span(0, header.payload_offset) | map_out(inner_used, mapping)
     volume = Volume(
         "luks", "", kind, inner.type, header.payload_size, mapping, inner.used_bytes,
-        header.label, header.uuid, encrypted=True, note=inner.note,
+        header.label, header.uuid, encrypted=True, note=inner.note, used_out=used,
     )  # fmt: skip
-    below = [replace(v, encrypted=True) for v in nest(inner.volumes, "luks")]
+    below = [
+        replace(v, encrypted=True) for v in nest(inner.volumes, "luks", mapping, header.sector_size)
+    ]
     return FilesystemInfo(
         kind, reader.size, header.sector_size, used, header.label, header.uuid,
         volumes=(volume, *below),

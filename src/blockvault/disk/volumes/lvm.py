@@ -318,7 +318,8 @@ def read(reader: Reader, probe: Probe) -> FilesystemInfo:
                 info = _raw(lv, f"{exc}; imaged raw")
         else:
             info = _raw(lv, lv.note or "imaged raw")
-        used = used | map_out(info.used, lv.mapping)
+        lv_used = map_out(info.used, lv.mapping)
+        used = used | lv_used
         volumes.append(
             Volume(
                 name=lv.name,
@@ -331,9 +332,10 @@ def read(reader: Reader, probe: Probe) -> FilesystemInfo:
                 label=info.label,
                 uuid=info.uuid,
                 note=info.note,
+                used_out=lv_used,
             )
         )
-        volumes.extend(nest(info.volumes, lv.name))
+        volumes.extend(nest(info.volumes, lv.name, lv.mapping))
     pv_volume = Volume(
         name=pv.vg_name,
         parent="",
@@ -343,6 +345,7 @@ def read(reader: Reader, probe: Probe) -> FilesystemInfo:
         mapping=((0, 0, reader.size),),
         used_bytes=used.total,
         uuid=pv.uuid,
+        used_out=used,
     )
     return FilesystemInfo(
         type="lvm2",
