@@ -243,3 +243,18 @@ def test_backup_of_one_logical_volume(pv_disk: PvDisk, tmp_path: Path) -> None:
     missing = blockvault("-r", repo_path, "backup", "-p", f"{vg}/nothing", image)
     assert missing.returncode == 2 and "no logical volume" in missing.stderr
     assert missing.stderr.count("\n") == 1
+
+
+def test_restore_of_one_logical_volume_onto_a_file(pv_disk: PvDisk, tmp_path: Path) -> None:
+    image, _, vg, _, trees = pv_disk
+    repo = tmp_path / "repo"
+    assert blockvault("-r", repo, "init").returncode == 0
+    assert blockvault("-r", repo, "backup", image).returncode == 0
+    target = tmp_path / "home.img"
+    done = blockvault("-r", repo, "restore", "--partition", f"{vg}/home", "latest", target)
+    assert done.returncode == 0, done.stderr
+    assert target.stat().st_size == 16 * MiB
+    fsck(target, "ext4")
+    assert tree(target, "ext4", tmp_path / "t") == manifest(trees["home"])
+    missing = blockvault("-r", repo, "restore", "--partition", f"{vg}/x", "latest", target)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
