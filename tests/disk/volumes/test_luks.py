@@ -241,3 +241,6 @@ def test_browsing_an_encrypted_partition_takes_the_key(luks_disk: LuksDisk, tmp_
         check=False,
     )
     assert cat.returncode == 0 and cat.stdout == MARKER * 200
+    found = blockvault("-r", repo, "find", "--luks-key-file", key, "secret.txt")
+    assert found.returncode == 0 and ":2/secret.txt" in found.stdout, found.stderr
+    assert "secret.txt" not in blockvault("-r", repo, "find", "secret.txt").stdout

@@ -161,6 +161,9 @@ def test_logical_volumes_are_browsed_by_vg_lv(pv_disk: PvDisk, tmp_path: Path) -
     address = f"latest:{vg}/home:/{some.relative_to(trees['home'])}"
     cat = subprocess.run(["blockvault", "-r", repo, "cat", address], capture_output=True)
     assert cat.returncode == 0 and cat.stdout == some.read_bytes()
+    found = blockvault("-r", repo, "find", some.name)
+    assert found.returncode == 0, found.stderr
+    assert f":{vg}/home:/{some.relative_to(trees['home'])}" in found.stdout
     missing = blockvault("-r", repo, "ls", f"latest:{vg}/nothing:/")
     assert missing.returncode == 2 and "no logical volume" in missing.stderr
     assert missing.stderr.count("\n") == 1
