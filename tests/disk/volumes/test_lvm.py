@@ -261,3 +261,26 @@ def test_restore_of_one_logical_volume_onto_a_file(pv_disk: PvDisk, tmp_path: Pa
     assert tree(target, "ext4", tmp_path / "t") == manifest(trees["home"])
     missing = blockvault("-r", repo, "restore", "--partition", f"{vg}/x", "latest", target)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
+def test_mount_shows_logical_volumes(pv_disk: PvDisk, tmp_path: Path) -> None:
+    need_tools("fusermount3")
+    image, offset, vg, places, trees = pv_disk
+    repo = tmp_path / "repo"
+    assert blockvault("-r", repo, "init").returncode == 0
+    assert blockvault("-r", repo, "backup", image).returncode == 0
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = blockvault("-r", repo, "mount", "--filesystems", "latest", mnt)
+    assert done.returncode == 0, done.stderr
+    try:
+        names = os.listdir(mnt)
+        assert {f"{vg}-root.img", f"{vg}-home.img", f"{vg}-root", f"{vg}-home"} <= set(names)
+        lv = (mnt / f"{vg}-home.img").read_bytes()
+        assert lv == _gather(image, offset, places["home"], tmp_path / "home.img").read_bytes()
+        got = {k: v for k, v in manifest(mnt / f"{vg}-root").items() if "lost+found" not in k}
+        assert got == manifest(trees["root"])
+    finally:
+        done = blockvault("umount", mnt)
+    assert done.returncode == 0, done.stderr
