@@ -6,7 +6,8 @@ partition table is one partition, number 1, spanning the whole disk.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from blockvault.disk.device import Device, Reader, Region, SourceDisk, open_device
@@ -15,6 +16,7 @@ from blockvault.disk.fs.probe import known, probe, raw
 from blockvault.disk.table import Partition, PartitionTable, mbr
 from blockvault.disk.table.gpt import SECTOR_SIZES, detect_sector_size
 from blockvault.disk.table.probe import read_table
+from blockvault.disk.volumes.luks import KeySource
 from blockvault.errors import FilesystemError, PartitionTableError, SourceError, UsageError
 from blockvault.extents import ExtentMap
 
@@ -28,8 +30,9 @@ __all__ = [
     "select_volumes",
 ]
 
-# LUKS passphrases or key file contents by partition number; None: every partition
-LuksKeys = Mapping[int | None, bytes]
+# LUKS passphrases or key file contents by partition number (None: every partition), or
+# a function asked for partition N's key only when N holds a LUKS container (a prompt)
+LuksKeys = Mapping[int | None, bytes] | Callable[[int], bytes | None]
 
 BIOS_BOOT_GUID = "21686148-6449-6e6f-744e-656564454649"  # GRUB's core image on GPT disks
 BIOS_BOOT_NOTE = "BIOS boot partition (boot loader code), imaged raw"
@@ -110,8 +113,7 @@ def read_layout(device: SourceDisk, luks_keys: LuksKeys | None = None) -> DiskLa
                 raise_truncated(device, p)
     layouts = []
     for part in parts:
-        keys = luks_keys or {}
-        info = probe_partition(device, part, keys.get(part.number, keys.get(None)))
+        info = probe_partition(device, part, _key_source(luks_keys, part.number))
         if info.type == "raw" and info.note != BIOS_BOOT_NOTE:  # boot code is expected raw
             warnings.append(
                 f"partition {part.number}: {info.note or 'unknown content, imaged raw'} "
@@ -149,9 +151,13 @@ def refuse_plain_path(path: str) -> None:
             refuse_plain_file(device, read_layout(device))
 
 
-def probe_partition(
-    reader: Reader, part: Partition, luks_key: bytes | None = None
-) -> FilesystemInfo:
+def _key_source(keys: LuksKeys | None, number: int) -> KeySource:
+    if callable(keys):
+        return functools.partial(keys, number)
+    return None if keys is None else keys.get(number, keys.get(None))
+
+
+def probe_partition(reader: Reader, part: Partition, luks_key: KeySource = None) -> FilesystemInfo:
     """The filesystem of one partition; a damaged one is imaged raw (the caller warns).
     A LUKS key that opens no key slot raises ``LuksKeyRejected``."""
     region = Region(reader, part.start, part.size)

@@ -117,6 +117,20 @@ def test_with_the_key_only_used_sectors_count(luks_disk: LuksDisk) -> None:
     assert volume.used_bytes < 0.3 * volume.size
 
 
+def test_a_key_function_is_asked_for_luks_partitions_only(luks_disk: LuksDisk) -> None:
+    """The shape a passphrase prompt takes: asked once, for the LUKS partition only."""
+    asked: list[int] = []
+
+    def ask(number: int) -> bytes:
+        asked.append(number)
+        return PASSPHRASE
+
+    with open_device(str(luks_disk.image)) as device:
+        layout = read_layout(device, ask)
+    assert asked == [2]
+    assert layout.partitions[1].fs.volumes[0].filesystem == "ext4"
+
+
 def test_a_wrong_key_is_refused_in_one_line(luks_disk: LuksDisk, tmp_path: Path) -> None:
     with open_device(str(luks_disk.image)) as device, pytest.raises(LuksKeyRejected):
         read_layout(device, {None: b"wrong"})

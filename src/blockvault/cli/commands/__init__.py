@@ -20,6 +20,7 @@ __all__ = [
     "json_option",
     "luks_key_for",
     "luks_key_option",
+    "luks_key_source",
     "luks_keys",
     "new_ids_option",
     "open_address",
@@ -108,7 +109,8 @@ def luks_key_option(f: F) -> F:
         metavar="[PART=]FILE",
         help="Open LUKS containers with FILE's bytes (as cryptsetup --key-file), on partition "
         "PART only or on every one (repeatable): only their used sectors are then stored, "
-        "still encrypted.",
+        "still encrypted. Without it, on a terminal, a passphrase is asked for each LUKS "
+        "partition.",
     )(f)
 
 
@@ -132,10 +134,37 @@ def luks_keys(values: tuple[str, ...]) -> dict[int | None, bytes]:
     return keys
 
 
-def luks_key_for(values: tuple[str, ...], number: int | None) -> bytes | None:
-    """The ``--luks-key-file`` key for partition ``number`` (or the one for every one)."""
+def _luks_prompt(number: int) -> bytes | None:
+    text: str = click.prompt(
+        f"LUKS passphrase for partition {number} (empty: image it whole, encrypted)",
+        hide_input=True,
+        default="",
+        show_default=False,
+        err=True,
+    )
+    return text.encode() or None
+
+
+def luks_key_source(
+    values: tuple[str, ...],
+) -> dict[int | None, bytes] | Callable[[int], bytes | None]:
+    """The keys of ``--luks-key-file``; without any, on a terminal, a prompt asked only
+    for partitions that hold a LUKS container."""
+    if values or not sys.stdin.isatty():
+        return luks_keys(values)
+    return _luks_prompt
+
+
+def luks_key_for(values: tuple[str, ...], snap: Snapshot, number: int | None) -> bytes | None:
+    """The ``--luks-key-file`` key for partition ``number`` (or the one for every one);
+    without any, on a terminal, asked for when that partition holds LUKS."""
     keys = luks_keys(values)
-    return keys.get(number, keys.get(None)) if number is not None else keys.get(None)
+    key = keys.get(number, keys.get(None)) if number is not None else keys.get(None)
+    record = snap.partition(number) if number is not None else None
+    encrypted = record is not None and any(v.encrypted for v in record.volumes)
+    if key is None and not values and encrypted and number is not None and sys.stdin.isatty():
+        return _luks_prompt(number)
+    return key
 
 
 def open_location(ctx: click.Context, location: str) -> Repository:

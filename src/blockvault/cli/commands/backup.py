@@ -10,7 +10,7 @@ from blockvault.cli import render
 from blockvault.cli.commands import (
     json_option,
     luks_key_option,
-    luks_keys,
+    luks_key_source,
     open_repo,
     raw_option,
     system_root_option,
@@ -74,7 +74,7 @@ def register(group: click.Group) -> None:
             source, chosen = str(choice.disk), chosen or tuple(choice.partitions)
         if not raw:
             refuse_plain_path(source)
-        keys = luks_keys(luks_key_files)
+        keys = luks_key_source(luks_key_files)
         repo = open_repo(ctx)
         if compression:
             repo = repo.with_compression(compression)

@@ -27,7 +27,11 @@ def register(group: click.Group) -> None:
         snap, addr, number = locate(repo, address)
         number = require_partition(snap, address, number)
         volume = open_volume(
-            repo, snap, number, volume=addr.volume, luks_key=luks_key_for(luks_key_files, number)
+            repo,
+            snap,
+            number,
+            volume=addr.volume,
+            luks_key=luks_key_for(luks_key_files, snap, number),
         )
         entry = volume.entry(addr.path, follow=True)
         stream = volume.open(addr.path)

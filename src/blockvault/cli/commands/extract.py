@@ -45,7 +45,11 @@ def register(group: click.Group) -> None:
         snap, addr, number = locate(repo, address)
         number = require_partition(snap, address, number)
         volume = open_volume(
-            repo, snap, number, volume=addr.volume, luks_key=luks_key_for(luks_key_files, number)
+            repo,
+            snap,
+            number,
+            volume=addr.volume,
+            luks_key=luks_key_for(luks_key_files, snap, number),
         )
         with render.progress(as_json) as reporter:
             result = extract(

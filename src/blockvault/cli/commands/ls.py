@@ -107,7 +107,11 @@ def register(group: click.Group) -> None:
             )
             return
         volume = open_volume(
-            repo, snap, number, volume=addr.volume, luks_key=luks_key_for(luks_key_files, number)
+            repo,
+            snap,
+            number,
+            volume=addr.volume,
+            luks_key=luks_key_for(luks_key_files, snap, number),
         )
         base, entries = _entries(volume, addr.path, recursive)
         if as_json:

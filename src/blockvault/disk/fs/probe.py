@@ -44,7 +44,7 @@ def raw(reader: Reader, note: str = "unknown content, imaged raw") -> Filesystem
     )
 
 
-def probe(reader: Reader, key: bytes | None = None, where: str = "volume") -> FilesystemInfo:
+def probe(reader: Reader, key: luks.KeySource = None, where: str = "volume") -> FilesystemInfo:
     """The allocation map of whatever filesystem or volume stack ``reader`` holds, or
     raw. ``key`` opens LUKS containers (at any depth); ``where`` names the partition
     in a ``LuksKeyRejected`` error."""

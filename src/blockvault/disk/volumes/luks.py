@@ -46,7 +46,18 @@ from blockvault.disk.volumes.c_luks import (
 from blockvault.errors import FilesystemError, LuksKeyRejected
 from blockvault.extents import ExtentMap
 
-__all__ = ["DecryptingReader", "LuksHeader", "detect", "read", "read_header", "unlock"]
+__all__ = [
+    "DecryptingReader",
+    "KeySource",
+    "LuksHeader",
+    "detect",
+    "read",
+    "read_header",
+    "unlock",
+]
+
+# a key, or how to get one only when a container is found (a prompt); None: no key
+KeySource = bytes | Callable[[], bytes | None] | None
 
 MAX_ITERATIONS = 50_000_000  # PBKDF2; cryptsetup benchmarks to about 2 s, a few million
 MAX_ARGON2_MEMORY = 4 * 1024 * 1024  # KiB, cryptsetup's own maximum
@@ -407,10 +418,11 @@ class DecryptingReader:
         return plain[offset - start : offset - start + length]
 
 
-def read(reader: Reader, passphrase: bytes | None, probe: Probe, where: str) -> FilesystemInfo:
+def read(reader: Reader, key_source: KeySource, probe: Probe, where: str) -> FilesystemInfo:
     """The container's used map: everything without a key; with one, the header area
     and the sectors that hold the inner filesystem's used blocks."""
     header = read_header(reader)
+    passphrase = key_source() if callable(key_source) else key_source
     kind = f"luks{header.version}"
     mapping = ((0, header.payload_offset, header.payload_size),)
     if passphrase is None:
