@@ -75,6 +75,17 @@ def loop_device(image: Path, offset: int = 0, size: int | None = None) -> Iterat
         subprocess.run(["losetup", "-d", dev], check=False)
 
 
+@contextlib.contextmanager
+def _lvm(image: Path, offset: int, size: int) -> Iterator[tuple[str, dict[str, str]]]:
+    """A loop device over the PV's bytes and the environment LVM runs in: a private
+    ``LVM_SYSTEM_DIR`` (no /etc/lvm backups, no other test's volume groups)."""
+    with (
+        tempfile.TemporaryDirectory(prefix="bv-lvm-") as scratch,
+        loop_device(image, offset, size) as dev,
+    ):
+        yield dev, {"LVM_SYSTEM_DIR": scratch, "LVM_SUPPRESS_FD_WARNINGS": "1"}
+
+
 def make_pv(
     image: Path,
     offset: int,
@@ -86,11 +97,7 @@ def make_pv(
     """Make ``[offset, offset + size)`` of ``image`` a PV of VG ``vg`` holding ``lvs``,
     each with its filesystem written at its extents. Returns, per LV, the runs
     ``(PV-relative byte offset, length)`` of its segments as LVM reports them."""
-    with (
-        tempfile.TemporaryDirectory(prefix="bv-lvm-") as scratch,
-        loop_device(image, offset, size) as dev,
-    ):
-        env = {"LVM_SYSTEM_DIR": scratch, "LVM_SUPPRESS_FD_WARNINGS": "1"}
+    with _lvm(image, offset, size) as (dev, env):
         common = ("--devices", dev)
         _run("pvcreate", "-q", *common, dev, env=env)
         _run("vgcreate", "-q", *common, "-s", f"{extent_size // 1024}k", vg, dev, env=env)
@@ -112,11 +119,7 @@ def lvm_places(
     """Per LV of the PV at ``[offset, offset + size)`` of ``image``, the runs (PV-relative
     byte offset, length) of its segments, as ``lvs`` and ``pvs`` report them; ``vgck``
     must find the metadata consistent first."""
-    with (
-        tempfile.TemporaryDirectory(prefix="bv-lvm-") as scratch,
-        loop_device(image, offset, size) as dev,
-    ):
-        env = {"LVM_SYSTEM_DIR": scratch, "LVM_SUPPRESS_FD_WARNINGS": "1"}
+    with _lvm(image, offset, size) as (dev, env):
         common = ("--devices", dev)
         _run("vgck", *common, env=env)
         pe_start = int(
@@ -138,11 +141,7 @@ def lvm_places(
 
 def pv_size(image: Path, offset: int, size: int) -> tuple[int, int]:
     """(PV size in bytes, extent count) as ``pvs`` reports them."""
-    with (
-        tempfile.TemporaryDirectory(prefix="bv-lvm-") as scratch,
-        loop_device(image, offset, size) as dev,
-    ):
-        env = {"LVM_SYSTEM_DIR": scratch, "LVM_SUPPRESS_FD_WARNINGS": "1"}
+    with _lvm(image, offset, size) as (dev, env):
         out = _run("pvs", "--devices", dev, "--noheadings", "--units", "b", "--nosuffix",
                    "-o", "pv_size,pv_pe_count", dev, env=env).split()  # fmt: skip
     return int(out[0]), int(out[1])

@@ -35,30 +35,26 @@ MiB = 1024 * 1024
 pytestmark = needs_root
 
 
-@pytest.fixture(scope="module")
-def luks2_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _luks_image(factory: pytest.TempPathFactory, luks_type: str, size: int) -> Path:
     need_tools("cryptsetup")
-    work = tmp_path_factory.mktemp("hostile-luks")
-    image = work / "luks2.img"
+    work = factory.mktemp(f"hostile-{luks_type}")
+    image = work / f"{luks_type}.img"
     image.touch()
-    os.truncate(image, 20 * MiB)
+    os.truncate(image, size)
     key = work / "key"
     key.write_bytes(b"k")
-    luks_format(image, 0, 20 * MiB, key, "luks2")
+    luks_format(image, 0, size, key, luks_type)
     return image
+
+
+@pytest.fixture(scope="module")
+def luks2_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _luks_image(tmp_path_factory, "luks2", 20 * MiB)
 
 
 @pytest.fixture(scope="module")
 def luks1_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    need_tools("cryptsetup")
-    work = tmp_path_factory.mktemp("hostile-luks1")
-    image = work / "luks1.img"
-    image.touch()
-    os.truncate(image, 8 * MiB)
-    key = work / "key"
-    key.write_bytes(b"k")
-    luks_format(image, 0, 8 * MiB, key, "luks1")
-    return image
+    return _luks_image(tmp_path_factory, "luks1", 8 * MiB)
 
 
 def _copy(source: Path, tmp_path: Path) -> Path:

@@ -7,12 +7,16 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from blockvault.errors import NewPassphraseRequired, PassphraseRequired, UsageError
 from blockvault.repo import Repository, Selector, Snapshot
 from blockvault.storage.bundle import is_bundle
+
+if TYPE_CHECKING:
+    from blockvault.browse.volume import Address, Volume
 
 __all__ = [
     "COMMANDS",
@@ -24,6 +28,7 @@ __all__ = [
     "luks_keys",
     "new_ids_option",
     "open_address",
+    "open_browsed",
     "open_repo",
     "open_snapshot",
     "passphrase_source",
@@ -165,6 +170,17 @@ def luks_key_for(values: tuple[str, ...], snap: Snapshot, number: int | None) ->
     if key is None and not values and encrypted and number is not None and sys.stdin.isatty():
         return _luks_prompt(number)
     return key
+
+
+def open_browsed(
+    repo: Repository, snap: Snapshot, address: Address, number: int, key_files: tuple[str, ...]
+) -> Volume:
+    """The filesystem ``address`` names in partition ``number``: the partition's, the
+    one in its LUKS container, or a logical volume's (``SNAPSHOT:VG/LV:``)."""
+    from blockvault.browse.volume import open_volume  # only the browse commands need it
+
+    key = luks_key_for(key_files, snap, number)
+    return open_volume(repo, snap, number, volume=address.volume, luks_key=key)
 
 
 def open_location(ctx: click.Context, location: str) -> Repository:

@@ -8,8 +8,8 @@ from typing import Final
 
 import click
 
-from blockvault.browse.volume import locate, open_volume, require_partition
-from blockvault.cli.commands import luks_key_for, luks_key_option, open_address
+from blockvault.browse.volume import locate, require_partition
+from blockvault.cli.commands import luks_key_option, open_address, open_browsed
 
 BLOCK: Final = 1024 * 1024
 
@@ -26,13 +26,7 @@ def register(group: click.Group) -> None:
         repo, address = open_address(ctx, address)
         snap, addr, number = locate(repo, address)
         number = require_partition(snap, address, number)
-        volume = open_volume(
-            repo,
-            snap,
-            number,
-            volume=addr.volume,
-            luks_key=luks_key_for(luks_key_files, snap, number),
-        )
+        volume = open_browsed(repo, snap, addr, number, luks_key_files)
         entry = volume.entry(addr.path, follow=True)
         stream = volume.open(addr.path)
         out = sys.stdout.buffer

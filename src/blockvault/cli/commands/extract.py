@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from blockvault.browse.extract import extract
-from blockvault.browse.volume import locate, open_volume, require_partition
+from blockvault.browse.volume import locate, require_partition
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, luks_key_for, luks_key_option, open_address
+from blockvault.cli.commands import json_option, luks_key_option, open_address, open_browsed
 from blockvault.errors import TreeDamaged, TreeIncomplete
 from blockvault.text import shown
 
@@ -44,13 +44,7 @@ def register(group: click.Group) -> None:
         repo, address = open_address(ctx, address)
         snap, addr, number = locate(repo, address)
         number = require_partition(snap, address, number)
-        volume = open_volume(
-            repo,
-            snap,
-            number,
-            volume=addr.volume,
-            luks_key=luks_key_for(luks_key_files, snap, number),
-        )
+        volume = open_browsed(repo, snap, addr, number, luks_key_files)
         with render.progress(as_json) as reporter:
             result = extract(
                 volume,

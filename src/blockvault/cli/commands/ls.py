@@ -10,9 +10,9 @@ from typing import Any
 import click
 
 from blockvault.browse.filesystem import Entry
-from blockvault.browse.volume import Volume, locate, open_volume
+from blockvault.browse.volume import Volume, locate
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, luks_key_for, luks_key_option, open_address
+from blockvault.cli.commands import json_option, luks_key_option, open_address, open_browsed
 from blockvault.text import shown
 
 
@@ -106,13 +106,7 @@ def register(group: click.Group) -> None:
                 ],
             )
             return
-        volume = open_volume(
-            repo,
-            snap,
-            number,
-            volume=addr.volume,
-            luks_key=luks_key_for(luks_key_files, snap, number),
-        )
+        volume = open_browsed(repo, snap, addr, number, luks_key_files)
         base, entries = _entries(volume, addr.path, recursive)
         if as_json:
             render.emit_json(
