@@ -31,6 +31,7 @@ from blockvault.errors import UsageError
 __all__ = [
     "LogicalVolumeSpec",
     "LuksContainer",
+    "add_thin_pool",
     "aes_xts_encrypt",
     "luks_format",
     "lvm_places",
@@ -113,10 +114,66 @@ def make_pv(
     return places
 
 
+_THIN = """
+\t\t{name} {{
+\t\t\tid = "{id}"
+\t\t\tstatus = [{status}]
+\t\t\tflags = []
+\t\t\tsegment_count = 1
+\t\t\tsegment1 {{
+\t\t\t\tstart_extent = 0
+\t\t\t\textent_count = {count}
+{body}\t\t\t}}
+\t\t}}
+"""
+
+
+_ID_PARTS = ((0, 6), (6, 10), (10, 14), (14, 18), (18, 22), (22, 26), (26, 32))
+
+
+def add_thin_pool(image: Path, offset: int, size: int, vg: str, first: int) -> None:
+    """Add a thin pool (8 extents of data, 1 of metadata, 1 spare, from extent ``first``)
+    and a 16-extent thin volume to VG ``vg``. ``lvcreate`` cannot make them without
+    device-mapper, so they are written into the metadata text as LVM 2.03 writes them
+    and restored with ``vgcfgrestore --force`` (LVM's own parser checks them)."""
+
+    def lv(name: str, count: int, body: str, visible: bool = False) -> str:
+        status = '"READ", "WRITE"' + (', "VISIBLE"' if visible else "")
+        chars = os.urandom(16).hex()  # 32 characters of LVM's id alphabet
+        ident = "-".join(chars[a:b] for a, b in _ID_PARTS)
+        return _THIN.format(name=name, id=ident, status=status, count=count, body=body)
+
+    def linear(at: int) -> str:
+        return (
+            f'\t\t\t\ttype = "striped"\n\t\t\t\tstripe_count = 1\n\t\t\t\tstripes = ["pv0", {at}]\n'
+        )
+
+    pool = (
+        '\t\t\t\ttype = "thin-pool"\n\t\t\t\tmetadata = "pool_tmeta"\n\t\t\t\tpool = "pool_tdata"\n'
+        "\t\t\t\ttransaction_id = 1\n\t\t\t\tchunk_size = 128\n"
+        '\t\t\t\tdiscards = "passdown"\n\t\t\t\tzero_new_blocks = 1\n'
+    )
+    thin = (
+        '\t\t\t\ttype = "thin"\n\t\t\t\tthin_pool = "pool"\n'
+        "\t\t\t\ttransaction_id = 0\n\t\t\t\tdevice_id = 1\n"
+    )
+    lvs = (lv("pool", 8, pool, visible=True) + lv("thin", 16, thin, visible=True)
+           + lv("lvol0_pmspare", 1, linear(first)) + lv("pool_tmeta", 1, linear(first + 1))
+           + lv("pool_tdata", 8, linear(first + 2)))  # fmt: skip
+    with _lvm(image, offset, size) as (dev, env), tempfile.TemporaryDirectory() as tmp:
+        backup = Path(tmp) / "vg"
+        _run("vgcfgbackup", "-q", "--devices", dev, "-f", backup, vg, env=env)
+        text = backup.read_text()
+        end = text.rindex("\t}\n")  # the end of logical_volumes
+        backup.write_text(text[:end] + lvs + text[end:])
+        _run("vgcfgrestore", "--force", "--devices", dev, "-f", backup, vg, env=env)
+
+
 def lvm_places(
     image: Path, offset: int, size: int, extent_size: int = MiB
 ) -> dict[str, list[tuple[int, int]]]:
-    """Per LV of the PV at ``[offset, offset + size)`` of ``image``, the runs (PV-relative
+    """Per LV of the PV at ``[offset, offset + size)`` of ``image`` (hidden ones as
+    ``[name]``, as ``lvs -a`` shows them), the runs (PV-relative
     byte offset, length) of its segments, as ``lvs`` and ``pvs`` report them; ``vgck``
     must find the metadata consistent first."""
     with _lvm(image, offset, size) as (dev, env):
@@ -127,7 +184,7 @@ def lvm_places(
                  dev, env=env).strip()
         )  # fmt: skip
         report = _run(
-            "lvs", *common, "--noheadings", "--separator", "|", "-o",
+            "lvs", "-a", *common, "--noheadings", "--separator", "|", "-o",
             "lv_name,seg_start_pe,seg_pe_ranges", env=env,
         )  # fmt: skip
     places: dict[str, list[tuple[int, int]]] = {}

@@ -262,13 +262,18 @@ def _logical_volume(pv: PhysicalVolume, name: str, lv: Config) -> LogicalVolume:
     visible = isinstance(status, list) and "VISIBLE" in status
     readable = types == {"striped"} and not elsewhere and visible and bool(runs)
     note = None
-    if not readable:
+    if not readable and not runs:
+        note = (
+            f"segment type {', '.join(sorted(types))}: no extents of its own on this PV "
+            "(a thin volume's data lies in its pool's hidden data volume, imaged raw)"
+        )
+    elif not readable:
         why = (
             "it has extents on other PVs"
             if elsewhere
             else f"segment type {', '.join(sorted(types))}"
             if types != {"striped"}
-            else "a hidden (internal) volume"
+            else "a hidden (internal) volume, such as a thin pool's data or metadata"
         )
         note = f"{why}: its extents on this PV imaged raw"
     mapping = tuple(sorted(runs))
@@ -328,7 +333,7 @@ def read(reader: Reader, probe: Probe) -> FilesystemInfo:
                 filesystem=info.type,
                 size=lv.size,
                 mapping=lv.mapping,
-                used_bytes=info.used_bytes,
+                used_bytes=lv_used.total,
                 label=info.label,
                 uuid=info.uuid,
                 note=info.note,
