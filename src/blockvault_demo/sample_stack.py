@@ -37,6 +37,7 @@ __all__ = [
     "lvm_places",
     "make_pv",
     "pv_size",
+    "striped_vg",
     "write_encrypted",
 ]
 
@@ -167,6 +168,37 @@ def add_thin_pool(image: Path, offset: int, size: int, vg: str, first: int) -> N
         end = text.rindex("\t}\n")  # the end of logical_volumes
         backup.write_text(text[:end] + lvs + text[end:])
         _run("vgcfgrestore", "--force", "--devices", dev, "-f", backup, vg, env=env)
+
+
+def striped_vg(
+    image: Path, parts: Sequence[tuple[int, int]], vg: str, size: int
+) -> list[list[tuple[int, int]]]:
+    """Make each ``(offset, size)`` of ``image`` a PV of one VG ``vg`` and create an LV
+    ``striped`` of ``size`` bytes striped across all of them (``lvcreate -i``; 64 KiB
+    stripes), its bytes left as they are: a layout no single PV can be read by.
+    Returns, per PV, the runs (PV-relative offset, length) of its extents, from ``lvs``."""
+    with contextlib.ExitStack() as stack:
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="bv-lvm-"))
+        devs = [stack.enter_context(loop_device(image, o, n)) for o, n in parts]
+        env = {"LVM_SYSTEM_DIR": scratch, "LVM_SUPPRESS_FD_WARNINGS": "1"}
+        common = [arg for dev in devs for arg in ("--devices", dev)]
+        _run("pvcreate", "-q", *common, *devs, env=env)
+        _run("vgcreate", "-q", *common, "-s", "1m", vg, *devs, env=env)
+        _run(
+            "lvcreate", "--driverloaded", "n", "-q", "-y", *common, "-i", str(len(devs)),
+            "-I", "64k", "-L", f"{size // 1024}k", "-n", "striped", vg, env=env,
+        )  # fmt: skip
+        report = _run("lvs", *common, "--noheadings", "-o", "seg_pe_ranges", vg, env=env)
+        starts = [
+            int(_run("pvs", *common, "--noheadings", "--units", "b", "--nosuffix", "-o",
+                     "pe_start", dev, env=env).strip())
+            for dev in devs
+        ]  # fmt: skip
+    runs: list[list[tuple[int, int]]] = [[] for _ in devs]
+    for dev, first, last in re.findall(r"(/dev/\S+):(\d+)-(\d+)", report):
+        i = devs.index(dev)
+        runs[i].append((starts[i] + int(first) * MiB, (int(last) - int(first) + 1) * MiB))
+    return runs
 
 
 def lvm_places(

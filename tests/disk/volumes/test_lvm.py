@@ -33,6 +33,7 @@ from blockvault_demo.sample_stack import (
     lvm_places,
     make_pv,
     pv_size,
+    striped_vg,
 )
 from tests.conftest import blockvault, need_tools, needs_root, sh
 from tests.fstree import ext_blocks, fsck, tree
@@ -323,4 +324,36 @@ def test_thin_pools_are_detected_and_imaged_raw(tmp_path: Path) -> None:
     snap = backup(repo, str(image))
     restored = tmp_path / "restored.img"
     restore(repo, snap, str(restored))
+    assert restored.read_bytes() == image.read_bytes()
+
+
+def test_an_lv_striped_across_pvs_is_kept_raw_on_each(tmp_path: Path) -> None:
+    """An LV striped over two PVs (two partitions of one disk) cannot be read from either
+    alone: each partition keeps its stripes whole and says why."""
+    need_tools("pvcreate")
+    image = tmp_path / "disk.img"
+    disk = build_disk(
+        DiskSpec(
+            "gpt", 40 * MiB, [PartitionSpec("empty", 18 * MiB), PartitionSpec("empty", 18 * MiB)]
+        ),
+        image,
+    )
+    parts = [(p.offset, p.size) for p in disk.partitions]
+    vg = f"bv{uuid.uuid4().hex[:10]}"
+    runs = striped_vg(image, parts, vg, 16 * MiB)
+    with open(image, "r+b") as f:  # data in every stripe
+        for offset, _ in parts:
+            f.seek(offset + MiB)
+            f.write(os.urandom(8 * MiB))
+    with open_device(str(image)) as device:
+        layout = read_layout(device)
+    for here, part in zip(runs, layout.partitions, strict=True):
+        lv = next(v for v in part.fs.volumes if v.name == f"{vg}/striped")
+        assert "other PVs" in (lv.note or "")
+        assert sum(length for _, _, length in lv.mapping) == 8 * MiB  # half of it lies here
+        assert here and all(part.fs.used.covers(start, length) for start, length in here)
+    assert sum("other PVs" in w for w in layout.warnings) == 2
+    repo = Repository.init(str(tmp_path / "repo"))
+    restored = tmp_path / "restored.img"
+    restore(repo, backup(repo, str(image)), str(restored))
     assert restored.read_bytes() == image.read_bytes()
