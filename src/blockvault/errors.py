@@ -15,6 +15,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   ├── PassphraseRequired               encrypted repository, no passphrase given
     │   │   └── NewPassphraseRequired            a new one is needed and cannot be asked
     │   ├── KeyFileInvalid                   a key file to import is not usable
+    │   ├── LuksKeyRejected                  no LUKS key slot opens with the key given
     │   ├── ImageReadOnly                    a write to a one-file image (.bvi)
 
     │   ├── PlanError                        a plan, or the plans file, is wrong (plans/)
@@ -110,6 +111,7 @@ __all__ = [
     "Interrupted",
     "KeyFileInvalid",
     "KeyMissing",
+    "LuksKeyRejected",
     "MountpointError",
     "NbdError",
     "NewPassphraseRequired",
@@ -217,6 +219,16 @@ class NewPassphraseRequired(PassphraseRequired):
 
 class KeyFileInvalid(UsageError):
     template = "key file {path}: {detail}"
+
+
+class LuksKeyRejected(UsageError):
+    """A LUKS key was given for a partition but opens none of its key slots: imaging it
+    raw instead would silently store far more than asked, so we stop."""
+
+    template = (
+        "{where}: {detail}; check the passphrase or --luks-key-file (a key file is used "
+        "byte for byte, as cryptsetup --key-file does)"
+    )
 
 
 class ImageReadOnly(UsageError):

@@ -65,9 +65,11 @@ def _servable(name: str, path: str) -> bool:
 
 
 class Image(Protocol):
-    """A region or the whole disk: ``RegionReader`` or ``SnapshotImage``."""
+    """A region or the whole disk: ``RegionReader`` or ``SnapshotImage``, or a logical
+    volume read through its mapping."""
 
-    size: int
+    @property
+    def size(self) -> int: ...
 
     def read_at(self, offset: int, length: int) -> bytes: ...
 

@@ -31,9 +31,12 @@ from typing import Final
 
 from blockvault.browse.stream import cache_chunks, region_reader
 from blockvault.browse.volume import PARSERS, Volume, open_volume
+from blockvault.disk.device import Reader
+from blockvault.disk.volumes.stack import content_reader
 from blockvault.errors import BlockvaultError, MountpointError, UsageError
 from blockvault.repo import format as fmt
 from blockvault.repo.image import RegionReader, SnapshotImage
+from blockvault.repo.index import Index
 from blockvault.repo.manifest import Snapshot
 from blockvault.repo.repository import Repository
 from blockvault.text import command_word
@@ -205,7 +208,7 @@ def _serve(
         for region in index.regions:
             if region.kind == fmt.REGION_PARTITION:
                 readers[region.number] = region_reader(repo, region, index.chunk_size)
-        images: dict[str, RegionReader | SnapshotImage] = {
+        images: dict[str, Reader] = {
             "disk.img": SnapshotImage(
                 repo, snap, index, parts=readers, cache=cache_chunks(index.chunk_size)
             )
@@ -219,6 +222,7 @@ def _serve(
                         shown[f"p{record.number}"] = open_volume(repo, snap, record.number, index)
                     except BlockvaultError as exc:  # damaged: its image only
                         log.error("p%d/ not shown: %s", record.number, exc)
+        _logical_volumes(repo, snap, index, readers, images, shown if views else None)
         stamp = int(_parse_time(snap.time) * 1e9)
         tree = SnapshotTree(images, shown, {f"p{n}" for n in kernel}, stamp, lambda: tell("ok"))
         FUSE(
@@ -235,6 +239,33 @@ def _serve(
         tell(f"error: {exc}")
     finally:
         _after_server(str(mountpoint))
+
+
+def _logical_volumes(
+    repo: Repository,
+    snap: Snapshot,
+    index: Index,
+    readers: dict[int, RegionReader],
+    images: dict[str, Reader],
+    shown: dict[str, Volume] | None,
+) -> None:
+    """Each unencrypted logical volume as ``VG-LV.img`` and, with ``shown``, its files
+    under ``VG-LV/`` (blockvault's reader; no kernel mount)."""
+    for record in snap.imaged_partitions:
+        if record.number not in readers:
+            continue
+        where = f"partition {record.number} of snapshot {snap.id[:12]}"
+        for v in record.volumes:
+            if v.kind != "lvm2-lv" or v.encrypted or v.note:
+                continue
+            name = v.name.replace("/", "-")
+            try:
+                reader = content_reader(readers[record.number], record.volumes, v.name, None, where)
+                images[f"{name}.img"] = reader
+                if shown is not None and v.filesystem in PARSERS:
+                    shown[name] = open_volume(repo, snap, record.number, index, volume=v.name)
+            except BlockvaultError as exc:  # damaged: left out
+                log.error("%s not shown: %s", v.name, exc)
 
 
 def _after_server(mountpoint: str) -> None:

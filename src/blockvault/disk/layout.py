@@ -6,7 +6,9 @@ partition table is one partition, number 1, spanning the whole disk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from blockvault.disk.device import Device, Reader, Region, SourceDisk, open_device
 from blockvault.disk.fs import FilesystemInfo
@@ -14,10 +16,23 @@ from blockvault.disk.fs.probe import known, probe, raw
 from blockvault.disk.table import Partition, PartitionTable, mbr
 from blockvault.disk.table.gpt import SECTOR_SIZES, detect_sector_size
 from blockvault.disk.table.probe import read_table
-from blockvault.errors import FilesystemError, PartitionTableError, SourceError
+from blockvault.disk.volumes.luks import KeySource
+from blockvault.errors import FilesystemError, PartitionTableError, SourceError, UsageError
 from blockvault.extents import ExtentMap
 
-__all__ = ["DiskLayout", "PartitionLayout", "read_layout", "refuse_plain_file", "refuse_plain_path"]
+__all__ = [
+    "DiskLayout",
+    "LuksKeys",
+    "PartitionLayout",
+    "read_layout",
+    "refuse_plain_file",
+    "refuse_plain_path",
+    "select_volumes",
+]
+
+# LUKS passphrases or key file contents by partition number (None: every partition), or
+# a function asked for partition N's key only when N holds a LUKS container (a prompt)
+LuksKeys = Mapping[int | None, bytes] | Callable[[int], bytes | None]
 
 BIOS_BOOT_GUID = "21686148-6449-6e6f-744e-656564454649"  # GRUB's core image on GPT disks
 BIOS_BOOT_NOTE = "BIOS boot partition (boot loader code), imaged raw"
@@ -78,7 +93,7 @@ def sector_size_of(device: SourceDisk) -> int:
     return max(SECTOR_SIZES, key=lambda size: (scores[size], -size))
 
 
-def read_layout(device: SourceDisk) -> DiskLayout:
+def read_layout(device: SourceDisk, luks_keys: LuksKeys | None = None) -> DiskLayout:
     sector_size = sector_size_of(device)
     try:
         table = read_table(device, sector_size)
@@ -99,12 +114,15 @@ def read_layout(device: SourceDisk) -> DiskLayout:
                 raise_truncated(device, p)
     layouts = []
     for part in parts:
-        info = probe_partition(device, part)
+        info = probe_partition(device, part, _key_source(luks_keys, part.number))
         if info.type == "raw" and info.note != BIOS_BOOT_NOTE:  # boot code is expected raw
             warnings.append(
                 f"partition {part.number}: {info.note or 'unknown content, imaged raw'} "
                 "(all-zero chunks skipped)"
             )
+        warnings.extend(
+            f"partition {part.number}, {v.name}: {v.note}" for v in info.volumes if v.note
+        )
         layouts.append(PartitionLayout(part, info))
     covered = ExtentMap((p.start, p.size) for p in parts)
     boot = ExtentMap.span(0, device.size) - covered
@@ -143,13 +161,20 @@ def refuse_plain_path(path: str) -> None:
             refuse_plain_file(device, read_layout(device))
 
 
-def probe_partition(reader: Reader, part: Partition) -> FilesystemInfo:
-    """The filesystem of one partition; a damaged one is imaged raw (the caller warns)."""
+def _key_source(keys: LuksKeys | None, number: int) -> KeySource:
+    if callable(keys):
+        return functools.partial(keys, number)
+    return None if keys is None else keys.get(number, keys.get(None))
+
+
+def probe_partition(reader: Reader, part: Partition, luks_key: KeySource = None) -> FilesystemInfo:
+    """The filesystem of one partition; a damaged one is imaged raw (the caller warns).
+    A LUKS key that opens no key slot raises ``LuksKeyRejected``."""
     region = Region(reader, part.start, part.size)
     if part.type == BIOS_BOOT_GUID:
         return raw(region, note=BIOS_BOOT_NOTE)
     try:
-        return probe(region)
+        return probe(region, luks_key, f"partition {part.number}")
     except FilesystemError as exc:
         return raw(region, note=f"{exc}{DAMAGED}")
 
@@ -160,3 +185,50 @@ def raise_truncated(device: SourceDisk, part: Partition) -> None:
         f"{device.size} bytes: the image is truncated",
         path=device.path,
     )
+
+
+def _line(name: str, parent: Mapping[str, str]) -> set[str]:
+    """``name`` and every volume it lies in (a loop in hostile records ends it)."""
+    seen: set[str] = set()
+    while name and name not in seen:
+        seen.add(name)
+        name = parent.get(name, "")
+    return seen
+
+
+NOT_CHOSEN = "not imaged: the backup chose other logical volumes"
+
+
+def select_volumes(layout: DiskLayout, names: Sequence[str]) -> tuple[DiskLayout, list[int]]:
+    """``layout`` narrowed to the logical volumes ``names`` (``VG/LV``), and the numbers
+    of the partitions holding them. In those partitions the other LVs' used bytes are
+    dropped (their records say so); the layers' metadata and the chosen LVs stay."""
+    wanted = set(names)
+    found: set[str] = set()
+    numbers: list[int] = []
+    partitions = []
+    for p in layout.partitions:
+        chosen = wanted & {v.name for v in p.fs.volumes if v.kind == "lvm2-lv"}
+        if not chosen:
+            partitions.append(p)
+            continue
+        found |= chosen
+        numbers.append(p.number)
+        parent = {v.name: v.parent for v in p.fs.volumes}
+        keep = set().union(*(_line(n, parent) for n in chosen))
+        kept = [v for v in p.fs.volumes if v.name in keep or _line(v.name, parent) & chosen]
+        dropped = [v for v in p.fs.volumes if v not in kept]
+        used = p.fs.used
+        for v in dropped:
+            if v.kind == "lvm2-lv":
+                used = used.subtract(v.used_out)
+        volumes = tuple(v if v in kept else replace(v, note=NOT_CHOSEN) for v in p.fs.volumes)
+        partitions.append(replace(p, fs=replace(p.fs, used=used, volumes=volumes)))
+    missing = sorted(wanted - found)
+    if missing:
+        have = [v.name for p in layout.partitions for v in p.fs.volumes if v.kind == "lvm2-lv"]
+        raise UsageError(
+            f"{layout.path} has no logical volume {', '.join(missing)} "
+            f"(it has {', '.join(have) or 'none'}); name one as VG/LV"
+        )
+    return replace(layout, partitions=tuple(partitions)), numbers

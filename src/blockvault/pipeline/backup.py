@@ -19,21 +19,30 @@ import functools
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import NamedTuple
 
 from blockvault.disk.device import SourceDisk, open_device
 from blockvault.disk.identity import source_identity
-from blockvault.disk.layout import DiskLayout, read_layout
+from blockvault.disk.layout import DiskLayout, LuksKeys, read_layout, select_volumes
 from blockvault.disk.table.gpt import backup_area
 from blockvault.disk.usage import mounts_using
+from blockvault.disk.volumes import Volume
 from blockvault.errors import SourceError, UsageError
 from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted, Warned
 from blockvault.events import quiet as quiet_reporter
 from blockvault.extents import ExtentMap
 from blockvault.pipeline.stages import is_zero, ordered_map, read_chunk, workers
-from blockvault.repo import Index, PartitionRecord, Region, Repository, Snapshot, Stats
+from blockvault.repo import (
+    Index,
+    PartitionRecord,
+    Region,
+    Repository,
+    Snapshot,
+    Stats,
+    VolumeRecord,
+)
 from blockvault.repo import format as fmt
 from blockvault.repo.sessions import DEFAULT_TIMING, Timing
 from blockvault.repo.writer import WriterSession
@@ -214,21 +223,29 @@ def backup(
     repo: Repository,
     source: str | SourceDisk,
     *,
-    partitions: Sequence[int] | None = None,
+    partitions: Sequence[int | str] | None = None,
     tags: Sequence[str] = (),
+    luks_keys: LuksKeys | None = None,
     reporter: Reporter = quiet_reporter,
     timing: Timing = DEFAULT_TIMING,
 ) -> Snapshot:
     """Image ``source`` into ``repo``; returns the committed snapshot.
 
     ``source`` is a device or image path, or a disk already open (``SourceDisk``: a VM
-    disk read through NBD), which the caller closes. Everything is written through one
-    ``WriterSession`` (repo/writer.py), which keeps it safe beside ``gc`` and says what
-    an interruption left behind."""
+    disk read through NBD), which the caller closes. ``partitions`` holds numbers and
+    logical volumes (``"vg0/root"``, imaged alone in their PV). ``luks_keys`` open LUKS
+    containers, so that only their used sectors are stored (still encrypted). Everything
+    is written through one ``WriterSession`` (repo/writer.py), which keeps it safe
+    beside ``gc`` and says what an interruption left behind."""
     started = time.monotonic()
     opened = open_device(source) if isinstance(source, str) else contextlib.nullcontext(source)
     with opened as device:
-        layout = read_layout(device)
+        layout = read_layout(device, luks_keys)
+        numbers = [p for p in partitions or () if isinstance(p, int)]
+        names = [p for p in partitions or () if isinstance(p, str)]
+        if names:  # logical volumes: their partitions, narrowed to them
+            layout, holding = select_volumes(layout, names)
+            numbers += [n for n in holding if n not in numbers]
         for warning in layout.warnings:
             reporter(Warned(warning))
         for mount in mounts_using(device.path):
@@ -239,8 +256,8 @@ def backup(
                         "the image may be inconsistent"
                     )
                 )
-        regions = plan_regions(layout, partitions)
-        draft = _manifest(repo, layout, partitions, tags)
+        regions = plan_regions(layout, numbers)
+        draft = _manifest(repo, layout, numbers, tags)
         with WriterSession(repo, kind="backup", timing=timing) as writer:
             writer.choose_parent(draft)
             tasks = chunk_tasks(regions, repo.config.chunk_size, boot_area_map(layout))
@@ -289,6 +306,7 @@ def _manifest(
                 label=p.fs.label,
                 uuid=p.fs.uuid,
                 name=p.partition.name,
+                volumes=tuple(_volume_record(v) for v in p.fs.volumes),
             )
             for p in layout.partitions
         ),
@@ -298,6 +316,10 @@ def _manifest(
         tags=tuple(tags),
         source_id=source_identity(layout.path, layout.table.disk_id if layout.table else ""),
     )
+
+
+def _volume_record(volume: Volume) -> VolumeRecord:
+    return VolumeRecord(**{f.name: getattr(volume, f.name) for f in fields(VolumeRecord)})
 
 
 def _now() -> str:

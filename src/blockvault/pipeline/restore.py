@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 from blockvault.disk.device import Device, Reader
 from blockvault.disk.device import Region as Window
+from blockvault.disk.fs.probe import probe
 from blockvault.disk.table import PartitionTable
 from blockvault.disk.table.probe import read_table
+from blockvault.disk.volumes.stack import content_reader
 from blockvault.errors import UsageError
 from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.events import quiet as quiet_reporter
@@ -29,7 +31,7 @@ from blockvault.repo import ChunkRef, Index, Region, Repository, Snapshot
 from blockvault.repo import format as fmt
 from blockvault.repo.image import SnapshotImage
 
-__all__ = ["RestoreResult", "SnapshotSource", "restore"]
+__all__ = ["RestoreResult", "SnapshotSource", "VolumeSource", "restore"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ def restore(
     snapshot: Snapshot,
     target: str,
     *,
-    partition: int | None = None,
+    partition: int | str | None = None,
     confirm: Confirm = _refuse,
     zero_unused: bool = False,
     new_ids: bool = False,
@@ -62,9 +64,16 @@ def restore(
     reporter: Reporter = quiet_reporter,
 ) -> RestoreResult:
     started = time.monotonic()
-    source = SnapshotSource(repo, snapshot, repo.load_index(snapshot), partition, reporter)
+    index = repo.load_index(snapshot)
+    source: SnapshotSource | VolumeSource
+    if isinstance(partition, str):  # a logical volume: its filesystem alone onto TARGET
+        source = VolumeSource(repo, snapshot, index, partition, reporter)
+    else:
+        source = SnapshotSource(repo, snapshot, index, partition, reporter)
     onto = Onto(
-        "restoring the disk" if partition is None else f"restoring partition {partition}",
+        "restoring the disk"
+        if partition is None
+        else f"restoring {'partition ' if isinstance(partition, int) else ''}{partition}",
         confirm,
         repository_path=repo.backend.capabilities.local_path,
         new_ids=new_ids,
@@ -196,3 +205,79 @@ def _within(region: Region, disk_bytes: ExtentMap, offset: int) -> Region:
     start = region.start + offset
     used = region.used & disk_bytes.clip(start, region.size).shift(-start)
     return Region(region.kind, region.number, region.start, region.size, used, region.chunk_ids)
+
+
+class VolumeSource:
+    """``onto.DiskSource`` over one logical volume of a snapshot: a disk without a table
+    holding the LV's filesystem, read through the LV's mapping from its partition's
+    region. Its used map is read again from the filesystem in the snapshot (the manifest
+    keeps only its size). An LV inside LUKS is refused: restoring it alone would write
+    its plaintext."""
+
+    table: PartitionTable | None = None
+
+    def __init__(
+        self,
+        repo: Repository,
+        snapshot: Snapshot,
+        index: Index,
+        name: str,
+        reporter: Reporter = quiet_reporter,
+    ) -> None:
+        self.reporter = reporter
+        self.chunks = 0
+        record = next((p for p in snapshot.imaged_partitions if p.volume(name)), None)
+        volume = record.volume(name) if record else None
+        region = index.region(fmt.REGION_PARTITION, record.number) if record else None
+        if record is None or volume is None or volume.kind != "lvm2-lv" or region is None:
+            names = [v.name for p in snapshot.imaged_partitions for v in p.volumes]
+            raise UsageError(
+                f"snapshot {snapshot.id[:12]} has no logical volume {name} "
+                f"(it has: {', '.join(n for n in names if '/' in n) or 'none'})"
+            )
+        if volume.encrypted or volume.note:
+            why = "it lies in a LUKS container" if volume.encrypted else volume.note
+            raise UsageError(
+                f"logical volume {name} cannot be restored alone: {why}; restore partition "
+                f"{record.number} instead"
+            )
+        image = SnapshotImage(repo, snapshot, index)
+        where = f"partition {record.number} of snapshot {snapshot.id[:12]}"
+        window = Window(image, region.start, region.size)
+        self._reader = content_reader(window, record.volumes, name, None, where)
+        self.size, self.sector_size = volume.size, snapshot.sector_size
+        self.filesystems = {1: volume.filesystem}
+        self._used = probe(self._reader).used
+        self.used = {1: self._used.total}
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used.total
+
+    def reader(self) -> Reader:
+        return self._reader
+
+    def unused(self, target_size: int) -> ExtentMap:
+        return ExtentMap.span(0, min(self.size, target_size)) - self._used
+
+    def write(self, dest: Device, within: ExtentMap, fresh: bool, reporter: Reporter) -> int:
+        return self._copy(dest, self._used & within, 0, reporter)
+
+    def write_partition(self, number: int, dest: Device, shift: int, fresh: bool) -> int:
+        return self._copy(dest, self._used, shift, self.reporter)
+
+    def _copy(self, dest: Device, used: ExtentMap, shift: int, reporter: Reporter) -> int:
+        reporter(TaskStarted("restore", used.total, str(dest.path)))
+        written = 0
+        for extent in used:
+            for at in range(extent.offset, extent.end, PIECE):
+                n = min(PIECE, extent.end - at)
+                dest.write_at(at + shift, self._reader.read_at(at, n))
+                written += n
+                self.chunks += 1
+                reporter(TaskAdvanced("restore", n))
+        reporter(TaskFinished("restore"))
+        return written
+
+
+PIECE = 4 << 20  # bytes of an LV copied at once

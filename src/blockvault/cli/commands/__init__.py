@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,12 +15,20 @@ from blockvault.errors import NewPassphraseRequired, PassphraseRequired, UsageEr
 from blockvault.repo import Repository, Selector, Snapshot
 from blockvault.storage.bundle import is_bundle
 
+if TYPE_CHECKING:
+    from blockvault.browse.volume import Address, Volume
+
 __all__ = [
     "COMMANDS",
     "grow_partition_option",
     "json_option",
+    "luks_key_for",
+    "luks_key_option",
+    "luks_key_source",
+    "luks_keys",
     "new_ids_option",
     "open_address",
+    "open_browsed",
     "open_repo",
     "open_snapshot",
     "passphrase_source",
@@ -92,6 +101,86 @@ def passphrase_source(
         return text
 
     return ask
+
+
+F = Callable[..., object]
+
+
+def luks_key_option(f: F) -> F:
+    return click.option(
+        "--luks-key-file",
+        "luks_key_files",
+        multiple=True,
+        metavar="[PART=]FILE",
+        help="Open LUKS containers with FILE's bytes (as cryptsetup --key-file), on partition "
+        "PART only or on every one (repeatable): only their used sectors are then stored, "
+        "still encrypted. Without it, on a terminal, a passphrase is asked for each LUKS "
+        "partition.",
+    )(f)
+
+
+MAX_LUKS_KEY_FILE = 8 * 1024 * 1024  # cryptsetup's default keyfile-size limit
+
+
+def luks_keys(values: tuple[str, ...]) -> dict[int | None, bytes]:
+    """``--luks-key-file`` values as partition number (None: any) -> key bytes."""
+    keys: dict[int | None, bytes] = {}
+    for value in values:
+        head, sep, tail = value.partition("=")
+        number, path = (int(head), tail) if sep and head.isdigit() else (None, value)
+        try:
+            with open(path, "rb") as file:
+                key = file.read(MAX_LUKS_KEY_FILE + 1)
+        except OSError as exc:
+            raise UsageError(f"LUKS key file {path}: {exc.strerror}") from None
+        if not key or len(key) > MAX_LUKS_KEY_FILE:
+            raise UsageError(f"LUKS key file {path}: empty or larger than 8 MiB")
+        keys[number] = key
+    return keys
+
+
+def _luks_prompt(number: int) -> bytes | None:
+    text: str = click.prompt(
+        f"LUKS passphrase for partition {number} (empty: image it whole, encrypted)",
+        hide_input=True,
+        default="",
+        show_default=False,
+        err=True,
+    )
+    return text.encode() or None
+
+
+def luks_key_source(
+    values: tuple[str, ...],
+) -> dict[int | None, bytes] | Callable[[int], bytes | None]:
+    """The keys of ``--luks-key-file``; without any, on a terminal, a prompt asked only
+    for partitions that hold a LUKS container."""
+    if values or not sys.stdin.isatty():
+        return luks_keys(values)
+    return _luks_prompt
+
+
+def luks_key_for(values: tuple[str, ...], snap: Snapshot, number: int | None) -> bytes | None:
+    """The ``--luks-key-file`` key for partition ``number`` (or the one for every one);
+    without any, on a terminal, asked for when that partition holds LUKS."""
+    keys = luks_keys(values)
+    key = keys.get(number, keys.get(None)) if number is not None else keys.get(None)
+    record = snap.partition(number) if number is not None else None
+    encrypted = record is not None and any(v.encrypted for v in record.volumes)
+    if key is None and not values and encrypted and number is not None and sys.stdin.isatty():
+        return _luks_prompt(number)
+    return key
+
+
+def open_browsed(
+    repo: Repository, snap: Snapshot, address: Address, number: int, key_files: tuple[str, ...]
+) -> Volume:
+    """The filesystem ``address`` names in partition ``number``: the partition's, the
+    one in its LUKS container, or a logical volume's (``SNAPSHOT:VG/LV:``)."""
+    from blockvault.browse.volume import open_volume  # only the browse commands need it
+
+    key = luks_key_for(key_files, snap, number)
+    return open_volume(repo, snap, number, volume=address.volume, luks_key=key)
 
 
 def open_location(ctx: click.Context, location: str) -> Repository:

@@ -7,7 +7,14 @@ from pathlib import Path
 import click
 
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, open_repo, raw_option, system_root_option
+from blockvault.cli.commands import (
+    json_option,
+    luks_key_option,
+    luks_key_source,
+    open_repo,
+    raw_option,
+    system_root_option,
+)
 from blockvault.disk.layout import refuse_plain_path
 from blockvault.disk.system import choose_system
 from blockvault.errors import UsageError
@@ -21,10 +28,10 @@ def register(group: click.Group) -> None:
         "-p",
         "--partition",
         "partitions",
-        type=int,
         multiple=True,
-        metavar="N",
-        help="Image only partition N (repeatable); the table and boot areas are always kept.",
+        metavar="N|VG/LV",
+        help="Image only partition N, or only logical volume VG/LV of its LVM physical "
+        "volume (repeatable); the table and boot areas are always kept.",
     )
     @click.option(
         "--tag", "tags", multiple=True, metavar="T", help="Tag the snapshot (repeatable)."
@@ -42,33 +49,39 @@ def register(group: click.Group) -> None:
     )
     @system_root_option
     @raw_option
+    @luks_key_option
     @json_option
     @click.pass_context
     def backup_command(
         ctx: click.Context,
         source: str | None,
-        partitions: tuple[int, ...],
+        partitions: tuple[str, ...],
         tags: tuple[str, ...],
         compression: str | None,
         system: bool,
         root: str,
         raw: bool,
+        luks_key_files: tuple[str, ...],
         as_json: bool,
     ) -> None:
         """Image SOURCE (a block device or disk image file) into the repository, reading
         only the blocks its filesystems use. Prints the new snapshot's id."""
         if system == (source is not None):
             raise UsageError("give either SOURCE or --system, not both or neither")
+        chosen: tuple[int | str, ...] = tuple(_partition_or_volume(p) for p in partitions)
         if source is None:
             choice = choose_system(Path(root))
-            source, partitions = str(choice.disk), partitions or choice.partitions
+            source, chosen = str(choice.disk), chosen or tuple(choice.partitions)
         if not raw:
             refuse_plain_path(source)
+        keys = luks_key_source(luks_key_files)
         repo = open_repo(ctx)
         if compression:
             repo = repo.with_compression(compression)
         with render.progress(as_json) as reporter:
-            snap = backup(repo, source, partitions=partitions, tags=tags, reporter=reporter)
+            snap = backup(
+                repo, source, partitions=chosen, tags=tags, luks_keys=keys, reporter=reporter
+            )
         if as_json:
             render.emit_json(snap)
             return
@@ -80,3 +93,13 @@ def register(group: click.Group) -> None:
             err=True,
         )
         click.echo(snap.id)
+
+
+def _partition_or_volume(text: str) -> int | str:
+    """``-p`` takes a partition number or a logical volume ``VG/LV``."""
+    if text.isdigit():
+        return int(text)
+    vg, sep, lv = text.partition("/")
+    if not (vg and sep and lv) or "/" in lv:
+        raise UsageError(f"-p {text!r}: give a partition number or a logical volume as VG/LV")
+    return text

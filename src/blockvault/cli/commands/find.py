@@ -6,7 +6,13 @@ import click
 
 from blockvault.browse.find import find
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, open_repo, open_snapshot
+from blockvault.cli.commands import (
+    json_option,
+    luks_key_option,
+    luks_keys,
+    open_repo,
+    open_snapshot,
+)
 from blockvault.cli.commands.ls import timestamp
 from blockvault.repo import Snapshot
 from blockvault.text import shown
@@ -17,6 +23,7 @@ def register(group: click.Group) -> None:
     @click.argument("pattern")
     @click.option("-s", "--snapshot", metavar="S", help="Search snapshot S only.")
     @click.option("-p", "--partition", type=int, metavar="N", help="Search partition N only.")
+    @luks_key_option
     @json_option
     @click.pass_context
     def find_command(
@@ -24,6 +31,7 @@ def register(group: click.Group) -> None:
         pattern: str,
         snapshot: str | None,
         partition: int | None,
+        luks_key_files: tuple[str, ...],
         as_json: bool,
     ) -> None:
         """List files whose name matches PATTERN (a glob such as '*.conf'; with a '/',
@@ -36,7 +44,14 @@ def register(group: click.Group) -> None:
         else:
             repo, snaps = open_repo(ctx), None
         with render.progress(True) as reporter:
-            matches = find(repo, pattern, snapshots=snaps, partition=partition, reporter=reporter)
+            matches = find(
+                repo,
+                pattern,
+                snapshots=snaps,
+                partition=partition,
+                luks_keys=luks_keys(luks_key_files),
+                reporter=reporter,
+            )
             if as_json:
                 render.emit_json(
                     [
@@ -44,6 +59,7 @@ def register(group: click.Group) -> None:
                             "snapshot": m.snapshot,
                             "time": m.time,
                             "partition": m.partition,
+                            "volume": m.volume,
                             "path": m.path,
                             "kind": m.kind,
                             "size": m.size,

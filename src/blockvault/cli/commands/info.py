@@ -117,6 +117,25 @@ def register(group: click.Group) -> None:
                 for p in snap.partitions
             ],
         )
+        volumes = [(p.number, v) for p in snap.partitions for v in p.volumes]
+        if volumes:  # LUKS and LVM layers below a partition, parents first
+            render.table(
+                "Volumes",
+                ["#", "Volume", "In", "Kind", "Filesystem", "Size", "Used", "Note"],
+                [
+                    (
+                        number,
+                        v.name,
+                        v.parent or f"partition {number}",
+                        v.kind + (" (encrypted)" if v.encrypted else ""),
+                        v.filesystem,
+                        render.size(v.size),
+                        render.size(v.used_bytes),
+                        v.note,
+                    )
+                    for number, v in volumes
+                ],
+            )
         render.table(
             "Regions",
             ["Region", "Size", "Used", "Chunks", "Holes", "Unique"],

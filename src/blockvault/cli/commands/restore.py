@@ -22,9 +22,9 @@ def register(group: click.Group) -> None:
     @click.option(
         "-p",
         "--partition",
-        type=int,
-        metavar="N",
-        help="Restore only partition N; TARGET is then a partition device or file.",
+        metavar="N|VG/LV",
+        help="Restore only partition N, or only logical volume VG/LV's filesystem; TARGET "
+        "is then a partition device or file.",
     )
     @click.option("-y", "--yes", is_flag=True, help="Overwrite a target that holds data.")
     @click.option(
@@ -47,7 +47,7 @@ def register(group: click.Group) -> None:
         ctx: click.Context,
         snapshot: str,
         target: str,
-        partition: int | None,
+        partition: str | None,
         yes: bool,
         zero_unused: bool,
         new_ids: bool,
@@ -66,7 +66,7 @@ def register(group: click.Group) -> None:
                 repo,
                 snap,
                 target,
-                partition=partition,
+                partition=int(partition) if partition and partition.isdigit() else partition,
                 confirm=render.confirmer(yes),
                 zero_unused=zero_unused,
                 new_ids=new_ids,

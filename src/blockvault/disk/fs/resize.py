@@ -5,6 +5,8 @@ XFS grows only while mounted, so it is mounted on a private directory for
 
 The kernel here scans no partitions of loop devices, so the partition is reached
 through a loop device over exactly its bytes (``losetup -o OFFSET --sizelimit SIZE``).
+An LVM2 physical volume (``lvm2``) is resized by rewriting its metadata
+(disk/volumes/lvm_resize.py) and resizing its last logical volume's filesystem.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from blockvault.disk.device import open_device
+from blockvault.disk.device import Device, Region, open_device
 from blockvault.disk.fs.fat_grow import grow_fat
+from blockvault.disk.fs.probe import probe
+from blockvault.disk.volumes.lvm_resize import plan_resize, write_resized
 from blockvault.errors import DeviceError, UsageError
 
 __all__ = ["can_grow", "can_shrink", "grow_filesystem", "shrink_filesystem"]
@@ -26,7 +30,7 @@ __all__ = ["can_grow", "can_shrink", "grow_filesystem", "shrink_filesystem"]
 
 def can_grow(fs: str) -> str | None:
     """None when ``fs`` can be grown, else why not (checked before anything is written)."""
-    if fs.startswith(("ext", "fat")) or fs in ("ntfs", "xfs"):
+    if fs.startswith(("ext", "fat")) or fs in ("ntfs", "xfs", "lvm2"):
         return None
     return f"a {fs or 'unknown'} partition has no filesystem blockvault can grow"
 
@@ -36,6 +40,8 @@ def grow_filesystem(path: str | os.PathLike[str], offset: int, size: int, fs: st
     reason = can_grow(fs)
     if reason:
         raise UsageError(reason)
+    if fs == "lvm2":
+        return _grow_pv(path, offset, size)
     if fs.startswith("fat"):  # our own code (fat_grow.py says why): no loop device needed
         with open_device(path, write=True) as device:
             done = grow_fat(device, offset, size)
@@ -65,15 +71,69 @@ def _grow_xfs(device: str) -> None:
             _run("umount", mountpoint)
 
 
+def _grow_pv(path: str | os.PathLike[str], offset: int, size: int) -> str:
+    """The PV's metadata first (pe_count, the last LV's extents), then that LV's
+    filesystem into its new extents."""
+    with open_device(path, write=True) as device:
+        plan = plan_resize(Region(device, offset, size), size)
+        inner = probe(Region(device, offset + plan.lv_offset, plan.lv_size)).type
+        if plan.new_lv_size != plan.lv_size:
+            reason = can_grow(inner)
+            if reason:
+                raise UsageError(f"cannot grow {plan.lv}: {reason}; nothing was written")
+        write_resized(device, offset, plan)
+        device.sync()
+    done = f"LVM physical volume grown to {size} bytes"
+    if plan.new_lv_size != plan.lv_size:
+        grown = grow_filesystem(path, offset + plan.lv_offset, plan.new_lv_size, inner)
+        done += f", {plan.lv}: {grown}"
+    return done
+
+
+def _shrink_pv(path: str | os.PathLike[str], size: int) -> None:
+    """The last LV's filesystem first (in a scratch file of its own, by its tool), then
+    the PV's metadata; the file ends up ``size`` bytes long."""
+    with open_device(path, write=True) as device:
+        plan = plan_resize(device, size)
+        if plan.new_lv_size < plan.lv_size:
+            inner = probe(Region(device, plan.lv_offset, plan.lv_size)).type
+            if not can_shrink(inner) or inner == "lvm2":
+                raise UsageError(f"{plan.lv} holds {inner}, which cannot be shrunk")
+            scratch = Path(f"{os.fspath(path)}.lv")
+            try:
+                with open_device(scratch, write=True, create_size=plan.lv_size) as lv:
+                    _copy(device, plan.lv_offset, lv, 0, plan.lv_size)
+                    lv.sync()
+                shrink_filesystem(scratch, plan.new_lv_size, inner)
+                with open_device(scratch) as lv:
+                    _copy(lv, 0, device, plan.lv_offset, plan.new_lv_size)
+            finally:
+                scratch.unlink(missing_ok=True)
+        write_resized(device, 0, plan)
+        device.sync()
+    os.truncate(path, size)
+
+
+def _copy(source: Region | Device, at: int, target: Device, to: int, length: int) -> None:
+    step = 4 << 20
+    for pos in range(0, length, step):
+        block = source.read_at(at + pos, min(step, length - pos))
+        if block.count(0) != len(block):  # scratch files stay sparse
+            target.write_at(to + pos, block)
+
+
 def can_shrink(fs: str) -> bool:
-    """True for the filesystems shrunk here (ext2/3/4 with resize2fs, NTFS with ntfsresize)."""
-    return fs.startswith("ext") or fs == "ntfs"
+    """True for the filesystems shrunk here (ext2/3/4 with resize2fs, NTFS with ntfsresize,
+    an LVM2 PV whose last logical volume holds one of them)."""
+    return fs.startswith("ext") or fs in ("ntfs", "lvm2")
 
 
 def shrink_filesystem(path: str | os.PathLike[str], size: int, fs: str) -> None:
     """Shrink the ``fs`` filesystem filling the file ``path`` (a scratch copy) to ``size``
     bytes; first asks the tool for its minimum and refuses, missing bytes given, below it."""
-    if fs.startswith("ext"):
+    if fs == "lvm2":
+        _shrink_pv(path, size)
+    elif fs.startswith("ext"):
         _run("e2fsck", "-f", "-y", path, ok=(0, 1))
         blocks = _run("resize2fs", "-P", path).splitlines()[-1].split()[-1]
         block = next(
