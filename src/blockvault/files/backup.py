@@ -60,6 +60,7 @@ __all__ = [
     "backup_files",
     "commit_files",
     "files_manifest",
+    "store_piece",
 ]
 
 SMALL_FILE: Final = 256 << 10  # files smaller than this are packed with others
@@ -323,11 +324,10 @@ class _Reader:
                 if is_zero(piece):
                     hole(len(piece))
                     continue
-                chunk_id = self.repo.chunk_id(piece).hex()
-                written = self.writer.put_chunk(piece, chunk_id)
+                piece_slice, written = store_piece(self.writer, piece)
                 if written:
                     chunks, plain, stored = chunks + 1, plain + len(piece), stored + written
-                slices.append(Slice(chunk_id, 0, len(piece)))
+                slices.append(piece_slice)
             read += got
             at = start + got
             if at < end:  # the file shrank while it was read
@@ -338,6 +338,12 @@ class _Reader:
         total = sum(s.length for s in slices)
         node = replace(node, size=total, content=tuple(slices))
         return _Made(node, read=read, new=(chunks, plain, stored))
+
+
+def store_piece(writer: WriterSession, piece: bytes | memoryview) -> tuple[Slice, int]:
+    """Store one chunk of file content; its slice and the bytes written (0: known)."""
+    chunk_id = writer.repo.chunk_id(piece).hex()
+    return Slice(chunk_id, 0, len(piece)), writer.put_chunk(piece, chunk_id)
 
 
 def _data_runs(fd: int, size: int) -> Iterator[tuple[int, int]]:

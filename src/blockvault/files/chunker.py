@@ -11,12 +11,12 @@ insertion moves only the cuts near it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from pyfastcdc import FastCDC
 
-__all__ = ["AVERAGE", "MAXIMUM", "MINIMUM", "cut"]
+__all__ = ["AVERAGE", "MAXIMUM", "MINIMUM", "cut", "cut_stream"]
 
 MINIMUM: Final = 512 << 10
 AVERAGE: Final = 1 << 20  # FastCDC's parameter; the mean chunk is about 1.3 MiB
@@ -30,16 +30,27 @@ def _chunker() -> FastCDC:
 
 def cut(fd: int, start: int, length: int) -> Iterator[memoryview]:
     """The chunks of ``length`` bytes of ``fd`` from ``start``, in order, read with
-    ``pread`` about ``WINDOW`` bytes at a time (memory: one window). Each view is valid
-    until the next is taken. Stops early, short, if the file shrinks meanwhile."""
+    ``pread``. Stops early, short, if the file shrinks meanwhile."""
+    done = 0
+
+    def read(n: int) -> bytes:
+        nonlocal done
+        data = os.pread(fd, min(n, length - done), start + done) if done < length else b""
+        done += len(data)
+        return data
+
+    return cut_stream(read)
+
+
+def cut_stream(read: Callable[[int], bytes]) -> Iterator[memoryview]:
+    """The chunks of what ``read(n)`` returns until it returns ``b""`` (a pipe may
+    return less than asked), read about ``WINDOW`` bytes at a time (memory: one
+    window). Each view is valid until the next is taken."""
     chunker = _chunker()
     carry = b""
-    done = 0
     while True:
-        want = min(WINDOW, length - done)
-        data = os.pread(fd, want, start + done) if want else b""
-        done += len(data)
-        last = len(data) < WINDOW or done >= length  # the end of the range (or of the file)
+        data = _fill(read, WINDOW)
+        last = len(data) < WINDOW  # the end of the stream
         buf = carry + data if carry else data
         pieces = list(chunker.cut_buf(buf))
         if not last and pieces:
@@ -49,3 +60,15 @@ def cut(fd: int, start: int, length: int) -> Iterator[memoryview]:
             yield piece.data
         if last:
             return
+
+
+def _fill(read: Callable[[int], bytes], size: int) -> bytes:
+    parts = []
+    got = 0
+    while got < size:
+        part = read(size - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)

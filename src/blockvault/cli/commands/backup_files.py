@@ -8,6 +8,7 @@ imaging) so that both grow without meeting.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from blockvault.cli.commands.init import parse_size
 from blockvault.errors import UsageError
 from blockvault.files.backup import backup_files
 from blockvault.files.select import Selection, absolute
+from blockvault.files.stream import backup_command_output, backup_stream
 from blockvault.repo import Repository, Snapshot
 
 __all__ = ["files_options", "is_file_mode", "run_file_backup"]
@@ -73,6 +75,20 @@ _OPTIONS: list[Callable[[Any], Any]] = [
         help="Leave out files larger than SIZE (such as 500MiB).",
     ),
     click.option(
+        "--stdin",
+        "from_stdin",
+        is_flag=True,
+        help="Store standard input as one file, named by --name (database dumps).",
+    ),
+    click.option(
+        "--stdin-from-command",
+        "command",
+        metavar="CMD",
+        help="Run CMD (split into words, no shell) and store its output as one file "
+        "(--name, else the program's name); nothing is stored if CMD fails.",
+    ),
+    click.option("--name", metavar="NAME", help="The file name of --stdin's stream."),
+    click.option(
         "--host",
         metavar="NAME",
         help="Record this host name instead of the machine's (file backups).",
@@ -89,6 +105,8 @@ def files_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def is_file_mode(sources: tuple[str, ...], options: dict[str, Any]) -> bool:
     """A directory among the sources (or ``--files``) means a file backup."""
+    if options.get("from_stdin") or options.get("command"):
+        return True
     return bool(options.get("files_mode")) or any(os.path.isdir(s) for s in sources)
 
 
@@ -99,6 +117,30 @@ def run_file_backup(
     options: dict[str, Any],
     as_json: bool,
 ) -> None:
+    host = options.get("host") or ""
+    if options.get("from_stdin") or options.get("command"):
+        if sources or (options.get("from_stdin") and options.get("command")):
+            raise UsageError("--stdin and --stdin-from-command take no SOURCE, and not each other")
+        with render.progress(as_json) as reporter:
+            if options.get("command"):
+                name = options.get("name") or ""
+                snap = backup_command_output(
+                    repo, options["command"], name, tags=tags, host=host, reporter=reporter
+                )
+            else:
+                if not options.get("name"):
+                    raise UsageError("--stdin needs --name NAME: the file name to store it as")
+                stdin = sys.stdin.buffer.fileno()
+                snap = backup_stream(
+                    repo,
+                    lambda n: os.read(stdin, n),
+                    options["name"],
+                    tags=tags,
+                    host=host,
+                    reporter=reporter,
+                )
+        report(snap, as_json)
+        return
     if not sources:
         raise UsageError("give the files or directories to back up")
     larger = options.get("exclude_larger_than")
@@ -118,7 +160,7 @@ def run_file_backup(
             paths,
             selection=selection,
             tags=tags,
-            host=options.get("host") or "",
+            host=host,
             reporter=reporter,
         )
     report(snap, as_json)
