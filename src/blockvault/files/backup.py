@@ -394,7 +394,8 @@ def _node(name: str, kind: str, st: os.stat_result) -> Node:
         user=_user(st.st_uid),
         group=_group(st.st_gid),
         mtime_ns=st.st_mtime_ns,
-        atime_ns=st.st_atime_ns,
+        # atime is not kept (as borg by default): a listing or a read elsewhere
+        # changes it, and every tree holding it would be stored anew
         ctime_ns=st.st_ctime_ns,
         inode=st.st_ino,
         device=st.st_dev,

@@ -150,7 +150,7 @@ def run_file_backup(
         iexclude=options.get("iexclude", ()),
         exclude_caches=bool(options.get("exclude_caches")),
         exclude_if_present=tuple(options.get("exclude_if_present", ())),
-        exclude_larger_than=parse_size(larger) if larger else None,
+        exclude_larger_than=_size(larger) if larger else None,
         one_file_system=bool(options.get("one_file_system")),
     )
     paths = [absolute(s) for s in sources]
@@ -180,3 +180,10 @@ def report(snap: Snapshot, as_json: bool) -> None:
         err=True,
     )
     click.echo(snap.id)
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except click.BadParameter:
+        raise UsageError(f"--exclude-larger-than {text!r} is not a size such as 500MiB") from None
