@@ -61,9 +61,11 @@ def on_disk(root: Path) -> dict[bytes, dict[str, Any]]:
     return found
 
 
-def in_snapshot(repo_path: Path | str, ref: str, root: Path) -> dict[bytes, dict[str, Any]]:
+def in_snapshot(
+    repo_path: Path | str, ref: str, root: Path, passphrase: str | None = None
+) -> dict[bytes, dict[str, Any]]:
     """The tree under ``root`` as snapshot ``ref`` holds it, content read from its chunks."""
-    repo = Repository.open(str(repo_path))
+    repo = Repository.open(str(repo_path), passphrase=passphrase)
     snap = repo.resolve(ref)
     tree = snap.tree
     for name in root.parts[1:]:
