@@ -484,3 +484,43 @@ def test_import_into_an_encrypted_repository_rebuilds_the_trees(tmp_path: Path, 
     snaps = Repository.open(str(secret), passphrase="correct horse").listing().usable()
     assert snaps[0].tree == snaps[1].tree != Repository.open(str(repo)).resolve(snap).tree
     assert in_snapshot(secret, snaps[1].id, src, "correct horse") == on_disk(src)
+
+
+@needs_root
+def test_snapshot_reads_from_a_btrfs_snapshot(
+    tmp_path: Path, repo: Path, loop: Callable[..., str], mounted: Callable[..., Path]
+) -> None:
+    image = tmp_path / "btrfs.img"
+    with open(image, "wb") as f:
+        f.truncate(200 << 20)
+    sh("mkfs.btrfs", "-q", image)
+    top = mounted(loop(image), tmp_path / "mnt")
+    sh("btrfs", "subvolume", "create", top / "home")
+    (top / "home" / "ann").mkdir()
+    (top / "home" / "ann" / "thesis.tex").write_bytes(b"\\documentclass{article}")
+    (top / "home" / "ann" / "skip.o").write_bytes(b"object")
+    (top / "outside").write_bytes(b"in the top-level subvolume")
+    snap_id = ok("-r", repo, "backup", "--snapshot", top / "home" / "ann", top / "outside",
+                 "--exclude", f"{top}/home/ann/*.o")  # fmt: skip
+    snap = snapshot_json(repo, snap_id)
+    assert snap["paths"] == [str(top / "home" / "ann"), str(top / "outside")]
+    found = nodes(repo, snap_id, top)
+    assert sorted(found) == [b"home", b"home/ann", b"home/ann/thesis.tex", b"outside"]
+    expected = on_disk(top / "home" / "ann")
+    del expected[b"skip.o"]
+    assert in_snapshot(repo, snap_id, top / "home" / "ann") == expected
+    left = sh("btrfs", "subvolume", "list", top)
+    assert ".blockvault-snapshot-" not in left  # deleted afterwards
+    assert ".blockvault-snapshot-" not in " ".join(os.listdir(top)) + " ".join(
+        os.listdir(top / "home")
+    )
+
+
+def test_snapshot_elsewhere_is_refused(tmp_path: Path, repo: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    proc = blockvault("-r", repo, "backup", "--snapshot", src)
+    if "btrfs" in sh("stat", "-f", "-c", "%T", src):
+        pytest.skip("the temporary directory is on btrfs")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "not btrfs" in proc.stderr and "--live" in proc.stderr

@@ -44,6 +44,7 @@ from blockvault.events import Noted, Reporter, TaskAdvanced, TaskFinished, TaskS
 from blockvault.events import quiet as quiet_reporter
 from blockvault.extents import ExtentMap
 from blockvault.files import chunker
+from blockvault.files.fssnapshot import PathMap, snapshotted
 from blockvault.files.select import Excluder, Selection
 from blockvault.pipeline.stages import is_zero, ordered_map, workers
 from blockvault.repo import Index, Region, Repository, Snapshot, Stats
@@ -137,8 +138,11 @@ _Trie: TypeAlias = "dict[str, _Trie | None]"  # names on the way to the paths gi
 
 
 class _Walk:
-    def __init__(self, repo: Repository, selection: Selection, parent_tree: str) -> None:
+    def __init__(
+        self, repo: Repository, selection: Selection, parent_tree: str, where: PathMap
+    ) -> None:
         self.repo = repo
+        self.where = where  # paths given -> where they are read (--snapshot)
         self.excluder = Excluder(selection)
         self.one_fs = selection.one_file_system
         self.parent_tree = parent_tree
@@ -174,6 +178,11 @@ class _Walk:
                 raise SourceError(exc.strerror or "cannot be read", path=path) from None
             below = trie[name]
             if below is None:
+                path = self.where.actual(path)
+                try:
+                    st = os.lstat(path)
+                except OSError as exc:
+                    raise SourceError(exc.strerror or "cannot be read", path=path) from None
                 yield from self._entry(path, name, st, old.get(name), top=True)
             elif not stat.S_ISDIR(st.st_mode):
                 raise SourceError("is not a directory", path=path)
@@ -188,7 +197,7 @@ class _Walk:
     def _entry(
         self, path: str, name: str, st: os.stat_result, old: Node | None, top: bool = False
     ) -> Iterator[_Enter | _Entry | _Leave]:
-        if not top and self.excluder.excluded(path, st):
+        if not top and self.excluder.excluded(self.where.original(path), st):
             return
         if not stat.S_ISDIR(st.st_mode):
             link_of = None
@@ -217,7 +226,7 @@ class _Walk:
                 self.one_fs
                 and stat.S_ISDIR(child_st.st_mode)
                 and child_st.st_dev != st.st_dev
-                and not self.excluder.excluded(child.path, child_st)
+                and not self.excluder.excluded(self.where.original(child.path), child_st)
             ):
                 yield _Enter(child.path, child_st, child.name)  # the mount point, kept empty
                 yield _Leave("")
@@ -451,7 +460,8 @@ def _xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
 class _Builder:
     """Turns the readers' nodes, in walk order, into stored tree objects."""
 
-    def __init__(self, writer: WriterSession, reporter: Reporter) -> None:
+    def __init__(self, writer: WriterSession, reporter: Reporter, where: PathMap) -> None:
+        self.where = where
         self.writer = writer
         self.repo = writer.repo
         self.reporter = reporter
@@ -470,6 +480,7 @@ class _Builder:
         self.root = ""
 
     def warn(self, message: str) -> None:
+        message = self.where.original(message)  # named as given, not as read (--snapshot)
         self.warning_count += 1
         if len(self.warnings) < MAX_WARNINGS:
             self.warnings.append(message)
@@ -486,7 +497,7 @@ class _Builder:
             for warning in made.warnings:
                 self.warn(warning)
             if made.note:
-                self.reporter(Noted(made.note))
+                self.reporter(Noted(self.where.original(made.note)))
             self.read += made.read
             for i, n in enumerate(made.new):
                 self.new[i] += n
@@ -673,21 +684,29 @@ def backup_files(
     selection: Selection | None = None,
     tags: Sequence[str] = (),
     host: str = "",
+    snapshot: bool = False,
     reporter: Reporter = quiet_reporter,
     timing: Timing = DEFAULT_TIMING,
 ) -> Snapshot:
     """Back up the files and directories at ``paths`` (absolute) into one snapshot,
-    incremental against the newest snapshot of the same host and paths."""
+    incremental against the newest snapshot of the same host and paths; with
+    ``snapshot``, read from read-only btrfs snapshots of them (``fssnapshot``)."""
     started = time.monotonic()
     paths = sorted(set(paths))
     draft = files_manifest(
         repo, paths, "files: " + " ".join(paths), "files:" + " ".join(paths), tags, host
     )
-    with WriterSession(repo, kind="backup", timing=timing) as writer:
+    for path in paths:  # before anything is written: a missing path is a usage error
+        try:
+            os.lstat(path)
+        except OSError as exc:
+            raise SourceError(exc.strerror or "cannot be read", path=path) from None
+    snapshots = snapshotted(paths) if snapshot else contextlib.nullcontext(PathMap())
+    with snapshots as where, WriterSession(repo, kind="backup", timing=timing) as writer:
         parent = writer.choose_parent(draft)
-        walk = _Walk(repo, selection or Selection(), parent.tree if parent else "")
+        walk = _Walk(repo, selection or Selection(), parent.tree if parent else "", where)
         reader = _Reader(writer)
-        builder = _Builder(writer, reporter)
+        builder = _Builder(writer, reporter, where)
         reporter(TaskStarted("backup", 0, " ".join(paths)))
         items = _keyed(walk.items(paths))
         threads = workers(repo.backend.capabilities.parallel_io)

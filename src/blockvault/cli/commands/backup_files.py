@@ -75,6 +75,13 @@ _OPTIONS: list[Callable[[Any], Any]] = [
         help="Leave out files larger than SIZE (such as 500MiB).",
     ),
     click.option(
+        "--snapshot",
+        "fs_snapshot",
+        is_flag=True,
+        help="Read from a read-only btrfs snapshot of each path's subvolume, deleted "
+        "afterwards (btrfs only).",
+    ),
+    click.option(
         "--stdin",
         "from_stdin",
         is_flag=True,
@@ -161,6 +168,7 @@ def run_file_backup(
             selection=selection,
             tags=tags,
             host=host,
+            snapshot=bool(options.get("fs_snapshot")),
             reporter=reporter,
         )
     report(snap, as_json)
