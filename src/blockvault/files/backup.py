@@ -67,6 +67,7 @@ __all__ = [
 SMALL_FILE: Final = 256 << 10  # files smaller than this are packed with others
 PACK_TARGET: Final = 1 << 20  # a pack is stored once it holds this many bytes...
 PACK_FILES: Final = 4096  # ...or this many files
+_BATCH: Final = 256  # walk items handed to a reader at once when none needs reading
 _DEDUP_SMALL: Final = 1 << 16  # small files remembered by content within one run
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -74,10 +75,23 @@ _OPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 # --- what the walk yields --------------------------------------------------------------
 
 
+class _Old(NamedTuple):
+    """A directory as the parent snapshot has it (all empty when it has none)."""
+
+    tree_id: str
+    pieces: tuple[str, ...]  # its tree objects (continuations too)
+    nodes: tuple[Node, ...]
+    by_name: dict[str, Node]
+
+
+_NO_OLD: Final = _Old("", (), (), {})
+
+
 class _Enter(NamedTuple):
     path: str
     st: os.stat_result | None  # None: the root "/" (no node of its own)
     name: str
+    old: _Old
 
 
 class _Entry(NamedTuple):
@@ -126,6 +140,7 @@ class _Frame:
     path: str
     name: str
     st: os.stat_result | None
+    old: _Old
     entries: list[Node | _Frame | tuple[Node, _PackSlice]] = field(default_factory=list)
     waits: bool = False  # names the open pack, or a child that does
     tree_id: str = ""
@@ -149,20 +164,23 @@ class _Walk:
         self.links: set[tuple[int, int]] = set()
         self.warnings: list[str] = []  # the walk's own, taken by the builder as it goes
 
-    def old_nodes(self, tree_id: str) -> dict[str, Node]:
+    def old_nodes(self, tree_id: str) -> _Old:
         """The parent snapshot's entries of one directory; nothing when it has none
         or its tree cannot be read (then everything there is read afresh)."""
         if not tree_id:
-            return {}
+            return _NO_OLD
+        pieces: list[str] = []
         try:
-            return {n.name: n for n in load_tree(tree_id, self.repo.get_chunk)}
+            nodes = tuple(load_tree(tree_id, self.repo.get_chunk, pieces))
         except Exception as exc:  # damaged or missing: costs a full read, not the backup
             self.warnings.append(f"the parent snapshot's tree {tree_id[:12]} is unusable: {exc}")
-            return {}
+            return _NO_OLD
+        return _Old(tree_id, tuple(pieces), nodes, {n.name: n for n in nodes})
 
     def items(self, paths: Sequence[str]) -> Iterator[_Enter | _Entry | _Leave]:
-        yield _Enter("/", None, "")
-        yield from self._restricted("/", _trie(paths), self.old_nodes(self.parent_tree))
+        old = self.old_nodes(self.parent_tree)
+        yield _Enter("/", None, "", old)
+        yield from self._restricted("/", _trie(paths), old.by_name)
         yield _Leave("")
 
     def _restricted(
@@ -187,12 +205,13 @@ class _Walk:
             elif not stat.S_ISDIR(st.st_mode):
                 raise SourceError("is not a directory", path=path)
             else:
-                yield _Enter(path, st, name)
-                yield from self._restricted(path, below, self._subtree(old.get(name)))
+                sub = self._subtree(old.get(name))
+                yield _Enter(path, st, name, sub)
+                yield from self._restricted(path, below, sub.by_name)
                 yield _Leave("")
 
-    def _subtree(self, node: Node | None) -> dict[str, Node]:
-        return self.old_nodes(node.subtree) if node and node.kind == "dir" else {}
+    def _subtree(self, node: Node | None) -> _Old:
+        return self.old_nodes(node.subtree) if node and node.kind == "dir" else _NO_OLD
 
     def _entry(
         self, path: str, name: str, st: os.stat_result, old: Node | None, top: bool = False
@@ -208,14 +227,16 @@ class _Walk:
                 self.links.add(key)
             yield _Entry(path, name, st, old, link_of)
             return
-        yield _Enter(path, st, name)
         try:
             with os.scandir(path) as listing:
                 children = sorted(listing, key=lambda e: os.fsencode(e.name))
         except OSError as exc:
+            yield _Enter(path, st, name, _NO_OLD)
             yield _Leave(f"{path}: cannot be listed ({exc.strerror}); kept empty")
             return
-        old_children = self._subtree(old)
+        sub = self._subtree(old)
+        yield _Enter(path, st, name, sub)
+        old_children = sub.by_name
         for child in children:
             try:
                 child_st = child.stat(follow_symlinks=False)
@@ -228,7 +249,8 @@ class _Walk:
                 and child_st.st_dev != st.st_dev
                 and not self.excluder.excluded(self.where.original(child.path), child_st)
             ):
-                yield _Enter(child.path, child_st, child.name)  # the mount point, kept empty
+                # the mount point, kept empty
+                yield _Enter(child.path, child_st, child.name, _NO_OLD)
                 yield _Leave("")
                 continue
             yield from self._entry(child.path, child.name, child_st, old_children.get(child.name))
@@ -488,7 +510,7 @@ class _Builder:
 
     def take(self, made: _Enter | _Leave | _Made, entry_key: tuple[int, int] | None) -> None:
         if isinstance(made, _Enter):
-            self.stack.append(_Frame(made.path, made.name, made.st))
+            self.stack.append(_Frame(made.path, made.name, made.st, made.old))
         elif isinstance(made, _Leave):
             if made.warning:
                 self.warn(made.warning)
@@ -602,7 +624,12 @@ class _Builder:
         for node in nodes:
             self.objects.update(s.chunk_id for s in node.content if s.chunk_id)
         frame.entries = []  # the nodes are in the tree object now
-        frame.tree_id = store_tree(nodes, self._put)
+        old = frame.old
+        if old.tree_id and len(nodes) == len(old.nodes) and tuple(nodes) == old.nodes:
+            frame.tree_id = old.tree_id  # unchanged: the same object, not encoded again
+            self.objects.update(old.pieces)
+        else:
+            frame.tree_id = store_tree(nodes, self._put)
 
     def _put(self, plain: bytes) -> str:
         object_id = self.repo.chunk_id(plain).hex()
@@ -708,18 +735,23 @@ def backup_files(
         reader = _Reader(writer)
         builder = _Builder(writer, reporter, where)
         reporter(TaskStarted("backup", 0, " ".join(paths)))
-        items = _keyed(walk.items(paths))
+        batches = _batches(walk.items(paths))
         threads = workers(repo.backend.capabilities.parallel_io)
-        with contextlib.closing(
-            ordered_map(lambda kv: (reader.make(kv[0]), kv[1]), items, threads)
-        ) as results:
-            for made, key in results:
+
+        def make(batch: list[_Keyed]) -> list[tuple[_Enter | _Leave | _Made, _Key]]:
+            return [(reader.make(item), key) for item, key in batch]
+
+        with contextlib.closing(ordered_map(make, batches, threads)) as results:
+            for batch in results:
                 for warning in walk.warnings:
                     builder.warn(warning)
                 walk.warnings.clear()
-                builder.take(made, key)
-                if isinstance(made, _Made):
-                    reporter(TaskAdvanced("backup", made.read))
+                read = 0
+                for made, key in batch:
+                    builder.take(made, key)
+                    if isinstance(made, _Made):
+                        read += made.read
+                reporter(TaskAdvanced("backup", read))
         root = builder.finish()
         reporter(TaskFinished("backup"))
         stats = Stats(
@@ -738,15 +770,41 @@ def backup_files(
         return commit_files(writer, draft, root, builder.objects, stats)
 
 
-def _keyed(
-    items: Iterator[_Enter | _Entry | _Leave],
-) -> Iterator[tuple[_Enter | _Entry | _Leave, tuple[int, int] | None]]:
-    """Each item with the hard-link key the builder files it under."""
+_Key: TypeAlias = "tuple[int, int] | None"  # (device, inode) of a hard-linked file
+_Keyed: TypeAlias = "tuple[_Enter | _Entry | _Leave, _Key]"
+
+
+def _batches(items: Iterator[_Enter | _Entry | _Leave]) -> Iterator[list[_Keyed]]:
+    """The walk's items in batches for the readers: a file to read goes alone (files
+    are read in parallel), the rest (directories, unchanged files, links) go up to
+    ``_BATCH`` together, since a thread handoff costs more than making their nodes.
+    Each item comes with the hard-link key the builder files it under."""
+    batch: list[_Keyed] = []
     for item in items:
         key = None
-        if isinstance(item, _Entry) and item.st.st_nlink > 1:
-            key = (item.st.st_dev, item.st.st_ino)
-        yield item, key
+        heavy = False
+        if isinstance(item, _Entry):
+            st = item.st
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+            heavy = (
+                stat.S_ISREG(st.st_mode)
+                and st.st_size > 0
+                and item.link_of is None
+                and not (item.old is not None and _unchanged(item.old, st))
+            )
+        if heavy:
+            if batch:
+                yield batch
+                batch = []
+            yield [(item, key)]
+        else:
+            batch.append((item, key))
+            if len(batch) >= _BATCH:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
 def _now() -> str:
