@@ -524,3 +524,32 @@ def test_snapshot_elsewhere_is_refused(tmp_path: Path, repo: Path) -> None:
         pytest.skip("the temporary directory is on btrfs")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "not btrfs" in proc.stderr and "--live" in proc.stderr
+
+
+def test_a_very_deep_tree(tmp_path: Path, repo: Path) -> None:
+    """Deeper than a reader accepts (MAX_TREE_DEPTH): no recursion error, the excess
+    kept empty with a warning; the snapshot checks clean and imports under other ids."""
+    try:
+        _deep_tree(tmp_path, repo)
+    finally:  # rm copes with any depth; pytest's cleanup (shutil.rmtree) recurses
+        sh("rm", "-rf", tmp_path / "src")
+
+
+def _deep_tree(tmp_path: Path, repo: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY)
+    os.mkdir("src", dir_fd=fd)
+    for _ in range(1100):  # by descriptor: the full path would pass PATH_MAX
+        inner = os.open("src" if _ == 0 else "d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+        os.mkdir("d", dir_fd=fd)
+    os.close(fd)
+    snap = json.loads(ok("-r", repo, "backup", tmp_path / "src", "--json"))
+    assert snap["warning_count"] == 1 and "nested deeper than" in snap["warnings"][0]
+    assert "no problems" in ok("-r", repo, "check", "--read-data")
+    ok("-r", repo, "export", snap["id"][:12], tmp_path / "deep.bvi")
+    secret = tmp_path / "secret"
+    env = {"BLOCKVAULT_PASSWORD": "pw"}
+    ok("-r", secret, "init", "--encryption", "repokey", env=env)
+    ok("-r", secret, "import", tmp_path / "deep.bvi", env=env)
+    assert "no problems" in ok("-r", secret, "check", "--read-data", env=env)

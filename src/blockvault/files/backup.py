@@ -51,7 +51,7 @@ from blockvault.repo import Index, Region, Repository, Snapshot, Stats
 from blockvault.repo import format as fmt
 from blockvault.repo.manifest import MAX_WARNINGS
 from blockvault.repo.sessions import DEFAULT_TIMING, Timing
-from blockvault.repo.tree import Node, Slice, load_tree, store_tree
+from blockvault.repo.tree import MAX_TREE_DEPTH, Node, Slice, load_tree, store_tree
 from blockvault.repo.writer import WriterSession
 
 __all__ = [
@@ -216,16 +216,57 @@ class _Walk:
     def _entry(
         self, path: str, name: str, st: os.stat_result, old: Node | None, top: bool = False
     ) -> Iterator[_Enter | _Entry | _Leave]:
+        """One entry and, for a directory, everything below it: depth first, in name
+        order, with an explicit stack (a deep tree costs no recursion)."""
         if not top and self.excluder.excluded(self.where.original(path), st):
             return
         if not stat.S_ISDIR(st.st_mode):
-            link_of = None
-            if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
-                key = (st.st_dev, st.st_ino)
-                if key in self.links:
-                    link_of = key
-                self.links.add(key)
-            yield _Entry(path, name, st, old, link_of)
+            yield self._file(path, name, st, old)
+            return
+        stack: list[_Listing] = []
+        yield from self._open(path, name, st, old, stack)
+        while stack:
+            listing = stack[-1]
+            child = next(listing.children, None)
+            if child is None:
+                stack.pop()
+                yield _Leave("")
+                continue
+            try:
+                child_st = child.stat(follow_symlinks=False)
+            except OSError as exc:
+                self.warnings.append(f"{child.path}: {exc.strerror}; skipped")
+                continue
+            if self.excluder.excluded(self.where.original(child.path), child_st):
+                continue
+            child_old = listing.old.get(child.name)
+            if not stat.S_ISDIR(child_st.st_mode):
+                yield self._file(child.path, child.name, child_st, child_old)
+            elif self.one_fs and child_st.st_dev != listing.st.st_dev:
+                # the mount point, kept empty
+                yield _Enter(child.path, child_st, child.name, _NO_OLD)
+                yield _Leave("")
+            else:
+                yield from self._open(child.path, child.name, child_st, child_old, stack)
+
+    def _file(self, path: str, name: str, st: os.stat_result, old: Node | None) -> _Entry:
+        link_of = None
+        if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if key in self.links:
+                link_of = key
+            self.links.add(key)
+        return _Entry(path, name, st, old, link_of)
+
+    def _open(
+        self, path: str, name: str, st: os.stat_result, old: Node | None, stack: list[_Listing]
+    ) -> Iterator[_Enter | _Leave]:
+        """Enter a directory: list it (sorted by name bytes) onto ``stack``, or, when it
+        cannot be listed or lies deeper than a reader accepts, leave it at once, empty,
+        with a warning."""
+        if self.where.original(path).count("/") >= MAX_TREE_DEPTH - 1:  # its tree: one more
+            yield _Enter(path, st, name, _NO_OLD)
+            yield _Leave(f"{path}: nested deeper than trees may be ({MAX_TREE_DEPTH}); kept empty")
             return
         try:
             with os.scandir(path) as listing:
@@ -236,25 +277,15 @@ class _Walk:
             return
         sub = self._subtree(old)
         yield _Enter(path, st, name, sub)
-        old_children = sub.by_name
-        for child in children:
-            try:
-                child_st = child.stat(follow_symlinks=False)
-            except OSError as exc:
-                self.warnings.append(f"{child.path}: {exc.strerror}; skipped")
-                continue
-            if (
-                self.one_fs
-                and stat.S_ISDIR(child_st.st_mode)
-                and child_st.st_dev != st.st_dev
-                and not self.excluder.excluded(self.where.original(child.path), child_st)
-            ):
-                # the mount point, kept empty
-                yield _Enter(child.path, child_st, child.name, _NO_OLD)
-                yield _Leave("")
-                continue
-            yield from self._entry(child.path, child.name, child_st, old_children.get(child.name))
-        yield _Leave("")
+        stack.append(_Listing(iter(children), sub.by_name, st))
+
+
+class _Listing(NamedTuple):
+    """A directory being walked: its remaining entries, the parent's, its own stat."""
+
+    children: Iterator[os.DirEntry[str]]
+    old: dict[str, Node]
+    st: os.stat_result
 
 
 def _trie(paths: Sequence[str]) -> _Trie:

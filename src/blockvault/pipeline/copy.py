@@ -36,7 +36,7 @@ from blockvault.repo import Index, Region, Repository, Snapshot
 from blockvault.repo import format as fmt
 from blockvault.repo.image import RegionReader
 from blockvault.repo.objects import Codec
-from blockvault.repo.tree import MAX_TREE_DEPTH, load_tree, reachable, store_tree
+from blockvault.repo.tree import MAX_TREE_DEPTH, Node, load_tree, store_tree
 from blockvault.repo.writer import WriterSession
 from blockvault.storage.bundle import BundleWriter
 
@@ -248,35 +248,46 @@ def _copy_trees(
         objects.add(bytes.fromhex(tree_id))
         return tree_id
 
-    def tree(tree_id: str, depth: int) -> str:
-        if tree_id in renamed:  # a subtree met before: its objects are counted again
-            reached, _ = reachable(renamed[tree_id], target.get_chunk, {})
-            objects.update(bytes.fromhex(i) for i in reached)
-            return renamed[tree_id]
-        if depth > MAX_TREE_DEPTH:
-            raise ValueError(f"tree {tree_id[:12]} lies deeper than {MAX_TREE_DEPTH} directories")
-        nodes = []
-        for node in load_tree(tree_id, source.get_chunk):
-            if node.kind == "dir":
-                node = replace(node, subtree=tree(node.subtree, depth + 1))
-            elif node.content:
-                node = replace(
-                    node,
-                    content=tuple(
-                        replace(s, chunk_id=content(s.chunk_id)) if s.chunk_id else s
-                        for s in node.content
-                    ),
-                )
-            nodes.append(node)
-        renamed[tree_id] = store_tree(nodes, put)
-        return renamed[tree_id]
+    def rewritten(node: Node) -> Node:
+        slices = tuple(
+            replace(s, chunk_id=content(s.chunk_id)) if s.chunk_id else s for s in node.content
+        )
+        return replace(node, content=slices)
 
-    try:
-        return tree(root, 0), objects
-    except ValueError as exc:
-        raise ObjectCorrupt(
-            kind="a tree of snapshot", name=root[:12], repo=source.location, detail=str(exc)
-        ) from None
+    def nodes_of(tree_id: str) -> list[Node]:
+        try:
+            return list(load_tree(tree_id, source.get_chunk))
+        except ValueError as exc:
+            raise ObjectCorrupt(
+                kind="tree", name=tree_id[:12], repo=source.location, detail=str(exc)
+            ) from None
+
+    # depth first with an explicit stack: (tree id, its nodes, those rewritten so far)
+    stack = [(root, nodes_of(root), list[Node]())]
+    while True:
+        tree_id, nodes, done = stack[-1]
+        if len(done) == len(nodes):
+            renamed[tree_id] = store_tree(done, put)
+            stack.pop()
+            if not stack:
+                return renamed[tree_id], objects
+            parent_nodes, parent_done = stack[-1][1], stack[-1][2]
+            parent_done.append(replace(parent_nodes[len(parent_done)], subtree=renamed[tree_id]))
+            continue
+        node = nodes[len(done)]
+        if node.kind != "dir":
+            done.append(rewritten(node))
+        elif node.subtree in renamed:  # met before: its objects are counted already
+            done.append(replace(node, subtree=renamed[node.subtree]))
+        elif len(stack) >= MAX_TREE_DEPTH:
+            raise ObjectCorrupt(
+                kind="a tree of snapshot",
+                name=root[:12],
+                repo=source.location,
+                detail=f"directories nested deeper than {MAX_TREE_DEPTH}",
+            )
+        else:
+            stack.append((node.subtree, nodes_of(node.subtree), []))
 
 
 def _rechunk(
