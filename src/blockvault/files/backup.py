@@ -33,7 +33,9 @@ import pwd
 import socket
 import stat
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -69,6 +71,7 @@ PACK_TARGET: Final = 1 << 20  # a pack is stored once it holds this many bytes..
 PACK_FILES: Final = 4096  # ...or this many files
 _BATCH: Final = 256  # walk items handed to a reader at once when none needs reading
 _DEDUP_SMALL: Final = 1 << 16  # small files remembered by content within one run
+_PACKS_AHEAD: Final = 4  # packs stored on threads that the builder does not wait for
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -522,7 +525,10 @@ class _Builder:
         self.stack: list[_Frame] = []
         self.waiting: list[_Frame] = []  # finished, waiting for the open pack (post-order)
         self.pack = _Pack()
-        self.small: dict[str, _PackSlice | Slice] = {}  # small file content id -> its slice
+        # packs are compressed and stored on their own threads; at most _PACKS_AHEAD wait
+        self.pack_pool = ThreadPoolExecutor(2, thread_name_prefix="blockvault-pack")
+        self.pack_jobs: deque[Future[tuple[int, int]]] = deque()
+        self.small: dict[str, _PackSlice] = {}  # small file content id -> its slice
         self.links: dict[tuple[int, int], Node | tuple[Node, _PackSlice]] = {}
         self.warnings: list[str] = []
         self.warning_count = 0
@@ -569,7 +575,7 @@ class _Builder:
             first = self.links[link]
             if isinstance(first, tuple):
                 entry = (replace(node, size=first[0].size), first[1])
-                frame.waits = True
+                frame.waits = frame.waits or not first[1].pack.chunk_id
             else:
                 entry = replace(node, size=first.size, content=first.content)
             frame.entries.append(entry)
@@ -586,11 +592,8 @@ class _Builder:
                 if len(self.small) >= _DEDUP_SMALL:
                     self.small.clear()
                 self.small[made.small_id] = where
-            if isinstance(where, Slice):
-                entry = replace(node, content=(where,))
-            else:
-                entry = (node, where)
-                frame.waits = True
+            entry = (node, where)
+            frame.waits = frame.waits or not where.pack.chunk_id  # its pack is still open
         else:
             entry = node
         if node.kind == "file" and node.links > 1:
@@ -614,19 +617,12 @@ class _Builder:
     def _close_pack(self) -> None:
         pack = self.pack
         if pack.data:
-            pack.chunk_id = self.repo.chunk_id(pack.data).hex()
-            written = self.writer.put_chunk(pack.data, pack.chunk_id)
-            if written:
-                self.new[0] += 1
-                self.new[1] += len(pack.data)
-                self.new[2] += written
-            self.small = {
-                k: Slice(pack.chunk_id, v.offset, v.length) if isinstance(v, _PackSlice) else v
-                for k, v in self.small.items()
-            }
-            for key, entry in self.links.items():
-                if isinstance(entry, tuple):
-                    self.links[key] = _resolved(entry)
+            data = bytes(pack.data)
+            pack.chunk_id = self.repo.chunk_id(data).hex()  # what the trees need, now
+            pack.data = bytearray()
+            self.pack_jobs.append(self.pack_pool.submit(self._store_pack, data, pack.chunk_id))
+            while len(self.pack_jobs) > _PACKS_AHEAD:
+                self._count_pack()
         self.pack = _Pack()
         for frame in self.waiting:
             frame.waits = False
@@ -637,9 +633,27 @@ class _Builder:
         for frame in self.stack:
             frame.waits = False
 
+    def _store_pack(self, data: bytes, chunk_id: str) -> tuple[int, int]:
+        return len(data), self.writer.put_chunk(data, chunk_id)
+
+    def _count_pack(self) -> None:
+        plain, written = self.pack_jobs.popleft().result()
+        if written:
+            self.new[0] += 1
+            self.new[1] += plain
+            self.new[2] += written
+
     def finish(self) -> str:
+        """Store what is left; every pack is stored when this returns."""
         self._close_pack()
+        while self.pack_jobs:
+            self._count_pack()
         return self.root
+
+    def close(self) -> None:
+        """Stop the pack threads (waiting for a store under way: nothing is written
+        once the session cleans up)."""
+        self.pack_pool.shutdown(wait=True, cancel_futures=True)
 
     def _store(self, frame: _Frame) -> None:
         nodes = []
@@ -760,11 +774,16 @@ def backup_files(
         except OSError as exc:
             raise SourceError(exc.strerror or "cannot be read", path=path) from None
     snapshots = snapshotted(paths) if snapshot else contextlib.nullcontext(PathMap())
-    with snapshots as where, WriterSession(repo, kind="backup", timing=timing) as writer:
+    with (
+        snapshots as where,
+        WriterSession(repo, kind="backup", timing=timing) as writer,
+        contextlib.ExitStack() as closing,
+    ):
         parent = writer.choose_parent(draft)
         walk = _Walk(repo, selection or Selection(), parent.tree if parent else "", where)
         reader = _Reader(writer)
         builder = _Builder(writer, reporter, where)
+        closing.callback(builder.close)
         reporter(TaskStarted("backup", 0, " ".join(paths)))
         batches = _batches(walk.items(paths))
         threads = workers(repo.backend.capabilities.parallel_io)
