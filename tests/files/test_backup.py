@@ -561,3 +561,20 @@ def _deep_tree(tmp_path: Path, repo: Path) -> None:
     ok("-r", secret, "init", "--encryption", "repokey", env=env)
     ok("-r", secret, "import", tmp_path / "deep.bvi", env=env)
     assert "no problems" in ok("-r", secret, "check", "--read-data", env=env)
+
+
+def test_prune_keeps_per_origin(tmp_path: Path, repo: Path) -> None:
+    """Retention counts each origin (host and paths) apart, for file snapshots too."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    for n in range(3):
+        for name in ("a", "b"):
+            (tmp_path / name / "f").write_bytes(f"{name}{n}".encode())
+            ok("-r", repo, "backup", tmp_path / name, "--tag", "daily")
+    ok("-r", repo, "prune", "--keep-last", "1")
+    kept = Repository.open(str(repo)).listing().usable()
+    assert sorted(s.paths for s in kept) == [(str(tmp_path / "a"),), (str(tmp_path / "b"),)]
+    assert all(s.tags == ("daily",) for s in kept)
+    for name in ("a", "b"):
+        snap = next(s for s in kept if s.paths == (str(tmp_path / name),))
+        assert in_snapshot(repo, snap.id, tmp_path / name) == on_disk(tmp_path / name)
