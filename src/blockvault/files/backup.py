@@ -360,10 +360,12 @@ class _Reader:
             after = os.fstat(fd)
         finally:
             os.close(fd)
+        # changed between the walk's stat and the end of the read: size or mtime differ,
+        # or fewer bytes came than the file had when opened
         if (
-            (after.st_size, after.st_mtime_ns) != (size, before.st_mtime_ns)
+            (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns)
             or made.node is None
-            or (made.node.size != size)
+            or made.node.size != size
         ):
             warning = f"{path}: changed while it was read; the snapshot holds what was read"
             made = made._replace(warnings=(*made.warnings, warning))
