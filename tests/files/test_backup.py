@@ -13,6 +13,7 @@ import stat
 import subprocess
 import tempfile
 import traceback
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from blockvault.files import backup as files_backup
 from blockvault.files import chunker
 from blockvault.files.backup import PACK_TARGET, SMALL_FILE, backup_files
 from blockvault.repo import Repository
+from blockvault_demo.servers import S3Server
 from tests.conftest import blockvault, kill_when_stopped, needs_root, sh
 from tests.files.trees import content, in_snapshot, nodes, on_disk
 
@@ -578,3 +580,38 @@ def test_prune_keeps_per_origin(tmp_path: Path, repo: Path) -> None:
     for name in ("a", "b"):
         snap = next(s for s in kept if s.paths == (str(tmp_path / name),))
         assert in_snapshot(repo, snap.id, tmp_path / name) == on_disk(tmp_path / name)
+
+
+def test_file_backup_into_an_encrypted_s3_repository(
+    tmp_path: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Remote storage and encryption work for file snapshots unchanged."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("BLOCKVAULT_PASSWORD", "s3 secret")
+    repo = f"s3://bv-{uuid.uuid4().hex[:10]}/files"
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src, random.Random(10))
+    ok("-r", repo, "init", "--encryption", "repokey")
+    first = json.loads(ok("-r", repo, "backup", src, "--json"))
+    second = json.loads(ok("-r", repo, "backup", src, "--json"))
+    assert second["parent"] == first["id"] and second["stats"]["read_bytes"] == 0
+    assert in_snapshot(repo, second["id"], src, "s3 secret") == on_disk(src)
+    assert "no problems" in ok("-r", repo, "check", "--read-data")
+
+
+def test_ctrl_c_says_what_it_left(tmp_path: Path, repo: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(11)
+    for i in range(8):
+        (src / f"big{i}").write_bytes(rng.randbytes(2 << 20))
+    faults = {"BLOCKVAULT_FAULTS": "signal=INT,every=4,operations=write,under=data/"}
+    proc = blockvault("-r", repo, "backup", src, env=faults)
+    assert proc.returncode == 130, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "no snapshot was written" in last and "reused by the next backup" in last
+    assert "no problems" in ok("-r", repo, "check")
+    ok("-r", repo, "backup", src)
+    assert in_snapshot(repo, "latest", src) == on_disk(src)
