@@ -151,15 +151,14 @@ def run_file_backup(
     if not sources:
         raise UsageError("give the files or directories to back up")
     larger = options.get("exclude_larger_than")
-    selection = Selection.build(
-        exclude=options.get("exclude", ()),
-        exclude_files=options.get("exclude_files", ()),
-        iexclude=options.get("iexclude", ()),
+    selection = Selection(
+        exclude=tuple(options.get("exclude", ())),
+        iexclude=tuple(options.get("iexclude", ())),
         exclude_caches=bool(options.get("exclude_caches")),
         exclude_if_present=tuple(options.get("exclude_if_present", ())),
         exclude_larger_than=_size(larger) if larger else None,
         one_file_system=bool(options.get("one_file_system")),
-    )
+    ).with_exclude_files(options.get("exclude_files", ()))
     paths = [absolute(s) for s in sources]
     with render.progress(as_json) as reporter:
         snap = backup_files(
