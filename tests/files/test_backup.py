@@ -615,3 +615,14 @@ def test_ctrl_c_says_what_it_left(tmp_path: Path, repo: Path) -> None:
     assert "no problems" in ok("-r", repo, "check")
     ok("-r", repo, "backup", src)
     assert in_snapshot(repo, "latest", src) == on_disk(src)
+
+
+def test_backing_up_the_root_directory(repo: Path) -> None:
+    """``/`` itself: the root tree is its tree (here narrowed by patterns to /etc)."""
+    snap = ok("-r", repo, "backup", "/", "--one-file-system", "--exclude", "/*",
+              "--exclude", "!/etc")  # fmt: skip
+    top = Repository.open(str(repo)).resolve(snap)
+    assert top.paths == ("/",)
+    found = nodes(repo, snap, Path("/"))
+    assert {p.split(b"/")[0] for p in found} == {b"etc"}
+    assert found[b"etc/passwd"].size == os.lstat("/etc/passwd").st_size

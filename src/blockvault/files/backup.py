@@ -182,8 +182,14 @@ class _Walk:
 
     def items(self, paths: Sequence[str]) -> Iterator[_Enter | _Entry | _Leave]:
         old = self.old_nodes(self.parent_tree)
+        trie = _trie(paths)
+        if trie is None:  # "/" itself: its own metadata, and everything
+            stack: list[_Listing] = []
+            yield from self._open("/", "", os.lstat(self.where.actual("/")), old, stack)
+            yield from self._descend(stack)
+            return
         yield _Enter("/", None, "", old)
-        yield from self._restricted("/", _trie(paths), old.by_name)
+        yield from self._restricted("/", trie, old.by_name)
         yield _Leave("")
 
     def _restricted(
@@ -227,7 +233,11 @@ class _Walk:
             yield self._file(path, name, st, old)
             return
         stack: list[_Listing] = []
-        yield from self._open(path, name, st, old, stack)
+        yield from self._open(path, name, st, self._subtree(old), stack)
+        yield from self._descend(stack)
+
+    def _descend(self, stack: list[_Listing]) -> Iterator[_Enter | _Entry | _Leave]:
+        """Everything below the directories on ``stack``, depth first, in name order."""
         while stack:
             listing = stack[-1]
             child = next(listing.children, None)
@@ -250,7 +260,8 @@ class _Walk:
                 yield _Enter(child.path, child_st, child.name, _NO_OLD)
                 yield _Leave("")
             else:
-                yield from self._open(child.path, child.name, child_st, child_old, stack)
+                sub = self._subtree(child_old)
+                yield from self._open(child.path, child.name, child_st, sub, stack)
 
     def _file(self, path: str, name: str, st: os.stat_result, old: Node | None) -> _Entry:
         link_of = None
@@ -262,7 +273,7 @@ class _Walk:
         return _Entry(path, name, st, old, link_of)
 
     def _open(
-        self, path: str, name: str, st: os.stat_result, old: Node | None, stack: list[_Listing]
+        self, path: str, name: str, st: os.stat_result, sub: _Old, stack: list[_Listing]
     ) -> Iterator[_Enter | _Leave]:
         """Enter a directory: list it (sorted by name bytes) onto ``stack``, or, when it
         cannot be listed or lies deeper than a reader accepts, leave it at once, empty,
@@ -278,7 +289,6 @@ class _Walk:
             yield _Enter(path, st, name, _NO_OLD)
             yield _Leave(f"{path}: cannot be listed ({exc.strerror}); kept empty")
             return
-        sub = self._subtree(old)
         yield _Enter(path, st, name, sub)
         stack.append(_Listing(iter(children), sub.by_name, st))
 
@@ -291,13 +301,16 @@ class _Listing(NamedTuple):
     st: os.stat_result
 
 
-def _trie(paths: Sequence[str]) -> _Trie:
-    """Absolute paths as nested names; a path inside another given one is dropped."""
+def _trie(paths: Sequence[str]) -> _Trie | None:
+    """Absolute paths as nested names; a path inside another given one is dropped.
+    ``None``: ``/`` is among them, which holds all the others."""
+    if not paths:
+        raise UsageError("give the files or directories to back up")
     root: _Trie = {}
     for path in sorted(paths, key=len):
         names = [n for n in path.split("/") if n]
         if not names:
-            raise UsageError("backing up / itself: give its directories, such as /etc /home")
+            return None
         level: _Trie | None = root
         for name in names[:-1]:
             assert level is not None
@@ -538,7 +551,7 @@ class _Builder:
         self.file_bytes = 0
         self.read = 0
         self.new = [0, 0, 0]
-        self.root = ""
+        self.top: _Frame | None = None  # the tree of "/": the snapshot's root
 
     def warn(self, message: str) -> None:
         message = self.where.original(message)  # named as given, not as read (--snapshot)
@@ -549,7 +562,10 @@ class _Builder:
 
     def take(self, made: _Enter | _Leave | _Made, entry_key: tuple[int, int] | None) -> None:
         if isinstance(made, _Enter):
-            self.stack.append(_Frame(made.path, made.name, made.st, made.old))
+            frame = _Frame(made.path, made.name, made.st, made.old)
+            if self.top is None:
+                self.top = frame
+            self.stack.append(frame)
         elif isinstance(made, _Leave):
             if made.warning:
                 self.warn(made.warning)
@@ -613,8 +629,6 @@ class _Builder:
             parent = self.stack[-1]
             parent.entries.append(frame)
             parent.waits = parent.waits or frame.waits
-        elif not frame.waits:
-            self.root = frame.tree_id
 
     def _close_pack(self) -> None:
         pack = self.pack
@@ -629,8 +643,6 @@ class _Builder:
         for frame in self.waiting:
             frame.waits = False
             self._store(frame)
-        if self.waiting and self.waiting[-1].st is None:
-            self.root = self.waiting[-1].tree_id
         self.waiting = []
         for frame in self.stack:
             frame.waits = False
@@ -650,7 +662,8 @@ class _Builder:
         self._close_pack()
         while self.pack_jobs:
             self._count_pack()
-        return self.root
+        assert self.top is not None and self.top.tree_id
+        return self.top.tree_id
 
     def close(self) -> None:
         """Stop the pack threads (waiting for a store under way: nothing is written
