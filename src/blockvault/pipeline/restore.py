@@ -64,6 +64,7 @@ def restore(
     reporter: Reporter = quiet_reporter,
 ) -> RestoreResult:
     started = time.monotonic()
+    snapshot.require_disk("restoring onto a disk or image file")
     index = repo.load_index(snapshot)
     source: SnapshotSource | VolumeSource
     if isinstance(partition, str):  # a logical volume: its filesystem alone onto TARGET

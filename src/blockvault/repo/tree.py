@@ -39,9 +39,11 @@ __all__ = [
     "MAX_TREE_DEPTH",
     "Node",
     "Slice",
+    "TreeRefs",
     "decode_tree",
     "encode_tree",
     "load_tree",
+    "reachable",
     "store_tree",
 ]
 
@@ -157,12 +159,19 @@ class Node:
 
 def encode_tree(nodes: list[Node], next_id: str = "") -> bytes:
     """The plaintext of one tree object (``nodes`` must be sorted by name bytes)."""
-    body: dict[str, Any] = {"version": 1, "nodes": [n.to_json() for n in nodes]}
-    if next_id:
-        body["next"] = next_id
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8", "surrogatepass"
-    )
+    return _join([_node_json(n) for n in nodes], next_id)
+
+
+def _node_json(node: Node) -> bytes:
+    text = json.dumps(node.to_json(), separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _join(encoded: list[bytes], next_id: str) -> bytes:
+    """What ``json.dumps`` of ``{"version": 1, "nodes": [...], "next": ...}`` (compact,
+    not ASCII-escaped) gives, from the nodes already encoded: each is encoded once."""
+    tail = b',"next":' + json.dumps(next_id).encode() if next_id else b""
+    return b'{"version":1,"nodes":[' + b",".join(encoded) + b"]" + tail + b"}"
 
 
 def decode_tree(plain: bytes) -> tuple[list[Node], str]:
@@ -190,24 +199,27 @@ def store_tree(nodes: list[Node], put: Callable[[bytes], str]) -> str:
     """Store a directory's nodes as one tree object, or a chain when too large for one;
     ``put`` stores a plaintext object and returns its id. Returns the first object's id."""
     nodes = sorted(nodes, key=lambda n: os.fsencode(n.name))
-    pieces: list[list[Node]] = [[]]
+    pieces: list[list[bytes]] = [[]]
     size = 64
     for node in nodes:
-        cost = len(json.dumps(node.to_json(), ensure_ascii=False).encode("utf-8", "surrogatepass"))
-        if pieces[-1] and size + cost + 1 > fmt.MAX_FILE_OBJECT - 256:
+        encoded = _node_json(node)
+        if pieces[-1] and size + len(encoded) + 1 > fmt.MAX_FILE_OBJECT - 256:
             pieces.append([])
             size = 64
-        pieces[-1].append(node)
-        size += cost + 1
+        pieces[-1].append(encoded)
+        size += len(encoded) + 1
     next_id = ""
     for piece in reversed(pieces):  # the tail first: each piece names the one after it
-        next_id = put(encode_tree(piece, next_id))
+        next_id = put(_join(piece, next_id))
     return next_id
 
 
-def load_tree(tree_id: str, get: Callable[[str], bytes]) -> Iterator[Node]:
+def load_tree(
+    tree_id: str, get: Callable[[str], bytes], pieces: list[str] | None = None
+) -> Iterator[Node]:
     """A directory's nodes in name order, following continuations; ``get`` returns an
-    object's verified plaintext. At most ``MAX_NODES`` nodes and one visit per object."""
+    object's verified plaintext. At most ``MAX_NODES`` nodes and one visit per object.
+    ``pieces``, if given, receives the id of each object read (the continuations too)."""
     seen: set[str] = set()
     count = 0
     last = b""
@@ -215,6 +227,8 @@ def load_tree(tree_id: str, get: Callable[[str], bytes]) -> Iterator[Node]:
         if tree_id in seen:
             raise ValueError(f"tree {tree_id[:12]} continues into itself")
         seen.add(tree_id)
+        if pieces is not None:
+            pieces.append(tree_id)
         nodes, tree_id = decode_tree(get(tree_id))
         count += len(nodes)
         if count > MAX_NODES:
@@ -224,6 +238,56 @@ def load_tree(tree_id: str, get: Callable[[str], bytes]) -> Iterator[Node]:
         if nodes:
             last = os.fsencode(nodes[-1].name)
         yield from nodes
+
+
+@dataclass(frozen=True)
+class TreeRefs:
+    """What one directory's tree references: its own objects (continuations included),
+    its subdirectories' trees and its files' chunks."""
+
+    pieces: tuple[str, ...]
+    subtrees: tuple[str, ...]
+    chunks: frozenset[str]
+
+
+def reachable(
+    root: str,
+    get: Callable[[str], bytes],
+    cache: dict[str, TreeRefs],
+    skip: set[str] | frozenset[str] = frozenset(),
+) -> tuple[set[str], list[tuple[str, str]]]:
+    """Every object reachable from the tree ``root`` (trees and content), and the trees
+    that could not be read, as ``(id, what is wrong)``. ``cache`` keeps what each tree
+    references across calls (snapshots share most trees); ids in ``skip`` (known bad)
+    are counted but not read. Iterative: a deep tree costs no recursion."""
+    reached: set[str] = set()
+    problems: list[tuple[str, str]] = []
+    todo = [root]
+    while todo:
+        tree_id = todo.pop()
+        if tree_id in reached:
+            continue
+        reached.add(tree_id)
+        if tree_id in skip:
+            continue
+        refs = cache.get(tree_id)
+        if refs is None:
+            pieces: list[str] = []
+            try:
+                nodes = list(load_tree(tree_id, get, pieces))
+            except Exception as exc:  # any damage: reported, the walk goes on
+                problems.append((tree_id, f"tree {tree_id}: {exc}"))
+                continue
+            refs = TreeRefs(
+                tuple(pieces),
+                tuple(n.subtree for n in nodes if n.kind == "dir"),
+                frozenset(s.chunk_id for n in nodes for s in n.content if s.chunk_id),
+            )
+            cache[tree_id] = refs
+        reached.update(refs.pieces)
+        reached.update(refs.chunks)
+        todo.extend(refs.subtrees)
+    return reached, problems
 
 
 def _text(data: dict[str, Any], key: str, default: str | None = None) -> str:
