@@ -96,6 +96,21 @@ def test_a_tree_comes_back_whole_and_a_path_of_it_alone(repo: Repository, tmp_pa
     assert "Traceback" not in missing.stderr
 
 
+def test_backup_dir_then_restore(repo: Repository, tmp_path: Path) -> None:
+    """The real ``backup DIR`` (files-backup) and restore meet: trees equal."""
+    src = small_tree(tmp_path / "src")
+    os.link(src / "top.txt", src / "docs" / "top-again")
+    with open(src / "sparse", "wb") as f:
+        f.truncate(32 * MiB)
+    backup = blockvault("-r", repo.location, "backup", src)
+    assert backup.returncode == 0, backup.stderr
+    out = restore(repo, f"latest:{src}", tmp_path / "t")
+    assert out.returncode == 0, out.stderr
+    assert state(tmp_path / "t") == state(src) | {".": state(tmp_path / "t")["."]}
+    assert os.stat(tmp_path / "t/top.txt").st_ino == os.stat(tmp_path / "t/docs/top-again").st_ino
+    assert os.stat(tmp_path / "t/sparse").st_blocks == 0
+
+
 @needs_root
 def test_everything_linux_keeps_survives_on_ext4(
     tmp_path: Path, loop: Callable[..., str], mounted: Callable[..., Path]

@@ -187,7 +187,7 @@ def _report(result: FilesRestoreResult, as_json: bool) -> None:
             f"{shown(result.target)}: {render.plural(result.files, 'file')}, "
             f"{render.plural(result.directories, 'directory')}, "
             f"{render.plural(result.symlinks, 'symlink')}, "
-            f"{render.size(result.bytes_written)} written, {result.unchanged} unchanged, "
+            f"{render.size(result.bytes_written)} of content, {result.unchanged} unchanged, "
             f"{result.deleted} deleted"
             + (f", {result.verified} verified" if result.verified else "")
             + f" in {result.seconds:.1f}s"
