@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from blockvault.browse.filesystem import Entry
-from blockvault.browse.volume import Volume
+from blockvault.browse.volume import Volume, format_address
 from blockvault.errors import FilesystemError, IntegrityError, UnsafeName
 from blockvault.events import Reporter, Warned, quiet
 from blockvault.pipeline.tree import Metadata, TreeWriter
@@ -134,7 +134,7 @@ def extract(
             for where, meta in reversed(made_dirs):
                 writer.set_metadata(where, meta)
     return ExtractResult(
-        f"{volume.snapshot.id[:12]}:{volume.number}{top.path}",
+        format_address(volume.snapshot.id, volume.number, top.path),
         str(parent / name),
         files,
         dirs,

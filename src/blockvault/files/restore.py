@@ -61,7 +61,7 @@ from blockvault.events import (
     quiet,
 )
 from blockvault.files.fetch import ChunkFetcher
-from blockvault.files.trees import BadTree, TreeSource, show
+from blockvault.files.trees import BadTree, TreeSource, show, slice_of
 from blockvault.pipeline.tree import Block, Metadata, TreeWriter
 from blockvault.repo.manifest import Snapshot
 from blockvault.repo.repository import Repository
@@ -238,7 +238,9 @@ class _Restore:
         if not self.options.numeric_owner:
             uid = (_uid(node.user) if node.user else None) or uid
             gid = (_gid(node.group) if node.group else None) or gid
-        return Metadata(node.mode, uid, gid, node.atime_ns, node.mtime_ns, node.xattrs)
+        # an atime of 0 was not recorded (backup keeps none): the mtime stands in
+        atime = node.atime_ns or None
+        return Metadata(node.mode, uid, gid, atime, node.mtime_ns, node.xattrs)
 
     # --- the walk ------------------------------------------------------------------
     def run(self, top: Node, names: tuple[str, ...], rel: tuple[str, ...]) -> None:
@@ -467,10 +469,7 @@ class _Restore:
                         digest.update(bytes(min(HOLE_PIECE, piece.length - start)))
                 yield piece.length
                 continue
-            chunk = self.fetcher.get(piece.chunk_id)
-            if piece.offset + piece.length > len(chunk):
-                raise _short(node, piece.chunk_id, len(chunk))
-            data = memoryview(chunk)[piece.offset : piece.offset + piece.length]
+            data = slice_of(self.fetcher.get(piece.chunk_id), piece, node, self.source.repo)
             if self.options.verify:
                 digest.update(data)
             yield data
@@ -483,14 +482,6 @@ class _Restore:
         if digest.digest() != expected:
             raise OSError(errno.EIO, f"{show(rel)} reads back different from what was written")
         self.counts["verified"] += 1
-
-
-def _short(node: Node, chunk_id: str, size: int) -> IntegrityError:
-    from blockvault.errors import ChunkCorrupt
-
-    return ChunkCorrupt(
-        f"a slice of {node.name!r} passes its end ({size} bytes)", chunk=chunk_id, repo="", where=""
-    )
 
 
 def _is(st: os.stat_result, kind: str) -> bool:
