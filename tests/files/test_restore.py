@@ -312,3 +312,18 @@ def test_a_hostile_snapshot_writes_nothing_outside(repo: Repository, tmp_path: P
     assert names == {"ok", os.fsdecode(b"caf\xe9"), "d", "evil", "up", "root"}
     assert os.listdir(target / "evil") == []  # its unreadable tree: made, left empty
     assert {p.name for p in tmp_path.iterdir()} == {"repo", "victim", "t"}
+
+
+@needs_root
+def test_owners_by_name_unless_numeric(repo: Repository, tmp_path: Path) -> None:
+    # recorded as uid/gid 4242 named "root" (the ids of another machine): by name here
+    node = {"type": "file", "mode": 0o640, "uid": 4242, "gid": 4243, "mtime_ns": 7}
+    named = {**node, "name": "named", "user": "root", "group": "root", "content": b"a"}
+    unknown = {**node, "name": "unknown", "user": "nobody-here-xyz", "content": b"b"}
+    snap = hand_built(repo, [named, unknown])
+    assert restore(repo, snap.id, tmp_path / "byname").returncode == 0
+    owners = {p.name: (p.lstat().st_uid, p.lstat().st_gid) for p in (tmp_path / "byname").iterdir()}
+    assert owners == {"named": (0, 0), "unknown": (4242, 4243)}
+    assert restore(repo, snap.id, tmp_path / "ids", "--numeric-owner").returncode == 0
+    owners = {p.name: (p.lstat().st_uid, p.lstat().st_gid) for p in (tmp_path / "ids").iterdir()}
+    assert owners == {"named": (4242, 4243), "unknown": (4242, 4243)}

@@ -236,8 +236,10 @@ class _Restore:
     def metadata(self, node: Node) -> Metadata:
         uid, gid = node.uid, node.gid
         if not self.options.numeric_owner:
-            uid = (_uid(node.user) if node.user else None) or uid
-            gid = (_gid(node.group) if node.group else None) or gid
+            by_name = _uid(node.user) if node.user else None
+            uid = uid if by_name is None else by_name  # root's id is 0: no "or"
+            by_name = _gid(node.group) if node.group else None
+            gid = gid if by_name is None else by_name
         # an atime of 0 was not recorded (backup keeps none): the mtime stands in
         atime = node.atime_ns or None
         return Metadata(node.mode, uid, gid, atime, node.mtime_ns, node.xattrs)
