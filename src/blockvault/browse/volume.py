@@ -22,6 +22,7 @@ from blockvault.browse.tree import FILES_VOLUME, TreeFilesystem, files_record
 from blockvault.errors import (
     BlockvaultError,
     BrowseError,
+    FilePathNotFound,
     FilesystemError,
     PartitionNotFound,
     PathNotFound,
@@ -131,8 +132,8 @@ class Volume:
             return call()
         except NotFound as exc:
             if self.snapshot.kind == "files":
-                raise BrowseError(
-                    f"{exc.missing} {exc.detail} in file snapshot {self.snapshot.id[:12]}"
+                raise FilePathNotFound(
+                    exc.detail, path=exc.missing, snapshot=self.snapshot.id[:12], errno=exc.errno
                 ) from None
             raise PathNotFound(
                 exc.detail,
