@@ -16,7 +16,10 @@ be hostile. Its invariants:
   refused as :class:`~blockvault.errors.UnsafeName`.
 * A file appears under its name only complete: it is written (sparse: all-zero
   blocks stay holes) to a temporary name in its directory, given its metadata,
-  fsynced and renamed into place. A failure removes the temporary file.
+  fsynced and renamed into place. A failure removes the temporary file. With
+  ``sync_each=False`` the per-file fsync is left out and :meth:`TreeWriter.sync`
+  flushes everything once at the end (a restore of many small files: a kill still
+  leaves only whole files under their names, a power cut before the end may not).
 * Symlinks are made as symlinks, with their targets as given (an absolute target
   is kept: it means the restored system's root); they are never followed.
 * Nothing existing is replaced unless ``overwrite`` (then a file or symlink is
@@ -34,6 +37,7 @@ be hostile. Its invariants:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import secrets
@@ -93,13 +97,20 @@ class TreeWriter:
         overwrite: bool = False,
         owners: bool = False,
         separators: str = "/",
+        sync_each: bool = True,
     ) -> None:
         self.dest = os.fspath(dest)
+        self.sync_each = sync_each
         self.overwrite = overwrite
         self.owners = owners
         self.separators = separators
         self._made: set[tuple[str, ...]] = set()
         self._root = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def sync(self) -> None:
+        """Make everything written so far durable (the writes ``sync_each=False`` left
+        unsynced): ``syncfs`` of the destination's filesystem where libc has it."""
+        _syncfs(self._root)
 
     def close(self) -> None:
         if self._root >= 0:
@@ -145,7 +156,8 @@ class TreeWriter:
                 try:
                     size = _write_sparse(fd, blocks)
                     self._apply(fd, meta, kind="file")
-                    os.fsync(fd)
+                    if self.sync_each:
+                        os.fsync(fd)
                 finally:
                     os.close(fd)
                 os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
@@ -382,6 +394,17 @@ class TreeWriter:
         times = _times(meta)
         if times is not None:
             os.utime(name, ns=times, dir_fd=parent, follow_symlinks=False)
+
+
+def _syncfs(fd: int) -> None:
+    """``syncfs(2)`` on ``fd``'s filesystem (Python has no binding); ``sync`` without it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) == 0:
+            return
+    except (OSError, AttributeError):
+        pass
+    os.sync()
 
 
 def _remove_at(parent: int, name: str) -> None:
