@@ -442,7 +442,7 @@ class _Restore:
         if action == "update":
             writer.set_metadata(rel, meta)
             return
-        st = self.lstat(rel)
+        st = self.lstat(rel) if action == "replace" else None
         if st is not None and _is(st, "dir"):  # a directory where the snapshot has none
             writer.remove(rel)
         first = self.links.get((node.device, node.inode)) if node.links > 1 else None
@@ -528,8 +528,7 @@ def restore_files(
     if not exists and not options.dry_run:
         os.makedirs(dest)
     owners = os.geteuid() == 0 if options.owners is None else options.owners
-    total = sum(n.size for _names, n in source.walk(top, names, on_bad=lambda _e: None))
-    reporter(TaskStarted("restore", total, dest))
+    reporter(TaskStarted("restore", _total(source, snapshot, names, top), dest))
     writer = None
     if exists or not options.dry_run:
         # one flush at the end, not an fsync per file (10 ms each on this VM: most of
@@ -563,6 +562,15 @@ def restore_files(
         skipped=tuple(job.skipped),
         **job.counts,
     )
+
+
+def _total(source: TreeSource, snapshot: Snapshot, names: tuple[str, ...], top: Node) -> int:
+    """The bytes to restore, for the progress bar: the snapshot's own count when the
+    path holds everything backed up, else a walk of the trees below it first."""
+    covered = all(path_names(p)[: len(names)] == names for p in snapshot.paths)
+    if covered and snapshot.stats.used_bytes:
+        return snapshot.stats.used_bytes
+    return sum(n.size for _names, n in source.walk(top, names, on_bad=lambda _e: None))
 
 
 def _finish_directories(writer: TreeWriter, job: _Restore) -> None:

@@ -105,6 +105,9 @@ class TreeWriter:
         self.owners = owners
         self.separators = separators
         self._made: set[tuple[str, ...]] = set()
+        # the parent walked last and its descriptor: entries of one directory come in a
+        # row, and walking each from the destination again was most of a restore's time
+        self._last_parent: tuple[tuple[str, ...], int] | None = None
         self._root = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def sync(self) -> None:
@@ -112,7 +115,14 @@ class TreeWriter:
         unsynced): ``syncfs`` of the destination's filesystem where libc has it."""
         _syncfs(self._root)
 
+    def _forget_parent(self) -> None:
+        """Drop the cached parent: a directory was removed or replaced."""
+        if self._last_parent is not None:
+            os.close(self._last_parent[1])
+            self._last_parent = None
+
     def close(self) -> None:
+        self._forget_parent()
         if self._root >= 0:
             os.close(self._root)
             self._root = -1
@@ -135,6 +145,7 @@ class TreeWriter:
                 if not self.overwrite:
                     raise TargetNotEmpty("it exists", path=self._show(path)) from None
                 if not stat.S_ISDIR(st.st_mode):  # a file or symlink in the way goes
+                    self._forget_parent()
                     os.unlink(name, dir_fd=parent)
                     os.mkdir(name, 0o700, dir_fd=parent)
 
@@ -254,6 +265,7 @@ class TreeWriter:
     def remove(self, path: Sequence[str]) -> None:
         """Delete the entry at ``path`` and, for a directory, all below it; a symlink
         is unlinked, never followed."""
+        self._forget_parent()
         with self._parent(path, made=True) as (parent, name):
             _remove_at(parent, name)
 
@@ -333,9 +345,14 @@ class TreeWriter:
                     path=self._show(path),
                 )
             self._made.add(key)
-        fd = os.dup(self._root)
+        cached = self._last_parent
+        if cached is not None and cached[0] == key[:-1]:
+            fd = os.dup(cached[1])  # the same parent as last time: walked already
+            names: Sequence[str] = ()
+        else:
+            fd, names = os.dup(self._root), path[:-1]
         try:
-            for depth, name in enumerate(path[:-1]):
+            for depth, name in enumerate(names):
                 try:
                     child = os.open(name, _DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
@@ -349,6 +366,9 @@ class TreeWriter:
                     ) from None
                 os.close(fd)
                 fd = child
+            if names:
+                self._forget_parent()
+                self._last_parent = (key[:-1], os.dup(fd))
             yield fd, path[-1]
         finally:
             os.close(fd)
