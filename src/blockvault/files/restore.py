@@ -524,7 +524,7 @@ def restore_files(
     dest = os.path.abspath(os.fspath(target))
     exists = os.path.lexists(dest)
     if exists and not os.path.isdir(dest):
-        raise TargetError(f"target {dest} is not a directory")
+        raise TargetError("it is not a directory; a file snapshot is restored into one", path=dest)
     if not exists and not options.dry_run:
         os.makedirs(dest)
     owners = os.geteuid() == 0 if options.owners is None else options.owners
