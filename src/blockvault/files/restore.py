@@ -403,6 +403,7 @@ class _Restore:
             return ""
         if mode == "if-changed" and self._same(rel, st, node):
             self.counts["unchanged"] += 1
+            self.reporter(TaskAdvanced("restore", node.size))  # done, as far as the bar goes
             self._remember_link(rel, node)
             return "update" if self._stale(st, node) else ""
         return "replace"
