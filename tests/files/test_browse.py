@@ -58,6 +58,9 @@ def test_ls_cat_find_extract(tmp_path: Path) -> None:
     assert f"{snap.id[:12]}:{src}/top.txt" in bv(repo, "find", "top.txt")
     bv(repo, "extract", f"{at}/docs", tmp_path / "out")
     assert state(tmp_path / "out") == state(src / "docs")
+    (tmp_path / "into").mkdir()  # an existing directory: the copy goes inside, named
+    bv(repo, "extract", f"{snap.id}:/", tmp_path / "into")
+    assert state(tmp_path / "into" / snap.id[:12] / str(src).lstrip("/")) == state(src)
     missing = blockvault("-r", repo.location, "cat", f"{at}/nope")
     assert missing.returncode == 2 and "does not exist in file snapshot" in missing.stderr
     partition = blockvault("-r", repo.location, "ls", f"{snap.id}:2/")

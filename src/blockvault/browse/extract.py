@@ -70,7 +70,10 @@ def _place(volume: Volume, top: Entry, dest: Path) -> tuple[Path, str]:
     """The directory the copy goes in and the copy's name: ``dest`` itself names the
     copy, unless it is an existing directory (then the copy goes inside, as ``cp``)."""
     if dest.is_dir():
-        return dest, top.name if top.path != "/" else f"p{volume.number}"
+        if top.path == "/":  # a partition's root, or a file snapshot's
+            whole = volume.snapshot.id[:12] if volume.snapshot.kind == "files" else None
+            return dest, whole or f"p{volume.number}"
+        return dest, top.name
     return dest.parent, dest.name
 
 
