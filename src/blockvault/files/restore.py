@@ -534,7 +534,9 @@ def restore_files(
     if exists or not options.dry_run:
         # one flush at the end, not an fsync per file (10 ms each on this VM: most of
         # the time of a restore of small files); a kill still leaves only whole files
-        writer = TreeWriter(dest, overwrite=True, owners=owners, sync_each=False)
+        # tree objects hold each name once (repo/tree.py refuses others), so the writer
+        # need not remember every path it made: memory stays with the tree's depth
+        writer = TreeWriter(dest, overwrite=True, owners=owners, sync_each=False, track_names=False)
     job = None
     try:
         with ChunkFetcher(repo) as fetcher:

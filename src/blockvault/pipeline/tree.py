@@ -98,9 +98,13 @@ class TreeWriter:
         owners: bool = False,
         separators: str = "/",
         sync_each: bool = True,
+        track_names: bool = True,
     ) -> None:
         self.dest = os.fspath(dest)
         self.sync_each = sync_each
+        # remember every path made, to refuse a duplicate entry; a caller whose source
+        # cannot hold one (tree objects are sorted and unique) saves that memory
+        self.track_names = track_names
         self.overwrite = overwrite
         self.owners = owners
         self.separators = separators
@@ -338,7 +342,7 @@ class TreeWriter:
         except UnsafeName as exc:
             raise UnsafeName(exc.fields["detail"], path=self._show(path)) from None
         key = tuple(path)
-        if not made:
+        if not made and self.track_names:
             if key in self._made:
                 raise UnsafeName(
                     "the name appears twice in its directory; the first was kept",
