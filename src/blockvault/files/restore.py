@@ -570,9 +570,8 @@ def restore_files(
 def _total(source: TreeSource, snapshot: Snapshot, names: tuple[str, ...], top: Node) -> int:
     """The bytes to restore, for the progress bar: the snapshot's own count when the
     path holds everything backed up, else a walk of the trees below it first."""
-    covered = all(path_names(p)[: len(names)] == names for p in snapshot.paths)
-    if covered and snapshot.stats.used_bytes:
-        return snapshot.stats.used_bytes
+    if all(path_names(p)[: len(names)] == names for p in snapshot.paths):
+        return snapshot.stats.used_bytes  # backup counts every file's bytes
     return sum(n.size for _names, n in source.walk(top, names, on_bad=lambda _e: None))
 
 
