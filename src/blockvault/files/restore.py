@@ -218,6 +218,9 @@ class _Restore:
         self.skipped: list[Skipped] = []
         self.links: dict[tuple[int, int], tuple[str, ...]] = {}  # (device, inode) -> first path
         self.made: set[tuple[str, ...]] = {()}  # target directories made or merged into
+        # directories this run made new: nothing is in them but what it writes, so
+        # their entries need no lstat (a third of a fresh restore's system calls)
+        self.fresh: set[tuple[str, ...]] = set()
         self.dir_meta: list[tuple[tuple[str, ...], Metadata]] = []
         self.unmade: dict[tuple[str, ...], Metadata] = {}  # left for an include to need
 
@@ -232,6 +235,10 @@ class _Restore:
 
     def lstat(self, rel: tuple[str, ...]) -> os.stat_result | None:
         return None if self.writer is None else self.writer.lstat(rel)
+
+    def existing(self, rel: tuple[str, ...]) -> os.stat_result | None:
+        """What the target holds at ``rel`` now (nothing, in a directory made new)."""
+        return None if rel[:-1] in self.fresh else self.lstat(rel)
 
     def metadata(self, node: Node) -> Metadata:
         uid, gid = node.uid, node.gid
@@ -267,9 +274,10 @@ class _Restore:
                     continue
                 chosen.append((below, node))
                 places[below] = (*rel, node.name)
-            if rel in self.made and self.writer is not None and not self.options.dry_run:
+            old = rel in self.made and rel not in self.fresh
+            if old and self.writer is not None and not self.options.dry_run:
                 self.clean(rel, names)
-            if self.options.delete and rel in self.made:
+            if self.options.delete and old:
                 self.delete_extra(rel, {n.name for n in nodes}, names)
             files = [(b, n) for b, n in chosen if n.kind != "dir"]
             if self.select.include is not None and not inside:
@@ -285,7 +293,7 @@ class _Restore:
 
     def directory(self, names: tuple[str, ...], node: Node, rel: tuple[str, ...]) -> bool:
         """Make (or merge into) directory ``rel``; whether to go on below it."""
-        st = self.lstat(rel)
+        st = self.existing(rel)
         try:
             if st is not None and not _is(st, "dir"):
                 if self.options.overwrite == "never":
@@ -303,6 +311,8 @@ class _Restore:
             self.skip(names, _reason(exc))
             return False
         self.made.add(rel)
+        if st is None or not _is(st, "dir"):
+            self.fresh.add(rel)
         self.dir_meta.append((rel, self.metadata(node)))
         self.counts["directories"] += 1
         return True
@@ -394,7 +404,7 @@ class _Restore:
 
     def decide(self, rel: tuple[str, ...], node: Node) -> str:
         """ "add", "replace", "update" (metadata only) or "" (leave it)."""
-        st = self.lstat(rel)
+        st = self.existing(rel)
         if st is None:
             return "add"
         mode = self.options.overwrite
@@ -541,6 +551,8 @@ def restore_files(
     try:
         with ChunkFetcher(repo) as fetcher:
             job = _Restore(source, writer, fetcher, options, reporter)
+            if not exists:
+                job.fresh.add(())
             rel = () if top.kind == "dir" else (top.name,)
             try:
                 job.run(top, names, rel)
