@@ -12,7 +12,8 @@ import fnmatch
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from blockvault.browse.volume import PARSERS, open_volume
+from blockvault.browse.tree import files_record
+from blockvault.browse.volume import PARSERS, format_address, open_volume
 from blockvault.errors import BlockvaultError, IntegrityError, PartitionNotFound
 from blockvault.events import Reporter, Warned, quiet
 from blockvault.repo.manifest import PartitionRecord, Snapshot
@@ -37,7 +38,7 @@ class Match:
     def address(self) -> str:
         if self.volume is not None:
             return f"{self.snapshot[:12]}:{self.volume}:{self.path}"
-        return f"{self.snapshot[:12]}:{self.partition}{self.path}"
+        return format_address(self.snapshot, self.partition, self.path)
 
 
 def _browsable(
@@ -77,6 +78,8 @@ def find(
     for snap in sorted(chosen, key=lambda s: s.time, reverse=True):
         keys = luks_keys or {}
         records = [p for p in snap.imaged_partitions if _browsable(p, keys)]
+        if snap.kind == "files":  # its trees, one volume
+            records = [files_record(snap)]
         if partition is not None:
             records = [p for p in records if p.number == partition]
             if not records and len(chosen) == 1:
@@ -89,7 +92,11 @@ def find(
         if not records:
             continue
         index = repo.load_index(snap)
-        places = [(r, v, k) for r in records for v, k in _browsable(r, keys)]
+        places: list[tuple[PartitionRecord, str | None, bytes | None]] = (
+            [(r, None, None) for r in records]
+            if snap.kind == "files"
+            else [(r, v, k) for r in records for v, k in _browsable(r, keys)]
+        )
         for record, name, key in places:
             try:
                 volume = open_volume(repo, snap, record.number, index, volume=name, luks_key=key)

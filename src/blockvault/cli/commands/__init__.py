@@ -281,6 +281,8 @@ COMMANDS = (
     "cat",
     "extract",
     "find",
+    "diff",
+    "versions",
     "mount",
     "umount",
     "prune",
