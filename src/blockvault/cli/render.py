@@ -27,6 +27,7 @@ from blockvault.events import (
     Warned,
 )
 from blockvault.extents import ExtentMap
+from blockvault.repo.manifest import Snapshot
 from blockvault.text import plural as plural  # commands write render.plural
 from blockvault.text import shown
 
@@ -130,6 +131,17 @@ def adapted(gpt_moved: bool, grown: str | None) -> str:
     return ("; GPT backup moved to the end of the larger disk" if gpt_moved else "") + (
         f"; {grown}" if grown else ""
     )
+
+
+LIVE_SHOWN = {
+    "lvm-snapshot": "from an LVM snapshot",
+    "unsafe-reread": "re-read, not crash-consistent",
+}
+
+
+def live(snapshot: Snapshot) -> str:
+    """How a source in use was read, for people ("" when it was not in use)."""
+    return LIVE_SHOWN.get(snapshot.live, shown(snapshot.live))
 
 
 def warn(message: str, out: Console | None = None) -> None:

@@ -64,7 +64,15 @@ class Snapshot:
     # writer session began (what a file backup diffs against); "" when there was none,
     # or in snapshots made before it was recorded. It may since have been pruned.
     parent: str = ""
+    # how a source in use was read (disk/live.py): "lvm-snapshot", "unsafe-reread"
+    # (not crash-consistent), or "" when nothing on it was mounted read-write
+    live: str = ""
     id: str = ""  # filled in when read back; not part of the stored JSON
+
+    @property
+    def crash_consistent(self) -> bool:
+        """Whether the image is of one moment (at worst as after a power cut)."""
+        return self.live != "unsafe-reread"
 
     @property
     def origin(self) -> str:
@@ -98,7 +106,11 @@ class Snapshot:
     def to_json(self) -> bytes:
         data = asdict(self)
         data.pop("id")
-        for optional in ("source_id", "parent"):  # absent reads as it did before they existed
+        for optional in (
+            "source_id",
+            "parent",
+            "live",
+        ):  # absent reads as it did before they existed
             if not data[optional]:
                 data.pop(optional)
         return json.dumps({"version": 1, **data}, sort_keys=True, indent=1).encode()

@@ -9,6 +9,7 @@ import click
 from blockvault.cli import render
 from blockvault.cli.commands import json_option, open_repo, raw_option, system_root_option
 from blockvault.disk.layout import refuse_plain_path
+from blockvault.disk.live import LIVE_METHODS
 from blockvault.disk.system import choose_system
 from blockvault.errors import UsageError
 from blockvault.pipeline.backup import backup
@@ -40,6 +41,16 @@ def register(group: click.Group) -> None:
         help="Image what the running system needs instead of SOURCE: the disk holding / "
         "and the partitions of /, /boot, /boot/efi, EFI System and BIOS boot.",
     )
+    @click.option(
+        "--live",
+        is_flag=False,
+        flag_value="auto",
+        default=None,
+        type=click.Choice(LIVE_METHODS),
+        help="SOURCE is in use (implied when a filesystem on it is mounted read-write): read "
+        "an LVM snapshot of it (lvm; auto picks it where it can), or read it and read again "
+        "until two reads agree (unsafe-reread: not crash-consistent, recorded as such).",
+    )
     @system_root_option
     @raw_option
     @json_option
@@ -51,6 +62,7 @@ def register(group: click.Group) -> None:
         tags: tuple[str, ...],
         compression: str | None,
         system: bool,
+        live: str | None,
         root: str,
         raw: bool,
         as_json: bool,
@@ -68,7 +80,9 @@ def register(group: click.Group) -> None:
         if compression:
             repo = repo.with_compression(compression)
         with render.progress(as_json) as reporter:
-            snap = backup(repo, source, partitions=partitions, tags=tags, reporter=reporter)
+            snap = backup(
+                repo, source, partitions=partitions, tags=tags, live=live, reporter=reporter
+            )
         if as_json:
             render.emit_json(snap)
             return
@@ -76,7 +90,8 @@ def register(group: click.Group) -> None:
         click.echo(
             f"snapshot {snap.id[:12]} saved: {render.size(s.used_bytes)} used of "
             f"{render.size(snap.disk_size)}, {render.plural(s.new_chunks, 'new chunk')}, "
-            f"{render.size(s.stored_bytes)} added to the repository in {s.seconds:.1f}s",
+            f"{render.size(s.stored_bytes)} added to the repository in {s.seconds:.1f}s"
+            + (f", read {render.live(snap)}" if snap.live else ""),
             err=True,
         )
         click.echo(snap.id)
