@@ -16,6 +16,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   ├── PassphraseRequired               encrypted repository, no passphrase given
     │   │   └── NewPassphraseRequired            a new one is needed and cannot be asked
     │   ├── KeyFileInvalid                   a key file to import is not usable
+    │   ├── LuksKeyRejected                  no LUKS key slot opens with the key given
     │   ├── ImageReadOnly                    a write to a one-file image (.bvi)
 
     │   ├── PlanError                        a plan, or the plans file, is wrong (plans/)
@@ -113,6 +114,7 @@ __all__ = [
     "KeyFileInvalid",
     "KeyMissing",
     "LiveSourceError",
+    "LuksKeyRejected",
     "MountpointError",
     "NbdError",
     "NewPassphraseRequired",
@@ -229,6 +231,16 @@ class NewPassphraseRequired(PassphraseRequired):
 
 class KeyFileInvalid(UsageError):
     template = "key file {path}: {detail}"
+
+
+class LuksKeyRejected(UsageError):
+    """A LUKS key was given for a partition but opens none of its key slots: imaging it
+    raw instead would silently store far more than asked, so we stop."""
+
+    template = (
+        "{where}: {detail}; check the passphrase or --luks-key-file (a key file is used "
+        "byte for byte, as cryptsetup --key-file does)"
+    )
 
 
 class ImageReadOnly(UsageError):

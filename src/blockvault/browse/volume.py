@@ -18,6 +18,8 @@ from blockvault.browse.fat import FatFilesystem
 from blockvault.browse.filesystem import Entry, Filesystem, NotFound, normalize
 from blockvault.browse.ntfs import NtfsFilesystem
 from blockvault.browse.stream import RegionFile, region_reader
+from blockvault.disk.device import Reader
+from blockvault.disk.volumes.stack import content_reader
 from blockvault.errors import (
     BlockvaultError,
     BrowseError,
@@ -57,25 +59,36 @@ PARSERS: Final[dict[str, Callable[[BinaryIO, str], Filesystem[object]]]] = {
 """Filesystem type as the manifest records it -> parser."""
 
 _ADDRESS: Final = re.compile(r"^(?P<snapshot>[^:/]+)(?::(?P<part>[^/]*))?(?P<path>/.*)?$")
+# an LVM logical volume instead of a partition: SNAPSHOT:VG/LV:[/PATH]
+_VOLUME_ADDRESS: Final = re.compile(
+    r"^(?P<snapshot>[^:/]+):(?P<volume>[A-Za-z0-9_.+-]+/[A-Za-z0-9_.+-]+):(?P<path>/.*)?$"
+)
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Address:
-    """``SNAPSHOT[:PART][/PATH]``: PART None when not given, PATH ``/`` by default."""
+    """``SNAPSHOT[:PART][/PATH]`` or ``SNAPSHOT:VG/LV:[/PATH]``: PART None when not
+    given, PATH ``/`` by default; ``volume`` names a logical volume."""
 
     snapshot: str
     partition: int | None
     path: str
+    volume: str | None = None
 
 
 def parse_address(text: str) -> Address:
+    lv = _VOLUME_ADDRESS.match(text)
+    if lv is not None:
+        path = normalize(lv.group("path") or "/")
+        return Address(lv.group("snapshot"), None, path, lv.group("volume"))
     match = _ADDRESS.match(text)
     part = match.group("part") if match else None
     if match is None or (part is not None and not part.isdigit()):
         raise BrowseError(
             f"{text!r} is not SNAPSHOT[:PARTITION][/PATH], such as latest:2/etc/fstab "
-            "(SNAPSHOT: an id, a unique prefix or latest; PARTITION: a number)"
+            "(SNAPSHOT: an id, a unique prefix or latest; PARTITION: a number), or "
+            "SNAPSHOT:VG/LV:/PATH for an LVM logical volume, such as latest:vg0/root:/etc"
         )
     return Address(
         match.group("snapshot"), int(part) if part else None, normalize(match.group("path") or "/")
@@ -183,15 +196,39 @@ def default_partition(snapshot: Snapshot) -> int | None:
     return None
 
 
+def _inner(record: PartitionRecord, volume: str | None) -> tuple[str, str | None]:
+    """The filesystem to open and the volume holding it: ``volume`` when given, the
+    content of a LUKS container on the partition itself, else the partition."""
+    if volume is None and record.filesystem.startswith("luks") and record.volume("luks"):
+        volume = "luks"
+    if volume is None:
+        return record.filesystem, None
+    found = record.volume(volume)
+    if found is None:
+        names = ", ".join(v.name for v in record.volumes if v.kind == "lvm2-lv") or "none"
+        raise BrowseError(
+            f"partition {record.number} has no volume {volume} (logical volumes: {names})"
+        )
+    return found.filesystem, volume
+
+
 def open_volume(
-    repo: Repository, snapshot: Snapshot, number: int, index: Index | None = None
+    repo: Repository,
+    snapshot: Snapshot,
+    number: int,
+    index: Index | None = None,
+    *,
+    volume: str | None = None,
+    luks_key: bytes | None = None,
 ) -> Volume:
     """Partition ``number`` of ``snapshot`` as a filesystem; fetches only the chunks
-    its superblock and the paths later asked for need."""
+    its superblock and the paths later asked for need. ``volume`` opens a logical
+    volume in it instead, and a LUKS container is read through ``luks_key``."""
     record = imaged_partition(repo, snapshot, number)
-    if record.filesystem not in PARSERS:
+    fs_type, inner = _inner(record, volume)
+    if fs_type not in PARSERS:
         raise UnsupportedFilesystem(
-            fs=record.filesystem or "unknown content",
+            fs=fs_type or "unknown content",
             partition=number,
             snapshot=snapshot.id[:12],
             repo=repo.location,
@@ -203,14 +240,18 @@ def open_volume(
             " in its index", snapshot=snapshot.id[:12], partition=number, repo=repo.location
         )
     reader = region_reader(repo, region, index.chunk_size)
+    content: Reader = reader
+    if inner is not None:
+        where = f"partition {number} of snapshot {snapshot.id[:12]}"
+        content = content_reader(reader, record.volumes, inner, luks_key, where)
     try:
-        fs = open_filesystem(cast(BinaryIO, RegionFile(reader)), record.filesystem)
+        fs = open_filesystem(cast(BinaryIO, RegionFile(content)), fs_type)  # type: ignore[arg-type]
     except BlockvaultError:
         raise
     except Exception as exc:
         raise FilesystemError(
             f"cannot be opened: {type(exc).__name__}: {exc}",
-            fs=record.filesystem,
+            fs=fs_type,
             where=f"in partition {number} of snapshot {snapshot.id[:12]}",
         ) from exc
     return Volume(snapshot, record, reader, fs)
@@ -223,9 +264,23 @@ def locate(repo: Repository, text: str) -> tuple[Snapshot, Address, int | None]:
     address = parse_address(text)
     snap = repo.resolve(address.snapshot)
     number = address.partition if address.partition is not None else default_partition(snap)
+    if address.volume is not None:
+        number = volume_partition(repo, snap, address.volume)
     if number is not None:
         imaged_partition(repo, snap, number)
     return snap, address, number
+
+
+def volume_partition(repo: Repository, snap: Snapshot, name: str) -> int:
+    """The imaged partition holding volume ``name`` (``VG/LV``)."""
+    for record in snap.imaged_partitions:
+        if record.volume(name) is not None:
+            return record.number
+    names = [v.name for p in snap.imaged_partitions for v in p.volumes if v.kind == "lvm2-lv"]
+    raise BrowseError(
+        f"snapshot {snap.id[:12]} has no logical volume {name} "
+        f"(it has: {', '.join(names) or 'none'})"
+    )
 
 
 def require_partition(snap: Snapshot, text: str, number: int | None) -> int:

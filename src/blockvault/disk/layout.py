@@ -6,6 +6,7 @@ partition table is one partition, number 1, spanning the whole disk.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from blockvault.disk.device import Device, Reader, Region, SourceDisk, open_device
@@ -17,7 +18,17 @@ from blockvault.disk.table.probe import read_table
 from blockvault.errors import FilesystemError, PartitionTableError, SourceError
 from blockvault.extents import ExtentMap
 
-__all__ = ["DiskLayout", "PartitionLayout", "read_layout", "refuse_plain_file", "refuse_plain_path"]
+__all__ = [
+    "DiskLayout",
+    "LuksKeys",
+    "PartitionLayout",
+    "read_layout",
+    "refuse_plain_file",
+    "refuse_plain_path",
+]
+
+# LUKS passphrases or key file contents by partition number; None: every partition
+LuksKeys = Mapping[int | None, bytes]
 
 BIOS_BOOT_GUID = "21686148-6449-6e6f-744e-656564454649"  # GRUB's core image on GPT disks
 BIOS_BOOT_NOTE = "BIOS boot partition (boot loader code), imaged raw"
@@ -77,7 +88,7 @@ def sector_size_of(device: SourceDisk) -> int:
     return max(SECTOR_SIZES, key=lambda size: (scores[size], -size))
 
 
-def read_layout(device: SourceDisk) -> DiskLayout:
+def read_layout(device: SourceDisk, luks_keys: LuksKeys | None = None) -> DiskLayout:
     sector_size = sector_size_of(device)
     try:
         table = read_table(device, sector_size)
@@ -98,12 +109,16 @@ def read_layout(device: SourceDisk) -> DiskLayout:
                 raise_truncated(device, p)
     layouts = []
     for part in parts:
-        info = probe_partition(device, part)
+        keys = luks_keys or {}
+        info = probe_partition(device, part, keys.get(part.number, keys.get(None)))
         if info.type == "raw" and info.note != BIOS_BOOT_NOTE:  # boot code is expected raw
             warnings.append(
                 f"partition {part.number}: {info.note or 'unknown content, imaged raw'} "
                 "(all-zero chunks skipped)"
             )
+        warnings.extend(
+            f"partition {part.number}, {v.name}: {v.note}" for v in info.volumes if v.note
+        )
         layouts.append(PartitionLayout(part, info))
     warnings.extend(_same_array_notes(layouts))
     covered = ExtentMap((p.start, p.size) for p in parts)
@@ -149,13 +164,16 @@ def refuse_plain_path(path: str) -> None:
             refuse_plain_file(device, read_layout(device))
 
 
-def probe_partition(reader: Reader, part: Partition) -> FilesystemInfo:
-    """The filesystem of one partition; a damaged one is imaged raw (the caller warns)."""
+def probe_partition(
+    reader: Reader, part: Partition, luks_key: bytes | None = None
+) -> FilesystemInfo:
+    """The filesystem of one partition; a damaged one is imaged raw (the caller warns).
+    A LUKS key that opens no key slot raises ``LuksKeyRejected``."""
     region = Region(reader, part.start, part.size)
     if part.type == BIOS_BOOT_GUID:
         return raw(region, note=BIOS_BOOT_NOTE)
     try:
-        return probe(region)
+        return probe(region, luks_key, f"partition {part.number}")
     except FilesystemError as exc:
         return raw(region, note=f"{exc}; imaged raw")
 

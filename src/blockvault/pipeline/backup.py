@@ -19,13 +19,13 @@ import functools
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import NamedTuple
 
 from blockvault.disk.device import SourceDisk, open_device
 from blockvault.disk.identity import source_identity
-from blockvault.disk.layout import DiskLayout, read_layout
+from blockvault.disk.layout import DiskLayout, LuksKeys, read_layout
 from blockvault.disk.live import LiveRead, live_read
 from blockvault.disk.table.gpt import backup_area
 from blockvault.errors import SourceError, UsageError
@@ -33,7 +33,15 @@ from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted,
 from blockvault.events import quiet as quiet_reporter
 from blockvault.extents import ExtentMap
 from blockvault.pipeline.stages import is_zero, ordered_map, read_chunk, workers
-from blockvault.repo import Index, PartitionRecord, Region, Repository, Snapshot, Stats
+from blockvault.repo import (
+    Index,
+    PartitionRecord,
+    Region,
+    Repository,
+    Snapshot,
+    Stats,
+    VolumeRecord,
+)
 from blockvault.repo import format as fmt
 from blockvault.repo.sessions import DEFAULT_TIMING, Timing
 from blockvault.repo.writer import WriterSession
@@ -218,13 +226,15 @@ def backup(
     partitions: Sequence[int] | None = None,
     tags: Sequence[str] = (),
     live: str | None = None,
+    luks_keys: LuksKeys | None = None,
     reporter: Reporter = quiet_reporter,
     timing: Timing = DEFAULT_TIMING,
 ) -> Snapshot:
     """Image ``source`` into ``repo``; returns the committed snapshot.
 
     ``source`` is a device or image path, or a disk already open (``SourceDisk``: a VM
-    disk read through NBD), which the caller closes. A path in use (a filesystem on it
+    disk read through NBD), which the caller closes. ``luks_keys`` open LUKS containers,
+    so that only their used sectors are stored (still encrypted). A path in use (a filesystem on it
     mounted read-write) or any ``live`` method is read as disk/live.py decides: from a
     snapshot, or read again until two reads agree. Everything is written through one
     ``WriterSession`` (repo/writer.py), which keeps it safe beside ``gc`` and says what
@@ -237,6 +247,7 @@ def backup(
             repo,
             source,
             LiveRead(str(source.path), str(source.path), ""),
+            luks_keys,
             partitions,
             tags,
             reporter,
@@ -244,20 +255,21 @@ def backup(
             started,
         )
     with live_read(source, live, reporter) as view, open_device(view.path) as device:
-        return _backup(repo, device, view, partitions, tags, reporter, timing, started)
+        return _backup(repo, device, view, luks_keys, partitions, tags, reporter, timing, started)
 
 
 def _backup(
     repo: Repository,
     device: SourceDisk,
     view: LiveRead,
+    luks_keys: LuksKeys | None,
     partitions: Sequence[int] | None,
     tags: Sequence[str],
     reporter: Reporter,
     timing: Timing,
     started: float,
 ) -> Snapshot:
-    layout = read_layout(device)
+    layout = read_layout(device, luks_keys)
     for warning in layout.warnings:
         reporter(Warned(warning))
     plan_regions(layout, partitions)  # a partition asked for that is not there: refused now
@@ -266,7 +278,7 @@ def _backup(
         index, stats = _store_layout(writer, device, layout, partitions, reporter, view.origin)
         if view.rereads:
             layout, index, stats = _read_until_stable(
-                writer, device, partitions, index, stats, reporter, view.origin
+                writer, device, luks_keys, partitions, index, stats, reporter, view.origin
             )
         view.check()
         stats = replace(stats, seconds=round(time.monotonic() - started, 3))
@@ -303,6 +315,7 @@ def _store_layout(
 def _read_until_stable(
     writer: WriterSession,
     device: SourceDisk,
+    luks_keys: LuksKeys | None,
     partitions: Sequence[int] | None,
     index: Index,
     stats: Stats,
@@ -314,7 +327,7 @@ def _read_until_stable(
     written during a pass is read again in the next. What changed was stored by the
     pass that read it; chunks of earlier passes no index holds are left to gc."""
     for _ in range(MAX_REREADS):
-        layout = read_layout(device)
+        layout = read_layout(device, luks_keys)
         again, more = _store_layout(
             writer, device, layout, partitions, reporter, description, "reread"
         )
@@ -366,6 +379,7 @@ def _manifest(
                 label=p.fs.label,
                 uuid=p.fs.uuid,
                 name=p.partition.name,
+                volumes=tuple(VolumeRecord(**asdict(v)) for v in p.fs.volumes),
             )
             for p in layout.partitions
         ),

@@ -13,7 +13,7 @@ Glossary:
 from __future__ import annotations
 
 from blockvault.repo.index import ChunkRef, Index, Region
-from blockvault.repo.manifest import PartitionRecord, Snapshot, Stats
+from blockvault.repo.manifest import PartitionRecord, Snapshot, Stats, VolumeRecord
 from blockvault.repo.repository import Repository, RepositoryConfig, Selector, parse_compression
 
 __all__ = [
@@ -26,5 +26,6 @@ __all__ = [
     "Selector",
     "Snapshot",
     "Stats",
+    "VolumeRecord",
     "parse_compression",
 ]

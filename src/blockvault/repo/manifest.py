@@ -12,7 +12,26 @@ from typing import Any
 
 from blockvault.repo import format as fmt
 
-__all__ = ["PartitionRecord", "Snapshot", "Stats"]
+__all__ = ["PartitionRecord", "Snapshot", "Stats", "VolumeRecord"]
+
+
+@dataclass(frozen=True)
+class VolumeRecord:
+    """One layer below a partition (disk/volumes ``Volume``): a LUKS container, an LVM
+    PV (named by its VG) or LV (``vg0/root``). ``mapping`` runs are ``[inner offset,
+    outer offset, length]`` into the parent's content ("" = the partition)."""
+
+    name: str
+    parent: str
+    kind: str
+    filesystem: str
+    size: int
+    mapping: tuple[tuple[int, int, int], ...]
+    used_bytes: int
+    label: str | None = None
+    uuid: str | None = None
+    encrypted: bool = False
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -27,6 +46,10 @@ class PartitionRecord:
     label: str | None = None
     uuid: str | None = None
     name: str | None = None
+    volumes: tuple[VolumeRecord, ...] = ()  # LUKS/LVM stack, parents first; () = none
+
+    def volume(self, name: str) -> VolumeRecord | None:
+        return next((v for v in self.volumes if v.name == name), None)
 
 
 @dataclass(frozen=True)
@@ -113,6 +136,9 @@ class Snapshot:
         ):  # absent reads as it did before they existed
             if not data[optional]:
                 data.pop(optional)
+        for part in data["partitions"]:
+            if not part["volumes"]:
+                part.pop("volumes")
         return json.dumps({"version": 1, **data}, sort_keys=True, indent=1).encode()
 
     @classmethod
@@ -126,9 +152,7 @@ class Snapshot:
         partitions = data["partitions"]
         if not isinstance(partitions, list) or len(partitions) > MAX_PARTITIONS:
             raise ValueError(f"partitions: a list of at most {MAX_PARTITIONS} is expected")
-        data["partitions"] = tuple(
-            PartitionRecord(**_known(PartitionRecord, p)) for p in partitions
-        )
+        data["partitions"] = tuple(_partition(p) for p in partitions)
         tags = data.get("tags", [])
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise ValueError("tags: a list of strings is expected")
@@ -140,6 +164,35 @@ class Snapshot:
 
 
 MAX_PARTITIONS = 256  # GPT holds 128; more is damage
+MAX_VOLUMES = 256  # LUKS/LVM layers below one partition
+MAX_RUNS = 4096  # mapping runs of one volume (LVM segments times stripes)
+
+
+def _partition(data: Any) -> PartitionRecord:
+    known = _known(PartitionRecord, data)
+    volumes = data.get("volumes", [])
+    if not isinstance(volumes, list) or len(volumes) > MAX_VOLUMES:
+        raise ValueError(f"volumes: a list of at most {MAX_VOLUMES} is expected")
+    known["volumes"] = tuple(_volume(v) for v in volumes)
+    return PartitionRecord(**known)
+
+
+def _volume(data: Any) -> VolumeRecord:
+    known = _known(VolumeRecord, data)
+    runs = data.get("mapping", [])
+    if not isinstance(runs, list) or len(runs) > MAX_RUNS:
+        raise ValueError(f"VolumeRecord.mapping: a list of at most {MAX_RUNS} runs is expected")
+    mapping = []
+    for run in runs:
+        if (
+            not isinstance(run, list)
+            or len(run) != 3
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in run)
+        ):
+            raise ValueError(f"VolumeRecord.mapping: {run!r} is not [inner, outer, length]")
+        mapping.append((run[0], run[1], run[2]))
+    known["mapping"] = tuple(mapping)
+    return VolumeRecord(**known)
 
 
 # the JSON types a field of each declared type may hold (bool is no int here)

@@ -18,6 +18,9 @@ __all__ = [
     "COMMANDS",
     "grow_partition_option",
     "json_option",
+    "luks_key_for",
+    "luks_key_option",
+    "luks_keys",
     "new_ids_option",
     "open_address",
     "open_repo",
@@ -92,6 +95,47 @@ def passphrase_source(
         return text
 
     return ask
+
+
+F = Callable[..., object]
+
+
+def luks_key_option(f: F) -> F:
+    return click.option(
+        "--luks-key-file",
+        "luks_key_files",
+        multiple=True,
+        metavar="[PART=]FILE",
+        help="Open LUKS containers with FILE's bytes (as cryptsetup --key-file), on partition "
+        "PART only or on every one (repeatable): only their used sectors are then stored, "
+        "still encrypted.",
+    )(f)
+
+
+MAX_LUKS_KEY_FILE = 8 * 1024 * 1024  # cryptsetup's default keyfile-size limit
+
+
+def luks_keys(values: tuple[str, ...]) -> dict[int | None, bytes]:
+    """``--luks-key-file`` values as partition number (None: any) -> key bytes."""
+    keys: dict[int | None, bytes] = {}
+    for value in values:
+        head, sep, tail = value.partition("=")
+        number, path = (int(head), tail) if sep and head.isdigit() else (None, value)
+        try:
+            with open(path, "rb") as file:
+                key = file.read(MAX_LUKS_KEY_FILE + 1)
+        except OSError as exc:
+            raise UsageError(f"LUKS key file {path}: {exc.strerror}") from None
+        if not key or len(key) > MAX_LUKS_KEY_FILE:
+            raise UsageError(f"LUKS key file {path}: empty or larger than 8 MiB")
+        keys[number] = key
+    return keys
+
+
+def luks_key_for(values: tuple[str, ...], number: int | None) -> bytes | None:
+    """The ``--luks-key-file`` key for partition ``number`` (or the one for every one)."""
+    keys = luks_keys(values)
+    return keys.get(number, keys.get(None)) if number is not None else keys.get(None)
 
 
 def open_location(ctx: click.Context, location: str) -> Repository:

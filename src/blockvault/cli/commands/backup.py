@@ -7,7 +7,14 @@ from pathlib import Path
 import click
 
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, open_repo, raw_option, system_root_option
+from blockvault.cli.commands import (
+    json_option,
+    luks_key_option,
+    luks_keys,
+    open_repo,
+    raw_option,
+    system_root_option,
+)
 from blockvault.disk.layout import refuse_plain_path
 from blockvault.disk.live import LIVE_METHODS
 from blockvault.disk.system import choose_system
@@ -53,6 +60,7 @@ def register(group: click.Group) -> None:
     )
     @system_root_option
     @raw_option
+    @luks_key_option
     @json_option
     @click.pass_context
     def backup_command(
@@ -65,6 +73,7 @@ def register(group: click.Group) -> None:
         live: str | None,
         root: str,
         raw: bool,
+        luks_key_files: tuple[str, ...],
         as_json: bool,
     ) -> None:
         """Image SOURCE (a block device or disk image file) into the repository, reading
@@ -76,12 +85,19 @@ def register(group: click.Group) -> None:
             source, partitions = str(choice.disk), partitions or choice.partitions
         if not raw:
             refuse_plain_path(source)
+        keys = luks_keys(luks_key_files)
         repo = open_repo(ctx)
         if compression:
             repo = repo.with_compression(compression)
         with render.progress(as_json) as reporter:
             snap = backup(
-                repo, source, partitions=partitions, tags=tags, live=live, reporter=reporter
+                repo,
+                source,
+                partitions=partitions,
+                tags=tags,
+                live=live,
+                luks_keys=keys,
+                reporter=reporter,
             )
         if as_json:
             render.emit_json(snap)

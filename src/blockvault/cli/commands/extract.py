@@ -7,7 +7,7 @@ import click
 from blockvault.browse.extract import extract
 from blockvault.browse.volume import locate, open_volume, require_partition
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, open_address
+from blockvault.cli.commands import json_option, luks_key_for, luks_key_option, open_address
 from blockvault.errors import TreeDamaged, TreeIncomplete
 from blockvault.text import shown
 
@@ -23,9 +23,16 @@ def register(group: click.Group) -> None:
         "--no-owner", is_flag=True, help="Do not set owners (default: set them when root)."
     )
     @json_option
+    @luks_key_option
     @click.pass_context
     def extract_command(
-        ctx: click.Context, address: str, dest: str, yes: bool, no_owner: bool, as_json: bool
+        ctx: click.Context,
+        address: str,
+        dest: str,
+        yes: bool,
+        no_owner: bool,
+        luks_key_files: tuple[str, ...],
+        as_json: bool,
     ) -> None:
         """Copy PATH (a file, symlink or whole directory) out of partition PART of
         SNAPSHOT to DEST, keeping modes, owners (as root), times and symlinks where
@@ -36,7 +43,10 @@ def register(group: click.Group) -> None:
         then the exit code is 1 (4 when a file was lost to damaged data)."""
         repo, address = open_address(ctx, address)
         snap, addr, number = locate(repo, address)
-        volume = open_volume(repo, snap, require_partition(snap, address, number))
+        number = require_partition(snap, address, number)
+        volume = open_volume(
+            repo, snap, number, volume=addr.volume, luks_key=luks_key_for(luks_key_files, number)
+        )
         with render.progress(as_json) as reporter:
             result = extract(
                 volume,

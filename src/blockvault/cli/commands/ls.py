@@ -12,7 +12,7 @@ import click
 from blockvault.browse.filesystem import Entry
 from blockvault.browse.volume import Volume, locate, open_volume
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, open_address
+from blockvault.cli.commands import json_option, luks_key_for, luks_key_option, open_address
 from blockvault.text import shown
 
 
@@ -63,8 +63,16 @@ def register(group: click.Group) -> None:
     @click.option("-l", "--long", "long_", is_flag=True, help="Mode, owner, size, time, name.")
     @click.option("-R", "--recursive", is_flag=True, help="Everything below PATH.")
     @json_option
+    @luks_key_option
     @click.pass_context
-    def ls(ctx: click.Context, address: str, long_: bool, recursive: bool, as_json: bool) -> None:
+    def ls(
+        ctx: click.Context,
+        address: str,
+        long_: bool,
+        recursive: bool,
+        luks_key_files: tuple[str, ...],
+        as_json: bool,
+    ) -> None:
         """List PATH in partition PART of SNAPSHOT (id, unique prefix or 'latest'), read
         straight from the repository: ext2/3/4, FAT and NTFS, no root or FUSE needed.
         Without PART (on a disk with a partition table), list the partitions.
@@ -88,10 +96,19 @@ def register(group: click.Group) -> None:
                         "yes" if p.imaged else "no",
                     )
                     for p in parts
+                ]
+                + [  # logical volumes, addressed as SNAPSHOT:VG/LV:/PATH
+                    (f"{p.number}: {v.name}", v.filesystem, render.size(v.size), v.label, "yes")
+                    for p in parts
+                    if p.imaged
+                    for v in p.volumes
+                    if v.kind == "lvm2-lv"
                 ],
             )
             return
-        volume = open_volume(repo, snap, number)
+        volume = open_volume(
+            repo, snap, number, volume=addr.volume, luks_key=luks_key_for(luks_key_files, number)
+        )
         base, entries = _entries(volume, addr.path, recursive)
         if as_json:
             render.emit_json(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from blockvault.disk.volumes import Volume
 from blockvault.extents import ExtentMap
 
 __all__ = ["FilesystemInfo"]
@@ -33,6 +34,9 @@ class FilesystemInfo:
     label: str | None = None
     uuid: str | None = None
     note: str | None = None  # e.g. why a partition is imaged raw
+    # the layers below the partition (LUKS, LVM PV and LVs), parents first; () for a
+    # plain filesystem. ``used`` already holds their metadata and mapped-out content.
+    volumes: tuple[Volume, ...] = ()
 
     @property
     def used_bytes(self) -> int:

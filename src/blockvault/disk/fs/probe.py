@@ -10,10 +10,12 @@ layout images such a partition raw and warns with the reason, never silently).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from blockvault.disk.device import Reader
 from blockvault.disk.fs import FilesystemInfo, ext, fat, md, ntfs, swap
+from blockvault.disk.volumes import luks, lvm
 from blockvault.extents import ExtentMap
 
 __all__ = ["RAW_BLOCK_SIZE", "known", "probe", "raw"]
@@ -29,6 +31,9 @@ _MODULES: tuple[tuple[Callable[[Reader], bool], Callable[[Reader], FilesystemInf
     (fat.detect, fat.read),
     (swap.detect, swap.read),
 )
+# Volume layers (disk/volumes) come after the filesystems: their content is probed
+# again through their mapping, so a LUKS container holding a PV is read to the end.
+_LAYERS: tuple[Callable[[Reader], bool], ...] = (luks.detect, lvm.detect)
 
 
 def raw(reader: Reader, note: str = "unknown content, imaged raw") -> FilesystemInfo:
@@ -42,14 +47,21 @@ def raw(reader: Reader, note: str = "unknown content, imaged raw") -> Filesystem
     )
 
 
-def probe(reader: Reader) -> FilesystemInfo:
-    """The allocation map of whatever filesystem ``reader`` holds, or raw."""
+def probe(reader: Reader, key: bytes | None = None, where: str = "volume") -> FilesystemInfo:
+    """The allocation map of whatever filesystem or volume stack ``reader`` holds, or
+    raw. ``key`` opens LUKS containers (at any depth); ``where`` names the partition
+    in a ``LuksKeyRejected`` error."""
     for detect, read in _MODULES:
         if detect(reader):
             return read(reader)
+    inner = functools.partial(probe, key=key, where=where)
+    if luks.detect(reader):
+        return luks.read(reader, key, inner, where)
+    if lvm.detect(reader):
+        return lvm.read(reader, inner)
     return raw(reader)
 
 
 def known(reader: Reader) -> bool:
     """True when ``reader`` starts with a filesystem signature we can read (cheap)."""
-    return any(detect(reader) for detect, _ in _MODULES)
+    return any(detect(reader) for detect, _ in _MODULES) or any(d(reader) for d in _LAYERS)
