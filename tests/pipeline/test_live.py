@@ -59,9 +59,9 @@ def test_in_use_without_a_snapshot_is_refused_naming_the_options(
     repo = tmp_path / "repo"
     assert run("-r", repo, "init").returncode == 0
     implied = run("-r", repo, "backup", disk.path)
-    one_line(implied, 2, str(in_use), "not an LVM logical volume", "--live=unsafe-reread")
+    one_line(implied, 2, str(in_use), "not on an LVM logical volume", "--live=unsafe-reread")
     asked = run("-r", repo, "backup", "--live=lvm", disk.path)
-    one_line(asked, 2, "not an LVM logical volume")
+    one_line(asked, 2, "not on an LVM logical volume")
     unknown = run("-r", repo, "backup", "--live=nonsense", disk.path)
     assert unknown.returncode == 2 and "unsafe-reread" in unknown.stderr  # click's usage error
     assert not Repository.open(str(repo)).snapshots()

@@ -1,4 +1,4 @@
-"""Backing up a running system from an LVM snapshot, inside a QEMU guest.
+"""Backing up a running system from LVM snapshots, inside a QEMU guest.
 
 This host's kernel has no device-mapper, so the guest (blockvault_demo/guest.py: the
 host's distribution kernel, the host's files read-only over 9p) does what needs it:
@@ -9,18 +9,25 @@ the next backup removes that leftover. The host then restores the first snapshot
 onto a blank image of another size and checks it with outside tools: ``e2fsck -fn``
 clean without replaying anything (making the snapshot froze the filesystem), the
 files written before the backup identical, the writer's log a gap-free prefix.
+The same holds for a whole disk (GPT, an ext4, an LVM PV) whose filesystem in use is
+on a logical volume: the volume is read from its snapshot, the LVM metadata as it
+was before the snapshot (the restored volume group has no snapshot in it).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from blockvault_demo.guest import run_in_guest
+from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk
 from tests.conftest import blockvault as run
 from tests.conftest import need_tools, needs_root, sh
 
@@ -36,19 +43,23 @@ backup { backup = 0 archive = 0 }
 devices { obtain_device_list_from_udev = 0 }
 EOF
 W={work}
-pvcreate -q /dev/vda
-vgcreate -q bvg /dev/vda
-lvcreate -q -y -L 64M -n root bvg
-mkfs.ext4 -q -L root /dev/bvg/root
-mkdir -p /run/root && mount /dev/bvg/root /run/root
-mkdir /run/root/etc
-for i in $(seq 1 40); do head -c $((i * 3000)) /dev/urandom > /run/root/etc/file$i; done
-sync
-(cd /run/root && sha256sum etc/*) > $W/before.sha256
-( n=0; while :; do n=$((n + 1)); echo "line $n" >> /run/root/log.txt;
-  head -c 65536 /dev/urandom > /run/root/churn.$((n % 20)); done ) &
-writer=$!
-sleep 2
+# in_use VG PV SIZE MOUNTPOINT SUMS: an ext4 on VG/root, files summed into SUMS, and a
+# writer ($writer) appending numbered lines and rewriting files on it until killed
+in_use() {
+    vgcreate -q $1 $2
+    lvcreate -q -y -L $3 -n root $1
+    mkfs.ext4 -q /dev/$1/root
+    mkdir -p $4 && mount /dev/$1/root $4
+    mkdir $4/etc
+    for i in $(seq 1 30); do head -c $((i * 3000)) /dev/urandom > $4/etc/file$i; done
+    sync
+    (cd $4 && sha256sum etc/*) > $5
+    ( n=0; while :; do n=$((n + 1)); echo "line $n" >> $4/log.txt;
+      head -c 65536 /dev/urandom > $4/churn.$((n % 20)); done ) &
+    writer=$!
+    sleep 2
+}
+in_use bvg /dev/vda 64M /run/root $W/before.sha256
 blockvault -r $W/repo backup /dev/bvg/root --json > $W/live.json 2> $W/live.err
 BLOCKVAULT_FAULTS=signal=KILL,every=1,operations=write \
     blockvault -r $W/repo backup /dev/bvg/root > /dev/null 2>&1 || true
@@ -57,6 +68,13 @@ blockvault -r $W/repo backup /dev/bvg/root --json > $W/next.json 2> $W/next.err
 kill $writer
 lvs --reportformat json -o lv_name,lv_tags > $W/after.json
 umount /run/root
+
+# a whole disk whose filesystem in use is on LVM: read with the volume from a snapshot
+in_use bvd /dev/vdb2 48M /run/droot $W/disk-before.sha256
+blockvault -r $W/repo backup /dev/vdb --json > $W/disk.json 2> $W/disk.err
+kill $writer
+lvs --reportformat json -o lv_name,lv_tags bvd > $W/disk-after.json
+umount /run/droot
 """
 
 
@@ -77,7 +95,13 @@ def test_running_system_on_lvm_is_backed_up_from_a_snapshot_while_it_writes(
     with open(disk, "wb") as f:
         f.truncate(160 * MiB)
     assert run("-r", work / "repo", "init").returncode == 0
-    guest = run_in_guest(GUEST_SCRIPT.replace("{work}", str(work)), work, disks=(disk,))
+    whole = build_disk(
+        DiskSpec(
+            "gpt", 128 * MiB, [PartitionSpec("ext4", 16 * MiB, "boot"), PartitionSpec("empty", 0)]
+        ),
+        tmp_path / "whole.img",
+    )
+    guest = run_in_guest(GUEST_SCRIPT.replace("{work}", str(work)), work, disks=(disk, whole.path))
     assert guest.ok, guest.console[-4000:]
 
     live = json.loads((work / "live.json").read_text())
@@ -94,7 +118,65 @@ def test_running_system_on_lvm_is_backed_up_from_a_snapshot_while_it_writes(
     done = run("-r", work / "repo", "restore", "--yes", live["id"], target)
     assert done.returncode == 0, done.stderr
     sh("e2fsck", "-fn", target)  # clean as it is: no journal to replay
-    point = mounted(loop(target), tmp_path / "mnt", "-o", "ro")
-    assert sh("sh", "-c", f"cd {point} && sha256sum etc/*") == (work / "before.sha256").read_text()
+    same_as_written(mounted(loop(target), tmp_path / "mnt", "-o", "ro"), work / "before.sha256")
+
+    # the whole disk: restored onto a larger blank disk, its LV read back by LVM's own
+    # report of where the extents lie; no snapshot in the restored volume group
+    backed = json.loads((work / "disk.json").read_text())
+    assert backed["live"] == "lvm-snapshot", backed
+    assert "reading bvd/root from the LVM snapshot" in (work / "disk.err").read_text()
+    assert lv_names(work / "disk-after.json") == ["root"]
+    target = tmp_path / "whole-restored.img"
+    with open(target, "wb") as f:
+        f.truncate(192 * MiB)
+    done = run("-r", work / "repo", "restore", "--yes", backed["id"], target)
+    assert done.returncode == 0, done.stderr
+    pv = json.loads(sh("sfdisk", "--json", target))["partitiontable"]["partitions"][1]
+    root = tmp_path / "droot.img"
+    assert read_lv(loop(target, offset=pv["start"] * 512, size=pv["size"] * 512), "root", root) == [
+        "root"
+    ]
+    sh("e2fsck", "-fn", root)  # clean: the volume was frozen for its snapshot
+    same_as_written(
+        mounted(loop(root), tmp_path / "droot", "-o", "ro"), work / "disk-before.sha256"
+    )
+
+
+def same_as_written(point: Path, sums: Path) -> None:
+    """The files written before the backup are whole; the writer's log is a gap-free
+    prefix of what it wrote (the moment of the snapshot, nothing torn)."""
+    assert sh("sh", "-c", f"cd {point} && sha256sum etc/*") == sums.read_text()
     lines = (point / "log.txt").read_text().splitlines()
     assert lines and all(re.fullmatch(rf"line {i + 1}", s) for i, s in enumerate(lines))
+
+
+def read_lv(pv: str, name: str, out: Path) -> list[str]:
+    """Copy logical volume ``name`` of the PV on ``pv`` into ``out`` by the segments
+    ``lvs`` reports (metadata only: nothing is activated); returns the VG's LV names."""
+    with tempfile.TemporaryDirectory() as scratch:
+        env = {**os.environ, "LVM_SYSTEM_DIR": scratch, "LVM_SUPPRESS_FD_WARNINGS": "1"}
+
+        def report(kind: str, *args: str, key: str = "lv") -> list[dict[str, str]]:
+            out = subprocess.run(
+                [kind, *args, "--devices", pv, "--reportformat", "json", "--units", "b",
+                 "--nosuffix"],
+                capture_output=True, text=True, env=env, check=True,
+            ).stdout  # fmt: skip
+            rows: list[dict[str, str]] = json.loads(out)["report"][0][key]
+            return rows
+
+        (pvs,) = report("pvs", "-o", "pe_start,vg_extent_size", key="pv")
+        start, extent = int(pvs["pe_start"]), int(pvs["vg_extent_size"])
+        names = sorted(lv["lv_name"] for lv in report("lvs", "-o", "lv_name"))
+        segments = report(
+            "lvs", "--segments", "-o", "lv_name,seg_start_pe,seg_size_pe,seg_pe_ranges", key="seg"
+        )
+    with open(pv, "rb") as src, open(out, "wb") as dst:
+        for seg in segments:
+            if seg["lv_name"] != name:
+                continue
+            first = int(seg["seg_pe_ranges"].rpartition(":")[2].partition("-")[0])
+            src.seek(start + first * extent)
+            dst.seek(int(seg["seg_start_pe"]) * extent)
+            dst.write(src.read(int(seg["seg_size_pe"]) * extent))
+    return names

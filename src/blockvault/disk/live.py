@@ -34,11 +34,13 @@ import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
+from blockvault.disk.device import SourceDisk, open_device
+from blockvault.disk.tree import sysfs_attribute
 from blockvault.disk.usage import Mount, mounts_using
 from blockvault.errors import LiveSourceError, SnapshotFailed, UsageError
 from blockvault.events import Noted, Reporter, Warned
@@ -46,7 +48,7 @@ from blockvault.events import Noted, Reporter, Warned
 __all__ = [
     "LIVE_METHODS",
     "LiveRead",
-    "live_read",
+    "live_source",
     "remove_leftovers",
 ]
 
@@ -57,6 +59,7 @@ OWNER_TAG: Final = "blockvault-owner:"
 SNAPSHOT_PREFIX: Final = "bvlive-"
 _LVM_TIMEOUT: Final = 120  # seconds an lvm command may take (lvcreate suspends I/O)
 _MAX_REPORT: Final = 1 << 20  # bytes of lvs output we parse
+_MAX_METADATA: Final = 64 << 20  # bytes before a PV's first extent we keep in memory
 
 
 @dataclass(frozen=True)
@@ -66,56 +69,219 @@ class LiveRead:
     path: str  # the device to read: a snapshot, or the source itself
     origin: str  # the source as the user named it (recorded in the snapshot)
     method: str  # "" (nothing mounted read-write), "lvm-snapshot" or "unsafe-reread"
-    snapshot: str = ""  # "VG/LV" of the snapshot made, for the overflow check
+    snapshots: tuple[str, ...] = ()  # "VG/LV" of the snapshots made, for the overflow check
 
     @property
     def rereads(self) -> bool:
         return self.method == "unsafe-reread"
 
     def check(self) -> None:
-        """Raise ``SnapshotFailed`` when the snapshot read overflowed (its reads
-        then returned errors or, worse, the origin's newer blocks)."""
-        if not self.snapshot:
-            return
-        row = _lv(self.snapshot)
-        attr = str(row.get("lv_attr", "")) if row else ""
-        percent = _number(row.get("snap_percent", "")) if row else None
-        if row is None or attr[4:5] == "I" or (percent is not None and percent >= 100.0):
-            raise SnapshotFailed(
-                f"the LVM snapshot {self.snapshot} overflowed while it was read (more was "
-                "written to the volume than the volume group's free extents hold); free "
-                "extents in the volume group (vgextend, or shrink another volume)",
-                path=self.origin,
-            )
+        """Raise ``SnapshotFailed`` when a snapshot read overflowed (its reads then
+        returned errors or, worse, the origin's newer blocks)."""
+        for snapshot in self.snapshots:
+            row = _lv(snapshot)
+            attr = str(row.get("lv_attr", "")) if row else ""
+            percent = _number(row.get("snap_percent", "")) if row else None
+            if row is None or attr[4:5] == "I" or (percent is not None and percent >= 100.0):
+                raise SnapshotFailed(
+                    f"the LVM snapshot {snapshot} overflowed while it was read (more was "
+                    "written to the volume than the volume group's free extents hold); "
+                    "free extents in the volume group (vgextend, or shrink another volume)",
+                    path=self.origin,
+                )
 
 
 @contextlib.contextmanager
-def live_read(source: str, method: str | None, reporter: Reporter) -> Iterator[LiveRead]:
-    """The device to back ``source`` up from. ``method`` None: live only when a
-    filesystem on ``source`` is mounted read-write (then as ``auto``)."""
+def live_source(
+    source: str, method: str | None, reporter: Reporter
+) -> Iterator[tuple[SourceDisk, LiveRead]]:
+    """The device to back ``source`` up from, open, and how it was made. ``method``
+    None: live only when a filesystem on ``source`` is mounted read-write (then as
+    ``auto``). A logical volume is read from its snapshot; a disk whose filesystems
+    in use all lie on logical volumes is read with each such volume's extents taken
+    from its snapshot and the LVM metadata as it was before the snapshots were made."""
     if method is not None and method not in LIVE_METHODS:
         raise UsageError(f"--live={method}: choose one of {', '.join(LIVE_METHODS)}")
     writable = [m for m in mounts_using(source) if not m.read_only]
-    if method is None and not writable:
-        yield LiveRead(source, source, "")
-        return
-    if method == "unsafe-reread":
-        reporter(Warned(f"{source}: reading it while in use, then again until two reads agree"))
-        yield LiveRead(source, source, "unsafe-reread")
+    if (method is None and not writable) or method == "unsafe-reread":
+        if method:
+            reporter(Warned(f"{source}: reading it in use, then again until two reads agree"))
+        with open_device(source) as device:
+            yield device, LiveRead(source, source, method or "")
         return
     remove_leftovers(reporter)
     volume = _logical_volume(source)
-    if volume is None:
-        raise LiveSourceError(_why_not(writable, "it is not an LVM logical volume"), path=source)
+    if volume is not None:
+        with (
+            _lvm_snapshot(volume, _free_extents(volume, writable, source), source) as snap,
+            open_device(f"/dev/{snap}") as device,
+        ):
+            reporter(Noted(f"{source} is in use: reading the LVM snapshot {snap} made for it"))
+            yield device, LiveRead(source, source, "lvm-snapshot", (snap,))
+        return
+    if not writable:  # asked for, but nothing on it is in use: read as it is
+        with open_device(source) as device:
+            yield device, LiveRead(source, source, "")
+        return
+    volumes = {}
+    for mount in writable:
+        row = _mounted_volume(mount)
+        if row is None:
+            raise LiveSourceError(
+                _why_not([mount], "it is not on an LVM logical volume"), path=source
+            )
+        volumes[f"{row['vg_name']}/{row['lv_name']}"] = row
+    with open_device(source) as disk, contextlib.ExitStack() as stack:
+        pieces = _metadata_as_now(disk, source, volumes.values())
+        made = []
+        for name, row in volumes.items():
+            snap = stack.enter_context(
+                _lvm_snapshot(row, _free_extents(row, writable, source), source)
+            )
+            device = stack.enter_context(open_device(f"/dev/{snap}"))
+            pieces += [_Piece(at, length, device, inner, b"") for at, length, inner in
+                       _places_on(source, name, int(row["vg_extent_size"]))]  # fmt: skip
+            made.append(snap)
+        reporter(
+            Noted(
+                f"{source} is in use: reading {', '.join(volumes)} from the LVM "
+                f"snapshot{'s' if len(made) > 1 else ''} {', '.join(made)} made for it"
+            )
+        )
+        yield _Overlay(disk, pieces), LiveRead(source, source, "lvm-snapshot", tuple(made))
+
+
+def _free_extents(volume: dict[str, Any], writable: list[Mount], source: str) -> int:
     free = int(volume["vg_free"]) // int(volume["vg_extent_size"])
     if free < 1:
         raise LiveSourceError(
             _why_not(writable, f"volume group {volume['vg_name']} has no free extents"),
             path=source,
         )
-    with _lvm_snapshot(volume, free, source) as snapshot:
-        reporter(Noted(f"{source} is in use: reading the LVM snapshot {snapshot} made for it"))
-        yield LiveRead(f"/dev/{snapshot}", source, "lvm-snapshot", snapshot)
+    return free
+
+
+class _Piece(NamedTuple):
+    start: int  # disk offset
+    length: int
+    device: SourceDisk | None  # read from here at ``inner`` ..., or
+    inner: int
+    data: bytes  # ... these bytes, when device is None
+
+
+class _Overlay:
+    """A disk read with some of its ranges taken from elsewhere: logical volumes'
+    extents from their snapshots, LVM metadata areas from memory."""
+
+    def __init__(self, base: SourceDisk, pieces: list[_Piece]) -> None:
+        self._base = base
+        self._pieces = sorted(pieces)
+        self.path = base.path
+        self.is_block = base.is_block
+        self.logical_sector_size = base.logical_sector_size
+        self.size = base.size
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        buffer = bytearray(length)
+        self.readinto_at(buffer, offset)
+        return bytes(buffer)
+
+    def readinto_at(self, buffer: bytearray | memoryview, offset: int) -> None:
+        view = memoryview(buffer)
+        pos, end = offset, offset + len(view)
+        for piece in self._pieces:
+            if piece.start + piece.length <= pos:
+                continue
+            if piece.start >= end:
+                break
+            if piece.start > pos:
+                self._base.readinto_at(view[pos - offset : piece.start - offset], pos)
+                pos = piece.start
+            stop = min(end, piece.start + piece.length)
+            into, at = view[pos - offset : stop - offset], pos - piece.start
+            if piece.device is not None:
+                piece.device.readinto_at(into, piece.inner + at)
+            else:
+                into[:] = piece.data[at : at + len(into)]
+            pos = stop
+        if pos < end:
+            self._base.readinto_at(view[pos - offset :], pos)
+
+
+def _mounted_volume(mount: Mount) -> dict[str, Any] | None:
+    """The ``lvs`` row of the logical volume ``mount`` is on, if it is one."""
+    name = sysfs_attribute(Path("/sys/dev/block") / mount.device / "dm" / "name")
+    return _logical_volume(f"/dev/mapper/{name}") if name else None
+
+
+def _pv_partitions(source: str) -> dict[str, int]:
+    """The physical volumes on the disk ``source``: device path -> disk offset."""
+    disk = Path("/sys/class/block") / Path(os.path.realpath(source)).name
+    found = {}
+    for child in disk.iterdir() if disk.is_dir() else ():
+        start = sysfs_attribute(child / "start")
+        if start.isdigit() and (child / "partition").exists():
+            found[f"/dev/{child.name}"] = int(start) * 512
+    found[os.path.realpath(source)] = 0
+    return found
+
+
+def _metadata_as_now(
+    disk: SourceDisk, source: str, volumes: Iterable[dict[str, Any]]
+) -> list[_Piece]:
+    """The label and metadata area of each PV on ``source`` in the volume groups of
+    ``volumes``, as they are before a snapshot is added to them (the image must not
+    hold a snapshot whose copy-on-write data it does not hold)."""
+    groups = {str(v["vg_name"]) for v in volumes}
+    on_disk = _pv_partitions(source)
+    rows = _report("pvs", "-o", "pv_name,vg_name,pe_start", key="pv")
+    pieces = []
+    for row in rows:
+        name = os.path.realpath(str(row.get("pv_name", "")))
+        if row.get("vg_name") in groups and name in on_disk:
+            length = int(row["pe_start"])
+            if not 0 < length <= _MAX_METADATA:
+                raise SnapshotFailed(f"PV {name}: pe_start {length} is out of bounds", path=source)
+            start = on_disk[name]
+            pieces.append(_Piece(start, length, None, 0, disk.read_at(start, length)))
+    return pieces
+
+
+def _places_on(source: str, name: str, extent: int) -> list[tuple[int, int, int]]:
+    """Where logical volume ``name``'s extents lie on the disk ``source``: runs of
+    (disk offset, length, offset in the volume). Only linear segments are known."""
+    on_disk = _pv_partitions(source)
+    starts = {
+        os.path.realpath(str(r.get("pv_name", ""))): int(r["pe_start"])
+        for r in _report("pvs", "-o", "pv_name,pe_start", key="pv")
+    }
+    places = []
+    rows = _report(
+        "lvs", "--segments", "-o", "seg_start_pe,seg_size_pe,seg_pe_ranges,segtype", name,
+        key="seg",
+    )  # fmt: skip
+    for row in rows:
+        if row.get("segtype") != "linear":
+            raise SnapshotFailed(
+                f"logical volume {name} has a {row.get('segtype')} segment; only linear "
+                "volumes are read from a snapshot inside a disk",
+                path=source,
+            )
+        pv, _, extents = str(row.get("seg_pe_ranges", "")).rpartition(":")
+        first, _, _ = extents.partition("-")
+        pv = os.path.realpath(pv)
+        if pv not in on_disk or not first.isdigit():
+            continue  # a segment on another disk: not read from this one
+        places.append(
+            (
+                on_disk[pv] + starts[pv] + int(first) * extent,
+                int(row["seg_size_pe"]) * extent,
+                int(row["seg_start_pe"]) * extent,
+            )
+        )
+    if not places:  # in use from this disk, so some of it is here: never read it live
+        raise SnapshotFailed(f"lvs shows no segment of {name} on this disk", path=source)
+    return places
 
 
 def _why_not(writable: list[Mount], reason: str) -> str:
@@ -202,11 +368,11 @@ def _lv(name: str) -> dict[str, Any] | None:
     return rows[0] if len(rows) == 1 else None
 
 
-def _report(command: str, *args: str) -> list[dict[str, Any]]:
+def _report(command: str, *args: str, key: str = "lv") -> list[dict[str, Any]]:
     out = _lvm(command, "--reportformat", "json", "--units", "b", "--nosuffix", *args)
     try:
         data = json.loads(out[:_MAX_REPORT])
-        rows = data["report"][0]["lv"]
+        rows = data["report"][0][key]
     except (ValueError, KeyError, IndexError, TypeError):
         return []
     return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []

@@ -21,7 +21,7 @@ from blockvault.disk.fs import md
 from blockvault.disk.layout import DiskLayout, PartitionLayout
 from blockvault.disk.usage import Mount, mounts_using
 
-__all__ = ["StackNode", "stack_tree"]
+__all__ = ["StackNode", "stack_tree", "sysfs_attribute"]
 
 SYS_BLOCK = Path("/sys/dev/block")
 _MAX_SYSFS = 256  # bytes of a sysfs attribute we read
@@ -99,13 +99,13 @@ def _partition(p: PartitionLayout, placed: dict[str, list[str]]) -> StackNode:
 def _node_of(mount: Mount, layout: DiskLayout) -> str:
     """The key of the node ``mount`` belongs to (see the module docstring)."""
     real = SYS_BLOCK / mount.device
-    number = _sysfs(real / "partition")
+    number = sysfs_attribute(real / "partition")
     if number.isdigit():
         return f"partition:{number}"
-    dm_name = _sysfs(real / "dm" / "name")
+    dm_name = sysfs_attribute(real / "dm" / "name")
     if dm_name:
         return f"volume:{_lv_name(dm_name)}"
-    offset = _sysfs(real / "loop" / "offset")
+    offset = sysfs_attribute(real / "loop" / "offset")
     if offset.isdigit() and int(offset):
         for p in layout.partitions:
             if p.partition.start == int(offset):
@@ -126,7 +126,8 @@ def _lv_name(dm_name: str) -> str:
     return dm_name
 
 
-def _sysfs(path: Path) -> str:
+def sysfs_attribute(path: Path) -> str:
+    """A sysfs attribute's value, bounded and stripped; "" when there is none."""
     try:
         with open(path, "rb") as file:
             return file.read(_MAX_SYSFS).decode("ascii", "replace").strip()

@@ -23,10 +23,10 @@ from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from blockvault.disk.device import SourceDisk, open_device
+from blockvault.disk.device import SourceDisk
 from blockvault.disk.identity import source_identity
 from blockvault.disk.layout import DiskLayout, LuksKeys, read_layout
-from blockvault.disk.live import LiveRead, live_read
+from blockvault.disk.live import LiveRead, live_source
 from blockvault.disk.table.gpt import backup_area
 from blockvault.errors import SourceError, UsageError
 from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted, Warned
@@ -254,7 +254,7 @@ def backup(
             timing,
             started,
         )
-    with live_read(source, live, reporter) as view, open_device(view.path) as device:
+    with live_source(source, live, reporter) as (device, view):
         return _backup(repo, device, view, luks_keys, partitions, tags, reporter, timing, started)
 
 
