@@ -33,7 +33,7 @@ from tests.conftest import need_tools, needs_root, sh
 
 MiB = 1024 * 1024
 
-GUEST_SCRIPT = r"""
+LVM_IN_GUEST = r"""
 set -eu
 export LVM_SYSTEM_DIR=/run/lvm-etc DM_DISABLE_UDEV=1
 mkdir -p $LVM_SYSTEM_DIR
@@ -42,6 +42,11 @@ activation { udev_sync = 0 udev_rules = 0 }
 backup { backup = 0 archive = 0 }
 devices { obtain_device_list_from_udev = 0 }
 EOF
+"""
+
+GUEST_SCRIPT = (
+    LVM_IN_GUEST
+    + r"""
 W={work}
 # in_use VG PV SIZE MOUNTPOINT SUMS: an ext4 on VG/root, files summed into SUMS, and a
 # writer ($writer) appending numbered lines and rewriting files on it until killed
@@ -76,6 +81,17 @@ kill $writer
 lvs --reportformat json -o lv_name,lv_tags bvd > $W/disk-after.json
 umount /run/droot
 """
+)
+
+# the restored disk in a real kernel: its volume group activates, its volume checks clean
+RESTORED_SCRIPT = (
+    LVM_IN_GUEST
+    + r"""
+vgchange -ay bvd
+lvs --reportformat json -o lv_name bvd > {work}/restored-lvs.json
+e2fsck -fn /dev/bvd/root
+"""
+)
 
 
 def lv_names(path: Path) -> list[str]:
@@ -137,6 +153,9 @@ def test_running_system_on_lvm_is_backed_up_from_a_snapshot_while_it_writes(
         "root"
     ]
     sh("e2fsck", "-fn", root)  # clean: the volume was frozen for its snapshot
+    again = run_in_guest(RESTORED_SCRIPT.replace("{work}", str(work)), work, disks=(target,))
+    assert again.ok, again.console[-4000:]
+    assert lv_names(work / "restored-lvs.json") == ["root"]
     same_as_written(
         mounted(loop(root), tmp_path / "droot", "-o", "ro"), work / "disk-before.sha256"
     )
