@@ -52,6 +52,11 @@ GUEST_MODULES: Final = (
     "dm_snapshot",
     "md_mod",
     "raid1",
+    "dm_crypt",
+    "ecb",
+    "xts",
+    "aes_generic",
+    "algif_skcipher",
 )
 _MSIZE: Final = 512 * 1024  # 9p message size: fewer round trips for Python's imports
 

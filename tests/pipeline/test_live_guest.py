@@ -48,38 +48,55 @@ GUEST_SCRIPT = (
     LVM_IN_GUEST
     + r"""
 W={work}
-# in_use VG PV SIZE MOUNTPOINT SUMS: an ext4 on VG/root, files summed into SUMS, and a
-# writer ($writer) appending numbered lines and rewriting files on it until killed
+# in_use MOUNTPOINT SUMS: files summed into SUMS, and a writer appending numbered lines
+# and rewriting files there until killed (its pid added to $writers)
+writers=""
 in_use() {
-    vgcreate -q $1 $2
-    lvcreate -q -y -L $3 -n root $1
-    mkfs.ext4 -q /dev/$1/root
-    mkdir -p $4 && mount /dev/$1/root $4
-    mkdir $4/etc
-    for i in $(seq 1 30); do head -c $((i * 3000)) /dev/urandom > $4/etc/file$i; done
+    mkdir $1/etc
+    for i in $(seq 1 30); do head -c $((i * 3000)) /dev/urandom > $1/etc/file$i; done
     sync
-    (cd $4 && sha256sum etc/*) > $5
-    ( n=0; while :; do n=$((n + 1)); echo "line $n" >> $4/log.txt;
-      head -c 65536 /dev/urandom > $4/churn.$((n % 20)); done ) &
-    writer=$!
-    sleep 2
+    (cd $1 && sha256sum etc/*) > $2
+    ( n=0; while :; do n=$((n + 1)); echo "line $n" >> $1/log.txt;
+      head -c 65536 /dev/urandom > $1/churn.$((n % 20)); done ) &
+    writers="$writers $!"
 }
-in_use bvg /dev/vda 64M /run/root $W/before.sha256
+# ext4_on DEVICE MOUNTPOINT
+ext4_on() { mkfs.ext4 -q $1 && mkdir -p $2 && mount $1 $2; }
+
+vgcreate -q bvg /dev/vda
+lvcreate -q -y -L 64M -n root bvg
+ext4_on /dev/bvg/root /run/root
+in_use /run/root $W/before.sha256
+sleep 2
 blockvault -r $W/repo backup /dev/bvg/root --json > $W/live.json 2> $W/live.err
 BLOCKVAULT_FAULTS=signal=KILL,every=1,operations=write \
     blockvault -r $W/repo backup /dev/bvg/root > /dev/null 2>&1 || true
 lvs --reportformat json -o lv_name,lv_tags > $W/after-crash.json
 blockvault -r $W/repo backup /dev/bvg/root --json > $W/next.json 2> $W/next.err
-kill $writer
+kill $writers
 lvs --reportformat json -o lv_name,lv_tags > $W/after.json
 umount /run/root
 
-# a whole disk whose filesystem in use is on LVM: read with the volume from a snapshot
-in_use bvd /dev/vdb2 48M /run/droot $W/disk-before.sha256
+# a whole disk whose filesystems in use are on LVM, one of them inside LUKS: each
+# volume read from a snapshot (the filesystem in LUKS frozen while it is made)
+writers=""
+vgcreate -q bvd /dev/vdb2
+lvcreate -q -y -L 48M -n root bvd
+ext4_on /dev/bvd/root /run/droot
+in_use /run/droot $W/disk-before.sha256
+lvcreate -q -y -L 24M -n secret bvd
+printf bv-live-key > $W/key
+cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+    --key-file $W/key /dev/bvd/secret
+cryptsetup open --key-file $W/key /dev/bvd/secret secret
+ext4_on /dev/mapper/secret /run/secret
+in_use /run/secret $W/secret-before.sha256
+sleep 2
 blockvault -r $W/repo backup /dev/vdb --json > $W/disk.json 2> $W/disk.err
-kill $writer
+kill $writers
 lvs --reportformat json -o lv_name,lv_tags bvd > $W/disk-after.json
-umount /run/droot
+umount /run/droot /run/secret
+cryptsetup close secret
 """
 )
 
@@ -90,6 +107,13 @@ RESTORED_SCRIPT = (
 vgchange -ay bvd
 lvs --reportformat json -o lv_name bvd > {work}/restored-lvs.json
 e2fsck -fn /dev/bvd/root
+cryptsetup open --key-file {work}/key /dev/bvd/secret secret
+e2fsck -fn /dev/mapper/secret
+mkdir -p /run/secret && mount -o ro /dev/mapper/secret /run/secret
+(cd /run/secret && sha256sum etc/*) > {work}/secret-restored.sha256
+cp /run/secret/log.txt {work}/secret-log.txt
+umount /run/secret
+cryptsetup close secret
 """
 )
 
@@ -104,7 +128,7 @@ def lv_names(path: Path) -> list[str]:
 def test_running_system_on_lvm_is_backed_up_from_a_snapshot_while_it_writes(
     tmp_path: Path, loop: Callable[..., str], mounted: Callable[..., Path]
 ) -> None:
-    need_tools("lvcreate", "qemu-system-x86_64", "e2fsck")
+    need_tools("lvcreate", "cryptsetup", "qemu-system-x86_64", "e2fsck")
     work = tmp_path / "work"
     work.mkdir()
     disk = tmp_path / "pv.img"
@@ -113,7 +137,7 @@ def test_running_system_on_lvm_is_backed_up_from_a_snapshot_while_it_writes(
     assert run("-r", work / "repo", "init").returncode == 0
     whole = build_disk(
         DiskSpec(
-            "gpt", 128 * MiB, [PartitionSpec("ext4", 16 * MiB, "boot"), PartitionSpec("empty", 0)]
+            "gpt", 192 * MiB, [PartitionSpec("ext4", 16 * MiB, "boot"), PartitionSpec("empty", 0)]
         ),
         tmp_path / "whole.img",
     )
@@ -140,22 +164,25 @@ def test_running_system_on_lvm_is_backed_up_from_a_snapshot_while_it_writes(
     # report of where the extents lie; no snapshot in the restored volume group
     backed = json.loads((work / "disk.json").read_text())
     assert backed["live"] == "lvm-snapshot", backed
-    assert "reading bvd/root from the LVM snapshot" in (work / "disk.err").read_text()
-    assert lv_names(work / "disk-after.json") == ["root"]
+    assert "reading bvd/root, bvd/secret from the LVM snapshots" in (work / "disk.err").read_text()
+    assert lv_names(work / "disk-after.json") == ["root", "secret"]
     target = tmp_path / "whole-restored.img"
     with open(target, "wb") as f:
-        f.truncate(192 * MiB)
+        f.truncate(256 * MiB)
     done = run("-r", work / "repo", "restore", "--yes", backed["id"], target)
     assert done.returncode == 0, done.stderr
     pv = json.loads(sh("sfdisk", "--json", target))["partitiontable"]["partitions"][1]
     root = tmp_path / "droot.img"
-    assert read_lv(loop(target, offset=pv["start"] * 512, size=pv["size"] * 512), "root", root) == [
-        "root"
-    ]
+    pv_device = loop(target, offset=pv["start"] * 512, size=pv["size"] * 512)
+    assert read_lv(pv_device, "root", root) == ["root", "secret"]
     sh("e2fsck", "-fn", root)  # clean: the volume was frozen for its snapshot
     again = run_in_guest(RESTORED_SCRIPT.replace("{work}", str(work)), work, disks=(target,))
     assert again.ok, again.console[-4000:]
-    assert lv_names(work / "restored-lvs.json") == ["root"]
+    assert lv_names(work / "restored-lvs.json") == ["root", "secret"]
+    assert (work / "secret-restored.sha256").read_text() == (
+        work / "secret-before.sha256"
+    ).read_text()
+    gap_free((work / "secret-log.txt").read_text())
     same_as_written(
         mounted(loop(root), tmp_path / "droot", "-o", "ro"), work / "disk-before.sha256"
     )
@@ -165,7 +192,11 @@ def same_as_written(point: Path, sums: Path) -> None:
     """The files written before the backup are whole; the writer's log is a gap-free
     prefix of what it wrote (the moment of the snapshot, nothing torn)."""
     assert sh("sh", "-c", f"cd {point} && sha256sum etc/*") == sums.read_text()
-    lines = (point / "log.txt").read_text().splitlines()
+    gap_free((point / "log.txt").read_text())
+
+
+def gap_free(log: str) -> None:
+    lines = log.splitlines()
     assert lines and all(re.fullmatch(rf"line {i + 1}", s) for i, s in enumerate(lines))
 
 

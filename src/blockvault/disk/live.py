@@ -8,10 +8,14 @@ backup something that does not change, or says how little it can promise.
 Glossary:
 
 method
-    ``lvm``: the source is an LVM logical volume and its volume group has free
-    extents; a copy-on-write snapshot of it is made (``lvcreate -s``) and read
-    instead. Making it suspends the volume, which freezes the filesystem (as
-    ``fsfreeze`` does) for that instant: the snapshot holds a clean filesystem.
+    ``lvm``: the source is an LVM logical volume, or a disk whose filesystems in use
+    all lie on logical volumes, and their volume groups have free extents; a
+    copy-on-write snapshot of each volume is made (``lvcreate -s``) and read instead
+    (for a disk, through an overlay: the volumes' extents from their snapshots, the
+    LVM metadata as it was before them). Making a snapshot suspends the volume, which
+    freezes a filesystem on it (as ``fsfreeze`` does) for that instant; one inside a
+    LUKS volume opened on it is frozen with ``fsfreeze`` around ``lvcreate``. The
+    snapshot holds a clean filesystem.
     ``unsafe-reread``: nothing can be frozen; the source is read, then its used
     map and blocks read again until two passes agree (pipeline/backup.py). The
     snapshot is recorded as not crash-consistent. ``auto`` picks ``lvm`` where
@@ -59,6 +63,8 @@ OWNER_TAG: Final = "blockvault-owner:"
 SNAPSHOT_PREFIX: Final = "bvlive-"
 _LVM_TIMEOUT: Final = 120  # seconds an lvm command may take (lvcreate suspends I/O)
 _MAX_REPORT: Final = 1 << 20  # bytes of lvs output we parse
+_SYS_BLOCK: Final = Path("/sys/dev/block")
+_MAX_DEPTH: Final = 8  # devices stacked under a mount we follow down to an LV
 _MAX_METADATA: Final = 64 << 20  # bytes before a PV's first extent we keep in memory
 
 
@@ -112,10 +118,12 @@ def live_source(
     remove_leftovers(reporter)
     volume = _logical_volume(source)
     if volume is not None:
-        with (
-            _lvm_snapshot(volume, _free_extents(volume, writable, source), source) as snap,
-            open_device(f"/dev/{snap}") as device,
-        ):
+        on_top = [m.mountpoint for m in writable if not _is_logical_volume(m.device)]
+        free = _free_extents(volume, writable, source)
+        with contextlib.ExitStack() as stack:
+            with _frozen(on_top, source):
+                snap = stack.enter_context(_lvm_snapshot(volume, free, source))
+            device = stack.enter_context(open_device(f"/dev/{snap}"))
             reporter(Noted(f"{source} is in use: reading the LVM snapshot {snap} made for it"))
             yield device, LiveRead(source, source, "lvm-snapshot", (snap,))
         return
@@ -123,21 +131,25 @@ def live_source(
         with open_device(source) as device:
             yield device, LiveRead(source, source, "")
         return
-    volumes = {}
+    volumes: dict[str, dict[str, Any]] = {}
+    above: dict[str, list[str]] = {}  # mounted on a device on the volume (LUKS), not on it
     for mount in writable:
         row = _mounted_volume(mount)
         if row is None:
             raise LiveSourceError(
                 _why_not([mount], "it is not on an LVM logical volume"), path=source
             )
-        volumes[f"{row['vg_name']}/{row['lv_name']}"] = row
+        name = f"{row['vg_name']}/{row['lv_name']}"
+        volumes[name] = row
+        if not _is_logical_volume(mount.device):
+            above.setdefault(name, []).append(mount.mountpoint)
     with open_device(source) as disk, contextlib.ExitStack() as stack:
         pieces = _metadata_as_now(disk, source, volumes.values())
         made = []
         for name, row in volumes.items():
-            snap = stack.enter_context(
-                _lvm_snapshot(row, _free_extents(row, writable, source), source)
-            )
+            free = _free_extents(row, writable, source)
+            with _frozen(above.get(name, ()), source):
+                snap = stack.enter_context(_lvm_snapshot(row, free, source))
             device = stack.enter_context(open_device(f"/dev/{snap}"))
             pieces += [_Piece(at, length, device, inner, b"") for at, length, inner in
                        _places_on(source, name, int(row["vg_extent_size"]))]  # fmt: skip
@@ -209,9 +221,40 @@ class _Overlay:
 
 
 def _mounted_volume(mount: Mount) -> dict[str, Any] | None:
-    """The ``lvs`` row of the logical volume ``mount`` is on, if it is one."""
-    name = sysfs_attribute(Path("/sys/dev/block") / mount.device / "dm" / "name")
-    return _logical_volume(f"/dev/mapper/{name}") if name else None
+    """The ``lvs`` row of the logical volume ``mount`` is on: its device, or the one
+    device below it, and so on (an opened LUKS volume on an LV), if there is one."""
+    node = _SYS_BLOCK / mount.device
+    for _ in range(_MAX_DEPTH):
+        if sysfs_attribute(node / "dm" / "uuid").startswith("LVM-"):
+            return _logical_volume(f"/dev/mapper/{sysfs_attribute(node / 'dm' / 'name')}")
+        below = sorted((node / "slaves").glob("*")) if (node / "slaves").is_dir() else []
+        if len(below) != 1:
+            return None
+        node = below[0]
+    return None
+
+
+def _is_logical_volume(device: str) -> bool:
+    """Whether the device ``major:minor`` is an LVM logical volume itself."""
+    return sysfs_attribute(_SYS_BLOCK / device / "dm" / "uuid").startswith("LVM-")
+
+
+@contextlib.contextmanager
+def _frozen(mountpoints: Iterable[str], source: str) -> Iterator[None]:
+    """Filesystems frozen (``fsfreeze``) while a snapshot of the volume under them is
+    made: lvcreate freezes only a filesystem on the volume itself, not one on a LUKS
+    volume above it. The freeze lasts as long as lvcreate."""
+    frozen: list[str] = []
+    try:
+        for point in mountpoints:
+            _lvm("fsfreeze", "--freeze", point)
+            frozen.append(point)
+        yield
+    except SnapshotFailed as exc:
+        raise SnapshotFailed(exc.fields["detail"], path=source) from None
+    finally:
+        for point in reversed(frozen):
+            subprocess.run(["fsfreeze", "--unfreeze", point], check=False, timeout=_LVM_TIMEOUT)
 
 
 def _pv_partitions(source: str) -> dict[str, int]:
