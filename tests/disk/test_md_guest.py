@@ -41,6 +41,7 @@ for disk in vda vdb vdc; do
     (cd /run/a$n && sha256sum file*) > $W/array$n.sha256
     umount /run/a$n
     blockvault -r $W/repo backup /dev/md$n --json > $W/array$n.json
+    blockvault inspect /dev/$disk --json > $W/assembled$n.json
     mdadm --stop --quiet /dev/md$n
     n=$((n + 1))
 done
@@ -87,6 +88,14 @@ def test_raid1_members_and_arrays(
         point = mounted(loop(restored), tmp_path / f"a{n}", "-o", "ro")
         sums = sh("sh", "-c", f"cd {point} && sha256sum file*")
         assert sums == (work / f"array{n}.sha256").read_text()
+
+        # while assembled, the tree shows the array under each member
+        tree = json.loads((work / f"assembled{n}.json").read_text())["tree"]
+        for member in tree["children"]:
+            assert member["kind"] == "md-member", member
+            assert [(c["kind"], c["name"]) for c in member["children"]] == [
+                ("md-array", f"/dev/md{n}")
+            ], member
 
         # the members, on a disk of their own: recognised, noted, stored once
         shown = json.loads(run("inspect", disk, "--json").stdout)

@@ -3,7 +3,8 @@
 disk -> partitions -> (LUKS -> LVM PV -> logical volumes ->) filesystems, each node
 with what it holds, its size and used bytes, and where it is mounted. The layers
 below a partition come from the layout (``FilesystemInfo.volumes``, disk/volumes);
-an md RAID member is a node of its own kind naming its array.
+an md RAID member is a node of its own kind naming its array, with the array
+assembled from it (``/dev/mdN``, from sysfs holders) below it.
 
 Mounts are matched to nodes through sysfs: a partition device names its number, a
 device-mapper device its "VG-LV" name, and a loop device made with an offset (an
@@ -13,6 +14,7 @@ disk itself (to its one partition when it has no table).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +57,36 @@ def stack_tree(layout: DiskLayout, mounts: Sequence[Mount] | None = None) -> Sta
         filesystem=layout.table_kind,
         used_bytes=layout.used_bytes,
         mounts=tuple(placed.get("disk", ())),
-        children=tuple(_partition(p, placed) for p in layout.partitions),
+        children=tuple(
+            _partition(p, placed, _arrays_on(layout.path, p.number)) for p in layout.partitions
+        ),
     )
 
 
-def _partition(p: PartitionLayout, placed: dict[str, list[str]]) -> StackNode:
+def _arrays_on(disk: str, number: int) -> tuple[StackNode, ...]:
+    """The md arrays assembled from partition ``number`` of the block device ``disk``."""
+    block = Path("/sys/class/block") / Path(os.path.realpath(disk)).name
+    arrays = []
+    for part in block.glob("*") if block.is_dir() else ():
+        if sysfs_attribute(part / "partition") != str(number):
+            continue
+        for holder in sorted((part / "holders").glob("md*")):
+            sectors = sysfs_attribute(holder / "size")
+            level = sysfs_attribute(holder / "md" / "level")
+            arrays.append(
+                StackNode(
+                    kind="md-array",
+                    name=f"/dev/{holder.name}",
+                    size=int(sectors) * 512 if sectors.isdigit() else 0,
+                    note=f"assembled, {level}" if level else "assembled",
+                )
+            )
+    return tuple(arrays)
+
+
+def _partition(
+    p: PartitionLayout, placed: dict[str, list[str]], arrays: tuple[StackNode, ...]
+) -> StackNode:
     fs = p.fs
     is_member = (fs.note or "").startswith(md.NOTE_PREFIX)
     volumes = fs.volumes
@@ -92,7 +119,7 @@ def _partition(p: PartitionLayout, placed: dict[str, list[str]]) -> StackNode:
         used_bytes=fs.used_bytes,
         mounts=tuple(placed.get(f"partition:{p.number}", ())),
         note=fs.note,
-        children=below(""),
+        children=below("") + arrays,
     )
 
 
