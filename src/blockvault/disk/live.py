@@ -147,7 +147,8 @@ def live_source(
         pieces = _metadata_as_now(disk, source, volumes.values())
         made = []
         for name, row in volumes.items():
-            free = _free_extents(row, writable, source)
+            # asked again: an earlier snapshot in the same group took some
+            free = _free_extents(_lv(name) or row, writable, source)
             with _frozen(above.get(name, ()), source):
                 snap = stack.enter_context(_lvm_snapshot(row, free, source))
             device = stack.enter_context(open_device(f"/dev/{snap}"))
@@ -187,7 +188,7 @@ class _Overlay:
 
     def __init__(self, base: SourceDisk, pieces: list[_Piece]) -> None:
         self._base = base
-        self._pieces = sorted(pieces)
+        self._pieces = sorted(pieces, key=lambda piece: piece.start)
         self.path = base.path
         self.is_block = base.is_block
         self.logical_sector_size = base.logical_sector_size
