@@ -48,6 +48,7 @@ GUEST_MODULES: Final = (
     "9p",
     "crc32c_generic",
     "ext4",
+    "xfs",
     "dm_mod",
     "dm_snapshot",
     "md_mod",

@@ -9,9 +9,10 @@ the next backup removes that leftover. The host then restores the first snapshot
 onto a blank image of another size and checks it with outside tools: ``e2fsck -fn``
 clean without replaying anything (making the snapshot froze the filesystem), the
 files written before the backup identical, the writer's log a gap-free prefix.
-The same holds for a whole disk (GPT, an ext4, an LVM PV) whose filesystem in use is
-on a logical volume: the volume is read from its snapshot, the LVM metadata as it
-was before the snapshot (the restored volume group has no snapshot in it).
+The same holds for a whole disk (GPT, an ext4, an LVM PV) whose filesystems in use are
+on logical volumes (ext4 root, XFS home, an ext4 inside LUKS): each volume is read
+from its snapshot, the LVM metadata as it was before them (the restored volume group
+has no snapshot in it), and the restored disk activates in a guest kernel.
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ vgcreate -q bvd /dev/vdb2
 lvcreate -q -y -L 48M -n root bvd
 ext4_on /dev/bvd/root /run/droot
 in_use /run/droot $W/disk-before.sha256
+lvcreate -q -y -L 64M -n home bvd
+TEST_DIR=/run TEST_DEV=/dev/bvd/home QA_CHECK_FS=1 mkfs.xfs -q /dev/bvd/home  # < 300 MB
+mkdir -p /run/home && mount /dev/bvd/home /run/home
+in_use /run/home $W/home-before.sha256
 lvcreate -q -y -L 24M -n secret bvd
 printf bv-live-key > $W/key
 cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
@@ -95,7 +100,7 @@ sleep 2
 blockvault -r $W/repo backup /dev/vdb --json > $W/disk.json 2> $W/disk.err
 kill $writers
 lvs --reportformat json -o lv_name,lv_tags bvd > $W/disk-after.json
-umount /run/droot /run/secret
+umount /run/droot /run/home /run/secret
 cryptsetup close secret
 """
 )
@@ -128,7 +133,7 @@ def lv_names(path: Path) -> list[str]:
 def test_running_system_on_lvm_is_backed_up_from_a_snapshot_while_it_writes(
     tmp_path: Path, loop: Callable[..., str], mounted: Callable[..., Path]
 ) -> None:
-    need_tools("lvcreate", "cryptsetup", "qemu-system-x86_64", "e2fsck")
+    need_tools("lvcreate", "cryptsetup", "mkfs.xfs", "qemu-system-x86_64", "e2fsck")
     work = tmp_path / "work"
     work.mkdir()
     disk = tmp_path / "pv.img"
@@ -137,7 +142,7 @@ def test_running_system_on_lvm_is_backed_up_from_a_snapshot_while_it_writes(
     assert run("-r", work / "repo", "init").returncode == 0
     whole = build_disk(
         DiskSpec(
-            "gpt", 192 * MiB, [PartitionSpec("ext4", 16 * MiB, "boot"), PartitionSpec("empty", 0)]
+            "gpt", 320 * MiB, [PartitionSpec("ext4", 16 * MiB, "boot"), PartitionSpec("empty", 0)]
         ),
         tmp_path / "whole.img",
     )
@@ -164,21 +169,24 @@ def test_running_system_on_lvm_is_backed_up_from_a_snapshot_while_it_writes(
     # report of where the extents lie; no snapshot in the restored volume group
     backed = json.loads((work / "disk.json").read_text())
     assert backed["live"] == "lvm-snapshot", backed
-    assert "reading bvd/root, bvd/secret from the LVM snapshots" in (work / "disk.err").read_text()
-    assert lv_names(work / "disk-after.json") == ["root", "secret"]
+    assert (
+        "reading bvd/root, bvd/home, bvd/secret from the LVM snapshots"
+        in (work / "disk.err").read_text()
+    )
+    assert lv_names(work / "disk-after.json") == ["home", "root", "secret"]
     target = tmp_path / "whole-restored.img"
     with open(target, "wb") as f:
-        f.truncate(256 * MiB)
+        f.truncate(384 * MiB)
     done = run("-r", work / "repo", "restore", "--yes", backed["id"], target)
     assert done.returncode == 0, done.stderr
     pv = json.loads(sh("sfdisk", "--json", target))["partitiontable"]["partitions"][1]
     root = tmp_path / "droot.img"
     pv_device = loop(target, offset=pv["start"] * 512, size=pv["size"] * 512)
-    assert read_lv(pv_device, "root", root) == ["root", "secret"]
+    assert read_lv(pv_device, "root", root) == ["home", "root", "secret"]
     sh("e2fsck", "-fn", root)  # clean: the volume was frozen for its snapshot
     again = run_in_guest(RESTORED_SCRIPT.replace("{work}", str(work)), work, disks=(target,))
     assert again.ok, again.console[-4000:]
-    assert lv_names(work / "restored-lvs.json") == ["root", "secret"]
+    assert lv_names(work / "restored-lvs.json") == ["home", "root", "secret"]
     assert (work / "secret-restored.sha256").read_text() == (
         work / "secret-before.sha256"
     ).read_text()
@@ -186,6 +194,12 @@ def test_running_system_on_lvm_is_backed_up_from_a_snapshot_while_it_writes(
     same_as_written(
         mounted(loop(root), tmp_path / "droot", "-o", "ro"), work / "disk-before.sha256"
     )
+    home = tmp_path / "home.img"
+    read_lv(pv_device, "home", home)
+    # XFS keeps its log dirty across a freeze: the first mount replays it, then it is clean
+    same_as_written(mounted(loop(home), tmp_path / "home"), work / "home-before.sha256")
+    sh("umount", tmp_path / "home")
+    sh("xfs_repair", "-n", home)
 
 
 def same_as_written(point: Path, sums: Path) -> None:

@@ -15,7 +15,7 @@ method
     LVM metadata as it was before them). Making a snapshot suspends the volume, which
     freezes a filesystem on it (as ``fsfreeze`` does) for that instant; one inside a
     LUKS volume opened on it is frozen with ``fsfreeze`` around ``lvcreate``. The
-    snapshot holds a clean filesystem.
+    snapshot holds a quiesced filesystem (ext4 clean; XFS replays its log on mount).
     ``unsafe-reread``: nothing can be frozen; the source is read, then its used
     map and blocks read again until two passes agree (pipeline/backup.py). The
     snapshot is recorded as not crash-consistent. ``auto`` picks ``lvm`` where
