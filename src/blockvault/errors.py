@@ -12,6 +12,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     BlockvaultError                 exit 1   anything we understood but could not do
     ├── UsageError                  exit 2   the request itself is wrong
     │   ├── SourceError                      source missing, truncated, not a disk
+    │   │   └── LiveSourceError                  mounted read-write, no way to read it consistently
     │   ├── PassphraseRequired               encrypted repository, no passphrase given
     │   │   └── NewPassphraseRequired            a new one is needed and cannot be asked
     │   ├── KeyFileInvalid                   a key file to import is not usable
@@ -34,6 +35,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │       ├── TargetHoldsRepository
     │       └── TargetNotEmpty               needs confirmation (--yes)
     ├── DeviceError                 exit 1   reading or writing a device failed
+    │   └── SnapshotFailed                   a live backup's snapshot failed or overflowed
     ├── PlanRunFailed               exit 1   a plan's run failed or was stopped (its error line)
     ├── TreeIncomplete              exit 1   extract skipped entries or left files unfinished
     │   └── TreeDamaged             exit 4   ... and some of them for missing or damaged data
@@ -113,6 +115,7 @@ __all__ = [
     "Interrupted",
     "KeyFileInvalid",
     "KeyMissing",
+    "LiveSourceError",
     "LuksKeyRejected",
     "MountpointError",
     "NbdError",
@@ -135,6 +138,7 @@ __all__ = [
     "RepositoryNotFound",
     "ScheduleError",
     "SessionExpired",
+    "SnapshotFailed",
     "SnapshotNotFound",
     "SourceError",
     "StorageError",
@@ -203,6 +207,14 @@ class UsageError(BlockvaultError):
 
 class SourceError(UsageError):
     template = "source {path}: {detail}"
+
+
+class LiveSourceError(SourceError):
+    template = (
+        "source {path}: {detail}; back it up from an LVM logical volume whose volume group "
+        "has free extents (--live=lvm), unmount it or mount it read-only, or pass "
+        "--live=unsafe-reread for a copy that is not crash-consistent"
+    )
 
 
 class PassphraseRequired(UsageError):
@@ -318,6 +330,10 @@ class TargetNotEmpty(TargetError):
 
 class DeviceError(BlockvaultError):
     template = "{path}: {detail}"
+
+
+class SnapshotFailed(DeviceError):
+    template = "{path}: {detail}; nothing was committed"
 
 
 class NotifyError(BlockvaultError):

@@ -65,6 +65,7 @@ __all__ = [
     "Kernel",
     "boot",
     "build_boot_disk",
+    "build_initramfs",
     "find_kernel",
 ]
 
@@ -242,7 +243,7 @@ def build_boot_disk(
         root_tree = work / "root"
         (root_tree / "boot").mkdir(parents=True)
         shutil.copyfile(kernel.vmlinuz, root_tree / "boot" / "vmlinuz")
-        _initramfs(kernel, work / "initramfs", root_tree / "boot" / "initrd.img")
+        build_initramfs(kernel, work / "initramfs", root_tree / "boot" / "initrd.img")
         (root_tree / MARKER_PATH).write_text(token + "\n")
         (root_tree / "etc").mkdir()
         (root_tree / "etc" / "hostname").write_text(f"blockvault-{firmware}\n")
@@ -408,8 +409,16 @@ def _module_order(kernel: Kernel, wanted: Iterable[str]) -> list[Path]:
     return order
 
 
-def _initramfs(kernel: Kernel, tree: Path, output: Path) -> None:
-    """A gzip'd newc cpio with static busybox, the modules and /init."""
+def build_initramfs(
+    kernel: Kernel,
+    tree: Path,
+    output: Path,
+    *,
+    modules: Iterable[str] = INITRAMFS_MODULES,
+    init: str = INIT_SCRIPT,
+) -> None:
+    """A gzip'd newc cpio with static busybox, ``modules`` (with what they depend
+    on, loaded in order by ``init`` from /modules.order) and ``init`` as /init."""
     for sub in ("bin", "proc", "sys", "dev", "modules"):
         (tree / sub).mkdir(parents=True)
     busybox = Path(_tool("busybox"))
@@ -421,13 +430,13 @@ def _initramfs(kernel: Kernel, tree: Path, output: Path) -> None:
     (tree / "bin" / "busybox").chmod(0o755)
     (tree / "bin" / "sh").symlink_to("busybox")
     names = []
-    for ko in _module_order(kernel, INITRAMFS_MODULES):
+    for ko in _module_order(kernel, modules):
         name = ko.name.split(".ko")[0] + ".ko"
         data = lzma.decompress(ko.read_bytes()) if ko.name.endswith(".xz") else ko.read_bytes()
         (tree / "modules" / name).write_bytes(data)
         names.append(name)
     (tree / "modules.order").write_text("\n".join(names) + "\n")
-    (tree / "init").write_text(INIT_SCRIPT)
+    (tree / "init").write_text(init)
     (tree / "init").chmod(0o755)
     listing = "\n".join(str(p.relative_to(tree)) for p in sorted(tree.rglob("*"))) + "\n"
     proc = subprocess.run(

@@ -117,7 +117,7 @@ def test_narrow_terminal_keeps_ids_devices_and_sizes_whole(
     # every column keeps its header whole: none was squeezed away
     for command, headers in (
         (("inspect", disk.path), "# Start Size Type Filesystem Label Used"),
-        (("-r", repo, "snapshots"), "ID Time Host Source Size Used Stored Tags"),
+        (("-r", repo, "snapshots"), "ID Time Host Source Size Used Stored Tags Live"),
         (("-r", repo, "ls", "latest"), "# Filesystem Size Label Imaged"),
     ):
         listed = run(*command, env=width)

@@ -55,9 +55,15 @@ def test_backup_system_images_exactly_those(system: tuple[Path, Path], tmp_path:
     image, root = system
     repo = tmp_path / "repo"
     assert blockvault("-r", repo, "init").returncode == 0
-    out = blockvault("-r", repo, "backup", "--system", "--root", root, "--json")
+    # the running system's ext4 has no snapshot underneath (tests/pipeline/test_live.py)
+    refused = blockvault("-r", repo, "backup", "--system", "--root", root)
+    assert refused.returncode == 2 and "--live=unsafe-reread" in refused.stderr
+    out = blockvault(
+        "-r", repo, "backup", "--system", "--root", root, "--live=unsafe-reread", "--json"
+    )
     assert out.returncode == 0, out.stderr
     snap = json.loads(out.stdout)
+    assert snap["live"] == "unsafe-reread"
     imaged = sorted(p["number"] for p in snap["partitions"] if p.get("imaged", True))
     assert imaged == [1, 2, 3, 4], snap["partitions"]
     shown = blockvault("inspect", "--system", "--root", root)

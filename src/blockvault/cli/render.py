@@ -27,6 +27,7 @@ from blockvault.events import (
     Warned,
 )
 from blockvault.extents import ExtentMap
+from blockvault.repo.manifest import Snapshot
 from blockvault.text import plural as plural  # commands write render.plural
 from blockvault.text import shown
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
     from rich.text import Text
+
+    from blockvault.disk.tree import StackNode
 
 
 @cache
@@ -130,6 +133,47 @@ def adapted(gpt_moved: bool, grown: str | None) -> str:
     return ("; GPT backup moved to the end of the larger disk" if gpt_moved else "") + (
         f"; {grown}" if grown else ""
     )
+
+
+LIVE_SHOWN = {
+    "lvm-snapshot": "from an LVM snapshot",
+    "unsafe-reread": "re-read, not crash-consistent",
+}
+
+
+def live(snapshot: Snapshot) -> str:
+    """How a source in use was read, for people ("" when it was not in use)."""
+    return LIVE_SHOWN.get(snapshot.live, shown(snapshot.live))
+
+
+def stack(node: StackNode) -> None:
+    """A disk's stack (disk/tree.py) as an indented tree."""
+    from rich.tree import Tree
+
+    def label(n: StackNode) -> str:
+        if n.kind == "disk":
+            table = f"{n.filesystem} table" if n.filesystem != "none" else "no partition table"
+            return f"{shown(n.name)}: {size(n.size)}, {table}, {size(n.used_bytes)} used"
+        words = [shown(n.name), n.kind, size(n.size)]
+        if n.filesystem:
+            words.append(shown(n.filesystem))
+        if n.label:
+            words.append(repr(shown(n.label)))
+        if n.used_bytes:
+            words.append(f"{size(n.used_bytes)} used")
+        if n.mounts:
+            words.append("on " + ", ".join(shown(m) for m in n.mounts))
+        if n.note:
+            words.append(f"({shown(n.note)})")
+        return "  ".join(words)
+
+    def grow(tree: Tree, n: StackNode) -> None:
+        for child in n.children:
+            grow(tree.add(label(child), highlight=False), child)
+
+    root = Tree(label(node), highlight=False)
+    grow(root, node)
+    console().print(root)
 
 
 def warn(message: str, out: Console | None = None) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from blockvault.disk.device import Device, Reader, Region, SourceDisk, open_device
-from blockvault.disk.fs import FilesystemInfo
+from blockvault.disk.fs import FilesystemInfo, md
 from blockvault.disk.fs.probe import known, probe, raw
 from blockvault.disk.table import Partition, PartitionTable, mbr
 from blockvault.disk.table.gpt import SECTOR_SIZES, detect_sector_size
@@ -124,11 +124,27 @@ def read_layout(device: SourceDisk, luks_keys: LuksKeys | None = None) -> DiskLa
             f"partition {part.number}, {v.name}: {v.note}" for v in info.volumes if v.note
         )
         layouts.append(PartitionLayout(part, info))
+    warnings.extend(_same_array_notes(layouts))
     covered = ExtentMap((p.start, p.size) for p in parts)
     boot = ExtentMap.span(0, device.size) - covered
     return DiskLayout(
         str(device.path), device.size, sector_size, table, tuple(layouts), boot, tuple(warnings)
     )
+
+
+def _same_array_notes(layouts: list[PartitionLayout]) -> list[str]:
+    """Members of one md array on this disk hold the same data: say so, never image
+    them twice silently (each is imaged raw; their equal chunks are stored once)."""
+    arrays: dict[str, list[int]] = {}
+    for p in layouts:
+        if p.fs.uuid and (p.fs.note or "").startswith(md.NOTE_PREFIX):
+            arrays.setdefault(p.fs.uuid, []).append(p.number)
+    return [
+        f"partitions {', '.join(map(str, numbers))} are members of the same md array "
+        f"{array}: each is imaged raw and the data they share is stored once"
+        for array, numbers in arrays.items()
+        if len(numbers) > 1
+    ]
 
 
 def refuse_plain_file(device: Device, layout: DiskLayout) -> None:

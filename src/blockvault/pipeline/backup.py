@@ -23,11 +23,11 @@ from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from blockvault.disk.device import SourceDisk, open_device
+from blockvault.disk.device import SourceDisk
 from blockvault.disk.identity import source_identity
 from blockvault.disk.layout import DiskLayout, LuksKeys, read_layout, select_volumes
+from blockvault.disk.live import LiveRead, live_source
 from blockvault.disk.table.gpt import backup_area
-from blockvault.disk.usage import mounts_using
 from blockvault.disk.volumes import Volume
 from blockvault.errors import SourceError, UsageError
 from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted, Warned
@@ -65,6 +65,7 @@ GAP_KEPT = 1024 * 1024  # the gap before the first partition is kept whole up to
 # bytes of consecutive chunks read at once (see _read_units); on the benchmark disk,
 # cold, 16 MiB spent less system time than 4 or 8 (32 MiB reads are mmap'ed afresh each)
 READ_UNIT = 16 * 1024 * 1024
+MAX_REREADS = 3  # --live=unsafe-reread: passes after the first before giving up on agreement
 
 
 class ChunkTask(NamedTuple):  # a tuple: some 30,000 are made per 2 GB backed up
@@ -225,6 +226,7 @@ def backup(
     *,
     partitions: Sequence[int | str] | None = None,
     tags: Sequence[str] = (),
+    live: str | None = None,
     luks_keys: LuksKeys | None = None,
     reporter: Reporter = quiet_reporter,
     timing: Timing = DEFAULT_TIMING,
@@ -234,48 +236,136 @@ def backup(
     ``source`` is a device or image path, or a disk already open (``SourceDisk``: a VM
     disk read through NBD), which the caller closes. ``partitions`` holds numbers and
     logical volumes (``"vg0/root"``, imaged alone in their PV). ``luks_keys`` open LUKS
-    containers, so that only their used sectors are stored (still encrypted). Everything
-    is written through one ``WriterSession`` (repo/writer.py), which keeps it safe
-    beside ``gc`` and says what an interruption left behind."""
+    containers, so that only their used sectors are stored (still encrypted). A path in
+    use (a filesystem on it mounted read-write) or any ``live`` method is read as
+    disk/live.py decides: from a snapshot, or read again until two reads agree.
+    Everything is written through one ``WriterSession`` (repo/writer.py), which keeps it
+    safe beside ``gc`` and says what an interruption left behind."""
     started = time.monotonic()
-    opened = open_device(source) if isinstance(source, str) else contextlib.nullcontext(source)
-    with opened as device:
-        layout = read_layout(device, luks_keys)
-        numbers = [p for p in partitions or () if isinstance(p, int)]
-        names = [p for p in partitions or () if isinstance(p, str)]
-        if names:  # logical volumes: their partitions, narrowed to them
-            layout, holding = select_volumes(layout, names)
-            numbers += [n for n in holding if n not in numbers]
-        for warning in layout.warnings:
-            reporter(Warned(warning))
-        for mount in mounts_using(device.path):
-            if not mount.read_only:
-                reporter(
-                    Warned(
-                        f"{mount.mountpoint} is mounted read-write from this disk ({mount.via}); "
-                        "the image may be inconsistent"
-                    )
-                )
-        regions = plan_regions(layout, numbers)
-        draft = _manifest(repo, layout, numbers, tags)
-        with WriterSession(repo, kind="backup", timing=timing) as writer:
-            writer.choose_parent(draft)
-            tasks = chunk_tasks(regions, repo.config.chunk_size, boot_area_map(layout))
-            units = device_units(device, tasks)
-            index, stats = store_regions(writer, regions, units, reporter, str(device.path))
-            stats = replace(stats, seconds=round(time.monotonic() - started, 3))
-            snapshot = replace(draft, time=_now(), stats=stats)
+    if not isinstance(source, str):
+        if live is not None:
+            raise UsageError(f"{source.path} is an open disk: --live applies to devices")
+        return _backup(
+            repo,
+            source,
+            LiveRead(str(source.path), str(source.path), ""),
+            luks_keys,
+            partitions,
+            tags,
+            reporter,
+            timing,
+            started,
+        )
+    with live_source(source, live, reporter) as (device, view):
+        return _backup(repo, device, view, luks_keys, partitions, tags, reporter, timing, started)
 
-            def store_again(missing: set[str]) -> None:
-                reporter(
-                    Warned(
-                        f"a gc removed {plural(len(missing), 'chunk')} this backup had found "
-                        "in the repository; they were read again from the source and stored"
-                    )
-                )
-                _store_again(writer, device, index, missing)
 
-            return writer.commit(snapshot, index, store_again)
+def _backup(
+    repo: Repository,
+    device: SourceDisk,
+    view: LiveRead,
+    luks_keys: LuksKeys | None,
+    partitions: Sequence[int | str] | None,
+    tags: Sequence[str],
+    reporter: Reporter,
+    timing: Timing,
+    started: float,
+) -> Snapshot:
+    layout, numbers = _chosen_layout(device, luks_keys, partitions)
+    for warning in layout.warnings:
+        reporter(Warned(warning))
+    plan_regions(layout, numbers)  # a partition asked for that is not there: refused now
+    with WriterSession(repo, kind="backup", timing=timing) as writer:
+        writer.choose_parent(_manifest(repo, layout, numbers, tags, view))
+        index, stats = _store_layout(writer, device, layout, numbers, reporter, view.origin)
+        if view.rereads:
+            layout, index, stats = _read_until_stable(
+                writer, device, luks_keys, partitions, index, stats, reporter, view.origin
+            )
+        view.check()
+        stats = replace(stats, seconds=round(time.monotonic() - started, 3))
+        snapshot = replace(_manifest(repo, layout, numbers, tags, view), stats=stats)
+
+        def store_again(missing: set[str]) -> None:
+            reporter(
+                Warned(
+                    f"a gc removed {plural(len(missing), 'chunk')} this backup had found "
+                    "in the repository; they were read again from the source and stored"
+                )
+            )
+            _store_again(writer, device, index, missing)
+
+        return writer.commit(snapshot, index, store_again)
+
+
+def _chosen_layout(
+    device: SourceDisk, luks_keys: LuksKeys | None, partitions: Sequence[int | str] | None
+) -> tuple[DiskLayout, list[int] | None]:
+    """The source's layout and the partition numbers to image (None: all). Logical
+    volumes asked for (``"vg0/root"``) narrow their partitions to them."""
+    layout = read_layout(device, luks_keys)
+    if partitions is None:
+        return layout, None
+    numbers = [p for p in partitions if isinstance(p, int)]
+    names = [p for p in partitions if isinstance(p, str)]
+    if names:  # logical volumes: their partitions, narrowed to them
+        layout, holding = select_volumes(layout, names)
+        numbers += [n for n in holding if n not in numbers]
+    return layout, numbers
+
+
+def _store_layout(
+    writer: WriterSession,
+    device: SourceDisk,
+    layout: DiskLayout,
+    partitions: Sequence[int] | None,
+    reporter: Reporter,
+    description: str,
+    task_name: str = "backup",
+) -> tuple[Index, Stats]:
+    """One pass: read and store the chosen regions of ``layout`` from ``device``."""
+    regions = plan_regions(layout, partitions)
+    tasks = chunk_tasks(regions, writer.repo.config.chunk_size, boot_area_map(layout))
+    units = device_units(device, tasks)
+    return store_regions(writer, regions, units, reporter, description, task_name)
+
+
+def _read_until_stable(
+    writer: WriterSession,
+    device: SourceDisk,
+    luks_keys: LuksKeys | None,
+    partitions: Sequence[int | str] | None,
+    index: Index,
+    stats: Stats,
+    reporter: Reporter,
+    description: str,
+) -> tuple[DiskLayout, Index, Stats]:
+    """Read the used map and the used blocks again until a pass reads what the one
+    before it read (same regions, same chunks), at most ``MAX_REREADS`` times: a block
+    written during a pass is read again in the next. What changed was stored by the
+    pass that read it; chunks of earlier passes no index holds are left to gc."""
+    for _ in range(MAX_REREADS):
+        layout, numbers = _chosen_layout(device, luks_keys, partitions)
+        again, more = _store_layout(
+            writer, device, layout, numbers, reporter, description, "reread"
+        )
+        stats = replace(
+            more,
+            read_bytes=stats.read_bytes + more.read_bytes,
+            new_chunks=stats.new_chunks + more.new_chunks,
+            new_bytes=stats.new_bytes + more.new_bytes,
+            stored_bytes=stats.stored_bytes + more.stored_bytes,
+        )
+        if again == index:
+            return layout, index, stats
+        index = again
+    reporter(
+        Warned(
+            f"{description} was still changing after {plural(MAX_REREADS, 'second read')}; "
+            "the snapshot holds the last read and is not crash-consistent"
+        )
+    )
+    return layout, index, stats
 
 
 def _manifest(
@@ -283,13 +373,14 @@ def _manifest(
     layout: DiskLayout,
     partitions: Sequence[int] | None,
     tags: Sequence[str],
+    view: LiveRead,
 ) -> Snapshot:
-    """The snapshot record of a backup before imaging (its time and stats are set once
-    imaged, its index and parent at commit)."""
+    """The snapshot record of a backup (its stats are set once imaged, its index and
+    parent at commit). A snapshot read for a live backup is recorded as its origin."""
     return Snapshot(
         time=_now(),
         host=socket.gethostname(),
-        source=layout.path,
+        source=view.origin,
         disk_size=layout.size,
         sector_size=layout.sector_size,
         table=layout.table_kind,
@@ -314,7 +405,8 @@ def _manifest(
         chunk_size=repo.config.chunk_size,
         compression=f"zstd:{repo.codec.level}" if repo.codec.level else "none",
         tags=tuple(tags),
-        source_id=source_identity(layout.path, layout.table.disk_id if layout.table else ""),
+        source_id=source_identity(view.origin, layout.table.disk_id if layout.table else ""),
+        live=view.method,
     )
 
 

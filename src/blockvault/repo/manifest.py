@@ -99,7 +99,15 @@ class Snapshot:
     # files changed while read), the first MAX_WARNINGS of ``warning_count``
     warnings: tuple[str, ...] = ()
     warning_count: int = 0
+    # how a source in use was read (disk/live.py): "lvm-snapshot", "unsafe-reread"
+    # (not crash-consistent), or "" when nothing on it was mounted read-write
+    live: str = ""
     id: str = ""  # filled in when read back; not part of the stored JSON
+
+    @property
+    def crash_consistent(self) -> bool:
+        """Whether the image is of one moment (at worst as after a power cut)."""
+        return self.live != "unsafe-reread"
 
     @property
     def origin(self) -> str:
@@ -146,8 +154,8 @@ class Snapshot:
     def to_json(self) -> bytes:
         data = asdict(self)
         data.pop("id")
-        for optional in ("source_id", "parent", "paths", "tree", "warnings", "warning_count"):
-            if not data[optional]:  # absent reads as it did before they existed
+        for optional in (*_OPTIONAL, "live"):
+            if not data[optional]:
                 data.pop(optional)
         if data["kind"] == "disk":
             data.pop("kind")
@@ -197,6 +205,8 @@ class Snapshot:
         return cls(**data, id=snapshot_id)
 
 
+# fields left out of the JSON while empty: absent reads as it did before they existed
+_OPTIONAL = ("source_id", "parent", "paths", "tree", "warnings", "warning_count", "live")
 MAX_PARTITIONS = 256  # GPT holds 128; more is damage
 MAX_VOLUMES = 256  # LUKS/LVM layers below one partition
 MAX_RUNS = 4096  # mapping runs of one volume (LVM segments times stripes)

@@ -19,6 +19,7 @@ from blockvault.cli.commands import (
 )
 from blockvault.cli.commands.backup_files import files_options, is_file_mode, run_file_backup
 from blockvault.disk.layout import refuse_plain_path
+from blockvault.disk.live import LIVE_METHODS
 from blockvault.disk.system import choose_system
 from blockvault.errors import UsageError
 from blockvault.pipeline.backup import backup
@@ -50,6 +51,16 @@ def register(group: click.Group) -> None:
         help="Image what the running system needs instead of SOURCE: the disk holding / "
         "and the partitions of /, /boot, /boot/efi, EFI System and BIOS boot.",
     )
+    @click.option(
+        "--live",
+        is_flag=False,
+        flag_value="auto",
+        default=None,
+        type=click.Choice(LIVE_METHODS),
+        help="SOURCE is in use (implied when a filesystem on it is mounted read-write): read "
+        "an LVM snapshot of it (lvm; auto picks it where it can), or read it and read again "
+        "until two reads agree (unsafe-reread: not crash-consistent, recorded as such).",
+    )
     @system_root_option
     @raw_option
     @luks_key_option
@@ -64,6 +75,7 @@ def register(group: click.Group) -> None:
         tags: tuple[str, ...],
         compression: str | None,
         system: bool,
+        live: str | None,
         root: str,
         raw: bool,
         luks_key_files: tuple[str, ...],
@@ -96,7 +108,13 @@ def register(group: click.Group) -> None:
             repo = repo.with_compression(compression)
         with render.progress(as_json) as reporter:
             snap = backup(
-                repo, source, partitions=chosen, tags=tags, luks_keys=keys, reporter=reporter
+                repo,
+                source,
+                partitions=chosen,
+                tags=tags,
+                live=live,
+                luks_keys=keys,
+                reporter=reporter,
             )
         if as_json:
             render.emit_json(snap)
@@ -105,7 +123,8 @@ def register(group: click.Group) -> None:
         click.echo(
             f"snapshot {snap.id[:12]} saved: {render.size(s.used_bytes)} used of "
             f"{render.size(snap.disk_size)}, {render.plural(s.new_chunks, 'new chunk')}, "
-            f"{render.size(s.stored_bytes)} added to the repository in {s.seconds:.1f}s",
+            f"{render.size(s.stored_bytes)} added to the repository in {s.seconds:.1f}s"
+            + (f", read {render.live(snap)}" if snap.live else ""),
             err=True,
         )
         click.echo(snap.id)

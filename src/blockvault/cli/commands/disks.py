@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from blockvault.cli import render
 from blockvault.cli.commands import json_option
-from blockvault.cli.commands.inspect import show_layout
 from blockvault.disk.inventory import list_disks
+from blockvault.disk.tree import stack_tree
 
 
 def register(group: click.Group) -> None:
     @group.command()
     @json_option
     def disks(as_json: bool) -> None:
-        """List block devices: model, size, sector sizes, partition table, partitions,
-        filesystem, label and used bytes (reading partitions needs root)."""
+        """List block devices: model, size, sector sizes, partition table, used bytes,
+        then each one's stack as a tree: partitions, LUKS, LVM, RAID members,
+        filesystems, labels, used bytes and mounts (reading partitions needs root)."""
         found = list_disks()
+        trees = [stack_tree(d.layout) if d.layout else None for d in found]
         if as_json:
-            render.emit_json(found)
+            render.emit_json(
+                [{**dataclasses.asdict(d), "tree": t} for d, t in zip(found, trees, strict=True)]
+            )
             return
         render.table(
             None,
@@ -37,9 +43,9 @@ def register(group: click.Group) -> None:
         )
         warnings: dict[str, None] = {}  # in order, each once
         unreadable: dict[str, list[str]] = {}  # one line for the devices with one reason
-        for d in found:
-            if d.layout and d.layout.partitions:
-                show_layout(d.layout, boot_areas=False, warnings=False)
+        for d, tree in zip(found, trees, strict=True):
+            if tree is not None:
+                render.stack(tree)
             if d.error:
                 unreadable.setdefault(d.error, []).append(d.path)
             for warning in d.layout.warnings if d.layout else ():

@@ -101,6 +101,8 @@ def register(group: click.Group) -> None:
             f"{snap.sector_size}-byte sectors, id {snap.disk_id or '-'}"
             + (f"\n  tags {tags}" if snap.tags else "")
         )
+        if snap.live:
+            click.echo(f"  read while in use: {render.live(snap)}")
         if snap.parent:  # an id: the manifest reader refuses anything but hex
             click.echo(f"  parent {snap.parent}")
         render.table(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -11,6 +12,7 @@ from blockvault.cli.commands import json_option, system_root_option
 from blockvault.disk.device import open_device
 from blockvault.disk.layout import DiskLayout, read_layout
 from blockvault.disk.system import choose_system
+from blockvault.disk.tree import stack_tree
 from blockvault.errors import UsageError
 
 
@@ -52,7 +54,8 @@ def register(group: click.Group) -> None:
     @json_option
     def inspect(source: str | None, system: bool, root: str, as_json: bool) -> None:
         """Show the layout of SOURCE (a block device or disk image file): partition
-        table, partitions, filesystems, used bytes and the boot areas imaged raw."""
+        table, partitions, filesystems, used bytes and the boot areas imaged raw; then
+        its stack as a tree (partitions, LUKS, LVM, RAID members, filesystems, mounts)."""
         if system == (source is not None):
             raise UsageError("give either SOURCE or --system, not both or neither")
         if system:
@@ -68,7 +71,9 @@ def register(group: click.Group) -> None:
             return
         with open_device(str(source)) as device:
             layout = read_layout(device)
+        tree = stack_tree(layout)
         if as_json:
-            render.emit_json(layout)
+            render.emit_json({**dataclasses.asdict(layout), "tree": tree})
         else:
             show_layout(layout)
+            render.stack(tree)

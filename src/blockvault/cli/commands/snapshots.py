@@ -10,6 +10,7 @@ import click
 from blockvault.cli import render
 from blockvault.cli.commands import json_option, open_repo
 from blockvault.repo import Selector
+from blockvault.text import shown
 
 
 def register(group: click.Group) -> None:
@@ -35,7 +36,7 @@ def register(group: click.Group) -> None:
             return
         render.table(
             None,
-            ["ID", "Time", "Host", "Source", "Size", "Used", "Stored", "Tags"],
+            ["ID", "Time", "Host", "Source", "Size", "Used", "Stored", "Tags", "Live"],
             [
                 (
                     s.id[:12],
@@ -46,10 +47,11 @@ def register(group: click.Group) -> None:
                     render.size(s.stats.used_bytes),
                     render.size(s.stats.stored_bytes),
                     ",".join(s.tags),
+                    shown(s.live),  # the method's name: lvm-snapshot, unsafe-reread
                 )
                 for s in chosen
             ]
-            + [(i[:12], "damaged", "", "", "", "", "", "") for i in listing.unreadable()],
+            + [(i[:12], "damaged", "", "", "", "", "", "", "") for i in listing.unreadable()],
         )
         for snapshot_id, why in sorted(listing.damaged.items()):
             render.warn(f"snapshot {snapshot_id[:12]} is damaged: {why}")

@@ -15,7 +15,7 @@ import functools
 from collections.abc import Callable
 
 from blockvault.disk.device import Reader
-from blockvault.disk.fs import FilesystemInfo, ext, fat, ntfs, swap, xfs
+from blockvault.disk.fs import FilesystemInfo, ext, fat, md, ntfs, swap, xfs
 from blockvault.disk.volumes import luks, lvm
 from blockvault.extents import ExtentMap
 
@@ -24,6 +24,9 @@ __all__ = ["RAW_BLOCK_SIZE", "known", "probe", "raw"]
 RAW_BLOCK_SIZE = 512
 
 _MODULES: tuple[tuple[Callable[[Reader], bool], Callable[[Reader], FilesystemInfo]], ...] = (
+    # first: a RAID1 member with metadata 1.0 or 0.90 (superblock at the end) starts
+    # with the array's filesystem, which must not hide the member and its superblock
+    (md.detect, md.read),
     (ext.detect, ext.read),
     (ntfs.detect, ntfs.read),
     (fat.detect, fat.read),
