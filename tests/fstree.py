@@ -19,6 +19,7 @@ CHECK = {
     "ext": ["e2fsck", "-fn"],
     "fat": ["fsck.vfat", "-n"],
     "ntfs": ["ntfsfix", "-n"],
+    "btrfs": ["btrfs", "check", "--readonly", "--check-data-csum"],
 }
 
 
@@ -85,9 +86,29 @@ def tree(part: Path, fs: str, out: Path) -> dict[str, str]:
             )
         finally:
             subprocess.run(["umount", str(mnt)], check=False)
+    elif kind == "btrfs":
+        _btrfs_tree(part, out)
     else:
         raise ValueError(fs)
     return manifest(out)
+
+
+def _btrfs_tree(part: Path, out: Path) -> None:
+    """Copy a btrfs image's files as the kernel shows them mounted read-only: the
+    default subvolume at the top, the others as the directories they are mounted at."""
+    mnt = out.parent / f"{out.name}-mnt"
+    mnt.mkdir()
+    # nologreplay: read the image as it is, never write to it
+    subprocess.run(
+        ["mount", "-o", "loop,ro,rescue=nologreplay", str(part), str(mnt)],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        shutil.copytree(mnt, out, symlinks=True, dirs_exist_ok=True)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+        mnt.rmdir()
 
 
 def _field(text: str, pattern: str, what: str) -> int:

@@ -2,7 +2,8 @@
 
 The modules are tried in a fixed order, each ``detect`` looking only at its
 own signature: ext (magic at byte 1024+56), NTFS (OEM id "NTFS    "), FAT (a
-sane BPB that is not NTFS or exFAT), swap (magic at the end of the first page).
+sane BPB that is not NTFS or exFAT), swap (magic at the end of the first page),
+btrfs (magic in the superblock at 64 KiB).
 A signature that matches but leads to inconsistent structures raises
 ``FilesystemError`` rather than falling back to raw here: the caller decides (the
 layout images such a partition raw and warns with the reason, never silently).
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from blockvault.disk.device import Reader
-from blockvault.disk.fs import FilesystemInfo, ext, fat, ntfs, swap
+from blockvault.disk.fs import FilesystemInfo, btrfs, ext, fat, ntfs, swap
 from blockvault.extents import ExtentMap
 
 __all__ = ["RAW_BLOCK_SIZE", "known", "probe", "raw"]
@@ -25,6 +26,7 @@ _MODULES: tuple[tuple[Callable[[Reader], bool], Callable[[Reader], FilesystemInf
     (ntfs.detect, ntfs.read),
     (fat.detect, fat.read),
     (swap.detect, swap.read),
+    (btrfs.detect, btrfs.read),
 )
 
 
