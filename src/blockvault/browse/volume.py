@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Final, TypeVar, cast
 
+from blockvault.browse.btrfs import BtrfsFilesystem
 from blockvault.browse.ext import ExtFilesystem
 from blockvault.browse.fat import FatFilesystem
 from blockvault.browse.filesystem import Entry, Filesystem, NotFound, normalize
@@ -53,6 +54,7 @@ PARSERS: Final[dict[str, Callable[[BinaryIO, str], Filesystem[object]]]] = {
     "fat16": FatFilesystem,
     "fat32": FatFilesystem,
     "ntfs": NtfsFilesystem,
+    "btrfs": BtrfsFilesystem,
 }
 """Filesystem type as the manifest records it -> parser."""
 
