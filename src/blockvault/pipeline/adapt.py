@@ -20,8 +20,15 @@ from typing import Protocol
 from blockvault.disk.device import Device, Region, open_device
 from blockvault.disk.fs.hidden import move_hidden_sectors
 from blockvault.disk.fs.probe import probe
-from blockvault.disk.fs.resize import can_grow, can_shrink, grow_filesystem, shrink_filesystem
+from blockvault.disk.fs.resize import (
+    can_grow,
+    can_shrink,
+    grow_filesystem,
+    kept_size,
+    shrink_filesystem,
+)
 from blockvault.disk.plan import (
+    DoesNotFit,
     LayoutPlan,
     grown_table,
     last_partition,
@@ -134,7 +141,13 @@ def plan_shrink(
             "out anew; nothing was written"
         )
     minimums = {n: fs_minimum(filesystems.get(n, ""), used.get(n, 0)) for n in filesystems}
-    plan = shrunk_layout(table, target_size, minimums)
+    try:
+        plan = shrunk_layout(table, target_size, minimums)
+    except DoesNotFit as exc:
+        kept = [f"partition {n}: {why}" for n, fs in filesystems.items() if (why := kept_size(fs))]
+        if not kept:
+            raise
+        raise DoesNotFit(exc.missing, target_size, "; ".join(kept)) from None
     shrinking = [p.number for p in plan.placements if p.action == "shrink"]
     if not shrinking:
         return plan, None

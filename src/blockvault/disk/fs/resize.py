@@ -17,13 +17,15 @@ from blockvault.disk.device import open_device
 from blockvault.disk.fs.fat_grow import grow_fat
 from blockvault.errors import DeviceError, UsageError
 
-__all__ = ["can_grow", "can_shrink", "grow_filesystem", "shrink_filesystem"]
+__all__ = ["can_grow", "can_shrink", "grow_filesystem", "kept_size", "shrink_filesystem"]
 
 
 def can_grow(fs: str) -> str | None:
     """None when ``fs`` can be grown, else why not (checked before anything is written)."""
     if fs.startswith(("ext", "fat")) or fs == "ntfs":
         return None
+    if fs == "btrfs":
+        return "btrfs grows only while mounted ('btrfs filesystem resize max MOUNTPOINT')"
     return f"a {fs or 'unknown'} partition has no filesystem blockvault can grow"
 
 
@@ -46,6 +48,16 @@ def grow_filesystem(path: str | os.PathLike[str], offset: int, size: int, fs: st
         else:
             _run("ntfsresize", "--force", "--force", device, stdin="y\n")
     return f"{fs} filesystem grown to {size} bytes"
+
+
+def kept_size(fs: str) -> str | None:
+    """Why a filesystem that may not shrink keeps its size, where the user can help."""
+    if fs == "btrfs":
+        return (
+            "btrfs shrinks only while mounted, so its partition keeps its size (shrink it "
+            "with 'btrfs filesystem resize' on the source, then back up again)"
+        )
+    return None
 
 
 def can_shrink(fs: str) -> bool:
