@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
+import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from dissect.util.hash import crc32c  # type: ignore[import-untyped]
 
 from blockvault.browse import open_volume
+from blockvault.browse.btrfs import BtrfsFilesystem
 from blockvault.pipeline.backup import backup
 from blockvault.repo import Repository, Snapshot
 from blockvault_demo.sample import (
@@ -33,6 +37,7 @@ from blockvault_demo.sample import (
     manifest,
 )
 from tests.conftest import IS_ROOT, need_tools, sh
+from tests.disk.fs.fsimages import progs_chunks
 
 MiB = 1 << 20
 
@@ -175,3 +180,30 @@ def test_mount_serves_the_kernels_tree(backed: Btrfs, tmp_path: Path) -> None:
         done = subprocess.run(["blockvault", "umount", str(mnt)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert not os.listdir(mnt)
+
+
+def test_a_tree_node_pointing_at_itself_is_refused_not_walked_forever(tmp_path: Path) -> None:
+    """The fs tree's root leaf rewritten as a level-1 node whose one child is itself
+    (checksum recomputed): dissect's own cursor would descend forever."""
+    need_tools("mkfs.btrfs", "btrfs")
+    make_tree(tmp_path / "src", MiB, seed=25, kinds=TREE_KINDS)
+    image = tmp_path / "fs.img"
+    with image.open("wb") as f:
+        f.truncate(128 * MiB)
+    sh("mkfs.btrfs", "-q", "-f", "-m", "single", "--rootdir", tmp_path / "src", image)
+    dump = sh("btrfs", "inspect-internal", "dump-tree", "-t", "fs", image)
+    found = re.search(r"^leaf (\d+) ", dump, re.M)
+    assert found, dump
+    logical = int(found[1])
+    physical = next(c.stripes[0] + logical - c.logical for c in progs_chunks(image)
+                    if c.logical <= logical < c.logical + c.length)  # fmt: skip
+    data = bytearray(image.read_bytes())
+    struct.pack_into("<I", data, physical + 96, 1)  # nritems
+    data[physical + 100] = 1  # level
+    struct.pack_into("<QBQQQ", data, physical + 101, 256, 1, 0, logical, 1)  # key_ptr -> itself
+    struct.pack_into(
+        "<I", data, physical, crc32c.crc32c(bytes(data[physical + 32 : physical + 16384]))
+    )
+    image.write_bytes(bytes(data))
+    with image.open("rb") as f, pytest.raises(Exception, match="level 1 below 1"):
+        BtrfsFilesystem(f).listdir("/")
