@@ -47,6 +47,7 @@ from run_bench import (  # noqa: E402
     machine_info,
     parse_size,
     size_label,
+    wait_for_quiet,
 )
 
 
@@ -86,6 +87,9 @@ def ensure_btrfs_disk(size: int, fill: float, seed: int) -> dict[str, Any]:
 
 
 def timed(command: str) -> float:
+    """Wall seconds of ``command`` and the sync after it, started on a quiet machine
+    (other sessions share it) with the page cache dropped."""
+    wait_for_quiet(0.2, 120)
     drop_caches()
     started = time.monotonic()
     subprocess.run(["bash", "-o", "pipefail", "-c", command], check=True, capture_output=True)
