@@ -3,7 +3,8 @@ and ``mount`` show must be what the kernel shows with the partition mounted.
 
 The partition is made by ``mkfs.btrfs`` on a GPT disk and used through the kernel:
 a subvolume ``@`` set as the default (so ``/`` is ``@``, as installers do), a
-nested subvolume ``@/home`` with another one inside it, a read-only snapshot of
+nested subvolume ``@/home`` with another one inside it (files compressed with zstd,
+zlib and lzo, as ``compress=`` and ``btrfs property`` make them), a read-only snapshot of
 ``@/home`` (where the innermost subvolume shows as an empty directory), files
 deleted after the snapshot. The oracle is the same partition mounted read-only.
 """
@@ -38,6 +39,7 @@ from blockvault_demo.sample import (
 )
 from tests.conftest import IS_ROOT, need_tools, sh
 from tests.disk.fs.fsimages import progs_chunks
+from tests.fstree import extract
 
 MiB = 1 << 20
 
@@ -69,12 +71,15 @@ def backed(tmp_path_factory: pytest.TempPathFactory) -> Btrfs:
         work / "disk.img",
     )
     mnt = work / "mnt"
-    _mount_partition(disk, mnt, "subvolid=5")
+    _mount_partition(disk, mnt, "subvolid=5", "compress=zstd")  # as Fedora mounts it
     try:
         sh("btrfs", "subvolume", "create", mnt / "@")
         make_tree(mnt / "@" / "etc", 3 * MiB, seed=22, kinds=TREE_KINDS)
         sh("btrfs", "subvolume", "create", mnt / "@" / "home")
         sh("btrfs", "subvolume", "create", mnt / "@" / "home" / "user")
+        for name, compression in (("user/docs", "zlib"), ("shared", "lzo")):
+            (mnt / "@" / "home" / name).mkdir()
+            sh("btrfs", "property", "set", mnt / "@" / "home" / name, "compression", compression)
         make_tree(mnt / "@" / "home" / "user" / "docs", 3 * MiB, seed=23, kinds=TREE_KINDS)
         make_tree(mnt / "@" / "home" / "shared", 2 * MiB, seed=24, kinds=TREE_KINDS)
         (mnt / "@" / "snaps").mkdir()
@@ -111,8 +116,14 @@ def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def test_the_partition_is_recorded_as_btrfs(backed: Btrfs) -> None:
+def test_the_partition_is_recorded_as_btrfs_with_every_compression(
+    backed: Btrfs, tmp_path: Path
+) -> None:
     assert [p.filesystem for p in backed.snapshot.partitions] == ["btrfs"]
+    part = backed.disk.partitions[0]
+    copy = extract(backed.disk.path, part.offset, part.size, tmp_path / "p1.img")
+    dump = sh("btrfs", "inspect-internal", "dump-tree", copy)
+    assert set(re.findall(r"compression (\d)", dump)) >= {"1", "2", "3"}  # zlib, lzo, zstd
 
 
 def test_ls_shows_what_the_kernel_shows(backed: Btrfs) -> None:
