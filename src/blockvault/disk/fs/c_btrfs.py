@@ -170,7 +170,6 @@ MAGIC = b"_BHRfS_M"
 SUPER_INFO_OFFSET = 64 * 1024  # the primary superblock
 SUPER_INFO_SIZE = 4096
 SUPER_MIRROR_SHIFT = 12  # copy i (0..2) at 16 KiB << (12 * i): 64 KiB, 64 MiB, 256 GiB
-SUPER_MIRROR_MAX = 3
 SYS_CHUNK_ARRAY_SIZE = 2048
 MAX_LEVEL = 8  # BTRFS_MAX_LEVEL: a tree is at most 8 levels deep (0 = leaf)
 
