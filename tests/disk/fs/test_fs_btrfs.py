@@ -2,7 +2,7 @@
 
 Each case is made by ``mkfs.btrfs`` and then used through the kernel (mounted on a
 loop device): subvolumes, a nested subvolume, a read-only snapshot, files deleted
-after the snapshot and new ones written. Three oracles:
+after the snapshot and new ones written (and one left empty). Three oracles:
 
 * btrfs-progs' own dump of the chunk and extent trees (``btrfs_progs_used``): our
   map must equal it exactly;
