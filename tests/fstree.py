@@ -20,6 +20,7 @@ CHECK = {
     "fat": ["fsck.vfat", "-n"],
     "ntfs": ["ntfsfix", "-n"],
     "xfs": ["xfs_repair", "-n", "-f"],
+    "btrfs": ["btrfs", "check", "--readonly", "--check-data-csum"],
 }
 
 
@@ -98,9 +99,30 @@ def tree(part: Path, fs: str, out: Path) -> dict[str, str]:
             return manifest(mnt)
         finally:
             subprocess.run(["umount", str(mnt)], check=False)
+
+    elif kind == "btrfs":
+        _btrfs_tree(part, out)
     else:
         raise ValueError(fs)
     return manifest(out)
+
+
+def _btrfs_tree(part: Path, out: Path) -> None:
+    """Copy a btrfs image's files as the kernel shows them mounted read-only: the
+    default subvolume at the top, the others as the directories they are mounted at."""
+    mnt = out.parent / f"{out.name}-mnt"
+    mnt.mkdir()
+    # nologreplay: read the image as it is, never write to it
+    subprocess.run(
+        ["mount", "-o", "loop,ro,rescue=nologreplay", str(part), str(mnt)],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        shutil.copytree(mnt, out, symlinks=True, dirs_exist_ok=True)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+        mnt.rmdir()
 
 
 def _field(text: str, pattern: str, what: str) -> int:

@@ -74,7 +74,8 @@ KiB: Final = 1024
 MiB: Final = 1024 * KiB
 
 FILESYSTEMS: Final = frozenset(
-    {"ext2", "ext3", "ext4", "fat12", "fat16", "fat32", "ntfs", "swap", "raw", "empty", "xfs"}
+    {"ext2", "ext3", "ext4", "fat12", "fat16", "fat32", "ntfs", "swap", "raw", "empty"}
+    | {"xfs", "btrfs"}
 )
 """Values of :attr:`PartitionSpec.fs`. ``raw`` is seeded pseudo-random bytes (content no
 tool recognises); ``empty`` leaves the partition all zeros."""
@@ -118,6 +119,7 @@ _FS_FAMILY: Final = {
     "raw": "raw",
     "empty": "empty",
     "xfs": "xfs",
+    "btrfs": "btrfs",
 }
 
 # Partition type aliases, resolved here rather than by sfdisk because sfdisk's own
@@ -149,9 +151,12 @@ _MBR_TYPES: Final = {
     "raid": "fd",
 }
 _DEFAULT_TYPE: Final = {
-    "gpt": {"ext": "linux", "fat": "msdata", "ntfs": "msdata", "swap": "swap", "xfs": "linux"},
-    "mbr": {"ext": "linux", "fat": "", "ntfs": "ntfs", "swap": "swap", "xfs": "linux"},
-}
+    "gpt": {"ext": "linux", "fat": "msdata", "ntfs": "msdata", "swap": "swap"}
+    | {"xfs": "linux", "btrfs": "linux"},
+    "mbr": {"ext": "linux", "fat": "", "ntfs": "ntfs", "swap": "swap"}
+    | {"xfs": "linux", "btrfs": "linux"},
+}  # mbr fat: by FAT width
+_CONTENT_FAMILIES: Final = ("ext", "fat", "ntfs", "xfs", "btrfs")  # take a content directory
 _MBR_EXTENDED: Final = frozenset({"5", "f", "85"})  # as sfdisk --json spells them
 _SECTOR_SIZES: Final = (512, 1024, 2048, 4096)
 _LABEL_FORBIDDEN: Final = re.compile(r'["\n\r\x00]')
@@ -164,8 +169,8 @@ class PartitionSpec:
 
     ``size`` is in bytes, a multiple of the sector size; ``0`` means "the rest of the
     disk" and is allowed for the last partition only. ``content`` is a directory copied
-    into ext2/3/4, FAT, NTFS and XFS filesystems (XFS by a loop mount, so as root).
-    ``type`` is an alias (``linux``, ``swap``,
+    into ext2/3/4, FAT, NTFS, XFS and btrfs filesystems (XFS by a loop mount, so as
+    root). ``type`` is an alias (``linux``, ``swap``,
     ``uefi``/``esp``, ``bios``, ``msdata``, ``home``, ``lvm``, ``raid``, and for MBR also
     ``ntfs``, ``fat12``, ``fat16``, ``fat32``, ``nonfs``), a GPT type GUID or an MBR hex
     code. By default it follows ``fs`` (Linux data, Linux swap, Microsoft basic data for
@@ -191,7 +196,7 @@ class PartitionSpec:
             raise UsageError(f"label {self.label!r} contains a quote or a control character")
         if self.type is not None and not _TYPE_ALLOWED.match(self.type):
             raise UsageError(f"partition type {self.type!r} is not an alias, GUID or hex code")
-        if self.content is not None and _FS_FAMILY[self.fs] not in ("ext", "fat", "ntfs", "xfs"):
+        if self.content is not None and _FS_FAMILY[self.fs] not in _CONTENT_FAMILIES:
             raise UsageError(f"{self.fs} partitions take no content directory")
 
 
@@ -313,6 +318,7 @@ _PACKAGES: Final = {
     "ntfscp": "ntfs-3g",
     "ntfs-3g": "ntfs-3g",
     "mkswap": "util-linux",
+    "mkfs.btrfs": "btrfs-progs",
     "fusermount3": "fuse3",
     "fusermount": "fuse3",
 }
@@ -581,6 +587,12 @@ def _fill_partition(
         if part.content:
             _xfs_copy(part.content, fs_file, work / f"mnt-{index}")
             mode = "tree"
+
+    elif family == "btrfs":  # --rootdir fills it without mounting (no root needed)
+        options = ["-q", "-f", "-s", "4096", *(["-L", label] if label else [])]
+        options += ["--rootdir", os.fspath(part.content)] if part.content else []
+        _run("mkfs.btrfs", *options, fs_file)
+        mode = "tree" if part.content else "none"
     _splice(fs_file, image, offset)
     fs_file.unlink()
     return mode

@@ -4,7 +4,8 @@ Process model: ``mount`` forks a server that starts its own session (so a
 terminal's Ctrl-C reaches only the foreground command, which then tears down in
 order) and serves :class:`SnapshotTree` until unmounted. With ``filesystems``,
 the command, not the server, then attaches ``pN.img`` to read-only loop devices
-and mounts them (ext2/3/4 and XFS by the kernel, NTFS by ntfs-3g, as root); FAT and any
+and mounts them (ext2/3/4 and XFS by the kernel, NTFS by ntfs-3g, as root); FAT, btrfs
+(whose UUID the kernel may already know from the mounted source) and any
 filesystem when not root are shown by blockvault's own parsers inside the tree.
 
 Every loop device and inner mount is written to a state file before it is made,
@@ -389,6 +390,8 @@ def mount(
                 note = "" if root else "not root: served by blockvault's reader"
                 if record.filesystem.startswith("fat"):
                     note = "FAT: served by blockvault's reader (no vfat in every kernel)"
+                if record.filesystem == "btrfs":  # the kernel knows a btrfs by its UUID
+                    note = "btrfs: served by blockvault's reader (the source may be mounted)"
                 state.inner.append(InnerMount(record.number, target, "blockvault", note=note))
     state.save()
     try:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Final, Protocol, TypeVar, cast
 
+from blockvault.browse.btrfs import BtrfsFilesystem
 from blockvault.browse.ext import ExtFilesystem
 from blockvault.browse.fat import FatFilesystem
 from blockvault.browse.filesystem import Entry, Filesystem, NotFound, normalize
@@ -59,6 +60,7 @@ PARSERS: Final[dict[str, Callable[[BinaryIO, str], Filesystem[object]]]] = {
     "fat32": FatFilesystem,
     "ntfs": NtfsFilesystem,
     "xfs": XfsFilesystem,
+    "btrfs": BtrfsFilesystem,
 }
 """Filesystem type as the manifest records it -> parser."""
 

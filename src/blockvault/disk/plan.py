@@ -81,11 +81,11 @@ BIOS_BOOT_GUID = "21686148-6449-6e6f-744e-656564454649"  # GRUB's boot.img point
 class DoesNotFit(UsageError):
     """The partitions, each at its filesystem's minimum, need more than the target has."""
 
-    def __init__(self, missing: int, have: int, kept: str = "") -> None:
+    def __init__(self, missing: int, have: int, why: str = "") -> None:
         super().__init__(
             f"the target is too small: it has {have} bytes, and {missing} bytes are "
-            "missing even with every shrinkable filesystem at its minimum; "
-            f"{kept}nothing was written",
+            "missing even with every shrinkable filesystem at its minimum"
+            f"{'; ' + why if why else ''}; nothing was written",
         )
         self.have = have
         self.missing = missing

@@ -20,7 +20,13 @@ from typing import Protocol
 from blockvault.disk.device import Device, Region, open_device
 from blockvault.disk.fs.hidden import move_hidden_sectors
 from blockvault.disk.fs.probe import probe
-from blockvault.disk.fs.resize import can_grow, can_shrink, grow_filesystem, shrink_filesystem
+from blockvault.disk.fs.resize import (
+    can_grow,
+    can_shrink,
+    grow_filesystem,
+    kept_size,
+    shrink_filesystem,
+)
 from blockvault.disk.plan import (
     DoesNotFit,
     LayoutPlan,
@@ -142,12 +148,12 @@ def plan_shrink(
         if not kept:
             raise
         what = ", ".join(f"{n} ({filesystems.get(n) or 'unknown content'})" for n in kept)
-        raise DoesNotFit(
-            exc.missing,
-            exc.have,
+        why = [
             f"{agree(len(kept), 'partition')} {what} cannot shrink (XFS has no way to "
-            "shrink, unknown content is kept whole; ext2/3/4 and NTFS can); ",
-        ) from None
+            "shrink, unknown content is kept whole; ext2/3/4 and NTFS can)"
+        ]
+        why += [f"partition {n}: {r}" for n in kept if (r := kept_size(filesystems.get(n, "")))]
+        raise DoesNotFit(exc.missing, exc.have, "; ".join(why)) from None
     shrinking = [p.number for p in plan.placements if p.action == "shrink"]
     if not shrinking:
         return plan, None

@@ -272,6 +272,78 @@ def xfs_used(image: Path, info: FilesystemInfo) -> None:
     assert info.used == partclone_image(image, image.parent).used
 
 
+# --- btrfs -------------------------------------------------------------------------
+
+
+def build_btrfs(workdir: Path, size: int, *options: str) -> Path:
+    image = new_image(workdir / "btrfs.img", size)
+    sh("mkfs.btrfs", "-q", "-f", "-L", "bvtest", *options, "--rootdir", source_tree(workdir), image)
+    return image
+
+
+@dataclass(frozen=True)
+class ProgsChunk:
+    """A chunk as ``btrfs inspect-internal dump-tree -t chunk`` prints it."""
+
+    logical: int
+    length: int
+    type: str  # "METADATA|DUP", "DATA|single", ...
+    stripes: tuple[int, ...]  # physical offsets
+
+
+def progs_chunks(image: Path) -> list[ProgsChunk]:
+    out = sh("btrfs", "inspect-internal", "dump-tree", "-t", "chunk", image)
+    chunks = []
+    for item in re.split(r"\n\titem \d+ ", out):
+        key = re.match(r"key \(FIRST_CHUNK_TREE CHUNK_ITEM (\d+)\)", item)
+        if key:
+            length = _number(r"length (\d+)", item)
+            kind = re.search(r"type (\S+)", item)
+            assert kind, item
+            stripes = tuple(int(x) for x in re.findall(r"stripe \d+ devid \d+ offset (\d+)", item))
+            chunks.append(ProgsChunk(int(key[1]), length, kind[1], stripes))
+    return chunks
+
+
+def progs_extents(image: Path) -> list[tuple[int, int]]:
+    """Logical (start, length) of every EXTENT_ITEM and METADATA_ITEM in the extent
+    tree, as ``btrfs inspect-internal dump-tree -t extent`` prints its leaves."""
+    nodesize = _number(r"^nodesize\s+(\d+)", sh("btrfs", "inspect-internal", "dump-super", image))
+    out = sh("btrfs", "inspect-internal", "dump-tree", "-t", "extent", image)
+    found = []
+    for start, kind, offset in re.findall(
+        r"^\titem \d+ key \((\d+) (EXTENT_ITEM|METADATA_ITEM) (\d+)\)", out, re.M
+    ):
+        found.append((int(start), int(offset) if kind == "EXTENT_ITEM" else nodesize))
+    return found
+
+
+def progs_physical(chunks: list[ProgsChunk], logical: int, length: int) -> list[tuple[int, int]]:
+    """Every copy of a logical range on the (single) device; single and DUP only."""
+    for chunk in chunks:
+        if chunk.logical <= logical < chunk.logical + chunk.length:
+            assert logical + length <= chunk.logical + chunk.length
+            assert chunk.type.endswith(("|single", "|DUP")), chunk.type
+            return [(s + logical - chunk.logical, length) for s in chunk.stripes]
+    raise AssertionError(f"logical {logical} in no chunk")
+
+
+def btrfs_progs_used(image: Path) -> ExtentMap:
+    """What btrfs-progs says is used: the boot area and primary superblock, the
+    mirrors that fit, and every copy of every extent the extent tree records."""
+    size = image.stat().st_size
+    used = [(0, 68 * 1024)] + [(at, 4096) for at in (64 * MiB, 256 << 30) if at + 4096 <= size]
+    chunks = progs_chunks(image)
+    for logical, length in progs_extents(image):
+        used += progs_physical(chunks, logical, length)
+    return ExtentMap(used)
+
+
+def btrfs_used(image: Path, info: FilesystemInfo) -> None:
+    assert info.note is None
+    assert info.used == btrfs_progs_used(image)
+
+
 # --- the cases every filesystem map runs -------------------------------------------
 
 
@@ -288,14 +360,14 @@ class FsCase:
 
     def read_back(self, image: Path, source: Path, scratch: Path) -> object:
         """The files of ``source`` as the filesystem's own tools read them from ``image``."""
-        if self.module in ("ext", "fat"):
+        if self.module in ("ext", "fat", "btrfs"):
             return tree(image, self.type, scratch)
         if self.module == "ntfs":
             return ntfs_files(image, source)
         return None
 
     def expected(self, source: Path) -> object:
-        if self.module in ("ext", "fat"):
+        if self.module in ("ext", "fat", "btrfs"):
             return manifest(source)
         if self.module == "ntfs":
             return {ntfs_name(p.relative_to(source)): p.read_bytes() for p in files_of(source)}
@@ -306,6 +378,7 @@ E2 = ("mke2fs", "dumpe2fs", "debugfs", "e2fsck", "blkid")
 FAT = ("mkfs.fat", "fsck.fat", "mcopy", "mdel", "mshowfat", "blkid")
 XFS = ("mkfs.xfs", "partclone.xfs", "xfs_repair", "blkid")
 NTFS = ("mkntfs", "ntfscp", "ntfsinfo", "ntfsfix", "ntfscat", "blkid")
+BTRFS = ("mkfs.btrfs", "btrfs", "blkid", "mount")
 
 
 def _ext(id: str, type: str, size: int, *options: str) -> FsCase:
@@ -320,6 +393,10 @@ def _fat(id: str, bits: int, size: int, *options: str) -> FsCase:
 
 def _ntfs(id: str, size: int, *options: str) -> FsCase:
     return FsCase(id, "ntfs", "ntfs", NTFS, lambda w: build_ntfs(w, size, *options), ntfs_used)
+
+
+def _btrfs(id: str, size: int, *options: str) -> FsCase:
+    return FsCase(id, "btrfs", "btrfs", BTRFS, lambda w: build_btrfs(w, size, *options), btrfs_used)
 
 
 def _swap(id: str, page: int) -> FsCase:
@@ -353,6 +430,9 @@ CASES = [
     FsCase(
         "xfs", "xfs", "xfs", XFS, lambda w: build_xfs(w, 320 * MiB, "-b", "size=2048"), xfs_used
     ),
+    _btrfs("btrfs-dup", 256 * MiB),  # single-device default: DUP metadata
+    _btrfs("btrfs-mixed-xxhash", 128 * MiB, "-M", "--csum", "xxhash"),
+    _btrfs("btrfs-single-fat-metadata", 256 * MiB, "-m", "single", "-O", "^skinny-metadata"),
     _swap("swap-4k", 4096),
     _swap("swap-64k", 65536),
 ]

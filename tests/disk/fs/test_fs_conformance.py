@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from blockvault.disk.device import open_device
-from blockvault.disk.fs import ext, fat, ntfs, swap, xfs
+from blockvault.disk.fs import btrfs, ext, fat, ntfs, swap, xfs
 from tests.fstree import fsck
 
 from .conftest import Built
 from .fsimages import blkid, copy_used, read_map
 
-MODULES = {"ext": ext, "fat": fat, "ntfs": ntfs, "swap": swap, "xfs": xfs}
+MODULES = {"ext": ext, "fat": fat, "ntfs": ntfs, "swap": swap, "xfs": xfs, "btrfs": btrfs}
 
 
 def test_type_label_and_uuid_agree_with_blkid(built: Built) -> None:

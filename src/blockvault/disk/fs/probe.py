@@ -3,7 +3,7 @@
 The modules are tried in a fixed order, each ``detect`` looking only at its
 own signature: ext (magic at byte 1024+56), NTFS (OEM id "NTFS    "), FAT (a
 sane BPB that is not NTFS or exFAT), swap (magic at the end of the first page),
-XFS (``XFSB`` at byte 0).
+XFS (``XFSB`` at byte 0), btrfs (magic in the superblock at 64 KiB).
 A signature that matches but leads to inconsistent structures raises
 ``FilesystemError`` rather than falling back to raw here: the caller decides (the
 layout images such a partition raw and warns with the reason, never silently).
@@ -15,7 +15,7 @@ import functools
 from collections.abc import Callable
 
 from blockvault.disk.device import Reader
-from blockvault.disk.fs import FilesystemInfo, ext, fat, md, ntfs, swap, xfs
+from blockvault.disk.fs import FilesystemInfo, btrfs, ext, fat, md, ntfs, swap, xfs
 from blockvault.disk.volumes import luks, lvm
 from blockvault.extents import ExtentMap
 
@@ -32,6 +32,7 @@ _MODULES: tuple[tuple[Callable[[Reader], bool], Callable[[Reader], FilesystemInf
     (fat.detect, fat.read),
     (swap.detect, swap.read),
     (xfs.detect, xfs.read),
+    (btrfs.detect, btrfs.read),
 )
 # Volume layers (disk/volumes) come after the filesystems: their content is probed
 # again through their mapping, so a LUKS container holding a PV is read to the end.

@@ -25,13 +25,15 @@ from blockvault.disk.fs.probe import probe
 from blockvault.disk.volumes.lvm_resize import plan_resize, write_resized
 from blockvault.errors import DeviceError, UsageError
 
-__all__ = ["can_grow", "can_shrink", "grow_filesystem", "shrink_filesystem"]
+__all__ = ["can_grow", "can_shrink", "grow_filesystem", "kept_size", "shrink_filesystem"]
 
 
 def can_grow(fs: str) -> str | None:
     """None when ``fs`` can be grown, else why not (checked before anything is written)."""
     if fs.startswith(("ext", "fat")) or fs in ("ntfs", "xfs", "lvm2"):
         return None
+    if fs == "btrfs":
+        return "btrfs grows only while mounted ('btrfs filesystem resize max MOUNTPOINT')"
     return f"a {fs or 'unknown'} partition has no filesystem blockvault can grow"
 
 
@@ -120,6 +122,16 @@ def _copy(source: Region | Device, at: int, target: Device, to: int, length: int
         block = source.read_at(at + pos, min(step, length - pos))
         if block.count(0) != len(block):  # scratch files stay sparse
             target.write_at(to + pos, block)
+
+
+def kept_size(fs: str) -> str | None:
+    """Why a filesystem that may not shrink keeps its size, where the user can help."""
+    if fs == "btrfs":
+        return (
+            "btrfs shrinks only while mounted, so its partition keeps its size (shrink it "
+            "with 'btrfs filesystem resize' on the source, then back up again)"
+        )
+    return None
 
 
 def can_shrink(fs: str) -> bool:
