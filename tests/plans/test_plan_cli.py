@@ -138,7 +138,9 @@ def test_add_list_show_edit_remove_round_trip_through_the_file(
         (["--timeout", "0m"], "plan p: timeout must be longer than 0"),
         (["--check", "every 1d subset 500%"], "subset is a percentage from 1 to 100"),
         (["--disk", "/etc", "--system"], "plan p: give one source"),
-        (["/home", "/etc"], "plan p: file backup (paths = [...]) is not in this version"),
+        (["/no/such/path"], "plan p: path /no/such/path does not exist"),
+        (["/etc", "--exclude", "a/[z-a]"], "plan p: exclude pattern not understood"),
+        (["--live", "sometimes"], "plan p: live = 'sometimes': a disk, partitions or system"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_nothing_is_saved(

@@ -23,6 +23,7 @@ import pytest
 
 from blockvault.errors import PlanError
 from blockvault.events import Event, TaskAdvanced
+from blockvault.files.restore import restore_files
 from blockvault.pipeline.backup import backup
 from blockvault.pipeline.restore import restore
 from blockvault.plans.model import CheckSpec, Plan, RunRecord
@@ -150,6 +151,46 @@ def test_partition_plan_images_only_its_partition(
     assert record.status == "ok", record.error
     snap = Repository.open(repo_path).resolve(record.snapshot or "")
     assert snap.imaged_partitions_numbers == (2,)
+
+
+def test_files_plan_backs_up_its_paths_without_the_excluded_and_restores_them(
+    repo_path: str, history: History, tmp_path: Path
+) -> None:
+    """A plan of paths is a file backup: incremental, kept by its policy, verified,
+    and what its exclude patterns name is left out."""
+    source = tmp_path / "home"
+    (source / "ann" / "cache").mkdir(parents=True)
+    (source / "ann" / "thesis.txt").write_text("chapter one\n" * 1000)
+    (source / "ann" / "cache" / "big.tmp").write_bytes(os.urandom(4096))
+    plan = plan_for(
+        "",
+        repo_path,
+        source_kind="files",
+        sources=(str(source),),
+        exclude=("*.tmp",),
+        retention=Policy(last=1),
+        verify="snapshot",
+    )
+    first = run_plan(plan, history, trigger="manual", reporter=quiet)
+    (source / "ann" / "notes.txt").write_text("new\n")
+    second = run_plan(plan, history, trigger="schedule", reporter=quiet)
+    assert (first.status, second.status) == ("ok", "ok"), (first.error, second.error)
+    repo = Repository.open(repo_path)
+    assert [s.id for s in repo.snapshots()] == [second.snapshot]  # keep last 1
+    snap = repo.resolve(second.snapshot or "")
+    assert snap.kind == "files" and snap.parent == first.snapshot
+    assert second.bytes_read < first.bytes_read  # the unchanged file was not read again
+    out = tmp_path / "out"
+    restore_files(repo, snap, str(source), out)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "ann",
+        "ann/cache",
+        "ann/notes.txt",
+        "ann/thesis.txt",
+    ]
+    assert (out / "ann" / "thesis.txt").read_bytes() == (source / "ann" / "thesis.txt").read_bytes()
+    log = Path(second.log or "").read_text()
+    assert f"verify of snapshot {second.snapshot[:12]}: OK" in log
 
 
 def test_hooks_run_in_order_with_the_outcome_in_their_environment(

@@ -12,6 +12,7 @@ a restored system needs).
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -112,7 +113,7 @@ def _spec(patterns: tuple[str, ...]) -> pathspec.PathSpec[Any] | None:
         raise UsageError(f"more than {MAX_PATTERNS} exclude patterns")
     try:
         return pathspec.GitIgnoreSpec.from_lines(patterns)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, re.error) as exc:  # re.error: "[z-a]" and the like
         raise UsageError(f"exclude pattern not understood: {exc}") from None
 
 

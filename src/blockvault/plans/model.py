@@ -31,7 +31,7 @@ __all__ = [
 
 # disk: one whole disk (sources = (device,)); partition: partitions of one disk
 # (sources = their device paths, all on one disk); system: what the running system
-# needs, found at run time (sources = ()); files: paths (refused until file backup exists)
+# needs, found at run time (sources = ()); files: a file backup of absolute paths
 SourceKind = Literal["disk", "system", "partition", "files"]
 # snapshot: re-read and re-hash the new snapshot's chunks; source: also compare its
 # used blocks with the source it was taken from (``verify --against``)
@@ -75,6 +75,8 @@ class Plan:
     enabled: bool = True
     timeout: int | None = None  # seconds a run may take; None: no limit
     password_file: str | None = None  # the repository's passphrase, first line
+    exclude: tuple[str, ...] = ()  # files plans: gitignore-style patterns left out
+    live: str | None = None  # disk plans: how a source in use is read (disk/live.py)
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ def resolve_source(plan: Plan, *, sysfs: Path = SYSFS) -> tuple[str, tuple[int, 
                 where=where,
             )
         return disks.pop(), tuple(sorted(numbers))
-    raise PlanError("file backup is not in this version of blockvault", where=where)
+    raise PlanError("a file backup has no disk", where=where)
 
 
 def preflight(plan: Plan) -> Repository:
@@ -83,7 +83,12 @@ def preflight(plan: Plan) -> Repository:
     for name, command in (("pre", plan.pre), ("post", plan.post)):
         if command is not None:
             _require_executable(plan, name, command)
-    resolve_source(plan)
+    if plan.source_kind == "files":
+        for path in plan.sources:
+            if not os.path.lexists(path):
+                raise PlanError(f"path {path} does not exist", where=f"plan {plan.name}")
+    else:
+        resolve_source(plan)
     if plan.verify == "source" and plan.source_kind != "disk":
         raise PlanError(
             "verify = 'source' compares a whole disk; use verify = 'snapshot' for partitions "

@@ -37,6 +37,8 @@ from typing import IO, Final
 
 from blockvault.errors import BlockvaultError, Interrupted, PlanError
 from blockvault.events import Event, Noted, Reporter, TaskFinished, TaskStarted, Warned
+from blockvault.files.backup import backup_files
+from blockvault.files.select import Selection
 from blockvault.pipeline.backup import backup
 from blockvault.pipeline.verify import verify
 from blockvault.plans.model import Plan, RunRecord, RunStatus, Trigger
@@ -267,17 +269,26 @@ class _Run:
             self.ended("failed", f"internal error: {type(exc).__name__}: {exc}")
 
     def backup(self, repo: Repository) -> None:
-        disk, partitions = resolve_source(self.plan)
-        self.disk = disk
-        what = f"partitions {', '.join(map(str, partitions))} of {disk}" if partitions else disk
-        self.log.line(f"backup of {what} into {self.plan.repo}")
-        snap = backup(
-            repo,
-            disk,
-            partitions=partitions,
-            tags=(plan_tag(self.plan.name),),
-            reporter=self.report,
-        )
+        tags = (plan_tag(self.plan.name),)
+        if self.plan.source_kind == "files":
+            self.log.line(f"file backup of {' '.join(self.plan.sources)} into {self.plan.repo}")
+            selection = Selection(exclude=self.plan.exclude)
+            snap = backup_files(
+                repo, self.plan.sources, selection=selection, tags=tags, reporter=self.report
+            )
+        else:
+            disk, partitions = resolve_source(self.plan)
+            self.disk = disk
+            what = f"partitions {', '.join(map(str, partitions))} of {disk}" if partitions else disk
+            self.log.line(f"backup of {what} into {self.plan.repo}")
+            snap = backup(
+                repo,
+                disk,
+                partitions=partitions,
+                tags=tags,
+                live=self.plan.live,
+                reporter=self.report,
+            )
         self.snapshot = snap
         stats = snap.stats
         self.record = replace(

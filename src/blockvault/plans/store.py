@@ -31,7 +31,9 @@ from typing import Any, Final, Self, cast, get_args
 
 import tomli_w
 
+from blockvault.disk.live import LIVE_METHODS
 from blockvault.errors import PlanError, PlanNotFound, ScheduleError, UsageError
+from blockvault.files.select import Selection
 from blockvault.plans.model import (
     CheckSpec,
     Plan,
@@ -88,6 +90,8 @@ PLAN_KEYS: Final = {
     "enabled",
     "timeout",
     "password_file",
+    "exclude",
+    "live",
 }
 KEEP_RUNS: Final = 100  # history rows (and logs) kept per plan; older ones are removed
 
@@ -133,13 +137,7 @@ def plan_from_table(name: str, table: Mapping[str, Any]) -> Plan:
             raise PlanError(
                 f"{key} names no {'partition' if key == 'partitions' else 'path'}", where=where
             )
-    if kind == "files":
-        raise PlanError(
-            "file backup (paths = [...]) is not in this version of blockvault; back up a "
-            "disk (disk = DEV), partitions (partitions = [DEV, ...]) or the system "
-            "(system = true)",
-            where=where,
-        )
+    exclude, live = _file_and_live_options(where, field, table, kind)
     timeout = field.optional_text("timeout")
     verify = field.optional_text("verify")
     if verify is not None and verify not in get_args(VerifySpec):
@@ -177,8 +175,41 @@ def plan_from_table(name: str, table: Mapping[str, Any]) -> Plan:
         enabled=True if "enabled" not in table else field.flag("enabled"),
         timeout=None if timeout is None else _seconds(where, "timeout", timeout),
         password_file=field.optional_text("password_file"),
+        exclude=exclude,
+        live=live,
     )
     return plan
+
+
+def _file_and_live_options(
+    where: str, field: _Fields, table: Mapping[str, Any], kind: SourceKind
+) -> tuple[tuple[str, ...], str | None]:
+    """``exclude`` (files plans: absolute paths, gitignore-style patterns) and ``live``
+    (disk plans: how a source in use is read), each refused where it means nothing."""
+    if kind == "files":
+        relative = [p for p in field.texts("paths") if not p.startswith("/")]
+        if relative:
+            raise PlanError(f"paths: {relative[0]!r} is not an absolute path", where=where)
+        if table.get("verify") == "source":
+            raise PlanError(
+                "verify = 'source' compares a disk; a file backup takes verify = 'snapshot'",
+                where=where,
+            )
+    exclude = field.texts("exclude") if "exclude" in table else ()
+    if exclude and kind != "files":
+        raise PlanError("exclude = [...] is for file backups (paths = [...])", where=where)
+    try:
+        Selection(exclude=exclude).matchers()
+    except UsageError as exc:
+        raise PlanError(str(exc), where=where) from None
+    live = field.optional_text("live")
+    if live is not None and (kind == "files" or live not in LIVE_METHODS):
+        raise PlanError(
+            f"live = {live!r}: a disk, partitions or system plan takes one of "
+            f"{', '.join(LIVE_METHODS)}",
+            where=where,
+        )
+    return exclude, live
 
 
 def _check_schedule(where: str, spec: str, window: str | None) -> None:
@@ -206,6 +237,7 @@ def plan_to_table(plan: Plan) -> dict[str, Any]:
         "pre": plan.pre,
         "post": plan.post,
         "password_file": plan.password_file,
+        "live": plan.live,
         "timeout": None if plan.timeout is None else duration_text(timedelta(seconds=plan.timeout)),
     }
     table.update({k: v for k, v in optional.items() if v is not None})
@@ -213,6 +245,8 @@ def plan_to_table(plan: Plan) -> dict[str, Any]:
         table["pre_failure"] = plan.pre_failure
     if plan.notify:
         table["notify"] = list(plan.notify)
+    if plan.exclude:
+        table["exclude"] = list(plan.exclude)
     if not plan.enabled:
         table["enabled"] = False
     if plan.retention is not None:

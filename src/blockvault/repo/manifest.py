@@ -154,7 +154,7 @@ class Snapshot:
     def to_json(self) -> bytes:
         data = asdict(self)
         data.pop("id")
-        for optional in (*_OPTIONAL, "live"):
+        for optional in _OPTIONAL:  # absent reads as it did before they existed
             if not data[optional]:
                 data.pop(optional)
         if data["kind"] == "disk":

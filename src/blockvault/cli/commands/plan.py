@@ -122,6 +122,19 @@ def plan_options(command: F) -> F:
             metavar="FILE",
             help="The repository's passphrase for the plan's runs (first line of FILE).",
         ),
+        click.option(
+            "--exclude",
+            multiple=True,
+            metavar="PATTERN",
+            help="File plans: leave out what matches this gitignore-style pattern "
+            "(repeatable; replaces the list; 'none' clears it).",
+        ),
+        click.option(
+            "--live",
+            metavar="METHOD",
+            help="Disk plans: how a disk in use is read: auto, lvm or unsafe-reread "
+            "(see 'backup --live'; 'none' for the default).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -133,7 +146,7 @@ def changed_table(table: dict[str, Any], given: dict[str, Any]) -> dict[str, Any
     table = dict(table)
     if given["paths"]:
         table.pop("disk", None)
-        table["paths"] = list(given["paths"])  # refused, with the reason, when read
+        table["paths"] = list(given["paths"])
     sources = [k for k in ("disk", "partitions", "system") if given[k]]
     if len(sources) + bool(given["paths"]) > 1:
         raise PlanError(
@@ -148,7 +161,7 @@ def changed_table(table: dict[str, Any], given: dict[str, Any]) -> dict[str, Any
     for key in ("repo", "schedule", "pre_failure", "password_file"):
         if given[key] is not None:
             table[key] = given[key]
-    for key in ("window", "timeout", "verify"):
+    for key in ("window", "timeout", "verify", "live"):
         if given[key] is not None:
             _set(table, key, None if given[key] == NONE else given[key])
     for key in ("pre", "post"):
@@ -159,6 +172,8 @@ def changed_table(table: dict[str, Any], given: dict[str, Any]) -> dict[str, Any
         _set(table, "check", check and {"schedule": check.schedule, "subset": check.subset})
     if given["notify"]:
         _set(table, "notify", None if given["notify"] == (NONE,) else list(given["notify"]))
+    if given["exclude"]:
+        _set(table, "exclude", None if given["exclude"] == (NONE,) else list(given["exclude"]))
     rules = {r: given[f"keep_{r}"] for r in KEEP_RULES if given[f"keep_{r}"] is not None}
     if given["keep_within"] is not None:
         rules["within"] = given["keep_within"]
