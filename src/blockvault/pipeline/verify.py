@@ -1,5 +1,7 @@
 """Verify snapshots: every referenced chunk is present and hashes to its id; with a
-source given, every used byte of the source equals the snapshot's.
+source given, every used byte of the source equals the snapshot's. A file snapshot's
+objects (trees and content, its index's files region) are each read and re-hashed;
+comparing one with a source is a disk snapshot's job (``diff`` compares file trees).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from blockvault.disk.device import Device, open_device
 from blockvault.errors import IntegrityError, Interrupted, UsageError
 from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.events import quiet as quiet_reporter
+from blockvault.extents import ExtentMap
 from blockvault.pipeline.stages import is_zero, ordered_map, read_chunk, workers
 from blockvault.repo import ChunkRef, Region, Repository, Snapshot
+from blockvault.repo import format as fmt
 from blockvault.repo.index import Index
 
 __all__ = ["Problem", "VerifyResult", "verify"]
@@ -63,11 +67,24 @@ def _shared_damage(
         for region in index.regions:
             if not bad or (snap.id, region.name) in reported:
                 continue
-            for ref in region.chunks(index.chunk_size):
+            for ref in _refs(region, index.chunk_size):
                 if ref.chunk_id in bad and ref.used:
                     where = region.start + ref.offset
                     yield Problem(snap.id, region.name, where, bad[ref.chunk_id])
                     break
+
+
+def _refs(region: Region, chunk_size: int) -> Iterator[ChunkRef]:
+    """A region's chunks; a files region (no layout) as one reference per object, at
+    offset 0 with a one-byte used map (its size is known once read)."""
+    if region.kind != fmt.REGION_FILES:
+        yield from region.chunks(chunk_size)
+        return
+    for k, raw in enumerate(region.chunk_ids):
+        yield ChunkRef(k, 0, 0, raw.hex(), _OBJECT)
+
+
+_OBJECT = ExtentMap.span(0, 1)
 
 
 def verify(
@@ -81,6 +98,11 @@ def verify(
     It only reads, which an ``Interrupted`` leaving it says."""
     if against is not None and len(snapshots) != 1:
         raise UsageError("--against needs exactly one snapshot")
+    if against is not None and snapshots[0].kind == "files":
+        raise UsageError(
+            f"snapshot {snapshots[0].id[:12]} holds files, not a disk: --against compares "
+            "disks; 'blockvault diff' compares file snapshots"
+        )
     started = time.monotonic()
     source: Device | None = open_device(against) if against else None
     try:
@@ -103,7 +125,7 @@ def verify(
         def tasks() -> Iterator[tuple[Snapshot, Region, ChunkRef, int]]:
             for snap, index in indexes:
                 for region in index.regions:
-                    for ref in region.chunks(index.chunk_size):
+                    for ref in _refs(region, index.chunk_size):
                         if not ref.used:
                             continue
                         if source is None:
@@ -122,7 +144,9 @@ def verify(
                     bad[ref.chunk_id] = str(exc)
                 return ref.used.total, Problem(snap.id, region.name, where, str(exc))
             if source is None:
-                return ref.used.total, None
+                return len(
+                    data
+                ) if region.kind == fmt.REGION_FILES and data else ref.used.total, None
             mine = read_chunk(source, region.start, ref.offset, ref.length, ref.used)
             if data is None:
                 if mine is None or is_zero(mine):

@@ -2,7 +2,8 @@
 with it (``Repository.load_index`` checks that), every chunk an index names exists
 with a stored size a chunk can have (from the listing, without reading it);
 with ``read_data`` every chunk (or a subset) is read back and re-hashed. Damage is
-reported by snapshot and region.
+reported by snapshot and region. A file snapshot's trees are walked: each must
+parse, and reference only objects its index lists.
 
 Chunks are read once however many snapshots share them; a bad chunk is then
 attributed to every snapshot and region that references it.
@@ -25,6 +26,7 @@ from blockvault.repo.index import Index
 from blockvault.repo.manifest import Snapshot
 from blockvault.repo.repository import Repository
 from blockvault.repo.sessions import read_markers
+from blockvault.repo.tree import TreeRefs, reachable
 
 __all__ = ["CheckResult", "Damage", "Subset", "check_repository", "parse_subset"]
 
@@ -168,6 +170,7 @@ def _check(
                 reporter(TaskAdvanced("check", plain))
         reporter(TaskFinished("check"))
     problems.extend(_attribute(loaded, bad))
+    problems.extend(_check_trees(repo, loaded, bad))
     sessions = read_markers(repo.backend, fmt.SESSION_DIR)
     return CheckResult(
         snapshots=len(loaded) + sum(1 for p in problems if p.region == "manifest" and p.snapshot),
@@ -187,6 +190,11 @@ def _attribute(loaded: list[tuple[Snapshot, Index]], bad: dict[str, str]) -> Ite
         return
     for snap, index in loaded:
         for region in index.regions:
+            if region.kind == fmt.REGION_FILES:  # no layout: each object it keeps alive
+                for raw in region.chunk_ids:
+                    if (chunk_id := raw.hex()) in bad:
+                        yield Damage(snap.id, region.name, 0, chunk_id, bad[chunk_id])
+                continue
             seen: set[str] = set()
             for ref in region.chunks(index.chunk_size):
                 if ref.chunk_id in bad and ref.chunk_id not in seen:
@@ -198,3 +206,21 @@ def _attribute(loaded: list[tuple[Snapshot, Index]], bad: dict[str, str]) -> Ite
                         ref.chunk_id,
                         bad[ref.chunk_id],
                     )
+
+
+def _check_trees(
+    repo: Repository, loaded: list[tuple[Snapshot, Index]], bad: dict[str, str]
+) -> Iterator[Damage]:
+    """A file snapshot's structure: every tree object parses, and every object its trees
+    reference is in its index (else gc would delete it). Each tree is read once."""
+    cache: dict[str, TreeRefs] = {}
+    for snap, index in loaded:
+        if snap.kind != "files":
+            continue
+        reached, problems = reachable(snap.tree, repo.get_chunk, cache, skip=set(bad))
+        for tree_id, detail in problems:
+            yield Damage(snap.id, "files", 0, tree_id, detail)
+        outside = sorted(reached - index.chunk_ids())
+        for object_id in outside:
+            detail = f"object {object_id} is referenced by a tree but not listed in the index"
+            yield Damage(snap.id, "files", 0, object_id, detail)

@@ -39,6 +39,7 @@ class Stats:
     new_bytes: int = 0  # plaintext bytes of those chunks
     stored_bytes: int = 0  # bytes those chunks take in the repository
     seconds: float = 0.0
+    files: int = 0  # file snapshots: regular files in the trees
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ class Snapshot:
     kind: str = "disk"
     paths: tuple[str, ...] = ()
     tree: str = ""
+    # file snapshots: what went wrong but did not stop the backup (unreadable files,
+    # files changed while read), the first MAX_WARNINGS of ``warning_count``
+    warnings: tuple[str, ...] = ()
+    warning_count: int = 0
     id: str = ""  # filled in when read back; not part of the stored JSON
 
     @property
@@ -109,7 +114,7 @@ class Snapshot:
     def to_json(self) -> bytes:
         data = asdict(self)
         data.pop("id")
-        for optional in ("source_id", "parent", "paths", "tree"):
+        for optional in ("source_id", "parent", "paths", "tree", "warnings", "warning_count"):
             if not data[optional]:  # absent reads as it did before they existed
                 data.pop(optional)
         if data["kind"] == "disk":
@@ -138,6 +143,14 @@ class Snapshot:
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
             raise ValueError("paths: a list of strings is expected")
         data["paths"] = tuple(paths)
+        warnings = data.get("warnings", [])
+        if (
+            not isinstance(warnings, list)
+            or len(warnings) > MAX_WARNINGS
+            or not all(isinstance(w, str) and len(w) <= 4096 for w in warnings)
+        ):
+            raise ValueError(f"warnings: a list of at most {MAX_WARNINGS} strings is expected")
+        data["warnings"] = tuple(warnings)
         if data.get("kind", "disk") not in ("disk", "files"):
             raise ValueError(f"kind: {data['kind']!r} is neither disk nor files")
         if data.get("tree") and not fmt.is_object_id(data["tree"]):
@@ -151,6 +164,7 @@ class Snapshot:
 
 
 MAX_PARTITIONS = 256  # GPT holds 128; more is damage
+MAX_WARNINGS = 100  # a file snapshot keeps its first warnings; the count says how many
 
 
 # the JSON types a field of each declared type may hold (bool is no int here)

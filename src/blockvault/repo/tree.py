@@ -39,9 +39,11 @@ __all__ = [
     "MAX_TREE_DEPTH",
     "Node",
     "Slice",
+    "TreeRefs",
     "decode_tree",
     "encode_tree",
     "load_tree",
+    "reachable",
     "store_tree",
 ]
 
@@ -205,9 +207,12 @@ def store_tree(nodes: list[Node], put: Callable[[bytes], str]) -> str:
     return next_id
 
 
-def load_tree(tree_id: str, get: Callable[[str], bytes]) -> Iterator[Node]:
+def load_tree(
+    tree_id: str, get: Callable[[str], bytes], pieces: list[str] | None = None
+) -> Iterator[Node]:
     """A directory's nodes in name order, following continuations; ``get`` returns an
-    object's verified plaintext. At most ``MAX_NODES`` nodes and one visit per object."""
+    object's verified plaintext. At most ``MAX_NODES`` nodes and one visit per object.
+    ``pieces``, if given, receives the id of each object read (the continuations too)."""
     seen: set[str] = set()
     count = 0
     last = b""
@@ -215,6 +220,8 @@ def load_tree(tree_id: str, get: Callable[[str], bytes]) -> Iterator[Node]:
         if tree_id in seen:
             raise ValueError(f"tree {tree_id[:12]} continues into itself")
         seen.add(tree_id)
+        if pieces is not None:
+            pieces.append(tree_id)
         nodes, tree_id = decode_tree(get(tree_id))
         count += len(nodes)
         if count > MAX_NODES:
@@ -224,6 +231,56 @@ def load_tree(tree_id: str, get: Callable[[str], bytes]) -> Iterator[Node]:
         if nodes:
             last = os.fsencode(nodes[-1].name)
         yield from nodes
+
+
+@dataclass(frozen=True)
+class TreeRefs:
+    """What one directory's tree references: its own objects (continuations included),
+    its subdirectories' trees and its files' chunks."""
+
+    pieces: tuple[str, ...]
+    subtrees: tuple[str, ...]
+    chunks: frozenset[str]
+
+
+def reachable(
+    root: str,
+    get: Callable[[str], bytes],
+    cache: dict[str, TreeRefs],
+    skip: set[str] | frozenset[str] = frozenset(),
+) -> tuple[set[str], list[tuple[str, str]]]:
+    """Every object reachable from the tree ``root`` (trees and content), and the trees
+    that could not be read, as ``(id, what is wrong)``. ``cache`` keeps what each tree
+    references across calls (snapshots share most trees); ids in ``skip`` (known bad)
+    are counted but not read. Iterative: a deep tree costs no recursion."""
+    reached: set[str] = set()
+    problems: list[tuple[str, str]] = []
+    todo = [root]
+    while todo:
+        tree_id = todo.pop()
+        if tree_id in reached:
+            continue
+        reached.add(tree_id)
+        if tree_id in skip:
+            continue
+        refs = cache.get(tree_id)
+        if refs is None:
+            pieces: list[str] = []
+            try:
+                nodes = list(load_tree(tree_id, get, pieces))
+            except Exception as exc:  # any damage: reported, the walk goes on
+                problems.append((tree_id, f"tree {tree_id}: {exc}"))
+                continue
+            refs = TreeRefs(
+                tuple(pieces),
+                tuple(n.subtree for n in nodes if n.kind == "dir"),
+                frozenset(s.chunk_id for n in nodes for s in n.content if s.chunk_id),
+            )
+            cache[tree_id] = refs
+        reached.update(refs.pieces)
+        reached.update(refs.chunks)
+        todo.extend(refs.subtrees)
+    return reached, problems
 
 
 def _text(data: dict[str, Any], key: str, default: str | None = None) -> str:

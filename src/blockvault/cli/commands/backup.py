@@ -1,13 +1,16 @@
-"""``blockvault backup SOURCE``: image a disk or chosen partitions."""
+"""``blockvault backup SOURCE``: image a disk or chosen partitions (or back up files:
+``backup_files.py``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from blockvault.cli import render
 from blockvault.cli.commands import json_option, open_repo, raw_option, system_root_option
+from blockvault.cli.commands.backup_files import files_options, is_file_mode, run_file_backup
 from blockvault.disk.layout import refuse_plain_path
 from blockvault.disk.system import choose_system
 from blockvault.errors import UsageError
@@ -16,7 +19,7 @@ from blockvault.pipeline.backup import backup
 
 def register(group: click.Group) -> None:
     @group.command("backup")
-    @click.argument("source", type=click.Path(dir_okay=False), required=False)
+    @click.argument("sources", metavar="SOURCE...", nargs=-1)
     @click.option(
         "-p",
         "--partition",
@@ -42,11 +45,13 @@ def register(group: click.Group) -> None:
     )
     @system_root_option
     @raw_option
+    @files_options
     @json_option
     @click.pass_context
     def backup_command(
         ctx: click.Context,
-        source: str | None,
+        /,
+        sources: tuple[str, ...],
         partitions: tuple[int, ...],
         tags: tuple[str, ...],
         compression: str | None,
@@ -54,9 +59,20 @@ def register(group: click.Group) -> None:
         root: str,
         raw: bool,
         as_json: bool,
+        **file_options: Any,
     ) -> None:
         """Image SOURCE (a block device or disk image file) into the repository, reading
-        only the blocks its filesystems use. Prints the new snapshot's id."""
+        only the blocks its filesystems use; or, when SOURCE is a directory (or with
+        --files), back up the files and directories given. Prints the new snapshot's id."""
+        if not system and is_file_mode(sources, file_options):
+            repo = open_repo(ctx)
+            if compression:
+                repo = repo.with_compression(compression)
+            run_file_backup(repo, sources, tags, file_options, as_json)
+            return
+        if len(sources) > 1:
+            raise UsageError("a disk backup takes one SOURCE (directories mean a file backup)")
+        source = sources[0] if sources else None
         if system == (source is not None):
             raise UsageError("give either SOURCE or --system, not both or neither")
         if source is None:

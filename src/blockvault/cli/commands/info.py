@@ -86,6 +86,9 @@ def register(group: click.Group) -> None:
         """Show SNAPSHOT (an id, a unique id prefix, or 'latest'): its layout, each
         partition's filesystem and used bytes, chunk counts, dedup and compression."""
         repo, snap = open_snapshot(ctx, snapshot)
+        if snap.kind == "files":
+            files_info(repo, snap, repo.load_index(snap), as_json)
+            return
         summary = summarize(repo, snap, repo.load_index(snap))
         if as_json:
             render.emit_json(summary)
@@ -142,3 +145,34 @@ def register(group: click.Group) -> None:
             f"stored (compression {summary.compression_ratio:.2f}x, "
             f"dedup within the snapshot {summary.dedup_ratio:.2f}x)"
         )
+
+
+def files_info(repo: Repository, snap: Snapshot, index: Index, as_json: bool) -> None:
+    """A file snapshot: what was backed up, how much, what it stores, what went wrong."""
+    objects = index.chunk_ids()
+    stored = repo.stored_size(objects)
+    if as_json:
+        render.emit_json({"snapshot": snap, "objects": len(objects), "stored_bytes": stored})
+        return
+    s = snap.stats
+    host, source = shown(snap.host), shown(snap.source)
+    click.echo(
+        f"snapshot {snap.id}\n  time {snap.time}  host {host}  source {source}\n"
+        f"  files {' '.join(shown(p) for p in snap.paths)}"
+        + (f"\n  tags {shown(', '.join(snap.tags))}" if snap.tags else "")
+    )
+    if snap.parent:
+        click.echo(f"  parent {snap.parent}")
+    click.echo(
+        f"{render.plural(s.files, 'file')}, {render.size(s.used_bytes)}; "
+        f"{render.plural(len(objects), 'object')} (trees and content) take "
+        f"{render.size(stored)} in the repository; this backup read "
+        f"{render.size(s.read_bytes)} and added {render.size(s.stored_bytes)} "
+        f"in {s.seconds:.1f}s"
+    )
+    if snap.warning_count:
+        click.echo(f"{render.plural(snap.warning_count, 'warning')}:")
+        for warning in snap.warnings:
+            click.echo(f"  {shown(warning)}")
+        if snap.warning_count > len(snap.warnings):
+            click.echo(f"  ... and {snap.warning_count - len(snap.warnings)} more")
