@@ -72,10 +72,11 @@ class Address:
 def parse_address(text: str) -> Address:
     match = _ADDRESS.match(text)
     part = match.group("part") if match else None
-    if match is None or (part is not None and not part.isdigit()):
+    if match is None or (part and not part.isdigit()):  # "SNAP:/PATH": a file snapshot
         raise BrowseError(
             f"{text!r} is not SNAPSHOT[:PARTITION][/PATH], such as latest:2/etc/fstab "
-            "(SNAPSHOT: an id, a unique prefix or latest; PARTITION: a number)"
+            "(SNAPSHOT: an id, a unique prefix or latest; PARTITION: a number; a file "
+            "snapshot has none: latest:/home/ann)"
         )
     return Address(
         match.group("snapshot"), int(part) if part else None, normalize(match.group("path") or "/")

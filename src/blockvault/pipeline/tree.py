@@ -22,6 +22,13 @@ be hostile. Its invariants:
 * Nothing existing is replaced unless ``overwrite`` (then a file or symlink is
   replaced and a directory merged into); a name written twice in one session (a
   duplicate directory entry) is refused as unsafe.
+* Device nodes and FIFOs are made (``mknod``/``mkfifo`` at a temporary name) but
+  never opened; hard links join two paths that are both walked as above;
+  :meth:`TreeWriter.remove` deletes a subtree by descriptors, unlinking a symlink
+  and never following it. Metadata is set in the order that keeps it: owner, then
+  mode (``chown`` clears set-id bits), then xattrs (``chown`` and writes clear
+  ``security.capability``; an ACL xattr after the mode, which it agrees with),
+  then times.
 """
 
 from __future__ import annotations
@@ -37,12 +44,14 @@ from typing import Final
 
 from blockvault.errors import TargetNotEmpty, UnsafeName
 
-__all__ = ["HOLE_GRAIN", "NAME_MAX", "Metadata", "TreeWriter", "check_name"]
+__all__ = ["HOLE_GRAIN", "NAME_MAX", "NODE_TYPES", "Block", "Metadata", "TreeWriter", "check_name"]
 
 NAME_MAX: Final = 255  # bytes in one name, as Linux filesystems allow
 HOLE_GRAIN: Final = 64 * 1024  # zero runs this long (and aligned) become holes
+Block = bytes | memoryview | int  # data, or (an int) a hole of that many bytes
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_PREFIX: Final = ".blockvault-tmp-"
+NODE_TYPES: Final = {"chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK, "fifo": stat.S_IFIFO}
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,7 @@ class Metadata:
     gid: int | None = None
     atime_ns: int | None = None
     mtime_ns: int | None = None
+    xattrs: tuple[tuple[str, bytes], ...] = ()  # set as given, after owner and mode
 
 
 def check_name(name: str, separators: str = "/") -> None:
@@ -118,9 +128,10 @@ class TreeWriter:
                     os.mkdir(name, 0o700, dir_fd=parent)
 
     def write_file(
-        self, path: Sequence[str], blocks: Iterable[bytes], meta: Metadata | None = None
+        self, path: Sequence[str], blocks: Iterable[Block], meta: Metadata | None = None
     ) -> int:
-        """Write ``blocks`` as file ``path`` (temp name, fsync, rename); returns its size."""
+        """Write ``blocks`` as file ``path`` (temp name, fsync, rename); returns its size.
+        A block that is an ``int`` is a hole of that many zero bytes, never written."""
         with self._parent(path) as (parent, name):
             self._check_replaceable(parent, name, path)
             temp = _TEMP_PREFIX + secrets.token_hex(8)
@@ -160,14 +171,105 @@ class TreeWriter:
                     os.unlink(temp, dir_fd=parent)
                 raise
 
+    def make_node(
+        self, path: Sequence[str], kind: str, rdev: int = 0, meta: Metadata | None = None
+    ) -> None:
+        """Make a device node or FIFO (``kind`` a key of ``NODE_TYPES``); never opened."""
+        with self._parent(path) as (parent, name):
+            self._check_replaceable(parent, name, path)
+            temp = _TEMP_PREFIX + secrets.token_hex(8)
+            os.mknod(temp, 0o600 | NODE_TYPES[kind], rdev, dir_fd=parent)
+            try:
+                self._apply_at(parent, temp, meta, chmod=True)
+                os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp, dir_fd=parent)
+                raise
+
+    def link(self, path: Sequence[str], existing: Sequence[str]) -> None:
+        """Make ``path`` a hard link to ``existing``, an entry this writer made."""
+        with (
+            self._parent(existing, made=True) as (src_parent, src_name),
+            self._parent(path) as (parent, name),
+        ):
+            self._check_replaceable(parent, name, path)
+            temp = _TEMP_PREFIX + secrets.token_hex(8)
+            os.link(src_name, temp, src_dir_fd=src_parent, dst_dir_fd=parent, follow_symlinks=False)
+            try:
+                os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp, dir_fd=parent)
+                raise
+
+    def lstat(self, path: Sequence[str]) -> os.stat_result | None:
+        """The entry at ``path`` as it is now (``()``: the destination), or None when it
+        or a parent is missing; a parent that is not a directory raises ``UnsafeName``."""
+        if not path:
+            return os.fstat(self._root)
+        try:
+            with self._parent(path, made=True) as (parent, name):
+                return os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except UnsafeName as exc:
+            if "is missing" in exc.fields["detail"]:
+                return None
+            raise
+
+    def readlink(self, path: Sequence[str]) -> str:
+        """The target of the symlink at ``path`` (never followed)."""
+        with self._parent(path, made=True) as (parent, name):
+            return os.readlink(name, dir_fd=parent)
+
+    def listdir(self, path: Sequence[str]) -> list[str]:
+        """The names in directory ``path`` (``()``: the destination) now, temporary
+        files of this writer left out."""
+        with self._directory(path) as fd:
+            names = [os.fsdecode(n) for n in os.listdir(fd)]
+        return sorted(n for n in names if not n.startswith(_TEMP_PREFIX))
+
+    def remove_temporaries(self, path: Sequence[str]) -> int:
+        """Delete the temporary files a killed writer left in directory ``path`` (a
+        rerun's first step there); how many."""
+        with self._directory(path) as fd:
+            stale = [n for n in os.listdir(fd) if n.startswith(_TEMP_PREFIX)]
+            for name in stale:
+                _remove_at(fd, name)
+        return len(stale)
+
+    def remove(self, path: Sequence[str]) -> None:
+        """Delete the entry at ``path`` and, for a directory, all below it; a symlink
+        is unlinked, never followed."""
+        with self._parent(path, made=True) as (parent, name):
+            _remove_at(parent, name)
+
+    def read_file(self, path: Sequence[str], block: int = 1 << 20) -> Iterator[bytes]:
+        """The bytes of the regular file at ``path`` (for verifying what was written)."""
+        with self._parent(path, made=True) as (parent, name):
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnsafeName("it is not a regular file", path=self._show(path))
+            while data := os.read(fd, block):
+                yield data
+        finally:
+            os.close(fd)
+
     def set_metadata(self, path: Sequence[str], meta: Metadata) -> None:
         """Set ``meta`` on the entry at ``path`` (a directory's times after its children
         are written); a symlink gets owners and times, never a mode."""
         with self._parent(path, made=True) as (parent, name):
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                # symlinks, devices and FIFOs are never opened: a device's open acts
+                self._apply_at(parent, name, meta, chmod=not stat.S_ISLNK(st.st_mode))
+                return
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=parent)
             except OSError as exc:
-                if exc.errno != errno.ELOOP:
+                if exc.errno != errno.ELOOP:  # replaced by a symlink since the stat
                     raise
                 self._apply_at(parent, name, meta)
                 return
@@ -178,6 +280,26 @@ class TreeWriter:
                 os.close(fd)
 
     # --- walking -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _directory(self, path: Sequence[str]) -> Iterator[int]:
+        """A descriptor of directory ``path`` (``()``: the destination), walked safely."""
+        if not path:
+            fd = os.dup(self._root)
+        else:
+            with self._parent(path, made=True) as (parent, name):
+                try:
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    raise UnsafeName(
+                        "is not a directory (a symlink is never followed)", path=self._show(path)
+                    ) from None
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
     @contextlib.contextmanager
     def _parent(self, path: Sequence[str], made: bool = False) -> Iterator[tuple[int, str]]:
         """The descriptor of ``path``'s parent (walked without following symlinks) and
@@ -240,19 +362,46 @@ class TreeWriter:
             os.fchown(fd, meta.uid, meta.gid)
         if meta.mode is not None:  # after chown, which clears set-id bits
             os.fchmod(fd, stat.S_IMODE(meta.mode))
+        for key, value in meta.xattrs:
+            os.setxattr(fd, key, value)
         times = _times(meta)
         if times is not None:
             os.utime(fd, ns=times)
 
-    def _apply_at(self, parent: int, name: str, meta: Metadata | None) -> None:
-        """Owners and times of the symlink ``name`` itself."""
+    def _apply_at(self, parent: int, name: str, meta: Metadata | None, chmod: bool = False) -> None:
+        """Metadata of the entry ``name`` itself, by name: a symlink (owners, xattrs and
+        times; no mode), or with ``chmod`` a device or FIFO, which is never opened."""
         if meta is None:
             return
         if self.owners and meta.uid is not None and meta.gid is not None:
             os.chown(name, meta.uid, meta.gid, dir_fd=parent, follow_symlinks=False)
+        if chmod and meta.mode is not None:
+            os.chmod(name, stat.S_IMODE(meta.mode), dir_fd=parent)
+        for key, value in meta.xattrs:  # by the parent's descriptor: no path is walked
+            os.setxattr(f"/proc/self/fd/{parent}/{name}", key, value, follow_symlinks=False)
         times = _times(meta)
         if times is not None:
             os.utime(name, ns=times, dir_fd=parent, follow_symlinks=False)
+
+
+def _remove_at(parent: int, name: str) -> None:
+    """Delete ``name`` in directory ``parent``, a directory with all below it."""
+    try:
+        os.unlink(name, dir_fd=parent)
+        return
+    except IsADirectoryError:
+        pass
+    except PermissionError:  # EPERM: unlink of a directory on Linux
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode):
+            raise
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    try:
+        for child in os.listdir(fd):
+            _remove_at(fd, child)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent)
 
 
 def _times(meta: Metadata) -> tuple[int, int] | None:
@@ -261,11 +410,15 @@ def _times(meta: Metadata) -> tuple[int, int] | None:
     return (meta.atime_ns if meta.atime_ns is not None else meta.mtime_ns, meta.mtime_ns)
 
 
-def _write_sparse(fd: int, blocks: Iterable[bytes]) -> int:
-    """Write ``blocks`` from offset 0, seeking over aligned all-zero grains; the size."""
+def _write_sparse(fd: int, blocks: Iterable[Block]) -> int:
+    """Write ``blocks`` from offset 0, seeking over holes and aligned all-zero grains;
+    the size."""
     zero = bytes(HOLE_GRAIN)
     done = 0
     for block in blocks:
+        if isinstance(block, int):
+            done += block
+            continue
         view = memoryview(block)
         for start in range(0, len(view), HOLE_GRAIN):
             piece = view[start : start + HOLE_GRAIN]
