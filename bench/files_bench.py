@@ -359,10 +359,18 @@ def tool_env(run_dir: Path) -> None:
     )
 
 
-def timed(runner: Runner, tool: Tool, name: str, kind: str, argv: list[str]) -> Step:
-    """One timed step; records the bytes it added to the tool's repository."""
+def timed(
+    runner: Runner, tool: Tool, kind: str, argv: list[str], failed: dict[str, str]
+) -> Step | None:
+    """One timed step; records the bytes it added to the tool's repository. A step that
+    fails is recorded in ``failed`` with its last error line, and the run goes on."""
     before = tool.stored()
-    step = runner.timed(name, kind, tool.name, argv)
+    try:
+        step = runner.timed(f"{tool.name} {kind}", kind, tool.name, argv)
+    except RuntimeError as e:
+        failed[f"{tool.name} {kind}"] = str(e).strip().splitlines()[-1]
+        log(f"  FAILED: {failed[f'{tool.name} {kind}']}")
+        return None
     step.output = tool.stored() - before
     return step
 
@@ -398,34 +406,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "borg": first_line("borg", "--version"),
         },
         "tree": {**tree.summary(), "bytes_on_disk": du_bytes(tree.root), "one_file": one},
-    }  # fmt: skip
+    }
+    failed: dict[str, str] = results.setdefault("failed", {})
     for tool in chosen.values():
         runner.timed(f"{tool.name} init", "init", tool.name, tool.init())
-    for n, label in ((1, "first backup"), (2, "unchanged backup")):
+    for n, kind in ((1, "first backup"), (2, "unchanged backup")):
         for tool in chosen.values():
-            timed(runner, tool, f"{tool.name} {label}", label, tool.backup(tree.root, n))
+            timed(runner, tool, kind, tool.backup(tree.root, n), failed)
     results["change"] = tree.apply_change(args.change)
     for tool in chosen.values():
-        timed(
-            runner, tool, f"{tool.name} changed backup", "changed backup", tool.backup(tree.root, 3)
-        )
+        timed(runner, tool, "changed backup", tool.backup(tree.root, 3), failed)
     for tool in chosen.values():
         target = run_dir / f"{tool.name}-restore"
-        timed(runner, tool, f"{tool.name} full restore", "full restore", tool.restore(target, None))
-        _check_restore(tree, target, tool.name)
-        shutil.rmtree(target)
+        if timed(runner, tool, "full restore", tool.restore(target, None), failed):
+            _check_restore(tree, target, tool.name)
+        shutil.rmtree(target, ignore_errors=True)
         target = run_dir / f"{tool.name}-one"
-        timed(
-            runner,
-            tool,
-            f"{tool.name} one-file restore",
-            "one-file restore",
-            tool.restore(target, one),
-        )
-        found = [p for p in target.rglob(Path(one).name)]
-        if len(found) != 1 or found[0].read_bytes() != (tree.root / one).read_bytes():
-            raise RuntimeError(f"{tool.name}: the one-file restore did not give {one} back")
-        shutil.rmtree(target)
+        if timed(runner, tool, "one-file restore", tool.restore(target, one), failed):
+            found = list(target.rglob(Path(one).name))
+            if len(found) != 1 or found[0].read_bytes() != (tree.root / one).read_bytes():
+                raise RuntimeError(f"{tool.name}: the one-file restore did not give {one} back")
+        shutil.rmtree(target, ignore_errors=True)
     tree.undo_change()
     if args.empty:
         empty = WORK / f"files-empty-{args.empty}"
@@ -436,8 +437,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             tool.repo.parent.mkdir(parents=True, exist_ok=True)
             runner.timed(f"{tool.name} init (empty files)", "init", tool.name, tool.init())
-            for n, label in ((1, "empty files: first backup"), (2, "empty files: unchanged walk")):
-                timed(runner, tool, f"{tool.name} {label}", label, tool.backup(empty, n))
+            for n, kind in ((1, "empty files: first backup"), (2, "empty files: unchanged walk")):
+                timed(runner, tool, kind, tool.backup(empty, n), failed)
     if args.profile and "blockvault" in chosen:
         prof = run_dir / "profile"
         prof.mkdir()
@@ -527,6 +528,8 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=1))
     log(f"results in {out}")
     print(table(results))
+    for name, why in results["failed"].items():
+        print(f"* {name} failed: {why}")
 
 
 if __name__ == "__main__":
