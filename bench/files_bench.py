@@ -505,6 +505,39 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def targets(results: dict[str, Any]) -> list[str]:
+    """The issue's targets, each with the numbers that meet or miss it."""
+    steps = [s for s in results["steps"] if s["kind"] != "init" and s["tool"] in TOOLS]
+    total = {
+        t: sum(s["output"] or 0 for s in steps if s["tool"] == t and "empty" not in s["kind"])
+        for t in TOOLS
+    }
+    peak = {t: max((s["maxrss"] for s in steps if s["tool"] == t), default=0) for t in TOOLS}
+    by = {(s["kind"], s["tool"]): s["wall"] + s["sync"] for s in steps}
+    kinds = dict.fromkeys(s["kind"] for s in steps)
+    slower = [
+        k for k in kinds
+        if (k, "blockvault") in by
+        and any(by[k, "blockvault"] > by.get((k, o), float("inf")) for o in ("restic", "borg"))
+    ]  # fmt: skip
+    smaller = min(total["restic"], total["borg"]) or 1
+    verdict = "yes" if not slower else "no; slower on " + ", ".join(slower)
+    return [
+        f"* faster than both on every row: {verdict}",
+        f"* repository after the three backups: blockvault {total['blockvault'] / MB:,.0f} MB, "
+        f"restic {total['restic'] / MB:,.0f} MB, borg {total['borg'] / MB:,.0f} MB "
+        f"({total['blockvault'] / smaller:.2f} x the smaller)",
+        f"* peak memory: blockvault {peak['blockvault'] / MB:,.0f} MB, restic "
+        f"{peak['restic'] / MB:,.0f} MB, borg {peak['borg'] / MB:,.0f} MB",
+    ]
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [table(results), "", *targets(results)]
+    lines += [f"* {name} failed: {why}" for name, why in results.get("failed", {}).items()]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=200_000, help="files in the tree")
@@ -515,6 +548,7 @@ def main() -> None:
     parser.add_argument("--tools", default=",".join(TOOLS), type=lambda s: s.split(","))
     parser.add_argument("--profile", action="store_true", help="py-spy blockvault's backups")
     parser.add_argument("--keep", action="store_true", help="keep the repositories")
+    parser.add_argument("--report", type=Path, help="only print the tables of a results file")
     parser.add_argument(
         "--patience", type=float, default=Runner.patience, help="seconds to wait for quiet"
     )
@@ -523,13 +557,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     Runner.patience, Runner.attempts = args.patience, args.attempts
+    if args.report:
+        print(report(json.loads(args.report.read_text())))
+        return
     results = run(args)
     out = WORK / f"files-results-{args.files}.json"
     out.write_text(json.dumps(results, indent=1))
     log(f"results in {out}")
-    print(table(results))
-    for name, why in results["failed"].items():
-        print(f"* {name} failed: {why}")
+    print(report(results))
 
 
 if __name__ == "__main__":
