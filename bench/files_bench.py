@@ -386,16 +386,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sys.exit(f"{exe} is not installed: apt-get install restic borgbackup")
     name = f"files-tree-{args.files}-{args.size >> 20}M-{args.seed}"
     tree = Tree(WORK / name, args.files, args.size, args.seed)
-    tree.ensure()
     stamp = datetime.now(UTC)
-    run_dir = WORK / f"files-run-{stamp:%Y%m%dT%H%M%S}"
-    run_dir.mkdir(parents=True)
+    if args.resume:  # the repositories and the changed tree of an interrupted run
+        run_dir = args.resume
+        if not (tree.root / CHANGED).exists():
+            sys.exit(f"{tree.root} is not in its changed state: nothing to resume")
+    else:
+        tree.ensure()
+        run_dir = WORK / f"files-run-{stamp:%Y%m%dT%H%M%S}"
+        run_dir.mkdir(parents=True)
     tool_env(run_dir)
     bv = blockvault_exe(None)
     runner = Runner(run_dir, {str(run_dir): "$RUN", str(tree.root): "$TREE"})
+    runner.logs = run_dir / f"logs-{stamp:%H%M%S}"
     runner.logs.mkdir(parents=True)
     chosen = {k: v for k, v in tools(run_dir, bv, tree.root).items() if k in args.tools}
-    one = next(e.path for e in tree.entries if e.kind == "document")
+    touched = {e.number for part in tree.change_set(args.change) for e in part}
+    one = next(e.path for e in tree.entries if e.kind == "media" and e.number not in touched)
     results: dict[str, Any] = {
         "measured": stamp.isoformat(timespec="seconds"),
         "command": shlex.join(sys.argv),
@@ -408,27 +415,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "tree": {**tree.summary(), "bytes_on_disk": du_bytes(tree.root), "one_file": one},
     }
     failed: dict[str, str] = results.setdefault("failed", {})
-    for tool in chosen.values():
-        runner.timed(f"{tool.name} init", "init", tool.name, tool.init())
-    for n, kind in ((1, "first backup"), (2, "unchanged backup")):
+    if not args.resume:
         for tool in chosen.values():
-            timed(runner, tool, kind, tool.backup(tree.root, n), failed)
-    results["change"] = tree.apply_change(args.change)
-    for tool in chosen.values():
-        timed(runner, tool, "changed backup", tool.backup(tree.root, 3), failed)
+            runner.timed(f"{tool.name} init", "init", tool.name, tool.init())
+        for n, kind in ((1, "first backup"), (2, "unchanged backup")):
+            for tool in chosen.values():
+                timed(runner, tool, kind, tool.backup(tree.root, n), failed)
+        results["change"] = tree.apply_change(args.change)
+        for tool in chosen.values():
+            timed(runner, tool, "changed backup", tool.backup(tree.root, 3), failed)
     for tool in chosen.values():
         target = run_dir / f"{tool.name}-restore"
-        if timed(runner, tool, "full restore", tool.restore(target, None), failed):
+        if "full restore" in args.steps and timed(
+            runner, tool, "full restore", tool.restore(target, None), failed
+        ):
             _check_restore(tree, target, tool.name)
         shutil.rmtree(target, ignore_errors=True)
         target = run_dir / f"{tool.name}-one"
-        if timed(runner, tool, "one-file restore", tool.restore(target, one), failed):
+        if "one-file restore" in args.steps and timed(
+            runner, tool, "one-file restore", tool.restore(target, one), failed
+        ):
             found = list(target.rglob(Path(one).name))
             if len(found) != 1 or found[0].read_bytes() != (tree.root / one).read_bytes():
                 raise RuntimeError(f"{tool.name}: the one-file restore did not give {one} back")
         shutil.rmtree(target, ignore_errors=True)
-    tree.undo_change()
-    if args.empty:
+    if not args.resume or "empty" in args.steps:  # a resumed run's last part puts it back
+        tree.undo_change()
+    if args.empty and "empty" in args.steps:
         empty = WORK / f"files-empty-{args.empty}"
         empty_tree(empty, args.empty)
         runner.names[str(empty)] = "$EMPTY"
@@ -548,7 +561,18 @@ def main() -> None:
     parser.add_argument("--tools", default=",".join(TOOLS), type=lambda s: s.split(","))
     parser.add_argument("--profile", action="store_true", help="py-spy blockvault's backups")
     parser.add_argument("--keep", action="store_true", help="keep the repositories")
-    parser.add_argument("--report", type=Path, help="only print the tables of a results file")
+    parser.add_argument(
+        "--report", type=Path, nargs="+", help="only print the tables of results files"
+    )
+    parser.add_argument(
+        "--resume", type=Path, help="a run directory whose backups are done: restores only"
+    )
+    parser.add_argument(
+        "--steps",
+        default="full restore,one-file restore,empty",
+        type=lambda s: s.split(","),
+        help="with --resume: which of full restore, one-file restore, empty to run",
+    )
     parser.add_argument(
         "--patience", type=float, default=Runner.patience, help="seconds to wait for quiet"
     )
@@ -558,10 +582,13 @@ def main() -> None:
     args = parser.parse_args()
     Runner.patience, Runner.attempts = args.patience, args.attempts
     if args.report:
-        print(report(json.loads(args.report.read_text())))
+        parts = [json.loads(path.read_text()) for path in args.report]
+        merged = {**parts[0], "steps": [s for p in parts for s in p["steps"]]}
+        merged["failed"] = {k: v for p in parts for k, v in p.get("failed", {}).items()}
+        print(report(merged))
         return
     results = run(args)
-    out = WORK / f"files-results-{args.files}.json"
+    out = WORK / f"files-results-{args.files}-{results['measured'][:19].replace(':', '')}.json"
     out.write_text(json.dumps(results, indent=1))
     log(f"results in {out}")
     print(report(results))
