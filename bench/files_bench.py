@@ -276,7 +276,7 @@ def tools(run_dir: Path, bv: list[str], tree_root: Path) -> dict[str, Tool]:
     """The three tools, each with its repository under ``run_dir``; snapshots named by
     backup number, so a restore takes the last one."""
     repos = {name: run_dir / f"{name}-repo" for name in TOOLS}
-    last = {"borg": "0"}
+    last = {"borg": "3"}  # the archive a restore reads: the last backup (a run makes three)
 
     def bv_backup(tree: Path, n: int) -> list[str]:
         return [*bv, "-r", str(repos["blockvault"]), "backup", str(tree), "--tag", f"n{n}"]
@@ -388,7 +388,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tree = Tree(WORK / name, args.files, args.size, args.seed)
     stamp = datetime.now(UTC)
     if args.resume:  # the repositories and the changed tree of an interrupted run
-        run_dir = args.resume
+        run_dir = args.resume.resolve()  # borg extracts after a cd
         if not (tree.root / CHANGED).exists():
             sys.exit(f"{tree.root} is not in its changed state: nothing to resume")
     else:
