@@ -39,6 +39,9 @@ if TYPE_CHECKING:
         Warned,
         quiet,
     )
+    from blockvault.files.backup import backup_files
+    from blockvault.files.select import Selection
+    from blockvault.files.stream import backup_command_output, backup_stream
     from blockvault.interop.sources import import_image
     from blockvault.pipeline.backup import backup
     from blockvault.pipeline.clone import CloneResult, clone
@@ -79,6 +82,11 @@ _EXPORTS: dict[str, str] = {
     "import_image": "blockvault.interop.sources",
     "VerifyResult": "blockvault.pipeline.verify",
     "Problem": "blockvault.pipeline.verify",
+    # file backup: directory trees, and streams such as database dumps (issue 15)
+    "backup_files": "blockvault.files.backup",
+    "Selection": "blockvault.files.select",
+    "backup_stream": "blockvault.files.stream",
+    "backup_command_output": "blockvault.files.stream",
     # a snapshot out of its repository: into another (import) or a one-file image (.bvi)
     "copy_snapshot": "blockvault.pipeline.copy",
     "export_bundle": "blockvault.pipeline.copy",
@@ -147,6 +155,7 @@ __all__ = [
     "RestoreResult",
     "RunRecord",
     "Schedule",
+    "Selection",
     "Selector",
     "Snapshot",
     "Subset",
@@ -157,6 +166,9 @@ __all__ = [
     "Warned",
     "apply_policy",
     "backup",
+    "backup_command_output",
+    "backup_files",
+    "backup_stream",
     "check_repository",
     "clone",
     "collect_garbage",

@@ -24,6 +24,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   ├── BrowseError                      a snapshot path to browse is wrong (browse/)
     │   │   ├── PartitionNotFound                no such imaged partition in the snapshot
     │   │   ├── PathNotFound                     no such file or directory in it
+    │   │   │   └── FilePathNotFound                 ... in a file snapshot's trees
     │   │   ├── UnsupportedFilesystem            swap, raw or unknown content
     │   │   └── MountpointError                  missing, busy or not empty
     │   └── TargetError                      target refused before anything was written
@@ -102,6 +103,7 @@ __all__ = [
     "ChunkMissing",
     "ClockBehind",
     "DeviceError",
+    "FilePathNotFound",
     "FilesystemError",
     "FormatError",
     "ImageDamaged",
@@ -258,6 +260,10 @@ class PartitionNotFound(BrowseError):
 
 class PathNotFound(BrowseError):
     template = "{path} {detail} in partition {partition} of snapshot {snapshot}"
+
+
+class FilePathNotFound(PathNotFound):
+    template = "{path} {detail} in file snapshot {snapshot}"
 
 
 class UnsupportedFilesystem(BrowseError):

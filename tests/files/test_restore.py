@@ -312,3 +312,52 @@ def test_a_hostile_snapshot_writes_nothing_outside(repo: Repository, tmp_path: P
     assert names == {"ok", os.fsdecode(b"caf\xe9"), "d", "evil", "up", "root"}
     assert os.listdir(target / "evil") == []  # its unreadable tree: made, left empty
     assert {p.name for p in tmp_path.iterdir()} == {"repo", "victim", "t"}
+
+
+@needs_root
+def test_owners_by_name_unless_numeric(repo: Repository, tmp_path: Path) -> None:
+    # recorded as uid/gid 4242 named "root" (the ids of another machine): by name here
+    node = {"type": "file", "mode": 0o640, "uid": 4242, "gid": 4243, "mtime_ns": 7}
+    named = {**node, "name": "named", "user": "root", "group": "root", "content": b"a"}
+    unknown = {**node, "name": "unknown", "user": "nobody-here-xyz", "content": b"b"}
+    snap = hand_built(repo, [named, unknown])
+    assert restore(repo, snap.id, tmp_path / "byname").returncode == 0
+    owners = {p.name: (p.lstat().st_uid, p.lstat().st_gid) for p in (tmp_path / "byname").iterdir()}
+    assert owners == {"named": (0, 0), "unknown": (4242, 4243)}
+    assert restore(repo, snap.id, tmp_path / "ids", "--numeric-owner").returncode == 0
+    owners = {p.name: (p.lstat().st_uid, p.lstat().st_gid) for p in (tmp_path / "ids").iterdir()}
+    assert owners == {"named": (4242, 4243), "unknown": (4242, 4243)}
+
+
+def test_wrong_requests_get_one_line(repo: Repository, tmp_path: Path) -> None:
+    src = small_tree(tmp_path / "src")
+    snap = snapshot_of(repo, src)
+    (tmp_path / "file").write_bytes(b"")
+    cases = {
+        "is not a directory": (snap.id, tmp_path / "file"),
+        "a partition is restored with -p 2": (f"{snap.id}:2/x", tmp_path / "t"),
+        "/a/b is not in file snapshot": (f"{snap.id}:/a/./b", tmp_path / "t"),
+    }
+    image = tmp_path / "disk.img"
+    sh("truncate", "-s", "8M", image)
+    sh("mkfs.ext4", "-q", "-F", image)
+    disk = blockvault("-r", repo.location, "backup", image)
+    assert disk.returncode == 0, disk.stderr
+    disk_id = disk.stdout.split()[-1]
+    cases["are for file snapshots"] = (disk_id, tmp_path / "x.img", "--delete")
+    cases["a disk image is restored onto a disk"] = (disk_id, tmp_path)
+    for message, args in cases.items():
+        out = restore(repo, *args)
+        assert out.returncode == 2, (message, out.stderr)
+        assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "t").exists() and not (tmp_path / "x.img").exists()
+    # the metadata of a right file is set again (=), its content not rewritten
+    target = tmp_path / "again"
+    assert restore(repo, snap.id + ":" + str(src), target).returncode == 0
+    os.chmod(target / "top.txt", 0o600)
+    inode = os.stat(target / "top.txt").st_ino
+    dry = restore(repo, snap.id + ":" + str(src), target, "--dry-run")
+    assert dry.stdout.splitlines()[:-1] == ["= /top.txt"]
+    assert restore(repo, snap.id + ":" + str(src), target).returncode == 0
+    st = os.stat(target / "top.txt")
+    assert (st.st_ino, stat.S_IMODE(st.st_mode)) == (inode, 0o644)

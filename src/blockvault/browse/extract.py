@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from blockvault.browse.filesystem import Entry
-from blockvault.browse.volume import Volume
+from blockvault.browse.volume import Volume, format_address
 from blockvault.errors import FilesystemError, IntegrityError, UnsafeName
 from blockvault.events import Reporter, Warned, quiet
 from blockvault.pipeline.tree import Metadata, TreeWriter
@@ -70,7 +70,10 @@ def _place(volume: Volume, top: Entry, dest: Path) -> tuple[Path, str]:
     """The directory the copy goes in and the copy's name: ``dest`` itself names the
     copy, unless it is an existing directory (then the copy goes inside, as ``cp``)."""
     if dest.is_dir():
-        return dest, top.name if top.path != "/" else f"p{volume.number}"
+        if top.path == "/":  # a partition's root, or a file snapshot's
+            whole = volume.snapshot.id[:12] if volume.snapshot.kind == "files" else None
+            return dest, whole or f"p{volume.number}"
+        return dest, top.name
     return dest.parent, dest.name
 
 
@@ -134,7 +137,7 @@ def extract(
             for where, meta in reversed(made_dirs):
                 writer.set_metadata(where, meta)
     return ExtractResult(
-        f"{volume.snapshot.id[:12]}:{volume.number}{top.path}",
+        format_address(volume.snapshot.id, volume.number, top.path),
         str(parent / name),
         files,
         dirs,

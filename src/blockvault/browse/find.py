@@ -11,7 +11,8 @@ import fnmatch
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from blockvault.browse.volume import PARSERS, open_volume
+from blockvault.browse.tree import files_record
+from blockvault.browse.volume import PARSERS, format_address, open_volume
 from blockvault.errors import BlockvaultError, IntegrityError, PartitionNotFound
 from blockvault.events import Reporter, Warned, quiet
 from blockvault.repo.manifest import Snapshot
@@ -33,7 +34,7 @@ class Match:
 
     @property
     def address(self) -> str:
-        return f"{self.snapshot[:12]}:{self.partition}{self.path}"
+        return format_address(self.snapshot, self.partition, self.path)
 
 
 def find(
@@ -51,6 +52,8 @@ def find(
     chosen = snapshots if snapshots is not None else repo.snapshots()
     for snap in sorted(chosen, key=lambda s: s.time, reverse=True):
         records = [p for p in snap.imaged_partitions if p.filesystem in PARSERS]
+        if snap.kind == "files":  # its trees, one volume
+            records = [files_record(snap)]
         if partition is not None:
             records = [p for p in records if p.number == partition]
             if not records and len(chosen) == 1:

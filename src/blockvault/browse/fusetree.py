@@ -27,7 +27,7 @@ from blockvault.browse.volume import Volume
 from blockvault.errors import BlockvaultError, PathNotFound, UnsafeName
 from blockvault.pipeline.tree import check_name
 
-__all__ = ["SnapshotTree", "answer"]
+__all__ = ["SnapshotTree", "answer", "entry_stat", "node_stat", "servable"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def answer(exc: Exception, path: str) -> int:
     return errno.EIO
 
 
-def _servable(name: str, path: str) -> bool:
+def servable(name: str, path: str) -> bool:
     """Whether a stored name can be listed: the kernel fails a whole listing (EIO) for
     one holding ``/``, and ``..``, NUL or an overlong name is no better."""
     try:
@@ -62,6 +62,32 @@ def _servable(name: str, path: str) -> bool:
         log.warning("%s: not listed: %s", path, exc)
         return False
     return True
+
+
+def node_stat(mode: int, size: int, mtime_ns: int, nlink: int = 1) -> dict[str, Any]:
+    """What ``getattr`` answers for an entry the tree makes up (images, directories)."""
+    return {
+        "st_mode": mode,
+        "st_size": size,
+        "st_nlink": nlink,
+        "st_mtime": mtime_ns,
+        "st_atime": mtime_ns,
+        "st_ctime": mtime_ns,
+        "st_uid": 0,
+        "st_gid": 0,
+        "st_blocks": (size + 511) // 512,
+    }
+
+
+def entry_stat(entry: Entry) -> dict[str, Any]:
+    """What ``getattr`` answers for an entry of a snapshot's filesystem."""
+    mode = entry.mode & ~0o222  # read-only, whatever the snapshot says
+    result = node_stat(mode, entry.size, entry.mtime_ns, 2 if entry.kind == "dir" else 1)
+    if entry.uid is not None:
+        result["st_uid"], result["st_gid"] = entry.uid, entry.gid
+    if entry.atime_ns is not None:
+        result["st_atime"] = entry.atime_ns
+    return result
 
 
 class Image(Protocol):
@@ -99,26 +125,10 @@ class SnapshotTree(Operations):  # type: ignore[misc]
         return top, "/" + rest
 
     def _stat(self, mode: int, size: int, mtime_ns: int, nlink: int = 1) -> dict[str, Any]:
-        return {
-            "st_mode": mode,
-            "st_size": size,
-            "st_nlink": nlink,
-            "st_mtime": mtime_ns,
-            "st_atime": mtime_ns,
-            "st_ctime": mtime_ns,
-            "st_uid": 0,
-            "st_gid": 0,
-            "st_blocks": (size + 511) // 512,
-        }
+        return node_stat(mode, size, mtime_ns, nlink)
 
     def _entry_stat(self, entry: Entry) -> dict[str, Any]:
-        mode = entry.mode & ~0o222  # read-only, whatever the snapshot says
-        result = self._stat(mode, entry.size, entry.mtime_ns, 2 if entry.kind == "dir" else 1)
-        if entry.uid is not None:
-            result["st_uid"], result["st_gid"] = entry.uid, entry.gid
-        if entry.atime_ns is not None:
-            result["st_atime"] = entry.atime_ns
-        return result
+        return entry_stat(entry)
 
     def _view(self, name: str, call: Callable[[Volume], Any], what: str = "") -> Any:
         volume = self.views.get(name)
@@ -153,7 +163,7 @@ class SnapshotTree(Operations):  # type: ignore[misc]
         if top in self.kernel_dirs:
             return [".", ".."]
         children: list[tuple[str, Entry]] = self._view(top, lambda v: v.children(rest), rest)
-        return [".", "..", *(name for name, _e in children if _servable(name, path))]
+        return [".", "..", *(name for name, _e in children if servable(name, path))]
 
     def readlink(self, path: str) -> str:
         top, rest = self._split(path)

@@ -184,9 +184,8 @@ def _serve(
     ready: int,
 ) -> None:
     """Runs in the forked server: build the tree, tell the parent when libfuse is up."""
-    from mfusepy import FUSE
-
     from blockvault.browse.fusetree import SnapshotTree
+    from blockvault.browse.repotree import Catalog, RepositoryTree
 
     def tell(message: str) -> None:
         with contextlib.suppress(OSError):
@@ -196,7 +195,23 @@ def _serve(
     try:
         _log_to_file(mountpoint)
         repo = open_repo()
+        if not snapshot_id:  # the whole repository, by id, time and host
+            catalog = Catalog(list(repo.listing().usable()))
+            _fuse(
+                RepositoryTree(repo, catalog, None, time.time_ns(), lambda: tell("ok")),
+                mountpoint,
+                "repository",
+            )
+            return
         snap = repo.load_snapshot(snapshot_id)
+        stamp = int(_parse_time(snap.time) * 1e9)
+        if snap.kind == "files":  # its files at the root
+            _fuse(
+                RepositoryTree(repo, None, snap, stamp, lambda: tell("ok")),
+                mountpoint,
+                snap.id[:12],
+            )
+            return
         index = repo.load_index(snap)
         readers = {}
         for region in index.regions:
@@ -216,22 +231,28 @@ def _serve(
                         shown[f"p{record.number}"] = open_volume(repo, snap, record.number, index)
                     except BlockvaultError as exc:  # damaged: its image only
                         log.error("p%d/ not shown: %s", record.number, exc)
-        stamp = int(_parse_time(snap.time) * 1e9)
         tree = SnapshotTree(images, shown, {f"p{n}" for n in kernel}, stamp, lambda: tell("ok"))
-        FUSE(
-            tree,
-            str(mountpoint),
-            foreground=True,
-            ro=True,
-            fsname=f"blockvault:{snap.id[:12]}",
-            subtype="blockvault",
-            default_permissions=True,
-        )
+        _fuse(tree, mountpoint, snap.id[:12])
     except BaseException as exc:  # reported to the parent, then the server exits
         log.error("the server stops: %s", exc, exc_info=not isinstance(exc, BlockvaultError))
         tell(f"error: {exc}")
     finally:
         _after_server(str(mountpoint))
+
+
+def _fuse(tree: object, mountpoint: Path, name: str) -> None:
+    """Serve ``tree`` at ``mountpoint`` until unmounted."""
+    from mfusepy import FUSE
+
+    FUSE(
+        tree,
+        str(mountpoint),
+        foreground=True,
+        ro=True,
+        fsname=f"blockvault:{name}",
+        subtype="blockvault",
+        default_permissions=True,
+    )
 
 
 def _after_server(mountpoint: str) -> None:
@@ -256,7 +277,7 @@ def _parse_time(text: str) -> float:
 
 def _spawn(
     open_repo: Callable[[], Repository],
-    snap: Snapshot,
+    snapshot_id: str,
     where: Path,
     views: bool,
     kernel: set[int],
@@ -272,7 +293,7 @@ def _spawn(
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(null, fd)
-            _serve(open_repo, snap.id, where, views, kernel, write_end)
+            _serve(open_repo, snapshot_id, where, views, kernel, write_end)
         finally:
             os._exit(0)
     os.close(write_end)
@@ -305,26 +326,25 @@ def _spawn(
 
 def mount(
     open_repo: Callable[[], Repository],
-    snap: Snapshot,
+    snap: Snapshot | None,
     mountpoint: str | os.PathLike[str],
     *,
     filesystems: bool = False,
 ) -> MountState:
     """Serve ``snap`` at ``mountpoint`` from a forked server; returns once the images (and
-    with ``filesystems`` the partitions' filesystems) are mounted. The caller either
+    with ``filesystems`` the partitions' filesystems) are mounted. ``snap`` None serves
+    the whole repository (``browse/repotree.py``), as does a file snapshot its files.
+    The caller either
     returns (the server lives on until ``unmount``) or waits with :func:`wait`."""
     where = check_mountpoint(mountpoint)
     root = os.geteuid() == 0
     kernel: dict[int, str] = {}
+    records = snap.imaged_partitions if snap is not None else ()
     if filesystems and root:
-        kernel = {
-            p.number: _KERNEL[p.filesystem]
-            for p in snap.imaged_partitions
-            if p.filesystem in _KERNEL
-        }
-    pid = _spawn(open_repo, snap, where, filesystems, set(kernel))
-    state = MountState(str(where), snap.id, pid)
-    if filesystems:
+        kernel = {p.number: _KERNEL[p.filesystem] for p in records if p.filesystem in _KERNEL}
+    pid = _spawn(open_repo, snap.id if snap else "", where, filesystems, set(kernel))
+    state = MountState(str(where), snap.id if snap else "", pid)
+    if filesystems and snap is not None:
         for record in snap.imaged_partitions:
             target = str(where / f"p{record.number}")
             if record.number in kernel:

@@ -11,23 +11,24 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Final, TypeVar, cast
+from typing import BinaryIO, Final, Protocol, TypeVar, cast
 
 from blockvault.browse.ext import ExtFilesystem
 from blockvault.browse.fat import FatFilesystem
 from blockvault.browse.filesystem import Entry, Filesystem, NotFound, normalize
 from blockvault.browse.ntfs import NtfsFilesystem
 from blockvault.browse.stream import RegionFile, region_reader
+from blockvault.browse.tree import FILES_VOLUME, TreeFilesystem, files_record
 from blockvault.errors import (
     BlockvaultError,
     BrowseError,
+    FilePathNotFound,
     FilesystemError,
     PartitionNotFound,
     PathNotFound,
     UnsupportedFilesystem,
 )
 from blockvault.repo import format as fmt
-from blockvault.repo.image import RegionReader
 from blockvault.repo.index import Index
 from blockvault.repo.manifest import PartitionRecord, Snapshot
 from blockvault.repo.repository import Repository
@@ -37,6 +38,7 @@ __all__ = [
     "Address",
     "Volume",
     "default_partition",
+    "format_address",
     "imaged_partition",
     "locate",
     "open_filesystem",
@@ -83,20 +85,32 @@ def parse_address(text: str) -> Address:
     )
 
 
+def format_address(snapshot_id: str, number: int, path: str) -> str:
+    """The address of ``path`` in volume ``number``: ``ID:2/etc``, ``ID:/home`` for a
+    file snapshot's trees."""
+    return f"{snapshot_id[:12]}:{'' if number == FILES_VOLUME else number}{path}"
+
+
 def open_filesystem(file: BinaryIO, fs_type: str) -> Filesystem[object]:
     """The parser for ``fs_type`` (as the manifest records it) over ``file``; raises
     ``KeyError`` for types no parser reads and the parser's error for bad content."""
     return PARSERS[fs_type](file, fs_type)
 
 
+class Fetching(Protocol):
+    @property
+    def fetched(self) -> int: ...
+
+
 class Volume:
-    """One imaged partition of a snapshot, read as a filesystem. Not thread-safe."""
+    """One imaged partition of a snapshot, read as a filesystem (or a file snapshot's
+    trees, volume ``FILES_VOLUME``). Not thread-safe."""
 
     def __init__(
         self,
         snapshot: Snapshot,
         record: PartitionRecord,
-        reader: RegionReader,
+        reader: Fetching,
         fs: Filesystem[object],
     ) -> None:
         self.snapshot = snapshot
@@ -117,6 +131,10 @@ class Volume:
         try:
             return call()
         except NotFound as exc:
+            if self.snapshot.kind == "files":
+                raise FilePathNotFound(
+                    exc.detail, path=exc.missing, snapshot=self.snapshot.id[:12], errno=exc.errno
+                ) from None
             raise PathNotFound(
                 exc.detail,
                 path=exc.missing,
@@ -164,6 +182,13 @@ class Volume:
 
 
 def imaged_partition(repo: Repository, snapshot: Snapshot, number: int) -> PartitionRecord:
+    if snapshot.kind == "files":
+        if number != FILES_VOLUME:
+            raise BrowseError(
+                f"snapshot {snapshot.id[:12]} is a file snapshot, without partitions: "
+                f"address its files as {snapshot.id[:12]}:/PATH"
+            )
+        return files_record(snapshot)
     record = snapshot.partition(number)
     if record is None or not record.imaged:
         numbers = ", ".join(str(p.number) for p in snapshot.imaged_partitions) or "none"
@@ -178,7 +203,9 @@ def imaged_partition(repo: Repository, snapshot: Snapshot, number: int) -> Parti
 
 def default_partition(snapshot: Snapshot) -> int | None:
     """The partition an address without ``:PART`` means: the only one of a disk without
-    a partition table, else none."""
+    a partition table, else none (a file snapshot: its one volume)."""
+    if snapshot.kind == "files":
+        return FILES_VOLUME
     if snapshot.table == "none" and len(snapshot.partitions) == 1:
         return snapshot.partitions[0].number
     return None
@@ -190,6 +217,9 @@ def open_volume(
     """Partition ``number`` of ``snapshot`` as a filesystem; fetches only the chunks
     its superblock and the paths later asked for need."""
     record = imaged_partition(repo, snapshot, number)
+    if snapshot.kind == "files":
+        trees = TreeFilesystem(repo, snapshot)
+        return Volume(snapshot, record, trees, cast(Filesystem[object], trees))
     if record.filesystem not in PARSERS:
         raise UnsupportedFilesystem(
             fs=record.filesystem or "unknown content",

@@ -172,6 +172,7 @@ def send(
     SIGINT (KeyboardInterrupt) ends the session: receivers are told, and
     CastInterrupted says how many had verified."""
     started = time.monotonic()
+    snapshot.require_disk("casting")
     if len(session) > msg.TEXT:
         raise UsageError(f"a session name has at most {msg.TEXT} characters")
     need, items, ids, gpt_backup = plan(repo, snapshot, partition)

@@ -33,7 +33,9 @@ import pwd
 import socket
 import stat
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -44,13 +46,14 @@ from blockvault.events import Noted, Reporter, TaskAdvanced, TaskFinished, TaskS
 from blockvault.events import quiet as quiet_reporter
 from blockvault.extents import ExtentMap
 from blockvault.files import chunker
+from blockvault.files.fssnapshot import PathMap, snapshotted
 from blockvault.files.select import Excluder, Selection
 from blockvault.pipeline.stages import is_zero, ordered_map, workers
 from blockvault.repo import Index, Region, Repository, Snapshot, Stats
 from blockvault.repo import format as fmt
 from blockvault.repo.manifest import MAX_WARNINGS
 from blockvault.repo.sessions import DEFAULT_TIMING, Timing
-from blockvault.repo.tree import Node, Slice, load_tree, store_tree
+from blockvault.repo.tree import MAX_TREE_DEPTH, Node, Slice, load_tree, store_tree
 from blockvault.repo.writer import WriterSession
 
 __all__ = [
@@ -66,17 +69,32 @@ __all__ = [
 SMALL_FILE: Final = 256 << 10  # files smaller than this are packed with others
 PACK_TARGET: Final = 1 << 20  # a pack is stored once it holds this many bytes...
 PACK_FILES: Final = 4096  # ...or this many files
+_BATCH: Final = 256  # walk items handed to a reader at once when none needs reading
 _DEDUP_SMALL: Final = 1 << 16  # small files remembered by content within one run
+_PACKS_AHEAD: Final = 4  # packs stored on threads that the builder does not wait for
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 # --- what the walk yields --------------------------------------------------------------
 
 
+class _Old(NamedTuple):
+    """A directory as the parent snapshot has it (all empty when it has none)."""
+
+    tree_id: str
+    pieces: tuple[str, ...]  # its tree objects (continuations too)
+    nodes: tuple[Node, ...]
+    by_name: dict[str, Node]
+
+
+_NO_OLD: Final = _Old("", (), (), {})
+
+
 class _Enter(NamedTuple):
     path: str
     st: os.stat_result | None  # None: the root "/" (no node of its own)
     name: str
+    old: _Old
 
 
 class _Entry(NamedTuple):
@@ -125,6 +143,7 @@ class _Frame:
     path: str
     name: str
     st: os.stat_result | None
+    old: _Old
     entries: list[Node | _Frame | tuple[Node, _PackSlice]] = field(default_factory=list)
     waits: bool = False  # names the open pack, or a child that does
     tree_id: str = ""
@@ -137,28 +156,40 @@ _Trie: TypeAlias = "dict[str, _Trie | None]"  # names on the way to the paths gi
 
 
 class _Walk:
-    def __init__(self, repo: Repository, selection: Selection, parent_tree: str) -> None:
+    def __init__(
+        self, repo: Repository, selection: Selection, parent_tree: str, where: PathMap
+    ) -> None:
         self.repo = repo
+        self.where = where  # paths given -> where they are read (--snapshot)
         self.excluder = Excluder(selection)
         self.one_fs = selection.one_file_system
         self.parent_tree = parent_tree
         self.links: set[tuple[int, int]] = set()
         self.warnings: list[str] = []  # the walk's own, taken by the builder as it goes
 
-    def old_nodes(self, tree_id: str) -> dict[str, Node]:
+    def old_nodes(self, tree_id: str) -> _Old:
         """The parent snapshot's entries of one directory; nothing when it has none
         or its tree cannot be read (then everything there is read afresh)."""
         if not tree_id:
-            return {}
+            return _NO_OLD
+        pieces: list[str] = []
         try:
-            return {n.name: n for n in load_tree(tree_id, self.repo.get_chunk)}
+            nodes = tuple(load_tree(tree_id, self.repo.get_chunk, pieces))
         except Exception as exc:  # damaged or missing: costs a full read, not the backup
             self.warnings.append(f"the parent snapshot's tree {tree_id[:12]} is unusable: {exc}")
-            return {}
+            return _NO_OLD
+        return _Old(tree_id, tuple(pieces), nodes, {n.name: n for n in nodes})
 
     def items(self, paths: Sequence[str]) -> Iterator[_Enter | _Entry | _Leave]:
-        yield _Enter("/", None, "")
-        yield from self._restricted("/", _trie(paths), self.old_nodes(self.parent_tree))
+        old = self.old_nodes(self.parent_tree)
+        trie = _trie(paths)
+        if trie is None:  # "/" itself: its own metadata, and everything
+            stack: list[_Listing] = []
+            yield from self._open("/", "", os.lstat(self.where.actual("/")), old, stack)
+            yield from self._descend(stack)
+            return
+        yield _Enter("/", None, "", old)
+        yield from self._restricted("/", trie, old.by_name)
         yield _Leave("")
 
     def _restricted(
@@ -174,65 +205,112 @@ class _Walk:
                 raise SourceError(exc.strerror or "cannot be read", path=path) from None
             below = trie[name]
             if below is None:
+                path = self.where.actual(path)
+                try:
+                    st = os.lstat(path)
+                except OSError as exc:
+                    raise SourceError(exc.strerror or "cannot be read", path=path) from None
                 yield from self._entry(path, name, st, old.get(name), top=True)
             elif not stat.S_ISDIR(st.st_mode):
                 raise SourceError("is not a directory", path=path)
             else:
-                yield _Enter(path, st, name)
-                yield from self._restricted(path, below, self._subtree(old.get(name)))
+                sub = self._subtree(old.get(name))
+                yield _Enter(path, st, name, sub)
+                yield from self._restricted(path, below, sub.by_name)
                 yield _Leave("")
 
-    def _subtree(self, node: Node | None) -> dict[str, Node]:
-        return self.old_nodes(node.subtree) if node and node.kind == "dir" else {}
+    def _subtree(self, node: Node | None) -> _Old:
+        return self.old_nodes(node.subtree) if node and node.kind == "dir" else _NO_OLD
 
     def _entry(
         self, path: str, name: str, st: os.stat_result, old: Node | None, top: bool = False
     ) -> Iterator[_Enter | _Entry | _Leave]:
-        if not top and self.excluder.excluded(path, st):
+        """One entry and, for a directory, everything below it: depth first, in name
+        order, with an explicit stack (a deep tree costs no recursion)."""
+        if not top and self.excluder.excluded(self.where.original(path), st):
             return
         if not stat.S_ISDIR(st.st_mode):
-            link_of = None
-            if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
-                key = (st.st_dev, st.st_ino)
-                if key in self.links:
-                    link_of = key
-                self.links.add(key)
-            yield _Entry(path, name, st, old, link_of)
+            yield self._file(path, name, st, old)
             return
-        yield _Enter(path, st, name)
-        try:
-            with os.scandir(path) as listing:
-                children = sorted(listing, key=lambda e: os.fsencode(e.name))
-        except OSError as exc:
-            yield _Leave(f"{path}: cannot be listed ({exc.strerror}); kept empty")
-            return
-        old_children = self._subtree(old)
-        for child in children:
+        stack: list[_Listing] = []
+        yield from self._open(path, name, st, self._subtree(old), stack)
+        yield from self._descend(stack)
+
+    def _descend(self, stack: list[_Listing]) -> Iterator[_Enter | _Entry | _Leave]:
+        """Everything below the directories on ``stack``, depth first, in name order."""
+        while stack:
+            listing = stack[-1]
+            child = next(listing.children, None)
+            if child is None:
+                stack.pop()
+                yield _Leave("")
+                continue
             try:
                 child_st = child.stat(follow_symlinks=False)
             except OSError as exc:
                 self.warnings.append(f"{child.path}: {exc.strerror}; skipped")
                 continue
-            if (
-                self.one_fs
-                and stat.S_ISDIR(child_st.st_mode)
-                and child_st.st_dev != st.st_dev
-                and not self.excluder.excluded(child.path, child_st)
-            ):
-                yield _Enter(child.path, child_st, child.name)  # the mount point, kept empty
-                yield _Leave("")
+            if self.excluder.excluded(self.where.original(child.path), child_st):
                 continue
-            yield from self._entry(child.path, child.name, child_st, old_children.get(child.name))
-        yield _Leave("")
+            child_old = listing.old.get(child.name)
+            if not stat.S_ISDIR(child_st.st_mode):
+                yield self._file(child.path, child.name, child_st, child_old)
+            elif self.one_fs and child_st.st_dev != listing.st.st_dev:
+                # the mount point, kept empty
+                yield _Enter(child.path, child_st, child.name, _NO_OLD)
+                yield _Leave("")
+            else:
+                sub = self._subtree(child_old)
+                yield from self._open(child.path, child.name, child_st, sub, stack)
+
+    def _file(self, path: str, name: str, st: os.stat_result, old: Node | None) -> _Entry:
+        link_of = None
+        if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if key in self.links:
+                link_of = key
+            self.links.add(key)
+        return _Entry(path, name, st, old, link_of)
+
+    def _open(
+        self, path: str, name: str, st: os.stat_result, sub: _Old, stack: list[_Listing]
+    ) -> Iterator[_Enter | _Leave]:
+        """Enter a directory: list it (sorted by name bytes) onto ``stack``, or, when it
+        cannot be listed or lies deeper than a reader accepts, leave it at once, empty,
+        with a warning."""
+        if self.where.original(path).count("/") >= MAX_TREE_DEPTH - 1:  # its tree: one more
+            yield _Enter(path, st, name, _NO_OLD)
+            yield _Leave(f"{path}: nested deeper than trees may be ({MAX_TREE_DEPTH}); kept empty")
+            return
+        try:
+            with os.scandir(path) as listing:
+                children = sorted(listing, key=lambda e: os.fsencode(e.name))
+        except OSError as exc:
+            yield _Enter(path, st, name, _NO_OLD)
+            yield _Leave(f"{path}: cannot be listed ({exc.strerror}); kept empty")
+            return
+        yield _Enter(path, st, name, sub)
+        stack.append(_Listing(iter(children), sub.by_name, st))
 
 
-def _trie(paths: Sequence[str]) -> _Trie:
-    """Absolute paths as nested names; a path inside another given one is dropped."""
+class _Listing(NamedTuple):
+    """A directory being walked: its remaining entries, the parent's, its own stat."""
+
+    children: Iterator[os.DirEntry[str]]
+    old: dict[str, Node]
+    st: os.stat_result
+
+
+def _trie(paths: Sequence[str]) -> _Trie | None:
+    """Absolute paths as nested names; a path inside another given one is dropped.
+    ``None``: ``/`` is among them, which holds all the others."""
+    if not paths:
+        raise UsageError("give the files or directories to back up")
     root: _Trie = {}
     for path in sorted(paths, key=len):
         names = [n for n in path.split("/") if n]
         if not names:
-            raise UsageError("backing up / itself: give its directories, such as /etc /home")
+            return None
         level: _Trie | None = root
         for name in names[:-1]:
             assert level is not None
@@ -295,10 +373,12 @@ class _Reader:
             after = os.fstat(fd)
         finally:
             os.close(fd)
+        # changed between the walk's stat and the end of the read: size or mtime differ,
+        # or fewer bytes came than the file had when opened
         if (
-            (after.st_size, after.st_mtime_ns) != (size, before.st_mtime_ns)
+            (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns)
             or made.node is None
-            or (made.node.size != size)
+            or made.node.size != size
         ):
             warning = f"{path}: changed while it was read; the snapshot holds what was read"
             made = made._replace(warnings=(*made.warnings, warning))
@@ -394,7 +474,8 @@ def _node(name: str, kind: str, st: os.stat_result) -> Node:
         user=_user(st.st_uid),
         group=_group(st.st_gid),
         mtime_ns=st.st_mtime_ns,
-        atime_ns=st.st_atime_ns,
+        # atime is not kept (as borg by default): a listing or a read elsewhere
+        # changes it, and every tree holding it would be stored anew
         ctime_ns=st.st_ctime_ns,
         inode=st.st_ino,
         device=st.st_dev,
@@ -450,7 +531,8 @@ def _xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
 class _Builder:
     """Turns the readers' nodes, in walk order, into stored tree objects."""
 
-    def __init__(self, writer: WriterSession, reporter: Reporter) -> None:
+    def __init__(self, writer: WriterSession, reporter: Reporter, where: PathMap) -> None:
+        self.where = where
         self.writer = writer
         self.repo = writer.repo
         self.reporter = reporter
@@ -458,7 +540,10 @@ class _Builder:
         self.stack: list[_Frame] = []
         self.waiting: list[_Frame] = []  # finished, waiting for the open pack (post-order)
         self.pack = _Pack()
-        self.small: dict[str, _PackSlice | Slice] = {}  # small file content id -> its slice
+        # packs are compressed and stored on their own threads; at most _PACKS_AHEAD wait
+        self.pack_pool = ThreadPoolExecutor(2, thread_name_prefix="blockvault-pack")
+        self.pack_jobs: deque[Future[tuple[int, int]]] = deque()
+        self.small: dict[str, _PackSlice] = {}  # small file content id -> its slice
         self.links: dict[tuple[int, int], Node | tuple[Node, _PackSlice]] = {}
         self.warnings: list[str] = []
         self.warning_count = 0
@@ -466,9 +551,10 @@ class _Builder:
         self.file_bytes = 0
         self.read = 0
         self.new = [0, 0, 0]
-        self.root = ""
+        self.top: _Frame | None = None  # the tree of "/": the snapshot's root
 
     def warn(self, message: str) -> None:
+        message = self.where.original(message)  # named as given, not as read (--snapshot)
         self.warning_count += 1
         if len(self.warnings) < MAX_WARNINGS:
             self.warnings.append(message)
@@ -476,7 +562,10 @@ class _Builder:
 
     def take(self, made: _Enter | _Leave | _Made, entry_key: tuple[int, int] | None) -> None:
         if isinstance(made, _Enter):
-            self.stack.append(_Frame(made.path, made.name, made.st))
+            frame = _Frame(made.path, made.name, made.st, made.old)
+            if self.top is None:
+                self.top = frame
+            self.stack.append(frame)
         elif isinstance(made, _Leave):
             if made.warning:
                 self.warn(made.warning)
@@ -485,7 +574,7 @@ class _Builder:
             for warning in made.warnings:
                 self.warn(warning)
             if made.note:
-                self.reporter(Noted(made.note))
+                self.reporter(Noted(self.where.original(made.note)))
             self.read += made.read
             for i, n in enumerate(made.new):
                 self.new[i] += n
@@ -504,7 +593,7 @@ class _Builder:
             first = self.links[link]
             if isinstance(first, tuple):
                 entry = (replace(node, size=first[0].size), first[1])
-                frame.waits = True
+                frame.waits = frame.waits or not first[1].pack.chunk_id
             else:
                 entry = replace(node, size=first.size, content=first.content)
             frame.entries.append(entry)
@@ -521,11 +610,8 @@ class _Builder:
                 if len(self.small) >= _DEDUP_SMALL:
                     self.small.clear()
                 self.small[made.small_id] = where
-            if isinstance(where, Slice):
-                entry = replace(node, content=(where,))
-            else:
-                entry = (node, where)
-                frame.waits = True
+            entry = (node, where)
+            frame.waits = frame.waits or not where.pack.chunk_id  # its pack is still open
         else:
             entry = node
         if node.kind == "file" and node.links > 1:
@@ -543,38 +629,46 @@ class _Builder:
             parent = self.stack[-1]
             parent.entries.append(frame)
             parent.waits = parent.waits or frame.waits
-        elif not frame.waits:
-            self.root = frame.tree_id
 
     def _close_pack(self) -> None:
         pack = self.pack
         if pack.data:
-            pack.chunk_id = self.repo.chunk_id(pack.data).hex()
-            written = self.writer.put_chunk(pack.data, pack.chunk_id)
-            if written:
-                self.new[0] += 1
-                self.new[1] += len(pack.data)
-                self.new[2] += written
-            self.small = {
-                k: Slice(pack.chunk_id, v.offset, v.length) if isinstance(v, _PackSlice) else v
-                for k, v in self.small.items()
-            }
-            for key, entry in self.links.items():
-                if isinstance(entry, tuple):
-                    self.links[key] = _resolved(entry)
+            data = bytes(pack.data)
+            pack.chunk_id = self.repo.chunk_id(data).hex()  # what the trees need, now
+            pack.data = bytearray()
+            self.pack_jobs.append(self.pack_pool.submit(self._store_pack, data, pack.chunk_id))
+            while len(self.pack_jobs) > _PACKS_AHEAD:
+                self._count_pack()
         self.pack = _Pack()
         for frame in self.waiting:
             frame.waits = False
             self._store(frame)
-        if self.waiting and self.waiting[-1].st is None:
-            self.root = self.waiting[-1].tree_id
         self.waiting = []
         for frame in self.stack:
             frame.waits = False
 
+    def _store_pack(self, data: bytes, chunk_id: str) -> tuple[int, int]:
+        return len(data), self.writer.put_chunk(data, chunk_id)
+
+    def _count_pack(self) -> None:
+        plain, written = self.pack_jobs.popleft().result()
+        if written:
+            self.new[0] += 1
+            self.new[1] += plain
+            self.new[2] += written
+
     def finish(self) -> str:
+        """Store what is left; every pack is stored when this returns."""
         self._close_pack()
-        return self.root
+        while self.pack_jobs:
+            self._count_pack()
+        assert self.top is not None and self.top.tree_id
+        return self.top.tree_id
+
+    def close(self) -> None:
+        """Stop the pack threads (waiting for a store under way: nothing is written
+        once the session cleans up)."""
+        self.pack_pool.shutdown(wait=True, cancel_futures=True)
 
     def _store(self, frame: _Frame) -> None:
         nodes = []
@@ -590,7 +684,12 @@ class _Builder:
         for node in nodes:
             self.objects.update(s.chunk_id for s in node.content if s.chunk_id)
         frame.entries = []  # the nodes are in the tree object now
-        frame.tree_id = store_tree(nodes, self._put)
+        old = frame.old
+        if old.tree_id and len(nodes) == len(old.nodes) and tuple(nodes) == old.nodes:
+            frame.tree_id = old.tree_id  # unchanged: the same object, not encoded again
+            self.objects.update(old.pieces)
+        else:
+            frame.tree_id = store_tree(nodes, self._put)
 
     def _put(self, plain: bytes) -> str:
         object_id = self.repo.chunk_id(plain).hex()
@@ -672,34 +771,52 @@ def backup_files(
     selection: Selection | None = None,
     tags: Sequence[str] = (),
     host: str = "",
+    snapshot: bool = False,
     reporter: Reporter = quiet_reporter,
     timing: Timing = DEFAULT_TIMING,
 ) -> Snapshot:
     """Back up the files and directories at ``paths`` (absolute) into one snapshot,
-    incremental against the newest snapshot of the same host and paths."""
+    incremental against the newest snapshot of the same host and paths; with
+    ``snapshot``, read from read-only btrfs snapshots of them (``fssnapshot``)."""
     started = time.monotonic()
     paths = sorted(set(paths))
     draft = files_manifest(
         repo, paths, "files: " + " ".join(paths), "files:" + " ".join(paths), tags, host
     )
-    with WriterSession(repo, kind="backup", timing=timing) as writer:
+    for path in paths:  # before anything is written: a missing path is a usage error
+        try:
+            os.lstat(path)
+        except OSError as exc:
+            raise SourceError(exc.strerror or "cannot be read", path=path) from None
+    snapshots = snapshotted(paths) if snapshot else contextlib.nullcontext(PathMap())
+    with (
+        snapshots as where,
+        WriterSession(repo, kind="backup", timing=timing) as writer,
+        contextlib.ExitStack() as closing,
+    ):
         parent = writer.choose_parent(draft)
-        walk = _Walk(repo, selection or Selection(), parent.tree if parent else "")
+        walk = _Walk(repo, selection or Selection(), parent.tree if parent else "", where)
         reader = _Reader(writer)
-        builder = _Builder(writer, reporter)
+        builder = _Builder(writer, reporter, where)
+        closing.callback(builder.close)
         reporter(TaskStarted("backup", 0, " ".join(paths)))
-        items = _keyed(walk.items(paths))
+        batches = _batches(walk.items(paths))
         threads = workers(repo.backend.capabilities.parallel_io)
-        with contextlib.closing(
-            ordered_map(lambda kv: (reader.make(kv[0]), kv[1]), items, threads)
-        ) as results:
-            for made, key in results:
+
+        def make(batch: list[_Keyed]) -> list[tuple[_Enter | _Leave | _Made, _Key]]:
+            return [(reader.make(item), key) for item, key in batch]
+
+        with contextlib.closing(ordered_map(make, batches, threads)) as results:
+            for batch in results:
                 for warning in walk.warnings:
                     builder.warn(warning)
                 walk.warnings.clear()
-                builder.take(made, key)
-                if isinstance(made, _Made):
-                    reporter(TaskAdvanced("backup", made.read))
+                read = 0
+                for made, key in batch:
+                    builder.take(made, key)
+                    if isinstance(made, _Made):
+                        read += made.read
+                reporter(TaskAdvanced("backup", read))
         root = builder.finish()
         reporter(TaskFinished("backup"))
         stats = Stats(
@@ -718,15 +835,41 @@ def backup_files(
         return commit_files(writer, draft, root, builder.objects, stats)
 
 
-def _keyed(
-    items: Iterator[_Enter | _Entry | _Leave],
-) -> Iterator[tuple[_Enter | _Entry | _Leave, tuple[int, int] | None]]:
-    """Each item with the hard-link key the builder files it under."""
+_Key: TypeAlias = "tuple[int, int] | None"  # (device, inode) of a hard-linked file
+_Keyed: TypeAlias = "tuple[_Enter | _Entry | _Leave, _Key]"
+
+
+def _batches(items: Iterator[_Enter | _Entry | _Leave]) -> Iterator[list[_Keyed]]:
+    """The walk's items in batches for the readers: a file to read goes alone (files
+    are read in parallel), the rest (directories, unchanged files, links) go up to
+    ``_BATCH`` together, since a thread handoff costs more than making their nodes.
+    Each item comes with the hard-link key the builder files it under."""
+    batch: list[_Keyed] = []
     for item in items:
         key = None
-        if isinstance(item, _Entry) and item.st.st_nlink > 1:
-            key = (item.st.st_dev, item.st.st_ino)
-        yield item, key
+        heavy = False
+        if isinstance(item, _Entry):
+            st = item.st
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+            heavy = (
+                stat.S_ISREG(st.st_mode)
+                and st.st_size > 0
+                and item.link_of is None
+                and not (item.old is not None and _unchanged(item.old, st))
+            )
+        if heavy:
+            if batch:
+                yield batch
+                batch = []
+            yield [(item, key)]
+        else:
+            batch.append((item, key))
+            if len(batch) >= _BATCH:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
 def _now() -> str:

@@ -21,7 +21,7 @@ __all__ = ["AVERAGE", "MAXIMUM", "MINIMUM", "cut", "cut_stream"]
 MINIMUM: Final = 512 << 10
 AVERAGE: Final = 1 << 20  # FastCDC's parameter; the mean chunk is about 1.3 MiB
 MAXIMUM: Final = 8 << 20
-WINDOW: Final = 4 * MAXIMUM  # bytes read at once: at least one maximal chunk
+WINDOW: Final = MAXIMUM  # bytes read at once; with the carried tail, at most 2 * MAXIMUM held
 
 
 def _chunker() -> FastCDC:

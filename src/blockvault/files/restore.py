@@ -35,8 +35,11 @@ import errno
 import grp
 import os
 import pwd
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Final
@@ -61,7 +64,7 @@ from blockvault.events import (
     quiet,
 )
 from blockvault.files.fetch import ChunkFetcher
-from blockvault.files.trees import BadTree, TreeSource, show
+from blockvault.files.trees import BadTree, TreeSource, show, slice_of
 from blockvault.pipeline.tree import Block, Metadata, TreeWriter
 from blockvault.repo.manifest import Snapshot
 from blockvault.repo.repository import Repository
@@ -80,6 +83,9 @@ __all__ = [
 
 OVERWRITE_MODES: Final = ("never", "if-changed", "always")
 HOLE_PIECE: Final = 1 << 20
+SMALL: Final = 1 << 20  # files up to this size are written on the writer threads
+WRITERS: Final = 4
+IN_FLIGHT: Final = 32  # small files handed to the writers and not finished yet
 _COUNTS: Final = (
     "files",
     "directories",
@@ -196,6 +202,74 @@ class _Selection:
         return self.include is None or self.include.match_file(self._text(names, kind))
 
 
+class _SmallFiles:
+    """Small files written on a few threads, each through its own tree writer: creating
+    files is most of the time of a restore of many small ones, and those system calls
+    release the GIL. Content is fetched on the calling thread (the fetcher has one
+    consumer) and handed over whole, at most ``IN_FLIGHT`` files of at most ``SMALL``
+    bytes at a time. Each thread's writer walks its own parents; the run's main writer
+    only removes entries the snapshot does not have where they are, never a directory
+    these writers are writing into."""
+
+    def __init__(self, dest: str, owners: bool, verify: bool) -> None:
+        self.dest = dest
+        self.owners = owners
+        self.verify = verify
+        self.pool = ThreadPoolExecutor(WRITERS, thread_name_prefix="blockvault-write")
+        self.local = threading.local()
+        self.writers: list[TreeWriter] = []
+        self.lock = threading.Lock()
+        self.pending: deque[tuple[Future[int], tuple[str, ...], Node]] = deque()
+
+    def _writer(self) -> TreeWriter:
+        writer: TreeWriter | None = getattr(self.local, "writer", None)
+        if writer is None:
+            writer = TreeWriter(
+                self.dest, overwrite=True, owners=self.owners, sync_each=False, track_names=False
+            )
+            self.local.writer = writer
+            with self.lock:
+                self.writers.append(writer)
+        return writer
+
+    def _write(self, rel: tuple[str, ...], blocks: list[Block], meta: Metadata, want: bytes) -> int:
+        writer = self._writer()
+        size = writer.write_file(rel, blocks, meta)
+        if self.verify:
+            _check(writer, rel, want)
+        return size
+
+    def submit(
+        self,
+        names: tuple[str, ...],
+        node: Node,
+        rel: tuple[str, ...],
+        blocks: list[Block],
+        meta: Metadata,
+        want: bytes,
+    ) -> Iterator[tuple[tuple[str, ...], Node, int | BaseException]]:
+        """Queue one file; yields the files finished meanwhile (to keep the bound)."""
+        self.pending.append((self.pool.submit(self._write, rel, blocks, meta, want), names, node))
+        if len(self.pending) > IN_FLIGHT:
+            yield self._first()
+
+    def drain(self) -> Iterator[tuple[tuple[str, ...], Node, int | BaseException]]:
+        while self.pending:
+            yield self._first()
+
+    def _first(self) -> tuple[tuple[str, ...], Node, int | BaseException]:
+        future, names, node = self.pending.popleft()
+        try:
+            return names, node, future.result()
+        except (UnsafeName, OSError) as exc:
+            return names, node, exc
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for writer in self.writers:
+            writer.close()
+
+
 class _Restore:
     """One restore's state: the decisions, counters and the directories made."""
 
@@ -206,7 +280,9 @@ class _Restore:
         fetcher: ChunkFetcher,
         options: RestoreOptions,
         reporter: Reporter,
+        small: _SmallFiles | None = None,
     ) -> None:
+        self.small = small  # None: every file on this thread
         self.source = source
         self.writer = writer  # None: a dry run into a target that does not exist yet
         self.fetcher = fetcher
@@ -215,9 +291,13 @@ class _Restore:
         self.select = _Selection(options.include, options.exclude)
         self.counts: dict[str, int] = dict.fromkeys(_COUNTS, 0)
         self.changes: list[Change] = []
+        self.names_of: dict[tuple[str, ...], tuple[str, ...]] = {}  # the entry being written
         self.skipped: list[Skipped] = []
         self.links: dict[tuple[int, int], tuple[str, ...]] = {}  # (device, inode) -> first path
         self.made: set[tuple[str, ...]] = {()}  # target directories made or merged into
+        # directories this run made new: nothing is in them but what it writes, so
+        # their entries need no lstat (a third of a fresh restore's system calls)
+        self.fresh: set[tuple[str, ...]] = set()
         self.dir_meta: list[tuple[tuple[str, ...], Metadata]] = []
         self.unmade: dict[tuple[str, ...], Metadata] = {}  # left for an include to need
 
@@ -233,12 +313,20 @@ class _Restore:
     def lstat(self, rel: tuple[str, ...]) -> os.stat_result | None:
         return None if self.writer is None else self.writer.lstat(rel)
 
+    def existing(self, rel: tuple[str, ...]) -> os.stat_result | None:
+        """What the target holds at ``rel`` now (nothing, in a directory made new)."""
+        return None if rel[:-1] in self.fresh else self.lstat(rel)
+
     def metadata(self, node: Node) -> Metadata:
         uid, gid = node.uid, node.gid
         if not self.options.numeric_owner:
-            uid = (_uid(node.user) if node.user else None) or uid
-            gid = (_gid(node.group) if node.group else None) or gid
-        return Metadata(node.mode, uid, gid, node.atime_ns, node.mtime_ns, node.xattrs)
+            by_name = _uid(node.user) if node.user else None
+            uid = uid if by_name is None else by_name  # root's id is 0: no "or"
+            by_name = _gid(node.group) if node.group else None
+            gid = gid if by_name is None else by_name
+        # an atime of 0 was not recorded (backup keeps none): the mtime stands in
+        atime = node.atime_ns or None
+        return Metadata(node.mode, uid, gid, atime, node.mtime_ns, node.xattrs)
 
     # --- the walk ------------------------------------------------------------------
     def run(self, top: Node, names: tuple[str, ...], rel: tuple[str, ...]) -> None:
@@ -263,9 +351,10 @@ class _Restore:
                     continue
                 chosen.append((below, node))
                 places[below] = (*rel, node.name)
-            if rel in self.made and self.writer is not None and not self.options.dry_run:
+            old = rel in self.made and rel not in self.fresh
+            if old and self.writer is not None and not self.options.dry_run:
                 self.clean(rel, names)
-            if self.options.delete and rel in self.made:
+            if self.options.delete and old:
                 self.delete_extra(rel, {n.name for n in nodes}, names)
             files = [(b, n) for b, n in chosen if n.kind != "dir"]
             if self.select.include is not None and not inside:
@@ -281,7 +370,7 @@ class _Restore:
 
     def directory(self, names: tuple[str, ...], node: Node, rel: tuple[str, ...]) -> bool:
         """Make (or merge into) directory ``rel``; whether to go on below it."""
-        st = self.lstat(rel)
+        st = self.existing(rel)
         try:
             if st is not None and not _is(st, "dir"):
                 if self.options.overwrite == "never":
@@ -299,6 +388,8 @@ class _Restore:
             self.skip(names, _reason(exc))
             return False
         self.made.add(rel)
+        if st is None or not _is(st, "dir"):
+            self.fresh.add(rel)
         self.dir_meta.append((rel, self.metadata(node)))
         self.counts["directories"] += 1
         return True
@@ -379,18 +470,24 @@ class _Restore:
                 continue
             try:
                 self.ensure(rel[:-1])
+                self.names_of[rel] = names
                 self.write(rel, node, action)
             except (UnsafeName, OSError) as exc:
                 self.skip(names, _reason(exc))
             except IntegrityError as exc:
                 self.skip(names, f"{show(names)} could not be restored: {exc}", damaged=True)
+            finally:
+                self.names_of.pop(rel, None)
+        if self.small:  # this directory's files are all written before the next one
+            for done in self.small.drain():
+                self.finish(*done)
 
     def _linked(self, node: Node) -> bool:
         return node.links > 1 and (node.device, node.inode) in self.links
 
     def decide(self, rel: tuple[str, ...], node: Node) -> str:
         """ "add", "replace", "update" (metadata only) or "" (leave it)."""
-        st = self.lstat(rel)
+        st = self.existing(rel)
         if st is None:
             return "add"
         mode = self.options.overwrite
@@ -399,6 +496,7 @@ class _Restore:
             return ""
         if mode == "if-changed" and self._same(rel, st, node):
             self.counts["unchanged"] += 1
+            self.reporter(TaskAdvanced("restore", node.size))  # done, as far as the bar goes
             self._remember_link(rel, node)
             return "update" if self._stale(st, node) else ""
         return "replace"
@@ -438,11 +536,25 @@ class _Restore:
         if action == "update":
             writer.set_metadata(rel, meta)
             return
-        st = self.lstat(rel)
+        st = self.lstat(rel) if action == "replace" else None
         if st is not None and _is(st, "dir"):  # a directory where the snapshot has none
             writer.remove(rel)
         first = self.links.get((node.device, node.inode)) if node.links > 1 else None
+        if node.kind == "file" and first is None and self.small and node.size <= SMALL:
+            digest = blake3.blake3(max_threads=1)
+            # copied out of the chunk: the writer thread holds no slice of a shared pack
+            blocks: list[Block] = [
+                bytes(b) if isinstance(b, memoryview) else b for b in self._content(node, digest)
+            ]
+            names = self.names_of[rel]
+            for done in self.small.submit(names, node, rel, blocks, meta, digest.digest()):
+                self.finish(*done)
+            self._remember_link(rel, node)
+            return
         if node.kind == "file" and first is not None:
+            if self.small:  # the file it links to may be on its way still
+                for done in self.small.drain():
+                    self.finish(*done)
             writer.link(rel, first)
             self.counts["hardlinks"] += 1
         elif node.kind == "file":
@@ -451,13 +563,24 @@ class _Restore:
             self.counts["bytes_written"] += size
             self.reporter(TaskAdvanced("restore", size))
             if self.options.verify:
-                self.verify(rel, digest.digest())
+                _check(writer, rel, digest.digest())
+                self.counts["verified"] += 1
             self._remember_link(rel, node)
         elif node.kind == "symlink":
             writer.make_symlink(rel, node.target, meta)
         else:
             writer.make_node(rel, node.kind, node.rdev, meta)
         self._count(node)
+
+    def finish(self, names: tuple[str, ...], node: Node, result: int | BaseException) -> None:
+        """Count (or report) a file the writer threads are done with."""
+        if isinstance(result, BaseException):
+            self.skip(names, _reason(result))
+            return
+        self.counts["files"] += 1
+        self.counts["bytes_written"] += result
+        self.counts["verified"] += 1 if self.options.verify else 0
+        self.reporter(TaskAdvanced("restore", result))
 
     def _content(self, node: Node, digest: blake3.blake3) -> Iterator[Block]:
         for piece in node.content:
@@ -467,30 +590,19 @@ class _Restore:
                         digest.update(bytes(min(HOLE_PIECE, piece.length - start)))
                 yield piece.length
                 continue
-            chunk = self.fetcher.get(piece.chunk_id)
-            if piece.offset + piece.length > len(chunk):
-                raise _short(node, piece.chunk_id, len(chunk))
-            data = memoryview(chunk)[piece.offset : piece.offset + piece.length]
+            data = slice_of(self.fetcher.get(piece.chunk_id), piece, node, self.source.repo)
             if self.options.verify:
                 digest.update(data)
             yield data
 
-    def verify(self, rel: tuple[str, ...], expected: bytes) -> None:
-        assert self.writer is not None
-        digest = blake3.blake3(max_threads=1)
-        for block in self.writer.read_file(rel):
-            digest.update(block)
-        if digest.digest() != expected:
-            raise OSError(errno.EIO, f"{show(rel)} reads back different from what was written")
-        self.counts["verified"] += 1
 
-
-def _short(node: Node, chunk_id: str, size: int) -> IntegrityError:
-    from blockvault.errors import ChunkCorrupt
-
-    return ChunkCorrupt(
-        f"a slice of {node.name!r} passes its end ({size} bytes)", chunk=chunk_id, repo="", where=""
-    )
+def _check(writer: TreeWriter, rel: tuple[str, ...], expected: bytes) -> None:
+    """Read ``rel`` back and compare its hash with what was written (``--verify``)."""
+    digest = blake3.blake3(max_threads=1)
+    for block in writer.read_file(rel):
+        digest.update(block)
+    if digest.digest() != expected:
+        raise OSError(errno.EIO, f"{show(rel)} reads back different from what was written")
 
 
 def _is(st: os.stat_result, kind: str) -> bool:
@@ -531,25 +643,36 @@ def restore_files(
     dest = os.path.abspath(os.fspath(target))
     exists = os.path.lexists(dest)
     if exists and not os.path.isdir(dest):
-        raise TargetError(f"target {dest} is not a directory")
+        raise TargetError("it is not a directory; a file snapshot is restored into one", path=dest)
     if not exists and not options.dry_run:
         os.makedirs(dest)
     owners = os.geteuid() == 0 if options.owners is None else options.owners
-    total = sum(n.size for _names, n in source.walk(top, names, on_bad=lambda _e: None))
-    reporter(TaskStarted("restore", total, dest))
-    writer = (
-        TreeWriter(dest, overwrite=True, owners=owners) if exists or not options.dry_run else None
-    )
+    reporter(TaskStarted("restore", _total(source, snapshot, names, top), dest))
+    writer = None
+    if exists or not options.dry_run:
+        # one flush at the end, not an fsync per file (10 ms each on this VM: most of
+        # the time of a restore of small files); a kill still leaves only whole files
+        # tree objects hold each name once (repo/tree.py refuses others), so the writer
+        # need not remember every path it made: memory stays with the tree's depth
+        writer = TreeWriter(dest, overwrite=True, owners=owners, sync_each=False, track_names=False)
     job = None
+    small = None
+    if writer is not None and not options.dry_run:
+        small = _SmallFiles(dest, owners, options.verify)
     try:
         with ChunkFetcher(repo) as fetcher:
-            job = _Restore(source, writer, fetcher, options, reporter)
+            job = _Restore(source, writer, fetcher, options, reporter, small)
+            if not exists:
+                job.fresh.add(())
             rel = () if top.kind == "dir" else (top.name,)
             try:
                 job.run(top, names, rel)
             finally:
+                if small is not None:
+                    small.close()
                 if writer is not None and not options.dry_run:
                     _finish_directories(writer, job)
+                    writer.sync()
     finally:
         if writer is not None:
             writer.close()
@@ -567,6 +690,14 @@ def restore_files(
         skipped=tuple(job.skipped),
         **job.counts,
     )
+
+
+def _total(source: TreeSource, snapshot: Snapshot, names: tuple[str, ...], top: Node) -> int:
+    """The bytes to restore, for the progress bar: the snapshot's own count when the
+    path holds everything backed up, else a walk of the trees below it first."""
+    if all(path_names(p)[: len(names)] == names for p in snapshot.paths):
+        return snapshot.stats.used_bytes  # backup counts every file's bytes
+    return sum(n.size for _names, n in source.walk(top, names, on_bad=lambda _e: None))
 
 
 def _finish_directories(writer: TreeWriter, job: _Restore) -> None:

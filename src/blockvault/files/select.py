@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import pathspec
@@ -40,22 +40,15 @@ class Selection:
     exclude_larger_than: int | None = None
     one_file_system: bool = False
 
-    @classmethod
-    def build(
-        cls,
-        *,
-        exclude: Sequence[str] = (),
-        exclude_files: Sequence[str] = (),
-        iexclude: Sequence[str] = (),
-        **options: object,
-    ) -> Selection:
-        """A selection with the patterns of ``exclude_files`` (one a line; blank lines
-        and ``#`` comments skipped, as in .gitignore) added to ``exclude``."""
-        patterns = list(exclude)
-        for name in exclude_files:
+    def with_exclude_files(self, names: Sequence[str]) -> Selection:
+        """This selection with the patterns of the files ``names`` (one a line; blank
+        lines and ``#`` comments skipped, as in .gitignore) added to ``exclude``. A bad
+        pattern is refused here, before anything is read."""
+        patterns = list(self.exclude)
+        for name in names:
             patterns.extend(_pattern_lines(name))
-        selection = cls(exclude=tuple(patterns), iexclude=tuple(iexclude), **options)  # type: ignore[arg-type]
-        selection.matchers()  # a bad pattern is refused before anything is read
+        selection = replace(self, exclude=tuple(patterns))
+        selection.matchers()
         return selection
 
     def matchers(self) -> tuple[pathspec.PathSpec[Any] | None, pathspec.PathSpec[Any] | None]:

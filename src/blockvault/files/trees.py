@@ -21,12 +21,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Final
 
-from blockvault.errors import BlockvaultError, IntegrityError
+from blockvault.errors import BlockvaultError, ChunkCorrupt, IntegrityError
 from blockvault.repo.manifest import Snapshot
 from blockvault.repo.repository import Repository
-from blockvault.repo.tree import MAX_TREE_DEPTH, Node, load_tree
+from blockvault.repo.tree import MAX_TREE_DEPTH, Node, Slice, load_tree
 
-__all__ = ["BadTree", "TreeSource", "root_node", "show"]
+__all__ = ["BadTree", "TreeSource", "root_node", "show", "slice_of"]
 
 TREE_CACHE: Final = 256  # parsed directories kept; a walk needs only its current path
 
@@ -44,6 +44,19 @@ class BadTree(Exception):
 def show(names: tuple[str, ...]) -> str:
     """The path of ``names`` for people (``/`` for the root)."""
     return "/" + "/".join(names)
+
+
+def slice_of(chunk: bytes, piece: Slice, node: Node, repo: Repository) -> memoryview:
+    """The bytes ``piece`` (a slice of ``node``'s content) names in ``chunk``; a slice
+    past the chunk's end is damage, named."""
+    if piece.chunk_id is None or piece.offset + piece.length > len(chunk):
+        raise ChunkCorrupt(
+            f"a slice of {node.name!r} passes its end ({len(chunk)} bytes)",
+            chunk=piece.chunk_id,
+            repo=repo.location,
+            where="",
+        )
+    return memoryview(chunk)[piece.offset : piece.offset + piece.length]
 
 
 def root_node(snapshot: Snapshot) -> Node:

@@ -171,6 +171,7 @@ def export_clonezilla(
     """Write ``snapshot`` as a Clonezilla ``savedisk`` image directory ``dest`` (which
     must not exist, or be empty). ``split``: the largest payload piece in bytes."""
     started = time.monotonic()
+    snapshot.require_disk("a Clonezilla export")
     target = Path(os.path.abspath(dest))
     disk = disk_name or default_disk_name(snapshot)
     _check_request(snapshot, target, disk, split)

@@ -112,6 +112,7 @@ class SnapshotExport:
 
 def snapshot_export(repo: Repository, snapshot: Snapshot) -> Export:
     """The whole disk of ``snapshot`` as an NBD export, holes from its index."""
+    snapshot.require_disk("serving, booting or exporting it as a VM disk")
     index = repo.load_index(snapshot)
     image = SnapshotImage(repo, snapshot, index)
     return SnapshotExport(image, data_map(index, snapshot.disk_size), index.chunk_size)

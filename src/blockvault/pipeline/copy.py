@@ -12,6 +12,11 @@ stored chunks are copied as they are, only those missing; otherwise each region 
 read back through its chunks, cut at the target's chunk size, re-identified and
 sealed with the target's keys. Either way through a ``WriterSession``, so the copy is
 safe beside gc and the snapshot exists only once its manifest does.
+
+A file snapshot has no fixed chunk size: it copies as stored whenever the ids agree.
+When they do not, its trees are rebuilt in the target (``_copy_trees``): each content
+chunk is stored under its new id and each tree object rewritten to name the new ids,
+children before parents, so that unchanged subtrees still share objects there.
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
+from blockvault.errors import ObjectCorrupt
 from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
 from blockvault.events import quiet as quiet_reporter
+from blockvault.extents import ExtentMap
 from blockvault.pipeline.stages import is_zero, ordered_map, workers
 from blockvault.repo import Index, Region, Repository, Snapshot
 from blockvault.repo import format as fmt
 from blockvault.repo.image import RegionReader
 from blockvault.repo.objects import Codec
+from blockvault.repo.tree import MAX_TREE_DEPTH, Node, load_tree, store_tree
 from blockvault.repo.writer import WriterSession
 from blockvault.storage.bundle import BundleWriter
 
@@ -173,7 +181,11 @@ def copy_snapshot(
     index = source.load_index(snapshot)
     chunk_ids = _ordered_ids(index)
     size = target.config.chunk_size
-    alike = size == index.chunk_size and source.chunk_id(_PROBE) == target.chunk_id(_PROBE)
+    same_ids = source.chunk_id(_PROBE) == target.chunk_id(_PROBE)
+    files = snapshot.kind == "files"
+    alike = same_ids and (files or size == index.chunk_size)
+    if files:
+        size = index.chunk_size  # no layout: the chunker's parameters stay
     draft = replace(snapshot, chunk_size=size, compression=target.config.compression, id="")
     total = sum(r.size for r in index.regions) if not alike else len(chunk_ids) * size
     advance = _progress(reporter, "import", total, f"snapshot {snapshot.id[:12]}")
@@ -188,6 +200,15 @@ def copy_snapshot(
                 again = [c for c in chunk_ids if c in missing]
                 _copy_stored(source, again, sink, advance, size)
 
+        elif files:
+            root, objects = _copy_trees(source, snapshot.tree, session, advance)
+            draft = replace(draft, tree=root)
+            region = Region(fmt.REGION_FILES, 0, 0, 0, ExtentMap(), tuple(sorted(objects)))
+            copied = Index(size, (region,))
+
+            def store_again(missing: set[str]) -> None:
+                _copy_trees(source, snapshot.tree, session, advance)
+
         else:
             regions = (_rechunk(source, r, index, session, advance) for r in index.regions)
             copied = Index(size, tuple(regions))
@@ -201,6 +222,72 @@ def copy_snapshot(
     reporter(TaskFinished("import"))
     referenced = len(copied.chunk_ids())
     return CopyResult(stored, referenced, chunks, written, time.monotonic() - started)
+
+
+def _copy_trees(
+    source: Repository, root: str, session: WriterSession, advance: Callable[[int], None]
+) -> tuple[str, set[bytes]]:
+    """A file snapshot's trees stored in the target under its ids (see the module
+    docstring); returns the new root and every object the new trees reference."""
+    target = session.repo
+    renamed: dict[str, str] = {}  # source id -> target id, each object copied once
+    objects: set[bytes] = set()
+
+    def content(chunk_id: str) -> str:
+        if chunk_id not in renamed:
+            plain = source.get_chunk(chunk_id)
+            renamed[chunk_id] = target.chunk_id(plain).hex()
+            session.put_chunk(plain, renamed[chunk_id])
+            advance(len(plain))
+        objects.add(bytes.fromhex(renamed[chunk_id]))
+        return renamed[chunk_id]
+
+    def put(plain: bytes) -> str:
+        tree_id = target.chunk_id(plain).hex()
+        session.put_chunk(plain, tree_id)
+        objects.add(bytes.fromhex(tree_id))
+        return tree_id
+
+    def rewritten(node: Node) -> Node:
+        slices = tuple(
+            replace(s, chunk_id=content(s.chunk_id)) if s.chunk_id else s for s in node.content
+        )
+        return replace(node, content=slices)
+
+    def nodes_of(tree_id: str) -> list[Node]:
+        try:
+            return list(load_tree(tree_id, source.get_chunk))
+        except ValueError as exc:
+            raise ObjectCorrupt(
+                kind="tree", name=tree_id[:12], repo=source.location, detail=str(exc)
+            ) from None
+
+    # depth first with an explicit stack: (tree id, its nodes, those rewritten so far)
+    stack = [(root, nodes_of(root), list[Node]())]
+    while True:
+        tree_id, nodes, done = stack[-1]
+        if len(done) == len(nodes):
+            renamed[tree_id] = store_tree(done, put)
+            stack.pop()
+            if not stack:
+                return renamed[tree_id], objects
+            parent_nodes, parent_done = stack[-1][1], stack[-1][2]
+            parent_done.append(replace(parent_nodes[len(parent_done)], subtree=renamed[tree_id]))
+            continue
+        node = nodes[len(done)]
+        if node.kind != "dir":
+            done.append(rewritten(node))
+        elif node.subtree in renamed:  # met before: its objects are counted already
+            done.append(replace(node, subtree=renamed[node.subtree]))
+        elif len(stack) >= MAX_TREE_DEPTH:
+            raise ObjectCorrupt(
+                kind="a tree of snapshot",
+                name=root[:12],
+                repo=source.location,
+                detail=f"directories nested deeper than {MAX_TREE_DEPTH}",
+            )
+        else:
+            stack.append((node.subtree, nodes_of(node.subtree), []))
 
 
 def _rechunk(

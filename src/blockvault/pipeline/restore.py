@@ -62,6 +62,7 @@ def restore(
     reporter: Reporter = quiet_reporter,
 ) -> RestoreResult:
     started = time.monotonic()
+    snapshot.require_disk("restoring onto a disk or image file")
     source = SnapshotSource(repo, snapshot, repo.load_index(snapshot), partition, reporter)
     onto = Onto(
         "restoring the disk" if partition is None else f"restoring partition {partition}",

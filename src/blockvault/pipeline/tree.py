@@ -16,7 +16,10 @@ be hostile. Its invariants:
   refused as :class:`~blockvault.errors.UnsafeName`.
 * A file appears under its name only complete: it is written (sparse: all-zero
   blocks stay holes) to a temporary name in its directory, given its metadata,
-  fsynced and renamed into place. A failure removes the temporary file.
+  fsynced and renamed into place. A failure removes the temporary file. With
+  ``sync_each=False`` the per-file fsync is left out and :meth:`TreeWriter.sync`
+  flushes everything once at the end (a restore of many small files: a kill still
+  leaves only whole files under their names, a power cut before the end may not).
 * Symlinks are made as symlinks, with their targets as given (an absolute target
   is kept: it means the restored system's root); they are never followed.
 * Nothing existing is replaced unless ``overwrite`` (then a file or symlink is
@@ -34,6 +37,7 @@ be hostile. Its invariants:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import secrets
@@ -93,15 +97,36 @@ class TreeWriter:
         overwrite: bool = False,
         owners: bool = False,
         separators: str = "/",
+        sync_each: bool = True,
+        track_names: bool = True,
     ) -> None:
         self.dest = os.fspath(dest)
+        self.sync_each = sync_each
+        # remember every path made, to refuse a duplicate entry; a caller whose source
+        # cannot hold one (tree objects are sorted and unique) saves that memory
+        self.track_names = track_names
         self.overwrite = overwrite
         self.owners = owners
         self.separators = separators
         self._made: set[tuple[str, ...]] = set()
+        # the parent walked last and its descriptor: entries of one directory come in a
+        # row, and walking each from the destination again was most of a restore's time
+        self._last_parent: tuple[tuple[str, ...], int] | None = None
         self._root = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
+    def sync(self) -> None:
+        """Make everything written so far durable (the writes ``sync_each=False`` left
+        unsynced): ``syncfs`` of the destination's filesystem where libc has it."""
+        _syncfs(self._root)
+
+    def _forget_parent(self) -> None:
+        """Drop the cached parent: a directory was removed or replaced."""
+        if self._last_parent is not None:
+            os.close(self._last_parent[1])
+            self._last_parent = None
+
     def close(self) -> None:
+        self._forget_parent()
         if self._root >= 0:
             os.close(self._root)
             self._root = -1
@@ -124,6 +149,7 @@ class TreeWriter:
                 if not self.overwrite:
                     raise TargetNotEmpty("it exists", path=self._show(path)) from None
                 if not stat.S_ISDIR(st.st_mode):  # a file or symlink in the way goes
+                    self._forget_parent()
                     os.unlink(name, dir_fd=parent)
                     os.mkdir(name, 0o700, dir_fd=parent)
 
@@ -145,7 +171,8 @@ class TreeWriter:
                 try:
                     size = _write_sparse(fd, blocks)
                     self._apply(fd, meta, kind="file")
-                    os.fsync(fd)
+                    if self.sync_each:
+                        os.fsync(fd)
                 finally:
                     os.close(fd)
                 os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
@@ -242,6 +269,7 @@ class TreeWriter:
     def remove(self, path: Sequence[str]) -> None:
         """Delete the entry at ``path`` and, for a directory, all below it; a symlink
         is unlinked, never followed."""
+        self._forget_parent()
         with self._parent(path, made=True) as (parent, name):
             _remove_at(parent, name)
 
@@ -314,16 +342,21 @@ class TreeWriter:
         except UnsafeName as exc:
             raise UnsafeName(exc.fields["detail"], path=self._show(path)) from None
         key = tuple(path)
-        if not made:
+        if not made and self.track_names:
             if key in self._made:
                 raise UnsafeName(
                     "the name appears twice in its directory; the first was kept",
                     path=self._show(path),
                 )
             self._made.add(key)
-        fd = os.dup(self._root)
+        cached = self._last_parent
+        if cached is not None and cached[0] == key[:-1]:
+            fd = os.dup(cached[1])  # the same parent as last time: walked already
+            names: Sequence[str] = ()
+        else:
+            fd, names = os.dup(self._root), path[:-1]
         try:
-            for depth, name in enumerate(path[:-1]):
+            for depth, name in enumerate(names):
                 try:
                     child = os.open(name, _DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
@@ -337,6 +370,9 @@ class TreeWriter:
                     ) from None
                 os.close(fd)
                 fd = child
+            if names:
+                self._forget_parent()
+                self._last_parent = (key[:-1], os.dup(fd))
             yield fd, path[-1]
         finally:
             os.close(fd)
@@ -382,6 +418,17 @@ class TreeWriter:
         times = _times(meta)
         if times is not None:
             os.utime(name, ns=times, dir_fd=parent, follow_symlinks=False)
+
+
+def _syncfs(fd: int) -> None:
+    """``syncfs(2)`` on ``fd``'s filesystem (Python has no binding); ``sync`` without it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) == 0:
+            return
+    except (OSError, AttributeError):
+        pass
+    os.sync()
 
 
 def _remove_at(parent: int, name: str) -> None:

@@ -76,6 +76,7 @@ class SnapshotImage:
         parts: dict[int, RegionReader] | None = None,
         cache: int = 8,
     ) -> None:
+        snapshot.require_disk("reading it as a disk")
         self.size = snapshot.disk_size
         given = parts or {}
         self._regions = [

@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from blockvault.errors import UsageError
 from blockvault.repo import format as fmt
 
 __all__ = ["PartitionRecord", "Snapshot", "Stats"]
@@ -99,6 +100,14 @@ class Snapshot:
         if self.source_id and other.source_id:
             return self.source_id == other.source_id
         return self.source == other.source
+
+    def require_disk(self, use: str) -> None:
+        """Refuse, in one line, to ``use`` a file snapshot as a disk image."""
+        if self.kind == "files":
+            raise UsageError(
+                f"snapshot {self.id[:12]} holds files, not a disk image: {use} needs a disk "
+                "snapshot ('blockvault restore SNAPSHOT DIR' restores files)"
+            )
 
     @property
     def imaged_partitions_numbers(self) -> tuple[int, ...]:

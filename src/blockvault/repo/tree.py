@@ -159,12 +159,19 @@ class Node:
 
 def encode_tree(nodes: list[Node], next_id: str = "") -> bytes:
     """The plaintext of one tree object (``nodes`` must be sorted by name bytes)."""
-    body: dict[str, Any] = {"version": 1, "nodes": [n.to_json() for n in nodes]}
-    if next_id:
-        body["next"] = next_id
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8", "surrogatepass"
-    )
+    return _join([_node_json(n) for n in nodes], next_id)
+
+
+def _node_json(node: Node) -> bytes:
+    text = json.dumps(node.to_json(), separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _join(encoded: list[bytes], next_id: str) -> bytes:
+    """What ``json.dumps`` of ``{"version": 1, "nodes": [...], "next": ...}`` (compact,
+    not ASCII-escaped) gives, from the nodes already encoded: each is encoded once."""
+    tail = b',"next":' + json.dumps(next_id).encode() if next_id else b""
+    return b'{"version":1,"nodes":[' + b",".join(encoded) + b"]" + tail + b"}"
 
 
 def decode_tree(plain: bytes) -> tuple[list[Node], str]:
@@ -192,18 +199,18 @@ def store_tree(nodes: list[Node], put: Callable[[bytes], str]) -> str:
     """Store a directory's nodes as one tree object, or a chain when too large for one;
     ``put`` stores a plaintext object and returns its id. Returns the first object's id."""
     nodes = sorted(nodes, key=lambda n: os.fsencode(n.name))
-    pieces: list[list[Node]] = [[]]
+    pieces: list[list[bytes]] = [[]]
     size = 64
     for node in nodes:
-        cost = len(json.dumps(node.to_json(), ensure_ascii=False).encode("utf-8", "surrogatepass"))
-        if pieces[-1] and size + cost + 1 > fmt.MAX_FILE_OBJECT - 256:
+        encoded = _node_json(node)
+        if pieces[-1] and size + len(encoded) + 1 > fmt.MAX_FILE_OBJECT - 256:
             pieces.append([])
             size = 64
-        pieces[-1].append(node)
-        size += cost + 1
+        pieces[-1].append(encoded)
+        size += len(encoded) + 1
     next_id = ""
     for piece in reversed(pieces):  # the tail first: each piece names the one after it
-        next_id = put(encode_tree(piece, next_id))
+        next_id = put(_join(piece, next_id))
     return next_id
 
 

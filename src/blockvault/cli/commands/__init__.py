@@ -192,6 +192,8 @@ COMMANDS = (
     "cat",
     "extract",
     "find",
+    "diff",
+    "versions",
     "mount",
     "umount",
     "prune",

@@ -19,7 +19,7 @@ from blockvault.pipeline.backup import backup
 
 def register(group: click.Group) -> None:
     @group.command("backup")
-    @click.argument("sources", metavar="SOURCE...", nargs=-1)
+    @click.argument("sources", metavar="SOURCE", nargs=-1)
     @click.option(
         "-p",
         "--partition",

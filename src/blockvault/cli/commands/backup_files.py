@@ -75,6 +75,13 @@ _OPTIONS: list[Callable[[Any], Any]] = [
         help="Leave out files larger than SIZE (such as 500MiB).",
     ),
     click.option(
+        "--snapshot",
+        "fs_snapshot",
+        is_flag=True,
+        help="Read from a read-only btrfs snapshot of each path's subvolume, deleted "
+        "afterwards (btrfs only).",
+    ),
+    click.option(
         "--stdin",
         "from_stdin",
         is_flag=True,
@@ -144,15 +151,14 @@ def run_file_backup(
     if not sources:
         raise UsageError("give the files or directories to back up")
     larger = options.get("exclude_larger_than")
-    selection = Selection.build(
-        exclude=options.get("exclude", ()),
-        exclude_files=options.get("exclude_files", ()),
-        iexclude=options.get("iexclude", ()),
+    selection = Selection(
+        exclude=tuple(options.get("exclude", ())),
+        iexclude=tuple(options.get("iexclude", ())),
         exclude_caches=bool(options.get("exclude_caches")),
         exclude_if_present=tuple(options.get("exclude_if_present", ())),
-        exclude_larger_than=parse_size(larger) if larger else None,
+        exclude_larger_than=_size(larger) if larger else None,
         one_file_system=bool(options.get("one_file_system")),
-    )
+    ).with_exclude_files(options.get("exclude_files", ()))
     paths = [absolute(s) for s in sources]
     with render.progress(as_json) as reporter:
         snap = backup_files(
@@ -161,6 +167,7 @@ def run_file_backup(
             selection=selection,
             tags=tags,
             host=host,
+            snapshot=bool(options.get("fs_snapshot")),
             reporter=reporter,
         )
     report(snap, as_json)
@@ -180,3 +187,10 @@ def report(snap: Snapshot, as_json: bool) -> None:
         err=True,
     )
     click.echo(snap.id)
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except click.BadParameter:
+        raise UsageError(f"--exclude-larger-than {text!r} is not a size such as 500MiB") from None

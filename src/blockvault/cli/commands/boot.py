@@ -102,6 +102,7 @@ def register(group: click.Group) -> None:
         from blockvault.interop.boot import boot_snapshot
 
         repo, snap = open_snapshot(ctx, snapshot)
+        snap.require_disk("booting")
         machine = _machine(snap, options, network=network, vnc=vnc)
         click.echo(
             f"booting snapshot {snap.id[:12]} ({machine.firmware}, "
@@ -132,6 +133,7 @@ def verify_boot_command(
     if timeout <= 0:
         raise UsageError(f"--timeout {timeout:g}: give a number of seconds above 0")
     repo, snap = open_snapshot(ctx, snapshot)
+    snap.require_disk("booting")
     machine = _machine(snap, options)
     if not as_json:
         click.echo(

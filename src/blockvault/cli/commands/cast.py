@@ -131,6 +131,7 @@ def register(group: click.Group) -> None:
         Only receivers given the session code take part, and they take only what this
         sender sent: the code is printed at the start (or read from --key-file)."""
         repo, snap = open_snapshot(ctx, snapshot)
+        snap.require_disk("casting")
         code = auth.read_key_file(key_file) if key_file else auth.new_code()
         if not key_file:
             click.echo(f"session code: {code} (cast receive --code {code})", err=True)

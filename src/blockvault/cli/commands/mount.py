@@ -9,14 +9,19 @@ import click
 
 from blockvault.browse.mount import mount, wait
 from blockvault.cli import render
-from blockvault.cli.commands import json_option, passphrase_source, snapshot_location
+from blockvault.cli.commands import (
+    json_option,
+    passphrase_source,
+    repo_location,
+    snapshot_location,
+)
 from blockvault.repo import Repository
 
 
 def register(group: click.Group) -> None:
     @group.command("mount")
-    @click.argument("snapshot")
-    @click.argument("mountpoint", type=click.Path(file_okay=False))
+    @click.argument("snapshot", metavar="[SNAPSHOT]")
+    @click.argument("mountpoint", type=click.Path(file_okay=False), required=False)
     @click.option(
         "--filesystems",
         is_flag=True,
@@ -34,7 +39,7 @@ def register(group: click.Group) -> None:
     def mount_command(
         ctx: click.Context,
         snapshot: str,
-        mountpoint: str,
+        mountpoint: str | None,
         filesystems: bool,
         foreground: bool,
         as_json: bool,
@@ -44,8 +49,18 @@ def register(group: click.Group) -> None:
         partition, readable at any offset; only the chunks read are fetched, holes
         read as zeros. Returns once mounted, the server staying in the background,
         unless --foreground. 'blockvault umount MOUNTPOINT' takes everything down,
-        loop devices included."""
-        location, snapshot = snapshot_location(ctx, snapshot)
+        loop devices included.
+
+        A file snapshot shows its files at MOUNTPOINT. Without SNAPSHOT, the whole
+        repository: MOUNTPOINT/ids/ID/, snapshots/TIME/ and hosts/HOST/TIME/, each
+        a file snapshot's files or a disk snapshot's partitions as pN/ (as at mount
+        time; mount again to see newer snapshots)."""
+        whole = mountpoint is None
+        if mountpoint is None:
+            snapshot, mountpoint = "", snapshot
+            location = repo_location(ctx)
+        else:
+            location, snapshot = snapshot_location(ctx, snapshot)
         ask = passphrase_source(ctx, location=location)
         remembered: list[str] = []
 
@@ -58,12 +73,13 @@ def register(group: click.Group) -> None:
             return Repository.open(location, passphrase=passphrase)
 
         repo = open_repository()
-        snap = repo.resolve(snapshot)
+        snap = None if whole else repo.resolve(snapshot)
         state = mount(open_repository, snap, mountpoint, filesystems=filesystems)
         if as_json:
             render.emit_json(state)
         else:
-            click.echo(f"mounted snapshot {snap.id[:12]} at {state.mountpoint}")
+            what = f"snapshot {snap.id[:12]}" if snap else f"repository {repo.location}"
+            click.echo(f"mounted {what} at {state.mountpoint}")
             for inner in state.inner:
                 note = f" ({inner.note})" if inner.note else ""
                 click.echo(f"  p{inner.partition}/: {inner.how}{note}")

@@ -42,7 +42,7 @@ def register(group: click.Group) -> None:
                     "damaged" if s.id in listing.damaged else s.time[:19].replace("T", " "),
                     s.host,
                     s.source,
-                    render.size(s.disk_size),
+                    render.size(s.disk_size) if s.kind == "disk" else "files",
                     render.size(s.stats.used_bytes),
                     render.size(s.stats.stored_bytes),
                     ",".join(s.tags),
