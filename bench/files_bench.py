@@ -26,7 +26,8 @@ wall time, bytes added to the repository (``du -sb``), peak RSS (``wait4``'s
 ``--empty N`` adds a tree of N empty files (cached too): first backup, then the timed
 walk of an unchanged incremental. ``--profile`` samples blockvault's first and
 unchanged backups with py-spy. Results go to
-``bench/work/files-results-<files>.json`` and Markdown tables on stdout. Root.
+``bench/work/files-results-<files>-<time>.json`` (``--report`` merges several) and
+Markdown tables on stdout. Root.
 """
 
 from __future__ import annotations
