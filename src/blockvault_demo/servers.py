@@ -1,5 +1,5 @@
-"""Real storage servers for the tests, on 127.0.0.1: OpenSSH sshd, moto's S3 server, and
-a TCP proxy that drops connections on purpose.
+"""Real servers for the tests, on 127.0.0.1: OpenSSH sshd, moto's S3 server, a TCP proxy
+that drops connections on purpose, and throwaway PostgreSQL and MariaDB servers.
 
 Each SSH server gets its own host key, and a temporary HOME holds what a user's
 ``~/.ssh`` would: a user key, ``known_hosts`` with the server's key and a ``config``
@@ -14,11 +14,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -246,3 +248,186 @@ def dropping_proxy(upstream: int, *, after: int, drops: int | None) -> Iterator[
         yield proxy
     finally:
         proxy.close()
+
+
+# Database servers for the dump recipes: throwaway instances with their data in a fresh
+# directory, listening on 127.0.0.1 at a free port, reached by their own client tools.
+# Both refuse to run as root, so as root they run as the account their Debian package
+# made, in a directory that account owns (pytest's tmp dirs are root's, mode 0700).
+
+DatabaseKind = Literal["postgresql", "mariadb"]
+_SERVICE_ACCOUNT: dict[DatabaseKind, str] = {"postgresql": "postgres", "mariadb": "mysql"}
+
+
+def postgresql_bin() -> Path | None:
+    """The newest installed PostgreSQL server's program directory (Debian keeps initdb and
+    postgres off PATH, under /usr/lib/postgresql/VERSION/bin), or None."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if found:
+        return found[-1].parent
+    postgres = shutil.which("postgres")
+    return Path(postgres).parent if postgres else None
+
+
+def mariadb_missing() -> str | None:
+    """Why MariaDB cannot be started here (a missing program), or None."""
+    for tool in ("mariadbd", "mariadb-install-db", "mariadb", "mariadb-dump"):
+        if shutil.which(tool) is None and shutil.which(tool, path="/usr/sbin:/sbin") is None:
+            return f"{tool} is not installed (apt-get install mariadb-server)"
+    return None
+
+
+@dataclass
+class Database:
+    """A running throwaway database server and the arguments its clients need."""
+
+    kind: DatabaseKind
+    port: int
+    data: Path  # the server's own directory (data files, socket, log)
+    bindir: Path | None = None  # PostgreSQL's program directory
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def tool(self, name: str, *args: str) -> list[str]:
+        """argv for one of the server's client programs (psql, pg_dump, pg_restore,
+        mariadb, mariadb-dump), connected as the superuser over TCP."""
+        if self.kind == "postgresql":
+            program = str(self.bindir / name) if self.bindir else name
+            return [program, "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", *args]
+        return [
+            name,
+            "--no-defaults",
+            "--protocol=tcp",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            str(self.port),
+            "-u",
+            "root",
+            *args,
+        ]
+
+    def run(self, name: str, *args: str, input: bytes | None = None) -> bytes:
+        """Run a client program; its stdout, or RuntimeError with its stderr."""
+        proc = subprocess.run(self.tool(name, *args), input=input, capture_output=True)
+        if proc.returncode != 0:
+            why = proc.stderr.decode(errors="replace").strip()
+            raise RuntimeError(f"{name} failed ({proc.returncode}): {why}")
+        return proc.stdout
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+def _service_dir(kind: DatabaseKind) -> tuple[Path, str | None]:
+    """A new directory the server may own, and the account to run it as (None: ourselves)."""
+    data = Path(tempfile.mkdtemp(prefix=f"blockvault-test-{kind}-"))
+    if os.geteuid() != 0:
+        return data, None
+    account = _SERVICE_ACCOUNT[kind]
+    shutil.chown(data, account, account)
+    return data, account
+
+
+def _as_account(argv: list[str], log: Path, account: str | None) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, user=account, group=account
+        )
+
+
+def _setup(argv: list[str], log: Path, account: str | None) -> None:
+    proc = _as_account(argv, log, account)
+    if proc.wait() != 0:
+        err = log.read_text(errors="replace").strip().splitlines()
+        raise RuntimeError(f"{Path(argv[0]).name} failed: {err[-1] if err else proc.returncode}")
+
+
+def start_postgresql() -> Database:
+    """initdb (trust authentication, UTF-8) and ``postgres`` on 127.0.0.1:free port."""
+    bindir = postgresql_bin()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+    data, account = _service_dir("postgresql")
+    cluster, log = data / "cluster", data / "server.log"
+    _setup(
+        [str(bindir / "initdb"), "-D", str(cluster), "-U", "postgres", "--auth=trust",
+         "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
+        log,
+        account,
+    )  # fmt: skip
+    port = free_port()
+    proc = _as_account(
+        [str(bindir / "postgres"), "-D", str(cluster), "-p", str(port), "-k", str(data),
+         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "shared_buffers=16MB"],
+        log,
+        account,
+    )  # fmt: skip
+    db = Database("postgresql", port, data, bindir, proc)
+    try:
+        wait_for_port(port, proc, log)
+        _wait_ready(db, ["pg_isready", "-q"])
+    except BaseException:
+        db.stop()
+        raise
+    return db
+
+
+def start_mariadb() -> Database:
+    """mariadb-install-db (root with an empty password) and ``mariadbd`` on 127.0.0.1:free
+    port, no binary log, a small buffer pool."""
+    missing = mariadb_missing()
+    if missing:
+        raise RuntimeError(missing)
+    data, account = _service_dir("mariadb")
+    files, log = data / "data", data / "server.log"
+    _setup(
+        ["mariadb-install-db", "--no-defaults", f"--datadir={files}",
+         "--auth-root-authentication-method=normal", "--skip-test-db",
+         *([f"--user={account}"] if account else [])],
+        log,
+        account,
+    )  # fmt: skip
+    port = free_port()
+    mariadbd = shutil.which("mariadbd") or shutil.which("mariadbd", path="/usr/sbin:/sbin")
+    proc = _as_account(
+        [str(mariadbd), "--no-defaults", f"--datadir={files}", f"--socket={data}/mysqld.sock",
+         f"--pid-file={data}/mysqld.pid", f"--port={port}", "--bind-address=127.0.0.1",
+         "--skip-name-resolve", "--innodb-buffer-pool-size=32M", "--skip-log-bin",
+         *([f"--user={account}"] if account else [])],
+        log,
+        account,
+    )  # fmt: skip
+    db = Database("mariadb", port, data, None, proc)
+    try:
+        wait_for_port(port, proc, log)
+        _wait_ready(db, ["mariadb-admin", "ping", "--silent"])
+    except BaseException:
+        db.stop()
+        raise
+    return db
+
+
+def _wait_ready(db: Database, ping: list[str], timeout: float = 60.0) -> None:
+    """A port that accepts is not yet a server that answers: ask until it does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if subprocess.run(db.tool(*ping), capture_output=True).returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{db.kind} on port {db.port} does not answer after {timeout}s")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def database(kind: DatabaseKind) -> Iterator[Database]:
+    """A throwaway server of ``kind``, stopped and its files removed afterwards."""
+    db = start_postgresql() if kind == "postgresql" else start_mariadb()
+    try:
+        yield db
+    finally:
+        db.stop()
