@@ -207,6 +207,7 @@ COMMANDS = (
     "status",
     "boot",
     "agent",
+    "rescue",
 )
 
 
