@@ -25,9 +25,7 @@ def test_params_lose_the_quotes_around_a_value_as_the_kernel_does() -> None:
     params = dict(kernel_params(LINE))
     assert params["blockvault.run"] == "-r sftp://backup@nas/repo restore latest /dev/sda --yes"
     assert params["quiet"] is None
-    assert dict(kernel_params('"blockvault.after=power off"')) == {
-        "blockvault.after": "power off"
-    }
+    assert dict(kernel_params('"blockvault.after=power off"')) == {"blockvault.after": "power off"}
 
 
 def test_a_run_option_becomes_blockvault_arguments() -> None:

@@ -84,6 +84,39 @@ TOOLS: Final = {
 }
 GRUB_PLATFORMS: Final = {"i386-pc": "grub-pc-bin", "x86_64-efi": "grub-efi-amd64-bin"}
 GRUB_DIR: Final = Path("/usr/lib/grub")
+# the initramfs's drivers (MODULES=list; live-boot's hook adds squashfs, overlay, loop):
+# CD, USB, SATA, NVMe, virtio and SD/MMC media, their filesystems, a USB keyboard
+INITRAMFS_MODULES: Final = (
+    "sr_mod",
+    "cdrom",
+    "isofs",
+    "ahci",
+    "ata_piix",
+    "pata_acpi",
+    "sd_mod",
+    "nvme",
+    "usb_storage",
+    "uas",
+    "xhci_pci",
+    "ehci_pci",
+    "ohci_pci",
+    "uhci_hcd",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "mmc_block",
+    "sdhci_pci",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "nls_utf8",
+    "ext4",
+    "hid_generic",
+    "usbhid",
+    "squashfs",
+    "overlay",
+    "loop",
+)
 
 
 @dataclass(frozen=True)
@@ -251,27 +284,40 @@ def _entry(cache: Path, name: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _base_hooks(plist: PackageList) -> list[str]:
+    """mmdebstrap's customize hooks (``$1`` is the root): networking, the dropped
+    files, and a small initramfs (only the drivers that find a boot medium: GRUB
+    reads it through the firmware, which is slow, so every MiB counts)."""
+    modules = "\\n".join(INITRAMFS_MODULES)
+    return [
+        'echo blockvault-rescue > "$1/etc/hostname"',
+        'mkdir -p "$1/etc/systemd/network"',
+        "printf '[Match]\\nType=ether\\n\\n[Network]\\nDHCP=yes\\n' "
+        '> "$1/etc/systemd/network/20-wired.network"',
+        'chroot "$1" systemctl enable systemd-networkd systemd-resolved',
+        'ln -sf /run/systemd/resolve/stub-resolv.conf "$1/etc/resolv.conf"',
+        *(f'cd "$1" && rm -rf -- {drop}' for drop in plist.drops),
+        'for k in "$1"/usr/lib/modules/*; do chroot "$1" depmod -a "${k##*/}"; done',
+        'echo MODULES=list > "$1/etc/initramfs-tools/conf.d/rescue.conf"',
+        f"printf '{modules}\\n' >> \"$1/etc/initramfs-tools/modules\"",
+        'chroot "$1" update-initramfs -u -k all',
+        'chroot "$1" dpkg-query -W -f "\\${Package}\\n" | wc -l > "$1/../packages"',
+    ]
+
+
 def _base(
     cache: Path, plist: PackageList, env: dict[str, str], reporter: Reporter
 ) -> tuple[Path, bool]:
-    base = cache / f"base-{plist.digest}"
+    hooks = _base_hooks(plist)
+    key = hashlib.sha256("\0".join([plist.digest, *hooks]).encode()).hexdigest()[:16]
+    base = cache / f"base-{key}"
     if (base / "base.json").exists():
         reporter(Noted(f"base system: cached ({base})"))
         return base, True
     reporter(Noted(f"base system: mmdebstrap {plist.suite}, {len(plist.packages)} packages"))
     with _entry(cache, base.name) as tmp:
         root = tmp / "root"
-        hooks = [
-            'echo blockvault-rescue > "$1/etc/hostname"',
-            'mkdir -p "$1/etc/systemd/network"',
-            "printf '[Match]\\nType=ether\\n\\n[Network]\\nDHCP=yes\\n' "
-            '> "$1/etc/systemd/network/20-wired.network"',
-            'chroot "$1" systemctl enable systemd-networkd systemd-resolved',
-            'ln -sf /run/systemd/resolve/stub-resolv.conf "$1/etc/resolv.conf"',
-            *(f'cd "$1" && rm -rf -- {drop}' for drop in plist.drops),
-            'for k in "$1"/usr/lib/modules/*; do chroot "$1" depmod -a "${k##*/}"; done',
-            'chroot "$1" dpkg-query -W -f "\\${Package}\\n" | wc -l > "$1/../packages"',
-        ]
+        hooks = _base_hooks(plist)
         _run(
             [
                 "mmdebstrap",
