@@ -414,7 +414,8 @@ def _layer(cache: Path, base: Path, env: dict[str, str], reporter: Reporter) -> 
 
 
 def _wheel(directory: Path, cache: Path, env: dict[str, str]) -> Path:
-    """The wheel of the tree this blockvault runs from (a source checkout)."""
+    """The wheel of the tree this blockvault runs from (a source checkout), built
+    from a copy so that the checkout gets no build/ or egg-info folders."""
     tree = Path(__file__).resolve().parents[3]
     project = tree / "pyproject.toml"
     if not project.is_file() or 'name = "blockvault"' not in project.read_text():
@@ -422,6 +423,11 @@ def _wheel(directory: Path, cache: Path, env: dict[str, str]) -> Path:
             f"blockvault runs from {tree}, not a source tree: build from a checkout",
             output="-",
         )
+    copy = directory / "tree"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(tree / "src", copy / "src", ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copyfile(tree / name, copy / name)
     _run(
         [
             sys.executable,
@@ -435,7 +441,7 @@ def _wheel(directory: Path, cache: Path, env: dict[str, str]) -> Path:
             str(cache / "pip"),
             "--wheel-dir",
             str(directory),
-            str(tree),
+            str(copy),
         ],
         output=directory,
         env=env,
