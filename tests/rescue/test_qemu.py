@@ -17,7 +17,8 @@ import pytest
 
 from blockvault.interop.boot import OVMF_PAIRS, ConsoleWatch, default_accel
 from blockvault.rescue.build import DEFAULT_CACHE, Preset, build_iso
-from blockvault_demo.sample_boot import boot, build_boot_disk
+from blockvault_demo.sample_boot import BootDisk, boot, build_boot_disk
+from blockvault_demo.servers import start_sshd, stop
 from tests.conftest import IS_ROOT, blockvault, need_tools
 
 pytestmark = [
@@ -27,6 +28,7 @@ pytestmark = [
 ]
 
 MENU = "Choose:"
+RESTORE = 'blockvault.run="restore latest /dev/vda --yes" blockvault.after=poweroff'
 BOOT_TIMEOUT = 600.0  # seconds: GRUB reads the kernel through the firmware, slow under TCG
 CACHE = Path(os.environ.get("BLOCKVAULT_RESCUE_CACHE", str(DEFAULT_CACHE))).expanduser()
 
@@ -41,7 +43,14 @@ def rescue_iso(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def boot_rescue(
-    medium: Path, firmware: str, how: str, disk: Path, *, until: tuple[str, ...], timeout: float
+    medium: Path,
+    firmware: str,
+    how: str,
+    disk: Path,
+    *,
+    until: tuple[str, ...],
+    timeout: float,
+    network: bool = False,
 ) -> str:
     """Boot ``medium`` (as ``cdrom`` or ``usb``) with ``disk`` as the machine's blank
     virtio disk; the serial console's text once one of ``until`` appears, else when
@@ -62,7 +71,7 @@ def boot_rescue(
         "stdio",
         "-no-reboot",
         "-nic",
-        "none",
+        "user,model=virtio-net-pci" if network else "none",
         "-drive",
         f"if=virtio,format=raw,file={disk}",
     ]
@@ -127,25 +136,63 @@ def test_the_menu_appears_on_the_serial_console(
     assert "1) Restore a disk from a repository" in console
 
 
-def test_unattended_restore_from_an_image_on_the_stick_then_the_system_boots(
-    tmp_path: Path, blank: Path, rescue_iso: Path
-) -> None:
+def backed_up(repo: Path, tmp_path: Path) -> BootDisk:
+    """A bootable sample disk (BIOS; it prints a random token once up), backed up."""
     sample = build_boot_disk("bios", tmp_path / "sample.img")
-    repo, image = tmp_path / "repo", tmp_path / "sample.bvi"
-    for args in (
-        ("-r", repo, "init"),
-        ("-r", repo, "backup", sample.path),
-        ("-r", repo, "export", "--format", "bvi", "latest", image),
-    ):
+    for args in (("-r", repo, "init"), ("-r", repo, "backup", sample.path)):
         done = blockvault(*args)
         assert done.returncode == 0, done.stderr
-    stick = tmp_path / "stick.iso"
-    options = 'blockvault.run="restore latest /dev/vda --yes" blockvault.after=poweroff'
-    build_iso(stick, Preset(images=(image,), boot_options=options), cache=CACHE)
-    # blockvault.after=poweroff: the console ends when the guest has synced and stopped
-    console = boot_rescue(stick, "uefi", "usb", blank, until=(), timeout=BOOT_TIMEOUT)
+    return sample
+
+
+def assert_restored_and_booted(console: str, blank: Path, sample: BootDisk) -> None:
+    """The job reported success, the guest powered off (after syncing), and the disk it
+    wrote boots the sample's system, token and all."""
     assert "BLOCKVAULT-RESCUE-START blockvault restore latest /dev/vda --yes" in console
     assert "BLOCKVAULT-RESCUE-OK" in console, console[-2000:]
     assert "reboot: Power down" in console
     restored = boot(blank, "bios", expect_token=sample.token)
     assert restored.booted, restored.reason
+
+
+def test_unattended_restore_from_an_image_on_the_stick_then_the_system_boots(
+    tmp_path: Path, blank: Path, rescue_iso: Path
+) -> None:
+    repo, image = tmp_path / "repo", tmp_path / "sample.bvi"
+    sample = backed_up(repo, tmp_path)
+    done = blockvault("-r", repo, "export", "--format", "bvi", "latest", image)
+    assert done.returncode == 0, done.stderr
+    stick = tmp_path / "stick.iso"
+    build_iso(stick, Preset(images=(image,), boot_options=RESTORE), cache=CACHE)
+    # blockvault.after=poweroff: the console ends when the guest has synced and stopped
+    console = boot_rescue(stick, "uefi", "usb", blank, until=(), timeout=BOOT_TIMEOUT)
+    assert "== blockvault rescue ==" in console  # the menu is there too, beside the job
+    assert_restored_and_booted(console, blank, sample)
+
+
+def test_unattended_restore_from_an_sftp_repository_then_the_system_boots(
+    tmp_path: Path, blank: Path, rescue_iso: Path
+) -> None:
+    server = start_sshd(tmp_path / "server")
+    try:
+        sample = backed_up(server.data / "repo", tmp_path)
+        # the guest reaches the host's loopback as 10.0.2.2 (QEMU user networking)
+        known = tmp_path / "known_hosts"
+        key_type, key_blob = server.host_key.split()[:2]
+        known.write_text(f"[10.0.2.2]:{server.port} {key_type} {key_blob}\n")
+        preset = Preset(
+            repo=f"sftp://root@10.0.2.2:{server.port}{server.data / 'repo'}",
+            ssh_key=server.home / ".ssh" / "id_ed25519",
+            known_hosts=known,
+            boot_options=RESTORE,
+        )
+        cd = tmp_path / "sftp.iso"
+        build_iso(cd, preset, cache=CACHE)
+        console = boot_rescue(
+            cd, "bios", "cdrom", blank, until=(), timeout=BOOT_TIMEOUT, network=True
+        )
+        assert "waiting for the network (DHCP)" in console
+        assert_restored_and_booted(console, blank, sample)
+    finally:
+        if server.proc:
+            stop(server.proc)

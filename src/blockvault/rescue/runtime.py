@@ -166,11 +166,15 @@ def install_ssh(config: RescueConfig, home: Path = Path("/root")) -> None:
         if source is None or not source.is_file():
             continue
         ssh.mkdir(mode=0o700, exist_ok=True)
-        target = ssh / name
-        shutil.copyfile(source, target)
-        target.chmod(0o600)
+        # each console's menu and the job do this at once: whole files, renamed in
+        partial = ssh / f".{name}.{os.getpid()}"
+        shutil.copyfile(source, partial)
+        partial.chmod(0o600)
+        os.replace(partial, ssh / name)
     if config.ssh_key and config.ssh_key.is_file():
-        (ssh / "config").write_text("Host *\n    IdentityFile ~/.ssh/id_rescue\n")
+        partial = ssh / f".config.{os.getpid()}"
+        partial.write_text("Host *\n    IdentityFile ~/.ssh/id_rescue\n")
+        os.replace(partial, ssh / "config")
 
 
 def layer_files() -> dict[str, tuple[str, int]]:
