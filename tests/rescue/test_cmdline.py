@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from blockvault.errors import RescueOptionError
-from blockvault.rescue.cmdline import Job, job_from_cmdline, kernel_params, kernel_words
+from blockvault.rescue.cmdline import (
+    Job,
+    console_devices,
+    job_from_cmdline,
+    kernel_params,
+    kernel_words,
+)
 
 # a command line as /proc/cmdline shows it after GRUB passed the build's options
 LINE = (
@@ -95,3 +101,8 @@ def test_wrong_options_are_one_clear_error(line: str, says: str) -> None:
 def test_an_oversized_command_line_is_refused_unread() -> None:
     with pytest.raises(RescueOptionError, match="longer than 64 KiB"):
         job_from_cmdline("x" * (64 * 1024 + 1))
+
+
+def test_console_devices_are_the_console_options_in_order() -> None:
+    assert console_devices(LINE) == ["/dev/tty0", "/dev/ttyS0"]
+    assert console_devices("console=../../etc/passwd console=ttyS1,9600n8") == ["/dev/ttyS1"]

@@ -116,6 +116,8 @@ def boot_rescue(
     finally:
         proc.terminate()
         proc.wait(10)
+        # kept beside the disk: a failing test's tmp_path stays for reading
+        disk.with_name(f"{disk.stem}-{firmware}-{how}.console").write_bytes(seen)
     return seen.decode(errors="replace")
 
 

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 from blockvault.errors import BlockvaultError
-from blockvault.rescue.cmdline import job_from_cmdline
+from blockvault.rescue.cmdline import console_devices, job_from_cmdline
 from blockvault.rescue.menu import Menu
 from blockvault.rescue.runtime import LOG_PATH, install_ssh, load_config
-from blockvault.rescue.unattended import AFTER_COMMANDS, FAIL_LINE, run_job
+from blockvault.rescue.unattended import AFTER_COMMANDS, FAIL_LINE, Consoles, run_job
 
 LIVE_MEDIUM_MOUNT = "/run/live/medium"
 
@@ -27,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("program", choices=["menu", "unattended"])
     parser.add_argument("--cmdline", help="the kernel command line (default: /proc/cmdline)")
     parser.add_argument("--log", type=Path, default=LOG_PATH)
+    parser.add_argument(
+        "--consoles",
+        action="store_true",
+        help="report on the command line's console= devices, not on standard output",
+    )
     parser.add_argument("ignored", nargs="*", help=argparse.SUPPRESS)  # agetty's tty name
     options = parser.parse_args(argv)
     try:
@@ -45,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if job is None:
         return 0
-    ok = run_job(job, config, out=sys.stdout, log=options.log, disks=_disks)
+    devices = console_devices(cmdline) if options.consoles else []
+    with Consoles(devices, sys.stdout) as consoles:
+        ok = run_job(job, config, out=consoles, log=options.log, disks=_disks)
     if job.after in AFTER_COMMANDS:
         subprocess.run(["sync"], check=False)
         subprocess.run(AFTER_COMMANDS[job.after], check=False)

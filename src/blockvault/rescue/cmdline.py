@@ -93,6 +93,17 @@ def _param(word: str) -> tuple[str, str | None]:
     return name, value
 
 
+def console_devices(cmdline: str) -> list[str]:
+    """The device of each ``console=`` option (``ttyS0,115200n8`` -> ``/dev/ttyS0``),
+    in order; names that are not plain device names are left out."""
+    names = [
+        value.split(",", 1)[0]
+        for name, value in kernel_params(cmdline)
+        if name == "console" and value
+    ]
+    return [f"/dev/{n}" for n in names if n.isalnum()]
+
+
 def job_from_cmdline(cmdline: str) -> Job | None:
     """The unattended job the command line asks for, or None when it asks for none
     (the menu then waits for someone). Unknown ``blockvault.`` options, a bad

@@ -59,9 +59,9 @@ After=systemd-udevd.service local-fs.target systemd-networkd.service
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/python3 -m blockvault.rescue unattended
-StandardOutput=journal+console
-StandardError=journal+console
+ExecStart=/usr/bin/python3 -m blockvault.rescue unattended --consoles
+StandardOutput=journal
+StandardError=journal
 
 [Install]
 WantedBy=multi-user.target

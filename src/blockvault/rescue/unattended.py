@@ -9,16 +9,17 @@ power off, or stay (the menu is on the consoles).
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final, TextIO
+from typing import Final, Protocol
 
 from blockvault.rescue.cmdline import AUTO_TARGET, Job
 from blockvault.rescue.runtime import RescueConfig, blockvault_argv, env_for
 
-__all__ = ["AFTER_COMMANDS", "FAIL_LINE", "OK_LINE", "START_LINE", "run_job"]
+__all__ = ["AFTER_COMMANDS", "FAIL_LINE", "OK_LINE", "START_LINE", "Consoles", "run_job"]
 
 START_LINE: Final = "BLOCKVAULT-RESCUE-START"
 OK_LINE: Final = "BLOCKVAULT-RESCUE-OK"
@@ -35,11 +36,43 @@ NETWORK_WAIT: Final = [
 ]
 
 
+class Writer(Protocol):
+    def write(self, text: str, /) -> int: ...
+    def flush(self) -> None: ...
+
+
+class Consoles(contextlib.ExitStack):
+    """Every console the kernel command line names (``console=ttyS0,115200`` ->
+    ``/dev/ttyS0``; ``tty0`` is the screen), written to directly: a person at the
+    screen and a test on the serial line see the same report. One that cannot be
+    opened is skipped; with none, ``fallback`` (the service's output) is used."""
+
+    def __init__(self, devices: list[str], fallback: Writer) -> None:
+        super().__init__()
+        self.streams: list[Writer] = []
+        for device in devices:
+            with contextlib.suppress(OSError):
+                self.streams.append(
+                    self.enter_context(open(device, "w", encoding="utf-8", errors="replace"))  # noqa: SIM115  # closed by the stack
+                )
+        if not self.streams:
+            self.streams.append(fallback)
+
+    def write(self, text: str, /) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
 def run_job(
     job: Job,
     config: RescueConfig,
     *,
-    out: TextIO,
+    out: Writer,
     log: Path,
     disks: Callable[[], list[str]],
 ) -> bool:
