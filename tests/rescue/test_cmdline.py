@@ -27,6 +27,13 @@ def test_words_are_cut_at_spaces_outside_double_quotes() -> None:
     assert words[-2:] == ["blockvault.after=reboot", "quiet"]
 
 
+def test_an_unclosed_quote_runs_to_the_end() -> None:
+    assert kernel_words('quiet blockvault.run="disks --json') == [
+        "quiet",
+        'blockvault.run="disks --json',
+    ]
+
+
 def test_params_lose_the_quotes_around_a_value_as_the_kernel_does() -> None:
     params = dict(kernel_params(LINE))
     assert params["blockvault.run"] == "-r sftp://backup@nas/repo restore latest /dev/sda --yes"

@@ -44,9 +44,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Final
 
-from blockvault.errors import RescueBuildError, UsageError
+from blockvault.errors import RescueBuildError, RescueOptionError, UsageError
 from blockvault.events import Noted, Reporter, Warned, quiet
-from blockvault.rescue.cmdline import job_from_cmdline, kernel_words
+from blockvault.rescue.cmdline import job_from_cmdline, kernel_params
 from blockvault.rescue.runtime import (
     CONFIG_NAME,
     IMAGES_DIR,
@@ -502,9 +502,16 @@ def _medium(tree: Path, base: Path, layer: Path, preset: Preset) -> dict[str, in
 def grub_config(boot_options: str) -> str:
     """GRUB's menu on screen and serial port: the rescue system, with the preset's
     boot options when there are some, and without them as the second entry."""
-    # GRUB parses quotes itself; each kernel word single-quoted reaches the kernel as
-    # written, double quotes included (the build refused ' and \\ in the options)
-    extra = " ".join(f"'{word}'" for word in kernel_words(boot_options))
+    # GRUB reads its own quoting, then writes each argument that holds a space as
+    # "word" for the kernel, whose parser takes "name=value with spaces" whole. So
+    # each parameter goes to GRUB unquoted, single-quoted as one GRUB word (the build
+    # refused ' and \\ in the options, and " inside a value below)
+    words = []
+    for name, value in kernel_params(boot_options):
+        if value is not None and '"' in value:
+            raise RescueOptionError("a value may not hold a double quote", option=name)
+        words.append(f"'{name}'" if value is None else f"'{name}={value}'")
+    extra = " ".join(words)
     entries = [("blockvault rescue", extra)] if extra else []
     entries.append(("blockvault rescue (menu)" if extra else "blockvault rescue", ""))
     lines = [

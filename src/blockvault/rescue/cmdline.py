@@ -64,7 +64,7 @@ def kernel_words(cmdline: str) -> list[str]:
     words: list[str] = []
     word: list[str] = []
     quoted = False
-    for ch in cmdline.strip() + " ":
+    for ch in cmdline.strip():
         if ch == '"':
             quoted = not quoted
         if ch.isspace() and not quoted:
@@ -73,6 +73,8 @@ def kernel_words(cmdline: str) -> list[str]:
                 word = []
             continue
         word.append(ch)
+    if word:  # an unclosed quote runs to the end, as in the kernel
+        words.append("".join(word))
     return words
 
 
