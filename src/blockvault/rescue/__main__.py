@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if job is None:
         return 0
     devices = console_devices(cmdline) if options.consoles else []
-    with Consoles(devices, sys.stdout) as consoles:
-        ok = run_job(job, config, out=consoles, log=options.log, disks=_disks)
+    ok = run_job(job, config, out=Consoles(devices, sys.stdout), log=options.log, disks=_disks)
     if job.after in AFTER_COMMANDS:
         subprocess.run(["sync"], check=False)
         subprocess.run(AFTER_COMMANDS[job.after], check=False)

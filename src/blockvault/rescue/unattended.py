@@ -9,7 +9,6 @@ power off, or stay (the menu is on the consoles).
 
 from __future__ import annotations
 
-import contextlib
 import shlex
 import subprocess
 from collections.abc import Callable
@@ -41,31 +40,33 @@ class Writer(Protocol):
     def flush(self) -> None: ...
 
 
-class Consoles(contextlib.ExitStack):
+class Consoles:
     """Every console the kernel command line names (``console=ttyS0,115200`` ->
     ``/dev/ttyS0``; ``tty0`` is the screen), written to directly: a person at the
-    screen and a test on the serial line see the same report. One that cannot be
-    opened is skipped; with none, ``fallback`` (the service's output) is used."""
+    screen and a test on the serial line see the same report. Each line opens the
+    device anew: agetty hangs a terminal up when it starts the menu there, and a
+    hung-up file only fails (EIO). A device that cannot be written is skipped; with
+    none at all, ``fallback`` (the service's output) gets the line."""
 
     def __init__(self, devices: list[str], fallback: Writer) -> None:
-        super().__init__()
-        self.streams: list[Writer] = []
-        for device in devices:
-            with contextlib.suppress(OSError):
-                self.streams.append(
-                    self.enter_context(open(device, "w", encoding="utf-8", errors="replace"))  # noqa: SIM115  # closed by the stack
-                )
-        if not self.streams:
-            self.streams.append(fallback)
+        self.devices = devices
+        self.fallback = fallback
 
     def write(self, text: str, /) -> int:
-        for stream in self.streams:
-            stream.write(text)
+        written = False
+        for device in self.devices:
+            try:
+                with open(device, "w", encoding="utf-8", errors="replace") as console:
+                    console.write(text)
+                written = True
+            except OSError:
+                continue
+        if not written:
+            self.fallback.write(text)
         return len(text)
 
     def flush(self) -> None:
-        for stream in self.streams:
-            stream.flush()
+        self.fallback.flush()
 
 
 def run_job(
