@@ -279,7 +279,11 @@ def _entry(cache: Path, name: str) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
     try:
         yield tmp
-        os.replace(tmp, cache / name)
+        try:
+            os.replace(tmp, cache / name)
+        except OSError:
+            if not (cache / name).is_dir():  # else a build beside ours finished first
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
