@@ -4,6 +4,7 @@ image file standing in for the disk they overwrite."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from blockvault.rescue.runtime import MEDIUM_ENV
+from blockvault.rescue.unattended import Consoles
 from tests.conftest import blockvault
 
 MiB = 1024 * 1024
@@ -134,3 +136,17 @@ def test_no_unattended_option_runs_nothing(tmp_path: Path) -> None:
     medium = preset(tmp_path / "medium")
     done = rescue("unattended", medium, "--cmdline", "boot=live quiet")
     assert (done.returncode, done.stdout) == (0, "")
+
+
+def test_the_report_reaches_every_console_that_opens_else_the_fallback(tmp_path: Path) -> None:
+    serial, gone = tmp_path / "serial", tmp_path / "no" / "tty"
+    serial.write_text("")
+    fallback = io.StringIO()
+    consoles = Consoles([str(gone), str(serial)], fallback)
+    consoles.write("BLOCKVAULT-RESCUE-OK\n")
+    serial.write_text("")  # the line is written through a new file each time
+    consoles.write("second\n")
+    assert serial.read_text() == "second\n"
+    assert fallback.getvalue() == ""
+    Consoles([str(gone)], fallback).write("only here\n")
+    assert fallback.getvalue() == "only here\n"
