@@ -23,6 +23,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   │   └── PlanNotFound                     no plan of that name in the plans file
     │   ├── ClockBehind                      a snapshot is dated after the clock: prune refuses
     │   ├── ScheduleError                    a plan's schedule or window spec is wrong
+    │   ├── RescueOptionError                a blockvault.* kernel option of the rescue system
     │   ├── BrowseError                      a snapshot path to browse is wrong (browse/)
     │   │   ├── PartitionNotFound                no such imaged partition in the snapshot
     │   │   ├── PathNotFound                     no such file or directory in it
@@ -49,6 +50,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   ├── ObjectNotFound                   a named object does not exist
     │   ├── ObjectTooLarge          exit 4   an object larger than its kind allows, refused unread
     │   └── TransientStorageError            a failure worth retrying (dropped link)
+    ├── RescueBuildError            exit 1   rescue media could not be built (rescue/)
     ├── VirtualMachineError         exit 1   QEMU could not run a guest (interop/boot.py)
     │   └── BootFailed              exit 5   a guest did not reach its login prompt or marker
     ├── FormatError                 exit 1   foreign on-disk structure we cannot trust
@@ -136,6 +138,8 @@ __all__ = [
     "RepositoryError",
     "RepositoryExists",
     "RepositoryNotFound",
+    "RescueBuildError",
+    "RescueOptionError",
     "ScheduleError",
     "SessionExpired",
     "SnapshotFailed",
@@ -409,6 +413,16 @@ class TransientStorageError(StorageError):
     timeout, server busy or 5xx). Backends raise it; the retry wrapper retries it."""
 
     template = "storage {location}: {detail}"
+
+
+class RescueOptionError(UsageError):
+    template = (
+        "kernel command line option {option}: {detail} (see 'Unattended rescue' in the user guide)"
+    )
+
+
+class RescueBuildError(BlockvaultError):
+    template = "rescue media {output}: {detail}"
 
 
 class VirtualMachineError(BlockvaultError):

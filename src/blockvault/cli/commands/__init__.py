@@ -298,6 +298,7 @@ COMMANDS = (
     "status",
     "boot",
     "agent",
+    "rescue",
 )
 
 

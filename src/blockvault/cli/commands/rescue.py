@@ -1,0 +1,108 @@
+"""``blockvault rescue build ISO``: bootable rescue media with blockvault on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from blockvault.cli import render
+from blockvault.cli.commands import json_option
+
+
+def register(group: click.Group) -> None:
+    @group.group()
+    def rescue() -> None:
+        """Rescue media: boot a machine that has no working system, restore it."""
+
+    @rescue.command("build")
+    @click.argument("iso", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option(
+        "--add-image",
+        "images",
+        multiple=True,
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        metavar="FILE.bvi",
+        help="Put this one-file image on the medium (repeatable); the menu restores it.",
+    )
+    @click.option("--repo", "preset_repo", metavar="URL", help="Preset repository location.")
+    @click.option(
+        "--password-file",
+        "preset_password",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="Put this passphrase file on the medium (anyone holding the stick can read it).",
+    )
+    @click.option(
+        "--ssh-key",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="Private key for sftp:// repositories (put on the medium as it is).",
+    )
+    @click.option(
+        "--known-hosts",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="known_hosts file naming the SFTP server's key.",
+    )
+    @click.option(
+        "--boot-options",
+        default="",
+        metavar="TEXT",
+        help="Kernel options of the default boot entry, such as "
+        "'blockvault.run=\"restore latest /dev/sda --yes\" blockvault.after=reboot' "
+        "(a second entry boots to the menu without them).",
+    )
+    @click.option(
+        "--cache",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Build cache (the Debian root, keyed by its package list). "
+        "Default: ~/.cache/blockvault/rescue.",
+    )
+    @json_option
+    def build(
+        iso: Path,
+        images: tuple[Path, ...],
+        preset_repo: str | None,
+        preset_password: Path | None,
+        ssh_key: Path | None,
+        known_hosts: Path | None,
+        boot_options: str,
+        cache: Path | None,
+        as_json: bool,
+    ) -> None:
+        """Build ISO: a hybrid image booting BIOS and UEFI machines from a CD, a USB
+        stick (write it with dd) or a VM, into a small Debian live system with
+        blockvault and a text menu (restore, clone, receive a deployment, shell).
+        The first build downloads Debian packages (needs root and a network); later
+        ones reuse the cached root and take under a minute."""
+        from blockvault.rescue.build import DEFAULT_CACHE, Preset, build_iso
+
+        preset = Preset(
+            repo=preset_repo,
+            password_file=preset_password,
+            ssh_key=ssh_key,
+            known_hosts=known_hosts,
+            images=images,
+            boot_options=boot_options,
+        )
+        with render.progress(as_json) as reporter:
+            summary = build_iso(iso, preset, cache=cache or DEFAULT_CACHE, reporter=reporter)
+        if as_json:
+            render.emit_json(summary)
+            return
+        render.say(f"{summary.path}: {render.size(summary.size)} ({summary.size} bytes)")
+        render.say(
+            f"  Debian {summary.suite}, kernel {summary.kernel}, {summary.debian_packages} packages"
+        )
+        render.say(f"  Python packages: {', '.join(summary.python_packages)}")
+        for name, size in summary.parts.items():
+            render.say(f"  {name}: {render.size(size)}")
+        if summary.repo:
+            render.say(f"  preset repository: {summary.repo}")
+        if summary.boot_options:
+            render.say(f"  default boot options: {summary.boot_options}")
+        base = "cached" if summary.base_cached else "built"
+        layer = "cached" if summary.layer_cached else "built"
+        fits = "fits on a 1 GB stick" if summary.fits_stick else "does NOT fit on a 1 GB stick"
+        render.say(
+            f"  built in {summary.seconds:.0f} s (base {base}, blockvault layer {layer}); {fits}"
+        )
