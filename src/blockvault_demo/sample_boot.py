@@ -17,6 +17,14 @@ initramfs
     ``bv_root=UUID=...`` on the kernel command line, mounts it read-only, prints
     ``BLOCKVAULT-BOOT-OK <marker token>`` on the serial console and powers off.
     Any failure prints ``BLOCKVAULT-BOOT-FAIL <why>`` instead.
+root on LVM
+    With ``lvm_root="VG/LV"`` the disk is laid out as installers lay out LVM
+    systems: the firmware's partition, a small ext4 ``/boot`` (kernel, initramfs)
+    and an empty ``Linux LVM`` partition for the caller to make the PV, the volume
+    group and the root LV in (holding the marker file with the disk's token). The
+    initramfs then carries the host's ``lvm`` with its shared libraries (``ldd``)
+    and dm-mod; ``bv_root=/dev/VG/LV`` makes ``/init`` activate the volume groups
+    before it mounts the root.
 booted
     The console showed the OK line with this disk's token: the firmware found
     the boot loader, GRUB found the root partition and loaded the kernel, and
@@ -87,6 +95,12 @@ BALLAST_FILE: Final = 64 * MIB
 # Modules an initramfs needs to mount ext4 from a virtio disk (their
 # dependencies are added from modinfo). crc32c: ext4 checksums ask for it.
 INITRAMFS_MODULES: Final = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4")
+LVM_BOOT_SIZE: Final = 48 * MIB  # /boot beside the PV: kernel + an initramfs with lvm
+# lvm in an initramfs without udev: it makes the /dev nodes itself, keeps no backups
+LVM_CONF: Final = """activation { udev_sync = 0 udev_rules = 0 }
+backup { backup = 0 archive = 0 }
+devices { obtain_device_list_from_udev = 0 }
+"""
 
 _GRUB_COMMON = ("part_gpt", "ext2", "search", "search_fs_uuid", "linux", "echo", "serial")
 GRUB_MODULES: Final[dict[Firmware, tuple[str, ...]]] = {
@@ -122,11 +136,16 @@ done
 dev=""
 i=0
 while [ -z "$dev" ] && [ $i -lt 100 ]; do
-    dev=$(findfs "$spec" 2>/dev/null)
+    case "$spec" in
+    /dev/*) # a logical volume: activate the volume groups, then it appears
+        [ -x /bin/lvm ] && DM_DISABLE_UDEV=1 lvm vgchange -ay --sysinit >/lvm.log 2>&1
+        [ -b "$spec" ] && dev="$spec" ;;
+    *) dev=$(findfs "$spec" 2>/dev/null) ;;
+    esac
     [ -n "$dev" ] || sleep 0.1
     i=$((i + 1))
 done
-[ -n "$dev" ] || fail "root $spec not found"
+[ -n "$dev" ] || fail "root $spec not found" $(tail -n 1 /lvm.log 2>/dev/null)
 mkdir -p /root
 mount -t ext4 -o ro "$dev" /root || fail "cannot mount $dev"
 echo "BLOCKVAULT-BOOT-OK $(cat /root/blockvault-marker) $dev"
@@ -221,13 +240,18 @@ def build_boot_disk(
     size: int | None = None,
     ballast: int = 0,
     login: bool = False,
+    lvm_root: str | None = None,
 ) -> BootDisk:
     """Build a bootable GPT disk image for ``firmware`` at ``path`` (overwritten).
 
     ``ballast`` bytes of random (incompressible) files under ``/ballast`` make the root
     as full as a real system's, for benchmarks that restore it. With ``login`` the
     system does not power off after the OK line: busybox getty prints its login
-    prompt on the serial console and waits, as an installed system would."""
+    prompt on the serial console and waits, as an installed system would.
+
+    With ``lvm_root`` ("VG/LV") the root is that logical volume, which the caller
+    makes in the last partition and writes ``token`` into as ``/blockvault-marker``:
+    this builds ``/boot`` only (see *root on LVM* above)."""
     kernel = kernel or find_kernel()
     size = size or DISK_SIZE[firmware]
     token = secrets.token_hex(8)
@@ -237,14 +261,19 @@ def build_boot_disk(
         path.unlink(missing_ok=True)
         with open(path, "wb") as image:
             image.truncate(size)
-        _partition(firmware, path)
+        _partition(firmware, path, lvm=lvm_root is not None)
         parts = _partitions(path)
-        root_part = parts[-1]
+        root_part = parts[1]
         root_tree = work / "root"
         (root_tree / "boot").mkdir(parents=True)
         shutil.copyfile(kernel.vmlinuz, root_tree / "boot" / "vmlinuz")
-        build_initramfs(kernel, work / "initramfs", root_tree / "boot" / "initrd.img")
-        (root_tree / MARKER_PATH).write_text(token + "\n")
+        initrd = root_tree / "boot" / "initrd.img"
+        if lvm_root is None:
+            build_initramfs(kernel, work / "initramfs", initrd)
+            (root_tree / MARKER_PATH).write_text(token + "\n")
+        else:
+            modules = (*INITRAMFS_MODULES, "dm_mod")
+            build_initramfs(kernel, work / "initramfs", initrd, modules=modules, lvm=True)
         (root_tree / "etc").mkdir()
         (root_tree / "etc" / "hostname").write_text(f"blockvault-{firmware}\n")
         if ballast > root_part[1] * 0.9:
@@ -268,7 +297,8 @@ def build_boot_disk(
         )
         _splice(root_fs, path, root_part[0])
         config = work / "grub.cfg"
-        config.write_text(_grub_config(root_uuid, login))
+        root_spec = f"/dev/{lvm_root}" if lvm_root else f"UUID={root_uuid}"
+        config.write_text(_grub_config(root_uuid, root_spec, login))
         core = work / "core.img"
         _run(
             "grub-mkimage",
@@ -299,14 +329,19 @@ def _ballast(directory: Path, total: int) -> None:
                 f.write(os.urandom(MIB))
 
 
-def _partition(firmware: Firmware, path: Path) -> None:
+def _partition(firmware: Firmware, path: Path, *, lvm: bool) -> None:
     first = (
         ["-n", "1:2048:+1M", "-t", "1:EF02", "-c", "1:BIOS boot"]
         if firmware == "bios"
         else ["-n", f"1:2048:+{ESP_SIZE // MIB}M", "-t", "1:EF00", "-c", "1:EFI System"]
     )
     _run("sgdisk", "-Z", path)
-    _run("sgdisk", *first, "-n", "2:0:0", "-t", "2:8300", "-c", "2:root", path)
+    rest = (
+        [f"-n2:0:+{LVM_BOOT_SIZE // MIB}M", "-t2:8300", "-c2:boot", "-n3:0:0", "-t3:8E00"]
+        if lvm
+        else ["-n", "2:0:0", "-t", "2:8300", "-c", "2:root"]
+    )
+    _run("sgdisk", *first, *rest, path)
 
 
 def _partitions(path: Path) -> list[tuple[int, int]]:
@@ -327,15 +362,15 @@ def _splice(source: Path, image: Path, offset: int) -> None:
             position += len(block)
 
 
-def _grub_config(root_uuid: str, login: bool) -> str:
+def _grub_config(boot_uuid: str, root_spec: str, login: bool) -> str:
     extra = " bv_login" if login else ""
     return (
         "serial --unit=0 --speed=115200\n"
         "terminal_input serial\n"
         "terminal_output serial\n"
         "echo 'blockvault: grub loaded'\n"
-        f"search --no-floppy --fs-uuid --set=root {root_uuid}\n"
-        f"linux /boot/vmlinuz console=ttyS0,115200 bv_root=UUID={root_uuid} panic=-1 quiet"
+        f"search --no-floppy --fs-uuid --set=root {boot_uuid}\n"
+        f"linux /boot/vmlinuz console=ttyS0,115200 bv_root={root_spec} panic=-1 quiet"
         f"{extra}\n"
         "initrd /boot/initrd.img\n"
         "boot\n"
@@ -416,9 +451,11 @@ def build_initramfs(
     *,
     modules: Iterable[str] = INITRAMFS_MODULES,
     init: str = INIT_SCRIPT,
+    lvm: bool = False,
 ) -> None:
     """A gzip'd newc cpio with static busybox, ``modules`` (with what they depend
-    on, loaded in order by ``init`` from /modules.order) and ``init`` as /init."""
+    on, loaded in order by ``init`` from /modules.order) and ``init`` as /init;
+    with ``lvm``, also the host's ``lvm`` (see :func:`_add_lvm`)."""
     for sub in ("bin", "proc", "sys", "dev", "modules"):
         (tree / sub).mkdir(parents=True)
     busybox = Path(_tool("busybox"))
@@ -436,6 +473,8 @@ def build_initramfs(
         (tree / "modules" / name).write_bytes(data)
         names.append(name)
     (tree / "modules.order").write_text("\n".join(names) + "\n")
+    if lvm:
+        _add_lvm(tree)
     (tree / "init").write_text(init)
     (tree / "init").chmod(0o755)
     listing = "\n".join(str(p.relative_to(tree)) for p in sorted(tree.rglob("*"))) + "\n"
@@ -449,6 +488,22 @@ def build_initramfs(
     if proc.returncode != 0:
         raise UsageError(f"cpio failed: {proc.stderr.decode(errors='replace').strip()}")
     output.write_bytes(gzip.compress(proc.stdout, compresslevel=6))
+
+
+def _add_lvm(tree: Path) -> None:
+    """The host's ``lvm`` as /bin/lvm, the shared libraries ``ldd`` says it loads
+    at their own paths, and an lvm.conf for a system without udev."""
+    lvm = Path(_tool("lvm"))
+    shutil.copyfile(lvm, tree / "bin" / "lvm")
+    (tree / "bin" / "lvm").chmod(0o755)
+    for library in re.findall(r"(/\S+) \(0x", _run("ldd", lvm)):
+        target = tree / library.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(library, target)  # the file a symlink names (and its mode: ld.so runs)
+    (tree / "etc" / "lvm").mkdir(parents=True)
+    (tree / "etc" / "lvm" / "lvm.conf").write_text(LVM_CONF)
+    for sub in ("run/lock/lvm", "tmp"):
+        (tree / sub).mkdir(parents=True)
 
 
 def boot(

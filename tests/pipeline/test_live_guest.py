@@ -12,7 +12,11 @@ files written before the backup identical, the writer's log a gap-free prefix.
 The same holds for a whole disk (GPT, an ext4, an LVM PV) whose filesystems in use are
 on logical volumes (ext4 root, XFS home, an ext4 inside LUKS): each volume is read
 from its snapshot, the LVM metadata as it was before them (the restored volume group
-has no snapshot in it), and the restored disk activates in a guest kernel.
+has no snapshot in it), and the restored disk activates in a guest kernel. That disk
+is a bootable system with its root on LVM (GPT, a BIOS boot partition, an ext4 /boot,
+the PV; sample_boot.py), and the restored copy boots under QEMU through GRUB, the
+kernel and an initramfs that activates the volume group and mounts the root LV (its
+marker token printed); with the root LV's first MiB zeroed it does not boot.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from blockvault_demo.guest import run_in_guest
-from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk
+from blockvault_demo.sample_boot import MARKER_PATH, boot, build_boot_disk
 from tests.conftest import blockvault as run
 from tests.conftest import need_tools, needs_root, sh
 
@@ -81,9 +85,10 @@ umount /run/root
 # a whole disk whose filesystems in use are on LVM, one of them inside LUKS: each
 # volume read from a snapshot (the filesystem in LUKS frozen while it is made)
 writers=""
-vgcreate -q bvd /dev/vdb2
+vgcreate -q bvd /dev/vdb3
 lvcreate -q -y -L 48M -n root bvd
 ext4_on /dev/bvd/root /run/droot
+echo {token} > /run/droot/{marker}
 in_use /run/droot $W/disk-before.sha256
 lvcreate -q -y -L 64M -n home bvd
 TEST_DIR=/run TEST_DEV=/dev/bvd/home QA_CHECK_FS=1 mkfs.xfs -q /dev/bvd/home  # < 300 MB
@@ -140,13 +145,9 @@ def test_running_system_on_lvm_is_backed_up_from_a_snapshot_while_it_writes(
     with open(disk, "wb") as f:
         f.truncate(160 * MiB)
     assert run("-r", work / "repo", "init").returncode == 0
-    whole = build_disk(
-        DiskSpec(
-            "gpt", 320 * MiB, [PartitionSpec("ext4", 16 * MiB, "boot"), PartitionSpec("empty", 0)]
-        ),
-        tmp_path / "whole.img",
-    )
-    guest = run_in_guest(GUEST_SCRIPT.replace("{work}", str(work)), work, disks=(disk, whole.path))
+    whole = build_boot_disk("bios", tmp_path / "whole.img", size=320 * MiB, lvm_root="bvd/root")
+    script = GUEST_SCRIPT.replace("{work}", str(work)).replace("{token}", whole.token)
+    guest = run_in_guest(script.replace("{marker}", MARKER_PATH), work, disks=(disk, whole.path))
     assert guest.ok, guest.console[-4000:]
 
     live = json.loads((work / "live.json").read_text())
@@ -179,10 +180,11 @@ def test_running_system_on_lvm_is_backed_up_from_a_snapshot_while_it_writes(
         f.truncate(384 * MiB)
     done = run("-r", work / "repo", "restore", "--yes", backed["id"], target)
     assert done.returncode == 0, done.stderr
-    pv = json.loads(sh("sfdisk", "--json", target))["partitiontable"]["partitions"][1]
+    pv = json.loads(sh("sfdisk", "--json", target))["partitiontable"]["partitions"][2]
     root = tmp_path / "droot.img"
     pv_device = loop(target, offset=pv["start"] * 512, size=pv["size"] * 512)
-    assert read_lv(pv_device, "root", root) == ["home", "root", "secret"]
+    names, root_at = read_lv(pv_device, "root", root)
+    assert names == ["home", "root", "secret"]
     sh("e2fsck", "-fn", root)  # clean: the volume was frozen for its snapshot
     again = run_in_guest(RESTORED_SCRIPT.replace("{work}", str(work)), work, disks=(target,))
     assert again.ok, again.console[-4000:]
@@ -201,6 +203,17 @@ def test_running_system_on_lvm_is_backed_up_from_a_snapshot_while_it_writes(
     sh("umount", tmp_path / "home")
     sh("xfs_repair", "-n", home)
 
+    # the restored system boots: GRUB from the restored MBR and BIOS boot partition, the
+    # kernel from the restored /boot, the root LV activated and mounted by the initramfs
+    booted = boot(target, "bios", expect_token=whole.token, workdir=tmp_path)
+    assert booted.booted, booted.reason + "\n" + booted.console[-3000:]
+    assert "/dev/bvd/root" in booted.console
+    with open(target, "r+b") as f:  # a restore that lost the root LV's start does not boot
+        f.seek(pv["start"] * 512 + root_at)
+        f.write(bytes(MiB))
+    broken = boot(target, "bios", expect_token=whole.token, workdir=tmp_path)
+    assert not broken.booted and "cannot mount /dev/bvd/root" in broken.reason, broken.reason
+
 
 def same_as_written(point: Path, sums: Path) -> None:
     """The files written before the backup are whole; the writer's log is a gap-free
@@ -214,9 +227,10 @@ def gap_free(log: str) -> None:
     assert lines and all(re.fullmatch(rf"line {i + 1}", s) for i, s in enumerate(lines))
 
 
-def read_lv(pv: str, name: str, out: Path) -> list[str]:
+def read_lv(pv: str, name: str, out: Path) -> tuple[list[str], int]:
     """Copy logical volume ``name`` of the PV on ``pv`` into ``out`` by the segments
-    ``lvs`` reports (metadata only: nothing is activated); returns the VG's LV names."""
+    ``lvs`` reports (metadata only: nothing is activated); returns the VG's LV names
+    and where on the PV the volume's first byte lies."""
     with tempfile.TemporaryDirectory() as scratch:
         env = {**os.environ, "LVM_SYSTEM_DIR": scratch, "LVM_SUPPRESS_FD_WARNINGS": "1"}
 
@@ -235,12 +249,15 @@ def read_lv(pv: str, name: str, out: Path) -> list[str]:
         segments = report(
             "lvs", "--segments", "-o", "lv_name,seg_start_pe,seg_size_pe,seg_pe_ranges", key="seg"
         )
+    first_byte = -1
     with open(pv, "rb") as src, open(out, "wb") as dst:
         for seg in segments:
             if seg["lv_name"] != name:
                 continue
             first = int(seg["seg_pe_ranges"].rpartition(":")[2].partition("-")[0])
+            if int(seg["seg_start_pe"]) == 0:
+                first_byte = start + first * extent
             src.seek(start + first * extent)
             dst.seek(int(seg["seg_start_pe"]) * extent)
             dst.write(src.read(int(seg["seg_size_pe"]) * extent))
-    return names
+    return names, first_byte
