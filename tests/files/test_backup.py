@@ -127,6 +127,8 @@ def test_incremental_reads_nothing_unchanged(tmp_path: Path, repo: Path) -> None
     # have changed meanwhile: other processes use them): at most those are stored anew
     assert _subtree(repo, second.id, src) == _subtree(repo, first.id, src)
     assert second.stats.stored_bytes < 8192
+    # the bytes in use are the same tree's (a hard-linked inode counts once, as du does)
+    assert first.stats.used_bytes == second.stats.used_bytes == _du(src)
     assert read < 2 << 20  # the parent's trees and the repository's small files only
 
     (src / "mid.bin").write_bytes(rng.randbytes(SMALL_FILE + 7))  # changed
@@ -139,6 +141,17 @@ def test_incremental_reads_nothing_unchanged(tmp_path: Path, repo: Path) -> None
     assert third.stats.read_bytes == SMALL_FILE + 7 + len(b"added")
     assert read < 3 << 20
     assert in_snapshot(repo, third.id, src) == on_disk(src)
+
+
+def _du(root: Path) -> int:
+    """The apparent size of the regular files under ``root``, each inode once."""
+    sizes = {}
+    for top, _dirs, files in os.walk(root):
+        for name in files:
+            st = os.lstat(os.path.join(top, name))
+            if stat.S_ISREG(st.st_mode):
+                sizes[st.st_dev, st.st_ino] = st.st_size
+    return sum(sizes.values())
 
 
 def _subtree(repo: Path, snap_id: str, path: Path) -> str:

@@ -589,7 +589,6 @@ class _Builder:
         entry: Node | tuple[Node, _PackSlice]
         if node.kind == "file":
             self.files += 1
-            self.file_bytes += node.size
         if link is not None and link in self.links:  # a hard link met before: same content
             first = self.links[link]
             if isinstance(first, tuple):
@@ -615,8 +614,12 @@ class _Builder:
             frame.waits = frame.waits or not where.pack.chunk_id  # its pack is still open
         else:
             entry = node
-        if node.kind == "file" and node.links > 1:
-            self.links[(node.device, node.inode)] = entry
+        if node.kind == "file":
+            # an inode's bytes count once, under its first name, whether that name was
+            # read (the later ones come unread) or taken unchanged from the parent
+            self.file_bytes += node.size
+            if node.links > 1:
+                self.links[(node.device, node.inode)] = entry
         frame.entries.append(entry)
         if len(self.pack.data) >= PACK_TARGET or self.pack.files >= PACK_FILES:
             self._close_pack()
