@@ -62,14 +62,14 @@ _LIMIT: Final = 1 << 64
 _MAX_TEXT: Final = 65536
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Slice:
     chunk_id: str | None  # None: a hole of ``length`` zero bytes
     offset: int
     length: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a parent tree's nodes are held by the million
 class Node:
     """One directory entry with everything needed to recreate it on Linux."""
 
@@ -158,10 +158,7 @@ class Node:
         if not (type(user) is type(group) is str and max(len(user), len(group)) <= _MAX_TEXT):
             _text(data, "user", "")  # one of these raises
             _text(data, "group", "")
-        # every field checked: filled in directly, as a frozen dataclass's __init__
-        # (one object.__setattr__ per field) costs a third of the decoding
-        node = object.__new__(cls)
-        node.__dict__.update(
+        return cls(
             name=name,
             kind=kind,
             mode=mode,
@@ -182,7 +179,6 @@ class Node:
             rdev=values[9],
             xattrs=_xattrs(data["xattrs"], name) if "xattrs" in data else (),
         )
-        return node
 
 
 def encode_tree(nodes: list[Node], next_id: str = "") -> bytes:
