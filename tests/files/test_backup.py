@@ -13,6 +13,7 @@ import stat
 import subprocess
 import tempfile
 import traceback
+import tracemalloc
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -639,3 +640,26 @@ def test_backing_up_the_root_directory(repo: Path) -> None:
     found = nodes(repo, snap, Path("/"))
     assert {p.split(b"/")[0] for p in found} == {b"etc"}
     assert found[b"etc/passwd"].size == os.lstat("/etc/passwd").st_size
+
+
+def test_unchanged_walk_memory_follows_depth_not_file_count(tmp_path: Path) -> None:
+    """Six times the files (in six times the directories, same depth) cost no more
+    memory in an unchanged backup: each directory's parent tree is let go once stored."""
+    peaks = []
+    for dirs in (10, 60):
+        src = tmp_path / f"src{dirs}"
+        for d in range(dirs):
+            (src / f"d{d:03}").mkdir(parents=True)
+            for i in range(300):
+                (src / f"d{d:03}" / f"f{i:03}").touch()
+        location = tmp_path / f"repo{dirs}"
+        ok("-r", location, "init", "--encryption", "none")
+        backup_files(Repository.open(str(location)), [str(src)])
+        tracemalloc.start()
+        try:
+            second = backup_files(Repository.open(str(location)), [str(src)])
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        assert second.stats.files == dirs * 300 and second.stats.read_bytes == 0
+    assert peaks[1] < peaks[0] + (2 << 20), peaks  # held, 15,000 more nodes: over 3 MB

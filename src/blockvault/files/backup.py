@@ -705,6 +705,9 @@ class _Builder:
             self.objects.update(old.pieces)
         else:
             frame.tree_id = store_tree(nodes, self._put)
+        # the parent's nodes are no longer needed; the frame stays in its parent's
+        # entries until that is stored, and would keep every sibling's old tree alive
+        frame.old = _NO_OLD
 
     def _put(self, plain: bytes) -> str:
         object_id = self.repo.chunk_id(plain).hex()
