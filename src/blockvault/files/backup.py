@@ -9,7 +9,8 @@ Three stages, restic's shape:
   ``_Entry`` and ``_Leave`` items.
 * the **readers** (``ordered_map``'s threads): make each entry's node. An unchanged
   file (same type, inode, size, mtime and ctime as in the parent) takes its content
-  and xattrs from the parent unread; another is read and cut (``chunker``), its
+  and xattrs from the parent unread, on the walking thread (``_batches``); another
+  is read and cut (``chunker``), its
   chunks hashed, compressed and stored right there (BLAKE3, zstd and the storage
   all release the GIL). A small file comes back as bytes, to be packed.
 * the **tree builder** (calling thread, in walk order): appends small files to the
