@@ -13,6 +13,7 @@ import stat
 import subprocess
 import tempfile
 import traceback
+import tracemalloc
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -127,6 +128,8 @@ def test_incremental_reads_nothing_unchanged(tmp_path: Path, repo: Path) -> None
     # have changed meanwhile: other processes use them): at most those are stored anew
     assert _subtree(repo, second.id, src) == _subtree(repo, first.id, src)
     assert second.stats.stored_bytes < 8192
+    # the bytes in use are the same tree's (a hard-linked inode counts once, as du does)
+    assert first.stats.used_bytes == second.stats.used_bytes == _du(src)
     assert read < 2 << 20  # the parent's trees and the repository's small files only
 
     (src / "mid.bin").write_bytes(rng.randbytes(SMALL_FILE + 7))  # changed
@@ -139,6 +142,17 @@ def test_incremental_reads_nothing_unchanged(tmp_path: Path, repo: Path) -> None
     assert third.stats.read_bytes == SMALL_FILE + 7 + len(b"added")
     assert read < 3 << 20
     assert in_snapshot(repo, third.id, src) == on_disk(src)
+
+
+def _du(root: Path) -> int:
+    """The apparent size of the regular files under ``root``, each inode once."""
+    sizes = {}
+    for top, _dirs, files in os.walk(root):
+        for name in files:
+            st = os.lstat(os.path.join(top, name))
+            if stat.S_ISREG(st.st_mode):
+                sizes[st.st_dev, st.st_ino] = st.st_size
+    return sum(sizes.values())
 
 
 def _subtree(repo: Path, snap_id: str, path: Path) -> str:
@@ -626,3 +640,26 @@ def test_backing_up_the_root_directory(repo: Path) -> None:
     found = nodes(repo, snap, Path("/"))
     assert {p.split(b"/")[0] for p in found} == {b"etc"}
     assert found[b"etc/passwd"].size == os.lstat("/etc/passwd").st_size
+
+
+def test_unchanged_walk_memory_follows_depth_not_file_count(tmp_path: Path) -> None:
+    """Six times the files (in six times the directories, same depth) cost no more
+    memory in an unchanged backup: each directory's parent tree is let go once stored."""
+    peaks = []
+    for dirs in (10, 60):
+        src = tmp_path / f"src{dirs}"
+        for d in range(dirs):
+            (src / f"d{d:03}").mkdir(parents=True)
+            for i in range(300):
+                (src / f"d{d:03}" / f"f{i:03}").touch()
+        location = tmp_path / f"repo{dirs}"
+        ok("-r", location, "init", "--encryption", "none")
+        backup_files(Repository.open(str(location)), [str(src)])
+        tracemalloc.start()
+        try:
+            second = backup_files(Repository.open(str(location)), [str(src)])
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        assert second.stats.files == dirs * 300 and second.stats.read_bytes == 0
+    assert peaks[1] < peaks[0] + (2 << 20), peaks  # held, 15,000 more nodes: over 3 MB

@@ -9,7 +9,8 @@ Three stages, restic's shape:
   ``_Entry`` and ``_Leave`` items.
 * the **readers** (``ordered_map``'s threads): make each entry's node. An unchanged
   file (same type, inode, size, mtime and ctime as in the parent) takes its content
-  and xattrs from the parent unread; another is read and cut (``chunker``), its
+  and xattrs from the parent unread, on the walking thread (``_batches``); another
+  is read and cut (``chunker``), its
   chunks hashed, compressed and stored right there (BLAKE3, zstd and the storage
   all release the GIL). A small file comes back as bytes, to be packed.
 * the **tree builder** (calling thread, in walk order): appends small files to the
@@ -35,7 +36,7 @@ import socket
 import stat
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -333,10 +334,18 @@ class _Reader:
         self.writer = writer
         self.repo = writer.repo
 
-    def make(self, item: _Enter | _Entry | _Leave) -> _Enter | _Leave | _Made:
+    @staticmethod
+    def unchanged(item: _Entry) -> _Made | None:
+        """An unchanged file's node (the parent's content and xattrs), made unread."""
+        old, st = item.old, item.st
+        if old is not None and stat.S_ISREG(st.st_mode) and _unchanged(old, st):
+            return _Made(_node(item.name, "file", st, old))
+        return None
+
+    def make(self, item: _Enter | _Entry | _Leave | _Made) -> _Enter | _Leave | _Made:
         if not isinstance(item, _Entry):
-            return item
-        path, name, st, old, link_of = item
+            return item  # made already (``unchanged``), or a directory's start or end
+        path, name, st, _, link_of = item
         mode = st.st_mode
         kind = _kind(mode)
         if kind is None:
@@ -344,8 +353,6 @@ class _Reader:
                 return _Made(None, note=f"{path}: a socket, skipped")
             return _Made(None, warnings=(f"{path}: an entry of unknown type, skipped",))
         node = _node(name, kind, st)
-        if kind == "file" and old is not None and _unchanged(old, st):
-            return _Made(replace(node, size=old.size, content=old.content, xattrs=old.xattrs))
         try:
             node = replace(node, xattrs=_xattrs(path))
             if kind == "symlink":
@@ -465,7 +472,9 @@ def _kind(mode: int) -> str | None:
     return None
 
 
-def _node(name: str, kind: str, st: os.stat_result) -> Node:
+def _node(name: str, kind: str, st: os.stat_result, old: Node | None = None) -> Node:
+    """A node from ``st``; with ``old`` (the same file unchanged in the parent), its
+    content and xattrs are the parent's: made in one go, the cost of an unchanged file."""
     return Node(
         name=name,
         kind=kind,
@@ -482,6 +491,9 @@ def _node(name: str, kind: str, st: os.stat_result) -> Node:
         device=st.st_dev,
         links=st.st_nlink if kind == "file" else 1,
         rdev=st.st_rdev if kind in ("chardev", "blockdev") else 0,
+        size=old.size if old else 0,
+        content=old.content if old else (),
+        xattrs=old.xattrs if old else (),
     )
 
 
@@ -589,7 +601,6 @@ class _Builder:
         entry: Node | tuple[Node, _PackSlice]
         if node.kind == "file":
             self.files += 1
-            self.file_bytes += node.size
         if link is not None and link in self.links:  # a hard link met before: same content
             first = self.links[link]
             if isinstance(first, tuple):
@@ -615,8 +626,12 @@ class _Builder:
             frame.waits = frame.waits or not where.pack.chunk_id  # its pack is still open
         else:
             entry = node
-        if node.kind == "file" and node.links > 1:
-            self.links[(node.device, node.inode)] = entry
+        if node.kind == "file":
+            # an inode's bytes count once, under its first name, whether that name was
+            # read (the later ones come unread) or taken unchanged from the parent
+            self.file_bytes += node.size
+            if node.links > 1:
+                self.links[(node.device, node.inode)] = entry
         frame.entries.append(entry)
         if len(self.pack.data) >= PACK_TARGET or self.pack.files >= PACK_FILES:
             self._close_pack()
@@ -691,6 +706,9 @@ class _Builder:
             self.objects.update(old.pieces)
         else:
             frame.tree_id = store_tree(nodes, self._put)
+        # the parent's nodes are no longer needed; the frame stays in its parent's
+        # entries until that is stored, and would keep every sibling's old tree alive
+        frame.old = _NO_OLD
 
     def _put(self, plain: bytes) -> str:
         object_id = self.repo.chunk_id(plain).hex()
@@ -801,7 +819,7 @@ def backup_files(
         builder = _Builder(writer, reporter, where)
         closing.callback(builder.close)
         reporter(TaskStarted("backup", 0, " ".join(paths)))
-        batches = _batches(walk.items(paths))
+        batches = _batches(walk.items(paths), reader.unchanged)
         threads = workers(repo.backend.capabilities.parallel_io)
 
         def make(batch: list[_Keyed]) -> list[tuple[_Enter | _Leave | _Made, _Key]]:
@@ -837,27 +855,33 @@ def backup_files(
 
 
 _Key: TypeAlias = "tuple[int, int] | None"  # (device, inode) of a hard-linked file
-_Keyed: TypeAlias = "tuple[_Enter | _Entry | _Leave, _Key]"
+_Keyed: TypeAlias = "tuple[_Enter | _Entry | _Leave | _Made, _Key]"
 
 
-def _batches(items: Iterator[_Enter | _Entry | _Leave]) -> Iterator[list[_Keyed]]:
+def _batches(
+    items: Iterator[_Enter | _Entry | _Leave], unchanged: Callable[[_Entry], _Made | None]
+) -> Iterator[list[_Keyed]]:
     """The walk's items in batches for the readers: a file to read goes alone (files
-    are read in parallel), the rest (directories, unchanged files, links) go up to
+    are read in parallel), the rest (directories, links, empty files) go up to
     ``_BATCH`` together, since a thread handoff costs more than making their nodes.
-    Each item comes with the hard-link key the builder files it under."""
+    An unchanged file's node is made here, on the walking thread: it needs no system
+    call, and a million of them are the whole of an unchanged backup. Each item comes
+    with the hard-link key the builder files it under."""
     batch: list[_Keyed] = []
     for item in items:
         key = None
         heavy = False
+        made = None
         if isinstance(item, _Entry):
             st = item.st
             if st.st_nlink > 1:
                 key = (st.st_dev, st.st_ino)
+            made = unchanged(item)
             heavy = (
-                stat.S_ISREG(st.st_mode)
+                made is None
+                and stat.S_ISREG(st.st_mode)
                 and st.st_size > 0
                 and item.link_of is None
-                and not (item.old is not None and _unchanged(item.old, st))
             )
         if heavy:
             if batch:
@@ -865,7 +889,7 @@ def _batches(items: Iterator[_Enter | _Entry | _Leave]) -> Iterator[list[_Keyed]
                 batch = []
             yield [(item, key)]
         else:
-            batch.append((item, key))
+            batch.append((item if made is None else made, key))
             if len(batch) >= _BATCH:
                 yield batch
                 batch = []

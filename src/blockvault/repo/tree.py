@@ -53,18 +53,23 @@ MAX_TREE_DEPTH: Final = 1024  # directories nested deeper are damage (PATH_MAX i
 MAX_XATTRS: Final = 1024
 MAX_XATTR_BYTES: Final = 64 << 10  # Linux's own limit for one value
 MAX_SLICES: Final = 1 << 24
-_NUMBERS: Final = ("mode", "uid", "gid", "mtime_ns", "atime_ns", "ctime_ns", "size", "inode")
-_NUMBERS_MORE: Final = ("device", "rdev")
+# the numeric fields in the order Node.from_json passes them on (mode first)
+_ALL_NUMBERS: Final = (
+    "mode", "uid", "gid", "mtime_ns", "atime_ns", "ctime_ns", "size", "inode", "device", "rdev"
+)  # fmt: skip
+_INT_ONLY: Final = {int}
+_LIMIT: Final = 1 << 64
+_MAX_TEXT: Final = 65536
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Slice:
     chunk_id: str | None  # None: a hole of ``length`` zero bytes
     offset: int
     length: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a parent tree's nodes are held by the million
 class Node:
     """One directory entry with everything needed to recreate it on Linux."""
 
@@ -108,52 +113,71 @@ class Node:
 
     @classmethod
     def from_json(cls, data: Any) -> Node:
-        """Parse one node; ``ValueError`` says what is wrong."""
+        """Parse one node; ``ValueError`` says what is wrong. Each check runs inline or
+        over all the numbers at once (restores and incremental backups decode every
+        node of the parent's trees); the helpers only word the error."""
         if not isinstance(data, dict):
             raise ValueError("a node is not an object")
-        name = _text(data, "name")
+        get = data.get
+        name = get("name")
+        kind = get("type")
+        if type(name) is not str or len(name) > _MAX_TEXT:
+            name = _text(data, "name")  # raises
         if name in ("", ".", "..") or "/" in name or "\0" in name:
             raise ValueError(f"node name {name!r} cannot be a file name")
-        kind = _text(data, "type")
         if kind not in KINDS:
             raise ValueError(f"{name!r}: unknown type {kind!r}")
-        numbers = {key: _number(data, key, name) for key in _NUMBERS + _NUMBERS_MORE}
-        if numbers["mode"] > 0o7777:
-            raise ValueError(f"{name!r}: mode {numbers['mode']:o} has bits beyond 7777")
-        links = _number(data, "links", name, default=1)
+        values = [get(key, 0) for key in _ALL_NUMBERS]
+        links = get("links", 1)
+        values.append(links)
+        # every value an int (not a bool) from 0 to 2^64, checked in bulk
+        if set(map(type, values)) != _INT_ONLY or min(values) < 0 or max(values) >= _LIMIT:
+            for key in _ALL_NUMBERS:
+                _number(data, key, name)
+            _number(data, "links", name, default=1)
+        mode = values[0]
+        if mode > 0o7777:
+            raise ValueError(f"{name!r}: mode {mode:o} has bits beyond 7777")
         content: tuple[Slice, ...] = ()
+        subtree = target = ""
         if kind == "file":
-            raw = data.get("content", [])
-            if not isinstance(raw, list) or len(raw) > MAX_SLICES:
+            raw = get("content", [])
+            if type(raw) is not list or len(raw) > MAX_SLICES:
                 raise ValueError(f"{name!r}: content is not a list of slices")
-            content = tuple(_slice(s, name) for s in raw)
-            if sum(s.length for s in content) != numbers["size"]:
+            content = tuple([_slice(s, name) for s in raw])
+            if sum([s.length for s in content]) != values[6]:
                 raise ValueError(f"{name!r}: its slices do not add up to its size")
-        subtree = _text(data, "subtree", "") if kind == "dir" else ""
-        if kind == "dir" and not fmt.is_object_id(subtree):
-            raise ValueError(f"{name!r}: subtree {subtree!r} is not an object id")
-        xattrs = data.get("xattrs", {})
-        if not isinstance(xattrs, dict) or len(xattrs) > MAX_XATTRS:
-            raise ValueError(f"{name!r}: xattrs is not a map of at most {MAX_XATTRS}")
-        pairs = []
-        for key, value in sorted(xattrs.items()):
-            if not isinstance(value, str) or len(value) > MAX_XATTR_BYTES * 4 // 3 + 4:
-                raise ValueError(f"{name!r}: xattr {key!r} is not a bounded base64 string")
-            try:
-                pairs.append((key, base64.b64decode(value, validate=True)))
-            except ValueError:
-                raise ValueError(f"{name!r}: xattr {key!r} is not base64") from None
+        elif kind == "dir":
+            subtree = get("subtree", "")
+            if type(subtree) is not str or not fmt.is_object_id(subtree):
+                raise ValueError(f"{name!r}: subtree {subtree!r} is not an object id")
+        elif kind == "symlink":
+            target = _text(data, "target", "")
+        user = get("user", "")
+        group = get("group", "")
+        if not (type(user) is type(group) is str and max(len(user), len(group)) <= _MAX_TEXT):
+            _text(data, "user", "")  # one of these raises
+            _text(data, "group", "")
         return cls(
             name=name,
             kind=kind,
+            mode=mode,
+            uid=values[1],
+            gid=values[2],
+            user=user,
+            group=group,
+            mtime_ns=values[3],
+            atime_ns=values[4],
+            ctime_ns=values[5],
+            size=values[6],
+            inode=values[7],
+            device=values[8],
             links=links,
             content=content,
             subtree=subtree,
-            target=_text(data, "target", "") if kind == "symlink" else "",
-            user=_text(data, "user", ""),
-            group=_text(data, "group", ""),
-            xattrs=tuple(pairs),
-            **numbers,
+            target=target,
+            rdev=values[9],
+            xattrs=_xattrs(data["xattrs"], name) if "xattrs" in data else (),
         )
 
 
@@ -292,7 +316,7 @@ def reachable(
 
 def _text(data: dict[str, Any], key: str, default: str | None = None) -> str:
     value = data.get(key, default)
-    if not isinstance(value, str) or len(value) > 65536:
+    if not isinstance(value, str) or len(value) > _MAX_TEXT:
         raise ValueError(f"{key}: a string is expected")
     return value
 
@@ -305,10 +329,40 @@ def _number(data: dict[str, Any], key: str, name: str, default: int = 0) -> int:
 
 
 def _slice(raw: Any, name: str) -> Slice:
+    if type(raw) is list and len(raw) == 3:  # the common case, checked inline
+        chunk_id, offset, length = raw
+        if type(offset) is int and type(length) is int and offset >= 0 and length >= 0:
+            if chunk_id is None:
+                return Slice(None, offset, length)
+            if (
+                type(chunk_id) is str
+                and offset + length <= fmt.MAX_FILE_OBJECT
+                and fmt.is_object_id(chunk_id)
+            ):
+                return Slice(chunk_id, offset, length)
+    return _bad_slice(raw, name)
+
+
+def _xattrs(xattrs: Any, name: str) -> tuple[tuple[str, bytes], ...]:
+    if not isinstance(xattrs, dict) or len(xattrs) > MAX_XATTRS:
+        raise ValueError(f"{name!r}: xattrs is not a map of at most {MAX_XATTRS}")
+    pairs = []
+    for key, value in sorted(xattrs.items()):
+        if not isinstance(value, str) or len(value) > MAX_XATTR_BYTES * 4 // 3 + 4:
+            raise ValueError(f"{name!r}: xattr {key!r} is not a bounded base64 string")
+        try:
+            pairs.append((key, base64.b64decode(value, validate=True)))
+        except ValueError:
+            raise ValueError(f"{name!r}: xattr {key!r} is not base64") from None
+    return tuple(pairs)
+
+
+def _bad_slice(raw: Any, name: str) -> Slice:
+    """What is wrong with a slice that the fast check refused (it raises)."""
     if not isinstance(raw, list) or len(raw) != 3:
         raise ValueError(f"{name!r}: a slice is not [id, offset, length]")
     chunk_id, offset, length = raw
-    if chunk_id is not None and not fmt.is_object_id(chunk_id):
+    if chunk_id is not None and (type(chunk_id) is not str or not fmt.is_object_id(chunk_id)):
         raise ValueError(f"{name!r}: slice id {chunk_id!r} is not an object id")
     for value in (offset, length):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
