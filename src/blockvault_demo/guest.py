@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import blockvault
 from blockvault.errors import UsageError
 from blockvault_demo.sample_boot import build_initramfs, find_kernel
 
@@ -70,8 +71,12 @@ mount -t devtmpfs dev /dev
 fail() { echo "BLOCKVAULT-GUEST-FAIL $*"; poweroff -f; }
 for m in $(cat /modules.order); do insmod "/modules/$m" || fail "insmod $m"; done
 work=""
+code=""
 for word in $(cat /proc/cmdline); do
-    case "$word" in bv_work=*) work="${word#bv_work=}" ;; esac
+    case "$word" in
+        bv_work=*) work="${word#bv_work=}" ;;
+        bv_code=*) code="${word#bv_code=}" ;;
+    esac
 done
 mkdir -p /host
 opts="trans=virtio,version=9p2000.L,msize=@MSIZE@"
@@ -86,6 +91,10 @@ mount -t tmpfs tmpfs /host/run
 mount -t tmpfs tmpfs /host/tmp
 mkdir -p "/host$work"
 mount -t 9p -o "$opts" work "/host$work" || fail "mount work"
+# blockvault's own source tree, read-only at its own path: a checkout under /tmp is
+# hidden by the guest's /tmp, and the host's Python finds the package through it
+mkdir -p "/host$code" 2>/dev/null
+mount -t 9p -o "$opts,ro,cache=loose" code "/host$code" || fail "mount code"
 chroot /host /bin/sh "$work/guest.sh" </dev/null
 echo "BLOCKVAULT-GUEST-EXIT $?"
 sync
@@ -117,10 +126,12 @@ def run_in_guest(
     ``PYTHONPATH`` always are). Returns when the guest powers off, or at ``timeout``."""
     work = work.resolve()
     kernel = find_kernel()
+    code = _source_root()
+    python_path = [str(code), *filter(None, os.environ.get("PYTHONPATH", "").split(":"))]
     exported = {
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         "HOME": "/root",
-        **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}),
+        "PYTHONPATH": ":".join(python_path),
         **(env or {}),
     }
     prelude = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in exported.items())
@@ -147,11 +158,13 @@ def run_in_guest(
             "-initrd",
             str(initrd),
             "-append",
-            f"console=ttyS0 panic=-1 quiet bv_work={work}",
+            f"console=ttyS0 panic=-1 quiet bv_work={work} bv_code={code}",
             "-virtfs",
             "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
             "-virtfs",
             f"local,path={work},mount_tag=work,security_model=none,multidevs=remap",
+            "-virtfs",
+            f"local,path={code},mount_tag=code,security_model=none,readonly=on,multidevs=remap",
             "-nographic",
             "-monitor",
             "none",
@@ -178,3 +191,9 @@ def run_in_guest(
             ) from None
     found = re.search(rf"{EXIT_LINE} (\d+)", console)
     return GuestRun(int(found.group(1)) if found else None, console)
+
+
+def _source_root() -> Path:
+    """The directory holding the ``blockvault`` package this process runs (``src`` of a
+    checkout, or site-packages): shared with the guest so it runs the same code."""
+    return Path(blockvault.__file__).resolve().parents[1]
