@@ -26,7 +26,7 @@ from dissect.btrfs import Btrfs
 from dissect.btrfs import tree as dissect_tree
 from dissect.btrfs.exceptions import Error as DissectError
 
-from blockvault.browse.filesystem import Entry, Filesystem, Kind, without_dots
+from blockvault.browse.filesystem import Entry, Filesystem, Kind, kind_of, without_dots
 
 __all__ = ["BtrfsFilesystem"]
 
@@ -93,14 +93,7 @@ class BtrfsFilesystem(Filesystem[Node]):
     def _kind(self, node: Node) -> Kind:
         if isinstance(node, _EmptySubvolume):
             return "dir"
-        mode = stat.S_IFMT(node.mode)
-        if mode == stat.S_IFDIR:
-            return "dir"
-        if mode == stat.S_IFREG:
-            return "file"
-        if mode == stat.S_IFLNK:
-            return "symlink"
-        return "other"
+        return kind_of(int(node.mode))
 
     def _entry(self, node: Node, path: str) -> Entry:
         if isinstance(node, _EmptySubvolume):

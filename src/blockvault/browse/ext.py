@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import stat
 from collections.abc import Iterable
 from typing import Any, BinaryIO
 
 from dissect.extfs import ExtFS
 from dissect.extfs.c_ext import c_ext
 
-from blockvault.browse.filesystem import Entry, Filesystem, Kind, without_dots
+from blockvault.browse.filesystem import Entry, Filesystem, Kind, kind_of, without_dots
 
 __all__ = ["ExtFilesystem"]
 
@@ -30,14 +29,7 @@ class ExtFilesystem(Filesystem[Node]):
         return without_dots((child.filename, child) for child in node.iterdir())
 
     def _kind(self, node: Node) -> Kind:
-        mode = stat.S_IFMT(node.inode.i_mode)
-        if mode == stat.S_IFDIR:
-            return "dir"
-        if mode == stat.S_IFREG:
-            return "file"
-        if mode == stat.S_IFLNK:
-            return "symlink"
-        return "other"
+        return kind_of(int(node.inode.i_mode))
 
     def _entry(self, node: Node, path: str) -> Entry:
         inode = node.inode

@@ -22,6 +22,7 @@ __all__ = [
     "Filesystem",
     "Kind",
     "NotFound",
+    "kind_of",
     "normalize",
     "synthesized_mode",
     "without_dots",
@@ -226,6 +227,14 @@ def without_dots(children: Iterable[tuple[str, N]]) -> Iterator[tuple[str, N]]:
             seen.add(name)
             continue
         yield name, child
+
+
+def kind_of(mode: int) -> Kind:
+    """The kind of an entry from its POSIX mode bits (what ext, XFS and btrfs store)."""
+    return _KINDS.get(stat.S_IFMT(mode), "other")
+
+
+_KINDS: dict[int, Kind] = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}
 
 
 def synthesized_mode(kind: Kind, read_only: bool = False) -> int:

@@ -16,7 +16,6 @@ three gaps are closed here rather than trusted:
 
 from __future__ import annotations
 
-import stat
 from collections.abc import Iterable
 from typing import Any, BinaryIO, Final
 
@@ -25,7 +24,7 @@ from dissect.xfs import XFS
 from dissect.xfs.c_xfs import c_xfs
 from dissect.xfs.xfs import parse_fsblock
 
-from blockvault.browse.filesystem import Entry, Filesystem, Kind, without_dots
+from blockvault.browse.filesystem import Entry, Filesystem, Kind, kind_of, without_dots
 
 __all__ = ["XfsFilesystem"]
 
@@ -96,14 +95,7 @@ class XfsFilesystem(Filesystem[Node]):
         return children.get(name)
 
     def _kind(self, node: Node) -> Kind:
-        mode = stat.S_IFMT(node.inode.di_mode)
-        if mode == stat.S_IFDIR:
-            return "dir"
-        if mode == stat.S_IFREG:
-            return "file"
-        if mode == stat.S_IFLNK:
-            return "symlink"
-        return "other"
+        return kind_of(int(node.inode.di_mode))
 
     def _entry(self, node: Node, path: str) -> Entry:
         inode = node.inode
