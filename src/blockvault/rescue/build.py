@@ -321,7 +321,6 @@ def _base(
     reporter(Noted(f"base system: mmdebstrap {plist.suite}, {len(plist.packages)} packages"))
     with _entry(cache, base.name) as tmp:
         root = tmp / "root"
-        hooks = _base_hooks(plist)
         _run(
             [
                 "mmdebstrap",
