@@ -11,6 +11,8 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from blockvault_demo.sample import manifest
@@ -88,38 +90,30 @@ def tree(part: Path, fs: str, out: Path) -> dict[str, str]:
         finally:
             subprocess.run(["umount", str(mnt)], check=False)
     elif kind == "xfs":  # the kernel's reader (a loop mount: root)
-        mnt = out.parent / f"{out.name}-mnt"
-        mnt.mkdir()
-        subprocess.run(
-            ["mount", "-o", "loop,ro,norecovery", str(part), str(mnt)],
-            check=True,
-            capture_output=True,
-        )
-        try:
+        with _loop_mounted(part, out, "norecovery") as mnt:
             return manifest(mnt)
-        finally:
-            subprocess.run(["umount", str(mnt)], check=False)
-
     elif kind == "btrfs":
-        _btrfs_tree(part, out)
+        # the default subvolume at the top, the others as the directories they are
+        # mounted at; nologreplay: read the image as it is, never write to it
+        with _loop_mounted(part, out, "rescue=nologreplay") as mnt:
+            shutil.copytree(mnt, out, symlinks=True, dirs_exist_ok=True)
     else:
         raise ValueError(fs)
     return manifest(out)
 
 
-def _btrfs_tree(part: Path, out: Path) -> None:
-    """Copy a btrfs image's files as the kernel shows them mounted read-only: the
-    default subvolume at the top, the others as the directories they are mounted at."""
+@contextmanager
+def _loop_mounted(part: Path, out: Path, options: str) -> Iterator[Path]:
+    """``part`` mounted read-only by the kernel through a loop device, beside ``out``."""
     mnt = out.parent / f"{out.name}-mnt"
     mnt.mkdir()
-    # nologreplay: read the image as it is, never write to it
     subprocess.run(
-        ["mount", "-o", "loop,ro,rescue=nologreplay", str(part), str(mnt)],
+        ["mount", "-o", f"loop,ro,{options}", str(part), str(mnt)],
         check=True,
         capture_output=True,
     )
     try:
-        shutil.copytree(mnt, out, symlinks=True, dirs_exist_ok=True)
+        yield mnt
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
         mnt.rmdir()
