@@ -13,17 +13,13 @@ import grp
 import json
 import os
 import pwd
-import socket
 import stat
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from blockvault.extents import ExtentMap
-from blockvault.repo import format as fmt
-from blockvault.repo.index import Index, Region
-from blockvault.repo.manifest import Snapshot
+from blockvault.files.backup import commit_files, files_manifest, files_origin
+from blockvault.repo.manifest import Snapshot, Stats
 from blockvault.repo.repository import Repository
 from blockvault.repo.tree import Node, Slice, store_tree
 from blockvault.repo.writer import WriterSession
@@ -126,28 +122,10 @@ def commit(
             return chunk_id
 
         root = build(put)
-        region = Region(
-            fmt.REGION_FILES, 0, 0, 0, ExtentMap(), tuple(bytes.fromhex(i) for i in sorted(ids))
-        )
-        draft = Snapshot(
-            time=datetime.now(UTC).isoformat(timespec="microseconds"),
-            host=socket.gethostname(),
-            source="files: " + " ".join(paths),
-            disk_size=0,
-            sector_size=0,
-            table="none",
-            disk_id="",
-            partitions=(),
-            index="",
-            chunk_size=CHUNK,
-            compression="zstd",
-            source_id="files:" + " ".join(sorted(paths)),
-            kind="files",
-            paths=paths,
-            tree=root,
-        )
+        source, origin = "files: " + " ".join(paths), files_origin(paths)
+        draft = files_manifest(repo, paths, source, origin, (), "")
         writer.choose_parent(draft)
-        return writer.commit(draft, Index(CHUNK, (region,)), lambda _missing: None)
+        return commit_files(writer, draft, root, ids, Stats())
 
 
 def snapshot_of(repo: Repository, *paths: Path) -> Snapshot:
