@@ -23,16 +23,9 @@ from blockvault.repo.manifest import Snapshot, Stats
 from blockvault.repo.repository import Repository
 from blockvault.repo.tree import Node, Slice, store_tree
 from blockvault.repo.writer import WriterSession
+from tests.files.trees import KINDS
 
 CHUNK = 1 << 20
-KINDS = {
-    stat.S_IFREG: "file",
-    stat.S_IFDIR: "dir",
-    stat.S_IFLNK: "symlink",
-    stat.S_IFCHR: "chardev",
-    stat.S_IFBLK: "blockdev",
-    stat.S_IFIFO: "fifo",
-}
 
 
 def _name(ids: int, lookup: Callable[[int], Any]) -> str:
