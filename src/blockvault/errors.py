@@ -363,6 +363,18 @@ class TreeDamaged(TreeIncomplete):
     exit_code = 4
 
 
+class CenterError(BlockvaultError):
+    """The Backup Center (server or an agent's link to it): state, enrolment, API."""
+
+
+class CenterStateError(CenterError):
+    template = "center state {path}: {detail}"
+
+
+class CenterUnreachable(CenterError):
+    template = "cannot reach the center at {url}: {detail}"
+
+
 class CastError(BlockvaultError):
     template = "cast: {detail}"
 
