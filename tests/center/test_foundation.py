@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
 from blockvault.center import models  # noqa: F401
 from blockvault.center.app import create_app
-from blockvault.center.auth import CSRF_HEADER, Principal, require
+from blockvault.center.auth import CSRF_HEADER, Operator, Viewer
 from blockvault.center.context import Center
 from blockvault.center.db import Base, migrate
 from tests.center.conftest import add_user, api_token, log_in
@@ -33,11 +33,11 @@ def _guarded_app(center: Center) -> TestClient:
     router = APIRouter()
 
     @router.get("/probe/read")
-    def read(who: Principal = Depends(require("viewer"))) -> dict[str, str]:
+    def read(who: Viewer) -> dict[str, str]:
         return {"name": who.name, "role": who.role}
 
     @router.post("/probe/run")
-    def run(who: Principal = Depends(require("operator"))) -> dict[str, str]:
+    def run(who: Operator) -> dict[str, str]:
         return {"name": who.name}
 
     app.include_router(router)

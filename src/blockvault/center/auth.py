@@ -38,8 +38,11 @@ __all__ = [
     "ROLES",
     "SCOPES",
     "SESSION_COOKIE",
+    "Admin",
+    "Operator",
     "Principal",
     "Role",
+    "Viewer",
     "audit",
     "center_of",
     "create_user",
@@ -230,3 +233,9 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
         return principal
 
     return dependency
+
+
+# a handler's parameter: the request's principal, if it holds that role
+Viewer = Annotated[Principal, Depends(require("viewer"))]
+Operator = Annotated[Principal, Depends(require("operator"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
