@@ -16,12 +16,22 @@ from fastapi import FastAPI
 
 from blockvault.center.api import admin, agent, alerts, health, hosts, jobs
 from blockvault.center.context import Center
-from blockvault.center.web import pages
+from blockvault.center.web import alerts_pages, jobs_pages, pages
 
 __all__ = ["PARTS", "create_app"]
 
 # the order routes are matched in: the API before the dashboard's catch-alls
-PARTS: tuple[ModuleType, ...] = (health, admin, hosts, agent, jobs, alerts, pages)
+PARTS: tuple[ModuleType, ...] = (
+    health,
+    admin,
+    hosts,
+    agent,
+    jobs,
+    alerts,
+    jobs_pages,
+    alerts_pages,
+    pages,
+)
 
 
 def create_app(center: Center) -> FastAPI:

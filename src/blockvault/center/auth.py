@@ -230,6 +230,7 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
         if not principal.can(role):
             raise HTTPException(403, f"this needs the {role} role")
         request.state.principal = principal
+        request.state.csrf = web.csrf if web is not None else None
         return principal
 
     return dependency
