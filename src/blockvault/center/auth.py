@@ -25,6 +25,7 @@ from typing import Annotated, Final, Literal, get_args
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -213,7 +214,8 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
     missing or wrong."""
 
     async def dependency(request: Request, session: DB) -> Principal:
-        found = principal_of(request, session)
+        # a database wait (SQLite's writer lock) must not stall the event loop
+        found = await run_in_threadpool(principal_of, request, session)
         if found is None:
             raise HTTPException(401, "log in or send an API token")
         principal, web = found
