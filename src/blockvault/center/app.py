@@ -50,7 +50,7 @@ def create_app(center: Center) -> FastAPI:
         version=_version(),
         lifespan=lifespan,
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # Swagger UI loads from a CDN; the schema itself is served
         redoc_url=None,
     )
     app.state.center = center
