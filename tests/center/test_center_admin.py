@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from blockvault.center.app import create_app
-from blockvault.center.auth import CSRF_HEADER, Viewer
+from blockvault.center.auth import CSRF_HEADER, Viewer, verify_password
 from blockvault.center.context import Center
 from blockvault.center.models import Audit, User
 from blockvault.center.settings import get_setting
@@ -90,6 +90,21 @@ def test_browser_changes_need_the_csrf_token(center: Center, client: TestClient)
     assert client.post("/api/v1/users", json=new).status_code == 403
     made = client.post("/api/v1/users", json=new, headers={CSRF_HEADER: csrf})
     assert made.status_code == 201
+
+
+def test_changing_my_own_password(center: Center, client: TestClient) -> None:
+    add_user(center, "vera", "viewer")
+    token = _bearer(api_token(center, "vera", ["read"]))
+    change = {"current": "vera-password", "new": "vera-password-2"}
+    assert client.post("/api/v1/me/password", json=change, headers=token).status_code == 403
+    csrf = {CSRF_HEADER: log_in(center, client, "vera")}
+    wrong = {"current": "guess", "new": "vera-password-2"}
+    assert client.post("/api/v1/me/password", json=wrong, headers=csrf).status_code == 403
+    assert client.post("/api/v1/me/password", json=change, headers=csrf).status_code == 204
+    assert client.get("/api/v1/me").status_code == 401  # the session ended with it
+    with center.sessions() as session:
+        vera = session.scalars(select(User).where(User.name == "vera")).one()
+        assert verify_password(vera.password_hash, "vera-password-2")
 
 
 def test_group_scoped_users(center: Center) -> None:

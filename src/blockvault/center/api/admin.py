@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from blockvault.center.auth import DB, Admin, Principal, Role, Viewer, center_of
+from blockvault.center.auth import DB, Admin, Principal, Role, Viewer, center_of, verify_password
 from blockvault.center.context import Center
 from blockvault.center.models import ApiToken, Audit, User
 from blockvault.center.settings import SETTINGS, all_settings, change_settings
@@ -47,6 +47,11 @@ class UserOut(BaseModel):
 class Me(UserOut):
     effective_role: Role = Field(description="the role narrowed by the token's scopes")
     via: Literal["session", "token"]
+
+
+class PasswordChange(BaseModel):
+    current: str = Field(max_length=1024)
+    new: str = Field(min_length=8, max_length=1024)
 
 
 class UserCreate(BaseModel):
@@ -145,6 +150,23 @@ def _user_routes(router: APIRouter) -> None:
         user = session.get(User, who.user_id)
         assert user is not None  # the principal was read from it in this transaction
         return Me(**_user_out(user).model_dump(), effective_role=who.role, via=who.via)
+
+    @router.post(
+        "/me/password",
+        tags=["users"],
+        summary="Change my password (ends my browser sessions)",
+        status_code=204,
+    )
+    def change_my_password(
+        body: PasswordChange, who: Viewer, session: DB, request: Request
+    ) -> Response:
+        user = session.get(User, who.user_id)
+        assert user is not None
+        if who.via != "session" or not verify_password(user.password_hash, body.current):
+            # a token is not the password: a stolen one must not lock its owner out
+            raise HTTPException(403, "log in and give your current password")
+        update_user(session, actor_of(request, who), who.name, password=body.new)
+        return Response(status_code=204)
 
     @router.get("/users", tags=["users"], summary="List users", response_model=list[UserOut])
     def list_users(who: Admin, session: DB) -> list[UserOut]:
