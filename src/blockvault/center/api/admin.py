@@ -128,9 +128,13 @@ def install(app: FastAPI, center: Center) -> None:
 
 
 async def _refused(_request: Request, exc: Exception) -> JSONResponse:
-    status = 404 if isinstance(exc, CenterUserNotFound) else 409
-    if not isinstance(exc, CenterUserNotFound | CenterUserExists):
-        status = 422
+    """A change the accounts or settings refused: its one line, as 404 (no such
+    user), 409 (exists already) or 422 (not so)."""
+    status = 422
+    if isinstance(exc, CenterUserNotFound):
+        status = 404
+    elif isinstance(exc, CenterUserExists):
+        status = 409
     return JSONResponse({"detail": str(exc)}, status_code=status)
 
 
