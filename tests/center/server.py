@@ -52,6 +52,7 @@ __all__ = [
 
 ADMIN = "admin"
 ADMIN_PASSWORD = "admin-password-0"
+BLOCKVAULT = (sys.executable, "-m", "blockvault", "center")
 
 
 @dataclass
@@ -102,7 +103,7 @@ class CenterServer:
     def blockvault(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``blockvault center ARGS --state STATE`` on this server's state."""
         return subprocess.run(
-            [sys.executable, "-m", "blockvault", "center", *args, "--state", str(self.state)],
+            [*BLOCKVAULT, *args, "--state", str(self.state)],
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
@@ -147,17 +148,19 @@ def start_center(
     init_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
     timeout: float = 90,
+    host: str = "127.0.0.1",
 ) -> CenterServer:
-    """Init a center in ``base/state`` and start serving it on a free port."""
+    """Init a center in ``base/state`` and start serving it on a free port of
+    ``host`` (``0.0.0.0`` for agents in other network namespaces; the URL and the
+    health check still use loopback)."""
     base.mkdir(parents=True, exist_ok=True)
     state = base / "state"
     password_file = base / "admin-password"
     password_file.write_text(ADMIN_PASSWORD + "\n")
     port = free_port()
-    blockvault = [sys.executable, "-m", "blockvault", "center"]
     init = subprocess.run(
         [
-            *blockvault,
+            *BLOCKVAULT,
             "init",
             "--state",
             str(state),
@@ -168,7 +171,7 @@ def start_center(
             "--admin-password-file",
             str(password_file),
             "--listen",
-            f"127.0.0.1:{port}",
+            f"{host}:{port}",
             "--hostname",
             "center.test",
             "--json",
@@ -183,16 +186,47 @@ def start_center(
     if init.returncode != 0:
         raise AssertionError(f"center init failed: {init.stderr.strip()}")
     made = json.loads(init.stdout)
-    log = base / "center.log"
+    for attempt in range(3):  # another test may take the free port before we bind it
+        if attempt:
+            port = free_port()
+        server = _serve(base, state, f"{host}:{port}", made, database_url, env)
+        try:
+            _wait_healthy(server, timeout)
+        except BaseException:
+            server.stop()
+            if "cannot listen on" in server.log_text() and attempt < 2:
+                continue
+            raise
+        return server
+    raise AssertionError("unreachable")
+
+
+def _serve(
+    base: Path,
+    state: Path,
+    listen: str,
+    made: dict[str, str],
+    database_url: str,
+    env: dict[str, str] | None,
+) -> CenterServer:
+    port = int(listen.rsplit(":", 1)[1])
+    log = base / f"center-{port}.log"
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [*blockvault, "serve", "--state", str(state)],
+            [
+                *BLOCKVAULT,
+                "serve",
+                "--state",
+                str(state),
+                "--listen",
+                listen,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
             env={**os.environ, **(env or {})},
         )
-    server = CenterServer(
+    return CenterServer(
         url=f"https://127.0.0.1:{port}",
         port=port,
         fingerprint=made["fingerprint"],
@@ -204,12 +238,6 @@ def start_center(
         process=process,
         log=log,
     )
-    try:
-        _wait_healthy(server, timeout)
-    except BaseException:
-        server.stop()
-        raise
-    return server
 
 
 def _wait_healthy(server: CenterServer, timeout: float) -> None:

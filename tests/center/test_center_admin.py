@@ -9,11 +9,14 @@ from fastapi import APIRouter
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from blockvault.center.api.admin import housekeeping
 from blockvault.center.app import create_app
-from blockvault.center.auth import CSRF_HEADER, Viewer, verify_password
+from blockvault.center.auth import CSRF_HEADER, Viewer, start_session, verify_password
 from blockvault.center.context import Center
-from blockvault.center.models import Audit, User
-from blockvault.center.settings import get_setting
+from blockvault.center.db import transaction
+from blockvault.center.models import Audit, User, WebSession
+from blockvault.center.settings import change_settings, get_setting
+from blockvault.center.users import Actor
 from tests.center.conftest import add_user, api_token, log_in
 
 
@@ -260,3 +263,19 @@ def test_settings(center: Center, client: TestClient) -> None:
     with center.sessions() as session:
         assert get_setting(session, "offline_after") == 900
         assert get_setting(session, "overdue_factor") == 1.25
+
+
+def test_housekeeping_keeps_the_audit_log_as_long_as_set(center: Center) -> None:
+    add_user(center, "ada", "admin")
+    now = center.clock()
+    with transaction(center.sessions) as session:
+        session.add(Audit(at=now - timedelta(days=40), actor="user:ada", action="old"))
+        session.add(Audit(at=now - timedelta(days=20), actor="user:ada", action="recent"))
+        ada = session.scalars(select(User).where(User.name == "ada")).one()
+        start_session(session, ada, now - timedelta(days=1))  # expired
+        start_session(session, ada, now)
+        change_settings(session, Actor("user:ada", now), {"audit_keep_days": 30})
+    housekeeping(center)
+    with center.sessions() as session:
+        assert [a.action for a in session.scalars(select(Audit))] == ["recent", "settings.update"]
+        assert [s.expires > now for s in session.scalars(select(WebSession))] == [True]

@@ -14,14 +14,16 @@ from typing import Annotated, Final, Literal
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from blockvault.center.auth import DB, Admin, Principal, Role, Viewer, center_of, verify_password
 from blockvault.center.context import Center
-from blockvault.center.models import ApiToken, Audit, User
-from blockvault.center.settings import SETTINGS, all_settings, change_settings
+from blockvault.center.db import transaction
+from blockvault.center.models import ApiToken, Audit, User, WebSession
+from blockvault.center.settings import SETTINGS, all_settings, change_settings, get_setting
 from blockvault.center.tokens import issue_token, revoke_token
 from blockvault.center.users import Actor, add_user, delete_user, find_user, update_user
+from blockvault.center.workers import Periodic
 from blockvault.errors import (
     CenterSettingError,
     CenterUserError,
@@ -29,7 +31,7 @@ from blockvault.errors import (
     CenterUserNotFound,
 )
 
-__all__ = ["install"]
+__all__ = ["housekeeping", "install"]
 
 AUDIT_PAGE: Final = 100  # rows of the audit log per page by default
 AUDIT_PAGE_MAX: Final = 500
@@ -117,7 +119,18 @@ class SettingOut(BaseModel):
     help: str
 
 
+def housekeeping(center: Center) -> None:
+    """One round of the admin part's worker: the audit log beyond ``audit_keep_days``
+    and expired browser sessions go."""
+    with transaction(center.sessions) as session:
+        now = center.clock()
+        keep = timedelta(days=get_setting(session, "audit_keep_days"))
+        session.execute(delete(Audit).where(Audit.at < now - keep))
+        session.execute(delete(WebSession).where(WebSession.expires <= now))
+
+
 def install(app: FastAPI, center: Center) -> None:
+    center.workers.append(Periodic("housekeeping", 3600, lambda: housekeeping(center)))
     router = APIRouter(prefix="/api/v1")
     _user_routes(router)
     _token_routes(router)
