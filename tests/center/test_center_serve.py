@@ -30,6 +30,9 @@ def test_serves_tls_with_the_printed_fingerprint(
     with center_server.client(token) as http:
         assert http.get("/healthz").json() == {"status": "ok"}
         assert http.get("/api/v1/me").json()["name"] == "admin"
+        new = {"name": "vera", "role": "viewer", "password": "vera-very-secret"}
+        assert http.post("/api/v1/users", json=new).status_code == 201
+        made = http.post("/api/v1/tokens", json={"name": "ci", "scopes": ["read"]}).json()
     # a client that pins another certificate refuses this server
     other_pem, _key = self_signed(["center.test", "127.0.0.1"])
     other = tmp_path / "other.crt"
@@ -41,5 +44,5 @@ def test_serves_tls_with_the_printed_fingerprint(
     log = center_server.log_text()
     assert '"GET /healthz HTTP/1.1" 200' in log
     assert '"GET /api/v1/me HTTP/1.1" 200' in log
-    assert token not in log
+    assert token not in log and made["token"] not in log and "vera-very-secret" not in log
     assert "Traceback" not in log
