@@ -5,6 +5,7 @@ log line per request, and one-line errors for a bad state."""
 from __future__ import annotations
 
 import base64
+import signal
 import ssl
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from blockvault.center.tls import self_signed
-from tests.center.server import CenterServer, presented_fingerprint
+from tests.center.server import CenterServer, presented_fingerprint, running_center
 from tests.conftest import sh
 
 
@@ -45,4 +46,14 @@ def test_serves_tls_with_the_printed_fingerprint(
     assert '"GET /healthz HTTP/1.1" 200' in log
     assert '"GET /api/v1/me HTTP/1.1" 200' in log
     assert token not in log and made["token"] not in log and "vera-very-secret" not in log
+    assert "Traceback" not in log
+
+
+def test_ctrl_c_stops_it_gracefully(tmp_path: Path) -> None:
+    with running_center(tmp_path / "c", f"sqlite:///{tmp_path / 'c.db'}") as server:
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(60) == 128 + signal.SIGINT
+    log = server.log_text()
+    assert "Application shutdown complete" in log  # the workers were stopped
+    assert log.splitlines()[-1].startswith("blockvault: interrupted by SIGINT")  # one line
     assert "Traceback" not in log
