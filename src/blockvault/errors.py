@@ -104,6 +104,11 @@ __all__ = [
     "CastError",
     "CastInterrupted",
     "CastProtocolError",
+    "CenterError",
+    "CenterRefused",
+    "CenterStateError",
+    "CenterUnreachable",
+    "CertificateMismatch",
     "ChunkCorrupt",
     "ChunkMissing",
     "ClockBehind",
@@ -373,6 +378,19 @@ class CenterStateError(CenterError):
 
 class CenterUnreachable(CenterError):
     template = "cannot reach the center at {url}: {detail}"
+
+
+class CenterRefused(CenterError):
+    """The center answered and said no: a bad or used-up token, a revoked host."""
+
+    template = "the center at {url} refused: {detail}"
+
+
+class CertificateMismatch(CenterError):
+    template = (
+        "the center at {url} presented certificate {found}, not {expected}: check "
+        "--fingerprint (center init printed it); if it is right, something is in between"
+    )
 
 
 class CastError(BlockvaultError):
