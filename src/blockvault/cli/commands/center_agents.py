@@ -2,67 +2,29 @@
 
 They work on the center's state directly (run them on the center's machine, as the
 user that owns its state), with the same code the API runs, and write the same audit
-rows, the actor being ``cli:USER``.
+rows, the actor being ``local:USER``.
 """
 
 from __future__ import annotations
 
 import getpass
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from blockvault.cli import render
 from blockvault.cli.commands import json_option
+from blockvault.cli.commands.center_core import _accounts as center_database
+from blockvault.cli.commands.center_core import state_option
 from blockvault.errors import UsageError
 
 __all__ = ["register"]
 
-F = TypeVar("F", bound=Callable[..., Any])
-DEFAULT_STATE = Path("/var/lib/blockvault/center")
-
-
-def state_options(command: F) -> F:
-    """Where the center's state is: its directory and, if not SQLite there, its database."""
-    command = click.option(
-        "--database",
-        envvar="BLOCKVAULT_CENTER_DATABASE",
-        metavar="URL",
-        help="The center's database (postgresql://...). Default: SQLite in the state directory.",
-    )(command)
-    return click.option(
-        "--state",
-        envvar="BLOCKVAULT_CENTER_STATE",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=DEFAULT_STATE,
-        show_default=True,
-        metavar="DIR",
-        help="The center's state directory (as 'center init' made it).",
-    )(command)
-
-
-@contextmanager
-def _database(state: Path, database: str | None) -> Iterator[Session]:
-    from blockvault.center.context import open_center
-    from blockvault.center.db import transaction
-
-    if not state.is_dir():
-        raise UsageError(f"{state}: no center state here; give --state, or run 'center init'")
-    center = open_center(state, database)
-    try:
-        with transaction(center.sessions) as session:
-            yield session
-    finally:
-        center.engine.dispose()
-
 
 def _actor() -> str:
-    return f"cli:{getpass.getuser()}"
+    """Changes made on the server's shell are audited as ``local:<login>``."""
+    return f"local:{getpass.getuser()}"
 
 
 def register(center: click.Group) -> None:
@@ -87,10 +49,8 @@ def register(center: click.Group) -> None:
         help="How many machines may enrol with it.",
     )
     @json_option
-    @state_options
-    def token_create(
-        group: str | None, ttl: str, uses: int, as_json: bool, state: Path, database: str | None
-    ) -> None:
+    @state_option
+    def token_create(group: str | None, ttl: str, uses: int, as_json: bool, state: Path) -> None:
         """Print a new enrolment token (shown this once; the center keeps its hash)."""
         from blockvault.center.api.hosts import MAX_TOKEN_TTL, create_enrol_token
         from blockvault.center.auth import audit
@@ -101,7 +61,7 @@ def register(center: click.Group) -> None:
         lifetime = parse_duration(ttl)
         if not lifetime or lifetime > MAX_TOKEN_TTL:
             raise UsageError(f"--ttl {ttl}: from 1m to 30d")
-        with _database(state, database) as session:
+        with center_database(state) as session:
             found = None
             if group is not None:
                 found = session.scalar(select(Group).where(Group.name == group))
@@ -127,8 +87,8 @@ def register(center: click.Group) -> None:
     @group.command("add")
     @click.argument("name", metavar="NAME")
     @click.option("--description", default="", metavar="TEXT", help="What the group is for.")
-    @state_options
-    def group_add(name: str, description: str, state: Path, database: str | None) -> None:
+    @state_option
+    def group_add(name: str, description: str, state: Path) -> None:
         """Add the host group NAME."""
         import re
 
@@ -139,7 +99,7 @@ def register(center: click.Group) -> None:
 
         if not re.fullmatch(HOST_NAME, name):
             raise UsageError(f"group {name!r}: 1-63 letters, digits, '.', '_' or '-'")
-        with _database(state, database) as session:
+        with center_database(state) as session:
             if session.scalar(select(Group).where(Group.name == name)) is not None:
                 raise UsageError(f"a group named {name} exists")
             session.add(Group(name=name, description=description))
@@ -148,12 +108,12 @@ def register(center: click.Group) -> None:
 
     @group.command("list")
     @json_option
-    @state_options
-    def group_list(as_json: bool, state: Path, database: str | None) -> None:
+    @state_option
+    def group_list(as_json: bool, state: Path) -> None:
         """List the host groups."""
         from blockvault.center.models import Group
 
-        with _database(state, database) as session:
+        with center_database(state) as session:
             rows = [
                 (g.name, g.description) for g in session.scalars(select(Group).order_by(Group.name))
             ]
