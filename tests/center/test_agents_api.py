@@ -5,6 +5,7 @@ re-key, central plans pushed in heartbeats, runs deduplicated, hosts' status."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlalchemy import select
 from blockvault.center.context import Center
 from blockvault.center.db import transaction
 from blockvault.center.link.identity import AgentKey
-from blockvault.center.models import AgentToken, Audit, Setting
+from blockvault.center.models import AgentToken, Audit
 from tests.center.conftest import add_user, api_token
 
 DISK_PLAN = {"disk": "/dev/vdb", "repo": "/srv/repo", "schedule": "every 1h"}
@@ -156,8 +157,7 @@ def test_central_plans_are_validated_versioned_and_pushed(
     assert "unknown field 'shedule'" in client.post("/api/v1/plans", json=typo, headers=admin).text
     good = {"name": "nightly", "group": "lab", "spec": DISK_PLAN}
     plan = client.post("/api/v1/plans", json=good, headers=admin).json()
-    with transaction(center.sessions) as session:
-        session.add(Setting(key="heartbeat_interval", value=5))
+    center.config = replace(center.config, heartbeat_interval=5)
     first = _beat(client, agent).json()
     assert first["interval"] == 5
     assert [(p["name"], p["spec"]) for p in first["plans"]] == [("nightly", DISK_PLAN)]
@@ -199,7 +199,7 @@ def test_runs_are_deduplicated_and_hosts_show_their_status(
     (host,) = client.get("/api/v1/hosts", headers=admin).json()
     assert host["online"] and not host["overdue"] and host["stored_bytes"] == 120
     assert host["change_rate"] == 0.1
-    # an hour's plan, 1.25 hours without a good backup: overdue; 90 s silent: offline
+    # an hour's plan, 1.25 hours without a good backup: overdue; 15 min silent: offline
     center.clock = lambda: start + timedelta(minutes=80)
     (host,) = client.get("/api/v1/hosts", headers=admin).json()
     assert host["overdue"] and host["overdue_plans"] == ["center:hourly"] and not host["online"]

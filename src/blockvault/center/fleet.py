@@ -33,13 +33,11 @@ from blockvault.plans.store import plan_from_table
 
 __all__ = [
     "CENTRAL_PREFIX",
-    "DEFAULT_INTERVAL",
     "MAX_INVENTORY",
     "MAX_RUNS_PER_REPORT",
     "HostStatus",
     "ReportedRun",
     "central_spec",
-    "heartbeat_interval",
     "host_statuses",
     "offline_after",
     "plans_for",
@@ -48,8 +46,7 @@ __all__ = [
     "record_runs",
 ]
 
-DEFAULT_INTERVAL: Final = 30  # seconds between heartbeats (setting "heartbeat_interval")
-OFFLINE_HEARTBEATS: Final = 3  # missed heartbeats before a host shows offline
+OFFLINE_DEFAULT: Final = timedelta(minutes=15)
 MAX_INVENTORY: Final = 512 * 1024  # bytes of one host's inventory, as JSON
 MAX_RUNS_PER_REPORT: Final = 100
 
@@ -72,19 +69,14 @@ class ReportedRun(BaseModel):
     error: str | None = Field(None, max_length=4096)
 
 
-def _setting(session: Session, key: str, default: int) -> int:
-    row = session.get(Setting, key)
-    return int(row.value) if row is not None and isinstance(row.value, int | float) else default
-
-
-def heartbeat_interval(session: Session) -> int:
-    return max(1, _setting(session, "heartbeat_interval", DEFAULT_INTERVAL))
-
-
 def offline_after(session: Session) -> timedelta:
-    """How long a host may stay silent and still show online."""
-    default = OFFLINE_HEARTBEATS * heartbeat_interval(session)
-    return timedelta(seconds=_setting(session, "offline_after", default))
+    """How long a host may stay silent and still show online (setting
+    ``offline_after_minutes``, as the dashboard's settings page writes it)."""
+    row = session.get(Setting, "offline_after_minutes")
+    minutes = row.value if row is not None else None
+    if isinstance(minutes, int) and not isinstance(minutes, bool) and minutes > 0:
+        return timedelta(minutes=minutes)
+    return OFFLINE_DEFAULT
 
 
 def central_spec(name: str, spec: dict[str, Any]) -> dict[str, Any]:

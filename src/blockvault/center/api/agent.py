@@ -145,7 +145,7 @@ def install(app: FastAPI, center: Center) -> None:
             else [
                 CentralPlanDoc(id=p.id, name=p.name, version=p.version, spec=p.spec) for p in plans
             ],
-            interval=fleet.heartbeat_interval(session),
+            interval=center.config.heartbeat_interval,
             acked=acked,
         )
 
