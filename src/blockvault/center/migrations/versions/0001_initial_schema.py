@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Created: 2026-12-03 18:54:51.997453
+Created: 2026-12-03 19:02:00.035939
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=64), nullable=False),
         sa.Column("location", sa.Text(), nullable=False),
         sa.Column("password_sealed", sa.LargeBinary(), nullable=True),
+        sa.Column("retention", sa.JSON(), nullable=True),
         sa.Column("stored_bytes", sa.BigInteger(), nullable=True),
         sa.Column("logical_bytes", sa.BigInteger(), nullable=True),
         sa.Column("snapshot_count", sa.Integer(), nullable=True),
