@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from datetime import timedelta
@@ -15,7 +16,7 @@ from blockvault.center import jobs as queue
 from blockvault.center.auth import new_secret
 from blockvault.center.context import Center
 from blockvault.center.db import transaction
-from blockvault.center.models import AgentToken, Audit, Group, Host, Job
+from blockvault.center.models import AgentToken, Audit, Group, Host
 from tests.center.conftest import add_user, api_token
 
 
@@ -226,20 +227,18 @@ def test_agent_bodies_are_bounded(center: Center, client: TestClient) -> None:
     huge = {"level": "info", "message": "x" * 100_000}
     assert client.post(f"{path}/log", json=huge, headers=agent).status_code == 413
     assert client.post(f"{path}/log", content=b"[1]", headers=agent).status_code == 400
-    assert (
-        client.put(f"{path}/upload?offset=0", content=b"a" * (2 << 20), headers=agent).status_code
-        == 413
-    )
-    assert client.put(f"{path}/upload?offset=0", content=b"hello ", headers=agent).json() == {
-        "size": 6
-    }
-    assert client.put(f"{path}/upload?offset=0", content=b"again", headers=agent).status_code == 409
-    assert client.put(f"{path}/upload?offset=6", content=b"world", headers=agent).json() == {
-        "size": 11
-    }
+
+    def upload(offset: int, data: bytes) -> Any:
+        piece = {"offset": offset, "data": base64.b64encode(data).decode()}
+        return client.post(f"{path}/upload", json=piece, headers=agent)
+
+    assert upload(0, b"a" * (2 << 20)).status_code == 413
+    assert upload(0, b"hello ").json() == {"size": 6}
+    assert upload(0, b"again").status_code == 409
+    assert upload(6, b"world").json() == {"size": 11}
     client.post(f"{path}/result", json={"ok": True, "result": {"name": "big"}}, headers=agent)
     got = client.get(f"/api/v1/jobs/{job['id']}/download", headers=user)
     assert got.content == b"hello world"
     assert client.get(f"/api/v1/jobs/{job['id']}", headers=user).json()["result"]["size"] == 11
-    with center.sessions() as session:
-        assert session.get(Job, job["id"]) is not None
+    late = {"offset": 11, "data": "eA=="}
+    assert client.post(f"{path}/upload", json=late, headers=agent).status_code == 409  # done

@@ -26,6 +26,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from blockvault.center.models import Host, Job, JobLog
+from blockvault.deploy.auth import parse_code
+from blockvault.errors import BlockvaultError
 
 __all__ = [
     "AGENT_KINDS",
@@ -124,10 +126,19 @@ def _restore_disk(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _code(params: Mapping[str, Any]) -> str:
+    try:
+        return parse_code(str(params.get("code", "")))
+    except BlockvaultError as error:
+        raise JobError(f"code: {error}") from None
+
+
 def _cast_receive(params: Mapping[str, Any]) -> dict[str, Any]:
-    out = {"disk": _device(params, "disk"), "session": _text(params, "session")}
-    out["group"] = _text(params, "group", required=False) or "239.255.77.1"
-    return out
+    return {
+        "disk": _device(params, "disk"),
+        "session": _text(params, "session"),
+        "code": _code(params),
+    }
 
 
 _AGENT_VALIDATORS: Final[dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]]] = {
@@ -150,6 +161,7 @@ _AGENT_VALIDATORS: Final[dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]
         "repo": _text(p, "repo"),
         "snapshot": _text(p, "snapshot"),
         "session": _text(p, "session"),
+        "code": _code(p),
         "receivers": _int(p, "receivers", 1, 1, 10_000),
     },
 }

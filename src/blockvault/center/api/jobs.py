@@ -9,11 +9,13 @@ agent touches only its own host's jobs.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
@@ -101,6 +103,20 @@ async def bounded_json(request: Request, limit: int = BODY_LIMIT) -> dict[str, A
     if not isinstance(value, dict):
         raise HTTPException(400, "body: give a JSON object")
     return value
+
+
+def _reader(limit: int) -> Any:
+    async def read(request: Request) -> dict[str, Any]:
+        return await bounded_json(request, limit)
+
+    return Depends(read)
+
+
+# an agent's body, read (bounded) before the route touches the database: declared
+# before ``CurrentHost``, so no read transaction waits on the network
+Body = Annotated[dict[str, Any], _reader(BODY_LIMIT)]
+ResultBody = Annotated[dict[str, Any], _reader(RESULT_BODY_LIMIT)]
+PieceBody = Annotated[dict[str, Any], _reader(PIECE_LIMIT * 4 // 3 + 1024)]
 
 
 def _number(body: dict[str, Any], key: str) -> int:
@@ -327,11 +343,8 @@ def install(app: FastAPI, center: Center) -> None:
         return handed
 
     @agent.post("/jobs/{job_id}/progress")
-    async def progress(
-        job_id: int, host: CurrentHost, session: DB, request: Request
-    ) -> dict[str, Any]:
+    def progress(job_id: int, body: Body, host: CurrentHost, session: DB) -> dict[str, Any]:
         """Record progress; the answer says whether the job was cancelled."""
-        body = await bounded_json(request)
         job = own_job(session, host, job_id)
         queue.report_progress(
             job, _number(body, "done"), _number(body, "total"), _message(body, "message")
@@ -341,8 +354,7 @@ def install(app: FastAPI, center: Center) -> None:
         return {"cancel": cancelled}
 
     @agent.post("/jobs/{job_id}/log")
-    async def log(job_id: int, host: CurrentHost, session: DB, request: Request) -> dict[str, Any]:
-        body = await bounded_json(request)
+    def log(job_id: int, body: Body, host: CurrentHost, session: DB) -> dict[str, Any]:
         job = own_job(session, host, job_id)
         try:
             queue.add_log(
@@ -353,10 +365,7 @@ def install(app: FastAPI, center: Center) -> None:
         return {"cancel": job.state == "cancelled"}
 
     @agent.post("/jobs/{job_id}/result")
-    async def result(
-        job_id: int, host: CurrentHost, session: DB, request: Request
-    ) -> dict[str, Any]:
-        body = await bounded_json(request, RESULT_BODY_LIMIT)
+    def result(job_id: int, body: ResultBody, host: CurrentHost, session: DB) -> dict[str, Any]:
         job = own_job(session, host, job_id)
         value = body.get("result")
         if value is not None and not isinstance(value, dict):
@@ -386,17 +395,21 @@ def install(app: FastAPI, center: Center) -> None:
             center.bus.publish("job", id=job.parent_id, state="changed", host=None)
         return {"state": job.state}
 
-    @agent.put("/jobs/{job_id}/upload")
-    async def upload(
-        job_id: int, host: CurrentHost, session: DB, request: Request, offset: int = Query(ge=0)
-    ) -> dict[str, Any]:
-        """One piece (at most ``PIECE_LIMIT`` bytes) of a download job's file, appended
-        at ``offset`` (which must be the size received so far)."""
+    @agent.post("/jobs/{job_id}/upload")
+    def upload(job_id: int, body: PieceBody, host: CurrentHost, session: DB) -> dict[str, Any]:
+        """One piece of a download job's file, {offset, data (base64, at most
+        ``PIECE_LIMIT`` bytes)}, appended at ``offset`` (the size received so far)."""
         job = own_job(session, host, job_id)
         if job.kind != "download" or job.state != "running":
             raise HTTPException(409, f"job {job_id} takes no upload now ({job.kind}, {job.state})")
         session.commit()
-        piece = await bounded_body(request, PIECE_LIMIT)
+        offset = _number(body, "offset")
+        try:
+            piece = base64.b64decode(_message(body, "data"), validate=True)
+        except (binascii.Error, ValueError):
+            raise HTTPException(400, "data: give base64") from None
+        if len(piece) > PIECE_LIMIT:
+            raise HTTPException(413, f"a piece is at most {PIECE_LIMIT} bytes")
         path = downloads(center) / str(job_id)
         size = path.stat().st_size if path.exists() else 0
         if offset != size:
