@@ -242,3 +242,48 @@ def test_agent_bodies_are_bounded(center: Center, client: TestClient) -> None:
     assert client.get(f"/api/v1/jobs/{job['id']}", headers=user).json()["result"]["size"] == 11
     late = {"offset": 11, "data": "eA=="}
     assert client.post(f"{path}/upload", json=late, headers=agent).status_code == 409  # done
+
+
+def test_a_deployment_is_a_parent_with_one_job_per_host_and_a_sender(
+    center: Center, client: TestClient
+) -> None:
+    user = operator(center)
+    agents = {name: add_host(center, name) for name in ("pc1", "pc2", "server")}
+    body = {
+        "repo": "/srv/repo",
+        "snapshot": "latest",
+        "hosts": [{"host": "pc1", "disk": "/dev/sda"}, {"host": "pc2", "disk": "/dev/nvme0n1"}],
+        "sender": "server",
+    }
+    assert (
+        client.post(
+            "/api/v1/deployments", json={**body, "sender": "nobody"}, headers=user
+        ).status_code
+        == 404
+    )
+    bad_disk = {**body, "hosts": [{"host": "pc1", "disk": "sda; reboot"}]}
+    assert client.post("/api/v1/deployments", json=bad_disk, headers=user).status_code == 422
+    parent = client.post("/api/v1/deployments", json=body, headers=user).json()
+    assert parent["kind"] == "deploy" and parent["state"] == "running"
+    taken = {name: client.get("/agent/v1/jobs", headers=h).json() for name, h in agents.items()}
+    assert [j["kind"] for j in taken["server"]] == ["cast-send"]
+    assert taken["pc2"][0]["params"]["disk"] == "/dev/nvme0n1"
+    codes = {j[0]["params"]["code"] for j in taken.values()}
+    sessions = {j[0]["params"]["session"] for j in taken.values()}
+    assert len(codes) == 1 and len(sessions) == 1  # one session, one code for all
+    children = client.get(f"/api/v1/jobs?parent={parent['id']}", headers=user).json()["jobs"]
+    assert len(children) == 3 and all("code" not in c["params"] for c in children)
+
+    for name in ("server", "pc1"):
+        job = taken[name][0]["id"]
+        client.post(
+            f"/agent/v1/jobs/{job}/result", json={"ok": True, "result": {}}, headers=agents[name]
+        )
+    progress = client.get(f"/api/v1/jobs/{parent['id']}", headers=user).json()
+    assert progress["state"] == "running" and progress["progress"]["done"] == 2
+    failed = {"ok": False, "error": "/dev/nvme0n1 is this machine's system disk"}
+    client.post(
+        f"/agent/v1/jobs/{taken['pc2'][0]['id']}/result", json=failed, headers=agents["pc2"]
+    )
+    ended = client.get(f"/api/v1/jobs/{parent['id']}", headers=user).json()
+    assert ended["state"] == "failed" and "1 of 3" in ended["error"]

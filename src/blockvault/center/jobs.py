@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import posixpath
 import re
+import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -26,7 +27,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from blockvault.center.models import Host, Job, JobLog
-from blockvault.deploy.auth import parse_code
+from blockvault.deploy.auth import new_code, parse_code
 from blockvault.errors import BlockvaultError
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "add_log",
     "cancel",
     "claim",
+    "deploy",
     "fail_offline",
     "finish",
     "queue",
@@ -249,6 +251,39 @@ def queue(
     session.add(job)
     session.flush()
     return job
+
+
+def deploy(
+    session: Session,
+    repo: str,
+    snapshot: str,
+    targets: Sequence[tuple[Host, str]],
+    sender: Host,
+    actor: str,
+    now: datetime,
+    wake: Callable[[Sequence[Host]], None] = lambda hosts: None,
+) -> Job:
+    """A multicast deployment: a parent job (the center's, never run by a worker) and
+    one ``cast-receive`` per (host, disk) plus one ``cast-send`` on ``sender``, all
+    sharing a fresh session name and code. The parent ends when its last child does.
+    ``wake`` is where powered-off hosts would be woken (by PXE, issue 20) first."""
+    session_name = f"deploy-{secrets.token_hex(4)}"
+    code = new_code()
+    common = {"session": session_name, "code": code}
+    params = {"repo": repo, "snapshot": snapshot, "session": session_name}
+    params["hosts"] = [{"host": h.name, "disk": d} for h, d in targets]  # type: ignore[assignment]
+    parent = queue(session, "deploy", None, {**params, "sender": sender.name}, actor, now)
+    parent.state, parent.started = "running", now
+    for host, disk in targets:
+        child = validate("cast-receive", {**common, "disk": disk}, on_host=True)
+        queue(session, "cast-receive", host, child, actor, now, parent)
+    send = {**common, "repo": repo, "snapshot": snapshot, "receivers": len(targets)}
+    queue(
+        session, "cast-send", sender, validate("cast-send", send, on_host=True), actor, now, parent
+    )
+    parent.progress = {"done": 0, "total": len(targets) + 1, "message": "queued"}
+    wake([h for h, _ in targets])
+    return parent
 
 
 def claim(session: Session, host_id: int, now: datetime, limit: int = 8) -> list[Job]:

@@ -53,13 +53,28 @@ class RepositoryRequest(BaseModel):
     retention: dict[str, Any] | None = None  # keep-* counts and "within", as plans have
 
 
+class DeployTarget(BaseModel):
+    host: str = Field(max_length=255)
+    disk: str = Field(max_length=255)
+
+
+class DeploymentRequest(BaseModel):
+    repo: str = Field(min_length=1, max_length=4096)  # a registered name or a location
+    snapshot: str = Field(min_length=1, max_length=128)
+    hosts: list[DeployTarget] = Field(min_length=1, max_length=1000)
+    sender: str = Field(max_length=255)  # the host that reads the repository and sends
+
+
+SECRET_PARAMS: Final = frozenset({"code", "password"})  # never shown back
+
+
 def job_view(job: Job, host: str | None) -> dict[str, Any]:
     return {
         "id": job.id,
         "kind": job.kind,
         "host": host,
         "parent": job.parent_id,
-        "params": job.params,
+        "params": {k: v for k, v in job.params.items() if k not in SECRET_PARAMS},
         "state": job.state,
         "created": job.created.isoformat(),
         "created_by": job.created_by,
@@ -161,18 +176,7 @@ def install(app: FastAPI, center: Center) -> None:
     ) -> dict[str, Any]:
         """Queue a remote operation on ``host`` (or, without one, a prune, gc or check
         of a registered repository by the center's maintenance role)."""
-        host = None
-        if body.host is not None:
-            found = session.execute(
-                select(Host, Group.name)
-                .outerjoin(Group, Host.group_id == Group.id)
-                .where(Host.name == body.host)
-            ).first()
-            if found is None or not who.sees(found[1]):
-                raise HTTPException(404, f"no host {body.host}")
-            host = found[0]
-            if host.revoked is not None:
-                raise HTTPException(409, f"host {host.name} is revoked: re-enrol it first")
+        host = None if body.host is None else host_for(session, who, body.host)
         try:
             params = queue.validate(body.kind, body.params, on_host=host is not None)
             if host is None:
@@ -192,6 +196,56 @@ def install(app: FastAPI, center: Center) -> None:
         )
         committed(session, job)
         return job_view(job, body.host)
+
+    def host_for(session: Session, who: Principal, name: str) -> Host:
+        found = session.execute(
+            select(Host, Group.name)
+            .outerjoin(Group, Host.group_id == Group.id)
+            .where(Host.name == name)
+        ).first()
+        if found is None or not who.sees(found[1]):
+            raise HTTPException(404, f"no host {name}")
+        if found[0].revoked is not None:
+            raise HTTPException(409, f"host {name} is revoked: re-enrol it first")
+        host: Host = found[0]
+        return host
+
+    @api.post("/deployments", status_code=201)
+    def create_deployment(
+        body: DeploymentRequest, who: Operator, session: DB, request: Request
+    ) -> dict[str, Any]:
+        """Deploy one snapshot to many hosts by multicast: a parent job, a
+        ``cast-receive`` job per host (its agent refuses its system disk) and a
+        ``cast-send`` job on the sender host; follow them at ``/jobs?parent=ID``."""
+        targets = [(host_for(session, who, t.host), t.disk) for t in body.hosts]
+        if len({h.id for h, _ in targets}) != len(targets):
+            raise HTTPException(422, "hosts: name each host once")
+        sender = host_for(session, who, body.sender)
+        now = center.clock()
+        try:
+            parent = queue.deploy(
+                session, body.repo, body.snapshot, targets, sender, who.actor, now
+            )
+        except queue.JobError as error:
+            raise HTTPException(422, str(error)) from None
+        audit(
+            session,
+            who.actor,
+            "job.deploy",
+            body.snapshot,
+            {
+                "job": parent.id,
+                "hosts": [t.model_dump() for t in body.hosts],
+                "sender": body.sender,
+            },
+            request.client and request.client.host,
+            at=now,
+        )
+        session.commit()
+        center.bus.publish("job", id=parent.id, state=parent.state, host=None)
+        for host, _ in [*targets, (sender, "")]:
+            doorbell.ring(host.id)
+        return job_view(parent, None)
 
     @api.get("/jobs")
     def list_jobs(
