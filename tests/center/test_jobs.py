@@ -16,6 +16,7 @@ from blockvault.center import jobs as queue
 from blockvault.center.auth import new_secret
 from blockvault.center.context import Center
 from blockvault.center.db import transaction
+from blockvault.center.fleet import offline_after
 from blockvault.center.models import AgentToken, Audit, Group, Host
 from tests.center.conftest import add_user, api_token
 
@@ -206,7 +207,7 @@ def test_cancel_reaches_the_agent_and_offline_hosts_fail_their_jobs(
 
     with transaction(center.sessions) as session:
         host = session.scalars(select(Host).where(Host.name == "pc1")).one()
-        host.last_seen = center.clock() - queue.OFFLINE_LIMIT - timedelta(seconds=1)
+        host.last_seen = center.clock() - offline_after(session) - timedelta(seconds=1)
     with transaction(center.sessions) as session:
         failed = queue.fail_offline(session, center.clock())
     assert [j.id for j in failed] == [second]

@@ -4,7 +4,8 @@ A user (or the maintenance worker) queues a job; the host's agent takes it with 
 long poll (``Doorbell`` wakes the poll when a job is queued), runs it in the
 background, and posts progress, log lines and a result. States:
 ``queued -> running -> done | failed | cancelled``. A running job whose host stops
-heart-beating for longer than ``OFFLINE_LIMIT`` fails with a message saying so.
+heart-beating for longer than the offline limit (``fleet.offline_after``) fails, with
+a message saying so.
 Jobs with ``host_id`` None are the center's own (prune, gc, check of a repository):
 only the maintenance role deletes, so no agent is ever handed a kind that does.
 
@@ -20,12 +21,13 @@ import re
 import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from blockvault.center.fleet import offline_after
 from blockvault.center.models import Host, Job, JobLog
 from blockvault.deploy.auth import new_code, parse_code
 from blockvault.errors import BlockvaultError
@@ -35,7 +37,6 @@ __all__ = [
     "CENTER_KINDS",
     "DONE_STATES",
     "LOG_LIMIT",
-    "OFFLINE_LIMIT",
     "Doorbell",
     "JobError",
     "add_log",
@@ -49,7 +50,6 @@ __all__ = [
     "validate",
 ]
 
-OFFLINE_LIMIT: Final = timedelta(minutes=5)  # no heartbeat for this long: the host is gone
 LOG_LIMIT: Final = 10_000  # lines kept per job; older ones go
 MESSAGE_LIMIT: Final = 4096  # characters of one log line, progress message or error
 RESULT_LIMIT: Final = 256 * 1024  # characters of a job's result as JSON
@@ -377,8 +377,10 @@ def _settle_parent(session: Session, parent_id: int, now: datetime) -> None:
         )
 
 
-def fail_offline(session: Session, now: datetime, limit: timedelta = OFFLINE_LIMIT) -> list[Job]:
-    """Fail the running jobs of hosts that stopped heart-beating."""
+def fail_offline(session: Session, now: datetime) -> list[Job]:
+    """Fail the running jobs of hosts that stopped heart-beating (the dashboard's
+    offline limit: their outcome is unknown, and nobody is waiting for it)."""
+    limit = offline_after(session)
     failed = []
     running = session.execute(
         select(Job, Host).join(Host, Job.host_id == Host.id).where(Job.state == "running")
