@@ -258,6 +258,8 @@ class Repository(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     location: Mapped[str] = mapped_column(Text)
     password_sealed: Mapped[bytes | None] = mapped_column(nullable=True)
+    # the maintenance role's prune policy: a plans-style keep table ({"daily": 7})
+    retention: Mapped[Json | None] = mapped_column(JSON, nullable=True)
     stored_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     logical_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     snapshot_count: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Created: 2026-12-03 19:00:02.076373
+Created: 2026-12-03 19:17:53.312714
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=64), nullable=False),
         sa.Column("location", sa.Text(), nullable=False),
         sa.Column("password_sealed", sa.LargeBinary(), nullable=True),
+        sa.Column("retention", sa.JSON(), nullable=True),
         sa.Column("stored_bytes", sa.BigInteger(), nullable=True),
         sa.Column("logical_bytes", sa.BigInteger(), nullable=True),
         sa.Column("snapshot_count", sa.Integer(), nullable=True),
