@@ -1,8 +1,9 @@
 """A real ``center serve`` process and real ``blockvault agent`` processes, each with
 its own plans file and loop-device disk, backing up into one real repository:
 enrolment (a wrong fingerprint refused before the token is spent), central plans
-pushed and run, runs and snapshots seen in the API, the center stopped while the
-agents go on backing up and report afterwards, an agent revoked and refused.
+pushed and run (on schedule, and now by a job), runs and snapshots seen in the API,
+the center stopped while the agents go on backing up and report afterwards, an agent
+revoked and refused.
 
 Time is shortened as the agent and center allow it (``every 2s`` plans, a heartbeat
 each second from ``center.toml``), not faked. SQLite only: the API tests run every
@@ -247,6 +248,31 @@ def _fleet(
     # failed (on a shared machine a device may vanish amid one)
     wait_for("alpha's disk in its inventory", lambda: devices["alpha"] in inventory_disks())
     assert "center:nightly" in [p["name"] for p in detail["inventory"]["plans"]]
+
+    # a plan run now, as a job the center hands out (a daily plan: not due by itself)
+    ondemand = {"disk": devices["alpha"], "repo": str(repo), "schedule": "daily 03:00"}
+    body = {"name": "ondemand", "host": "alpha", "spec": ondemand}
+    assert admin.post("/api/v1/plans", json=body).status_code == 201
+    wait_for(
+        "the new plan at alpha",
+        lambda: '"ondemand"' in fleet[0].plans.with_suffix(".central.json").read_text(),
+        *logs,
+    )
+    job = {"kind": "run-plan", "host": "alpha", "params": {"plan": "center:ondemand"}}
+    queued = admin.post("/api/v1/jobs", json=job)
+    assert queued.status_code == 201, queued.text
+
+    def job_ended() -> str | None:
+        state = admin.get(f"/api/v1/jobs/{queued.json()['id']}").json()["state"]
+        return state if state in ("done", "failed", "cancelled") else None
+
+    assert wait_for("the run-plan job to end", job_ended, *logs) == "done"
+    manual = wait_for(
+        "the manual run at the center",
+        lambda: admin.get(f"/api/v1/runs?host={ids['alpha']}&plan=center:ondemand").json()["runs"],
+        *logs,
+    )
+    assert [(r["trigger"], r["status"]) for r in manual] == [("manual", "ok")]
 
     # the center goes away: the agents go on backing up from their cached plans
     server.stop()

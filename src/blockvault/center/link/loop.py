@@ -13,7 +13,6 @@ or fails to do stops the agent: every failure here is reported and retried.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import platform
 import random
 import threading
@@ -25,10 +24,18 @@ from typing import Any, Final
 
 from blockvault.center.link.http import HttpLink
 from blockvault.center.link.identity import AgentKey, Enrolment, enrolment_file, key_file
-from blockvault.center.link.plans import CentralPlans, central_plans_file
-from blockvault.errors import BlockvaultError, CenterRefused, CenterUnreachable
+from blockvault.center.link.jobs import AgentContext, serve_jobs
+from blockvault.center.link.plans import CENTRAL_PREFIX, CentralPlans, central_plans_file
+from blockvault.errors import (
+    BlockvaultError,
+    CenterRefused,
+    CenterUnreachable,
+    PlanNotFound,
+    PlanRunFailed,
+)
 from blockvault.events import Noted, Reporter, Warned
 from blockvault.plans.model import Plan, RunRecord
+from blockvault.plans.runner import run_plan
 from blockvault.plans.status import plan_status
 from blockvault.plans.store import History, PlanBook
 
@@ -89,18 +96,16 @@ class AgentLink:
     # --- running --------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the heartbeat thread, and the jobs thread if this build has one."""
-        self._threads = [threading.Thread(target=self._beat_forever, name="center-link")]
-        jobs = _jobs_entry(self.plans_file)
-        if jobs is not None:
-            serve_jobs, context = jobs
-            self._threads.append(
-                threading.Thread(
-                    target=self._guarded,
-                    args=(serve_jobs, self.client, self.stop_event, context),
-                    name="center-jobs",
-                )
-            )
+        """Start the heartbeat thread and the jobs thread."""
+        context = AgentContext(plans=self.plans_file, run_plan=self.run_plan_now)
+        self._threads = [
+            threading.Thread(target=self._beat_forever, name="center-link"),
+            threading.Thread(
+                target=self._guarded,
+                args=(serve_jobs, self.client, self.stop_event, context),
+                name="center-jobs",
+            ),
+        ]
         for thread in self._threads:
             thread.daemon = True
             thread.start()
@@ -114,6 +119,26 @@ class AgentLink:
     def plans(self) -> list[Plan]:
         """The cached central plans (what the agent runs beside its own)."""
         return self.central.plans()
+
+    def run_plan_now(self, name: str) -> None:
+        """Run a plan now (a center's "run now" job), local or central (``center:NAME``,
+        or NAME when no local plan has it); ``PlanRunFailed`` unless it ends ok."""
+        central = {p.name: p for p in self.central.plans()}
+        if name.startswith(CENTRAL_PREFIX) or CENTRAL_PREFIX + name in central:
+            plan = central.get(name) or central.get(CENTRAL_PREFIX + name)
+            if plan is None:
+                raise PlanNotFound(plan=name, path=self.central.path)
+        else:
+            plan = PlanBook.load(self.plans_file).get(name)
+        record = run_plan(plan, self.history, trigger="manual", reporter=self.reporter)
+        if record.status != "ok":
+            raise PlanRunFailed(
+                record.error or "",
+                plan=plan.name,
+                run=record.run_id,
+                status=record.status,
+                log=record.log,
+            )
 
     def _guarded(self, serve: Callable[..., None], *args: Any) -> None:
         failures = 0
@@ -252,19 +277,6 @@ def _run_document(run: RunRecord, plans: list[Plan]) -> dict[str, Any]:
         "repo": repos.get(run.plan),
         "error": (run.error or None) and run.error[:4096],
     }
-
-
-def _jobs_entry(plans_file: Path) -> tuple[Callable[..., None], Any] | None:
-    """``serve_jobs`` of ``blockvault.center.link.jobs`` (the jobs part of the center)
-    and its context for this plans file, if this build has them."""
-    try:
-        module = importlib.import_module("blockvault.center.link.jobs")
-    except ImportError:
-        return None
-    entry, context = getattr(module, "serve_jobs", None), getattr(module, "AgentContext", None)
-    if not callable(entry) or context is None:
-        return None
-    return entry, context(plans=plans_file)
 
 
 def open_link(
