@@ -12,6 +12,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from blockvault.center.bus import Bus
 from blockvault.center.context import Center
 from blockvault.center.db import transaction
 from blockvault.center.link.identity import AgentKey
@@ -224,3 +225,37 @@ def test_users_see_only_their_groups_hosts(center: Center, client: TestClient) -
     hosts = {h["name"]: h["id"] for h in client.get("/api/v1/hosts", headers=admin).json()}
     assert client.get(f"/api/v1/hosts/{hosts['o1']}", headers=lena).status_code == 404
     assert client.post("/api/v1/enrol-tokens", json={}, headers=lena).status_code == 403
+
+
+def test_agent_bodies_are_bounded_before_anyone_reads_them(client: TestClient) -> None:
+    huge = b'{"inventory": {"x": "' + b"a" * (3 << 20) + b'"}}'
+    reply = client.post("/agent/v1/heartbeat", content=huge)
+    assert reply.status_code == 413 and "larger than" in reply.json()["detail"]
+    bulky = client.post("/agent/v1/challenge", json={"host": "h" * 2000})
+    assert bulky.status_code == 413
+    assert client.post("/agent/v1/challenge", json={"host": "nobody"}).status_code == 401
+
+
+class RecordingBus(Bus):
+    """A real bus that also keeps what was published, to look at afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: list[dict[str, Any]] = []
+
+    def publish(self, topic: str, **fields: Any) -> None:
+        self.published.append({"topic": topic, **fields})
+        super().publish(topic, **fields)
+
+
+def test_events_are_published_once_committed(center: Center, client: TestClient) -> None:
+    bus = center.bus = RecordingBus()
+    admin = _admin(center)
+    key = AgentKey.generate()
+    host_id = _enrol(client, _token(client, admin), "web1", key).json()["host_id"]
+    agent = _sign_in(client, "web1", key)
+    _beat(client, agent, runs=[_run(7, "local")])
+    assert client.post("/api/v1/hosts/999/revoke", headers=admin).status_code == 404
+    assert client.post(f"/api/v1/hosts/{host_id}/revoke", headers=admin).status_code == 200
+    topics = [(e["topic"], e.get("state") or e.get("status")) for e in bus.published]
+    assert topics == [("host", "enrolled"), ("run", "ok"), ("host", "online"), ("host", "revoked")]

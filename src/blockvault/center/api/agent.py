@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from blockvault.center import agentauth, fleet
 from blockvault.center.agentauth import HOST_NAME, CurrentHost
@@ -79,12 +80,61 @@ class HeartbeatReply(BaseModel):
     acked: list[int]  # the reported runs the center now holds: do not send them again
 
 
+PREFIX: Final = "/agent/v1"
+# bytes of a request body, read before anything else looks at it (a peer need not be
+# authenticated to send one): small for sign-in, an inventory and 100 runs for a heartbeat
+BODY_LIMITS: Final = {
+    f"{PREFIX}/enrol": 4096,
+    f"{PREFIX}/challenge": 1024,
+    f"{PREFIX}/session": 1024,
+    f"{PREFIX}/heartbeat": fleet.MAX_INVENTORY + fleet.MAX_RUNS_PER_REPORT * 10 * 1024,
+}
+
+
+class BoundedBodies:
+    """ASGI middleware: the bodies of the paths in ``limits`` are read whole, up to
+    their limit, before the app sees them; a longer one is answered 413 unread."""
+
+    def __init__(self, app: ASGIApp, limits: dict[str, int]) -> None:
+        self.app, self.limits = app, limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.limits.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, receive, send)  # disconnected: let the app see it
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                too_large = JSONResponse({"detail": f"body larger than {limit} bytes"}, 413)
+                await too_large(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
 def _address(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
 def install(app: FastAPI, center: Center) -> None:
-    router = APIRouter(prefix="/agent/v1", tags=["agent"])
+    router = APIRouter(prefix=PREFIX, tags=["agent"])
+    app.add_middleware(BoundedBodies, limits=BODY_LIMITS)
 
     @router.post("/enrol")
     def enrol(body: EnrolRequest, request: Request, session: DB) -> EnrolReply:
