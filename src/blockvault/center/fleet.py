@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 OFFLINE_DEFAULT: Final = timedelta(minutes=15)
+CHANGE_WINDOW: Final = timedelta(days=7)  # the good backups a change rate is taken over
 MAX_INVENTORY: Final = 512 * 1024  # bytes of one host's inventory, as JSON
 MAX_RUNS_PER_REPORT: Final = 100
 
@@ -93,11 +94,16 @@ def plans_for(session: Session, host: Host) -> list[CentralPlan]:
     mine = CentralPlan.host_id == host.id
     if host.group_id is not None:
         mine = or_(mine, CentralPlan.group_id == host.group_id)
-    rows = session.scalars(
-        select(CentralPlan).where(mine).order_by(CentralPlan.host_id.is_(None), CentralPlan.id)
-    ).all()
+    return _chosen(host, session.scalars(select(CentralPlan).where(mine)).all())
+
+
+def _chosen(host: Host, plans: Iterable[CentralPlan]) -> list[CentralPlan]:
+    """Of ``plans``, those of ``host`` and of its group, a host's own first by name."""
+    rows = [
+        p for p in plans if p.host_id == host.id or (p.group_id == host.group_id and p.group_id)
+    ]
     chosen: dict[str, CentralPlan] = {}
-    for row in rows:
+    for row in sorted(rows, key=lambda p: (p.host_id is None, p.id)):
         chosen.setdefault(row.name, row)
     return list(chosen.values())
 
@@ -204,11 +210,11 @@ def _good_time() -> Any:
     return case((Run.ended < Run.received, Run.ended), else_=Run.received)
 
 
-def host_statuses(
-    session: Session, hosts: Sequence[Host], now: datetime, *, recent: int = 10
-) -> list[HostStatus]:
+def host_statuses(session: Session, hosts: Sequence[Host], now: datetime) -> list[HostStatus]:
     """The status of each of ``hosts``, in a few queries whatever their number."""
     ids = [h.id for h in hosts]
+    central = list(session.scalars(select(CentralPlan)))
+    rates = _change_rates(session, ids, now)
     good = (Run.status == "ok") & (Run.kind == "backup") & Run.host_id.in_(ids)
     last_good: dict[tuple[int, str], datetime] = {
         (host_id, plan): when
@@ -229,7 +235,8 @@ def host_statuses(
     silent = offline_after(session)
     statuses = []
     for host in hosts:
-        overdue = tuple(sorted(_overdue_plans(session, host, last_good, now)))
+        plans = _chosen(host, central)
+        overdue = tuple(sorted(_overdue_plans(host, plans, last_good, now)))
         goods = [when for (hid, _), when in last_good.items() if hid == host.id]
         statuses.append(
             HostStatus(
@@ -241,7 +248,7 @@ def host_statuses(
                 overdue=bool(overdue),
                 overdue_plans=overdue,
                 stored_bytes=int(stored.get(host.id) or 0),
-                change_rate=_change_rate(session, host, recent),
+                change_rate=rates.get(host.id),
             )
         )
     return statuses
@@ -251,7 +258,7 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
-def _periods(session: Session, host: Host) -> dict[str, tuple[timedelta, datetime]]:
+def _periods(host: Host, plans: Sequence[CentralPlan]) -> dict[str, tuple[timedelta, datetime]]:
     """Each plan the host runs: its schedule's period and since when the center has
     expected it to run (a central plan: its last change; a local plan: enrolment)."""
     periods: dict[str, tuple[timedelta, datetime]] = {}
@@ -263,7 +270,7 @@ def _periods(session: Session, host: Host) -> dict[str, tuple[timedelta, datetim
             if name.startswith(CENTRAL_PREFIX) or not plan.get("enabled", True):
                 continue  # central plans are judged by the center's own copy below
             periods[name] = (timedelta(seconds=seconds), host.enrolled)
-    for central in plans_for(session, host):
+    for central in plans:
         if central.spec.get("enabled", True) is False:
             continue
         try:
@@ -282,12 +289,15 @@ def _period(schedule: str, window: str | None) -> timedelta:
 
 
 def _overdue_plans(
-    session: Session, host: Host, last_good: dict[tuple[int, str], datetime], now: datetime
+    host: Host,
+    plans: Sequence[CentralPlan],
+    last_good: dict[tuple[int, str], datetime],
+    now: datetime,
 ) -> list[str]:
     if host.revoked is not None:
         return []
     late = []
-    for name, (period, since) in _periods(session, host).items():
+    for name, (period, since) in _periods(host, plans).items():
         good = last_good.get((host.id, name))
         reference = _utc(good) if good is not None else since
         if now - reference > period * OVERDUE_FACTOR:
@@ -308,12 +318,13 @@ def _next_run(host: Host) -> datetime | None:
     return min(moments) if moments else None
 
 
-def _change_rate(session: Session, host: Host, recent: int) -> float | None:
+def _change_rates(session: Session, ids: Sequence[int], now: datetime) -> dict[int, float]:
+    """Per host: new bytes over read bytes of its good backups received in the last
+    ``CHANGE_WINDOW`` (hosts without any have none)."""
+    good = (Run.status == "ok") & (Run.kind == "backup") & (Run.received > now - CHANGE_WINDOW)
     rows = session.execute(
-        select(Run.bytes_read, Run.bytes_new)
-        .where(Run.host_id == host.id, Run.status == "ok", Run.kind == "backup")
-        .order_by(Run.id.desc())
-        .limit(recent)
-    ).all()
-    read = sum(r for r, _ in rows)
-    return None if not read else sum(n for _, n in rows) / read
+        select(Run.host_id, func.sum(Run.bytes_new), func.sum(Run.bytes_read))
+        .where(good, Run.host_id.in_(ids))
+        .group_by(Run.host_id)
+    )
+    return {host: int(new or 0) / int(read) for host, new, read in rows if read}
