@@ -231,19 +231,21 @@ def host_statuses(session: Session, hosts: Sequence[Host], now: datetime) -> lis
             .group_by(Run.host_id)
         ).all()
     )
+    newest: dict[int, datetime] = {}
+    for (host_id, _plan), when in last_good.items():
+        newest[host_id] = max(when, newest.get(host_id, when))
     groups = {g.id: g.name for g in session.scalars(select(Group))}
     silent = offline_after(session)
     statuses = []
     for host in hosts:
         plans = _chosen(host, central)
         overdue = tuple(sorted(_overdue_plans(host, plans, last_good, now)))
-        goods = [when for (hid, _), when in last_good.items() if hid == host.id]
         statuses.append(
             HostStatus(
                 host=host,
                 group=groups.get(host.group_id) if host.group_id is not None else None,
                 online=host.last_seen is not None and now - host.last_seen <= silent,
-                last_good=_utc(max(goods)) if goods else None,
+                last_good=_utc(newest[host.id]) if host.id in newest else None,
                 next_run=_next_run(host),
                 overdue=bool(overdue),
                 overdue_plans=overdue,
