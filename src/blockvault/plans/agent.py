@@ -468,8 +468,11 @@ class Agent:
         )
 
     def _summary(self, book: PlanBook) -> str:
-        enabled = [p.name for p in book.plans.values() if p.enabled]
-        return f"{len(enabled)} enabled of {len(book.plans)} plans"
+        extra = list(self.extra_plans()) if self.extra_plans is not None else []
+        plans = [*book.plans.values(), *extra]
+        enabled = [p.name for p in plans if p.enabled]
+        text = f"{len(enabled)} enabled of {len(plans)} plans"
+        return text + (f" ({len(extra)} from elsewhere)" if extra else "")
 
 
 TIMEOUT_GRACE: Final = timedelta(minutes=2)

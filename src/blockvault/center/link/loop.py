@@ -88,15 +88,16 @@ class AgentLink:
 
     # --- running --------------------------------------------------------------------
 
-    def start(self, jobs_context: Any = None) -> None:
+    def start(self) -> None:
         """Start the heartbeat thread, and the jobs thread if this build has one."""
         self._threads = [threading.Thread(target=self._beat_forever, name="center-link")]
-        serve_jobs = _jobs_entry()
-        if serve_jobs is not None:
+        jobs = _jobs_entry(self.plans_file)
+        if jobs is not None:
+            serve_jobs, context = jobs
             self._threads.append(
                 threading.Thread(
                     target=self._guarded,
-                    args=(serve_jobs, self.client, self.stop_event, jobs_context),
+                    args=(serve_jobs, self.client, self.stop_event, context),
                     name="center-jobs",
                 )
             )
@@ -222,13 +223,15 @@ class AgentLink:
         }
 
     def _read_disks(self) -> list[Any]:
+        """The disks, read again every ``DISKS_EVERY`` seconds; after a failed reading
+        (a device that vanished amid it) the last good one, and a retry next time."""
         clock = datetime.now(UTC).timestamp()
         if self._disks_read is None or clock - self._disks_read[0] > DISKS_EVERY:
             try:
                 self._disks_read = (clock, self._disks())
             except Exception as exc:  # an odd device must not stop the heartbeats
                 self.reporter(Warned(f"center: could not list the disks: {exc}"))
-                self._disks_read = (clock, [])
+                return self._disks_read[1] if self._disks_read else []
         return self._disks_read[1]
 
 
@@ -251,14 +254,17 @@ def _run_document(run: RunRecord, plans: list[Plan]) -> dict[str, Any]:
     }
 
 
-def _jobs_entry() -> Callable[..., None] | None:
-    """``blockvault.center.link.jobs.serve_jobs`` (center jobs), if this build has it."""
+def _jobs_entry(plans_file: Path) -> tuple[Callable[..., None], Any] | None:
+    """``serve_jobs`` of ``blockvault.center.link.jobs`` (the jobs part of the center)
+    and its context for this plans file, if this build has them."""
     try:
         module = importlib.import_module("blockvault.center.link.jobs")
     except ImportError:
         return None
-    entry = getattr(module, "serve_jobs", None)
-    return entry if callable(entry) else None
+    entry, context = getattr(module, "serve_jobs", None), getattr(module, "AgentContext", None)
+    if not callable(entry) or context is None:
+        return None
+    return entry, context(plans=plans_file)
 
 
 def open_link(
