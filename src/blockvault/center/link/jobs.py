@@ -52,6 +52,7 @@ class AgentContext:
     run_plan: Callable[[str], None] | None = None  # None: ``blockvault plan run`` as a child
     parallel: int = 2
     command: tuple[str, ...] = (sys.executable, "-m", "blockvault")
+    poll_wait: int = POLL_WAIT  # seconds a poll waits at the center (also: how soon a stop ends it)
 
     @classmethod
     def default(cls) -> AgentContext:
@@ -84,7 +85,8 @@ def serve_jobs(
             stop.wait(0.2)
             continue
         try:
-            answer = client.call("GET", f"/agent/v1/jobs?wait={POLL_WAIT}", timeout=POLL_WAIT + 15)
+            wait = context.poll_wait
+            answer = client.call("GET", f"/agent/v1/jobs?wait={wait}", timeout=wait + 15)
             answer.raise_for_status()
             taken = answer.json()
         except (CenterUnreachable, ValueError, OSError) as error:
