@@ -114,6 +114,8 @@ def test_prune_counts_from_first_seen_not_from_a_forged_time(
     assert blockvault.Repository.open(repo.location, passphrase=PASSWORD).snapshot_ids() == [
         newest.id
     ]
+    with center.sessions() as session:
+        assert list(session.scalars(select(SeenSnapshot.snapshot))) == [newest.id]
 
     gc = client.post(
         "/api/v1/jobs", json={"kind": "gc", "params": {"repository": "main"}}, headers=headers

@@ -147,11 +147,32 @@ class _Job:
             result = handler(self)
         except (JobFailed, BlockvaultError, OSError) as error:
             self.log(str(error), "error")
-            self._post("result", {"ok": False, "error": str(error)})
+            self.finish({"ok": False, "error": str(error)})
         except Interrupted as stopped:
-            self._post("result", {"ok": False, "error": str(stopped)})
+            self.finish({"ok": False, "error": str(stopped)})
         else:
-            self._post("result", {"ok": True, "result": result})
+            self.finish({"ok": True, "result": result})
+
+    def finish(self, body: dict[str, Any]) -> None:
+        """Report the end, retrying while the center is unreachable (until the agent
+        stops: the center then fails the job when the host falls silent). A result
+        the center refuses (too large) becomes an error it takes."""
+        pause = 1.0
+        while True:
+            try:
+                answer = self.client.call("POST", f"/agent/v1/jobs/{self.id}/result", json=body)
+            except CenterUnreachable:
+                if self.stop.wait(pause):
+                    return
+                pause = min(pause * 2, RETRY_MAX)
+                continue
+            if answer.status_code in (400, 413) and body.get("ok"):
+                body = {
+                    "ok": False,
+                    "error": f"the center refused the result: {_detail(answer.text)}",
+                }
+                continue
+            return
 
     # --- the pieces handlers share ---------------------------------------------------
 
