@@ -29,7 +29,9 @@ ADMIN_ONLY = ["/plans/new", "/audit", "/users", "/settings", "/enrol"]
 @pytest.fixture
 def web(center: Center) -> Iterator[TestClient]:
     center.clock = lambda: NOW
-    with TestClient(create_app(center), base_url="https://testserver") as client:
+    with TestClient(
+        create_app(center), base_url="https://testserver", headers={"accept": "text/html"}
+    ) as client:
         yield client
 
 

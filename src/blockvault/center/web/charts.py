@@ -130,7 +130,7 @@ def bars_and_line(days: list[Day], title: str) -> Markup:
         if d.seconds is not None:
             y = base - inner_h * d.seconds / top_seconds
             points.append((x + step / 2, y, d))
-        if i % 7 == 0 or i == len(days) - 1:
+        if (len(days) - 1 - i) % 7 == 0:  # weekly, counted back from today
             parts.append(
                 f'<text x="{x + step / 2:.1f}" y="{HEIGHT - 8}" text-anchor="middle">'
                 f"{d.day:%b %d}</text>"

@@ -93,11 +93,11 @@ def install(app: FastAPI, center: Center) -> None:
 
 
 async def _page_errors(request: Request, exc: Exception) -> Response:
-    """A page's 401 sends the browser to log in and its other errors are a page; the
-    API's errors stay JSON."""
+    """A browser's page (it accepts text/html) that gets 401 goes to log in, its other
+    errors are a page; everything else (the API, scripts, htmx fragments) keeps JSON."""
     assert isinstance(exc, StarletteHTTPException)
     path = request.url.path
-    if path.startswith(API_PREFIXES):
+    if path.startswith(API_PREFIXES) or "text/html" not in request.headers.get("accept", ""):
         return await http_exception_handler(request, exc)
     if exc.status_code == 401 and request.method == "GET":
         return RedirectResponse(login.login_url(request), 303)
