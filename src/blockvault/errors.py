@@ -111,6 +111,11 @@ __all__ = [
     "CastError",
     "CastInterrupted",
     "CastProtocolError",
+    "CenterError",
+    "CenterRefused",
+    "CenterStateError",
+    "CenterUnreachable",
+    "CertificateMismatch",
     "ChunkCorrupt",
     "ChunkMissing",
     "ClockBehind",
@@ -400,6 +405,19 @@ class CenterSettingError(CenterError):
 
 class CenterUnreachable(CenterError):
     template = "cannot reach the center at {url}: {detail}"
+
+
+class CenterRefused(CenterError):
+    """The center answered and said no: a bad or used-up token, a revoked host."""
+
+    template = "the center at {url} refused: {detail}"
+
+
+class CertificateMismatch(CenterError):
+    template = (
+        "the center at {url} presented certificate {found}, not {expected}: check "
+        "--fingerprint (center init printed it); if it is right, something is in between"
+    )
 
 
 class CastError(BlockvaultError):
