@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,9 +29,20 @@ from blockvault.center.alerting.delivery import SIGNATURE_HEADER, deliver
 from blockvault.center.auth import CSRF_HEADER
 from blockvault.center.context import Center
 from blockvault.center.db import transaction
-from blockvault.center.models import Alert, AlertDelivery, CentralPlan, Group, Host, Repository, Run
+from blockvault.center.models import (
+    Alert,
+    AlertDelivery,
+    AlertTarget,
+    Audit,
+    CentralPlan,
+    Group,
+    Host,
+    Repository,
+    Run,
+)
 from blockvault_demo.servers import free_port
 from tests.center.conftest import add_user, api_token, log_in
+from tests.conftest import blockvault
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
@@ -436,3 +448,95 @@ def test_api_targets_rules_and_alert_paging(
     assert client.delete(
         f"/api/v1/alert-targets/{made.json()['id']}", headers=head
     ).status_code in (403,)  # a viewer changes nothing (and her CSRF token differs)
+
+
+def test_cli_targets_rules_and_the_test(
+    center: Center, database_url: str, hook: Hook, tmp_path: Path
+) -> None:
+    where = ["center", "alert", "--state", center.state, "--database", database_url]
+    secret = tmp_path / "hook-secret"
+    secret.write_text("a-long-enough-hook-secret\n")
+    done = blockvault(*where, "target", "add", "hook", hook.url, "--secret-file", secret)
+    assert done.returncode == 0, done.stderr
+    assert blockvault(*where, "rule", "add", "host-offline", "--target", "hook").returncode == 0
+    done = blockvault(*where, "target", "test", "hook")
+    assert done.returncode == 0, done.stderr
+    [(headers, raw)] = hook.bodies
+    key = b"a-long-enough-hook-secret"
+    assert headers[SIGNATURE_HEADER] == "sha256=" + hmac.new(key, raw, hashlib.sha256).hexdigest()
+
+    dead = free_port()
+    smtp = ["smtp", "127.0.0.1", "--port", str(dead), "--security", "none", "--from", "a@b.cd"]
+    assert blockvault(*where, *smtp).returncode == 0
+    assert blockvault(*where, "target", "add", "ops", "mailto:ops@example.org").returncode == 0
+    done = blockvault(*where, "target", "test", "ops")
+    assert done.returncode == 1
+    assert (
+        done.stderr.count("\n") == 1 and "refused" in done.stderr and "Traceback" not in done.stderr
+    )
+    done = blockvault(*where, "rule", "add", "run-failed", "--target", "nope")
+    assert done.returncode == 2 and "no alert target 'nope'" in done.stderr
+
+    rules = json.loads(blockvault(*where, "rule", "list", "--json").stdout)
+    assert rules == [
+        {
+            "id": rules[0]["id"],
+            "event": "host-offline",
+            "group": None,
+            "target": "hook",
+            "enabled": True,
+        }
+    ]
+    targets = json.loads(blockvault(*where, "target", "list", "--json").stdout)
+    assert [(t["name"], t["signed"]) for t in targets] == [("hook", True), ("ops", False)]
+    with center.sessions() as session:
+        actions = [a.action for a in session.scalars(select(Audit).order_by(Audit.id))]
+    assert actions == [
+        "alert.target.create",
+        "alert.rule.create",
+        "alert.target.test",
+        "alert.settings",
+        "alert.target.create",
+        "alert.target.test",
+    ]
+
+
+def test_pages_show_alerts_and_drive_targets_and_rules(
+    center: Center, client: TestClient, clock: SteppedClock
+) -> None:
+    add_user(center, "ada", "admin")
+    add_user(center, "vic", "viewer")
+    add_host(center, "<b>evil</b>", "lab")
+    clock.step(hours=1)
+    evaluate(center)
+    csrf = log_in(center, client, "ada")
+    shown = client.get("/alerts").text
+    assert "host-offline" in shown and "&lt;b&gt;evil&lt;/b&gt;" in shown and "<b>evil" not in shown
+
+    dead = free_port()
+    with transaction(center.sessions) as session:
+        smtp = {"host": "127.0.0.1", "port": dead, "security": "none", "from": "a@b.cd"}
+        change_settings(session, {"smtp": smtp})
+    form = {"csrf_token": csrf, "name": "ops", "address": "mailto:ops@example.org"}
+    made = client.post("/alerts/targets", data=form, follow_redirects=False)
+    assert made.status_code == 303
+    refused = client.post("/alerts/targets", data=form | {"address": "gopher://x"})
+    assert refused.status_code == 422 and "http(s)" in refused.text
+    assert client.post("/alerts/targets", data=form | {"csrf_token": "x"}).status_code == 403
+    page = client.get("/alerts/targets").text
+    assert "mailto:ops@example.org" in page and 'hx-post="/alerts/targets/' in page
+    with center.sessions() as session:
+        [target_id] = session.scalars(select(AlertTarget.id))
+    answer = client.post(f"/alerts/targets/{target_id}/test", data={"csrf_token": csrf})
+    assert answer.status_code == 200 and "refused" in answer.text and "<html" not in answer.text
+
+    rule = {"csrf_token": csrf, "event": "host-offline", "target": "ops", "group": "lab"}
+    assert client.post("/alerts/rules", data=rule, follow_redirects=False).status_code == 303
+    assert "no host group" in client.post("/alerts/rules", data=rule | {"group": "x"}).text
+    rules = client.get("/alerts/rules").text
+    assert "<td>host-offline</td><td>lab</td><td>ops</td>" in rules
+
+    viewer_csrf = log_in(center, client, "vic")
+    assert "Add a target" not in client.get("/alerts/targets").text
+    denied = client.post("/alerts/targets", data=form | {"csrf_token": viewer_csrf, "name": "v"})
+    assert denied.status_code == 403

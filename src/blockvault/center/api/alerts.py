@@ -29,7 +29,7 @@ from blockvault.center.auth import DB, Admin, Operator, Principal, Viewer, audit
 from blockvault.center.context import Center
 from blockvault.center.models import Alert, AlertDelivery, AlertRule, AlertTarget, Group, Host
 from blockvault.center.workers import Periodic
-from blockvault.errors import UsageError
+from blockvault.errors import NotifyError, UsageError
 
 __all__ = [
     "EVALUATE_EVERY",
@@ -37,6 +37,7 @@ __all__ = [
     "RuleOut",
     "TargetOut",
     "alerts_seen",
+    "audit_change",
     "install",
     "rules_shown",
     "targets_shown",
@@ -114,7 +115,9 @@ def install(app: FastAPI, center: Center) -> None:
     @router.post("/alert-targets", status_code=201, summary="Add an alert target")
     def create_target(body: TargetIn, who: Admin, session: DB, request: Request) -> TargetOut:
         target = _checked(lambda: add_target(session, body.name, body.address, body.secret))
-        _audit(session, center, who, request, "alert.target.create", target.name, target.address)
+        audit_change(
+            session, center, who, request, "alert.target.create", target.name, target.address
+        )
         return _target_out(target, None)
 
     @router.patch("/alert-targets/{target_id}", summary="Enable or disable an alert target")
@@ -123,20 +126,26 @@ def install(app: FastAPI, center: Center) -> None:
     ) -> TargetOut:
         target = _get(session, AlertTarget, target_id)
         target.enabled = body.enabled
-        _audit(session, center, who, request, "alert.target.change", target.name, body.enabled)
+        audit_change(
+            session, center, who, request, "alert.target.change", target.name, body.enabled
+        )
         return _target_out(target, None)
 
     @router.delete("/alert-targets/{target_id}", status_code=204, summary="Remove a target")
     def delete_target(target_id: int, who: Admin, session: DB, request: Request) -> None:
         target = _get(session, AlertTarget, target_id)
         session.delete(target)
-        _audit(session, center, who, request, "alert.target.delete", target.name, None)
+        audit_change(session, center, who, request, "alert.target.delete", target.name, None)
 
     @router.post("/alert-targets/{target_id}/test", summary="Send a test message now")
     def test_target(target_id: int, who: Operator, request: Request) -> TestOut:
-        error = _checked(lambda: send_test(center, target_id), 404)
+        error = None
+        try:
+            _checked(lambda: send_test(center, target_id), 404)
+        except NotifyError as exc:
+            error = str(exc)
         with center.sessions() as session, session.begin():
-            _audit(session, center, who, request, "alert.target.test", str(target_id), error)
+            audit_change(session, center, who, request, "alert.target.test", str(target_id), error)
         return TestOut(ok=error is None, error=error)
 
     @router.get("/alert-rules", summary="List alert rules")
@@ -149,7 +158,7 @@ def install(app: FastAPI, center: Center) -> None:
         if target is None:
             raise HTTPException(422, f"no alert target {body.target!r}")
         rule = _checked(lambda: add_rule(session, body.event, target, body.group))
-        _audit(session, center, who, request, "alert.rule.create", body.event, body.target)
+        audit_change(session, center, who, request, "alert.rule.create", body.event, body.target)
         return RuleOut(
             id=rule.id, event=rule.event, group=body.group, target=target.name, enabled=True
         )
@@ -158,7 +167,7 @@ def install(app: FastAPI, center: Center) -> None:
     def delete_rule(rule_id: int, who: Admin, session: DB, request: Request) -> None:
         rule = _get(session, AlertRule, rule_id)
         session.delete(rule)
-        _audit(session, center, who, request, "alert.rule.delete", str(rule_id), rule.event)
+        audit_change(session, center, who, request, "alert.rule.delete", str(rule_id), rule.event)
 
     @router.get("/alert-settings", summary="SMTP server and alert thresholds")
     def get_settings(who: Viewer, session: DB) -> dict[str, Any]:
@@ -169,7 +178,7 @@ def install(app: FastAPI, center: Center) -> None:
         body: dict[str, Any], who: Admin, session: DB, request: Request
     ) -> dict[str, Any]:
         settings = _checked(lambda: change_settings(session, body))
-        _audit(session, center, who, request, "alert.settings", None, sorted(body))
+        audit_change(session, center, who, request, "alert.settings", None, sorted(body))
         return settings.shown
 
     @router.get("/alerts", summary="Open and past alerts, newest first")
@@ -287,7 +296,7 @@ def _get(session: Session, model: type[T], ident: int) -> T:
     return row
 
 
-def _audit(
+def audit_change(
     session: Session,
     center: Center,
     who: Principal,
