@@ -540,3 +540,27 @@ def test_pages_show_alerts_and_drive_targets_and_rules(
     assert "Add a target" not in client.get("/alerts/targets").text
     denied = client.post("/alerts/targets", data=form | {"csrf_token": viewer_csrf, "name": "v"})
     assert denied.status_code == 403
+
+
+def test_a_restarted_center_gives_hosts_time_before_judging_them(
+    center: Center, clock: SteppedClock, hook: Hook
+) -> None:
+    route(center, "host-offline", "hook", hook.url)
+    quiet = add_host(center, "quiet")
+    back = add_host(center, "back")
+    clock.step(hours=5)  # the center was down: nobody could report
+    started = clock()
+    for _ in range(6):
+        evaluate(center, started)
+        clock.step(minutes=5)
+    assert alerts(center) == []
+    report_run(center, back, "ok")  # its agent reconnected and reported
+    clock.step(minutes=1)  # 31 minutes after the start: the limit has passed
+    evaluate(center, started)
+    deliver(center)
+    [alert] = alerts(center)
+    assert alert.condition == f"host-offline:host{quiet}" and len(hook.bodies) == 1
+
+    # an alert already open stays open while a restarted center settles
+    evaluate(center, clock())
+    assert alerts(center)[0].closed is None

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -44,6 +45,9 @@ __all__ = ["Finding", "evaluate", "findings"]
 
 _log = logging.getLogger("blockvault.center.alerts")
 
+# judged only once the center has been up for the offline limit (see evaluate)
+SETTLING_EVENTS: Final[frozenset[EventKind]] = frozenset({"host-offline", "host-overdue"})
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -53,16 +57,25 @@ class Finding:
     message: str
 
 
-def evaluate(center: Center) -> list[tuple[int, str]]:
+def evaluate(center: Center, awake_since: datetime | None = None) -> list[tuple[int, str]]:
     """One round: open alerts for new conditions, close those that recovered; returns
-    ``(alert id, "open" | "closed")`` for each change (also published on the bus)."""
+    ``(alert id, "open" | "closed")`` for each change (also published on the bus).
+
+    ``awake_since``: when this center process started. For the offline limit after
+    that, hosts are not judged offline or overdue (their alerts neither open nor
+    close): while the center was down no agent could report, and a fleet must get
+    the time to reconnect and send its backlog before anyone is told it is silent."""
     now = center.clock()
     changes: list[tuple[int, str, str]] = []
     with center.sessions() as session, session.begin():
-        found = {f.condition: f for f in findings(session, read_settings(session), now)}
+        settings = read_settings(session)
+        settling = awake_since is not None and now - awake_since < settings.offline_after
+        unjudged = SETTLING_EVENTS if settling else frozenset()
+        found = {f.condition: f for f in findings(session, settings, now, unjudged)}
         open_alerts = {
             alert.condition: alert
             for alert in session.scalars(select(Alert).where(Alert.closed.is_(None)))
+            if alert.event not in unjudged
         }
         for key, finding in found.items():
             if key not in open_alerts:
@@ -128,8 +141,13 @@ def _close(session: Session, alert: Alert, now: datetime) -> None:
             )
 
 
-def findings(session: Session, settings: AlertSettings, now: datetime) -> Iterator[Finding]:
-    """Every condition that is wrong at ``now``."""
+def findings(
+    session: Session,
+    settings: AlertSettings,
+    now: datetime,
+    unjudged: frozenset[EventKind] = frozenset(),
+) -> Iterator[Finding]:
+    """Every condition that is wrong at ``now`` (of the events not in ``unjudged``)."""
     hosts = {host.id: host for host in session.scalars(select(Host))}
     live = {host_id: host for host_id, host in hosts.items() if host.revoked is None}
     for host in hosts.values():
@@ -141,8 +159,9 @@ def findings(session: Session, settings: AlertSettings, now: datetime) -> Iterat
                 f"{shown(host.name)}: its agent was revoked at {_when(host.revoked)}",
             )
     yield from _failed_runs(session, live)
-    yield from _overdue(session, settings, live, now)
-    for host in live.values():
+    if "host-overdue" not in unjudged:
+        yield from _overdue(session, settings, live, now)
+    for host in live.values() if "host-offline" not in unjudged else ():
         seen = host.last_seen or host.enrolled
         if now - seen > settings.offline_after:
             yield Finding(

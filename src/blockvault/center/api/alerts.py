@@ -195,8 +195,9 @@ def install(app: FastAPI, center: Center) -> None:
         return AlertPage(alerts=found, next_before=found[-1].id if more else None)
 
     app.include_router(router)
+    started = center.clock()
     center.workers.append(
-        Periodic("alerts-evaluate", EVALUATE_EVERY, lambda: _quiet(evaluate(center)))
+        Periodic("alerts-evaluate", EVALUATE_EVERY, lambda: _quiet(evaluate(center, started)))
     )
     center.workers.append(
         Periodic("alerts-deliver", DELIVER_EVERY, lambda: _quiet(deliver(center)))
