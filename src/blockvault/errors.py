@@ -41,6 +41,12 @@ repeats it (a test keeps the three and the classes below in agreement).
     ├── TreeIncomplete              exit 1   extract skipped entries or left files unfinished
     │   └── TreeDamaged             exit 4   ... and some of them for missing or damaged data
     ├── NotifyError                 exit 1   a notification could not be sent (plans/)
+    ├── CenterError                 exit 1   the Backup Center (center/): its state, accounts
+    │   ├── CenterStateError                 center.toml, the certificate or the database
+    │   ├── CenterUserError         exit 2   a user account cannot be made or changed so
+    │   │   ├── CenterUserNotFound               no user of that name
+    │   │   └── CenterUserExists                 a user of that name already exists
+    │   └── CenterUnreachable                an agent cannot reach its center
     ├── CastError                   exit 1   a multicast session failed (deploy/)
     │   ├── CastAuthError                    a peer or packet failed authentication
     │   ├── CastProtocolError                a peer sent a malformed or oversized message
@@ -104,6 +110,11 @@ __all__ = [
     "CastError",
     "CastInterrupted",
     "CastProtocolError",
+    "CenterError",
+    "CenterRefused",
+    "CenterStateError",
+    "CenterUnreachable",
+    "CertificateMismatch",
     "ChunkCorrupt",
     "ChunkMissing",
     "ClockBehind",
@@ -371,8 +382,36 @@ class CenterStateError(CenterError):
     template = "center state {path}: {detail}"
 
 
+class CenterUserError(CenterError):
+    """A user account of the center cannot be made or changed as asked."""
+
+    template = "center user {name}: {detail}"
+    exit_code = 2
+
+
+class CenterUserNotFound(CenterUserError):
+    template = "center user {name}: no such user ('blockvault center user list' lists them)"
+
+
+class CenterUserExists(CenterUserError):
+    template = "center user {name}: already exists (change it with 'center user passwd')"
+
+
 class CenterUnreachable(CenterError):
     template = "cannot reach the center at {url}: {detail}"
+
+
+class CenterRefused(CenterError):
+    """The center answered and said no: a bad or used-up token, a revoked host."""
+
+    template = "the center at {url} refused: {detail}"
+
+
+class CertificateMismatch(CenterError):
+    template = (
+        "the center at {url} presented certificate {found}, not {expected}: check "
+        "--fingerprint (center init printed it); if it is right, something is in between"
+    )
 
 
 class CastError(BlockvaultError):

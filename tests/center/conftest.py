@@ -17,6 +17,7 @@ from blockvault.center.context import Center, open_center
 from blockvault.center.db import transaction
 from blockvault.center.models import ApiToken
 from blockvault_demo.servers import Database, postgresql_bin, start_postgresql
+from tests.center.server import center_server  # noqa: F401  (a real server process)
 
 _names = itertools.count()
 

@@ -134,6 +134,9 @@ class Host(Base):
     # what the agent last reported: disks as `blockvault disks --json` gives them,
     # local plans and their next runs, repositories it writes to
     inventory: Mapped[Json | None] = mapped_column(JSON, nullable=True)
+    # the one open challenge (SHA-256 of its nonce): single use, short-lived
+    nonce_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    nonce_expires: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class EnrolToken(Base):
@@ -147,6 +150,10 @@ class EnrolToken(Base):
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
     expires: Mapped[datetime] = mapped_column(UTCDateTime)
     uses_left: Mapped[int] = mapped_column(Integer)
+    # a re-key token: only this host may enrol with it, and it takes the host's new key
+    host_id: Mapped[int | None] = mapped_column(
+        ForeignKey("hosts.id", ondelete="CASCADE"), nullable=True
+    )
 
 
 class AgentToken(Base):

@@ -75,6 +75,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types, as ``emit_json`` would print it."""
+    return json.loads(json.dumps(_plain(value), default=str))
+
+
 def emit_json(value: Any) -> None:
     click.echo(json.dumps(_plain(value), indent=2, default=str))
 

@@ -329,8 +329,12 @@ class Agent:
         host: str | None = None,
         zone: tzinfo | None = None,
         on_finished: OnFinished | None = None,
+        extra_plans: Callable[[], Iterable[Plan]] | None = None,
     ) -> None:
         self.plans_file = plans_file
+        # plans from elsewhere run beside the file's (a center's, cached by its link);
+        # asked again at each reload
+        self.extra_plans = extra_plans
         self.history = History.beside(plans_file)
         self.reporter = reporter
         self.host = host if host is not None else host_id()
@@ -388,7 +392,8 @@ class Agent:
         return jobs
 
     def _jobs(self, book: PlanBook) -> list[Job]:
-        enabled = [plan for plan in book.plans.values() if plan.enabled]
+        extra = list(self.extra_plans()) if self.extra_plans is not None else []
+        enabled = [plan for plan in [*book.plans.values(), *extra] if plan.enabled]
         return [self._job(plan) for plan in enabled] + [
             self._check_job(plan) for plan in enabled if plan.check is not None
         ]
@@ -463,8 +468,11 @@ class Agent:
         )
 
     def _summary(self, book: PlanBook) -> str:
-        enabled = [p.name for p in book.plans.values() if p.enabled]
-        return f"{len(enabled)} enabled of {len(book.plans)} plans"
+        extra = list(self.extra_plans()) if self.extra_plans is not None else []
+        plans = [*book.plans.values(), *extra]
+        enabled = [p.name for p in plans if p.enabled]
+        text = f"{len(enabled)} enabled of {len(plans)} plans"
+        return text + (f" ({len(extra)} from elsewhere)" if extra else "")
 
 
 TIMEOUT_GRACE: Final = timedelta(minutes=2)

@@ -99,12 +99,15 @@ class PlansCollector(Collector):
         yield from (duration, sizes, streak, failures, skips)
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) of ``--metrics``; ``UsageError``."""
+def parse_address(
+    text: str, what: str = "--metrics", example: str = "127.0.0.1:9750"
+) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) of ``--metrics`` (or ``what``);
+    ``UsageError``."""
     host, sep, port = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--metrics {text}: give HOST:PORT, such as 127.0.0.1:9750")
+        raise UsageError(f"{what} {text}: give HOST:PORT, such as {example}")
     return host, int(port)
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "systemd_running",
     "uninstall_unit",
     "unit_dir",
+    "unit_word",
 ]
 
 UNIT_NAME: Final = "blockvault-agent.service"
@@ -62,7 +63,7 @@ def systemd_running() -> bool:
     return Path("/run/systemd/system").is_dir()
 
 
-def _unit_word(text: str, what: str) -> str:
+def unit_word(text: str, what: str) -> str:
     """``text`` as one word of a unit file line: ``%`` and ``$`` escaped; whitespace,
     quotes, backslashes and control characters refused (no quoting to get wrong)."""
     if not text or not text.isprintable() or any(c in text for c in " \t\"'\\;"):
@@ -98,11 +99,11 @@ def agent_unit(
     if metrics:
         parse_address(metrics)  # refused now, not when the service starts
         argv += ["--metrics", metrics]
-    exec_start = " ".join(_unit_word(word, "command word") for word in argv)
+    exec_start = " ".join(unit_word(word, "command word") for word in argv)
     writable = [plans_file.parent, *_local_repos(book)]
     # "-": a repository not made yet does not stop the agent from starting
     paths = " ".join(
-        ("" if i == 0 else "-") + _unit_word(str(p), "path") for i, p in enumerate(writable)
+        ("" if i == 0 else "-") + unit_word(str(p), "path") for i, p in enumerate(writable)
     )
     hardening = [
         "ProtectSystem=strict",
@@ -130,7 +131,7 @@ def agent_unit(
         "# written by 'blockvault agent install'; 'blockvault agent install' again after",
         "# adding a plan with a new local repository (it must be in ReadWritePaths)",
         "[Unit]",
-        f"Description=blockvault agent: the backup plans of {_unit_word(str(plans_file), 'path')}",
+        f"Description=blockvault agent: the backup plans of {unit_word(str(plans_file), 'path')}",
         "After=network-online.target local-fs.target",
         "Wants=network-online.target",
         "",
@@ -171,16 +172,18 @@ def _run(commands: Iterable[tuple[str, ...]]) -> None:
             raise UsageError(f"{' '.join(command)} failed: {done.stderr.strip()}")
 
 
-def install_unit(text: str, *, user: bool = False, directory: Path | None = None) -> Installed:
-    """Write the unit atomically; where systemd runs, reload it and enable and start
-    the agent."""
-    unit = (directory or unit_dir(user)) / UNIT_NAME
+def install_unit(
+    text: str, *, user: bool = False, directory: Path | None = None, name: str = UNIT_NAME
+) -> Installed:
+    """Write the unit (``name``: the agent's, or the center's) atomically; where
+    systemd runs, reload it and enable and start the service."""
+    unit = (directory or unit_dir(user)) / name
     unit.parent.mkdir(parents=True, exist_ok=True)
-    temporary = unit.with_name(f".{UNIT_NAME}.{os.getpid()}")
+    temporary = unit.with_name(f".{name}.{os.getpid()}")
     temporary.write_text(text)
     temporary.chmod(0o644)
     os.replace(temporary, unit)
-    commands = (_systemctl(user, "daemon-reload"), _systemctl(user, "enable", "--now", UNIT_NAME))
+    commands = (_systemctl(user, "daemon-reload"), _systemctl(user, "enable", "--now", name))
     running = systemd_running()
     if running:
         _run(commands)

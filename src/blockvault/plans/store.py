@@ -622,6 +622,11 @@ class History:
         )
         return found[0] if found else None
 
+    def after(self, run_id: int, limit: int) -> list[RunRecord]:
+        """Runs of every plan with a greater id than ``run_id``, oldest first: what an
+        agent has not yet reported to its center."""
+        return self._select("WHERE run_id > ? ORDER BY run_id LIMIT ?", (run_id, limit))
+
     def running(self, plan: str | None = None) -> list[RunRecord]:
         """Runs still marked running (by a live process, or by a dead one until
         ``interrupted_leftovers`` is called)."""

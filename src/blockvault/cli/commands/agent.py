@@ -12,19 +12,25 @@ import os
 import signal
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
-from blockvault.cli.commands import agent_install, plans_file
-from blockvault.errors import Interrupted, UsageError
+from blockvault import __version__
+from blockvault.cli.commands import agent_enrol, agent_install, plans_file
+from blockvault.cli.commands.disks import disk_documents
+from blockvault.errors import BlockvaultError, Interrupted, UsageError
 from blockvault.events import Event, Noted, Reporter, Warned
 from blockvault.plans.agent import DEFAULT_LIMITS, Agent, Limits
 from blockvault.plans.alerts import Alerts
 from blockvault.plans.metrics import serve_metrics
 from blockvault.plans.schedule import RealClock
 from blockvault.text import plural, shown
+
+if TYPE_CHECKING:
+    from blockvault.center.link.loop import AgentLink
 
 
 def register(group: click.Group) -> None:
@@ -101,6 +107,7 @@ def register(group: click.Group) -> None:
         log = _open_log(log_file)
         reporter = _log_reporter(log)
         alerts = Alerts(plans_file(ctx), reporter)  # after each run, and when overdue
+        link = _center_link(plans_file(ctx), reporter)
         daemon = Agent(
             plans_file(ctx),
             clock=RealClock(),
@@ -108,6 +115,7 @@ def register(group: click.Group) -> None:
             jitter_max=timedelta(seconds=jitter),
             reporter=reporter,
             on_finished=alerts.on_finished,
+            extra_plans=link.plans if link is not None else None,
         )
         stop_metrics = serve_metrics(plans_file(ctx), metrics) if metrics else None
         stopped_by: list[signal.Signals] = []
@@ -128,10 +136,15 @@ def register(group: click.Group) -> None:
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_reload)
         stop_watching = alerts.watch()
+        if link is not None:
+            link.on_plans = daemon.request_reload  # new central plans: reload, as SIGHUP
+            link.start()
         try:
             daemon.serve()
         finally:
             stop_watching()
+            if link is not None:
+                link.stop()
             if stop_metrics is not None:
                 stop_metrics()
         if stopped_by:
@@ -146,6 +159,19 @@ def register(group: click.Group) -> None:
             raise interrupted
 
     agent_install.register(agent)
+    agent_enrol.register(agent)
+
+
+def _center_link(plans: Path, reporter: Reporter) -> AgentLink | None:
+    """The link to the center this agent enrolled with (None: not enrolled). A link
+    that cannot be opened is reported; the agent runs its local plans regardless."""
+    from blockvault.center.link.loop import open_link  # httpx: only for the daemon
+
+    try:
+        return open_link(plans, reporter=reporter, agent_version=__version__, disks=disk_documents)
+    except BlockvaultError as exc:
+        reporter(Warned(f"center: not connecting: {exc}"))
+        return None
 
 
 def _open_log(path: str | None) -> TextIO:

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import click
 
 from blockvault.cli import render
 from blockvault.cli.commands import json_option
-from blockvault.disk.inventory import list_disks
+from blockvault.disk.inventory import DiskInfo, list_disks
 from blockvault.disk.tree import stack_tree
+
+
+def disk_documents(found: list[DiskInfo] | None = None) -> list[Any]:
+    """The disks as ``disks --json`` prints them (also what an agent tells its center)."""
+    found = list_disks() if found is None else found
+    trees = [stack_tree(d.layout) if d.layout else None for d in found]
+    documents: list[Any] = render.jsonable(
+        [{**dataclasses.asdict(d), "tree": t} for d, t in zip(found, trees, strict=True)]
+    )
+    return documents
 
 
 def register(group: click.Group) -> None:
@@ -20,12 +31,10 @@ def register(group: click.Group) -> None:
         then each one's stack as a tree: partitions, LUKS, LVM, RAID members,
         filesystems, labels, used bytes and mounts (reading partitions needs root)."""
         found = list_disks()
-        trees = [stack_tree(d.layout) if d.layout else None for d in found]
         if as_json:
-            render.emit_json(
-                [{**dataclasses.asdict(d), "tree": t} for d, t in zip(found, trees, strict=True)]
-            )
+            render.emit_json(disk_documents(found))
             return
+        trees = [stack_tree(d.layout) if d.layout else None for d in found]
         render.table(
             None,
             ["Device", "Model", "Size", "Sector", "Table", "Used"],

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Created: 2026-12-03 19:00:29.490271
+Created: 2026-12-03 19:18:22.131584
 """
 
 from __future__ import annotations
@@ -116,19 +116,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("token_hash"),
     )
     op.create_table(
-        "enrol_tokens",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("token_hash", sa.String(length=64), nullable=False),
-        sa.Column("group_id", sa.Integer(), nullable=True),
-        sa.Column("created_by", sa.String(length=128), nullable=False),
-        sa.Column("created", blockvault.center.db.UTCDateTime(), nullable=False),
-        sa.Column("expires", blockvault.center.db.UTCDateTime(), nullable=False),
-        sa.Column("uses_left", sa.Integer(), nullable=False),
-        sa.ForeignKeyConstraint(["group_id"], ["groups.id"], ondelete="CASCADE"),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("token_hash"),
-    )
-    op.create_table(
         "hosts",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("name", sa.String(length=255), nullable=False),
@@ -141,6 +128,8 @@ def upgrade() -> None:
         sa.Column("os", sa.String(length=255), nullable=False),
         sa.Column("agent_version", sa.String(length=64), nullable=False),
         sa.Column("inventory", sa.JSON(), nullable=True),
+        sa.Column("nonce_hash", sa.String(length=64), nullable=True),
+        sa.Column("nonce_expires", blockvault.center.db.UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(["group_id"], ["groups.id"], ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
@@ -218,6 +207,21 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["group_id"], ["groups.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["host_id"], ["hosts.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_table(
+        "enrol_tokens",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("group_id", sa.Integer(), nullable=True),
+        sa.Column("created_by", sa.String(length=128), nullable=False),
+        sa.Column("created", blockvault.center.db.UTCDateTime(), nullable=False),
+        sa.Column("expires", blockvault.center.db.UTCDateTime(), nullable=False),
+        sa.Column("uses_left", sa.Integer(), nullable=False),
+        sa.Column("host_id", sa.Integer(), nullable=True),
+        sa.ForeignKeyConstraint(["group_id"], ["groups.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["host_id"], ["hosts.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("token_hash"),
     )
     op.create_table(
         "jobs",
@@ -328,6 +332,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_jobs_host_id"))
 
     op.drop_table("jobs")
+    op.drop_table("enrol_tokens")
     op.drop_table("central_plans")
     with op.batch_alter_table("alerts", schema=None) as batch_op:
         batch_op.drop_index(
@@ -344,7 +349,6 @@ def downgrade() -> None:
 
     op.drop_table("seen_snapshots")
     op.drop_table("hosts")
-    op.drop_table("enrol_tokens")
     op.drop_table("api_tokens")
     op.drop_table("alert_rules")
     op.drop_table("users")

@@ -1,0 +1,319 @@
+"""The center's view of its hosts: what agents report, which central plans each one
+runs, and how each host stands (online, last good backup, overdue).
+
+Times that decide anything are the center's: a host is online if the center heard
+from it lately; a good backup counts from the earlier of the time the agent claims it
+ended and the time the center received the report, so a forged or skewed clock can
+make a host look older, never fresher than the center knows it to be.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from pydantic import BaseModel, Field
+from sqlalchemy import case, func, or_, select
+from sqlalchemy import event as sql_event
+from sqlalchemy.orm import Session
+
+from blockvault.center.bus import Bus
+from blockvault.center.link.plans import CENTRAL_PREFIX
+from blockvault.center.models import CentralPlan, Group, Host, Run, Setting
+from blockvault.errors import BlockvaultError, PlanError
+from blockvault.plans.model import RunKind, RunStatus, Trigger
+from blockvault.plans.schedule import parse_schedule
+from blockvault.plans.status import OVERDUE_FACTOR
+from blockvault.plans.store import plan_from_table
+
+__all__ = [
+    "CENTRAL_PREFIX",
+    "MAX_INVENTORY",
+    "MAX_RUNS_PER_REPORT",
+    "HostStatus",
+    "ReportedRun",
+    "central_spec",
+    "host_statuses",
+    "offline_after",
+    "plans_for",
+    "plans_version",
+    "publish_after_commit",
+    "record_runs",
+]
+
+OFFLINE_DEFAULT: Final = timedelta(minutes=15)
+MAX_INVENTORY: Final = 512 * 1024  # bytes of one host's inventory, as JSON
+MAX_RUNS_PER_REPORT: Final = 100
+
+
+class ReportedRun(BaseModel):
+    """One ended run as the agent's history has it (times are the agent's claim)."""
+
+    id: int = Field(ge=1, le=2**62)
+    plan: str = Field(max_length=64)
+    kind: RunKind
+    trigger: Trigger
+    status: RunStatus
+    started: datetime
+    ended: datetime | None = None
+    bytes_read: int = Field(0, ge=0, le=2**62)
+    bytes_new: int = Field(0, ge=0, le=2**62)
+    bytes_stored: int = Field(0, ge=0, le=2**62)
+    snapshot: str | None = Field(None, max_length=128)
+    repo: str | None = Field(None, max_length=4096)
+    error: str | None = Field(None, max_length=4096)
+
+
+def offline_after(session: Session) -> timedelta:
+    """How long a host may stay silent and still show online (setting
+    ``offline_after_minutes``, as the dashboard's settings page writes it)."""
+    row = session.get(Setting, "offline_after_minutes")
+    minutes = row.value if row is not None else None
+    if isinstance(minutes, int) and not isinstance(minutes, bool) and minutes > 0:
+        return timedelta(minutes=minutes)
+    return OFFLINE_DEFAULT
+
+
+def central_spec(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` if it is a valid plan table (checked exactly as the plans file is),
+    else ``PlanError``."""
+    plan_from_table(name, spec)
+    if len(json.dumps(spec)) > 64 * 1024:
+        raise PlanError("larger than 64 kB", where=f"plan {name}")
+    return spec
+
+
+def plans_for(session: Session, host: Host) -> list[CentralPlan]:
+    """The central plans ``host`` runs: its own and its group's (its own win a name)."""
+    mine = CentralPlan.host_id == host.id
+    if host.group_id is not None:
+        mine = or_(mine, CentralPlan.group_id == host.group_id)
+    rows = session.scalars(
+        select(CentralPlan).where(mine).order_by(CentralPlan.host_id.is_(None), CentralPlan.id)
+    ).all()
+    chosen: dict[str, CentralPlan] = {}
+    for row in rows:
+        chosen.setdefault(row.name, row)
+    return list(chosen.values())
+
+
+def plans_version(plans: Sequence[CentralPlan]) -> str:
+    """Changes whenever a plan of the set is added, changed or removed."""
+    text = ",".join(f"{p.id}.{p.version}" for p in sorted(plans, key=lambda p: p.id))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def record_runs(
+    session: Session, host: Host, runs: Sequence[ReportedRun], now: datetime
+) -> tuple[list[int], list[Run]]:
+    """Store the runs not stored yet (the center dedups by ``(host, agent run id)``):
+    the ids it now holds (the agent's acknowledgement) and the new rows."""
+    ids = [r.id for r in runs]
+    known = set(
+        session.scalars(
+            select(Run.agent_run_id).where(Run.host_id == host.id, Run.agent_run_id.in_(ids))
+        )
+    )
+    central = {p.name: p.id for p in plans_for(session, host)}
+    added = []
+    for run in runs:
+        if run.id in known or run.ended is None or run.status == "running":
+            continue
+        known.add(run.id)
+        name = run.plan.removeprefix(CENTRAL_PREFIX)
+        row = Run(
+            host_id=host.id,
+            agent_run_id=run.id,
+            plan=run.plan,
+            central_plan_id=central.get(name) if run.plan.startswith(CENTRAL_PREFIX) else None,
+            kind=run.kind,
+            trigger=run.trigger,
+            status=run.status,
+            started=_aware(run.started),
+            ended=_aware(run.ended),
+            bytes_read=run.bytes_read,
+            bytes_new=run.bytes_new,
+            bytes_stored=run.bytes_stored,
+            snapshot=run.snapshot,
+            repo=run.repo,
+            error=run.error,
+            received=now,
+        )
+        session.add(row)
+        added.append(row)
+    session.flush()
+    return sorted(known), added
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def publish_after_commit(session: Session, bus: Bus, topic: str, **fields: Any) -> None:
+    """Tell the dashboards once the change is committed (not before: a page that
+    re-reads at once must see it), and never if it is rolled back."""
+
+    def publish(_session: Session) -> None:
+        bus.publish(topic, **fields)
+
+    sql_event.listen(session, "after_commit", publish, once=True)
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    host: Host
+    group: str | None
+    online: bool
+    last_good: datetime | None  # the center's bound on when the last good backup ended
+    next_run: datetime | None  # the soonest next run the agent reported
+    overdue: bool
+    overdue_plans: tuple[str, ...]
+    stored_bytes: int  # added to repositories by this host's backups, all told
+    change_rate: float | None  # new bytes / read bytes over its recent good backups
+
+    def document(self, now: datetime) -> dict[str, Any]:
+        return {
+            "id": self.host.id,
+            "name": self.host.name,
+            "group": self.group,
+            "os": self.host.os,
+            "agent_version": self.host.agent_version,
+            "enrolled": self.host.enrolled,
+            "revoked": self.host.revoked,
+            "last_seen": self.host.last_seen,
+            "online": self.online,
+            "last_good_backup": self.last_good,
+            "last_good_age_seconds": None
+            if self.last_good is None
+            else int((now - self.last_good).total_seconds()),
+            "next_run": self.next_run,
+            "overdue": self.overdue,
+            "overdue_plans": list(self.overdue_plans),
+            "stored_bytes": self.stored_bytes,
+            "change_rate": self.change_rate,
+        }
+
+
+def _good_time() -> Any:
+    """The earlier of a run's claimed end and its receipt (portable SQL)."""
+    return case((Run.ended < Run.received, Run.ended), else_=Run.received)
+
+
+def host_statuses(
+    session: Session, hosts: Sequence[Host], now: datetime, *, recent: int = 10
+) -> list[HostStatus]:
+    """The status of each of ``hosts``, in a few queries whatever their number."""
+    ids = [h.id for h in hosts]
+    good = (Run.status == "ok") & (Run.kind == "backup") & Run.host_id.in_(ids)
+    last_good: dict[tuple[int, str], datetime] = {
+        (host_id, plan): when
+        for host_id, plan, when in session.execute(
+            select(Run.host_id, Run.plan, func.max(_good_time()))
+            .where(good)
+            .group_by(Run.host_id, Run.plan)
+        )
+    }
+    stored: dict[int, int | None] = dict(
+        session.execute(
+            select(Run.host_id, func.sum(Run.bytes_stored))
+            .where(Run.host_id.in_(ids))
+            .group_by(Run.host_id)
+        ).all()
+    )
+    groups = {g.id: g.name for g in session.scalars(select(Group))}
+    silent = offline_after(session)
+    statuses = []
+    for host in hosts:
+        overdue = tuple(sorted(_overdue_plans(session, host, last_good, now)))
+        goods = [when for (hid, _), when in last_good.items() if hid == host.id]
+        statuses.append(
+            HostStatus(
+                host=host,
+                group=groups.get(host.group_id) if host.group_id is not None else None,
+                online=host.last_seen is not None and now - host.last_seen <= silent,
+                last_good=_utc(max(goods)) if goods else None,
+                next_run=_next_run(host),
+                overdue=bool(overdue),
+                overdue_plans=overdue,
+                stored_bytes=int(stored.get(host.id) or 0),
+                change_rate=_change_rate(session, host, recent),
+            )
+        )
+    return statuses
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _periods(session: Session, host: Host) -> dict[str, tuple[timedelta, datetime]]:
+    """Each plan the host runs: its schedule's period and since when the center has
+    expected it to run (a central plan: its last change; a local plan: enrolment)."""
+    periods: dict[str, tuple[timedelta, datetime]] = {}
+    inventory = host.inventory or {}
+    for plan in inventory.get("plans", []) if isinstance(inventory.get("plans"), list) else []:
+        seconds = plan.get("period_seconds") if isinstance(plan, dict) else None
+        name = plan.get("name") if isinstance(plan, dict) else None
+        if isinstance(seconds, int | float) and seconds > 0 and isinstance(name, str):
+            if name.startswith(CENTRAL_PREFIX) or not plan.get("enabled", True):
+                continue  # central plans are judged by the center's own copy below
+            periods[name] = (timedelta(seconds=seconds), host.enrolled)
+    for central in plans_for(session, host):
+        if central.spec.get("enabled", True) is False:
+            continue
+        try:
+            period = _period(central.spec["schedule"], central.spec.get("window"))
+        except (KeyError, TypeError, BlockvaultError):  # valid when stored, not now
+            continue
+        since = max(central.updated, host.enrolled)
+        periods[CENTRAL_PREFIX + central.name] = (period, since)
+    return periods
+
+
+@functools.lru_cache(maxsize=1024)
+def _period(schedule: str, window: str | None) -> timedelta:
+    """A schedule's period (hundreds of fire times reckoned: worth remembering)."""
+    return parse_schedule(schedule, window).period
+
+
+def _overdue_plans(
+    session: Session, host: Host, last_good: dict[tuple[int, str], datetime], now: datetime
+) -> list[str]:
+    if host.revoked is not None:
+        return []
+    late = []
+    for name, (period, since) in _periods(session, host).items():
+        good = last_good.get((host.id, name))
+        reference = _utc(good) if good is not None else since
+        if now - reference > period * OVERDUE_FACTOR:
+            late.append(name)
+    return late
+
+
+def _next_run(host: Host) -> datetime | None:
+    plans = (host.inventory or {}).get("plans")
+    moments = []
+    for plan in plans if isinstance(plans, list) else []:
+        text = plan.get("next_run") if isinstance(plan, dict) else None
+        if isinstance(text, str):
+            try:
+                moments.append(_aware(datetime.fromisoformat(text)))
+            except ValueError:
+                continue
+    return min(moments) if moments else None
+
+
+def _change_rate(session: Session, host: Host, recent: int) -> float | None:
+    rows = session.execute(
+        select(Run.bytes_read, Run.bytes_new)
+        .where(Run.host_id == host.id, Run.status == "ok", Run.kind == "backup")
+        .order_by(Run.id.desc())
+        .limit(recent)
+    ).all()
+    read = sum(r for r, _ in rows)
+    return None if not read else sum(n for _, n in rows) / read
