@@ -4,15 +4,13 @@ and publish on its bus), and Chromium driven by Playwright, headless, with a fre
 profile. Console errors and failed requests of every page are collected: a test ends
 by asserting there were none.
 
-The certificate is self-signed and written to the center's state directory as
-``cert.pem`` (where the enrol page reads its fingerprint); the browser is told to
+The certificate is self-signed and written where ``center init`` writes it (the enrol
+page reads its fingerprint there); the browser is told to
 accept it, as a person would after checking the fingerprint.
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import shutil
 import socket
 import ssl
@@ -25,13 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import uvicorn
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from blockvault.center.app import create_app
 from blockvault.center.context import Center
+from blockvault.center.tls import self_signed
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -49,39 +44,16 @@ CHROMIUM_ARGS = [
 ]
 
 
-def self_signed(state: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and localhost and its key, in ``state``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "blockvault center test")])
-    now = datetime.datetime.now(datetime.UTC)
-
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = state / "cert.pem", state / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
+def certificate(center: Center) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key where ``center init`` puts
+    them (``center.toml``'s defaults), so the pages find its fingerprint."""
+    cert_pem, key_pem = self_signed(["127.0.0.1", "localhost"], days=1)
+    cert, key = center.state / center.config.certificate, center.state / center.config.key
+    cert.parent.mkdir(mode=0o700, exist_ok=True)
+    cert.write_bytes(cert_pem)
+    key.touch(mode=0o600)
+    key.write_bytes(key_pem)
+    return cert, key
 
 
 @dataclass
@@ -95,7 +67,7 @@ class Served:
 
 def serve(center: Center) -> Iterator[Served]:
     """The center's app on a free loopback port over HTTPS until the generator ends."""
-    cert, key = self_signed(center.state)
+    cert, key = certificate(center)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -37,15 +37,19 @@ INVENTORY = {
             "layout": {
                 "table": {"kind": "gpt"},
                 "partitions": [
-                    {"partition": {"number": 1, "size": 512 * 2**20, "name": "EFI"},
-                     "fs": {"type": "fat32", "label": "ESP"}},
-                    {"partition": {"number": 2, "size": 60 * 2**30, "name": "root"},
-                     "fs": {"type": "ext4", "label": "root"}},
+                    {
+                        "partition": {"number": 1, "size": 512 * 2**20, "name": "EFI"},
+                        "fs": {"type": "fat32", "label": "ESP"},
+                    },
+                    {
+                        "partition": {"number": 2, "size": 60 * 2**30, "name": "root"},
+                        "fs": {"type": "ext4", "label": "root"},
+                    },
                 ],
             },
         }
     ]
-}  # fmt: skip
+}
 
 
 def _fleet(center: Center) -> int:
@@ -57,26 +61,46 @@ def _fleet(center: Center) -> int:
         session.flush()
         hosts = []
         for i, name in enumerate(["web-1", "db-1", "build-1", "kiosk-1"]):
-            host = Host(name=name, group_id=lab.id, public_key="k" * 43, os="Debian 13",
-                        agent_version="0.9", enrolled=now - timedelta(days=40),
-                        last_seen=now - timedelta(minutes=1 if i < 3 else 90),
-                        inventory=INVENTORY)  # fmt: skip
+            host = Host(
+                name=name,
+                group_id=lab.id,
+                public_key="k" * 43,
+                os="Debian 13",
+                agent_version="0.9",
+                enrolled=now - timedelta(days=40),
+                last_seen=now - timedelta(minutes=1 if i < 3 else 90),
+                inventory=INVENTORY,
+            )
             session.add(host)
             session.flush()
             hosts.append(host)
-        session.add(CentralPlan(name="nightly", group_id=lab.id, updated_by="user:alice",
-                                spec={"repo": "/srv/repo", "system": True,
-                                      "schedule": "daily 02:00"}))  # fmt: skip
+        session.add(
+            CentralPlan(
+                name="nightly",
+                group_id=lab.id,
+                updated_by="user:alice",
+                spec={"repo": "/srv/repo", "system": True, "schedule": "daily 02:00"},
+            )
+        )
         for day in range(30):
             for n, host in enumerate(hosts[:3]):
                 ended = now - timedelta(days=day, hours=n)
                 failed = host.name == "db-1" and day == 0
-                session.add(Run(host_id=host.id, agent_run_id=day, plan="nightly", kind="backup",
-                                trigger="schedule", status="failed" if failed else "ok",
-                                started=ended - timedelta(minutes=5 + (day * 7 + n * 3) % 20),
-                                ended=ended, received=ended,
-                                bytes_stored=(2 + (day * 13 + n * 5) % 9) * 2**28,
-                                error="repository unreachable" if failed else None))  # fmt: skip
+                session.add(
+                    Run(
+                        host_id=host.id,
+                        agent_run_id=day,
+                        plan="center:nightly",
+                        kind="backup",
+                        trigger="schedule",
+                        status="failed" if failed else "ok",
+                        started=ended - timedelta(minutes=5 + (day * 7 + n * 3) % 20),
+                        ended=ended,
+                        received=ended,
+                        bytes_stored=(2 + (day * 13 + n * 5) % 9) * 2**28,
+                        error="repository unreachable" if failed else None,
+                    )
+                )
         return hosts[0].id
 
 
@@ -184,9 +208,18 @@ def test_live_updates_arrive_without_a_reload(
     expect(page.locator("#running")).to_contain_text("Nothing is running.")
     page.wait_for_function("() => window.sseOpen === true")  # subscribed: events reach it
     with transaction(center.sessions) as session:
-        session.add(Run(host_id=host, agent_run_id=999, plan="nightly", kind="backup",
-                        trigger="manual", status="running", started=center.clock(),
-                        bytes_read=5 * 2**30))  # fmt: skip
+        session.add(
+            Run(
+                host_id=host,
+                agent_run_id=999,
+                plan="center:nightly",
+                kind="backup",
+                trigger="manual",
+                status="running",
+                started=center.clock(),
+                bytes_read=5 * 2**30,
+            )
+        )
     center.bus.publish("run", id=999, host_id=host, state="running")
     expect(page.locator("#running")).to_contain_text("5.0 GiB")
     expect(page.locator("#running")).to_contain_text("web-1")
@@ -206,8 +239,11 @@ def test_the_enrol_page_shows_the_command(
     command = page.locator("#enrol-command").inner_text().split()
     assert command[:4] == ["blockvault", "agent", "enrol", served.url]
     fingerprint = command[command.index("--fingerprint") + 1]
-    der = subprocess.run(["openssl", "x509", "-in", str(served.cert), "-outform", "DER"],
-                         check=True, capture_output=True).stdout  # fmt: skip
+    der = subprocess.run(
+        ["openssl", "x509", "-in", str(served.cert), "-outform", "DER"],
+        check=True,
+        capture_output=True,
+    ).stdout
     digest = hashlib.sha256(der).digest()
     assert fingerprint == "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
     assert browser_page.problems == []

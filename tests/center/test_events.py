@@ -76,11 +76,15 @@ def test_events_reach_only_those_who_see_the_host(center: Center, served: Served
     center.bus.publish("run", id=7, host_id=office, state="running")
     center.bus.publish("job", id=3, host_id=lab, state="done")
     center.bus.publish("alert", id=1)  # names no host: everyone's
-    assert _next_event(everything) == ("run", {"topic": "run", "id": 7, "host_id": office,
-                                              "state": "running"})  # fmt: skip
+    assert _next_event(everything) == (
+        "run",
+        {"topic": "run", "id": 7, "host_id": office, "state": "running"},
+    )
     assert _next_event(everything)[0] == "job"
-    assert _next_event(lab_only) == ("job", {"topic": "job", "id": 3, "host_id": lab,
-                                            "state": "done"})  # fmt: skip
+    assert _next_event(lab_only) == (
+        "job",
+        {"topic": "job", "id": 3, "host_id": lab, "state": "done"},
+    )
     assert _next_event(lab_only) == ("alert", {"topic": "alert", "id": 1})
 
 

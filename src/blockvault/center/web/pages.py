@@ -13,7 +13,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-from cryptography import x509
 from fastapi import FastAPI, Form, HTTPException, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -22,17 +21,14 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from blockvault.center import settings, users
 from blockvault.center.auth import (
     DB,
     ROLES,
     Admin,
     Principal,
-    Role,
     Viewer,
     audit,
-    center_of,
-    create_user,
-    hash_password,
     new_secret,
 )
 from blockvault.center.context import Center
@@ -44,28 +40,29 @@ from blockvault.center.models import (
     Host,
     Repository,
     Run,
-    Setting,
     User,
 )
-from blockvault.center.tls import fingerprint
+from blockvault.center.tls import pem_fingerprint
+from blockvault.center.users import Actor
 from blockvault.center.web import events, login
 from blockvault.center.web.charts import bars_and_line, daily_backups, human_bytes, human_duration
 from blockvault.center.web.plan_form import PlanForm, next_runs
 from blockvault.center.web.render import TEMPLATES, page
-from blockvault.center.web.status import STATES, fleet, plan_period
-from blockvault.errors import PlanError
+from blockvault.center.web.status import STATES, fleet
+from blockvault.errors import (
+    CenterSettingError,
+    CenterStateError,
+    CenterUserError,
+    CenterUserExists,
+    CenterUserNotFound,
+    PlanError,
+)
 
 __all__ = ["install"]
 
 STATIC: Final = Path(__file__).with_name("static")
 PAGE_SIZE: Final = 50
 API_PREFIXES: Final = ("/api/", "/agent/", "/healthz", "/metrics", "/static/", "/events")
-CERTIFICATE_FILES: Final = ("cert.pem", "center.crt", "tls/cert.pem", "tls.crt")
-# settings the dashboard edits: key -> (label, hint, kind)
-SETTINGS: Final = {
-    "center_url": ("Center address", "What agents dial, e.g. https://center.example:8443", str),
-    "offline_after_minutes": ("Offline after (minutes)", "A host silent this long is offline", int),
-}
 MAX_GROUPS: Final = 64
 
 TEMPLATES.env.filters["bytes"] = human_bytes
@@ -232,7 +229,7 @@ def _overview_and_hosts(app: FastAPI, center: Center) -> None:
             {"uses": uses, "expires": expires.isoformat()},
             at=now,
         )
-        url = _center_url(session, request)
+        url = str(request.base_url).rstrip("/")  # as the admin's browser reaches it
         print_ = _fingerprint(center)
         command = f"blockvault agent enrol {url} --token {token}"
         if print_:
@@ -288,6 +285,12 @@ def _disks(inventory: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _refusal_status(exc: CenterUserError) -> int:
+    if isinstance(exc, CenterUserNotFound):
+        return 404
+    return 409 if isinstance(exc, CenterUserExists) else 422
+
+
 def _table(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -296,29 +299,19 @@ def _next_run(spec: Any, now: Any) -> Any:
     if not isinstance(spec, dict) or not isinstance(spec.get("schedule"), str):
         return None
     window = spec.get("window") if isinstance(spec.get("window"), str) else None
-    if plan_period(spec["schedule"], window) is None:
+    try:
+        return next_runs(spec["schedule"], window, now, 1)[0]
+    except PlanError:  # stored by an older center's rules, perhaps
         return None
-    return next_runs(spec["schedule"], window, now, 1)[0]
 
 
 def _fingerprint(center: Center) -> str | None:
-    """The fingerprint of the certificate in the center's state directory, as
-    ``center init`` printed it; None if there is none yet."""
-    for name in CERTIFICATE_FILES:
-        path = center.state / name
-        if path.is_file():
-            cert = x509.load_pem_x509_certificate(path.read_bytes())
-            from cryptography.hazmat.primitives.serialization import Encoding
-
-            return fingerprint(cert.public_bytes(Encoding.DER))
-    return None
-
-
-def _center_url(session: Session, request: Request) -> str:
-    setting = session.get(Setting, "center_url")
-    if setting is not None and isinstance(setting.value, str) and setting.value:
-        return setting.value
-    return str(request.base_url).rstrip("/")
+    """The fingerprint of the center's certificate (``center.toml``), as ``center
+    init`` printed it; None if there is none yet."""
+    try:
+        return pem_fingerprint((center.state / center.config.certificate).read_bytes())
+    except (OSError, CenterStateError):
+        return None
 
 
 def _plan_targets(session: Session, who: Principal) -> list[tuple[str, str]]:
@@ -569,45 +562,41 @@ def _runs_and_audit(app: FastAPI, center: Center) -> None:
 
 def _admin(app: FastAPI, center: Center) -> None:
     @app.get("/users", response_class=HTMLResponse, include_in_schema=False)
-    def users(request: Request, session: DB, who: Admin, error: str | None = None) -> Response:
+    def users_list(request: Request, session: DB, who: Admin, error: str | None = None) -> Response:
         rows = session.scalars(select(User).order_by(User.name)).all()
         return page(request, "users.html", users=rows, roles=ROLES, error=error)
 
     def groups_of(text: str) -> list[str] | None:
-        names = sorted({g.strip() for g in text.replace(",", " ").split() if g.strip()})
-        if len(names) > MAX_GROUPS or any(len(n) > 64 for n in names):
-            raise HTTPException(422, f"at most {MAX_GROUPS} groups of at most 64 characters")
-        return names or None
+        names = text.replace(",", " ").split()
+        if len(names) > MAX_GROUPS:
+            raise HTTPException(422, f"at most {MAX_GROUPS} groups")
+        return names or None  # users.py checks each name
+
+    def actor(request: Request, who: Principal) -> Actor:
+        address = request.client.host if request.client else None
+        return Actor(who.actor, center.clock(), address)
+
+    def users_page(request: Request, session: Session, error: str, status: int) -> Response:
+        rows = session.scalars(select(User).order_by(User.name)).all()
+        return page(request, "users.html", status, users=rows, roles=ROLES, error=error)
 
     @app.post("/users", include_in_schema=False)
     def add_user(
         request: Request,
         session: DB,
         who: Admin,
-        name: Annotated[str, Form(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")],
-        password: Annotated[str, Form(min_length=8, max_length=1024)],
-        role: Annotated[Role, Form()],
+        name: Annotated[str, Form(max_length=64)],
+        password: Annotated[str, Form(max_length=1024)],
+        role: Annotated[str, Form(max_length=16)],
         groups: Annotated[str, Form(max_length=4096)] = "",
     ) -> Response:
-        if session.scalar(select(User.id).where(User.name == name)) is not None:
-            rows = session.scalars(select(User).order_by(User.name)).all()
-            return page(
-                request,
-                "users.html",
-                409,
-                users=rows,
-                roles=ROLES,
-                error=f"There is already a user {name!r}.",
-            )
-        create_user(session, name, password, role, groups_of(groups))
-        audit(
-            session,
-            who.actor,
-            "user.create",
-            f"user:{name}",
-            {"role": role, "groups": groups_of(groups)},
-            at=center.clock(),
-        )
+        try:
+            with session.begin_nested():  # a refusal leaves nothing half-changed
+                users.add_user(
+                    session, actor(request, who), name, role, password, groups_of(groups)
+                )
+        except CenterUserError as exc:
+            return users_page(request, session, str(exc), _refusal_status(exc))
         return RedirectResponse("/users", 303)
 
     @app.post("/users/{user_id}", include_in_schema=False)
@@ -616,7 +605,7 @@ def _admin(app: FastAPI, center: Center) -> None:
         session: DB,
         who: Admin,
         user_id: int,
-        role: Annotated[Role, Form()],
+        role: Annotated[str, Form(max_length=16)],
         groups: Annotated[str, Form(max_length=4096)] = "",
         disabled: Annotated[str, Form()] = "",
         password: Annotated[str, Form(max_length=1024)] = "",
@@ -624,59 +613,52 @@ def _admin(app: FastAPI, center: Center) -> None:
         user = session.get(User, user_id)
         if user is None:
             raise HTTPException(404, f"no user {user_id}")
-        if user.id == who.user_id and (role != "admin" or disabled):
-            raise HTTPException(409, "you cannot demote or disable yourself: ask another admin")
-        if password and len(password) < 8:
-            raise HTTPException(422, "a password has at least 8 characters")
-        user.role, user.groups, user.disabled = role, groups_of(groups), bool(disabled)
-        if password:
-            user.password_hash = hash_password(password)
-        detail: dict[str, object] = {
-            "role": role,
-            "groups": user.groups,
-            "disabled": user.disabled,
-            "password_changed": bool(password),
-        }
-        audit(session, who.actor, "user.update", f"user:{user.name}", detail, at=center.clock())
+        try:
+            with session.begin_nested():
+                users.update_user(
+                    session,
+                    actor(request, who),
+                    user.name,
+                    role=role,
+                    groups=groups_of(groups),
+                    password=password or None,
+                    disabled=bool(disabled),
+                )
+        except CenterUserError as exc:
+            return users_page(request, session, str(exc), _refusal_status(exc))
         return RedirectResponse("/users", 303)
 
     @app.get("/settings", response_class=HTMLResponse, include_in_schema=False)
-    def settings(request: Request, session: DB, who: Admin) -> Response:
-        values = {k: getattr(session.get(Setting, k), "value", "") for k in SETTINGS}
+    def settings_page(
+        request: Request, session: DB, who: Admin, error: str | None = None
+    ) -> Response:
         return page(
             request,
             "settings.html",
-            settings=SETTINGS,
-            values=values,
+            422 if error else 200,
+            specs=settings.SETTINGS,
+            values=settings.all_settings(session),
             fingerprint=_fingerprint(center),
             state=center.state,
+            error=error,
             database=center.engine.url.render_as_string(hide_password=True),
         )
 
     @app.post("/settings", include_in_schema=False)
     async def save_settings(request: Request, session: DB, who: Admin) -> Response:
         form = await request.form()
-        changed: dict[str, object] = {}
-        for key, (label, _hint, kind) in SETTINGS.items():
-            raw = form.get(key)
-            text = raw.strip()[:1024] if isinstance(raw, str) else ""
-            value: Any = text
-            if kind is int and text:
-                if not text.isdigit() or not 0 < int(text) <= 100_000:
-                    raise HTTPException(422, f"{label}: a whole number from 1 to 100000")
-                value = int(text)
-            if kind is str and key == "center_url" and text and not text.startswith("https://"):
-                raise HTTPException(422, f"{label}: agents dial https:// addresses only")
-            row = session.get(Setting, key)
-            if not text:
-                if row is not None:
-                    session.delete(row)
-                    changed[key] = None
-            elif row is None or row.value != value:
-                session.merge(Setting(key=key, value=value))
-                changed[key] = value
-        if changed:
-            audit(
-                session, who.actor, "settings.update", None, changed, at=center_of(request).clock()
-            )
+        values: dict[str, object] = {}
+        try:
+            for key in settings.SETTINGS:
+                raw = form.get(key)
+                text = raw.strip()[:64] if isinstance(raw, str) else ""
+                if text:
+                    try:
+                        values[key] = int(text) if text.isdigit() else float(text)
+                    except ValueError:
+                        raise CenterSettingError("must be a number", key=key) from None
+            with session.begin_nested():
+                settings.change_settings(session, actor(request, who), values)
+        except CenterSettingError as exc:
+            return settings_page(request, session, who, str(exc))
         return RedirectResponse("/settings?saved=1", 303)

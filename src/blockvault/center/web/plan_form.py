@@ -1,6 +1,7 @@
-"""The plan editor's form: its fields to a plan table and back, checked by the very
-function that reads an agent's plans file (``plans.store.plan_from_table``), so a
-plan the dashboard accepts is one every agent accepts; and the schedule preview.
+"""The plan editor's form: its fields to a plan table and back, checked as the API
+checks a central plan (``fleet.central_spec``: the very function that reads an
+agent's plans file, and a size bound), so a plan the dashboard accepts is one every
+agent accepts; and the schedule preview.
 
 A central plan is stored as its table (``CentralPlan.spec``, what the agent's plans
 file holds) after a round trip through ``Plan`` (``plan_to_table``), which drops
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from blockvault.center.fleet import central_spec
 from blockvault.errors import PlanError, ScheduleError
 from blockvault.plans.schedule import parse_schedule
 from blockvault.plans.store import KEEP_RULES, SOURCE_KEYS, plan_from_table, plan_to_table
@@ -114,7 +116,7 @@ class PlanForm:
         name = self.values["name"].strip()
         if self.values["source"] == "disk" and len(self.values["sources"].split()) > 1:
             raise PlanError("a disk plan backs up one disk: give one device", where=f"plan {name}")
-        return plan_to_table(plan_from_table(name, self.table()))
+        return central_spec(name, plan_to_table(plan_from_table(name, self.table())))
 
 
 def next_runs(
