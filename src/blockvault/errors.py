@@ -46,6 +46,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   ├── CenterUserError         exit 2   a user account cannot be made or changed so
     │   │   ├── CenterUserNotFound               no user of that name
     │   │   └── CenterUserExists                 a user of that name already exists
+    │   ├── CenterSettingError      exit 2   no such setting, or a value out of its bounds
     │   └── CenterUnreachable                an agent cannot reach its center
     ├── CastError                   exit 1   a multicast session failed (deploy/)
     │   ├── CastAuthError                    a peer or packet failed authentication
@@ -395,6 +396,11 @@ class CenterUserNotFound(CenterUserError):
 
 class CenterUserExists(CenterUserError):
     template = "center user {name}: already exists (change it with 'center user passwd')"
+
+
+class CenterSettingError(CenterError):
+    template = "center setting {key}: {detail}"
+    exit_code = 2
 
 
 class CenterUnreachable(CenterError):

@@ -35,11 +35,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from blockvault.center.auth import new_secret
 from blockvault.center.context import open_center
 from blockvault.center.db import transaction
-from blockvault.center.models import ApiToken, User
 from blockvault.center.tls import fingerprint
+from blockvault.center.tokens import issue_token
+from blockvault.center.users import Actor, find_user
 from blockvault_demo.servers import free_port
 
 __all__ = [
@@ -85,15 +85,15 @@ class CenterServer:
         )
 
     def api_token(self, user: str | None = None, scopes: Sequence[str] = ("admin",)) -> str:
-        """A new API token of ``user`` (default: the admin), written straight into
-        the server's database as a token the API made would be."""
-        token, digest = new_secret("bv_")
+        """A new API token of ``user`` (default: the admin), issued straight in the
+        server's database (as ``POST /api/v1/tokens`` would)."""
         opened = open_center(self.state, self.database_url)
         try:
             with transaction(opened.sessions) as session:
-                owner = session.query(User).filter(User.name == (user or self.admin)).one()
-                session.add(
-                    ApiToken(user_id=owner.id, name="test", token_hash=digest, scopes=list(scopes))
+                owner = find_user(session, user or self.admin)
+                actor = Actor("local:test", opened.clock())
+                token, _row = issue_token(
+                    session, actor, owner, "test", scopes, lifetime=None, issuer_role="admin"
                 )
         finally:
             opened.engine.dispose()

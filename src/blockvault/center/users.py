@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Final
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from blockvault.center.auth import ROLES, Role, audit, hash_password
@@ -103,7 +104,10 @@ def add_user(
     if session.scalar(select(User.id).where(User.name == name)) is not None:
         raise CenterUserExists(name=name)
     session.add(user)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # made meanwhile by another request; this transaction ends
+        raise CenterUserExists(name=name) from None
     detail: dict[str, object] = {"role": user.role, "groups": user.groups}
     audit(session, actor.name, "user.create", f"user:{name}", detail, actor.address, at=actor.at)
     return user
