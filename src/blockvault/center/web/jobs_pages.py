@@ -26,6 +26,7 @@ from blockvault.center.api.jobs import (
 )
 from blockvault.center.auth import DB, Admin, Operator, Principal, Viewer
 from blockvault.center.context import Center
+from blockvault.center.jobs import DONE_STATES
 from blockvault.center.models import Group, Host, Job, JobLog, Repository
 from blockvault.center.web.render import page
 
@@ -105,7 +106,13 @@ def install(app: FastAPI, center: Center) -> None:
 
     @router.get("/jobs/{job_id}/live")
     def job_live(request: Request, who: Viewer, session: DB, job_id: int) -> Response:
-        return page(request, "jobs_live.html", **detail(who, session, job_id))
+        """The live part of a job's page; once the job has ended, status 286 tells
+        htmx to stop polling it."""
+        shown = detail(who, session, job_id)
+        ended = shown["job"]["state"] in DONE_STATES and all(
+            c["state"] in DONE_STATES for c in shown["children"]
+        )
+        return page(request, "jobs_live.html", status_code=286 if ended else 200, **shown)
 
     @router.post("/jobs/{job_id}/cancel")
     def job_cancel(request: Request, who: Operator, session: DB, job_id: int) -> Response:
