@@ -89,17 +89,14 @@ def serve_jobs(
             answer = client.call("GET", f"/agent/v1/jobs?wait={wait}", timeout=wait + 15)
             answer.raise_for_status()
             taken = answer.json()
-        except (CenterUnreachable, ValueError, OSError) as error:
-            _ = error  # the link's heartbeat reports an unreachable center
-            stop.wait(pause)
-            pause = min(pause * 2, RETRY_MAX)
-            continue
-        except Exception:  # a refusal (revoked) or an HTTP error: wait, the link decides
+        except Exception:  # unreachable, refused (revoked), an HTTP error: the link's
+            # heartbeat reports those; jobs wait and ask again, less often
             stop.wait(pause)
             pause = min(pause * 2, RETRY_MAX)
             continue
         pause = 1.0
-        waiting.extend(j for j in taken if isinstance(j, dict) and isinstance(j.get("id"), int))
+        if isinstance(taken, list):
+            waiting.extend(j for j in taken if isinstance(j, dict) and isinstance(j.get("id"), int))
     for thread in running:
         thread.join(5)
 
