@@ -471,9 +471,8 @@ def install(app: FastAPI, center: Center) -> None:
             {"job": job.id, "state": job.state},
             at=now,
         )
-        committed(session, job)
-        if job.parent_id is not None:
-            center.bus.publish("job", id=job.parent_id, state="changed", host=None)
+        parent = None if job.parent_id is None else session.get(Job, job.parent_id)
+        committed(session, job, *([parent] if parent is not None else []))
         return {"state": job.state}
 
     @agent.post("/jobs/{job_id}/upload")
