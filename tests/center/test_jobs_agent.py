@@ -8,6 +8,7 @@ from, the image's bytes, ``fsck``.
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import os
 import socket
@@ -86,8 +87,8 @@ class Served:
         raise AssertionError(f"job {made.json()} did not end")
 
 
-@pytest.fixture
-def served(center: Center, tmp_path: Path) -> Iterator[Served]:
+@contextlib.contextmanager
+def serving(center: Center, context: AgentContext) -> Iterator[Served]:
     """The center on a free port, and one agent's job runner connected to it."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -100,9 +101,7 @@ def served(center: Center, tmp_path: Path) -> Iterator[Served]:
     user = operator(center)
     link = HttpLink(url, add_host(center, "pc1"))
     stop = threading.Event()
-    agent = threading.Thread(
-        target=serve_jobs, args=(link, stop, AgentContext(tmp_path / "plans.toml"))
-    )
+    agent = threading.Thread(target=serve_jobs, args=(link, stop, context))
     agent.start()
     try:
         yield Served(center, url, user)
@@ -112,6 +111,45 @@ def served(center: Center, tmp_path: Path) -> Iterator[Served]:
         agent.join(60)
         thread.join(30)
         sock.close()
+
+
+@pytest.fixture
+def served(center: Center, tmp_path: Path) -> Iterator[Served]:
+    with serving(center, AgentContext(tmp_path / "plans.toml", poll_wait=2)) as running:
+        yield running
+
+
+def test_a_cancel_stops_the_running_operation(center: Center, tmp_path: Path) -> None:
+    """The agent's child process is terminated once the center answers a progress
+    report with the cancel. The child stands in for a long ``blockvault check``: it
+    records its pid and blocks until it is killed (no timing decides the outcome)."""
+    pid_file = tmp_path / "child.pid"
+    child = ("sh", "-c", f"echo $$ > {pid_file}; exec sleep 600", "blockvault")
+    context = AgentContext(tmp_path / "plans.toml", command=child, poll_wait=2)
+    with serving(center, context) as served:
+        made = served.api.post(
+            "/api/v1/jobs", json={"kind": "check", "host": "pc1", "params": {"repo": "/r"}}
+        ).json()
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text().strip()):
+            assert time.monotonic() < deadline, "the child never started"
+            time.sleep(0.1)
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)  # running
+        cancelled = served.api.post(f"/api/v1/jobs/{made['id']}/cancel").json()
+        assert cancelled["state"] == "cancelled"
+        while Path(f"/proc/{pid}").exists() and "Z" not in _state(pid):
+            assert time.monotonic() < deadline, "the child was not stopped"
+            time.sleep(0.1)
+        job = served.api.get(f"/api/v1/jobs/{made['id']}").json()
+        assert job["state"] == "cancelled" and job["error"] == "cancelled by a user"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "Z"
 
 
 def test_browse_page_by_page_and_download_a_file(
@@ -128,7 +166,7 @@ def test_browse_page_by_page_and_download_a_file(
         assert all(e["type"] == "file" and e["size"] >= 100 for e in job["result"]["entries"])
     assert names == sorted(os.listdir(tree / "many"))
 
-    top = served.run("browse", {**params, "path": "1/", "page_size": 1000})["result"]["entries"]
+    top = served.run("browse", {**params, "path": "1/", "page_size": 500})["result"]["entries"]
     assert {e["name"] for e in top} == {*os.listdir(tree), "lost+found"}
 
     biggest = max(

@@ -4,6 +4,7 @@ manifest claims; stored passwords are sealed and reach agents only inside jobs."
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from blockvault.center.models import Repository, SeenSnapshot
 from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.center.conftest import add_user, api_token
 from tests.center.test_jobs import add_host
+from tests.conftest import blockvault as run_cli
 
 MiB = 1 << 20
 PASSWORD = "correct horse battery staple"
@@ -112,6 +114,8 @@ def test_prune_counts_from_first_seen_not_from_a_forged_time(
     assert blockvault.Repository.open(repo.location, passphrase=PASSWORD).snapshot_ids() == [
         newest.id
     ]
+    with center.sessions() as session:
+        assert list(session.scalars(select(SeenSnapshot.snapshot))) == [newest.id]
 
     gc = client.post(
         "/api/v1/jobs", json={"kind": "gc", "params": {"repository": "main"}}, headers=headers
@@ -144,3 +148,20 @@ def test_a_stored_password_reaches_the_agent_inside_its_job(center: Center) -> N
     (handed,) = client.get("/agent/v1/jobs", headers=agent).json()
     assert handed["params"]["repo"] == "/srv/vault" and handed["params"]["password"] == PASSWORD
     assert PASSWORD not in str(client.get(f"/api/v1/jobs/{made['id']}", headers=headers).json())
+
+
+def test_the_repository_commands(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (tmp_path / "pw").write_text(PASSWORD + "\n")
+    made = run_cli("center", "init", "--state", state, "--admin-password-file", tmp_path / "pw")
+    assert made.returncode == 0, made.stderr
+    add = ["center", "repository", "add", "main", tmp_path / "repo", "--state", state]
+    assert run_cli(*add, "--password-file", tmp_path / "pw", "--keep-daily", "7").returncode == 0
+    again = run_cli(*add)
+    assert again.returncode == 2 and again.stderr.strip().endswith("exists already")
+    bad = run_cli(*add[:3], "other", tmp_path / "repo", "--keep-within", "7x", "--state", state)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    listed = json.loads(run_cli("center", "repository", "list", "--json", "--state", state).stdout)
+    assert [(r["name"], r["password_stored"], r["retention"]) for r in listed] == [
+        ("main", True, {"daily": 7})
+    ]

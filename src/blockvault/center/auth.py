@@ -170,7 +170,9 @@ def database(request: Request) -> Iterator[Session]:
         yield session
 
 
-DB = Annotated[Session, Depends(database)]  # a handler's parameter: the request's session
+# a handler's parameter: the request's session. scope="function" commits it before the
+# response leaves: a client that follows a redirect or reads after a write sees the write
+DB = Annotated[Session, Depends(database, scope="function")]
 
 
 def principal_of(request: Request, session: Session) -> tuple[Principal, WebSession | None] | None:

@@ -150,7 +150,7 @@ _AGENT_VALIDATORS: Final[dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]
     "browse": lambda p: {
         **_snapshot_path(p),
         "page": _int(p, "page", 0, 0, 1_000_000),
-        "page_size": _int(p, "page_size", 100, 1, 1000),
+        "page_size": _int(p, "page_size", 100, 1, 500),  # a page fits a result body
     },
     "download": lambda p: {**_snapshot_path(p), "path": _text(p, "path")},
     "verify": lambda p: {

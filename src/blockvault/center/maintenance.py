@@ -220,6 +220,9 @@ def scan(center: Center, repo_id: int) -> list[Snapshot]:
                 )
                 session.add(record)
             redated.append(dataclasses.replace(snap, time=record.first_seen.isoformat()))
+        present = {snap.id for snap in snapshots} | set(listing.damaged)
+        for gone in set(seen) - present:  # pruned or deleted: nothing left to age
+            session.delete(seen[gone])
         row.stored_bytes = stored
         row.logical_bytes = sum(s.stats.used_bytes for s in snapshots)
         row.snapshot_count = len(snapshots)

@@ -19,6 +19,7 @@ from blockvault.center.db import Base, UTCDateTime, now
 __all__ = [
     "AgentToken",
     "Alert",
+    "AlertDelivery",
     "AlertRule",
     "AlertTarget",
     "ApiToken",
@@ -296,6 +297,8 @@ class AlertTarget(Base):
     kind: Mapped[str] = mapped_column(String(16))  # "email" | "webhook"
     address: Mapped[str] = mapped_column(Text)  # mailto:... or https://...
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # webhook only: the key of the body's HMAC-SHA256 signature (never shown again)
+    secret: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class AlertRule(Base):
@@ -337,3 +340,19 @@ class Alert(Base):
     opened: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
     closed: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     notified: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class AlertDelivery(Base):
+    """One message of one alert to one target: ``kind`` "opened" or "recovered". The
+    delivery worker tries it until it is ``sent`` or out of attempts, waiting longer
+    after each failure (``next_try``); ``error`` is the last failure's line."""
+
+    __tablename__ = "alert_deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("alert_targets.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_try: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    sent: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -68,7 +68,9 @@ __all__ = [
     "events",
     "notifier_for",
     "parse_target",
+    "post",
     "read_log_tail",
+    "send_mail",
     "smtp_settings",
     "webhook_body",
 ]
@@ -478,51 +480,55 @@ class EmailNotifier:
         _with_retries(self.target, lambda: self._send_once(mail), self._sleep)
 
     def _send_once(self, mail: EmailMessage) -> None:
-        s = self.smtp
-        try:
-            context = ssl.create_default_context(cafile=s.ca_file)
-            client: smtplib.SMTP
-            if s.security == "tls":
-                client = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=context)
-            else:
-                client = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
-            with client:
-                if s.security == "starttls":
-                    client.starttls(context=context)
-                if s.user is not None and s.password_file is not None:
-                    client.login(s.user, _first_line(s.password_file, self.target))
-                client.send_message(mail)
-        except smtplib.SMTPResponseException as exc:
-            raw = exc.smtp_error
-            reply = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-            raise NotifyError(
-                f"server {s.host}:{s.port} answered {exc.smtp_code} {reply}",
-                target=self.target.text,
-                transient=400 <= exc.smtp_code < 500,
-            ) from None
-        except smtplib.SMTPNotSupportedError as exc:
-            raise NotifyError(
-                f"server {s.host}:{s.port}: {exc} (see security and user in [smtp])",
-                target=self.target.text,
-            ) from None
-        except ssl.SSLCertVerificationError as exc:
-            raise NotifyError(
-                f"server {s.host}:{s.port}: certificate not trusted ({exc.verify_message}); "
-                "set ca-file in [smtp] for a private CA",
-                target=self.target.text,
-            ) from None
-        except (OSError, smtplib.SMTPException) as exc:
-            raise NotifyError(
-                f"server {s.host}:{s.port}: {exc}", target=self.target.text, transient=True
-            ) from None
+        send_mail(self.smtp, mail, self.target.text)
 
 
-def _first_line(path: str, target: Target) -> str:
+def send_mail(s: SmtpSettings, mail: EmailMessage, target: str) -> None:
+    """One try at handing ``mail`` to the SMTP server; ``NotifyError`` naming ``target``
+    (transient when trying again later may help). The center's alerts send this way."""
+    try:
+        context = ssl.create_default_context(cafile=s.ca_file)
+        client: smtplib.SMTP
+        if s.security == "tls":
+            client = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=context)
+        else:
+            client = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+        with client:
+            if s.security == "starttls":
+                client.starttls(context=context)
+            if s.user is not None and s.password_file is not None:
+                client.login(s.user, _first_line(s.password_file, target))
+            client.send_message(mail)
+    except smtplib.SMTPResponseException as exc:
+        raw = exc.smtp_error
+        reply = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        raise NotifyError(
+            f"server {s.host}:{s.port} answered {exc.smtp_code} {reply}",
+            target=target,
+            transient=400 <= exc.smtp_code < 500,
+        ) from None
+    except smtplib.SMTPNotSupportedError as exc:
+        raise NotifyError(
+            f"server {s.host}:{s.port}: {exc} (see security and user in [smtp])", target=target
+        ) from None
+    except ssl.SSLCertVerificationError as exc:
+        raise NotifyError(
+            f"server {s.host}:{s.port}: certificate not trusted ({exc.verify_message}); "
+            "set ca-file in [smtp] for a private CA",
+            target=target,
+        ) from None
+    except (OSError, smtplib.SMTPException) as exc:
+        raise NotifyError(
+            f"server {s.host}:{s.port}: {exc}", target=target, transient=True
+        ) from None
+
+
+def _first_line(path: str, target: str) -> str:
     try:
         with open(path, encoding="utf-8") as file:
             return file.readline(4096).rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:
-        raise NotifyError(f"password file {path}: {exc}", target=target.text) from None
+        raise NotifyError(f"password file {path}: {exc}", target=target) from None
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -560,22 +566,35 @@ class WebhookNotifier:
         _with_retries(self.target, lambda: self._post(request), self._sleep)
 
     def _post(self, request: urllib.request.Request) -> None:
-        try:
-            with self._opener.open(request, timeout=self.target.timeout) as answer:
-                answer.read(RESPONSE_MAX_BYTES)
-                status = answer.status
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-            exc.close()
-        except (OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise NotifyError(str(reason), target=self.target.text, transient=True) from None
-        if not 200 <= status < 300:
-            raise NotifyError(
-                f"the server answered HTTP {status}",
-                target=self.target.text,
-                transient=status >= 500 or status == 429,
-            )
+        post(request, self.target.timeout, self.target.text, self._opener)
+
+
+def post(
+    request: urllib.request.Request,
+    timeout: float,
+    target: str,
+    opener: urllib.request.OpenerDirector | None = None,
+) -> None:
+    """One try at a webhook's POST: 2xx is delivered; otherwise ``NotifyError`` naming
+    ``target``, transient for 5xx, 429 and network failures. Redirects are refused, at
+    most RESPONSE_MAX_BYTES of the answer are read. The center's alerts post this way."""
+    opener = opener if opener is not None else urllib.request.build_opener(_NoRedirects())
+    try:
+        with opener.open(request, timeout=timeout) as answer:
+            answer.read(RESPONSE_MAX_BYTES)
+            status = answer.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+        exc.close()
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise NotifyError(str(reason), target=target, transient=True) from None
+    if not 200 <= status < 300:
+        raise NotifyError(
+            f"the server answered HTTP {status}",
+            target=target,
+            transient=status >= 500 or status == 429,
+        )
 
 
 def notifier_for(

@@ -152,52 +152,27 @@ def downloads(center: Center) -> Path:
     return center.state / "downloads"
 
 
-def install(app: FastAPI, center: Center) -> None:
-    """Routes of jobs and repositories, the worker that fails jobs of vanished hosts,
-    and the maintenance worker."""
-    doorbell = queue.Doorbell()
-    api = APIRouter(prefix="/api/v1", tags=["jobs"])
-    agent = APIRouter(prefix="/agent/v1", tags=["agent"])
+class Desk:
+    """What the API and the dashboard's pages both do to jobs: queue them (validated,
+    audited, announced on the bus and to the host's poll), cancel, deploy, and
+    register repositories. HTTP errors say what was refused."""
 
-    def committed(session: Session, job: Job) -> None:
-        """Commit now, then tell the bus (and the host's poll) what changed."""
+    def __init__(self, center: Center) -> None:
+        self.center = center
+        self.doorbell = queue.Doorbell()
+        self.maintainer = maintenance.worker(center)
+
+    def announce(self, session: Session, *jobs: Job) -> None:
+        """Commit now, then tell the bus (and the hosts' polls) what changed."""
         session.commit()
-        center.bus.publish("job", id=job.id, state=job.state, host=job.host_id)
-        if job.state == "queued" and job.host_id is not None:
-            doorbell.ring(job.host_id)
-        elif job.state == "queued":
-            maintainer.wake()
+        for job in jobs:
+            self.center.bus.publish("job", id=job.id, state=job.state, host=job.host_id)
+            if job.state == "queued" and job.host_id is not None:
+                self.doorbell.ring(job.host_id)
+            elif job.state == "queued":
+                self.maintainer.wake()
 
-    # --- users' side ------------------------------------------------------------------
-
-    @api.post("/jobs", status_code=201)
-    def create_job(
-        body: JobRequest, who: Operator, session: DB, request: Request
-    ) -> dict[str, Any]:
-        """Queue a remote operation on ``host`` (or, without one, a prune, gc or check
-        of a registered repository by the center's maintenance role)."""
-        host = None if body.host is None else host_for(session, who, body.host)
-        try:
-            params = queue.validate(body.kind, body.params, on_host=host is not None)
-            if host is None:
-                maintenance.repository_named(session, params["repository"])
-        except queue.JobError as error:
-            raise HTTPException(422, str(error)) from None
-        now = center.clock()
-        job = queue.queue(session, body.kind, host, params, who.actor, now)
-        audit(
-            session,
-            who.actor,
-            f"job.{body.kind}",
-            body.host or params.get("repository"),
-            {"job": job.id, "params": params},
-            request.client and request.client.host,
-            at=now,
-        )
-        committed(session, job)
-        return job_view(job, body.host)
-
-    def host_for(session: Session, who: Principal, name: str) -> Host:
+    def host_for(self, session: Session, who: Principal, name: str) -> Host:
         found = session.execute(
             select(Host, Group.name)
             .outerjoin(Group, Host.group_id == Group.id)
@@ -210,6 +185,111 @@ def install(app: FastAPI, center: Center) -> None:
         host: Host = found[0]
         return host
 
+    def submit(
+        self,
+        session: Session,
+        who: Principal,
+        kind: str,
+        host_name: str | None,
+        params: Any,
+        address: str | None,
+    ) -> Job:
+        host = None if host_name is None else self.host_for(session, who, host_name)
+        try:
+            checked = queue.validate(kind, params, on_host=host is not None)
+            if host is None:
+                maintenance.repository_named(session, checked["repository"])
+        except queue.JobError as error:
+            raise HTTPException(422, str(error)) from None
+        now = self.center.clock()
+        job = queue.queue(session, kind, host, checked, who.actor, now)
+        target = host_name or checked.get("repository")
+        detail = {
+            "job": job.id,
+            "params": {k: v for k, v in checked.items() if k not in SECRET_PARAMS},
+        }
+        audit(session, who.actor, f"job.{kind}", target, detail, address, at=now)
+        self.announce(session, job)
+        return job
+
+    def cancel(self, session: Session, who: Principal, job_id: int) -> tuple[Job, str | None]:
+        job, host = visible_job(session, who, job_id)
+        try:
+            queue.cancel(session, job, self.center.clock())
+        except queue.JobError as error:
+            raise HTTPException(409, str(error)) from None
+        audit(session, who.actor, "job.cancel", host, {"job": job.id}, at=self.center.clock())
+        self.announce(session, job)
+        return job, host
+
+    def deploy(
+        self, session: Session, who: Principal, body: DeploymentRequest, address: str | None
+    ) -> Job:
+        targets = [(self.host_for(session, who, t.host), t.disk) for t in body.hosts]
+        if len({h.id for h, _ in targets}) != len(targets):
+            raise HTTPException(422, "hosts: name each host once")
+        sender = self.host_for(session, who, body.sender)
+        now = self.center.clock()
+        try:
+            parent = queue.deploy(
+                session, body.repo, body.snapshot, targets, sender, who.actor, now
+            )
+        except queue.JobError as error:
+            raise HTTPException(422, str(error)) from None
+        detail = {
+            "job": parent.id,
+            "hosts": [t.model_dump() for t in body.hosts],
+            "sender": body.sender,
+        }
+        audit(session, who.actor, "job.deploy", body.snapshot, detail, address, at=now)
+        children = session.scalars(select(Job).where(Job.parent_id == parent.id)).all()
+        self.announce(session, parent, *children)
+        return parent
+
+    def register(self, session: Session, who: Principal, body: RepositoryRequest) -> Repository:
+        try:
+            repo = maintenance.register(
+                session, self.center, body.name, body.location, body.password, body.retention
+            )
+        except maintenance.RepositoryRefused as error:
+            raise HTTPException(409 if error.conflict else 422, str(error)) from None
+        detail = {"location": body.location, "password_stored": body.password is not None}
+        audit(session, who.actor, "repository.add", body.name, detail, at=self.center.clock())
+        session.commit()
+        self.maintainer.wake()
+        return repo
+
+
+def desk_of(request: Request) -> Desk:
+    desk: Desk = request.app.state.job_desk
+    return desk
+
+
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def install(app: FastAPI, center: Center) -> None:
+    """Routes of jobs and repositories, the worker that fails jobs of vanished hosts,
+    and the maintenance worker."""
+    desk = Desk(center)
+    app.state.job_desk = desk
+    doorbell = desk.doorbell
+    api = APIRouter(prefix="/api/v1", tags=["jobs"])
+    agent = APIRouter(prefix="/agent/v1", tags=["agent"])
+    committed = desk.announce
+
+    # --- users' side ------------------------------------------------------------------
+
+    @api.post("/jobs", status_code=201)
+    def create_job(
+        body: JobRequest, who: Operator, session: DB, request: Request
+    ) -> dict[str, Any]:
+        """Queue a remote operation on ``host`` (or, without one, a prune, gc or check
+        of a registered repository by the center's maintenance role)."""
+        job = desk.submit(session, who, body.kind, body.host, body.params, _address(request))
+        return job_view(job, body.host)
+
     @api.post("/deployments", status_code=201)
     def create_deployment(
         body: DeploymentRequest, who: Operator, session: DB, request: Request
@@ -217,35 +297,7 @@ def install(app: FastAPI, center: Center) -> None:
         """Deploy one snapshot to many hosts by multicast: a parent job, a
         ``cast-receive`` job per host (its agent refuses its system disk) and a
         ``cast-send`` job on the sender host; follow them at ``/jobs?parent=ID``."""
-        targets = [(host_for(session, who, t.host), t.disk) for t in body.hosts]
-        if len({h.id for h, _ in targets}) != len(targets):
-            raise HTTPException(422, "hosts: name each host once")
-        sender = host_for(session, who, body.sender)
-        now = center.clock()
-        try:
-            parent = queue.deploy(
-                session, body.repo, body.snapshot, targets, sender, who.actor, now
-            )
-        except queue.JobError as error:
-            raise HTTPException(422, str(error)) from None
-        audit(
-            session,
-            who.actor,
-            "job.deploy",
-            body.snapshot,
-            {
-                "job": parent.id,
-                "hosts": [t.model_dump() for t in body.hosts],
-                "sender": body.sender,
-            },
-            request.client and request.client.host,
-            at=now,
-        )
-        session.commit()
-        center.bus.publish("job", id=parent.id, state=parent.state, host=None)
-        for host, _ in [*targets, (sender, "")]:
-            doorbell.ring(host.id)
-        return job_view(parent, None)
+        return job_view(desk.deploy(session, who, body, _address(request)), None)
 
     @api.get("/jobs")
     def list_jobs(
@@ -310,15 +362,8 @@ def install(app: FastAPI, center: Center) -> None:
         }
 
     @api.post("/jobs/{job_id}/cancel")
-    def cancel_job(job_id: int, who: Operator, session: DB, request: Request) -> dict[str, Any]:
-        job, host = visible_job(session, who, job_id)
-        try:
-            queue.cancel(session, job, center.clock())
-        except queue.JobError as error:
-            raise HTTPException(409, str(error)) from None
-        audit(session, who.actor, "job.cancel", host, {"job": job.id}, at=center.clock())
-        committed(session, job)
-        return job_view(job, host)
+    def cancel_job(job_id: int, who: Operator, session: DB) -> dict[str, Any]:
+        return job_view(*desk.cancel(session, who, job_id))
 
     @api.get("/jobs/{job_id}/download")
     def download(job_id: int, who: Operator, session: DB) -> FileResponse:
@@ -336,29 +381,11 @@ def install(app: FastAPI, center: Center) -> None:
         return [maintenance.repository_view(r) for r in rows]
 
     @api.post("/repositories", status_code=201)
-    def add_repository(
-        body: RepositoryRequest, who: Admin, session: DB, request: Request
-    ) -> dict[str, Any]:
+    def add_repository(body: RepositoryRequest, who: Admin, session: DB) -> dict[str, Any]:
         """Register a repository for the center to scan and maintain; a password given
         here is stored sealed with the center's key (and then travels to agents in
         the jobs that need it)."""
-        try:
-            repo = maintenance.register(
-                session, center, body.name, body.location, body.password, body.retention
-            )
-        except maintenance.RepositoryRefused as error:
-            raise HTTPException(409 if error.conflict else 422, str(error)) from None
-        audit(
-            session,
-            who.actor,
-            "repository.add",
-            body.name,
-            {"location": body.location, "password_stored": body.password is not None},
-            at=center.clock(),
-        )
-        session.commit()
-        maintainer.wake()
-        return maintenance.repository_view(repo)
+        return maintenance.repository_view(desk.register(session, who, body))
 
     # --- the agent's side ---------------------------------------------------------------
 
@@ -444,9 +471,8 @@ def install(app: FastAPI, center: Center) -> None:
             {"job": job.id, "state": job.state},
             at=now,
         )
-        committed(session, job)
-        if job.parent_id is not None:
-            center.bus.publish("job", id=job.parent_id, state="changed", host=None)
+        parent = None if job.parent_id is None else session.get(Job, job.parent_id)
+        committed(session, job, *([parent] if parent is not None else []))
         return {"state": job.state}
 
     @agent.post("/jobs/{job_id}/upload")
@@ -490,8 +516,7 @@ def install(app: FastAPI, center: Center) -> None:
             center.bus.publish("job", id=job.id, state=job.state, host=job.host_id)
         maintenance.remove_old_downloads(downloads(center), center.clock())
 
-    maintainer = maintenance.worker(center)
     center.workers.append(Periodic("jobs-watch", 30, watch))
-    center.workers.append(maintainer)
+    center.workers.append(desk.maintainer)
     app.include_router(api)
     app.include_router(agent)

@@ -52,6 +52,7 @@ class AgentContext:
     run_plan: Callable[[str], None] | None = None  # None: ``blockvault plan run`` as a child
     parallel: int = 2
     command: tuple[str, ...] = (sys.executable, "-m", "blockvault")
+    poll_wait: int = POLL_WAIT  # seconds a poll waits at the center (also: how soon a stop ends it)
 
     @classmethod
     def default(cls) -> AgentContext:
@@ -84,20 +85,18 @@ def serve_jobs(
             stop.wait(0.2)
             continue
         try:
-            answer = client.call("GET", f"/agent/v1/jobs?wait={POLL_WAIT}", timeout=POLL_WAIT + 15)
+            wait = context.poll_wait
+            answer = client.call("GET", f"/agent/v1/jobs?wait={wait}", timeout=wait + 15)
             answer.raise_for_status()
             taken = answer.json()
-        except (CenterUnreachable, ValueError, OSError) as error:
-            _ = error  # the link's heartbeat reports an unreachable center
-            stop.wait(pause)
-            pause = min(pause * 2, RETRY_MAX)
-            continue
-        except Exception:  # a refusal (revoked) or an HTTP error: wait, the link decides
+        except Exception:  # unreachable, refused (revoked), an HTTP error: the link's
+            # heartbeat reports those; jobs wait and ask again, less often
             stop.wait(pause)
             pause = min(pause * 2, RETRY_MAX)
             continue
         pause = 1.0
-        waiting.extend(j for j in taken if isinstance(j, dict) and isinstance(j.get("id"), int))
+        if isinstance(taken, list):
+            waiting.extend(j for j in taken if isinstance(j, dict) and isinstance(j.get("id"), int))
     for thread in running:
         thread.join(5)
 
@@ -145,11 +144,32 @@ class _Job:
             result = handler(self)
         except (JobFailed, BlockvaultError, OSError) as error:
             self.log(str(error), "error")
-            self._post("result", {"ok": False, "error": str(error)})
+            self.finish({"ok": False, "error": str(error)})
         except Interrupted as stopped:
-            self._post("result", {"ok": False, "error": str(stopped)})
+            self.finish({"ok": False, "error": str(stopped)})
         else:
-            self._post("result", {"ok": True, "result": result})
+            self.finish({"ok": True, "result": result})
+
+    def finish(self, body: dict[str, Any]) -> None:
+        """Report the end, retrying while the center is unreachable (until the agent
+        stops: the center then fails the job when the host falls silent). A result
+        the center refuses (too large) becomes an error it takes."""
+        pause = 1.0
+        while True:
+            try:
+                answer = self.client.call("POST", f"/agent/v1/jobs/{self.id}/result", json=body)
+            except CenterUnreachable:
+                if self.stop.wait(pause):
+                    return
+                pause = min(pause * 2, RETRY_MAX)
+                continue
+            if answer.status_code in (400, 413) and body.get("ok"):
+                body = {
+                    "ok": False,
+                    "error": f"the center refused the result: {_detail(answer.text)}",
+                }
+                continue
+            return
 
     # --- the pieces handlers share ---------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Created: 2026-12-03 19:17:53.312714
+Created: 2026-12-03 19:26:13.442801
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("address", sa.Text(), nullable=False),
         sa.Column("enabled", sa.Boolean(), nullable=False),
+        sa.Column("secret", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
     )
@@ -247,6 +248,28 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_jobs_state"), ["state"], unique=False)
 
     op.create_table(
+        "alert_deliveries",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("alert_id", sa.Integer(), nullable=False),
+        sa.Column("target_id", sa.Integer(), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_try", blockvault.center.db.UTCDateTime(), nullable=False),
+        sa.Column("sent", blockvault.center.db.UTCDateTime(), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(["alert_id"], ["alerts.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["target_id"], ["alert_targets.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("alert_deliveries", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_alert_deliveries_alert_id"), ["alert_id"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_alert_deliveries_next_try"), ["next_try"], unique=False
+        )
+
+    op.create_table(
         "job_log",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("job_id", sa.Integer(), nullable=False),
@@ -300,6 +323,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_job_log_job_id"))
 
     op.drop_table("job_log")
+    with op.batch_alter_table("alert_deliveries", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_alert_deliveries_next_try"))
+        batch_op.drop_index(batch_op.f("ix_alert_deliveries_alert_id"))
+
+    op.drop_table("alert_deliveries")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_jobs_state"))
         batch_op.drop_index(batch_op.f("ix_jobs_host_id"))

@@ -1,0 +1,249 @@
+"""The dashboard in a real Chromium: logging in (a wrong password, the rate limit),
+every page without a console error, the plan editor's live preview, the enrol page,
+and live updates arriving by server-sent events. Screenshots of the overview and a
+host's page are kept in the test's directory (``tmp_path``) to look at."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+
+from playwright.sync_api import expect
+from sqlalchemy import select
+
+from blockvault.center.context import Center
+from blockvault.center.db import transaction
+from blockvault.center.models import CentralPlan, Group, Host, Run
+from blockvault.center.web.login import MAX_FAILURES
+from tests.center import browser
+from tests.center.browser import Served, Watched
+from tests.center.conftest import add_user
+
+served = browser.served  # the fixtures
+chromium = browser.chromium
+browser_page = browser.browser_page
+
+NAV = ["Overview", "Hosts", "Plans", "Runs", "Users", "Audit", "Settings"]
+INVENTORY = {
+    "disks": [
+        {
+            "path": "/dev/sda",
+            "model": "QEMU HARDDISK",
+            "size": 64 * 2**30,
+            "layout": {
+                "table": {"kind": "gpt"},
+                "partitions": [
+                    {
+                        "partition": {"number": 1, "size": 512 * 2**20, "name": "EFI"},
+                        "fs": {"type": "fat32", "label": "ESP"},
+                    },
+                    {
+                        "partition": {"number": 2, "size": 60 * 2**30, "name": "root"},
+                        "fs": {"type": "ext4", "label": "root"},
+                    },
+                ],
+            },
+        }
+    ]
+}
+
+
+def _fleet(center: Center) -> int:
+    """A few hosts with a month of backups, for the pages to show something."""
+    now = center.clock()
+    with transaction(center.sessions) as session:
+        lab = Group(name="lab")
+        session.add(lab)
+        session.flush()
+        hosts = []
+        for i, name in enumerate(["web-1", "db-1", "build-1", "kiosk-1"]):
+            host = Host(
+                name=name,
+                group_id=lab.id,
+                public_key="k" * 43,
+                os="Debian 13",
+                agent_version="0.9",
+                enrolled=now - timedelta(days=40),
+                last_seen=now - timedelta(minutes=1 if i < 3 else 90),
+                inventory=INVENTORY,
+            )
+            session.add(host)
+            session.flush()
+            hosts.append(host)
+        session.add(
+            CentralPlan(
+                name="nightly",
+                group_id=lab.id,
+                updated_by="user:alice",
+                spec={"repo": "/srv/repo", "system": True, "schedule": "daily 02:00"},
+            )
+        )
+        for day in range(30):
+            for n, host in enumerate(hosts[:3]):
+                ended = now - timedelta(days=day, hours=n)
+                failed = host.name == "db-1" and day == 0
+                session.add(
+                    Run(
+                        host_id=host.id,
+                        agent_run_id=day,
+                        plan="center:nightly",
+                        kind="backup",
+                        trigger="schedule",
+                        status="failed" if failed else "ok",
+                        started=ended - timedelta(minutes=5 + (day * 7 + n * 3) % 20),
+                        ended=ended,
+                        received=ended,
+                        bytes_stored=(2 + (day * 13 + n * 5) % 9) * 2**28,
+                        error="repository unreachable" if failed else None,
+                    )
+                )
+        return hosts[0].id
+
+
+def _log_in(page: Watched, served: Served, name: str, password: str) -> None:
+    page.page.fill("input[name=name]", name)
+    page.page.fill("input[name=password]", password)
+    page.page.click("button[type=submit]")
+
+
+def test_log_in_and_visit_every_page(
+    center: Center, served: Served, browser_page: Watched, tmp_path: Path
+) -> None:
+    add_user(center, "alice", "admin")
+    host = _fleet(center)
+    page = browser_page.page
+    page.goto(served.url + "/hosts")
+    expect(page).to_have_url(re.compile(r"/login\?next=%2Fhosts$"))
+    _log_in(browser_page, served, "alice", "wrong")
+    expect(page.locator("#login-error")).to_have_text("Wrong name or password.")
+    browser_page.problems.clear()  # the 401 of the wrong password is logged as an error
+    _log_in(browser_page, served, "alice", "alice-password")
+    expect(page).to_have_url(served.url + "/hosts")  # back where it was going
+    expect(page.locator("#hosts-table")).to_contain_text("kiosk-1")
+    for label in NAV:
+        page.get_by_role("link", name=label, exact=True).click()
+        expect(page.locator("h1")).to_be_visible()
+        expect(page.get_by_role("link", name=label, exact=True)).to_have_attribute(
+            "aria-current", "page"
+        )
+    page.goto(served.url + "/")
+    expect(page.locator("#count-failing")).to_have_text("1")
+    expect(page.locator("#count-offline")).to_have_text("1")
+    page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+    page.goto(f"{served.url}/hosts/{host}")
+    expect(page.locator("h1")).to_contain_text("web-1")
+    expect(page.get_by_text("QEMU HARDDISK")).to_be_visible()
+    page.screenshot(path=str(tmp_path / "host.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    page.goto(served.url + "/")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing overflows
+    page.screenshot(path=str(tmp_path / "overview-phone.png"), full_page=True)
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(served.url + "/login")
+    assert browser_page.problems == []
+
+
+def test_the_login_limit_in_the_browser(
+    center: Center, served: Served, browser_page: Watched
+) -> None:
+    add_user(center, "alice", "admin")
+    page = browser_page.page
+    page.goto(served.url + "/login")
+    for _ in range(MAX_FAILURES):
+        _log_in(browser_page, served, "alice", "guess")
+        expect(page.locator("#login-error")).to_have_text("Wrong name or password.")
+    _log_in(browser_page, served, "alice", "alice-password")
+    expect(page.locator("#login-error")).to_contain_text("Too many failed logins for 'alice'")
+    expect(page).to_have_url(served.url + "/login")
+
+
+def test_create_a_plan_with_the_live_preview(
+    center: Center, served: Served, browser_page: Watched
+) -> None:
+    add_user(center, "alice", "admin")
+    _fleet(center)
+    page = browser_page.page
+    page.goto(served.url + "/plans/new")
+    _log_in(browser_page, served, "alice", "alice-password")
+    expect(page).to_have_url(served.url + "/plans/new")
+    page.fill("input[name=name]", "hourly-files")
+    page.select_option("select[name=target]", label="host web-1")
+    page.fill("input[name=repo]", "/srv/repo")
+    page.select_option("select[name=source]", "paths")
+    page.fill("textarea[name=sources]", "/etc\n/home")
+    page.fill("input[name=schedule]", "every 7")
+    expect(page.locator("#preview .error")).to_contain_text("schedule")
+    page.fill("input[name=schedule]", "every 6h")  # the preview follows the typing
+    runs = page.locator("#next-runs li")
+    expect(runs).to_have_count(5)
+    first = page.locator("#next-runs time").first.get_attribute("datetime")
+    assert first is not None
+    page.fill("input[name=window]", "22:00-23:00")
+    expect(page.locator("#next-runs time").first).to_contain_text("22:00")
+    page.get_by_role("button", name="Save plan").click()
+    expect(page).to_have_url(re.compile(r"/plans\?saved=\d+$"))
+    expect(page.locator("#plans-table")).to_contain_text("hourly-files")
+    with transaction(center.sessions) as session:
+        plan = session.scalars(select(CentralPlan).where(CentralPlan.name == "hourly-files")).one()
+    assert plan.spec["paths"] == ["/etc", "/home"]
+    assert plan.spec["window"] == "22:00-23:00"
+    assert browser_page.problems == []
+
+
+def test_live_updates_arrive_without_a_reload(
+    center: Center, served: Served, browser_page: Watched
+) -> None:
+    add_user(center, "alice", "admin")
+    host = _fleet(center)
+    page = browser_page.page
+    page.add_init_script(
+        "document.addEventListener('htmx:sseOpen', () => { window.sseOpen = true })"
+    )
+    page.goto(served.url + "/runs")
+    _log_in(browser_page, served, "alice", "alice-password")
+    expect(page.locator("#running")).to_contain_text("Nothing is running.")
+    page.wait_for_function("() => window.sseOpen === true")  # subscribed: events reach it
+    with transaction(center.sessions) as session:
+        session.add(
+            Run(
+                host_id=host,
+                agent_run_id=999,
+                plan="center:nightly",
+                kind="backup",
+                trigger="manual",
+                status="running",
+                started=center.clock(),
+                bytes_read=5 * 2**30,
+            )
+        )
+    center.bus.publish("run", id=999, host_id=host, state="running")
+    expect(page.locator("#running")).to_contain_text("5.0 GiB")
+    expect(page.locator("#running")).to_contain_text("web-1")
+    assert browser_page.problems == []
+
+
+def test_the_enrol_page_shows_the_command(
+    center: Center, served: Served, browser_page: Watched
+) -> None:
+    add_user(center, "alice", "admin")
+    page = browser_page.page
+    page.goto(served.url + "/enrol")
+    _log_in(browser_page, served, "alice", "alice-password")
+    page.fill("input[name=group]", "lab")
+    page.fill("input[name=uses]", "3")
+    page.get_by_role("button", name="Create enrolment token").click()
+    command = page.locator("#enrol-command").inner_text().split()
+    assert command[:4] == ["blockvault", "agent", "enrol", served.url]
+    fingerprint = command[command.index("--fingerprint") + 1]
+    der = subprocess.run(
+        ["openssl", "x509", "-in", str(served.cert), "-outform", "DER"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    digest = hashlib.sha256(der).digest()
+    assert fingerprint == "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+    assert browser_page.problems == []
