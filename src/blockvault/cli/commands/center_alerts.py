@@ -115,11 +115,25 @@ def register(center: click.Group) -> None:
     @alert.command("smtp")
     @click.argument("host", required=False)
     @click.option("--port", type=click.IntRange(1, 65535), help="Default: by --security.")
-    @click.option("--security", type=click.Choice(["starttls", "tls", "none"]), default="starttls")
+    @click.option(
+        "--security",
+        type=click.Choice(["starttls", "tls", "none"]),
+        default="starttls",
+        show_default=True,
+        help="STARTTLS on the submission port, TLS from the start, or none (no password then).",
+    )
     @click.option("--from", "sender", metavar="ADDRESS", help="The From address.")
     @click.option("--user", help="Log in as USER (with --password-file).")
-    @click.option("--password-file", type=click.Path(dir_okay=False, exists=True))
-    @click.option("--ca-file", type=click.Path(dir_okay=False, exists=True))
+    @click.option(
+        "--password-file",
+        type=click.Path(dir_okay=False, exists=True),
+        help="The SMTP password: the first line of this file, read at each sending.",
+    )
+    @click.option(
+        "--ca-file",
+        type=click.Path(dir_okay=False, exists=True),
+        help="Trust this CA for the server's certificate instead of the system's.",
+    )
     @click.option("--remove", is_flag=True, help="Forget the SMTP server: no mail goes out.")
     @state_option
     def smtp(state: Path, host: str | None, remove: bool, **options: Any) -> None:
@@ -140,7 +154,13 @@ def register(center: click.Group) -> None:
 
     @alert.command("list")
     @click.option("--open", "only_open", is_flag=True, help="Only the open alerts.")
-    @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+    @click.option(
+        "--limit",
+        type=click.IntRange(1, 1000),
+        default=50,
+        show_default=True,
+        help="Show at most this many.",
+    )
     @json_option
     @state_option
     def alert_list(state: Path, only_open: bool, limit: int, as_json: bool) -> None:
