@@ -4,12 +4,14 @@ agent API records them; the workers' rounds run with a stepped center clock."""
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import hashlib
 import hmac
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,6 +22,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -44,6 +47,7 @@ from blockvault.center.models import (
 )
 from blockvault_demo.servers import free_port
 from tests.center.conftest import add_user, api_token, log_in
+from tests.center.server import CenterServer
 from tests.conftest import blockvault
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -575,3 +579,39 @@ def test_a_restarted_center_gives_hosts_time_before_judging_them(
     # an alert already open stays open while a restarted center settles
     evaluate(center, clock())
     assert alerts(center)[0].closed is None
+
+
+def test_a_real_center_process_tells_a_revocation_once(
+    center_server: CenterServer, hook: Hook
+) -> None:
+    """The workers run inside ``blockvault center serve``: an agent enrolled through
+    the agent API and revoked through the API is told to a signed webhook, once."""
+    secret = "a-real-servers-hook-secret"
+    with center_server.client(center_server.api_token()) as http:
+        made = http.post(
+            "/api/v1/alert-targets", json={"name": "hook", "address": hook.url, "secret": secret}
+        )
+        assert made.status_code == 201, made.text
+        rule = {"event": "agent-revoked", "target": "hook"}
+        assert http.post("/api/v1/alert-rules", json=rule).status_code == 201
+        token = http.post("/api/v1/enrol-tokens", json={"uses": 1}).json()["token"]
+        key = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+        enrolled = http.post(
+            "/agent/v1/enrol",
+            json={"token": token, "name": "lab9", "public_key": base64.b64encode(key).decode()},
+        )
+        assert enrolled.status_code == 200, enrolled.text
+        host_id = enrolled.json()["host_id"]
+        assert http.post(f"/api/v1/hosts/{host_id}/revoke").status_code == 200
+        deadline = time.monotonic() + 90  # a watching round every 20 s, sending every 10 s
+        while not hook.bodies and time.monotonic() < deadline:
+            time.sleep(0.5)
+        [(headers, raw)] = hook.bodies
+        assert headers[SIGNATURE_HEADER] == (
+            "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+        )
+        body = json.loads(raw)
+        assert (body["event"], body["state"], body["host"]) == ("agent-revoked", "open", "lab9")
+        page = http.get("/api/v1/alerts", params={"state": "open"}).json()
+        assert [a["condition"] for a in page["alerts"]] == [f"agent-revoked:host{host_id}"]
+        assert page["alerts"][0]["notified"] is not None
