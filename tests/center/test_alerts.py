@@ -370,6 +370,13 @@ def test_failed_sending_is_retried_with_backoff_never_stormed(
         [row] = session.scalars(select(AlertDelivery))
         assert row.attempts == 3 and row.sent is not None and row.error is None
 
+    with transaction(center.sessions) as session:  # a disabled target hears nothing
+        [target] = session.scalars(select(AlertTarget))
+        target.enabled = False
+    report_run(center, web1, "ok")
+    evaluate(center)  # recovered: a message is queued for the target that heard "open"
+    assert deliver(center) == [] and len(hook.bodies) == 3
+
 
 def test_the_test_button(center: Center, client: TestClient, hook: Hook) -> None:
     add_user(center, "ada", "admin")

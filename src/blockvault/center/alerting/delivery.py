@@ -157,6 +157,7 @@ def deliver(center: Center) -> list[tuple[int, str | None]]:
             .join(Alert, Alert.id == AlertDelivery.alert_id)
             .join(AlertTarget, AlertTarget.id == AlertDelivery.target_id)
             .where(
+                AlertTarget.enabled.is_(True),  # a disabled target's messages wait
                 AlertDelivery.sent.is_(None),
                 AlertDelivery.attempts < ATTEMPTS,
                 AlertDelivery.next_try <= now,
