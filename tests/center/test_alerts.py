@@ -4,12 +4,14 @@ agent API records them; the workers' rounds run with a stepped center clock."""
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import hashlib
 import hmac
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,15 +22,18 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from blockvault.center.alerting.conditions import evaluate
-from blockvault.center.alerting.config import add_rule, add_target, change_settings
+from blockvault.center.alerting.config import add_rule, add_target, set_smtp
 from blockvault.center.alerting.delivery import SIGNATURE_HEADER, deliver
 from blockvault.center.auth import CSRF_HEADER
 from blockvault.center.context import Center
 from blockvault.center.db import transaction
+from blockvault.center.fleet import ReportedRun, record_runs
+from blockvault.center.link.plans import CENTRAL_PREFIX
 from blockvault.center.models import (
     Alert,
     AlertDelivery,
@@ -38,10 +43,11 @@ from blockvault.center.models import (
     Group,
     Host,
     Repository,
-    Run,
+    Setting,
 )
 from blockvault_demo.servers import free_port
 from tests.center.conftest import add_user, api_token, log_in
+from tests.center.server import CenterServer
 from tests.conftest import blockvault
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -84,9 +90,8 @@ def mailbox(center: Center) -> Iterator[Mailbox]:
     controller = Controller(box, hostname="127.0.0.1", port=port)
     controller.start()
     with transaction(center.sessions) as session:
-        change_settings(
-            session,
-            {"smtp": {"host": "127.0.0.1", "port": port, "security": "none", "from": "bv@c.test"}},
+        set_smtp(
+            session, {"host": "127.0.0.1", "port": port, "security": "none", "from": "bv@c.test"}
         )
     yield box
     controller.stop()
@@ -157,28 +162,25 @@ def report_run(
     kind: str = "backup",
     ended: datetime | None = None,
 ) -> None:
-    """A run as the agent API records it: the agent's times, the center's ``received``;
-    the host was heard from as it reported."""
+    """A heartbeat carrying one ended run, recorded as the agent API records it
+    (``fleet.record_runs``: the agent's times, the center's ``received``)."""
     now = center.clock()
     ended = ended if ended is not None else now
+    run = ReportedRun(
+        id=next(_run_ids),
+        plan=plan,
+        kind=kind,
+        trigger="schedule",
+        status=status,
+        started=ended - timedelta(minutes=5),
+        ended=ended,
+        error="disk /dev/sdb: read error at 4096" if status == "failed" else None,
+    )
     with transaction(center.sessions) as session:
-        session.add(
-            Run(
-                host_id=host_id,
-                agent_run_id=next(_run_ids),
-                plan=plan,
-                kind=kind,
-                trigger="schedule",
-                status=status,
-                started=ended - timedelta(minutes=5),
-                ended=ended,
-                error="disk /dev/sdb: read error at 4096" if status == "failed" else None,
-                received=now,
-            )
-        )
         host = session.get(Host, host_id)
         assert host is not None
         host.last_seen = now
+        record_runs(session, host, [run], now)
 
 
 def route(center: Center, event: str, name: str, address: str, **more: Any) -> None:
@@ -240,9 +242,9 @@ def test_webhook_gets_signed_json_only_for_its_group(
     lab = add_host(center, "lab7", "lab")
     add_host(center, "desk1", "office")
     route(center, "host-offline", "lab-hook", hook.url, secret=secret, group="lab")
-    rounds(center, clock, 3, minutes=10)
-    assert hook.bodies == []  # heard from 30 minutes ago: not offline yet
-    rounds(center, clock, 10, minutes=10)
+    rounds(center, clock, 15)
+    assert hook.bodies == []  # heard from 14 minutes ago: not offline yet
+    rounds(center, clock, 30)
     offline = [a for a in alerts(center) if a.event == "host-offline"]
     assert len(offline) == 2  # both hosts are offline; the rule routes the lab's only
     assert len(hook.bodies) == 1
@@ -277,30 +279,31 @@ def test_overdue_by_the_centers_clock(center: Center, clock: SteppedClock, hook:
                 updated_by="user:ada",
             )
         )
-    report_run(center, web1, "ok")
+    nightly = CENTRAL_PREFIX + "nightly"  # as agents name a central plan's runs
+    report_run(center, web1, "ok", nightly)
 
     def overdue() -> list[Alert]:
         return [a for a in alerts(center) if a.event == "host-overdue" and a.closed is None]
 
     clock.step(hours=29, minutes=50)  # a daily plan is overdue after 1.25 days: 30 h
     for _ in range(5):
-        report_run(center, web1, "failed")  # heard from, but no good backup
+        report_run(center, web1, "failed", nightly)  # heard from, but no good backup
         rounds(center, clock, 1)
     assert overdue() == []  # 29 h 54 min
     clock.step(minutes=10)
     rounds(center, clock, 20, minutes=30)
     [alert] = overdue()
-    assert alert.condition == f"host-overdue:host{web1}:nightly"
-    assert "overdue" in alert.message and "allowed 1d 6h" in alert.message
+    assert alert.condition == f"host-overdue:host{web1}:{nightly}"
+    assert "is overdue (last good backup: 1d 6h ago)" in alert.message
     assert len(hook.bodies) == 1
 
     # a late report of an old good run is no recovery: the backup is as old as it says
-    report_run(center, web1, "ok", ended=clock() - timedelta(days=2))
+    report_run(center, web1, "ok", nightly, ended=clock() - timedelta(days=2))
     rounds(center, clock, 3)
     assert len(overdue()) == 1
     # nor is a run that claims to end in the future: it counts from when it arrived
     # ... and that is now, so it is a recovery
-    report_run(center, web1, "ok", ended=clock() + timedelta(days=30))
+    report_run(center, web1, "ok", nightly, ended=clock() + timedelta(days=30))
     rounds(center, clock, 1)
     assert overdue() == []
     clock.step(hours=29)
@@ -311,7 +314,7 @@ def test_overdue_by_the_centers_clock(center: Center, clock: SteppedClock, hook:
     assert len(overdue()) == 1  # 31 h after arrival, whatever the agent's clock said
 
     with transaction(center.sessions) as session:
-        change_settings(session, {"overdue-factor": 2.0})
+        session.add(Setting(key="overdue_factor", value=2.0))  # the center's setting
     rounds(center, clock, 1)
     assert overdue() == []  # 2 periods are allowed now
 
@@ -367,13 +370,20 @@ def test_failed_sending_is_retried_with_backoff_never_stormed(
         [row] = session.scalars(select(AlertDelivery))
         assert row.attempts == 3 and row.sent is not None and row.error is None
 
+    with transaction(center.sessions) as session:  # a disabled target hears nothing
+        [target] = session.scalars(select(AlertTarget))
+        target.enabled = False
+    report_run(center, web1, "ok")
+    evaluate(center)  # recovered: a message is queued for the target that heard "open"
+    assert deliver(center) == [] and len(hook.bodies) == 3
+
 
 def test_the_test_button(center: Center, client: TestClient, hook: Hook) -> None:
     add_user(center, "ada", "admin")
     auth = {"Authorization": f"Bearer {api_token(center, 'ada', ['admin'])}"}
     dead = free_port()  # nothing listens here: the connection is refused
-    settings = {"smtp": {"host": "127.0.0.1", "port": dead, "security": "none", "from": "a@b.c"}}
-    assert client.patch("/api/v1/alert-settings", json=settings, headers=auth).status_code == 200
+    smtp = {"smtp": {"host": "127.0.0.1", "port": dead, "security": "none", "from": "a@b.c"}}
+    assert client.put("/api/v1/alert-smtp", json=smtp, headers=auth).json() == smtp
     made = client.post(
         "/api/v1/alert-targets", json={"name": "ops", "address": "mailto:o@x.org"}, headers=auth
     )
@@ -453,13 +463,21 @@ def test_api_targets_rules_and_alert_paging(
 def test_cli_targets_rules_and_the_test(
     center: Center, database_url: str, hook: Hook, tmp_path: Path
 ) -> None:
-    where = ["center", "alert", "--state", center.state, "--database", database_url]
+    (center.state / "center.toml").write_text(f'database = "{database_url}"\n')
+    state = ["--state", center.state]
     secret = tmp_path / "hook-secret"
     secret.write_text("a-long-enough-hook-secret\n")
-    done = blockvault(*where, "target", "add", "hook", hook.url, "--secret-file", secret)
+    done = blockvault(
+        "center", "alert", "target", "add", "hook", hook.url, "--secret-file", secret, *state
+    )
     assert done.returncode == 0, done.stderr
-    assert blockvault(*where, "rule", "add", "host-offline", "--target", "hook").returncode == 0
-    done = blockvault(*where, "target", "test", "hook")
+    assert (
+        blockvault(
+            "center", "alert", "rule", "add", "host-offline", "--target", "hook", *state
+        ).returncode
+        == 0
+    )
+    done = blockvault("center", "alert", "target", "test", "hook", *state)
     assert done.returncode == 0, done.stderr
     [(headers, raw)] = hook.bodies
     key = b"a-long-enough-hook-secret"
@@ -467,17 +485,22 @@ def test_cli_targets_rules_and_the_test(
 
     dead = free_port()
     smtp = ["smtp", "127.0.0.1", "--port", str(dead), "--security", "none", "--from", "a@b.cd"]
-    assert blockvault(*where, *smtp).returncode == 0
-    assert blockvault(*where, "target", "add", "ops", "mailto:ops@example.org").returncode == 0
-    done = blockvault(*where, "target", "test", "ops")
+    assert blockvault("center", "alert", *smtp, *state).returncode == 0
+    assert (
+        blockvault(
+            "center", "alert", "target", "add", "ops", "mailto:ops@example.org", *state
+        ).returncode
+        == 0
+    )
+    done = blockvault("center", "alert", "target", "test", "ops", *state)
     assert done.returncode == 1
     assert (
         done.stderr.count("\n") == 1 and "refused" in done.stderr and "Traceback" not in done.stderr
     )
-    done = blockvault(*where, "rule", "add", "run-failed", "--target", "nope")
+    done = blockvault("center", "alert", "rule", "add", "run-failed", "--target", "nope", *state)
     assert done.returncode == 2 and "no alert target 'nope'" in done.stderr
 
-    rules = json.loads(blockvault(*where, "rule", "list", "--json").stdout)
+    rules = json.loads(blockvault("center", "alert", "rule", "list", "--json", *state).stdout)
     assert rules == [
         {
             "id": rules[0]["id"],
@@ -487,7 +510,7 @@ def test_cli_targets_rules_and_the_test(
             "enabled": True,
         }
     ]
-    targets = json.loads(blockvault(*where, "target", "list", "--json").stdout)
+    targets = json.loads(blockvault("center", "alert", "target", "list", "--json", *state).stdout)
     assert [(t["name"], t["signed"]) for t in targets] == [("hook", True), ("ops", False)]
     with center.sessions() as session:
         actions = [a.action for a in session.scalars(select(Audit).order_by(Audit.id))]
@@ -495,7 +518,7 @@ def test_cli_targets_rules_and_the_test(
         "alert.target.create",
         "alert.rule.create",
         "alert.target.test",
-        "alert.settings",
+        "alert.smtp",
         "alert.target.create",
         "alert.target.test",
     ]
@@ -515,8 +538,7 @@ def test_pages_show_alerts_and_drive_targets_and_rules(
 
     dead = free_port()
     with transaction(center.sessions) as session:
-        smtp = {"host": "127.0.0.1", "port": dead, "security": "none", "from": "a@b.cd"}
-        change_settings(session, {"smtp": smtp})
+        set_smtp(session, {"host": "127.0.0.1", "port": dead, "security": "none", "from": "a@b.cd"})
     form = {"csrf_token": csrf, "name": "ops", "address": "mailto:ops@example.org"}
     made = client.post("/alerts/targets", data=form, follow_redirects=False)
     assert made.status_code == 303
@@ -550,12 +572,12 @@ def test_a_restarted_center_gives_hosts_time_before_judging_them(
     back = add_host(center, "back")
     clock.step(hours=5)  # the center was down: nobody could report
     started = clock()
-    for _ in range(6):
+    for _ in range(3):
         evaluate(center, started)
         clock.step(minutes=5)
     assert alerts(center) == []
     report_run(center, back, "ok")  # its agent reconnected and reported
-    clock.step(minutes=1)  # 31 minutes after the start: the limit has passed
+    clock.step(minutes=1)  # 16 minutes after the start: the offline limit has passed
     evaluate(center, started)
     deliver(center)
     [alert] = alerts(center)
@@ -564,3 +586,39 @@ def test_a_restarted_center_gives_hosts_time_before_judging_them(
     # an alert already open stays open while a restarted center settles
     evaluate(center, clock())
     assert alerts(center)[0].closed is None
+
+
+def test_a_real_center_process_tells_a_revocation_once(
+    center_server: CenterServer, hook: Hook
+) -> None:
+    """The workers run inside ``blockvault center serve``: an agent enrolled through
+    the agent API and revoked through the API is told to a signed webhook, once."""
+    secret = "a-real-servers-hook-secret"
+    with center_server.client(center_server.api_token()) as http:
+        made = http.post(
+            "/api/v1/alert-targets", json={"name": "hook", "address": hook.url, "secret": secret}
+        )
+        assert made.status_code == 201, made.text
+        rule = {"event": "agent-revoked", "target": "hook"}
+        assert http.post("/api/v1/alert-rules", json=rule).status_code == 201
+        token = http.post("/api/v1/enrol-tokens", json={"uses": 1}).json()["token"]
+        key = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+        enrolled = http.post(
+            "/agent/v1/enrol",
+            json={"token": token, "name": "lab9", "public_key": base64.b64encode(key).decode()},
+        )
+        assert enrolled.status_code == 200, enrolled.text
+        host_id = enrolled.json()["host_id"]
+        assert http.post(f"/api/v1/hosts/{host_id}/revoke").status_code == 200
+        deadline = time.monotonic() + 90  # a watching round every 20 s, sending every 10 s
+        while not hook.bodies and time.monotonic() < deadline:
+            time.sleep(0.5)
+        [(headers, raw)] = hook.bodies
+        assert headers[SIGNATURE_HEADER] == (
+            "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+        )
+        body = json.loads(raw)
+        assert (body["event"], body["state"], body["host"]) == ("agent-revoked", "open", "lab9")
+        page = http.get("/api/v1/alerts", params={"state": "open"}).json()
+        assert [a["condition"] for a in page["alerts"]] == [f"agent-revoked:host{host_id}"]
+        assert page["alerts"][0]["notified"] is not None

@@ -25,10 +25,10 @@ from sqlalchemy.orm import Session
 from blockvault.center.bus import Bus
 from blockvault.center.link.plans import CENTRAL_PREFIX
 from blockvault.center.models import CentralPlan, Group, Host, Run, Setting
+from blockvault.center.settings import get_setting
 from blockvault.errors import BlockvaultError, PlanError
 from blockvault.plans.model import RunKind, RunStatus, Trigger
 from blockvault.plans.schedule import parse_schedule
-from blockvault.plans.status import OVERDUE_FACTOR
 from blockvault.plans.store import plan_from_table
 
 __all__ = [
@@ -236,10 +236,11 @@ def host_statuses(session: Session, hosts: Sequence[Host], now: datetime) -> lis
         newest[host_id] = max(when, newest.get(host_id, when))
     groups = {g.id: g.name for g in session.scalars(select(Group))}
     silent = offline_after(session)
+    factor = get_setting(session, "overdue_factor")
     statuses = []
     for host in hosts:
         plans = _chosen(host, central)
-        overdue = tuple(sorted(_overdue_plans(host, plans, last_good, now)))
+        overdue = tuple(sorted(_overdue_plans(host, plans, last_good, now, factor)))
         statuses.append(
             HostStatus(
                 host=host,
@@ -295,6 +296,7 @@ def _overdue_plans(
     plans: Sequence[CentralPlan],
     last_good: dict[tuple[int, str], datetime],
     now: datetime,
+    factor: float,
 ) -> list[str]:
     if host.revoked is not None:
         return []
@@ -302,7 +304,7 @@ def _overdue_plans(
     for name, (period, since) in _periods(host, plans).items():
         good = last_good.get((host.id, name))
         reference = _utc(good) if good is not None else since
-        if now - reference > period * OVERDUE_FACTOR:
+        if now - reference > period * factor:
             late.append(name)
     return late
 

@@ -7,15 +7,15 @@ each target its rules route it to); an open alert whose condition is gone is clo
 rounds is one alert and one message, however often it is found.
 
 Every time compared is the center's (``Center.clock``, ``runs.received``,
-``hosts.last_seen``): an agent's clock may be wrong or forged. A run's claimed end is
-believed only where it makes a backup *older* (the last good backup is the earlier of
-the last good run's arrival and its claimed end), so neither a fast clock nor a late
-report hides an overdue host.
+``hosts.last_seen``): an agent's clock may be wrong or forged. Offline and overdue are
+decided by ``fleet.host_statuses``, the same code that shows a host's status on the
+dashboard and in the API (so an alert and the host list never disagree): a run's
+claimed end is believed only where it makes a backup *older*, so neither a fast clock
+nor a late report hides an overdue host.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,20 +25,19 @@ from typing import Final
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from blockvault.center.alerting.config import AlertSettings, EventKind, read_settings
+from blockvault.center.alerting.config import EventKind
 from blockvault.center.context import Center
+from blockvault.center.fleet import host_statuses, offline_after
 from blockvault.center.models import (
     Alert,
     AlertDelivery,
     AlertRule,
     AlertTarget,
-    CentralPlan,
     Host,
     Repository,
     Run,
 )
-from blockvault.errors import BlockvaultError
-from blockvault.plans.schedule import parse_schedule
+from blockvault.center.settings import get_setting
 from blockvault.text import shown
 
 __all__ = ["Finding", "evaluate", "findings"]
@@ -68,10 +67,9 @@ def evaluate(center: Center, awake_since: datetime | None = None) -> list[tuple[
     now = center.clock()
     changes: list[tuple[int, str, str]] = []
     with center.sessions() as session, session.begin():
-        settings = read_settings(session)
-        settling = awake_since is not None and now - awake_since < settings.offline_after
+        settling = awake_since is not None and now - awake_since < offline_after(session)
         unjudged = SETTLING_EVENTS if settling else frozenset()
-        found = {f.condition: f for f in findings(session, settings, now, unjudged)}
+        found = {f.condition: f for f in findings(session, now, unjudged)}
         open_alerts = {
             alert.condition: alert
             for alert in session.scalars(select(Alert).where(Alert.closed.is_(None)))
@@ -142,15 +140,12 @@ def _close(session: Session, alert: Alert, now: datetime) -> None:
 
 
 def findings(
-    session: Session,
-    settings: AlertSettings,
-    now: datetime,
-    unjudged: frozenset[EventKind] = frozenset(),
+    session: Session, now: datetime, unjudged: frozenset[EventKind] = frozenset()
 ) -> Iterator[Finding]:
     """Every condition that is wrong at ``now`` (of the events not in ``unjudged``)."""
-    hosts = {host.id: host for host in session.scalars(select(Host))}
-    live = {host_id: host for host_id, host in hosts.items() if host.revoked is None}
-    for host in hosts.values():
+    hosts = list(session.scalars(select(Host)))
+    live = {host.id: host for host in hosts if host.revoked is None}
+    for host in hosts:
         if host.revoked is not None:
             yield Finding(
                 f"agent-revoked:host{host.id}",
@@ -159,17 +154,25 @@ def findings(
                 f"{shown(host.name)}: its agent was revoked at {_when(host.revoked)}",
             )
     yield from _failed_runs(session, live)
-    if "host-overdue" not in unjudged:
-        yield from _overdue(session, settings, live, now)
-    for host in live.values() if "host-offline" not in unjudged else ():
-        seen = host.last_seen or host.enrolled
-        if now - seen > settings.offline_after:
+    for status in host_statuses(session, list(live.values()), now) if live else ():
+        host = status.host
+        if not status.online and "host-offline" not in unjudged:
+            heard = f"{_age(now - host.last_seen)} ago" if host.last_seen else "never"
             yield Finding(
                 f"host-offline:host{host.id}",
                 "host-offline",
                 host.id,
-                f"{shown(host.name)}: offline, last heard from {_age(now - seen)} ago",
+                f"{shown(host.name)}: offline, last heard from {heard}",
             )
+        for plan in status.overdue_plans if "host-overdue" not in unjudged else ():
+            done = f"{_age(now - status.last_good)} ago" if status.last_good else "never"
+            yield Finding(
+                f"host-overdue:host{host.id}:{plan}",
+                "host-overdue",
+                host.id,
+                f"{shown(host.name)}: plan {shown(plan)} is overdue (last good backup: {done})",
+            )
+    full = get_setting(session, "storage_full_ratio")
     for repo in session.scalars(select(Repository)):
         if repo.last_check_ok is False:
             yield Finding(
@@ -179,7 +182,7 @@ def findings(
                 f"repository {shown(repo.name)}: its last check found errors",
             )
         free, capacity = repo.free_bytes, repo.capacity_bytes
-        if free is not None and capacity and free * 100 < settings.storage_free_percent * capacity:
+        if free is not None and capacity and capacity - free > full * capacity:
             yield Finding(
                 f"storage-full:repo{repo.id}",
                 "storage-full",
@@ -222,63 +225,6 @@ def _failed_runs(session: Session, hosts: dict[int, Host]) -> Iterator[Finding]:
             host.id,
             f"{shown(host.name)}: plan {shown(run.plan)}: {what} failed: {shown(run.error or '?')}",
         )
-
-
-def _overdue(
-    session: Session, settings: AlertSettings, hosts: dict[int, Host], now: datetime
-) -> Iterator[Finding]:
-    """Central plans (of the host, or of its group) whose last good backup is older
-    than ``overdue_factor`` periods of the plan's schedule; a plan never run counts
-    from when the host enrolled or the plan last changed, whichever is later."""
-    good = {
-        (host_id, plan): min(received, claimed or received)
-        for host_id, plan, received, claimed in session.execute(
-            select(Run.host_id, Run.plan, func.max(Run.received), func.max(Run.ended))
-            .where(Run.status == "ok", Run.kind == "backup")
-            .group_by(Run.host_id, Run.plan)
-        )
-    }
-    plans = session.scalars(select(CentralPlan)).all()
-    for host in hosts.values():
-        for plan in plans:
-            if plan.host_id != host.id and (
-                plan.group_id is None or plan.group_id != host.group_id
-            ):
-                continue
-            if plan.host_id is None and plan.group_id is None:
-                continue
-            period = _period(plan.spec)
-            if period is None or plan.spec.get("enabled", True) is False:
-                continue
-            last = good.get((host.id, plan.name))
-            since = last if last is not None else max(host.enrolled, plan.updated)
-            allowed = period * settings.overdue_factor
-            if now - since > allowed:
-                done = f"last good backup {_age(now - last)} ago" if last else "never backed up"
-                yield Finding(
-                    f"host-overdue:host{host.id}:{plan.name}",
-                    "host-overdue",
-                    host.id,
-                    f"{shown(host.name)}: plan {shown(plan.name)} is overdue: {done} "
-                    f"(allowed {_age(allowed)})",
-                )
-
-
-def _period(spec: dict[str, object]) -> timedelta | None:
-    schedule, window = spec.get("schedule"), spec.get("window")
-    if not isinstance(schedule, str) or not (window is None or isinstance(window, str)):
-        return None
-    return _schedule_period(schedule, window)
-
-
-@functools.lru_cache(maxsize=1024)
-def _schedule_period(schedule: str, window: str | None) -> timedelta | None:
-    """A schedule's period (computing one walks a year of fire times: once per spec)."""
-    try:
-        return parse_schedule(schedule, window, UTC).period
-    except BlockvaultError:
-        _log.warning("alerts: central plan schedule %r cannot be read; not checked", schedule)
-        return None
 
 
 def _when(moment: datetime) -> str:

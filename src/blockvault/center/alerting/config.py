@@ -1,19 +1,16 @@
-"""Targets, rules and the alert settings: checked here once for the API, the pages and
+"""Targets, rules and the SMTP server: checked here once for the API, the pages and
 the CLI. Bad input is a ``UsageError`` that names the field and says what to give.
 
-The settings live in the ``settings`` table under ``alerts.*`` keys: ``alerts.smtp``
-is a table with the keys of a plans file's ``[smtp]`` (host, port, security, from,
-user, password-file, ca-file, timeout; checked by ``plans.notify.smtp_settings``),
-``alerts.overdue-factor`` (1.25: a plan is overdue when its last good backup is older
-than this many periods), ``alerts.offline-minutes`` (30) and
-``alerts.storage-free-percent`` (10).
+The SMTP server is the setting ``alerts.smtp``: a table with the keys of a plans
+file's ``[smtp]`` (host, port, security, from, user, password-file, ca-file, timeout),
+checked by ``plans.notify.smtp_settings``, the code that sends the agent's mail. The
+thresholds (``overdue_factor``, ``offline_after``, ``storage_full_ratio``) are the
+center's settings (``center/settings.py``), shared with the dashboard's view.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Final, Literal, get_args
 
 from sqlalchemy import select
@@ -25,13 +22,14 @@ from blockvault.plans.notify import SmtpSettings, parse_target, smtp_settings
 
 __all__ = [
     "EVENTS",
-    "AlertSettings",
+    "SMTP_KEY",
     "EventKind",
     "add_rule",
     "add_target",
-    "change_settings",
     "find_target",
-    "read_settings",
+    "set_smtp",
+    "smtp_of",
+    "smtp_shown",
 ]
 
 EventKind = Literal[
@@ -40,98 +38,35 @@ EventKind = Literal[
 EVENTS: Final[tuple[EventKind, ...]] = get_args(EventKind)
 SECRET_MAX: Final = 256  # characters of a webhook's HMAC key
 NAME_MAX: Final = 64
+SMTP_KEY: Final = "alerts.smtp"
 
 
-@dataclass(frozen=True)
-class AlertSettings:
-    smtp: SmtpSettings | None = None  # None: email targets cannot be sent to
-    overdue_factor: float = 1.25
-    offline_after: timedelta = timedelta(minutes=30)
-    storage_free_percent: float = 10.0
-
-    @property
-    def shown(self) -> dict[str, Any]:
-        """As the API shows them (the SMTP password stays in its file)."""
-        smtp = self.smtp
-        return {
-            "smtp": None
-            if smtp is None
-            else {
-                "host": smtp.host,
-                "port": smtp.port,
-                "security": smtp.security,
-                "from": smtp.sender,
-                "user": smtp.user,
-                "password-file": smtp.password_file,
-                "ca-file": smtp.ca_file,
-                "timeout": smtp.timeout,
-            },
-            "overdue-factor": self.overdue_factor,
-            "offline-minutes": self.offline_after.total_seconds() / 60,
-            "storage-free-percent": self.storage_free_percent,
-        }
+def smtp_of(session: Session) -> SmtpSettings | None:
+    """The center's SMTP server; None: none is set. ``UsageError`` when the stored
+    table no longer checks out (its CA file was removed)."""
+    row = session.get(Setting, SMTP_KEY)
+    return smtp_settings(row.value) if row is not None and isinstance(row.value, dict) else None
 
 
-_NUMBERS: Final[Mapping[str, tuple[float, float]]] = {  # key: (least, most)
-    "overdue-factor": (1.0, 100.0),
-    "offline-minutes": (1.0, 60.0 * 24 * 30),
-    "storage-free-percent": (0.0, 99.0),
-}
+def smtp_shown(session: Session) -> dict[str, Any] | None:
+    """The stored SMTP table as given (the password stays in its file)."""
+    row = session.get(Setting, SMTP_KEY)
+    return dict(row.value) if row is not None and isinstance(row.value, dict) else None
 
 
-def read_settings(session: Session) -> AlertSettings:
-    rows = session.scalars(select(Setting).where(Setting.key.startswith("alerts."))).all()
-    values = {row.key.removeprefix("alerts."): row.value for row in rows}
-    smtp = values.get("smtp")
-    defaults = AlertSettings()
-    return AlertSettings(
-        smtp=smtp_settings(smtp) if isinstance(smtp, dict) else None,
-        overdue_factor=float(values.get("overdue-factor", defaults.overdue_factor)),
-        offline_after=timedelta(
-            minutes=float(
-                values.get("offline-minutes", defaults.offline_after.total_seconds() / 60)
-            )
-        ),
-        storage_free_percent=float(
-            values.get("storage-free-percent", defaults.storage_free_percent)
-        ),
-    )
-
-
-def change_settings(session: Session, changes: Mapping[str, Any]) -> AlertSettings:
-    """Set the given settings (``smtp`` None removes the SMTP server); each is checked
-    before any is stored."""
-    checked: dict[str, Any] = {}
-    for key, value in changes.items():
-        if key == "smtp":
-            if value is not None:
-                if not isinstance(value, dict):
-                    raise UsageError("alert settings: smtp is a table (host, port, from...)")
-                smtp_settings(value)  # UsageError naming the key
-            checked[key] = value
-        elif key in _NUMBERS:
-            least, most = _NUMBERS[key]
-            if (
-                not isinstance(value, int | float)
-                or isinstance(value, bool)
-                or not least <= value <= most
-            ):
-                raise UsageError(f"alert settings: {key} is a number from {least:g} to {most:g}")
-            checked[key] = value
-        else:
-            known = ", ".join(["smtp", *_NUMBERS])
-            raise UsageError(f"alert settings: unknown setting {key!r}; known: {known}")
-    for key, value in checked.items():
-        row = session.get(Setting, f"alerts.{key}")
-        if value is None:
-            if row is not None:
-                session.delete(row)
-        elif row is None:
-            session.add(Setting(key=f"alerts.{key}", value=value))
-        else:
-            row.value = value
+def set_smtp(session: Session, table: Mapping[str, Any] | None) -> None:
+    """Set the SMTP server (checked first), or forget it (None: no mail goes out)."""
+    row = session.get(Setting, SMTP_KEY)
+    if table is None:
+        if row is not None:
+            session.delete(row)
+        return
+    smtp_settings(table)  # UsageError naming the key
+    if row is None:
+        session.add(Setting(key=SMTP_KEY, value=dict(table)))
+    else:
+        row.value = dict(table)
     session.flush()
-    return read_settings(session)
 
 
 def add_target(session: Session, name: str, address: str, secret: str | None = None) -> AlertTarget:

@@ -31,11 +31,11 @@ from typing import Any, Final
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from blockvault.center.alerting.config import AlertSettings, read_settings
+from blockvault.center.alerting.config import smtp_of
 from blockvault.center.context import Center
 from blockvault.center.models import Alert, AlertDelivery, AlertTarget, Group, Host
 from blockvault.errors import NotifyError, UsageError
-from blockvault.plans.notify import parse_target, post, send_mail
+from blockvault.plans.notify import SmtpSettings, parse_target, post, send_mail
 from blockvault.text import shown
 
 __all__ = [
@@ -107,18 +107,14 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def send(target: AlertTarget, message: Message, settings: AlertSettings) -> None:
-    """One try at telling ``target``; ``NotifyError`` (one line) when it failed."""
+def send(target: AlertTarget, message: Message, smtp: SmtpSettings | str) -> None:
+    """One try at telling ``target`` (mail through ``smtp``, or ``smtp`` says why mail
+    cannot be sent); ``NotifyError`` (one line) when it failed."""
     label = f"{target.name} ({target.address})"
     if target.kind == "email":
-        if settings.smtp is None:
-            raise NotifyError(
-                "no SMTP server is set: `blockvault center alert smtp HOST --from ADDRESS`",
-                target=label,
-            )
-        smtp = dataclasses.replace(
-            settings.smtp, timeout=min(settings.smtp.timeout, SMTP_TIMEOUT_MOST)
-        )
+        if isinstance(smtp, str):
+            raise NotifyError(smtp, target=label)
+        smtp = dataclasses.replace(smtp, timeout=min(smtp.timeout, SMTP_TIMEOUT_MOST))
         address = parse_target(target.address).address
         send_mail(smtp, message.mail(smtp.sender, address), label)
         return
@@ -141,12 +137,12 @@ def send_test(center: Center, target_id: int) -> None:
         target = session.get(AlertTarget, target_id)
         if target is None:
             raise UsageError(f"no alert target {target_id}")
-        settings = _settings(session)
+        smtp = _smtp(session)
         session.expunge(target)
     send(
         target,
         Message("test", "test", "a test message from the Backup Center", center.clock()),
-        settings,
+        smtp,
     )
 
 
@@ -155,12 +151,13 @@ def deliver(center: Center) -> list[tuple[int, str | None]]:
     now = center.clock()
     claimed: list[tuple[int, AlertTarget, Message]] = []
     with center.sessions() as session, session.begin():
-        settings = _settings(session)
+        smtp = _smtp(session)
         due = session.execute(
             select(AlertDelivery, Alert, AlertTarget)
             .join(Alert, Alert.id == AlertDelivery.alert_id)
             .join(AlertTarget, AlertTarget.id == AlertDelivery.target_id)
             .where(
+                AlertTarget.enabled.is_(True),  # a disabled target's messages wait
                 AlertDelivery.sent.is_(None),
                 AlertDelivery.attempts < ATTEMPTS,
                 AlertDelivery.next_try <= now,
@@ -182,7 +179,7 @@ def deliver(center: Center) -> list[tuple[int, str | None]]:
     for delivery_id, target, message in claimed:
         error: str | None = None
         try:
-            send(target, message, settings)
+            send(target, message, smtp)
         except NotifyError as exc:
             error = str(exc)
             _log.warning("alerts: %s", error)
@@ -206,14 +203,15 @@ def deliver(center: Center) -> list[tuple[int, str | None]]:
     return results
 
 
-def _settings(session: Session) -> AlertSettings:
-    """The alert settings; a stored SMTP table that no longer checks out (its CA
-    file gone) leaves mail unsendable and says so in the log, never stops webhooks."""
+def _smtp(session: Session) -> SmtpSettings | str:
+    """The center's SMTP server, or why mail cannot be sent (webhooks go on)."""
     try:
-        return read_settings(session)
+        smtp = smtp_of(session)
     except UsageError as exc:
-        _log.warning("alerts: the SMTP settings cannot be used: %s", exc)
-        return AlertSettings()
+        return f"the SMTP settings cannot be used: {exc}"
+    if smtp is None:
+        return "no SMTP server is set: `blockvault center alert smtp HOST --from ADDRESS`"
+    return smtp
 
 
 def _message(session: Session, alert: Alert, kind: str, now: datetime) -> Message:

@@ -21,8 +21,8 @@ from blockvault.center.alerting.config import (
     EventKind,
     add_rule,
     add_target,
-    change_settings,
-    read_settings,
+    set_smtp,
+    smtp_shown,
 )
 from blockvault.center.alerting.delivery import deliver, send_test
 from blockvault.center.auth import DB, Admin, Operator, Principal, Viewer, audit
@@ -86,6 +86,13 @@ class RuleOut(BaseModel):
     group: str | None
     target: str
     enabled: bool
+
+
+class SmtpOut(BaseModel):
+    smtp: dict[str, Any] | None = Field(
+        description="a plans file's [smtp] keys: host, port, security (starttls, tls, none), "
+        "from, user, password-file (a file on the center), ca-file, timeout; null: none"
+    )
 
 
 class AlertOut(BaseModel):
@@ -169,17 +176,16 @@ def install(app: FastAPI, center: Center) -> None:
         session.delete(rule)
         audit_change(session, center, who, request, "alert.rule.delete", str(rule_id), rule.event)
 
-    @router.get("/alert-settings", summary="SMTP server and alert thresholds")
-    def get_settings(who: Viewer, session: DB) -> dict[str, Any]:
-        return _checked(lambda: read_settings(session)).shown
+    @router.get("/alert-smtp", summary="The SMTP server alert mail goes through")
+    def get_smtp(who: Viewer, session: DB) -> SmtpOut:
+        return SmtpOut(smtp=smtp_shown(session))
 
-    @router.patch("/alert-settings", summary="Change the SMTP server or thresholds")
-    def patch_settings(
-        body: dict[str, Any], who: Admin, session: DB, request: Request
-    ) -> dict[str, Any]:
-        settings = _checked(lambda: change_settings(session, body))
-        audit_change(session, center, who, request, "alert.settings", None, sorted(body))
-        return settings.shown
+    @router.put("/alert-smtp", summary="Set the SMTP server (null: no mail goes out)")
+    def put_smtp(body: SmtpOut, who: Admin, session: DB, request: Request) -> SmtpOut:
+        _checked(lambda: set_smtp(session, body.smtp))
+        host = body.smtp.get("host") if body.smtp else None
+        audit_change(session, center, who, request, "alert.smtp", str(host), None)
+        return SmtpOut(smtp=smtp_shown(session))
 
     @router.get("/alerts", summary="Open and past alerts, newest first")
     def list_alerts(

@@ -1,46 +1,32 @@
 """``blockvault center alert``: alert targets, rules, the SMTP server and the alerts,
 on the center's own state (run it on the center's machine, as its user). Each change
-is audited as ``cli:USER``."""
+is audited as ``local:USER``."""
 
 from __future__ import annotations
 
 import getpass
-import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from sqlalchemy.orm import Session
 
 from blockvault.cli import render
 from blockvault.cli.commands import json_option
-from blockvault.errors import CenterStateError, UsageError
+from blockvault.cli.commands.center_core import state_option
+from blockvault.errors import UsageError
 
-STATE_DEFAULT = "/var/lib/blockvault/center"
+if TYPE_CHECKING:
+    from blockvault.center.context import Center
 
 
 def register(center: click.Group) -> None:
     @center.group()
-    @click.option(
-        "--state",
-        type=click.Path(file_okay=False, path_type=Path),
-        envvar="BLOCKVAULT_CENTER",
-        default=STATE_DEFAULT,
-        show_default=True,
-        help="The center's state directory (env BLOCKVAULT_CENTER).",
-    )
-    @click.option(
-        "--database",
-        metavar="URL",
-        help="The center's database, if not the one its center.toml names.",
-    )
-    @click.pass_context
-    def alert(ctx: click.Context, state: Path, database: str | None) -> None:
+    def alert() -> None:
         """Alerts: where they go (targets: mail or webhooks), which go where (rules),
         the SMTP server mail goes through, and the alerts themselves."""
-        ctx.obj = (state, database)
 
     @alert.group()
     def target() -> None:
@@ -55,26 +41,24 @@ def register(center: click.Group) -> None:
         help="Webhooks: sign each body with HMAC-SHA256 keyed by this file's first line "
         "(header X-Blockvault-Signature: sha256=HEX).",
     )
-    @click.pass_obj
-    def target_add(
-        where: tuple[Path, str | None], name: str, address: str, secret_file: Path | None
-    ) -> None:
+    @state_option
+    def target_add(state: Path, name: str, address: str, secret_file: Path | None) -> None:
         """Add target NAME at ADDRESS (mailto:ann@example.org or https://...)."""
         from blockvault.center.alerting.config import add_target
 
         secret = _first_line(secret_file) if secret_file is not None else None
-        with _session(where, "alert.target.create", name) as session:
+        with _session(state, "alert.target.create", name) as session:
             add_target(session, name, address, secret)
         click.echo(f"alert target {name} added; try it: blockvault center alert target test {name}")
 
     @target.command("list")
     @json_option
-    @click.pass_obj
-    def target_list(where: tuple[Path, str | None], as_json: bool) -> None:
+    @state_option
+    def target_list(state: Path, as_json: bool) -> None:
         """The targets, and the last failure of each (if its last message failed)."""
         from blockvault.center.api.alerts import targets_shown
 
-        with _session(where) as session:
+        with _session(state) as session:
             shown = [t.model_dump() for t in targets_shown(session)]
         if as_json:
             render.emit_json(shown)
@@ -84,15 +68,15 @@ def register(center: click.Group) -> None:
 
     @target.command("test")
     @click.argument("name")
-    @click.pass_obj
-    def target_test(where: tuple[Path, str | None], name: str) -> None:
+    @state_option
+    def target_test(state: Path, name: str) -> None:
         """Send a test message to target NAME now (exit 1 and the reason if it fails)."""
         from blockvault.center.alerting.config import find_target
         from blockvault.center.alerting.delivery import send_test
 
-        with _session(where, "alert.target.test", name) as session:
+        with _session(state, "alert.target.test", name) as session:
             target_id = find_target(session, name).id
-        with _opened(where) as center:
+        with _opened(state) as center:
             send_test(center, target_id)
         click.echo(f"test message sent to {name}")
 
@@ -104,25 +88,23 @@ def register(center: click.Group) -> None:
     @click.argument("event", type=click.Choice(_events()))
     @click.option("--target", "target_name", required=True, help="The target's name.")
     @click.option("--group", help="Only alerts of hosts in this group (default: all alerts).")
-    @click.pass_obj
-    def rule_add(
-        where: tuple[Path, str | None], event: str, target_name: str, group: str | None
-    ) -> None:
+    @state_option
+    def rule_add(state: Path, event: str, target_name: str, group: str | None) -> None:
         """Send alerts of kind EVENT to a target."""
         from blockvault.center.alerting.config import add_rule, find_target
 
-        with _session(where, "alert.rule.create", event) as session:
+        with _session(state, "alert.rule.create", event) as session:
             add_rule(session, event, find_target(session, target_name), group)
         click.echo(f"alerts {event}{f' of group {group}' if group else ''} go to {target_name}")
 
     @rule.command("list")
     @json_option
-    @click.pass_obj
-    def rule_list(where: tuple[Path, str | None], as_json: bool) -> None:
+    @state_option
+    def rule_list(state: Path, as_json: bool) -> None:
         """The rules."""
         from blockvault.center.api.alerts import rules_shown
 
-        with _session(where) as session:
+        with _session(state) as session:
             shown = [r.model_dump() for r in rules_shown(session)]
         if as_json:
             render.emit_json(shown)
@@ -133,18 +115,30 @@ def register(center: click.Group) -> None:
     @alert.command("smtp")
     @click.argument("host", required=False)
     @click.option("--port", type=click.IntRange(1, 65535), help="Default: by --security.")
-    @click.option("--security", type=click.Choice(["starttls", "tls", "none"]), default="starttls")
+    @click.option(
+        "--security",
+        type=click.Choice(["starttls", "tls", "none"]),
+        default="starttls",
+        show_default=True,
+        help="STARTTLS on the submission port, TLS from the start, or none (no password then).",
+    )
     @click.option("--from", "sender", metavar="ADDRESS", help="The From address.")
     @click.option("--user", help="Log in as USER (with --password-file).")
-    @click.option("--password-file", type=click.Path(dir_okay=False, exists=True))
-    @click.option("--ca-file", type=click.Path(dir_okay=False, exists=True))
+    @click.option(
+        "--password-file",
+        type=click.Path(dir_okay=False, exists=True),
+        help="The SMTP password: the first line of this file, read at each sending.",
+    )
+    @click.option(
+        "--ca-file",
+        type=click.Path(dir_okay=False, exists=True),
+        help="Trust this CA for the server's certificate instead of the system's.",
+    )
     @click.option("--remove", is_flag=True, help="Forget the SMTP server: no mail goes out.")
-    @click.pass_obj
-    def smtp(
-        where: tuple[Path, str | None], /, host: str | None, remove: bool, **options: Any
-    ) -> None:
+    @state_option
+    def smtp(state: Path, host: str | None, remove: bool, **options: Any) -> None:
         """Set the SMTP server that mail targets go through (HOST), or --remove it."""
-        from blockvault.center.alerting.config import change_settings
+        from blockvault.center.alerting.config import set_smtp
 
         if (host is None) != remove:
             raise UsageError("give the SMTP server's HOST, or --remove")
@@ -154,24 +148,28 @@ def register(center: click.Group) -> None:
             table = {"host": host} | {
                 names.get(key, key): value for key, value in options.items() if value is not None
             }
-        with _session(where, "alert.settings", "smtp") as session:
-            change_settings(session, {"smtp": table})
+        with _session(state, "alert.smtp", host) as session:
+            set_smtp(session, table)
         click.echo("SMTP server removed" if table is None else f"mail goes through {host}")
 
     @alert.command("list")
     @click.option("--open", "only_open", is_flag=True, help="Only the open alerts.")
-    @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+    @click.option(
+        "--limit",
+        type=click.IntRange(1, 1000),
+        default=50,
+        show_default=True,
+        help="Show at most this many.",
+    )
     @json_option
-    @click.pass_obj
-    def alert_list(
-        where: tuple[Path, str | None], only_open: bool, limit: int, as_json: bool
-    ) -> None:
+    @state_option
+    def alert_list(state: Path, only_open: bool, limit: int, as_json: bool) -> None:
         """The alerts, newest first."""
         from blockvault.center.api.alerts import alerts_seen
         from blockvault.center.auth import Principal
 
         everyone = Principal(0, "cli", "admin", None, "token")
-        with _session(where) as session:
+        with _session(state) as session:
             found = alerts_seen(session, everyone, "open" if only_open else "all", None, limit)
             shown = [a.model_dump() for a in found]
         if as_json:
@@ -193,22 +191,10 @@ def _first_line(path: Path) -> str:
 
 
 @contextmanager
-def _opened(where: tuple[Path, str | None]) -> Iterator[Any]:
-    """The center of the state directory (its database from ``--database``, else the
-    ``database`` of its center.toml, else SQLite in it); never creates one."""
-    from blockvault.center.context import open_center
+def _opened(state: Path) -> Iterator[Center]:
+    from blockvault.center.context import open_configured
 
-    state, database = where
-    if not (state / "secret.key").is_file():
-        raise CenterStateError(
-            "no center here: give --state (or BLOCKVAULT_CENTER), or run `blockvault center init`",
-            path=state,
-        )
-    if database is None and (state / "center.toml").is_file():
-        with (state / "center.toml").open("rb") as file:
-            found = tomllib.load(file).get("database")
-        database = found if isinstance(found, str) else None
-    center = open_center(state, database)
+    center = open_configured(state)
     try:
         yield center
     finally:
@@ -217,13 +203,13 @@ def _opened(where: tuple[Path, str | None]) -> Iterator[Any]:
 
 @contextmanager
 def _session(
-    where: tuple[Path, str | None], action: str | None = None, target: str | None = None
+    state: Path, action: str | None = None, target: str | None = None
 ) -> Iterator[Session]:
     """A transaction on the center's database; ``action``: audited as done by this
-    command's user."""
+    command's user (``local:USER``, as the other center commands do)."""
     from blockvault.center.auth import audit
 
-    with _opened(where) as center, center.sessions() as session, session.begin():
+    with _opened(state) as center, center.sessions() as session, session.begin():
         yield session
         if action is not None:
-            audit(session, f"cli:{getpass.getuser()}", action, target, at=center.clock())
+            audit(session, f"local:{getpass.getuser()}", action, target, at=center.clock())

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Created: 2026-12-03 19:26:13.442801
+Created: 2026-12-03 19:52:34.516280
 """
 
 from __future__ import annotations
