@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from blockvault.center.bus import Bus
 from blockvault.center.link.plans import CENTRAL_PREFIX
-from blockvault.center.models import CentralPlan, Group, Host, Run, Setting
+from blockvault.center.models import CentralPlan, Group, Host, Run
 from blockvault.center.settings import get_setting
 from blockvault.errors import BlockvaultError, PlanError
 from blockvault.plans.model import RunKind, RunStatus, Trigger
@@ -46,7 +46,6 @@ __all__ = [
     "record_runs",
 ]
 
-OFFLINE_DEFAULT: Final = timedelta(minutes=15)
 CHANGE_WINDOW: Final = timedelta(days=7)  # the good backups a change rate is taken over
 MAX_INVENTORY: Final = 512 * 1024  # bytes of one host's inventory, as JSON
 MAX_RUNS_PER_REPORT: Final = 100
@@ -72,12 +71,8 @@ class ReportedRun(BaseModel):
 
 def offline_after(session: Session) -> timedelta:
     """How long a host may stay silent and still show online (setting
-    ``offline_after_minutes``, as the dashboard's settings page writes it)."""
-    row = session.get(Setting, "offline_after_minutes")
-    minutes = row.value if row is not None else None
-    if isinstance(minutes, int) and not isinstance(minutes, bool) and minutes > 0:
-        return timedelta(minutes=minutes)
-    return OFFLINE_DEFAULT
+    ``offline_after``, seconds)."""
+    return timedelta(seconds=get_setting(session, "offline_after"))
 
 
 def central_spec(name: str, spec: dict[str, Any]) -> dict[str, Any]:
