@@ -242,13 +242,13 @@ def test_settings(center: Center, client: TestClient) -> None:
     admin = _bearer(api_token(center, "ada", ["admin"]))
     vera = _bearer(api_token(center, "vera", ["read"]))
     shown = client.get("/api/v1/settings", headers=vera).json()
-    assert shown["overdue_factor"]["value"] == 1.25 and shown["offline_after"]["value"] == 600
+    assert shown["overdue_factor"]["value"] == 1.25 and shown["offline_after"]["value"] == 900
     assert (
-        client.put("/api/v1/settings", json={"offline_after": 900}, headers=vera).status_code == 403
+        client.put("/api/v1/settings", json={"offline_after": 1200}, headers=vera).status_code == 403
     )
     # one bad value: nothing is stored
     bad = client.put(
-        "/api/v1/settings", json={"offline_after": 900, "overdue_factor": 99}, headers=admin
+        "/api/v1/settings", json={"offline_after": 1200, "overdue_factor": 99}, headers=admin
     )
     assert bad.status_code == 422 and "overdue_factor" in bad.json()["detail"]
     assert client.put("/api/v1/settings", json={"nope": 1}, headers=admin).status_code == 422
@@ -257,11 +257,11 @@ def test_settings(center: Center, client: TestClient) -> None:
         == 422
     )
     with center.sessions() as session:
-        assert get_setting(session, "offline_after") == 600
-    done = client.put("/api/v1/settings", json={"offline_after": 900}, headers=admin)
-    assert done.json()["offline_after"]["value"] == 900
-    with center.sessions() as session:
         assert get_setting(session, "offline_after") == 900
+    done = client.put("/api/v1/settings", json={"offline_after": 1200}, headers=admin)
+    assert done.json()["offline_after"]["value"] == 1200
+    with center.sessions() as session:
+        assert get_setting(session, "offline_after") == 1200
         assert get_setting(session, "overdue_factor") == 1.25
 
 

@@ -35,7 +35,7 @@ class SettingSpec:
 
 SETTINGS: Final[Mapping[str, SettingSpec]] = {
     "offline_after": SettingSpec(
-        600, 60, 7 * DAY, True, "seconds without a heartbeat after which a host is offline"
+        900, 60, 7 * DAY, True, "seconds without a heartbeat after which a host is offline"
     ),
     "overdue_factor": SettingSpec(
         1.25,
