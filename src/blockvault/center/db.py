@@ -65,20 +65,10 @@ def connect(url: str) -> tuple[Engine, sessionmaker[Session]]:
     engine = create_engine(url, pool_pre_ping=True, **args)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
     return engine, sessionmaker(engine, expire_on_commit=False)
 
 
-def _sqlite_begin(connection: Any) -> None:
-    """Take SQLite's write lock when a transaction begins: a deferred transaction that
-    read, then writes after another connection committed, fails at once with
-    "database is locked" instead of waiting (busy_timeout cannot help it).
-    Transactions here are short, so serialising them costs little."""
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
-    connection.isolation_level = None  # pysqlite's own BEGIN off: _sqlite_begin sends it
     cursor = connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer
