@@ -128,6 +128,10 @@ def browser_page(chromium: Browser) -> Iterator[Watched]:
     context = chromium.new_context(
         ignore_https_errors=True, viewport={"width": 1280, "height": 900}
     )
+    # window.sseOpen: the page's event stream is open, so events published now reach it
+    context.add_init_script(
+        "document.addEventListener('htmx:sseOpen', () => { window.sseOpen = true })"
+    )
     page = context.new_page()
     watched = Watched(page)
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
+import shlex
 import subprocess
 from datetime import timedelta
 from pathlib import Path
@@ -200,9 +202,6 @@ def test_live_updates_arrive_without_a_reload(
     add_user(center, "alice", "admin")
     host = _fleet(center)
     page = browser_page.page
-    page.add_init_script(
-        "document.addEventListener('htmx:sseOpen', () => { window.sseOpen = true })"
-    )
     page.goto(served.url + "/runs")
     _log_in(browser_page, served, "alice", "alice-password")
     expect(page.locator("#running")).to_contain_text("Nothing is running.")
@@ -226,8 +225,8 @@ def test_live_updates_arrive_without_a_reload(
     assert browser_page.problems == []
 
 
-def test_the_enrol_page_shows_the_command(
-    center: Center, served: Served, browser_page: Watched
+def test_enrol_a_real_agent_with_the_command_shown(
+    center: Center, served: Served, browser_page: Watched, tmp_path: Path
 ) -> None:
     add_user(center, "alice", "admin")
     page = browser_page.page
@@ -236,14 +235,45 @@ def test_the_enrol_page_shows_the_command(
     page.fill("input[name=group]", "lab")
     page.fill("input[name=uses]", "3")
     page.get_by_role("button", name="Create enrolment token").click()
-    command = page.locator("#enrol-command").inner_text().split()
+    command = shlex.split(page.locator("#enrol-command").inner_text())
     assert command[:4] == ["blockvault", "agent", "enrol", served.url]
     fingerprint = command[command.index("--fingerprint") + 1]
     der = subprocess.run(
         ["openssl", "x509", "-in", str(served.cert), "-outform", "DER"],
         check=True,
         capture_output=True,
-    ).stdout
-    digest = hashlib.sha256(der).digest()
-    assert fingerprint == "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+    ).stdout  # the fingerprint reckoned by another tool
+    assert fingerprint == "SHA256:" + base64.b64encode(
+        hashlib.sha256(der).digest()
+    ).decode().rstrip("=")
+    page.goto(served.url + "/hosts")
+    page.wait_for_function("() => window.sseOpen === true")
+    env = {**os.environ, "BLOCKVAULT_PLANS": str(tmp_path / "plans.toml")}
+    enrolled = subprocess.run(
+        [*command, "--name", "lab-7"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert enrolled.returncode == 0, enrolled.stderr
+    row = page.locator("#hosts-table tr", has_text="lab-7")
+    expect(row).to_contain_text("lab")  # arrived live, in the token's group
+    agent = subprocess.Popen(
+        [
+            "blockvault",
+            "agent",
+            "--jitter",
+            "0",
+            "--startup-delay",
+            "0",
+            "--log-file",
+            str(tmp_path / "agent.log"),
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        expect(row.locator(".badge")).to_have_text("ok", timeout=60_000)  # its heartbeat
+    finally:
+        agent.terminate()
+        agent.wait(30)
     assert browser_page.problems == []
