@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import subprocess
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,13 +22,15 @@ from blockvault.center.context import Center
 from blockvault.center.db import transaction
 from blockvault.center.models import CentralPlan, Group, Host, Run
 from blockvault.center.web.login import MAX_FAILURES
-from tests.center import browser
+from tests.center import browser, test_alerts
 from tests.center.browser import Served, Watched
 from tests.center.conftest import add_user
+from tests.center.test_alerts import Mailbox
 
 served = browser.served  # the fixtures
 chromium = browser.chromium
 browser_page = browser.browser_page
+mailbox = test_alerts.mailbox  # a real SMTP server on loopback
 
 NAV = ["Overview", "Hosts", "Plans", "Runs", "Users", "Audit", "Settings"]
 INVENTORY = {
@@ -276,4 +279,53 @@ def test_enrol_a_real_agent_with_the_command_shown(
     finally:
         agent.terminate()
         agent.wait(30)
+    assert browser_page.problems == []
+
+
+def test_an_alert_arrives_at_a_real_smtp_server(
+    center: Center, served: Served, browser_page: Watched, mailbox: Mailbox
+) -> None:
+    add_user(center, "alice", "admin")
+    host = _fleet(center)
+    page = browser_page.page
+    page.goto(served.url + "/alerts/targets")
+    _log_in(browser_page, served, "alice", "alice-password")
+    page.fill("input[name=name]", "ops")
+    page.fill("input[name=address]", "mailto:ops@example.org")
+    page.get_by_role("button", name="Add").click()
+    page.locator("#main tr", has_text="ops").get_by_role("button", name="Send a test").click()
+    expect(page.locator("output")).not_to_be_empty()
+    assert [m["To"] for m in mailbox.messages] == ["ops@example.org"]  # the test button's
+    page.goto(served.url + "/alerts/rules")
+    page.select_option("select[name=event]", "run-failed")
+    page.select_option("select[name=target]", "ops")
+    page.get_by_role("button", name="Add").click()
+    page.goto(served.url + "/alerts")
+    page.wait_for_function("() => window.sseOpen === true")
+    with transaction(center.sessions) as session:
+        session.add(
+            Run(
+                host_id=host,
+                agent_run_id=1000,
+                plan="center:nightly",
+                kind="backup",
+                trigger="schedule",
+                status="failed",
+                started=center.clock(),
+                ended=center.clock(),
+                error="disk on fire",
+            )
+        )
+    for worker in center.workers:  # a round now, not at the next tick
+        if worker.name.startswith("alerts-"):
+            worker.wake()
+    expect(page.locator("#open-alerts")).to_contain_text("web-1", timeout=30_000)
+    deadline = time.monotonic() + 30
+    while len(mailbox.messages) < 2 and time.monotonic() < deadline:
+        for worker in center.workers:
+            if worker.name == "alerts-deliver":
+                worker.wake()
+        time.sleep(0.5)
+    alert = mailbox.messages[1]
+    assert alert["To"] == "ops@example.org" and "web-1" in str(alert["Subject"])
     assert browser_page.problems == []
