@@ -12,25 +12,34 @@ import re
 import shlex
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
 
+import blockvault
 from blockvault.center.context import Center
 from blockvault.center.db import transaction
 from blockvault.center.models import CentralPlan, Group, Host, Run
 from blockvault.center.web.login import MAX_FAILURES
-from tests.center import browser, test_alerts
+from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk
+from tests.center import browser, test_agents_e2e, test_alerts
 from tests.center.browser import Served, Watched
 from tests.center.conftest import add_user
+from tests.center.test_agents_e2e import Agent
 from tests.center.test_alerts import Mailbox
+from tests.conftest import needs_root
 
 served = browser.served  # the fixtures
 chromium = browser.chromium
 browser_page = browser.browser_page
 mailbox = test_alerts.mailbox  # a real SMTP server on loopback
+agents = test_agents_e2e.agents  # real agent processes, killed at the end
+MiB = 1 << 20
 
 NAV = ["Overview", "Hosts", "Plans", "Runs", "Users", "Audit", "Settings"]
 INVENTORY = {
@@ -328,4 +337,67 @@ def test_an_alert_arrives_at_a_real_smtp_server(
         time.sleep(0.5)
     alert = mailbox.messages[1]
     assert alert["To"] == "ops@example.org" and "web-1" in str(alert["Subject"])
+    assert browser_page.problems == []
+
+
+@pytest.mark.root
+@needs_root
+def test_a_plan_runs_live_and_a_file_is_restored(
+    center: Center,
+    served: Served,
+    browser_page: Watched,
+    tmp_path: Path,
+    loop: Callable[..., str],
+    agents: Callable[[str], Agent],
+) -> None:
+    """A real agent on a loop disk built by sfdisk + mkfs.ext4: a plan made in the
+    editor, the host turning ok and its run arriving live, a file restored from the
+    Snapshots page (a job whose page follows it live)."""
+    center.config = replace(center.config, heartbeat_interval=1)
+    content = tmp_path / "content"
+    content.mkdir()
+    (content / "report.txt").write_bytes(b"quarterly figures\n" * 1000)
+    spec = DiskSpec("gpt", 16 * MiB, [PartitionSpec("ext4", 0, "data", content)])
+    disk = loop(build_disk(spec, tmp_path / "disk.img").path)
+    repo = blockvault.Repository.init(str(tmp_path / "repo"), chunk_size=64 * 1024)
+    add_user(center, "alice", "admin")
+    page = browser_page.page
+    page.goto(served.url + "/enrol")
+    _log_in(browser_page, served, "alice", "alice-password")
+    page.fill("input[name=group]", "lab")
+    page.get_by_role("button", name="Create enrolment token").click()
+    command = shlex.split(page.locator("#enrol-command").inner_text())
+    agent = agents("pc1")
+    token = command[command.index("--token") + 1]
+    fingerprint = command[command.index("--fingerprint") + 1]
+    enrolled = agent.enrol(served, token, fingerprint)  # type: ignore[arg-type]
+    assert enrolled.returncode == 0, enrolled.stderr
+    page.goto(served.url + "/plans/new")
+    page.fill("input[name=name]", "nightly")
+    page.select_option("select[name=target]", label="group lab")
+    page.fill("input[name=repo]", repo.location)
+    page.fill("textarea[name=sources]", disk)
+    page.fill("input[name=schedule]", "every 5s")
+    page.get_by_role("button", name="Save plan").click()
+    expect(page).to_have_url(re.compile(r"/plans\?saved=\d+$"))
+    agent.start()
+    page.goto(served.url + "/hosts")
+    page.get_by_role("link", name="pc1").click()
+    expect(page.locator("h1 .badge")).to_have_text("ok", timeout=60_000)
+    page.get_by_role("link", name="Runs", exact=True).click()
+    history = page.locator("#runs-table")
+    # the agent runs the plan on its schedule and reports at its next heartbeat: the
+    # page shows it without a reload
+    expect(history).to_contain_text("center:nightly", timeout=90_000)
+    expect(history.locator(".badge").first).to_have_text("ok", timeout=30_000)
+    page.get_by_role("link", name="Snapshots", exact=True).click()
+    restore = page.locator("form", has=page.get_by_role("button", name="Restore files"))
+    restore.locator("input[name=host]").fill("pc1")
+    restore.locator("input[name=repo]").fill(repo.location)
+    restore.locator("input[name=path]").fill("1/report.txt")
+    restore.locator("input[name=destination]").fill(str(tmp_path / "restored"))
+    restore.get_by_role("button", name="Restore files").click()
+    expect(page.locator("#main")).to_contain_text("done", timeout=120_000)
+    restored = tmp_path / "restored" / "report.txt"
+    assert restored.read_bytes() == (content / "report.txt").read_bytes()
     assert browser_page.problems == []
