@@ -41,7 +41,20 @@ mailbox = test_alerts.mailbox  # a real SMTP server on loopback
 agents = test_agents_e2e.agents  # real agent processes, killed at the end
 MiB = 1 << 20
 
-NAV = ["Overview", "Hosts", "Plans", "Runs", "Users", "Audit", "Settings"]
+NAV = [
+    "Overview",
+    "Hosts",
+    "Plans",
+    "Runs",
+    "Jobs",
+    "Snapshots",
+    "Repositories",
+    "Deployments",
+    "Alerts",
+    "Users",
+    "Audit",
+    "Settings",
+]
 INVENTORY = {
     "disks": [
         {
@@ -138,10 +151,11 @@ def test_log_in_and_visit_every_page(
     _log_in(browser_page, served, "alice", "alice-password")
     expect(page).to_have_url(served.url + "/hosts")  # back where it was going
     expect(page.locator("#hosts-table")).to_contain_text("kiosk-1")
+    nav = page.get_by_role("navigation", name="Main")
     for label in NAV:
-        page.get_by_role("link", name=label, exact=True).click()
+        nav.get_by_role("link", name=label, exact=True).click()
         expect(page.locator("h1")).to_be_visible()
-        expect(page.get_by_role("link", name=label, exact=True)).to_have_attribute(
+        expect(nav.get_by_role("link", name=label, exact=True)).to_have_attribute(
             "aria-current", "page"
         )
     page.goto(served.url + "/")
