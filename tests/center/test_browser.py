@@ -158,6 +158,7 @@ def test_log_in_and_visit_every_page(
         expect(nav.get_by_role("link", name=label, exact=True)).to_have_attribute(
             "aria-current", "page"
         )
+        page.screenshot(path=str(tmp_path / f"{label.lower()}.png"), full_page=True)
     page.goto(served.url + "/")
     expect(page.locator("#count-failing")).to_have_text("1")
     expect(page.locator("#count-offline")).to_have_text("1")
