@@ -128,6 +128,10 @@ def browser_page(chromium: Browser) -> Iterator[Watched]:
     context = chromium.new_context(
         ignore_https_errors=True, viewport={"width": 1280, "height": 900}
     )
+    # window.sseOpen: the page's event stream is open, so events published now reach it
+    context.add_init_script(
+        "document.addEventListener('htmx:sseOpen', () => { window.sseOpen = true })"
+    )
     page = context.new_page()
     watched = Watched(page)
 
@@ -137,14 +141,12 @@ def browser_page(chromium: Browser) -> Iterator[Watched]:
 
     page.on("console", on_console)
     page.on("pageerror", lambda error: watched.problems.append(f"page error: {error}"))
-    page.on(
-        "requestfailed",
-        lambda request: (
-            watched.problems.append(f"request failed: {request.url}")
-            if "/events" not in request.url  # the live stream is cut when a page is left
-            else None
-        ),
-    )
+
+    def on_failed(request: Any) -> None:
+        if request.failure != "net::ERR_ABORTED":  # leaving a page cuts what it loads
+            watched.problems.append(f"request failed: {request.url} ({request.failure})")
+
+    page.on("requestfailed", on_failed)
     try:
         yield watched
     finally:

@@ -7,27 +7,54 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
+import shlex
 import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
 
+import blockvault
 from blockvault.center.context import Center
 from blockvault.center.db import transaction
 from blockvault.center.models import CentralPlan, Group, Host, Run
 from blockvault.center.web.login import MAX_FAILURES
-from tests.center import browser
+from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk
+from tests.center import browser, test_agents_e2e, test_alerts
 from tests.center.browser import Served, Watched
 from tests.center.conftest import add_user
+from tests.center.test_agents_e2e import Agent
+from tests.center.test_alerts import Mailbox
+from tests.conftest import needs_root
 
 served = browser.served  # the fixtures
 chromium = browser.chromium
 browser_page = browser.browser_page
+mailbox = test_alerts.mailbox  # a real SMTP server on loopback
+agents = test_agents_e2e.agents  # real agent processes, killed at the end
+MiB = 1 << 20
 
-NAV = ["Overview", "Hosts", "Plans", "Runs", "Users", "Audit", "Settings"]
+NAV = [
+    "Overview",
+    "Hosts",
+    "Plans",
+    "Runs",
+    "Jobs",
+    "Snapshots",
+    "Repositories",
+    "Deployments",
+    "Alerts",
+    "Users",
+    "Audit",
+    "Settings",
+]
 INVENTORY = {
     "disks": [
         {
@@ -124,12 +151,14 @@ def test_log_in_and_visit_every_page(
     _log_in(browser_page, served, "alice", "alice-password")
     expect(page).to_have_url(served.url + "/hosts")  # back where it was going
     expect(page.locator("#hosts-table")).to_contain_text("kiosk-1")
+    nav = page.get_by_role("navigation", name="Main")
     for label in NAV:
-        page.get_by_role("link", name=label, exact=True).click()
+        nav.get_by_role("link", name=label, exact=True).click()
         expect(page.locator("h1")).to_be_visible()
-        expect(page.get_by_role("link", name=label, exact=True)).to_have_attribute(
+        expect(nav.get_by_role("link", name=label, exact=True)).to_have_attribute(
             "aria-current", "page"
         )
+        page.screenshot(path=str(tmp_path / f"{label.lower()}.png"), full_page=True)
     page.goto(served.url + "/")
     expect(page.locator("#count-failing")).to_have_text("1")
     expect(page.locator("#count-offline")).to_have_text("1")
@@ -200,9 +229,6 @@ def test_live_updates_arrive_without_a_reload(
     add_user(center, "alice", "admin")
     host = _fleet(center)
     page = browser_page.page
-    page.add_init_script(
-        "document.addEventListener('htmx:sseOpen', () => { window.sseOpen = true })"
-    )
     page.goto(served.url + "/runs")
     _log_in(browser_page, served, "alice", "alice-password")
     expect(page.locator("#running")).to_contain_text("Nothing is running.")
@@ -226,8 +252,8 @@ def test_live_updates_arrive_without_a_reload(
     assert browser_page.problems == []
 
 
-def test_the_enrol_page_shows_the_command(
-    center: Center, served: Served, browser_page: Watched
+def test_enrol_a_real_agent_with_the_command_shown(
+    center: Center, served: Served, browser_page: Watched, tmp_path: Path
 ) -> None:
     add_user(center, "alice", "admin")
     page = browser_page.page
@@ -236,14 +262,157 @@ def test_the_enrol_page_shows_the_command(
     page.fill("input[name=group]", "lab")
     page.fill("input[name=uses]", "3")
     page.get_by_role("button", name="Create enrolment token").click()
-    command = page.locator("#enrol-command").inner_text().split()
+    command = shlex.split(page.locator("#enrol-command").inner_text())
     assert command[:4] == ["blockvault", "agent", "enrol", served.url]
     fingerprint = command[command.index("--fingerprint") + 1]
     der = subprocess.run(
         ["openssl", "x509", "-in", str(served.cert), "-outform", "DER"],
         check=True,
         capture_output=True,
-    ).stdout
-    digest = hashlib.sha256(der).digest()
-    assert fingerprint == "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+    ).stdout  # the fingerprint reckoned by another tool
+    assert fingerprint == "SHA256:" + base64.b64encode(
+        hashlib.sha256(der).digest()
+    ).decode().rstrip("=")
+    page.goto(served.url + "/hosts")
+    page.wait_for_function("() => window.sseOpen === true")
+    env = {**os.environ, "BLOCKVAULT_PLANS": str(tmp_path / "plans.toml")}
+    enrolled = subprocess.run(
+        [*command, "--name", "lab-7"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert enrolled.returncode == 0, enrolled.stderr
+    row = page.locator("#hosts-table tr", has_text="lab-7")
+    expect(row).to_contain_text("lab")  # arrived live, in the token's group
+    agent = subprocess.Popen(
+        [
+            "blockvault",
+            "agent",
+            "--jitter",
+            "0",
+            "--startup-delay",
+            "0",
+            "--log-file",
+            str(tmp_path / "agent.log"),
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        expect(row.locator(".badge")).to_have_text("ok", timeout=60_000)  # its heartbeat
+    finally:
+        agent.terminate()
+        agent.wait(30)
+    assert browser_page.problems == []
+
+
+def test_an_alert_arrives_at_a_real_smtp_server(
+    center: Center, served: Served, browser_page: Watched, mailbox: Mailbox
+) -> None:
+    add_user(center, "alice", "admin")
+    host = _fleet(center)
+    page = browser_page.page
+    page.goto(served.url + "/alerts/targets")
+    _log_in(browser_page, served, "alice", "alice-password")
+    page.fill("input[name=name]", "ops")
+    page.fill("input[name=address]", "mailto:ops@example.org")
+    page.get_by_role("button", name="Add").click()
+    page.locator("#main tr", has_text="ops").get_by_role("button", name="Send a test").click()
+    expect(page.locator("output")).not_to_be_empty()
+    assert [m["To"] for m in mailbox.messages] == ["ops@example.org"]  # the test button's
+    page.goto(served.url + "/alerts/rules")
+    page.select_option("select[name=event]", "run-failed")
+    page.select_option("select[name=target]", "ops")
+    page.get_by_role("button", name="Add").click()
+    page.goto(served.url + "/alerts")
+    page.wait_for_function("() => window.sseOpen === true")
+    with transaction(center.sessions) as session:
+        session.add(
+            Run(
+                host_id=host,
+                agent_run_id=1000,
+                plan="center:nightly",
+                kind="backup",
+                trigger="schedule",
+                status="failed",
+                started=center.clock(),
+                ended=center.clock(),
+                error="disk on fire",
+            )
+        )
+    for worker in center.workers:  # a round now, not at the next tick
+        if worker.name.startswith("alerts-"):
+            worker.wake()
+    expect(page.locator("#open-alerts")).to_contain_text("web-1", timeout=30_000)
+    deadline = time.monotonic() + 30
+    while len(mailbox.messages) < 2 and time.monotonic() < deadline:
+        for worker in center.workers:
+            if worker.name == "alerts-deliver":
+                worker.wake()
+        time.sleep(0.5)
+    alert = mailbox.messages[1]
+    assert alert["To"] == "ops@example.org" and "web-1" in str(alert["Subject"])
+    assert browser_page.problems == []
+
+
+@pytest.mark.root
+@needs_root
+def test_a_plan_runs_live_and_a_file_is_restored(
+    center: Center,
+    served: Served,
+    browser_page: Watched,
+    tmp_path: Path,
+    loop: Callable[..., str],
+    agents: Callable[[str], Agent],
+) -> None:
+    """A real agent on a loop disk built by sfdisk + mkfs.ext4: a plan made in the
+    editor, the host turning ok and its run arriving live, a file restored from the
+    Snapshots page (a job whose page follows it live)."""
+    center.config = replace(center.config, heartbeat_interval=1)
+    content = tmp_path / "content"
+    content.mkdir()
+    (content / "report.txt").write_bytes(b"quarterly figures\n" * 1000)
+    spec = DiskSpec("gpt", 16 * MiB, [PartitionSpec("ext4", 0, "data", content)])
+    disk = loop(build_disk(spec, tmp_path / "disk.img").path)
+    repo = blockvault.Repository.init(str(tmp_path / "repo"), chunk_size=64 * 1024)
+    add_user(center, "alice", "admin")
+    page = browser_page.page
+    page.goto(served.url + "/enrol")
+    _log_in(browser_page, served, "alice", "alice-password")
+    page.fill("input[name=group]", "lab")
+    page.get_by_role("button", name="Create enrolment token").click()
+    command = shlex.split(page.locator("#enrol-command").inner_text())
+    agent = agents("pc1")
+    token = command[command.index("--token") + 1]
+    fingerprint = command[command.index("--fingerprint") + 1]
+    enrolled = agent.enrol(served, token, fingerprint)  # type: ignore[arg-type]
+    assert enrolled.returncode == 0, enrolled.stderr
+    page.goto(served.url + "/plans/new")
+    page.fill("input[name=name]", "nightly")
+    page.select_option("select[name=target]", label="group lab")
+    page.fill("input[name=repo]", repo.location)
+    page.fill("textarea[name=sources]", disk)
+    page.fill("input[name=schedule]", "every 5s")
+    page.get_by_role("button", name="Save plan").click()
+    expect(page).to_have_url(re.compile(r"/plans\?saved=\d+$"))
+    agent.start()
+    page.goto(served.url + "/hosts")
+    page.get_by_role("link", name="pc1").click()
+    expect(page.locator("h1 .badge")).to_have_text("ok", timeout=60_000)
+    page.get_by_role("link", name="Runs", exact=True).click()
+    history = page.locator("#runs-table")
+    # the agent runs the plan on its schedule and reports at its next heartbeat: the
+    # page shows it without a reload
+    expect(history).to_contain_text("center:nightly", timeout=90_000)
+    expect(history.locator(".badge").first).to_have_text("ok", timeout=30_000)
+    page.get_by_role("link", name="Snapshots", exact=True).click()
+    restore = page.locator("form", has=page.get_by_role("button", name="Restore files"))
+    restore.locator("input[name=host]").fill("pc1")
+    restore.locator("input[name=repo]").fill(repo.location)
+    restore.locator("input[name=path]").fill("1/report.txt")
+    restore.locator("input[name=destination]").fill(str(tmp_path / "restored"))
+    restore.get_by_role("button", name="Restore files").click()
+    expect(page.locator("#main")).to_contain_text("done", timeout=120_000)
+    restored = tmp_path / "restored" / "report.txt"
+    assert restored.read_bytes() == (content / "report.txt").read_bytes()
     assert browser_page.problems == []

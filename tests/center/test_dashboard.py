@@ -407,3 +407,36 @@ def test_users_settings_and_the_audit_log(center: Center, web: TestClient) -> No
     assert first.count("settings.update</td>") == 50 and "page=2" in first
     second = web.get("/audit?action=settings.&page=2").text
     assert second.count("settings.update</td>") == 11 and "page=3" not in second
+
+
+def test_run_now_queues_a_job_for_the_host(center: Center, web: TestClient) -> None:
+    from blockvault.center.models import Job
+
+    host = _host(center, "lab-1", "lab")
+    with transaction(center.sessions) as session:
+        spec = {"repo": "/r", "disk": "/dev/sda", "schedule": "daily 02:00"}
+        session.add(CentralPlan(name="nightly", group_id=1, spec=spec, updated_by="user:a"))
+    add_user(center, "otto", "operator")
+    add_user(center, "vera", "viewer")
+    log_in(center, web, "vera")
+    page = web.get(f"/hosts/{host}").text
+    assert "Run now" not in page
+    csrf = log_in(center, web, "otto")
+    assert "Run now" in web.get(f"/hosts/{host}").text
+    other = web.post(f"/hosts/{host}/run", data={"csrf_token": csrf, "plan": "weekly"})
+    assert other.status_code == 404
+    queued = web.post(
+        f"/hosts/{host}/run", data={"csrf_token": csrf, "plan": "nightly"}, follow_redirects=False
+    )
+    assert queued.status_code == 303
+    with transaction(center.sessions) as session:
+        job = session.scalars(select(Job)).one()
+        logged = session.scalars(select(Audit).where(Audit.action == "job.run-plan")).one()
+    assert queued.headers["location"] == f"/jobs/{job.id}"
+    assert (job.kind, job.host_id, job.params, job.state) == (
+        "run-plan",
+        host,
+        {"plan": "center:nightly"},
+        "queued",
+    )
+    assert logged.actor == "user:otto" and logged.target == "lab-1"

@@ -17,21 +17,24 @@ from fastapi import FastAPI, Form, HTTPException, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from blockvault.center import settings, users
+from blockvault.center.api.jobs import desk_of
 from blockvault.center.auth import (
     DB,
     ROLES,
     Admin,
+    Operator,
     Principal,
     Viewer,
     audit,
     new_secret,
 )
 from blockvault.center.context import Center
+from blockvault.center.fleet import CENTRAL_PREFIX, plans_for
 from blockvault.center.models import (
     Audit,
     CentralPlan,
@@ -163,11 +166,7 @@ def _overview_and_hosts(app: FastAPI, center: Center) -> None:
         now = center.clock()
         host, group = _host_or_404(session, who, host_id)
         status = fleet(session, now, who, [host_id])[0]
-        plans = session.scalars(
-            select(CentralPlan)
-            .where(or_(CentralPlan.host_id == host.id, CentralPlan.group_id == host.group_id))
-            .order_by(CentralPlan.name)
-        ).all()
+        plans = plans_for(session, host)
         runs = session.scalars(
             select(Run).where(Run.host_id == host.id).order_by(Run.started.desc()).limit(50)
         ).all()
@@ -186,6 +185,24 @@ def _overview_and_hosts(app: FastAPI, center: Center) -> None:
             ),
             now=now,
         )
+
+    @app.post("/hosts/{host_id}/run", include_in_schema=False)
+    def run_plan_now(
+        request: Request,
+        session: DB,
+        who: Operator,
+        host_id: int,
+        plan: Annotated[str, Form(max_length=64)],
+    ) -> Response:
+        """Queue a run of one of the host's central plans now (a ``run-plan`` job)."""
+        host, _group = _host_or_404(session, who, host_id)
+        if plan not in {p.name for p in plans_for(session, host)}:
+            raise HTTPException(404, f"host {host.name} runs no central plan {plan!r}")
+        address = request.client.host if request.client else None
+        job = desk_of(request).submit(
+            session, who, "run-plan", host.name, {"plan": CENTRAL_PREFIX + plan}, address
+        )
+        return RedirectResponse(f"/jobs/{job.id}", 303)
 
     @app.get("/enrol", response_class=HTMLResponse, include_in_schema=False)
     def enrol_form(request: Request, session: DB, who: Admin) -> Response:

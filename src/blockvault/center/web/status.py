@@ -3,7 +3,7 @@
 The facts (online, last good backup, overdue plans) are the fleet's
 (``center.fleet.host_statuses``: the same the API reports and the alerts judge); the
 dashboard adds one word per host, first match wins: ``revoked``; ``offline`` (not
-online); ``failing`` (its latest finished backup failed); ``overdue``; else ``ok``.
+online); ``failing`` (its latest backup that ended ok or failed, failed); ``overdue``; else ``ok``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from blockvault.center import fleet as facts
@@ -32,26 +32,27 @@ class HostStatus:
     group: str | None
     state: HostState
     last_good: datetime | None  # the center's bound on when the last good backup ended
-    last_status: str | None  # the latest finished backup's status
     next_run: datetime | None
     stored_bytes: int
 
 
-def _latest_status(session: Session, ids: list[int]) -> dict[int, str]:
-    """Each host's latest finished backup's status, in one query."""
-    finished = (Run.kind == "backup") & (Run.status != "running") & Run.host_id.in_(ids)
-    newest = (
-        select(Run.host_id, func.max(Run.started).label("started"))
-        .where(finished)
-        .group_by(Run.host_id)
-        .subquery()
-    )
+def _failing(session: Session, ids: list[int]) -> set[int]:
+    """The hosts whose latest finished backup failed: one grouped scan, no join (the
+    overview of a thousand hosts with a hundred thousand runs stays fast)."""
+
+    def latest(status: str) -> Any:
+        return func.max(case((Run.status == status, Run.started)))
+
     rows = session.execute(
-        select(Run.host_id, Run.status).join(
-            newest, (Run.host_id == newest.c.host_id) & (Run.started == newest.c.started)
-        )
+        select(Run.host_id, latest("failed"), latest("ok"))
+        .where(Run.kind == "backup", Run.host_id.in_(ids))
+        .group_by(Run.host_id)
     )
-    return {host_id: status for host_id, status in rows}
+    return {
+        host_id
+        for host_id, failed, ok in rows
+        if failed is not None and (ok is None or failed > ok)
+    }
 
 
 def fleet(
@@ -62,7 +63,7 @@ def fleet(
     if hosts is not None:
         query = query.where(Host.id.in_(list(hosts)))
     visible = [h for h, g in session.execute(query.order_by(Host.name)) if who.sees(g)]
-    latest = _latest_status(session, [h.id for h in visible])
+    failing = _failing(session, [h.id for h in visible])
     found = []
     for status in facts.host_statuses(session, visible, now):
         host = status.host
@@ -71,7 +72,7 @@ def fleet(
             state = "revoked"
         elif not status.online:
             state = "offline"
-        elif latest.get(host.id) == "failed":
+        elif host.id in failing:
             state = "failing"
         elif status.overdue:
             state = "overdue"
@@ -83,7 +84,6 @@ def fleet(
                 status.group,
                 state,
                 status.last_good,
-                latest.get(host.id),
                 status.next_run,
                 status.stored_bytes,
             )
