@@ -244,7 +244,8 @@ def test_settings(center: Center, client: TestClient) -> None:
     shown = client.get("/api/v1/settings", headers=vera).json()
     assert shown["overdue_factor"]["value"] == 1.25 and shown["offline_after"]["value"] == 900
     assert (
-        client.put("/api/v1/settings", json={"offline_after": 1200}, headers=vera).status_code == 403
+        client.put("/api/v1/settings", json={"offline_after": 1200}, headers=vera).status_code
+        == 403
     )
     # one bad value: nothing is stored
     bad = client.put(
