@@ -4,12 +4,14 @@ run under TCG unless KVM can run them."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import selectors
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from blockvault.interop.boot import OVMF_PAIRS, ConsoleWatch, default_accel
 from blockvault.rescue.build import Preset, build_iso
 from blockvault_demo.sample_boot import BootDisk, boot, build_boot_disk
 from blockvault_demo.servers import start_sshd, stop
-from tests.conftest import IS_ROOT, blockvault
+from tests.conftest import IS_ROOT, blockvault, sh
 from tests.rescue.conftest import CACHE
 
 pytestmark = [
@@ -137,18 +139,30 @@ def backed_up(repo: Path, tmp_path: Path) -> BootDisk:
     return sample
 
 
-def assert_restored_and_booted(console: str, blank: Path, sample: BootDisk) -> None:
-    """The job reported success, the guest powered off (after syncing), and the disk it
-    wrote boots the sample's system, token and all."""
+def assert_restored_and_booted(
+    console: str, blank: Path, sample: BootDisk, loop: Callable[..., str]
+) -> None:
+    """The job reported success, the guest powered off (after syncing), the job's log
+    is in the restored root's /var/log, and the disk it wrote boots the sample's
+    system, token and all."""
     assert "BLOCKVAULT-RESCUE-START blockvault restore latest /dev/vda --yes" in console
     assert "BLOCKVAULT-RESCUE-OK" in console, console[-2000:]
     assert "reboot: Power down" in console
+    kept = re.search(r"log kept on the restored system: /dev/vda2:/var/log/(\S+)", console)
+    assert kept, console[-2000:]
+    # the root is the sample's second partition (sfdisk reads where), e2fsprogs the file
+    table = json.loads(sh("sfdisk", "--json", blank))["partitiontable"]
+    root = table["partitions"][1]
+    device = loop(blank, offset=root["start"] * 512, size=root["size"] * 512)
+    log = sh("debugfs", "-R", f"cat /var/log/{kept.group(1)}", device)
+    assert "BLOCKVAULT-RESCUE-START blockvault restore latest /dev/vda --yes" in log
+    assert log.splitlines()[-1] == "BLOCKVAULT-RESCUE-OK"
     restored = boot(blank, "bios", expect_token=sample.token)
     assert restored.booted, restored.reason
 
 
 def test_unattended_restore_from_an_image_on_the_stick_then_the_system_boots(
-    tmp_path: Path, blank: Path, rescue_iso: Path
+    tmp_path: Path, blank: Path, rescue_iso: Path, loop: Callable[..., str]
 ) -> None:
     repo, image = tmp_path / "repo", tmp_path / "sample.bvi"
     sample = backed_up(repo, tmp_path)
@@ -158,11 +172,11 @@ def test_unattended_restore_from_an_image_on_the_stick_then_the_system_boots(
     build_iso(stick, Preset(images=(image,), boot_options=RESTORE), cache=CACHE)
     # blockvault.after=poweroff: the console ends when the guest has synced and stopped
     console = boot_rescue(stick, "uefi", "usb", blank, until=(), timeout=BOOT_TIMEOUT)
-    assert_restored_and_booted(console, blank, sample)
+    assert_restored_and_booted(console, blank, sample, loop)
 
 
 def test_unattended_restore_from_an_sftp_repository_then_the_system_boots(
-    tmp_path: Path, blank: Path, rescue_iso: Path
+    tmp_path: Path, blank: Path, rescue_iso: Path, loop: Callable[..., str]
 ) -> None:
     server = start_sshd(tmp_path / "server")
     try:
@@ -183,7 +197,7 @@ def test_unattended_restore_from_an_sftp_repository_then_the_system_boots(
             cd, "bios", "cdrom", blank, until=(), timeout=BOOT_TIMEOUT, network=True
         )
         assert "waiting for the network (DHCP)" in console
-        assert_restored_and_booted(console, blank, sample)
+        assert_restored_and_booted(console, blank, sample, loop)
     finally:
         if server.proc:
             stop(server.proc)
