@@ -19,7 +19,7 @@ import pytest
 from blockvault.interop.boot import OVMF_PAIRS, ConsoleWatch, default_accel
 from blockvault.rescue.build import Preset, build_iso
 from blockvault_demo.sample_boot import BootDisk, boot, build_boot_disk
-from blockvault_demo.servers import start_sshd, stop
+from blockvault_demo.servers import start_moto, start_sshd, stop
 from tests.conftest import IS_ROOT, blockvault, sh
 from tests.rescue.conftest import CACHE
 
@@ -130,11 +130,11 @@ def test_the_menu_appears_on_the_serial_console(
     assert "1) Restore a disk from a repository" in console
 
 
-def backed_up(repo: Path, tmp_path: Path) -> BootDisk:
+def backed_up(repo: Path | str, tmp_path: Path, env: dict[str, str] | None = None) -> BootDisk:
     """A bootable sample disk (BIOS; it prints a random token once up), backed up."""
     sample = build_boot_disk("bios", tmp_path / "sample.img")
     for args in (("-r", repo, "init"), ("-r", repo, "backup", sample.path)):
-        done = blockvault(*args)
+        done = blockvault(*args, env=env)
         assert done.returncode == 0, done.stderr
     return sample
 
@@ -197,6 +197,39 @@ def test_unattended_restore_from_an_sftp_repository_then_the_system_boots(
             cd, "bios", "cdrom", blank, until=(), timeout=BOOT_TIMEOUT, network=True
         )
         assert "waiting for the network (DHCP)" in console
+        assert_restored_and_booted(console, blank, sample, loop)
+    finally:
+        if server.proc:
+            stop(server.proc)
+
+
+def test_unattended_restore_from_an_s3_repository_then_the_system_boots(
+    tmp_path: Path, blank: Path, rescue_iso: Path, loop: Callable[..., str]
+) -> None:
+    server = start_moto(tmp_path / "s3")
+    try:
+        env = server.env()
+        sample = backed_up("s3://rescue/repo", tmp_path, env)
+        # the credentials travel on the stick as an AWS credentials file, not on the
+        # kernel command line (which every process and the boot menu show)
+        credentials = tmp_path / "credentials"
+        credentials.write_text(
+            f"[default]\naws_access_key_id = {env['AWS_ACCESS_KEY_ID']}\n"
+            f"aws_secret_access_key = {env['AWS_SECRET_ACCESS_KEY']}\n"
+        )
+        preset = Preset(
+            repo="s3://rescue/repo",
+            s3_credentials=credentials,
+            s3_endpoint=f"http://10.0.2.2:{server.port}",  # the host, from QEMU's network
+            boot_options=RESTORE,
+        )
+        cd = tmp_path / "s3.iso"
+        build_iso(cd, preset, cache=CACHE)
+        console = boot_rescue(
+            cd, "bios", "cdrom", blank, until=(), timeout=BOOT_TIMEOUT, network=True
+        )
+        assert "waiting for the network (DHCP)" in console
+        assert env["AWS_SECRET_ACCESS_KEY"] not in console
         assert_restored_and_booted(console, blank, sample, loop)
     finally:
         if server.proc:

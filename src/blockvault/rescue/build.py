@@ -29,6 +29,7 @@ missing tool is a :class:`UsageError` naming its package.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -64,7 +65,9 @@ __all__ = [
     "IsoSummary",
     "PackageList",
     "Preset",
+    "base_name",
     "build_iso",
+    "cache_lock",
     "check_reproducible",
     "package_list",
 ]
@@ -86,6 +89,7 @@ SQUASHFS_OPTIONS: Final = (
 )
 MANIFEST_NAME: Final = "build.json"  # in MEDIUM_DIR: the build's exact inputs
 MANIFEST_FORMAT: Final = 1
+LOCK_NAME: Final = ".lock"  # in the cache: builds hold it shared, pruning alone
 PYPI_PLATFORMS: Final = ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "linux_x86_64")
 EXTRAS: Final = "sftp,s3"
 KERNEL_OPTIONS: Final = "boot=live live-media-path=/live console=tty0 console=ttyS0,115200"
@@ -223,14 +227,17 @@ def build_iso(
     cache.mkdir(parents=True, exist_ok=True)
     env = _build_env(epoch)
     plist = package_list()
-    base, base_cached = _base(cache, plist, _build_env(BASE_EPOCH), reporter)
-    layer, layer_cached = _layer(cache, base, env, reporter)
-    info = json.loads((base / "base.json").read_text())
-    layer_info = json.loads((layer / "layer.json").read_text())
-    inputs = _manifest(plist, info, layer_info, preset, env)
     with tempfile.TemporaryDirectory(prefix=".rescue-", dir=output.parent) as tmp:
-        tree = Path(tmp) / "medium"
-        parts = _medium(tree, base, layer, preset)
+        with cache_lock(cache):
+            base, base_cached = _base(cache, plist, _build_env(BASE_EPOCH), reporter)
+            layer, layer_cached = _layer(cache, base, env, reporter)
+            for used in (base / "base.json", layer / "layer.json"):
+                os.utime(used)  # the time of last use, which pruning keeps by
+            info = json.loads((base / "base.json").read_text())
+            layer_info = json.loads((layer / "layer.json").read_text())
+            tree = Path(tmp) / "medium"
+            parts = _medium(tree, base, layer, preset)
+        inputs = _manifest(plist, info, layer_info, preset, env)
         (tree / MEDIUM_DIR / MANIFEST_NAME).write_text(json.dumps(inputs, indent=2) + "\n")
         reporter(Noted("writing the ISO (grub-mkrescue: BIOS and UEFI)"))
         partial = Path(tmp) / "rescue.iso"
@@ -431,13 +438,36 @@ def _base_hooks(plist: PackageList) -> list[str]:
     ]
 
 
+@contextmanager
+def cache_lock(cache: Path, *, exclusive: bool = False) -> Iterator[None]:
+    """Builds share the cache (they only add entries, each under a temporary name);
+    pruning has it alone, and fails at once while a build runs."""
+    fd = os.open(cache / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+        except BlockingIOError:
+            raise RescueBuildError(
+                "a rescue build is using this cache; prune it when the build is done",
+                output=cache,
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def base_name(plist: PackageList | None = None) -> str:
+    """The cache entry of the base this blockvault builds: its inputs' hash."""
+    plist = plist or package_list()
+    parts = [plist.digest, *_base_hooks(plist), *SQUASHFS_OPTIONS, str(BASE_EPOCH)]
+    return f"base-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}"
+
+
 def _base(
     cache: Path, plist: PackageList, env: dict[str, str], reporter: Reporter
 ) -> tuple[Path, bool]:
     hooks = _base_hooks(plist)
-    parts = [plist.digest, *hooks, *SQUASHFS_OPTIONS, str(BASE_EPOCH)]
-    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
-    base = cache / f"base-{key}"
+    base = cache / base_name(plist)
     if (base / "base.json").exists():
         reporter(Noted(f"base system: cached ({base})"))
         return base, True
@@ -547,6 +577,7 @@ def _layer(cache: Path, base: Path, env: dict[str, str], reporter: Reporter) -> 
             info = {
                 "python": installed,
                 "wheel": {"name": wheel.name, "sha256": wheel_sha256},
+                "base": base.name,
                 "epoch": int(env["SOURCE_DATE_EPOCH"]),
                 "sha256": _digests(tmp, "zz-blockvault.squashfs"),
             }
@@ -592,21 +623,11 @@ def _wheel(directory: Path, cache: Path, env: dict[str, str]) -> Path:
 
 
 def _squash(root: Path, image: Path, *, output: Path, env: dict[str, str]) -> None:
-    """``root`` packed, every file dated ``SOURCE_DATE_EPOCH`` (files written by the
-    build hooks and pip carry the time they were written)."""
-    epoch = env["SOURCE_DATE_EPOCH"]
+    """``root`` packed; mksquashfs reads ``SOURCE_DATE_EPOCH`` from ``env``: the image's
+    date, and every file date after it clamped to it (files written by the build
+    hooks and pip carry the time they were written; those from packages are older)."""
     _run(
-        [
-            "mksquashfs",
-            str(root),
-            str(image),
-            "-noappend",
-            *SQUASHFS_OPTIONS,
-            "-all-time",
-            epoch,
-            "-mkfs-time",
-            epoch,
-        ],
+        ["mksquashfs", str(root), str(image), "-noappend", *SQUASHFS_OPTIONS],
         output=output,
         env=env,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,65 @@ def register(group: click.Group) -> None:
         render.say(
             f"  built in {summary.seconds:.0f} s (base {base}, blockvault layer {layer}); {fits}"
         )
+
+    cache_option = click.option(
+        "--cache",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Build cache (default: ~/.cache/blockvault/rescue).",
+    )
+
+    @rescue.group("cache")
+    def cache_group() -> None:
+        """The build cache: Debian roots and blockvault layers of earlier builds."""
+
+    @cache_group.command("list")
+    @cache_option
+    @json_option
+    def cache_list(cache: Path | None, as_json: bool) -> None:
+        """List the cache's entries, most recently used first."""
+        from blockvault.rescue import build as rescue_build
+        from blockvault.rescue.cache import cache_entries
+
+        entries = cache_entries(cache or rescue_build.DEFAULT_CACHE)
+        if as_json:
+            render.emit_json(entries)
+            return
+        rows = [
+            [
+                e.name,
+                e.kind + (" (current)" if e.current else ""),
+                render.size(e.size),
+                "-" if e.used is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(e.used)),
+                e.base or "",
+            ]
+            for e in entries
+        ]
+        render.table(None, ["entry", "kind", "size", "last used (UTC)", "base"], rows)
+
+    @cache_group.command("prune")
+    @click.option(
+        "--keep",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="Roots and layers (per root) to keep, most recently used first; the root "
+        "this blockvault builds on is always kept.",
+    )
+    @cache_option
+    @json_option
+    def cache_prune(keep: int, cache: Path | None, as_json: bool) -> None:
+        """Remove cache entries no build will use again (fails while a build runs)."""
+        from blockvault.rescue import build as rescue_build
+        from blockvault.rescue.cache import prune_cache
+
+        with render.progress(as_json) as reporter:
+            removed = prune_cache(cache or rescue_build.DEFAULT_CACHE, keep, reporter=reporter)
+        if as_json:
+            render.emit_json(removed)
+            return
+        freed = sum(e.size for e in removed)
+        render.say(f"removed {len(removed)} entries, {render.size(freed)} freed")
 
 
 def _inputs_line(inputs: dict[str, Any]) -> str:
