@@ -89,6 +89,8 @@ SQUASHFS_OPTIONS: Final = (
 )
 MANIFEST_NAME: Final = "build.json"  # in MEDIUM_DIR: the build's exact inputs
 MANIFEST_FORMAT: Final = 1
+# the layer's recipe: a change to how the layer is made (not what goes in) renames it
+LAYER_RECIPE: Final = "2: pip --no-compile, compileall in place, no direct_url.json"
 LOCK_NAME: Final = ".lock"  # in the cache: builds hold it shared, pruning alone
 PYPI_PLATFORMS: Final = ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "linux_x86_64")
 EXTRAS: Final = "sftp,s3"
@@ -526,6 +528,7 @@ def _layer(cache: Path, base: Path, env: dict[str, str], reporter: Reporter) -> 
         wheel_sha256 = hashlib.sha256(wheel.read_bytes()).hexdigest()
         digest = hashlib.sha256(wheel_sha256.encode())
         digest.update(f"{base.name}\0{env['SOURCE_DATE_EPOCH']}\0".encode())
+        digest.update(f"{LAYER_RECIPE}\0".encode())
         for path, (text, _) in sorted(layer_files().items()):
             digest.update(f"{path}\0{text}\0".encode())
         layer = cache / f"layer-{digest.hexdigest()[:16]}"
@@ -546,6 +549,7 @@ def _layer(cache: Path, base: Path, env: dict[str, str], reporter: Reporter) -> 
                     "--quiet",
                     "--disable-pip-version-check",
                     "--no-warn-script-location",
+                    "--no-compile",  # pip compiles in a temporary folder: its path in each .pyc
                     "--cache-dir",
                     str(cache / "pip"),
                     "--target",
@@ -560,6 +564,8 @@ def _layer(cache: Path, base: Path, env: dict[str, str], reporter: Reporter) -> 
                 env=env,
             )
             shutil.rmtree(site / "bin", ignore_errors=True)  # entry points: ours follow
+            _forget_wheel_path(site)
+            _compile(site, python, output=layer, env=env)
             for path, (text, mode) in layer_files().items():
                 target = root / path
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -583,6 +589,47 @@ def _layer(cache: Path, base: Path, env: dict[str, str], reporter: Reporter) -> 
             }
             (tmp / "layer.json").write_text(json.dumps(info))
     return layer, False
+
+
+def _forget_wheel_path(site: Path) -> None:
+    """Drop pip's record of where the wheel was installed from (``direct_url.json``,
+    and its line in ``RECORD``): a temporary folder, different in every build."""
+    for record in site.glob("*.dist-info/RECORD"):
+        url = record.parent / "direct_url.json"
+        if not url.exists():
+            continue
+        url.unlink()
+        lines = record.read_text().splitlines(keepends=True)
+        record.write_text(
+            "".join(x for x in lines if not x.startswith(f"{url.parent.name}/direct_url.json,"))
+        )
+
+
+def _compile(site: Path, python: str, *, output: Path, env: dict[str, str]) -> None:
+    """Byte-compile the layer where it will be (each ``.pyc`` names its source's
+    path) with hashes, not dates, for the check; only when this interpreter is the
+    base's version, whose bytecode the rescue system can use (else it compiles at
+    import, into its RAM overlay)."""
+    if python != f"python{sys.version_info.major}.{sys.version_info.minor}":
+        return
+    final = f"/usr/local/lib/{python}/dist-packages"
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "compileall",
+            "-q",
+            "--invalidation-mode",
+            "checked-hash",
+            "-s",
+            str(site),
+            "-p",
+            final,
+            str(site),
+        ],
+        output=output,
+        env=env,
+    )
 
 
 def _wheel(directory: Path, cache: Path, env: dict[str, str]) -> Path:

@@ -69,7 +69,10 @@ def keep_on_target(log: Path, device: str, *, now: float | None = None) -> str |
     Linux root."""
     with open(log, "rb") as file:
         data = file.read(LOG_MAX + 64 * 1024)  # the bound, its note and the final line
-    subprocess.run(["udevadm", "settle", "--timeout=10"], check=False, capture_output=True)
+    # the restore wrote a new partition table the kernel has not read (a partition or
+    # a filesystem without one: blockdev fails, and nothing needed it)
+    for argv in (["blockdev", "--rereadpt", device], ["udevadm", "settle", "--timeout=10"]):
+        subprocess.run(argv, check=False, capture_output=True)
     for candidate in _filesystems(device):
         with tempfile.TemporaryDirectory(prefix="blockvault-target-", dir="/run") as point:
             mount = ["mount", "-o", MOUNT_OPTIONS, candidate, point]

@@ -26,6 +26,7 @@ START_LINE: Final = "BLOCKVAULT-RESCUE-START"
 OK_LINE: Final = "BLOCKVAULT-RESCUE-OK"
 FAIL_LINE: Final = "BLOCKVAULT-RESCUE-FAIL"
 WHY_MAX: Final = 200  # characters of the failing line quoted
+NO_ROOT_LINE: Final = "log not kept on the target: no Linux root (etc/ and var/log/) on it\n"
 AFTER_COMMANDS: Final = {
     "reboot": ["systemctl", "reboot"],
     "poweroff": ["systemctl", "poweroff"],
@@ -127,6 +128,6 @@ def run_job(
     target = next((a for a in reversed(args) if a.startswith("/dev/")), None)
     if target is not None:
         kept = keep_on_target(log, target)
-        out.write(f"log kept on the restored system: {kept}\n" if kept else "")
+        out.write(f"log kept on the restored system: {kept}\n" if kept else NO_ROOT_LINE)
         out.flush()
     return True
