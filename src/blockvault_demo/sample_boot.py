@@ -275,6 +275,7 @@ def build_boot_disk(
             modules = (*INITRAMFS_MODULES, "dm_mod")
             build_initramfs(kernel, work / "initramfs", initrd, modules=modules, lvm=True)
         (root_tree / "etc").mkdir()
+        (root_tree / "var" / "log").mkdir(parents=True)  # a Linux root's, for logs left there
         (root_tree / "etc" / "hostname").write_text(f"blockvault-{firmware}\n")
         if ballast > root_part[1] * 0.9:
             raise UsageError(f"ballast of {ballast} bytes does not fit a {size}-byte disk")

@@ -1,25 +1,27 @@
 """The rescue ISO booted under QEMU: as a CD and as a USB stick, BIOS (SeaBIOS) and
-UEFI (OVMF). The ISO is built once per session with the build cache (the first
-build ever downloads Debian packages: minutes); guests run under TCG unless KVM
-can run them."""
+UEFI (OVMF). The plain ISO is the session's ``rescue_iso`` (conftest.py); guests
+run under TCG unless KVM can run them."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import selectors
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from blockvault.interop.boot import OVMF_PAIRS, ConsoleWatch, default_accel
-from blockvault.rescue.build import DEFAULT_CACHE, Preset, build_iso
+from blockvault.rescue.build import Preset, build_iso
 from blockvault_demo.sample_boot import BootDisk, boot, build_boot_disk
-from blockvault_demo.servers import start_sshd, stop
-from tests.conftest import IS_ROOT, blockvault, need_tools
+from blockvault_demo.servers import start_moto, start_sshd, stop
+from tests.conftest import IS_ROOT, blockvault, sh
+from tests.rescue.conftest import CACHE
 
 pytestmark = [
     pytest.mark.qemu,
@@ -30,16 +32,6 @@ pytestmark = [
 MENU = "Choose:"
 RESTORE = 'blockvault.run="restore latest /dev/vda --yes" blockvault.after=poweroff'
 BOOT_TIMEOUT = 600.0  # seconds: GRUB reads the kernel through the firmware, slow under TCG
-CACHE = Path(os.environ.get("BLOCKVAULT_RESCUE_CACHE", str(DEFAULT_CACHE))).expanduser()
-
-
-@pytest.fixture(scope="session")
-def rescue_iso(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    need_tools("mmdebstrap", "mksquashfs", "grub-mkrescue", "xorriso", "qemu-system-x86_64")
-    iso = tmp_path_factory.mktemp("rescue") / "rescue.iso"
-    summary = build_iso(iso, Preset(), cache=CACHE)
-    assert summary.fits_stick
-    return iso
 
 
 def boot_rescue(
@@ -138,27 +130,39 @@ def test_the_menu_appears_on_the_serial_console(
     assert "1) Restore a disk from a repository" in console
 
 
-def backed_up(repo: Path, tmp_path: Path) -> BootDisk:
+def backed_up(repo: Path | str, tmp_path: Path, env: dict[str, str] | None = None) -> BootDisk:
     """A bootable sample disk (BIOS; it prints a random token once up), backed up."""
     sample = build_boot_disk("bios", tmp_path / "sample.img")
     for args in (("-r", repo, "init"), ("-r", repo, "backup", sample.path)):
-        done = blockvault(*args)
+        done = blockvault(*args, env=env)
         assert done.returncode == 0, done.stderr
     return sample
 
 
-def assert_restored_and_booted(console: str, blank: Path, sample: BootDisk) -> None:
-    """The job reported success, the guest powered off (after syncing), and the disk it
-    wrote boots the sample's system, token and all."""
+def assert_restored_and_booted(
+    console: str, blank: Path, sample: BootDisk, loop: Callable[..., str]
+) -> None:
+    """The job reported success, the guest powered off (after syncing), the job's log
+    is in the restored root's /var/log, and the disk it wrote boots the sample's
+    system, token and all."""
     assert "BLOCKVAULT-RESCUE-START blockvault restore latest /dev/vda --yes" in console
     assert "BLOCKVAULT-RESCUE-OK" in console, console[-2000:]
     assert "reboot: Power down" in console
+    kept = re.search(r"log kept on the restored system: /dev/vda2:/var/log/(\S+)", console)
+    assert kept, console[-2000:]
+    # the root is the sample's second partition (sfdisk reads where), e2fsprogs the file
+    table = json.loads(sh("sfdisk", "--json", blank))["partitiontable"]
+    root = table["partitions"][1]
+    device = loop(blank, offset=root["start"] * 512, size=root["size"] * 512)
+    log = sh("debugfs", "-R", f"cat /var/log/{kept.group(1)}", device)
+    assert "BLOCKVAULT-RESCUE-START blockvault restore latest /dev/vda --yes" in log
+    assert log.splitlines()[-1] == "BLOCKVAULT-RESCUE-OK"
     restored = boot(blank, "bios", expect_token=sample.token)
     assert restored.booted, restored.reason
 
 
 def test_unattended_restore_from_an_image_on_the_stick_then_the_system_boots(
-    tmp_path: Path, blank: Path, rescue_iso: Path
+    tmp_path: Path, blank: Path, rescue_iso: Path, loop: Callable[..., str]
 ) -> None:
     repo, image = tmp_path / "repo", tmp_path / "sample.bvi"
     sample = backed_up(repo, tmp_path)
@@ -168,11 +172,11 @@ def test_unattended_restore_from_an_image_on_the_stick_then_the_system_boots(
     build_iso(stick, Preset(images=(image,), boot_options=RESTORE), cache=CACHE)
     # blockvault.after=poweroff: the console ends when the guest has synced and stopped
     console = boot_rescue(stick, "uefi", "usb", blank, until=(), timeout=BOOT_TIMEOUT)
-    assert_restored_and_booted(console, blank, sample)
+    assert_restored_and_booted(console, blank, sample, loop)
 
 
 def test_unattended_restore_from_an_sftp_repository_then_the_system_boots(
-    tmp_path: Path, blank: Path, rescue_iso: Path
+    tmp_path: Path, blank: Path, rescue_iso: Path, loop: Callable[..., str]
 ) -> None:
     server = start_sshd(tmp_path / "server")
     try:
@@ -193,7 +197,40 @@ def test_unattended_restore_from_an_sftp_repository_then_the_system_boots(
             cd, "bios", "cdrom", blank, until=(), timeout=BOOT_TIMEOUT, network=True
         )
         assert "waiting for the network (DHCP)" in console
-        assert_restored_and_booted(console, blank, sample)
+        assert_restored_and_booted(console, blank, sample, loop)
+    finally:
+        if server.proc:
+            stop(server.proc)
+
+
+def test_unattended_restore_from_an_s3_repository_then_the_system_boots(
+    tmp_path: Path, blank: Path, rescue_iso: Path, loop: Callable[..., str]
+) -> None:
+    server = start_moto(tmp_path / "s3")
+    try:
+        env = server.env()
+        sample = backed_up("s3://rescue/repo", tmp_path, env)
+        # the credentials travel on the stick as an AWS credentials file, not on the
+        # kernel command line (which every process and the boot menu show)
+        credentials = tmp_path / "credentials"
+        credentials.write_text(
+            f"[default]\naws_access_key_id = {env['AWS_ACCESS_KEY_ID']}\n"
+            f"aws_secret_access_key = {env['AWS_SECRET_ACCESS_KEY']}\n"
+        )
+        preset = Preset(
+            repo="s3://rescue/repo",
+            s3_credentials=credentials,
+            s3_endpoint=f"http://10.0.2.2:{server.port}",  # the host, from QEMU's network
+            boot_options=RESTORE,
+        )
+        cd = tmp_path / "s3.iso"
+        build_iso(cd, preset, cache=CACHE)
+        console = boot_rescue(
+            cd, "bios", "cdrom", blank, until=(), timeout=BOOT_TIMEOUT, network=True
+        )
+        assert "waiting for the network (DHCP)" in console
+        assert env["AWS_SECRET_ACCESS_KEY"] not in console
+        assert_restored_and_booted(console, blank, sample, loop)
     finally:
         if server.proc:
             stop(server.proc)

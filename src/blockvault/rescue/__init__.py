@@ -15,7 +15,12 @@ menu
 unattended job
     ``blockvault.run=...`` / ``blockvault.cast=receive`` on the kernel command line
     (:mod:`~blockvault.rescue.cmdline`), run once per boot with its report lines
-    (:mod:`~blockvault.rescue.unattended`).
+    (:mod:`~blockvault.rescue.unattended`); its bounded log is kept on the system
+    it restored (:mod:`~blockvault.rescue.joblog`).
+build cache
+    Debian roots and blockvault layers of earlier builds, keyed by their inputs,
+    listed and pruned by :mod:`~blockvault.rescue.cache`; every build records its
+    exact inputs in ``blockvault/build.json`` on the medium.
 
 The build runs on the host; the menu and the job run inside the rescue system and
 drive blockvault through its CLI as subprocesses, as a person at the console would.

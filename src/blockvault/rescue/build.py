@@ -29,6 +29,7 @@ missing tool is a :class:`UsageError` naming its package.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -42,7 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from blockvault.errors import RescueBuildError, RescueOptionError, UsageError
 from blockvault.events import Noted, Reporter, Warned, quiet
@@ -52,8 +53,10 @@ from blockvault.rescue.runtime import (
     IMAGES_DIR,
     MEDIUM_DIR,
     PASSWORD_NAME,
+    S3_CREDENTIALS_NAME,
     SSH_DIR,
     layer_files,
+    valid_endpoint,
 )
 
 __all__ = [
@@ -62,16 +65,33 @@ __all__ = [
     "IsoSummary",
     "PackageList",
     "Preset",
+    "base_name",
     "build_iso",
+    "cache_lock",
+    "check_reproducible",
     "package_list",
 ]
 
 DEFAULT_CACHE: Final = Path("~/.cache/blockvault/rescue")
 STICK_BYTES: Final = 1_000_000_000  # "fits on a 1 GB stick": decimal, as sticks are sold
 VOLUME_ID: Final = "BLOCKVAULT_RESCUE"
-# a fixed time for every file date the build writes, unless the caller gives one
+# a fixed time for every file date the build writes, unless the caller gives one;
+# the base always uses its own, so that a caller's epoch does not rebuild it
 DEFAULT_EPOCH: Final = 1_700_000_000
-SQUASHFS_OPTIONS: Final = ("-comp", "zstd", "-Xcompression-level", "15", "-no-progress")
+BASE_EPOCH: Final = DEFAULT_EPOCH
+SQUASHFS_OPTIONS: Final = (
+    "-comp",
+    "zstd",
+    "-Xcompression-level",
+    "15",
+    "-no-progress",
+    "-reproducible",  # files in sorted order, no build-time stamps
+)
+MANIFEST_NAME: Final = "build.json"  # in MEDIUM_DIR: the build's exact inputs
+MANIFEST_FORMAT: Final = 1
+# the layer's recipe: a change to how the layer is made (not what goes in) renames it
+LAYER_RECIPE: Final = "2: pip --no-compile, compileall in place, no direct_url.json"
+LOCK_NAME: Final = ".lock"  # in the cache: builds hold it shared, pruning alone
 PYPI_PLATFORMS: Final = ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "linux_x86_64")
 EXTRAS: Final = "sftp,s3"
 KERNEL_OPTIONS: Final = "boot=live live-media-path=/live console=tty0 console=ttyS0,115200"
@@ -138,6 +158,8 @@ class Preset:
     known_hosts: Path | None = None
     images: tuple[Path, ...] = ()
     boot_options: str = ""  # kernel options of the default boot entry: blockvault.run=...
+    s3_credentials: Path | None = None  # an AWS shared credentials file
+    s3_endpoint: str | None = None  # an S3-compatible server (else AWS)
 
 
 @dataclass(frozen=True)
@@ -155,6 +177,9 @@ class IsoSummary:
     base_cached: bool
     layer_cached: bool
     seconds: float
+    sha256: str
+    inputs: dict[str, object]  # what the medium's blockvault/build.json records
+    manifest: str = f"{MEDIUM_DIR}/{MANIFEST_NAME}"  # where on the medium
     fits_stick: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -204,20 +229,21 @@ def build_iso(
     cache.mkdir(parents=True, exist_ok=True)
     env = _build_env(epoch)
     plist = package_list()
-    base, base_cached = _base(cache, plist, env, reporter)
-    layer, layer_cached = _layer(cache, base, env, reporter)
-    info = json.loads((base / "base.json").read_text())
-    layer_info = json.loads((layer / "layer.json").read_text())
     with tempfile.TemporaryDirectory(prefix=".rescue-", dir=output.parent) as tmp:
-        tree = Path(tmp) / "medium"
-        parts = _medium(tree, base, layer, preset)
+        with cache_lock(cache):
+            base, base_cached = _base(cache, plist, _build_env(BASE_EPOCH), reporter)
+            layer, layer_cached = _layer(cache, base, env, reporter)
+            for used in (base / "base.json", layer / "layer.json"):
+                os.utime(used)  # the time of last use, which pruning keeps by
+            info = json.loads((base / "base.json").read_text())
+            layer_info = json.loads((layer / "layer.json").read_text())
+            tree = Path(tmp) / "medium"
+            parts = _medium(tree, base, layer, preset)
+        inputs = _manifest(plist, info, layer_info, preset, env)
+        (tree / MEDIUM_DIR / MANIFEST_NAME).write_text(json.dumps(inputs, indent=2) + "\n")
         reporter(Noted("writing the ISO (grub-mkrescue: BIOS and UEFI)"))
         partial = Path(tmp) / "rescue.iso"
-        _run(
-            ["grub-mkrescue", "-o", str(partial), str(tree), "--", "-volid", VOLUME_ID],
-            output=output,
-            env=env,
-        )
+        _grub_mkrescue(tree, partial, Path(tmp), output=output, env=env)
         os.replace(partial, output)
     size = output.stat().st_size
     if size > STICK_BYTES:
@@ -236,6 +262,103 @@ def build_iso(
         base_cached=base_cached,
         layer_cached=layer_cached,
         seconds=time.monotonic() - started,
+        sha256=_sha256(output),
+        inputs=inputs,
+    )
+
+
+def _manifest(
+    plist: PackageList,
+    base: dict[str, Any],
+    layer: dict[str, Any],
+    preset: Preset,
+    env: dict[str, str],
+) -> dict[str, object]:
+    """Everything the ISO's bytes depend on (no secrets: the preset's files are named,
+    not copied). Two builds with equal manifests give the same ISO."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "source_date_epoch": int(env["SOURCE_DATE_EPOCH"]),
+        "debian": {
+            "suite": plist.suite,
+            "mirror": plist.mirror,
+            "package_list": plist.digest,
+            "epoch": base["epoch"],
+            "kernel": base["kernel"],
+            "packages": base["debian"],
+        },
+        "blockvault": {**layer["wheel"], "epoch": layer["epoch"]},
+        "python": {"interpreter": base["python"], "packages": layer["python"]},
+        "tools": {
+            **base["tools"],
+            **_tool_versions("grub-mkrescue", "xorriso", "mformat"),
+        },
+        "sha256": {
+            **{f"live/{name}": digest for name, digest in base["sha256"].items()},
+            **{f"live/{name}": digest for name, digest in layer["sha256"].items()},
+        },
+        "preset": {
+            "repo": preset.repo,
+            "images": [p.name for p in preset.images],
+            "boot_options": preset.boot_options,
+            "s3_endpoint": preset.s3_endpoint,
+        },
+    }
+
+
+def check_reproducible(
+    first: IsoSummary,
+    preset: Preset,
+    *,
+    cache: Path = DEFAULT_CACHE,
+    reporter: Reporter = quiet,
+    epoch: int | None = None,
+) -> None:
+    """Build ``first``'s ISO again from the same inputs (and cache) beside it, and
+    raise :class:`RescueBuildError` unless both are the same bytes."""
+    with tempfile.TemporaryDirectory(prefix=".again-", dir=first.path.parent) as tmp:
+        reporter(Noted("building the ISO a second time, to compare"))
+        again = build_iso(
+            Path(tmp) / first.path.name, preset, cache=cache, reporter=reporter, epoch=epoch
+        )
+    if again.sha256 != first.sha256:
+        raise RescueBuildError(
+            f"not reproducible: a second build has SHA-256 {again.sha256}, "
+            f"not {first.sha256}; compare the two with xorriso -find and unsquashfs -lls",
+            output=first.path,
+        )
+
+
+def _grub_mkrescue(
+    tree: Path, iso: Path, scratch: Path, *, output: Path, env: dict[str, str]
+) -> None:
+    """``grub-mkrescue`` with every date and id fixed by ``SOURCE_DATE_EPOCH``.
+
+    xorriso reads that variable, but grub-mkrescue also hands it
+    ``--modification-date`` of the present moment, so the dates come again as
+    xorriso commands (after ``--``, they run last). The EFI system image is made by
+    ``mformat``, whose volume serial number is random unless ``-N`` gives one:
+    grub-mkrescue cannot pass it, so a ``mformat`` first on the PATH adds it."""
+    epoch = int(env["SOURCE_DATE_EPOCH"])
+    stamp = time.strftime("%Y%m%d%H%M%S00", time.gmtime(epoch))
+    mformat = shutil.which("mformat")
+    if mformat is None:
+        raise UsageError("mformat is not installed (apt-get install mtools)")
+    tools = scratch / "bin"
+    tools.mkdir()
+    wrapper = tools / "mformat"
+    wrapper.write_text(f'#!/bin/sh\nexec {mformat} -N {epoch & 0xFFFFFFFF:08x} "$@"\n')
+    wrapper.chmod(0o755)
+    dates = [
+        *("-volume_date", "uuid", stamp),
+        *("-volume_date", "all_file_dates", f"={epoch}"),
+        *(arg for kind in "cm" for arg in ("-volume_date", kind, f"={epoch}")),
+        *("-boot_image", "any", "gpt_disk_guid=volume_date_uuid"),
+    ]
+    _run(
+        ["grub-mkrescue", "-o", str(iso), str(tree), "--", "-volid", VOLUME_ID, *dates],
+        output=output,
+        env={**env, "PATH": f"{tools}{os.pathsep}{env.get('PATH', os.defpath)}"},
     )
 
 
@@ -255,10 +378,18 @@ def _check_preset(output: Path, preset: Preset) -> None:
         raise RescueBuildError("is a directory; name the ISO file to write", output=output)
     if not output.parent.is_dir():
         raise RescueBuildError(f"folder {output.parent} does not exist", output=output)
-    given = [preset.password_file, preset.ssh_key, preset.known_hosts, *preset.images]
+    given = [
+        preset.password_file,
+        preset.ssh_key,
+        preset.known_hosts,
+        preset.s3_credentials,
+        *preset.images,
+    ]
     for path in given:
         if path is not None and not path.is_file():
             raise RescueBuildError(f"{path} is not a file", output=output)
+    if preset.s3_endpoint is not None and not valid_endpoint(preset.s3_endpoint):
+        raise RescueBuildError("the S3 endpoint is not an http:// or https:// URL", output=output)
     names = [p.name for p in preset.images]
     if len(set(names)) != len(names):
         raise RescueBuildError("two images have the same file name", output=output)
@@ -305,16 +436,40 @@ def _base_hooks(plist: PackageList) -> list[str]:
         'echo MODULES=list > "$1/etc/initramfs-tools/conf.d/rescue.conf"',
         f"printf '{modules}\\n' >> \"$1/etc/initramfs-tools/modules\"",
         'chroot "$1" update-initramfs -u -k all',
-        'chroot "$1" dpkg-query -W -f "\\${Package}\\n" | wc -l > "$1/../packages"',
+        'chroot "$1" dpkg-query -W -f "\\${Package}=\\${Version}\\n" | sort > "$1/../packages"',
     ]
+
+
+@contextmanager
+def cache_lock(cache: Path, *, exclusive: bool = False) -> Iterator[None]:
+    """Builds share the cache (they only add entries, each under a temporary name);
+    pruning has it alone, and fails at once while a build runs."""
+    fd = os.open(cache / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+        except BlockingIOError:
+            raise RescueBuildError(
+                "a rescue build is using this cache; prune it when the build is done",
+                output=cache,
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def base_name(plist: PackageList | None = None) -> str:
+    """The cache entry of the base this blockvault builds: its inputs' hash."""
+    plist = plist or package_list()
+    parts = [plist.digest, *_base_hooks(plist), *SQUASHFS_OPTIONS, str(BASE_EPOCH)]
+    return f"base-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:16]}"
 
 
 def _base(
     cache: Path, plist: PackageList, env: dict[str, str], reporter: Reporter
 ) -> tuple[Path, bool]:
     hooks = _base_hooks(plist)
-    key = hashlib.sha256("\0".join([plist.digest, *hooks]).encode()).hexdigest()[:16]
-    base = cache / f"base-{key}"
+    base = cache / base_name(plist)
     if (base / "base.json").exists():
         reporter(Noted(f"base system: cached ({base})"))
         return base, True
@@ -350,8 +505,16 @@ def _base(
         python = os.readlink(root / "usr" / "bin" / "python3")  # "python3.11"
         reporter(Noted("base system: mksquashfs"))
         _squash(root, tmp / "filesystem.squashfs", output=base, env=env)
-        packages = int((tmp / "packages").read_text())
-        info = {"kernel": version, "python": python, "packages": packages}
+        debian = (tmp / "packages").read_text().split()
+        info = {
+            "kernel": version,
+            "python": python,
+            "packages": len(debian),
+            "debian": debian,
+            "epoch": BASE_EPOCH,
+            "tools": _tool_versions("mmdebstrap", "mksquashfs"),
+            "sha256": _digests(tmp, "vmlinuz", "initrd.img", "filesystem.squashfs"),
+        }
         shutil.rmtree(root)
         (tmp / "base.json").write_text(json.dumps(info))
     return base, False
@@ -362,8 +525,10 @@ def _layer(cache: Path, base: Path, env: dict[str, str], reporter: Reporter) -> 
     python = json.loads((base / "base.json").read_text())["python"]
     with tempfile.TemporaryDirectory(prefix=".wheel-", dir=cache) as wheels:
         wheel = _wheel(Path(wheels), cache, env)
-        digest = hashlib.sha256(wheel.read_bytes())
-        digest.update(base.name.encode())
+        wheel_sha256 = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        digest = hashlib.sha256(wheel_sha256.encode())
+        digest.update(f"{base.name}\0{env['SOURCE_DATE_EPOCH']}\0".encode())
+        digest.update(f"{LAYER_RECIPE}\0".encode())
         for path, (text, _) in sorted(layer_files().items()):
             digest.update(f"{path}\0{text}\0".encode())
         layer = cache / f"layer-{digest.hexdigest()[:16]}"
@@ -384,6 +549,7 @@ def _layer(cache: Path, base: Path, env: dict[str, str], reporter: Reporter) -> 
                     "--quiet",
                     "--disable-pip-version-check",
                     "--no-warn-script-location",
+                    "--no-compile",  # pip compiles in a temporary folder: its path in each .pyc
                     "--cache-dir",
                     str(cache / "pip"),
                     "--target",
@@ -398,6 +564,8 @@ def _layer(cache: Path, base: Path, env: dict[str, str], reporter: Reporter) -> 
                 env=env,
             )
             shutil.rmtree(site / "bin", ignore_errors=True)  # entry points: ours follow
+            _forget_wheel_path(site)
+            _compile(site, python, output=layer, env=env)
             for path, (text, mode) in layer_files().items():
                 target = root / path
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -412,8 +580,56 @@ def _layer(cache: Path, base: Path, env: dict[str, str], reporter: Reporter) -> 
             )
             _squash(root, tmp / "zz-blockvault.squashfs", output=layer, env=env)
             shutil.rmtree(root)
-            (tmp / "layer.json").write_text(json.dumps({"python": installed}))
+            info = {
+                "python": installed,
+                "wheel": {"name": wheel.name, "sha256": wheel_sha256},
+                "base": base.name,
+                "epoch": int(env["SOURCE_DATE_EPOCH"]),
+                "sha256": _digests(tmp, "zz-blockvault.squashfs"),
+            }
+            (tmp / "layer.json").write_text(json.dumps(info))
     return layer, False
+
+
+def _forget_wheel_path(site: Path) -> None:
+    """Drop pip's record of where the wheel was installed from (``direct_url.json``,
+    and its line in ``RECORD``): a temporary folder, different in every build."""
+    for record in site.glob("*.dist-info/RECORD"):
+        url = record.parent / "direct_url.json"
+        if not url.exists():
+            continue
+        url.unlink()
+        lines = record.read_text().splitlines(keepends=True)
+        record.write_text(
+            "".join(x for x in lines if not x.startswith(f"{url.parent.name}/direct_url.json,"))
+        )
+
+
+def _compile(site: Path, python: str, *, output: Path, env: dict[str, str]) -> None:
+    """Byte-compile the layer where it will be (each ``.pyc`` names its source's
+    path) with hashes, not dates, for the check; only when this interpreter is the
+    base's version, whose bytecode the rescue system can use (else it compiles at
+    import, into its RAM overlay)."""
+    if python != f"python{sys.version_info.major}.{sys.version_info.minor}":
+        return
+    final = f"/usr/local/lib/{python}/dist-packages"
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "compileall",
+            "-q",
+            "--invalidation-mode",
+            "checked-hash",
+            "-s",
+            str(site),
+            "-p",
+            final,
+            str(site),
+        ],
+        output=output,
+        env=env,
+    )
 
 
 def _wheel(directory: Path, cache: Path, env: dict[str, str]) -> Path:
@@ -454,11 +670,37 @@ def _wheel(directory: Path, cache: Path, env: dict[str, str]) -> Path:
 
 
 def _squash(root: Path, image: Path, *, output: Path, env: dict[str, str]) -> None:
+    """``root`` packed; mksquashfs reads ``SOURCE_DATE_EPOCH`` from ``env``: the image's
+    date, and every file date after it clamped to it (files written by the build
+    hooks and pip carry the time they were written; those from packages are older)."""
     _run(
         ["mksquashfs", str(root), str(image), "-noappend", *SQUASHFS_OPTIONS],
         output=output,
         env=env,
     )
+
+
+def _tool_versions(*tools: str) -> dict[str, str]:
+    """The first line of each tool's version: their output is part of the ISO."""
+    versions = {}
+    for tool in tools:
+        flag = "-version" if tool == "mksquashfs" else "--version"
+        proc = subprocess.run([tool, flag], capture_output=True, text=True, check=False)
+        lines = (proc.stdout or proc.stderr).strip().splitlines()
+        versions[tool] = lines[0].strip() if lines else "unknown"
+    return versions
+
+
+def _digests(folder: Path, *names: str) -> dict[str, str]:
+    return {name: _sha256(folder / name) for name in names}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _medium(tree: Path, base: Path, layer: Path, preset: Preset) -> dict[str, int]:
@@ -484,6 +726,11 @@ def _medium(tree: Path, base: Path, layer: Path, preset: Preset) -> dict[str, in
     if preset.known_hosts:
         files[f"{MEDIUM_DIR}/{SSH_DIR}/known_hosts"] = preset.known_hosts
         config["known_hosts"] = f"{SSH_DIR}/known_hosts"
+    if preset.s3_credentials:
+        files[f"{MEDIUM_DIR}/{S3_CREDENTIALS_NAME}"] = preset.s3_credentials
+        config["s3_credentials"] = S3_CREDENTIALS_NAME
+    if preset.s3_endpoint:
+        config["s3_endpoint"] = preset.s3_endpoint
     for image in preset.images:
         files[f"{MEDIUM_DIR}/{IMAGES_DIR}/{image.name}"] = image
         config["images"] = [*config["images"], f"{IMAGES_DIR}/{image.name}"]  # type: ignore[misc]

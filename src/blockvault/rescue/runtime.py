@@ -26,6 +26,7 @@ __all__ = [
     "MEDIUM_DIR",
     "MEDIUM_ENV",
     "PASSWORD_NAME",
+    "S3_CREDENTIALS_NAME",
     "SSH_DIR",
     "RescueConfig",
     "blockvault_argv",
@@ -40,6 +41,8 @@ LIVE_MEDIUM: Final = Path("/run/live/medium")
 CONFIG_NAME: Final = "rescue.json"
 PASSWORD_NAME: Final = "password"
 SSH_DIR: Final = "ssh"
+S3_CREDENTIALS_NAME: Final = "s3-credentials"  # an AWS shared credentials file
+ENDPOINT_MAX: Final = 2048
 IMAGES_DIR: Final = "images"
 LOG_PATH: Final = Path("/run/blockvault-rescue.log")
 CONFIG_MAX: Final = 64 * 1024
@@ -78,6 +81,8 @@ class RescueConfig:
     ssh_key: Path | None = None
     known_hosts: Path | None = None
     images: tuple[Path, ...] = ()
+    s3_credentials: Path | None = None
+    s3_endpoint: str | None = None
 
     @property
     def default_repo(self) -> str | None:
@@ -118,6 +123,9 @@ def load_config(folder: Path | None = None) -> RescueConfig:
         images = data.get("images") or []
         if not isinstance(images, list):
             raise ValueError("images is not a list")
+        endpoint = data.get("s3_endpoint")
+        if endpoint is not None and not valid_endpoint(endpoint):
+            raise ValueError("s3_endpoint is not an http(s) URL")
         return RescueConfig(
             folder,
             repo=repo or None,
@@ -125,9 +133,22 @@ def load_config(folder: Path | None = None) -> RescueConfig:
             ssh_key=_inside(folder, data.get("ssh_key")),
             known_hosts=_inside(folder, data.get("known_hosts")),
             images=tuple(p for p in (_inside(folder, i) for i in images) if p),
+            s3_credentials=_inside(folder, data.get("s3_credentials")),
+            s3_endpoint=endpoint or None,
         )
     except ValueError as exc:
         raise UsageError(f"rescue preset {path}: {exc}; rebuild the stick") from None
+
+
+def valid_endpoint(url: object) -> bool:
+    """An S3 endpoint a preset may name: http(s), one word, bounded."""
+    return (
+        isinstance(url, str)
+        and url.startswith(("http://", "https://"))
+        and len(url) <= ENDPOINT_MAX
+        and url.isprintable()
+        and not any(c.isspace() for c in url)
+    )
 
 
 def _inside(folder: Path, name: object) -> Path | None:
@@ -155,6 +176,12 @@ def env_for(config: RescueConfig) -> dict[str, str]:
     repo = config.default_repo
     if repo and "BLOCKVAULT_REPO" not in env:
         env["BLOCKVAULT_REPO"] = repo
+    # S3 credentials come from the stick, never from the kernel command line (which
+    # /proc/cmdline shows to every process and the boot menu to every onlooker)
+    if config.s3_credentials:
+        env.setdefault("AWS_SHARED_CREDENTIALS_FILE", str(config.s3_credentials))
+    if config.s3_endpoint:
+        env.setdefault("AWS_ENDPOINT_URL_S3", config.s3_endpoint)
     return env
 
 

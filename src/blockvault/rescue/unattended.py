@@ -1,10 +1,11 @@
 """Running the kernel command line's job with nobody at the keyboard.
 
 Every line blockvault prints is copied to this process's output (the console:
-screen and serial port) and to the log file, and the run ends with one line a
-person or a test can wait for: ``BLOCKVAULT-RESCUE-OK`` or
-``BLOCKVAULT-RESCUE-FAIL <why>``. Then what ``blockvault.after`` asks: reboot,
-power off, or stay (the menu is on the consoles).
+screen and serial port) and to the log file (bounded), and the run ends with one
+line a person or a test can wait for: ``BLOCKVAULT-RESCUE-OK`` or
+``BLOCKVAULT-RESCUE-FAIL <why>``. A job that wrote a disk successfully leaves its
+log on the restored system too (:mod:`~blockvault.rescue.joblog`). Then what
+``blockvault.after`` asks: reboot, power off, or stay (the menu is on the consoles).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from blockvault.rescue.cmdline import AUTO_TARGET, Job
+from blockvault.rescue.joblog import BoundedLog, keep_on_target
 from blockvault.rescue.runtime import RescueConfig, blockvault_argv, env_for
 
 __all__ = ["AFTER_COMMANDS", "FAIL_LINE", "OK_LINE", "START_LINE", "Consoles", "run_job"]
@@ -24,6 +26,7 @@ START_LINE: Final = "BLOCKVAULT-RESCUE-START"
 OK_LINE: Final = "BLOCKVAULT-RESCUE-OK"
 FAIL_LINE: Final = "BLOCKVAULT-RESCUE-FAIL"
 WHY_MAX: Final = 200  # characters of the failing line quoted
+NO_ROOT_LINE: Final = "log not kept on the target: no Linux root (etc/ and var/log/) on it\n"
 AFTER_COMMANDS: Final = {
     "reboot": ["systemctl", "reboot"],
     "poweroff": ["systemctl", "poweroff"],
@@ -80,12 +83,13 @@ def run_job(
     """Run ``job`` (without its ``after``), reporting to ``out`` and ``log``; whether
     it succeeded. ``disks`` lists the machine's disks, for ``cast receive`` onto
     the first one."""
-    with open(log, "a", encoding="utf-8") as logfile:
+    with open(log, "a", encoding="utf-8", errors="replace") as logfile:
+        bounded = BoundedLog(logfile)
 
-        def say(line: str) -> None:
-            for stream in (out, logfile):
-                stream.write(line + "\n")
-                stream.flush()
+        def say(line: str, *, final: bool = False) -> None:
+            out.write(line + "\n")
+            out.flush()
+            bounded.line(line, final=final)
 
         args = list(job.args)
         if args[-1] == AUTO_TARGET and args[:2] == ["cast", "receive"]:
@@ -116,8 +120,14 @@ def run_job(
                 say(line)
                 if line.strip():
                     last = line.strip()
-        if proc.returncode == 0:
-            say(OK_LINE)
-            return True
-        say(f"{FAIL_LINE} exit status {proc.returncode}: {last[:WHY_MAX] or 'no message'}")
-        return False
+        if proc.returncode != 0:
+            why = last[:WHY_MAX] or "no message"
+            say(f"{FAIL_LINE} exit status {proc.returncode}: {why}", final=True)
+            return False
+        say(OK_LINE, final=True)
+    target = next((a for a in reversed(args) if a.startswith("/dev/")), None)
+    if target is not None:
+        kept = keep_on_target(log, target)
+        out.write(f"log kept on the restored system: {kept}\n" if kept else NO_ROOT_LINE)
+        out.flush()
+    return True
