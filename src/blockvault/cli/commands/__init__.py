@@ -299,6 +299,7 @@ COMMANDS = (
     "boot",
     "agent",
     "rescue",
+    "pxe",
 )
 
 
