@@ -295,6 +295,7 @@ class PxeServer:
     runtime folder."""
 
     def __init__(self, settings: PxeSettings, reporter: Reporter = quiet) -> None:
+        self._dnsmasq_path = _check_tools()
         self.settings = settings
         self.reporter = reporter
         self.actions = settings.actions
@@ -317,7 +318,6 @@ class PxeServer:
         self.close()
 
     def _start(self) -> None:
-        dnsmasq = _check_tools()
         if not self.settings.iso.is_file():
             raise PxeOptionError(f"{self.settings.iso} is not a file", option="--iso")
         for action in [self.actions.default, *self.actions.table().values()]:
@@ -355,7 +355,7 @@ class PxeServer:
             path.chmod(0o644)
         config = runtime / "dnsmasq.conf"
         config.write_text(dnsmasq_config(self.interface, tftp))
-        self._run_dnsmasq(dnsmasq, config)
+        self._run_dnsmasq(self._dnsmasq_path, config)
         self.reporter(
             Noted(
                 f"serving the rescue system on {self.interface.name} "
