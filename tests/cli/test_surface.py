@@ -73,7 +73,7 @@ def test_user_guide_lists_every_command() -> None:
             while words and words[0].startswith("-"):  # global options: -r REPO
                 words = words[2:]
             listed.add(words[0])
-            if words[0] in ("key", "cast", "plan", "rescue") or words[:2] in (
+            if words[0] in ("key", "cast", "plan", "rescue", "pxe") or words[:2] in (
                 ["agent", "install"],
                 ["agent", "uninstall"],
             ):

@@ -98,7 +98,7 @@ def register(group: click.Group) -> None:
             serve(settings, reporter)
 
     @pxe.command("wake")
-    @click.argument("macs", nargs=-1, required=True, metavar="MAC...")
+    @click.argument("macs", nargs=-1, required=True, metavar="MAC")
     @click.option("--iface", metavar="IF", help="Send on this card, to its broadcast address.")
     @click.option("--broadcast", metavar="ADDR", help="Send to this address (default: broadcast).")
     def wake_command(macs: tuple[str, ...], iface: str | None, broadcast: str | None) -> None:
