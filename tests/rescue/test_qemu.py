@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from blockvault.interop.boot import OVMF_PAIRS, ConsoleWatch, default_accel
-from blockvault.rescue.build import DEFAULT_CACHE, Preset, build_iso
+from blockvault.rescue.build import Preset, build_iso
 from blockvault_demo.sample_boot import BootDisk, boot, build_boot_disk
 from blockvault_demo.servers import start_sshd, stop
-from tests.conftest import IS_ROOT, blockvault, need_tools
+from tests.conftest import IS_ROOT, blockvault
+from tests.rescue.conftest import CACHE
 
 pytestmark = [
     pytest.mark.qemu,
@@ -30,16 +31,6 @@ pytestmark = [
 MENU = "Choose:"
 RESTORE = 'blockvault.run="restore latest /dev/vda --yes" blockvault.after=poweroff'
 BOOT_TIMEOUT = 600.0  # seconds: GRUB reads the kernel through the firmware, slow under TCG
-CACHE = Path(os.environ.get("BLOCKVAULT_RESCUE_CACHE", str(DEFAULT_CACHE))).expanduser()
-
-
-@pytest.fixture(scope="session")
-def rescue_iso(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    need_tools("mmdebstrap", "mksquashfs", "grub-mkrescue", "xorriso", "qemu-system-x86_64")
-    iso = tmp_path_factory.mktemp("rescue") / "rescue.iso"
-    summary = build_iso(iso, Preset(), cache=CACHE)
-    assert summary.fits_stick
-    return iso
 
 
 def boot_rescue(
