@@ -115,7 +115,7 @@ def test_a_cast_action_needs_the_session_code() -> None:
         (BootAction("cast"), Job(("cast", "receive", "--yes", "--code", CODE, "auto"), "reboot")),
         (
             BootAction("restore", "sftp://backup@nas/repo:latest"),
-            Job(("restore", "sftp://backup@nas/repo:latest", "/dev/vda", "--yes"), "reboot"),
+            Job(("restore", "sftp://backup@nas/repo:latest", "/dev/sda", "--yes"), "reboot"),
         ),
     ],
 )
@@ -125,7 +125,7 @@ def test_the_boot_script_gives_the_rescue_system_the_action_as_its_job(
     """The kernel line iPXE passes on is read back as the rescue system reads
     /proc/cmdline: the same job, the ISO's URL for live-boot and the booting card."""
     base = "http://10.1.2.3:9521"
-    script = boot_script(base, MAC, kernel_options(action, cast_code=CODE, target="/dev/vda"))
+    script = boot_script(base, MAC, kernel_options(action, cast_code=CODE, target=None))
     assert script.startswith("#!ipxe\n")
     (kernel,) = [line for line in script.splitlines() if line.startswith("kernel ")]
     url, cmdline = kernel.split()[1], kernel.split(maxsplit=2)[2]
@@ -360,3 +360,13 @@ def test_a_machines_own_action_can_be_set_and_dropped_while_serving() -> None:
     assert actions.for_mac(MAC) == BootAction("menu")
     with pytest.raises(PxeOptionError):
         actions.set("52:54:00", BootAction("menu"))
+
+
+def test_a_target_goes_to_a_cast_as_blockvault_target_and_a_bad_one_is_refused() -> None:
+    options = kernel_options(BootAction("cast"), cast_code=CODE, target="/dev/nvme0n1")
+    assert job_from_cmdline(options) == Job(
+        ("cast", "receive", "--yes", "--code", CODE, "/dev/nvme0n1"), "reboot"
+    )
+    for bad in ("sda", "/dev/sda --yes", '/dev/"x', "/dev/${x}"):
+        with pytest.raises(PxeOptionError, match="not a device name"):
+            kernel_options(BootAction("restore", "latest"), cast_code=None, target=bad)

@@ -74,6 +74,7 @@ LOADERS: Final = {
 CHAIN_NAME: Final = "chain.ipxe"
 ISO_NAME: Final = "rescue.iso"
 HTTP_FILES: Final = ("vmlinuz", "initrd.img", ISO_NAME)
+RESTORE_TARGET: Final = "/dev/sda"
 LOG_LINE_MAX: Final = 300
 READY_SECONDS: Final = 15.0
 VALUE_REFUSED: Final = frozenset("\"$\\'")  # iPXE expands ${...}; the kernel keeps quotes
@@ -113,15 +114,18 @@ def parse_action(text: str) -> BootAction:
     )
 
 
-def kernel_options(action: BootAction, *, cast_code: str | None, target: str) -> str:
+def kernel_options(action: BootAction, *, cast_code: str | None, target: str | None) -> str:
     """The ``blockvault.*`` kernel options of ``action`` (checked as the rescue
-    system will read them)."""
+    system will read them). ``target`` is the disk to write: for a restore
+    ``/dev/sda`` when None, for a cast the machine's first disk."""
     if action.kind == "menu":
         return ""
+    if target is not None and (
+        not target.startswith("/dev/") or any(c in VALUE_REFUSED or c.isspace() for c in target)
+    ):
+        raise PxeOptionError(f"{target!r} is not a device name", option="--target")
     if action.kind == "restore":
-        if VALUE_REFUSED.intersection(target) or any(c.isspace() for c in target):
-            raise PxeOptionError(f"{target!r} is not a device name", option="--target")
-        options = f'blockvault.run="restore {action.value} {target} --yes"'
+        options = f'blockvault.run="restore {action.value} {target or RESTORE_TARGET} --yes"'
     else:
         if cast_code is None:
             raise PxeOptionError(
@@ -132,6 +136,8 @@ def kernel_options(action: BootAction, *, cast_code: str | None, target: str) ->
         options = f"blockvault.cast=receive blockvault.code={cast_code}"
         if action.value:
             options += f" blockvault.session={action.value}"
+        if target is not None:
+            options += f" blockvault.target={target}"
     options += " blockvault.after=reboot"
     job_from_cmdline(options)
     return options
@@ -216,7 +222,7 @@ class _Served:
     files: dict[str, Path]
     actions: BootActions
     cast_code: str | None
-    target: str
+    target: str | None
     reporter: Reporter
 
 
@@ -283,7 +289,7 @@ class PxeSettings:
     iso: Path
     actions: BootActions
     cast_code: str | None = None
-    target: str = "/dev/sda"  # the disk a restore action writes
+    target: str | None = None  # the disk to write (see kernel_options)
     http_port: int = DEFAULT_HTTP_PORT  # 0: any free port
 
 

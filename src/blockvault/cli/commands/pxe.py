@@ -50,10 +50,9 @@ def register(group: click.Group) -> None:
     )
     @click.option(
         "--target",
-        default="/dev/sda",
-        show_default=True,
         metavar="DEV",
-        help="The disk a restore action writes.",
+        help="The disk a restore or cast action writes "
+        "(default: /dev/sda for a restore, the machine's first disk for a cast).",
     )
     @click.option(
         "--http-port",
@@ -70,7 +69,7 @@ def register(group: click.Group) -> None:
         action: str,
         per_mac: tuple[str, ...],
         cast_key_file: str | None,
-        target: str,
+        target: str | None,
         http_port: int,
         as_json: bool,
     ) -> None:
