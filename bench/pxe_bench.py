@@ -31,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,16 @@ def blank_machines(work: Path, sample: BootDisk, count: int, tag: str) -> list[M
             Machine(f"{tag}{i}", "bios", f"52:54:00:78:00:{i + 1:02x}", disk, sample.token)
         )
     return machines
+
+
+def in_background(
+    send: Callable[..., subprocess.CompletedProcess[str]], *args: Any, **kwargs: Any
+) -> Future[subprocess.CompletedProcess[str]]:
+    """``cast send`` blocks until its receivers are done: run it beside the console watch."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(send, *args, **kwargs)
+    pool.shutdown(wait=False)
+    return future
 
 
 def case(machines: list[Machine], wall: float) -> dict[str, Any]:
@@ -100,20 +112,19 @@ def main() -> None:
             started = time.monotonic()
             for machine in together:
                 lab.power_on(machine)
-            sent = lab.cast_send(repo, snapshot, code, receivers=len(together))
-            lab.watch(together, TIMEOUT)
+            sent = in_background(lab.cast_send, repo, snapshot, code, receivers=len(together))
+            lab.watch(together, TIMEOUT)  # meanwhile: the consoles are read as they grow
             results["together"] = case(together, time.monotonic() - started)
-            results["together"]["cast_send"] = sent.stdout.strip().splitlines()[
-                -len(together) - 2 :
-            ]
+            results["together"]["cast_send_exit"] = sent.result().returncode
             print(json.dumps(results["together"], indent=2), flush=True)
             if options.alone:
                 alone = blank_machines(work, sample, options.machines, "alone")
                 started = time.monotonic()
                 for machine in alone:
                     lab.power_on(machine)
-                    lab.cast_send(repo, snapshot, code, receivers=1)
+                    sent = in_background(lab.cast_send, repo, snapshot, code, receivers=1)
                     lab.watch([machine], TIMEOUT)
+                    sent.result()
                 results["one_after_another"] = case(alone, time.monotonic() - started)
         first = [m.seen[START] for m in together]
         results["power_on_to_restore_start_seconds"] = {"min": min(first), "max": max(first)}
