@@ -24,6 +24,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   ├── ClockBehind                      a snapshot is dated after the clock: prune refuses
     │   ├── ScheduleError                    a plan's schedule or window spec is wrong
     │   ├── RescueOptionError                a blockvault.* kernel option of the rescue system
+    │   ├── PxeOptionError                   a pxe serve/wake option: MAC, action, interface
     │   ├── BrowseError                      a snapshot path to browse is wrong (browse/)
     │   │   ├── PartitionNotFound                no such imaged partition in the snapshot
     │   │   ├── PathNotFound                     no such file or directory in it
@@ -58,6 +59,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   ├── ObjectTooLarge          exit 4   an object larger than its kind allows, refused unread
     │   └── TransientStorageError            a failure worth retrying (dropped link)
     ├── RescueBuildError            exit 1   rescue media could not be built (rescue/)
+    ├── PxeServeError               exit 1   the network boot service failed (rescue/pxe.py)
     ├── VirtualMachineError         exit 1   QEMU could not run a guest (interop/boot.py)
     │   └── BootFailed              exit 5   a guest did not reach its login prompt or marker
     ├── FormatError                 exit 1   foreign on-disk structure we cannot trust
@@ -146,6 +148,8 @@ __all__ = [
     "PlanError",
     "PlanNotFound",
     "PlanRunFailed",
+    "PxeOptionError",
+    "PxeServeError",
     "RepositoryBusy",
     "RepositoryError",
     "RepositoryExists",
@@ -480,6 +484,14 @@ class RescueOptionError(UsageError):
 
 class RescueBuildError(BlockvaultError):
     template = "rescue media {output}: {detail}"
+
+
+class PxeOptionError(UsageError):
+    template = "pxe {option}: {detail} (see 'Network boot (PXE)' in the user guide)"
+
+
+class PxeServeError(BlockvaultError):
+    template = "pxe serve on {interface}: {detail}"
 
 
 class VirtualMachineError(BlockvaultError):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from blockvault.disk.inventory import SKIP_PREFIXES
 from blockvault.errors import BlockvaultError
 from blockvault.rescue.cmdline import console_devices, job_from_cmdline
 from blockvault.rescue.menu import Menu
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _disks() -> list[str]:
     """This machine's disks, in the kernel's order, less the one the rescue system
-    booted from."""
+    booted from and those blockvault never lists (floppies, RAM disks)."""
     medium = subprocess.run(
         ["findmnt", "-n", "-o", "SOURCE", LIVE_MEDIUM_MOUNT],
         capture_output=True,
@@ -80,7 +81,12 @@ def _disks() -> list[str]:
     ).stdout
     skip = {parent, medium.removeprefix("/dev/")}
     pairs = [line.split()[:2] for line in listing.splitlines() if len(line.split()) >= 2]
-    return [f"/dev/{name}" for name, kind in pairs if kind == "disk" and name not in skip]
+    return [
+        f"/dev/{name}"
+        for name, kind in pairs
+        # a PC's floppy drive is a "disk" to lsblk, and sorts first: never a target
+        if kind == "disk" and name not in skip and not name.startswith(SKIP_PREFIXES)
+    ]
 
 
 if __name__ == "__main__":

@@ -101,7 +101,8 @@ def run_job(
         argv = blockvault_argv(config, args)
         env = env_for(config)
         say(f"{START_LINE} blockvault {shlex.join(args)}")
-        if config.remote(env.get("BLOCKVAULT_REPO")) or any(config.remote(a) for a in args):
+        remote = config.remote(env.get("BLOCKVAULT_REPO")) or any(config.remote(a) for a in args)
+        if remote or args[0] == "cast":  # a cast is over the network, always
             say("waiting for the network (DHCP)")
             subprocess.run(NETWORK_WAIT, check=False)
         last = ""

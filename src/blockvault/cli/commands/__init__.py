@@ -300,6 +300,7 @@ COMMANDS = (
     "agent",
     "rescue",
     "center",
+    "pxe",
 )
 
 
