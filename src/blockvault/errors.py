@@ -24,6 +24,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   ├── ClockBehind                      a snapshot is dated after the clock: prune refuses
     │   ├── ScheduleError                    a plan's schedule or window spec is wrong
     │   ├── RescueOptionError                a blockvault.* kernel option of the rescue system
+    │   ├── AdaptRefused                     restore --adapt: no Linux root in the snapshot
     │   ├── BrowseError                      a snapshot path to browse is wrong (browse/)
     │   │   ├── PartitionNotFound                no such imaged partition in the snapshot
     │   │   ├── PathNotFound                     no such file or directory in it
@@ -51,6 +52,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   ├── ObjectTooLarge          exit 4   an object larger than its kind allows, refused unread
     │   └── TransientStorageError            a failure worth retrying (dropped link)
     ├── RescueBuildError            exit 1   rescue media could not be built (rescue/)
+    ├── AdaptError                  exit 1   restore --adapt: a step in the restored system failed
     ├── VirtualMachineError         exit 1   QEMU could not run a guest (interop/boot.py)
     │   └── BootFailed              exit 5   a guest did not reach its login prompt or marker
     ├── FormatError                 exit 1   foreign on-disk structure we cannot trust
@@ -95,6 +97,8 @@ __all__ = [
     "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
     "EXIT_STDOUT_CLOSED",
+    "AdaptError",
+    "AdaptRefused",
     "AmbiguousLatest",
     "AmbiguousSnapshot",
     "BlockvaultError",
@@ -423,6 +427,21 @@ class RescueOptionError(UsageError):
 
 class RescueBuildError(BlockvaultError):
     template = "rescue media {output}: {detail}"
+
+
+class AdaptRefused(UsageError):
+    """Refused before the target was written: nothing to adapt in the snapshot."""
+
+    template = (
+        "snapshot {snapshot}: {detail}; restore it without --adapt "
+        "(see 'Restore onto other hardware' in the user guide)"
+    )
+
+
+class AdaptError(BlockvaultError):
+    """A step of ``--adapt`` failed after the data was written: the restore stands."""
+
+    template = "adapting the system restored on {target}: {detail}"
 
 
 class VirtualMachineError(BlockvaultError):
