@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from blockvault.disk.system import BIOS_BOOT_GUID, ESP_GUID, ESP_MBR_TYPE
 from blockvault.errors import AdaptError, UsageError
 from blockvault.events import Noted, Reporter, Warned, quiet
 
@@ -65,8 +66,7 @@ FirmwareMode = Literal["bios", "uefi"]
 Change = Callable[[str], None]  # takes one line of the report
 
 LINUX_FILESYSTEMS: Final = ("ext2", "ext3", "ext4", "xfs", "btrfs")
-BIOS_BOOT_TYPE: Final = "21686148-6e55-6f74-6e49-656564454649"
-ESP_TYPES: Final = ("c12a7328-f81f-11d2-ba4b-00a0c93ec93b", "0xef")
+ESP_TYPES: Final = (ESP_GUID, ESP_MBR_TYPE)  # as blkid shows GPT and MBR types
 # the disk controllers a machine may boot from: MODULES=most takes all of them, the
 # list is also named in the report
 DRIVERS: Final = ("nvme", "ahci", "sd_mod", "virtio_blk", "virtio_scsi", "usb_storage")
@@ -488,7 +488,7 @@ def _boot_loader(
             skip("GRUB: no GRUB for BIOS in the restored system (install grub-pc-bin in it)")
             return
         gpt = any(p.probe.get("PART_ENTRY_SCHEME") == "gpt" for p in parts)
-        if gpt and not any(p.part_type == BIOS_BOOT_TYPE for p in parts):
+        if gpt and not any(p.part_type == BIOS_BOOT_GUID for p in parts):
             skip("GRUB: a GPT disk without a BIOS boot partition cannot boot GRUB by BIOS")
             return
         _chroot(tree, ["grub-install", "--target=i386-pc", disk], disk)
