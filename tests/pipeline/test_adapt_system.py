@@ -6,7 +6,9 @@ initramfs generator cannot take, and a hostile root whose /boot leads out of it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -75,9 +77,18 @@ def read_back(image: Path, path: str) -> str:
     return sh("debugfs", "-R", f"cat {path}", f"{image}?offset={ROOT_START}")
 
 
+def adapt(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    """``blockvault ARGS``, its temporary folders (where adapt mounts) in one of the
+    target's: another test's mounts are not ours."""
+    target = Path(args[4])
+    private = target.with_name("tmp")
+    private.mkdir(exist_ok=True)
+    return blockvault(*args, env={"TMPDIR": str(private)})
+
+
 def assert_nothing_left(target: Path) -> None:
-    mounts = Path("/proc/mounts").read_text()
-    assert "blockvault-adapt-" not in mounts
+    points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    assert not [p for p in points if p.startswith(str(target.with_name("tmp")))]
     assert sh("losetup", "--associated", target).strip() == ""
 
 
@@ -93,7 +104,7 @@ def test_device_names_in_fstab_become_uuids_and_missing_tools_are_named(
     )
     repo = backed_up(tmp_path, linux_tree(tmp_path, fstab))
     target = blank(tmp_path / "target.img")
-    done = blockvault(
+    done = adapt(
         "-r", repo, "restore", "latest", target, "--yes", "--adapt", "--adapt-firmware", "bios"
     )
     assert done.returncode == 0, done.stderr
@@ -121,13 +132,11 @@ def test_device_names_in_fstab_become_uuids_and_missing_tools_are_named(
 def test_json_carries_the_changes(tmp_path: Path) -> None:
     repo = backed_up(tmp_path, linux_tree(tmp_path, "/dev/vda1 / ext4 defaults 0 1\n"))
     target = blank(tmp_path / "target.img")
-    done = blockvault(
+    done = adapt(
         "-r", repo, "restore", "latest", target, "--yes", "--adapt",
         "--adapt-firmware", "uefi", "--json",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    import json
-
     report = json.loads(done.stdout)
     assert report["written_bytes"] > 0
     assert report["adapt"]["firmware"] == "uefi"
@@ -138,7 +147,7 @@ def test_a_snapshot_without_a_linux_root_is_refused_before_writing(tmp_path: Pat
     repo = backed_up(tmp_path, None)
     target = blank(tmp_path / "target.img", b"\xa5")
     before = hashlib.sha256(target.read_bytes()).hexdigest()
-    done = blockvault("-r", repo, "restore", "latest", target, "--yes", "--adapt")
+    done = adapt("-r", repo, "restore", "latest", target, "--yes", "--adapt")
     assert done.returncode == 2, done.stderr
     assert "no partition holds a Linux root filesystem" in done.stderr
     assert "restore it without --adapt" in done.stderr
@@ -157,7 +166,7 @@ def test_a_boot_folder_that_is_a_link_out_of_the_image_is_not_followed(tmp_path:
     (tree / "boot").symlink_to(outside)  # absolute: on the host it leads out of the image
     repo = backed_up(tmp_path, tree)
     target = blank(tmp_path / "target.img")
-    done = blockvault("-r", repo, "restore", "latest", target, "--yes", "--adapt")
+    done = adapt("-r", repo, "restore", "latest", target, "--yes", "--adapt")
     assert done.returncode == 1, done.stderr
     assert "/boot passes a symbolic link; refused" in done.stderr
     assert "Traceback" not in done.stderr
