@@ -120,12 +120,10 @@ def run_in_guest(
     env: dict[str, str] | None = None,
     memory: int = 768,
     timeout: float = 600.0,
-    modules: tuple[str, ...] = (),
 ) -> GuestRun:
     """Run ``script`` (sh) as root in a guest, with ``work`` shared at its own path and
     ``disks`` attached; ``env`` is exported first (the host's ``PATH`` and
-    ``PYTHONPATH`` always are); ``modules`` are loaded besides ``GUEST_MODULES``.
-    Returns when the guest powers off, or at ``timeout``."""
+    ``PYTHONPATH`` always are). Returns when the guest powers off, or at ``timeout``."""
     work = work.resolve()
     kernel = find_kernel()
     code = _source_root()
@@ -144,7 +142,7 @@ def run_in_guest(
             kernel,
             Path(tmp) / "tree",
             initrd,
-            modules=(*GUEST_MODULES, *modules),
+            modules=GUEST_MODULES,
             init=_INIT.replace("@MSIZE@", str(_MSIZE)),
         )
         command = [

@@ -444,7 +444,7 @@ def _fix_table(tree: Path, name: str, parts: list[Partition], change: Change, sk
             rewritten = True
     if rewritten:
         path = _inside(tree, f"etc/{name}")
-        shutil.copy2(path, path.with_name(name + SAVED_SUFFIX))
+        shutil.copy2(path, _inside(tree, f"etc/{name}{SAVED_SUFFIX}"))  # not through a link
         path.write_text("".join(lines))
 
 
