@@ -18,13 +18,13 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   ├── KeyFileInvalid                   a key file to import is not usable
     │   ├── LuksKeyRejected                  no LUKS key slot opens with the key given
     │   ├── ImageReadOnly                    a write to a one-file image (.bvi)
-
     │   ├── PlanError                        a plan, or the plans file, is wrong (plans/)
     │   │   └── PlanNotFound                     no plan of that name in the plans file
     │   ├── ClockBehind                      a snapshot is dated after the clock: prune refuses
     │   ├── ScheduleError                    a plan's schedule or window spec is wrong
     │   ├── RescueOptionError                a blockvault.* kernel option of the rescue system
     │   ├── PxeOptionError                   a pxe serve/wake option: MAC, action, interface
+    │   ├── AdaptRefused                     restore --adapt: no Linux root in the snapshot
     │   ├── BrowseError                      a snapshot path to browse is wrong (browse/)
     │   │   ├── PartitionNotFound                no such imaged partition in the snapshot
     │   │   ├── PathNotFound                     no such file or directory in it
@@ -60,6 +60,7 @@ repeats it (a test keeps the three and the classes below in agreement).
     │   └── TransientStorageError            a failure worth retrying (dropped link)
     ├── RescueBuildError            exit 1   rescue media could not be built (rescue/)
     ├── PxeServeError               exit 1   the network boot service failed (rescue/pxe.py)
+    ├── AdaptError                  exit 1   restore --adapt: a step in the restored system failed
     ├── VirtualMachineError         exit 1   QEMU could not run a guest (interop/boot.py)
     │   └── BootFailed              exit 5   a guest did not reach its login prompt or marker
     ├── FormatError                 exit 1   foreign on-disk structure we cannot trust
@@ -104,6 +105,8 @@ __all__ = [
     "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
     "EXIT_STDOUT_CLOSED",
+    "AdaptError",
+    "AdaptRefused",
     "AmbiguousLatest",
     "AmbiguousSnapshot",
     "BlockvaultError",
@@ -492,6 +495,21 @@ class PxeOptionError(UsageError):
 
 class PxeServeError(BlockvaultError):
     template = "pxe serve on {interface}: {detail}"
+
+
+class AdaptRefused(UsageError):
+    """Refused before the target was written: nothing to adapt in the snapshot."""
+
+    template = (
+        "snapshot {snapshot}: {detail}; restore it without --adapt "
+        "(see 'Restore onto other hardware' in the user guide)"
+    )
+
+
+class AdaptError(BlockvaultError):
+    """A step of ``--adapt`` failed after the data was written: the restore stands."""
+
+    template = "adapting the system restored on {target}: {detail}"
 
 
 class VirtualMachineError(BlockvaultError):

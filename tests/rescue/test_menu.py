@@ -150,3 +150,19 @@ def test_the_report_reaches_every_console_that_opens_else_the_fallback(tmp_path:
     assert fallback.getvalue() == ""
     Consoles([str(gone)], fallback).write("only here\n")
     assert fallback.getvalue() == "only here\n"
+
+
+def test_menu_restore_onto_other_hardware_adapts_and_says_why_it_cannot(
+    tmp_path: Path, stored: tuple[Path, Path]
+) -> None:
+    _disk, repo = stored
+    target = tmp_path / "target.img"
+    medium = preset(tmp_path / "medium", repo=str(repo))
+    out = rescue("menu", medium, input=f"3\n\n\n{target}\n{target}\n").stdout
+    assert "3) Restore onto other hardware (adapt)" in out
+    assert f"$ blockvault -r {repo} restore latest {target} --yes --adapt" in out
+    # random bytes hold no Linux system: refused before the target is written
+    refusal = "no partition holds a Linux root filesystem" if os.geteuid() == 0 else "needs root"
+    assert refusal in out
+    assert "failed (exit status 2)" in out
+    assert not target.exists()

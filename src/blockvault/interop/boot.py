@@ -62,6 +62,7 @@ __all__ = [
     "Accel",
     "BootCheck",
     "ConsoleWatch",
+    "Controller",
     "Firmware",
     "Machine",
     "Network",
@@ -81,6 +82,7 @@ __all__ = [
 
 Firmware = Literal["bios", "uefi"]
 Accel = Literal["kvm", "tcg"]
+Controller = Literal["virtio", "nvme", "ahci"]
 Network = Literal["none", "user"]
 FIRMWARES: Final[tuple[Firmware, ...]] = ("bios", "uefi")
 ACCELS: Final[tuple[Accel, ...]] = ("kvm", "tcg")
@@ -127,6 +129,7 @@ class Machine:
     network: Network = "none"
     sector_size: int = 512  # the disk's logical (and physical) sector size
     vnc: str | None = None  # also show the screen on this VNC display (QEMU -vnc syntax)
+    controller: Controller = "virtio"  # the disk's bus: virtio-blk, NVMe or AHCI (SATA)
 
 
 @dataclass(frozen=True)
@@ -228,9 +231,7 @@ def qemu_command(
         str(machine.cpus),
         "-drive",
         f"if=none,id=disk0,format={disk_format},file={_value(disk)}",
-        "-device",
-        "virtio-blk-pci,drive=disk0,bootindex=0,"
-        f"logical_block_size={sector},physical_block_size={sector}",
+        *_disk_device(machine.controller, sector),
         "-chardev",
         f"stdio,id=console0,signal={'off' if headless else 'on'}",
         "-serial",
@@ -259,6 +260,21 @@ def qemu_command(
         if headless:
             args += ["-boot", f"reboot-timeout={BIOS_RETRY_MS}"]
     return args
+
+
+def _disk_device(controller: Controller, sector: int) -> list[str]:
+    """QEMU's device options that attach drive ``disk0`` on ``controller``, first to boot."""
+    sizes = f"logical_block_size={sector},physical_block_size={sector}"
+    if controller == "nvme":
+        return ["-device", f"nvme,drive=disk0,serial=blockvault0,bootindex=0,{sizes}"]
+    if controller == "ahci":
+        return [
+            "-device",
+            "ahci,id=sata0",
+            "-device",
+            f"ide-hd,drive=disk0,bus=sata0.0,bootindex=0,{sizes}",
+        ]
+    return ["-device", f"virtio-blk-pci,drive=disk0,bootindex=0,{sizes}"]
 
 
 def _value(path: Path) -> str:

@@ -60,6 +60,7 @@ class Menu:
         if self.config.images:
             items.append(("Restore a disk from an image on this stick", self.restore_image))
         items += [
+            ("Restore onto other hardware (adapt)", self.restore_adapted),
             ("Clone a disk", self.clone),
             ("Receive a multicast deployment", self.cast_receive),
             ("List disks", self.list_disks),
@@ -94,7 +95,7 @@ class Menu:
         for choice in self.choices():
             self.say(f"  {choice.key}) {choice.title}")
 
-    def restore_disk(self, partition: bool = False) -> None:
+    def restore_disk(self, partition: bool = False, adapt: bool = False) -> None:
         repo = self.ask("Repository (path, sftp://..., s3://...)", self.config.default_repo)
         if not repo:
             return
@@ -109,10 +110,16 @@ class Menu:
         if not target or not self.confirm(target):
             return
         part = ["-p", number] if partition else []
-        self._blockvault(["-r", repo, "restore", *part, snapshot, target, "--yes"])
+        adapted = ["--adapt"] if adapt else []
+        self._blockvault(["-r", repo, "restore", *part, snapshot, target, "--yes", *adapted])
 
     def restore_partition(self) -> None:
         self.restore_disk(partition=True)
+
+    def restore_adapted(self) -> None:
+        """A disk restore, then the restored Linux system made to boot on this machine
+        (its drivers, boot loader, firmware mode; ``restore --adapt``)."""
+        self.restore_disk(adapt=True)
 
     def restore_image(self) -> None:
         for n, path in enumerate(self.config.images, 1):

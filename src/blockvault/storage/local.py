@@ -86,8 +86,13 @@ class LocalBackend(Backend):
         """The file's bytes, its size checked on the open descriptor first (the file
         the name points to may change, the open one does not)."""
         with open(path, "rb") as f:
-            check_size(name, os.fstat(f.fileno()).st_size, limit, self.location)
-            data = f.read(-1 if limit is None else limit + 1)
+            size = os.fstat(f.fileno()).st_size
+            check_size(name, size, limit, self.location)
+            # the size seen plus a byte that shows growth: read(limit + 1) would allocate
+            # the whole bound first (1 GiB for an index), which a small machine refuses
+            data = f.read(size + 1)
+            if len(data) > size:
+                data += f.read(-1 if limit is None else max(0, limit + 1 - len(data)))
         check_size(name, len(data), limit, self.location)  # grew since the fstat
         return data
 

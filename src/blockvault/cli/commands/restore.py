@@ -3,10 +3,13 @@ or a file snapshot (``SNAPSHOT[:/PATH]``) into a directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import cast
 
 import click
 
+from blockvault.browse.linux_root import linux_root
 from blockvault.browse.volume import parse_address
 from blockvault.cli import render
 from blockvault.cli.commands import (
@@ -22,6 +25,12 @@ from blockvault.files.restore import (
     FilesRestoreResult,
     RestoreOptions,
     restore_files,
+)
+from blockvault.pipeline.adapt_system import (
+    AdaptResult,
+    FirmwareMode,
+    adapt_system,
+    check_can_adapt,
 )
 from blockvault.pipeline.restore import restore
 from blockvault.storage.bundle import is_bundle
@@ -55,6 +64,20 @@ def register(group: click.Group) -> None:
         "NTFS, FAT) to fill the free space after it (with -p: the filesystem fills TARGET).",
     )
     @grow_partition_option
+    @click.option(
+        "--adapt",
+        is_flag=True,
+        help="After a disk restore, make the restored Linux system boot on this machine: "
+        "fstab/crypttab device names to UUIDs, an initramfs with every disk controller's "
+        "drivers, GRUB reinstalled for this firmware (UEFI: removable path and a boot "
+        "entry). Needs root; prints what it changed.",
+    )
+    @click.option(
+        "--adapt-firmware",
+        type=click.Choice(["bios", "uefi"]),
+        help="With --adapt: set up for a machine booting this way instead of this one "
+        "(a disk to move elsewhere); writes no boot entry into this machine's NVRAM.",
+    )
     @scratch_option
     @click.option(
         "--include",
@@ -105,6 +128,8 @@ def register(group: click.Group) -> None:
         new_ids: bool,
         grow: bool,
         grow_partition: int | None,
+        adapt: bool,
+        adapt_firmware: str | None,
         scratch: str | None,
         include: tuple[str, ...],
         exclude: tuple[str, ...],
@@ -152,6 +177,13 @@ def register(group: click.Group) -> None:
             )
         if os.path.isdir(target):
             raise UsageError(f"{target} is a directory; a disk image is restored onto a disk")
+        if adapt_firmware and not adapt:
+            raise UsageError("--adapt-firmware goes with --adapt")
+        if adapt:
+            if partition:
+                raise UsageError("--adapt adapts a whole disk: leave out -p")
+            check_can_adapt()
+            linux_root(repo, snap)  # refuses a snapshot without a Linux root, before writing
         with render.progress(as_json) as reporter:
             result = restore(
                 repo,
@@ -166,13 +198,31 @@ def register(group: click.Group) -> None:
                 scratch=scratch,
                 reporter=reporter,
             )
+            adapted = (
+                adapt_system(target, firmware=cast(FirmwareMode, adapt_firmware), reporter=reporter)
+                if adapt
+                else None
+            )
         if as_json:
-            render.emit_json(result)
+            render.emit_json({**dataclasses.asdict(result), "adapt": adapted} if adapt else result)
             return
         click.echo(
             f"restored snapshot {snap.id[:12]} to {target}: {render.size(result.written_bytes)} "
             f"written in {result.seconds:.1f}s" + render.adapted(result.gpt_moved, result.grown)
         )
+        if adapted is not None:
+            _report_adapt(adapted)
+
+
+def _report_adapt(adapted: AdaptResult) -> None:
+    click.echo(
+        f"adapted the system on {adapted.root} for {adapted.firmware.upper()}: "
+        f"{render.plural(len(adapted.changes), 'change')}"
+    )
+    for line in adapted.changes:
+        click.echo(f"  ~ {shown(line)}")
+    for line in adapted.skipped:
+        click.echo(f"  - {shown(line)}")
 
 
 def _report(result: FilesRestoreResult, as_json: bool) -> None:
