@@ -287,7 +287,8 @@ def send(
     threads = [threading.Thread(target=f, daemon=True) for f in (admit, announce)]
     for t in threads:
         t.start()
-    data = mmsg.Outbox(wire.multicast_sender(address), (wire.DATA_GROUP, wire.DATA_PORT))
+    data_address = (wire.data_group(session_id), wire.DATA_PORT)
+    data = mmsg.Outbox(wire.multicast_sender(address), data_address)
     payload = own_payload
     pace = _Pace(max_rate, max_rate)
     passes = 0
