@@ -16,7 +16,9 @@ import filecmp
 import json
 import os
 import random
+import re
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,14 +27,17 @@ import httpx
 import pytest
 
 import blockvault
+from blockvault.rescue.wol import magic_packet
 from blockvault_demo.netns import Bridge, bridge
 from blockvault_demo.sample import BuiltDisk, DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.center.server import CenterServer, running_center
-from tests.center.test_agents_e2e import Agent, wait_for
-from tests.conftest import needs_root, sh
+from tests.center.test_agents_e2e import DEADLINE, Agent, wait_for
+from tests.conftest import need_tools, needs_root, sh
 from tests.fstree import extract, fsck
+from tests.rescue.test_pxe import fake_iso
 
 pytestmark = [needs_root, pytest.mark.root]
+__all__ = ["fake_iso"]  # a fixture of the PXE tests: an ISO with a kernel and initramfs
 
 MiB = 1 << 20
 
@@ -77,6 +82,31 @@ def lab(namespaces: int) -> Iterator[tuple[Bridge, str]]:
             yield net, f"{subnet}.254"
         finally:
             subprocess.run(["ip", "link", "del", host_end], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def enrolled(
+    server: CenterServer, url: str, names: dict[str, str], tmp_path: Path
+) -> Iterator[list[NsAgent]]:
+    """An agent per name (in the namespace it maps to), enrolled and running; killed
+    afterwards."""
+    agents: list[NsAgent] = []
+    try:
+        for name, ns in names.items():
+            made = server.blockvault("token", "create", "--json")
+            assert made.returncode == 0, made.stderr
+            agent = NsAgent(name, tmp_path / name, ns, url)
+            done = agent.enrol_at(server, json.loads(made.stdout)["token"])
+            assert done.returncode == 0, done.stderr
+            agent.start()
+            agents.append(agent)
+        yield agents
+    finally:
+        for agent in agents:
+            if agent.alive():
+                assert agent.proc is not None
+                agent.proc.kill()
+                agent.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -128,17 +158,8 @@ def test_the_center_deploys_a_snapshot_to_agents_by_multicast(
     ):
         url = f"https://{address}:{server.port}"
         admin = server.client(server.api_token())
-        agents: list[NsAgent] = []
-        try:
-            namespaces = [net.sender, *net.receivers]
-            for name, ns in zip(["depot", "pc1", "pc2", "pc3"], namespaces, strict=True):
-                made = server.blockvault("token", "create", "--json")
-                assert made.returncode == 0, made.stderr
-                agent = NsAgent(name, tmp_path / name, ns, url)
-                enrolled = agent.enrol_at(server, json.loads(made.stdout)["token"])
-                assert enrolled.returncode == 0, enrolled.stderr
-                agent.start()
-                agents.append(agent)
+        names = {"depot": net.sender, **{f"pc{n + 1}": ns for n, ns in enumerate(net.receivers)}}
+        with enrolled(server, url, names, tmp_path) as agents:
             deployment = {
                 "repo": str(repo),
                 "snapshot": "latest",
@@ -174,9 +195,87 @@ def test_the_center_deploys_a_snapshot_to_agents_by_multicast(
             assert cancelled.status_code == 200, cancelled.text
             assert ended(admin, made.json()["id"])["state"] == "cancelled"
             assert blanks[2].read_bytes() == before  # nothing written
-        finally:
-            for agent in agents:
-                if agent.alive():
-                    assert agent.proc is not None
-                    agent.proc.kill()
-                    agent.proc.wait()
+
+
+MAC = "52:54:00:bd:00:01"
+WOL_LISTENER = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.bind(("", 9))
+print(s.recv(1024).hex(), flush=True)
+"""
+
+
+def run_in(ns: str, *args: str) -> bytes:
+    """The output of ``args`` in namespace ``ns`` (empty when it fails)."""
+    done = subprocess.run(["ip", "netns", "exec", ns, *args], capture_output=True, check=False)
+    return done.stdout if done.returncode == 0 else b""
+
+
+def test_the_center_deploys_to_bare_metal_by_mac_through_an_agents_pxe_server(
+    tmp_path: Path, source: tuple[BuiltDisk, Path], loop: Callable[..., str], fake_iso: Path
+) -> None:
+    """No VM: the "machine" in its own namespace hears its Wake-on-LAN packet on a real
+    socket, fetches the iPXE loader by TFTP and its boot script by HTTP from the agent's
+    ``pxe serve``, and runs the ``cast receive`` its kernel options name onto a blank
+    loop device, as the rescue system would. The job ends done, the disk identical,
+    and dnsmasq gone."""
+    need_tools("dnsmasq", "curl")
+    disk, repo = source
+    blank = tmp_path / "bare.img"
+    blank.write_bytes(b"")
+    os.truncate(blank, disk.path.stat().st_size)
+    target = loop(blank)
+    with (
+        lab(2) as (net, address),
+        running_center(
+            tmp_path / "center", f"sqlite:///{tmp_path / 'center.db'}", host="0.0.0.0"
+        ) as server,
+        enrolled(server, f"https://{address}:{server.port}", {"depot": net.sender}, tmp_path),
+    ):
+        machine = net.receivers[0]
+        wol = subprocess.Popen(  # the machine's card, listening for its magic packet
+            ["ip", "netns", "exec", machine, sys.executable, "-c", WOL_LISTENER],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        admin = server.client(server.api_token())
+        request = {
+            "repo": str(repo), "snapshot": "latest", "server": "depot", "macs": ["bad"],
+            "interface": "cast0", "iso": str(fake_iso),
+        }  # fmt: skip
+        refused = admin.post("/api/v1/deployments/bare-metal", json=request)
+        assert refused.status_code == 422 and "not a MAC address" in refused.text, refused.text
+        made = admin.post("/api/v1/deployments/bare-metal", json={**request, "macs": [MAC]})
+        assert made.status_code == 201, made.text
+        job_id = made.json()["id"]
+
+        assert wol.communicate(timeout=DEADLINE)[0].strip() == magic_packet(MAC).hex()
+        depot = address.rsplit(".", 1)[0] + ".1"  # the sender namespace's address
+        base = f"http://{depot}:9521"
+        script = wait_for(
+            "pxe serve", lambda: run_in(machine, "curl", "-sf", f"{base}/boot.ipxe?mac={MAC}")
+        )
+        loader = run_in(machine, "curl", "-sf", f"tftp://{depot}/undionly.kpxe")
+        assert loader == Path("/usr/lib/ipxe/undionly.kpxe").read_bytes()
+        options = dict(re.findall(r"blockvault\.(\w+)=(\S+)", script.decode()))
+        assert options["cast"] == "receive" and options["session"].startswith("deploy-")
+        other = run_in(machine, "curl", "-sf", f"{base}/boot.ipxe?mac=52:54:00:bd:00:02")
+        assert b"blockvault.cast" not in other  # a machine not named gets the menu
+        received = subprocess.run(
+            ["ip", "netns", "exec", machine, "blockvault", "cast", "receive", target,
+             "--session", options["session"], "--yes", "--json"],
+            env={**os.environ, "BLOCKVAULT_CAST_CODE": options["code"]},
+            capture_output=True, text=True, check=False, timeout=DEADLINE,
+        )  # fmt: skip
+        assert received.returncode == 0, received.stderr
+        job = ended(admin, job_id)
+        assert job["state"] == "done", job
+        assert job["progress"]["done"] == job["progress"]["total"] == 1
+        pids = subprocess.run(["ip", "netns", "pids", net.sender], capture_output=True, text=True)
+        names = [Path(f"/proc/{pid}/comm").read_text().strip() for pid in pids.stdout.split()]
+        assert "dnsmasq" not in names  # pxe serve stopped with the cast
+    assert filecmp.cmp(disk.path, blank, shallow=False)
+    part = disk.partitions[0]
+    fsck(extract(blank, part.offset, part.size, tmp_path / "p"), part.fs)
