@@ -511,11 +511,12 @@ def test_the_control_listener_binds_the_interface_it_serves(
 def test_two_sessions_at_once_on_one_network_each_get_their_own_data_group(
     net: Net, source: tuple[BuiltDisk, Path, str], tmp_path: Path
 ) -> None:
-    """Two senders cast at once on one bridge: every receiver ends byte-identical, and
+    """Two sends at once from one machine (each on a free control port, which the
+    receivers learn from its announcement): every receiver ends byte-identical, and
     none was sent a datagram of the other session (each session has its own group)."""
     disk, repo, snap = source
-    other_sender, other_receiver = net.receivers[3], net.receivers[2]
-    procs, sender, targets = cast(net, source, tmp_path, 2, "--max-rate", "40")
+    other_sender, other_receiver = net.sender, net.receivers[2]
+    procs, sender, targets = cast(net, source, tmp_path, 2, "--max-rate", "40", "--port", "0")
     other_target = tmp_path / "other.img"
     other = [
         net.run(
@@ -525,7 +526,7 @@ def test_two_sessions_at_once_on_one_network_each_get_their_own_data_group(
         net.run(
             other_sender, "-r", repo, "cast", "send", snap, "--interface", "cast0",
             "--session", f"{net.prefix}x", "--key-file", net.key_file, "--min-receivers", "1",
-            "--max-wait", "20", "--timeout", "40", "--json", "--max-rate", "40",
+            "--max-wait", "20", "--timeout", "40", "--json", "--max-rate", "40", "--port", "0",
         ),
     ]  # fmt: skip
     all_verified(procs, sender, targets, disk, tmp_path)

@@ -399,6 +399,8 @@ def _cast_send(job: _Job, *options: str) -> dict[str, Any]:
                 key.name,
                 "--min-receivers",
                 str(job.params.get("receivers") or len(job.params["macs"])),
+                "--port",
+                "0",  # any free one: two deployments from one sender host at once
                 *options,
             )
         )
