@@ -328,7 +328,7 @@ def install(app: FastAPI, center: Center) -> None:
         ``cast-send`` job on the sender host; follow them at ``/jobs?parent=ID``."""
         return job_view(desk.deploy(session, who, body, _address(request)), None)
 
-    @api.post("/deployments/bare-metal", status_code=201)
+    @api.post("/deployments/bare-metal", status_code=201, summary="Deploy to bare metal by MAC")
     def create_bare_metal_deployment(
         body: BareMetalRequest, who: Operator, session: DB, request: Request
     ) -> dict[str, Any]:
