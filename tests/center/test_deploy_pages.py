@@ -10,7 +10,7 @@ from sqlalchemy import select
 from blockvault.center.context import Center
 from blockvault.center.db import transaction
 from blockvault.center.models import Audit, Job
-from tests.center.conftest import add_user, log_in
+from tests.center.conftest import add_user, api_token, log_in
 from tests.center.test_jobs import add_host
 
 FORM = {
@@ -59,3 +59,27 @@ def test_a_viewer_cannot_deploy_to_bare_metal(center: Center, client: TestClient
     assert refused.status_code == 403
     with transaction(center.sessions) as session:
         assert session.scalars(select(Job).where(Job.kind == "pxe-deploy")).first() is None
+
+
+def test_the_bare_metal_api_refuses_what_the_agent_must_not_be_given(
+    center: Center, client: TestClient
+) -> None:
+    add_user(center, "otto", "operator")
+    add_host(center, "depot")
+    auth = {"Authorization": f"Bearer {api_token(center, 'otto', ['operate'])}"}
+    body = {**FORM, "macs": ["52:54:00:12:34:56"]}
+
+    def refused(change: dict[str, object]) -> str:
+        path = "/api/v1/deployments/bare-metal"
+        answer = client.post(path, json={**body, **change}, headers=auth)
+        assert answer.status_code in (404, 422), answer.text
+        return answer.text
+
+    assert "network interface name" in refused({"interface": "../x"})
+    assert "device path under /dev" in refused({"target": "/etc/passwd"})
+    assert "absolute, normalised path" in refused({"iso": "rescue.iso"})
+    assert "MAC" in refused({"macs": ["01:00:5e:00:00:01"]})  # a multicast MAC wakes nobody
+    assert "no host nowhere" in refused({"server": "nowhere"})
+    made = client.post("/api/v1/deployments/bare-metal", json=body, headers=auth)
+    assert made.status_code == 201, made.text
+    assert made.json()["host"] == "depot" and "code" not in made.json()["params"]
