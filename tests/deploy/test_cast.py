@@ -506,3 +506,30 @@ def test_the_control_listener_binds_the_interface_it_serves(
         time.sleep(0.05)
     finish(sender)
     assert listening == ["10.77.0.1:9520"]
+
+
+def test_two_sessions_at_once_on_one_network_each_get_their_own_data_group(
+    net: Net, source: tuple[BuiltDisk, Path, str], tmp_path: Path
+) -> None:
+    """Two sends at once from one machine (each on a free control port, which the
+    receivers learn from its announcement): every receiver ends byte-identical, and
+    none was sent a datagram of the other session (each session has its own group)."""
+    disk, repo, snap = source
+    other_sender, other_receiver = net.sender, net.receivers[2]
+    procs, sender, targets = cast(net, source, tmp_path, 2, "--max-rate", "40", "--port", "0")
+    other_target = tmp_path / "other.img"
+    other = [
+        net.run(
+            other_receiver, "cast", "receive", other_target, "--interface", "cast0",
+            "--session", f"{net.prefix}x", "--key-file", net.key_file, "--max-wait", "30", "--json",
+        ),
+        net.run(
+            other_sender, "-r", repo, "cast", "send", snap, "--interface", "cast0",
+            "--session", f"{net.prefix}x", "--key-file", net.key_file, "--min-receivers", "1",
+            "--max-wait", "20", "--timeout", "40", "--json", "--max-rate", "40", "--port", "0",
+        ),
+    ]  # fmt: skip
+    all_verified(procs, sender, targets, disk, tmp_path)
+    all_verified(other[:1], other[1], [other_target], disk, tmp_path)
+    results = [json.loads(finish(p)[1]) for p in [*procs, other[0]]]
+    assert [r["foreign"] for r in results] == [0, 0, 0], results

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,8 @@ from blockvault.rescue.netif import Interface
 from blockvault.rescue.pxe import (
     BootAction,
     BootActions,
+    _HttpServer,
+    _Served,
     boot_script,
     chain_script,
     dnsmasq_config,
@@ -370,3 +374,43 @@ def test_a_target_goes_to_a_cast_as_blockvault_target_and_a_bad_one_is_refused()
     for bad in ("sda", "/dev/sda --yes", '/dev/"x', "/dev/${x}"):
         with pytest.raises(PxeOptionError, match="not a device name"):
             kernel_options(BootAction("restore", "latest"), cast_code=None, target=bad)
+
+
+def test_the_http_server_closes_clients_beyond_its_limit_and_serves_again_when_one_leaves(
+    tmp_path: Path,
+) -> None:
+    iso = tmp_path / "rescue.iso"
+    iso.write_bytes(b"iso bytes")
+    events: list[str] = []
+    server = _HttpServer(("127.0.0.1", 0), limit=2)
+    server.served = _Served(
+        Interface("lo", "127.0.0.1", 8, "127.255.255.255"),
+        "http://127.0.0.1",
+        {"rescue.iso": iso},
+        BootActions(BootAction("menu")),
+        None,
+        None,
+        lambda event: events.append(str(getattr(event, "message", event))),
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = server.server_address[:2]
+
+    def get() -> bytes:
+        with socket.create_connection(address, timeout=10) as s:
+            s.sendall(b"GET /rescue.iso HTTP/1.0\r\n\r\n")
+            return b"".join(iter(lambda: s.recv(65536), b""))
+
+    try:
+        idle = [socket.create_connection(address, timeout=10) for _ in range(2)]
+        assert get() == b""  # closed at once: both slots are held by silent clients
+        assert any("too many clients" in e for e in events)
+        idle.pop().close()  # its handler reads end-of-file and frees its slot
+        deadline = time.monotonic() + 10
+        while (answer := get()) == b"" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"\r\n\r\niso bytes")
+        for s in idle:
+            s.close()
+    finally:
+        server.shutdown()
+        server.server_close()

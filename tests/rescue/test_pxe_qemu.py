@@ -58,8 +58,8 @@ def test_a_bios_and_a_uefi_machine_boot_from_the_network_receive_a_cast_and_boot
     with pxe_lab(tmp_path, rescue_iso, serve_options) as lab:
 
         def cast_both() -> None:
-            """One session per firmware, one after the other (sessions share the
-            multicast group); each waits for its machine to boot and join."""
+            """One session per firmware, one after the other (they could run at once
+            now, each with its own data group); each waits for its machine to join."""
             for m in machines:
                 casts[m.firmware] = lab.cast_send(
                     repo, snapshots[m.firmware], code, session=m.firmware

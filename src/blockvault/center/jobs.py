@@ -31,6 +31,7 @@ from blockvault.center.fleet import offline_after
 from blockvault.center.models import Host, Job, JobLog
 from blockvault.deploy.auth import new_code, parse_code
 from blockvault.errors import BlockvaultError
+from blockvault.rescue.wol import parse_mac
 
 __all__ = [
     "AGENT_KINDS",
@@ -55,6 +56,7 @@ MESSAGE_LIMIT: Final = 4096  # characters of one log line, progress message or e
 RESULT_LIMIT: Final = 256 * 1024  # characters of a job's result as JSON
 DONE_STATES: Final = frozenset({"done", "failed", "cancelled"})
 _TEXT_LIMIT: Final = 4096
+PXE_MACS_MAX: Final = 256  # machines one bare-metal deployment boots
 _DEVICE: Final = re.compile(r"/dev/[A-Za-z0-9._/-]{1,200}")
 
 
@@ -143,6 +145,36 @@ def _cast_receive(params: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _pxe_deploy(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Bare metal: the machines are named by MAC (they have no agent), the agent runs
+    ``pxe serve`` on ``interface`` with the rescue ISO at ``iso`` and sends the cast."""
+    macs = params.get("macs")
+    if not isinstance(macs, list) or not 1 <= len(macs) <= PXE_MACS_MAX:
+        raise JobError(f"macs: give 1 to {PXE_MACS_MAX} MAC addresses")
+    try:
+        parsed = [parse_mac(str(mac)) for mac in macs]
+    except BlockvaultError as error:
+        raise JobError(f"macs: {error}") from None
+    if len(set(parsed)) != len(parsed):
+        raise JobError("macs: name each machine once")
+    interface = _text(params, "interface")
+    assert interface is not None
+    if len(interface) > 15 or not interface.isprintable() or "/" in interface or " " in interface:
+        raise JobError(f"interface {interface!r}: give a network interface name")
+    out = {
+        "repo": _text(params, "repo"),
+        "snapshot": _text(params, "snapshot"),
+        "session": _text(params, "session"),
+        "code": _code(params),
+        "macs": parsed,
+        "interface": interface,
+        "iso": _absolute(params, "iso"),
+    }
+    if params.get("target") is not None:
+        out["target"] = _device(params, "target")
+    return out
+
+
 _AGENT_VALIDATORS: Final[dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]]] = {
     "run-plan": lambda p: {"plan": _text(p, "plan")},
     "restore-disk": _restore_disk,
@@ -159,6 +191,7 @@ _AGENT_VALIDATORS: Final[dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]
     },
     "check": lambda p: {"repo": _text(p, "repo"), "read_data": bool(p.get("read_data", False))},
     "cast-receive": _cast_receive,
+    "pxe-deploy": _pxe_deploy,
     "cast-send": lambda p: {
         "repo": _text(p, "repo"),
         "snapshot": _text(p, "snapshot"),
@@ -267,9 +300,8 @@ def deploy(
     one ``cast-receive`` per (host, disk) plus one ``cast-send`` on ``sender``, all
     sharing a fresh session name and code. The parent ends when its last child does.
     ``wake`` is where powered-off hosts would be woken (by PXE, issue 20) first."""
-    session_name = f"deploy-{secrets.token_hex(4)}"
-    code = new_code()
-    common = {"session": session_name, "code": code}
+    common = _new_session()
+    session_name = common["session"]
     params = {"repo": repo, "snapshot": snapshot, "session": session_name}
     params["hosts"] = [{"host": h.name, "disk": d} for h, d in targets]  # type: ignore[assignment]
     parent = queue(session, "deploy", None, {**params, "sender": sender.name}, actor, now)
@@ -284,6 +316,28 @@ def deploy(
     parent.progress = {"done": 0, "total": len(targets) + 1, "message": "queued"}
     wake([h for h, _ in targets])
     return parent
+
+
+def _new_session() -> dict[str, str]:
+    """A fresh cast session name and code: each deployment its own (and its own data
+    group, see docs/CAST.md)."""
+    return {"session": f"deploy-{secrets.token_hex(4)}", "code": new_code()}
+
+
+def deploy_bare_metal(
+    session: Session,
+    params: Mapping[str, Any],
+    server: Host,
+    actor: str,
+    now: datetime,
+) -> Job:
+    """A deployment to machines without an OS, named by MAC: one ``pxe-deploy`` job on
+    ``server``, the agent that boots them (``pxe serve``, Wake-on-LAN) and sends the
+    cast; its progress counts the machines that finished."""
+    checked = validate("pxe-deploy", {**params, **_new_session()}, on_host=True)
+    job = queue(session, "pxe-deploy", server, checked, actor, now)
+    job.progress = {"done": 0, "total": len(checked["macs"]), "message": "queued"}
+    return job
 
 
 def claim(session: Session, host_id: int, now: datetime, limit: int = 8) -> list[Job]:

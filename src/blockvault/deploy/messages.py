@@ -1,7 +1,7 @@
 """The messages of a cast (protocol 3): typed, versioned records and their wire form.
 
 Each message is a frozen dataclass named by ``kind``. ``encode`` gives one JSON
-object, ``{"v": 3, "type": kind, ...fields}``; ``decode`` checks the version, the
+object, ``{"v": 4, "type": kind, ...fields}``; ``decode`` checks the version, the
 type and every field's type and range before a value is used, since all of them
 come from the network. A ``Channel`` carries them over a control connection as
 authenticated lines of bounded length (docs/CAST.md, "Control channel").
@@ -40,7 +40,7 @@ __all__ = [
     "decode",
 ]
 
-PROTOCOL = 3
+PROTOCOL = 4  # 4: a data group per session (wire.data_group)
 MAX_INT = 1 << 62  # any count or size beyond this is not from an honest peer
 MAX_CHUNK = 64 << 20  # bytes of one chunk's plaintext
 MAX_GROUP = 0xFFFF  # a fragment index is a u16: so is any group number

@@ -189,7 +189,9 @@ def receive(
             for item, used in zip(items, state.used, strict=True):
                 if not item.data and not opened.fresh:
                     written += write_used(device, item.base, item.offset, None, used)
-            data = wire.multicast_listener(wire.DATA_GROUP, manifest.data_port, address)
+            data = wire.multicast_listener(
+                wire.data_group(announce.session_id), manifest.data_port, address
+            )
             wire.receive_timeout(data, 0.05)
             reporter(TaskStarted("cast", state.total, target))
             channel.send(msg.Ready())

@@ -195,12 +195,17 @@ def send(
     data_tags = auth.DataTags(keys.data)
     address = wire.interface_address(interface)
     own_payload = wire.payload_for(wire.link_mtu(interface))
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((address, port))  # the interface it serves only; port 0: any free one
+    listener.listen(64)
+    listener.settimeout(0.5)
     announcement = msg.Announce(
         session,
         session_id,
         salt,
         address,
-        port,
+        listener.getsockname()[1],  # receivers learn the port from the announcement
         own_payload,
         len(manifest.encode()) + 2 * auth.TAG + 2,
     )
@@ -208,11 +213,6 @@ def send(
     rejected = [0]
     lock = threading.Lock()
     stop = threading.Event()
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((address, port))  # the interface it serves only
-    listener.listen(64)
-    listener.settimeout(0.5)
 
     def serve(peer: _Peer) -> None:
         channel = peer.channel
@@ -287,7 +287,8 @@ def send(
     threads = [threading.Thread(target=f, daemon=True) for f in (admit, announce)]
     for t in threads:
         t.start()
-    data = mmsg.Outbox(wire.multicast_sender(address), (wire.DATA_GROUP, wire.DATA_PORT))
+    data_address = (wire.data_group(session_id), wire.DATA_PORT)
+    data = mmsg.Outbox(wire.multicast_sender(address), data_address)
     payload = own_payload
     pace = _Pace(max_rate, max_rate)
     passes = 0

@@ -7,6 +7,7 @@ Our own protocol, described in docs/CAST.md.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import socket
 import struct
 from collections.abc import Sequence
@@ -16,13 +17,13 @@ from blockvault.deploy import auth
 
 ANNOUNCE_GROUP = "239.255.77.1"
 ANNOUNCE_PORT = 9521
-DATA_GROUP = "239.255.77.2"
+DATA_GROUPS = "239.255.128.0/17"  # a session's data group is one of these (data_group)
 DATA_PORT = 9522
 GROUP = 8  # data fragments per XOR parity fragment
 # magic, session id, pass, chunk, fragment, fragments, chunk body size, payload size;
 # the fragment follows, then the tag (auth.TAG bytes) of header and fragment
 HEADER = struct.Struct(">4sIIIHHIH")
-MAGIC = b"BVC3"
+MAGIC = b"BVC4"
 NONCE = slice(8, 20)  # pass, chunk, fragment, fragments: the GMAC nonce (auth.DataTags)
 OVERHEAD = HEADER.size + auth.TAG  # bytes of a datagram besides its fragment
 IP_UDP = 28  # IPv4 (no options) + UDP header bytes
@@ -32,6 +33,15 @@ DEFAULT_MTU = 1500
 SIOCGIFMTU = 0x8921  # <linux/sockios.h>
 IP_MTU = 14  # <linux/in.h>: the route's MTU on a connected socket
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>: root may pass the sysctl caps
+
+
+def data_group(session_id: int) -> str:
+    """The multicast group of a session's data, from its announced id: sessions on one
+    network each get their own (2^15 groups, all distinct in the 23 bits an Ethernet
+    multicast address keeps), so a receiver's card and kernel drop another session's
+    data instead of its Python loop. Two sessions that draw one group still work:
+    each receiver drops the other's datagrams by session id (``foreign``)."""
+    return str(ipaddress.IPv4Address(0xEFFF8000 | (session_id & 0x7FFF)))
 
 
 def payload_for(mtu: int) -> int:
@@ -47,7 +57,7 @@ def link_mtu(interface: str | None) -> int:
                 request = struct.pack("16s16x", interface.encode())
                 ifreq = fcntl.ioctl(s.fileno(), SIOCGIFMTU, request)
                 return int(struct.unpack_from("i", ifreq, 16)[0])
-            s.connect((DATA_GROUP, DATA_PORT))
+            s.connect((data_group(0), DATA_PORT))
             return int(s.getsockopt(socket.IPPROTO_IP, IP_MTU))
         except OSError:
             return DEFAULT_MTU
@@ -189,7 +199,7 @@ def interface_address(name: str | None) -> str:
     if not name:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             try:
-                s.connect((DATA_GROUP, DATA_PORT))
+                s.connect((data_group(0), DATA_PORT))
             except OSError as exc:
                 raise OSError(f"no route to multicast ({exc.strerror}): pass --interface") from None
             return str(s.getsockname()[0])

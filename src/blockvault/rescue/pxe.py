@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from blockvault.errors import PxeOptionError, PxeServeError, UsageError
@@ -77,6 +77,10 @@ HTTP_FILES: Final = ("vmlinuz", "initrd.img", ISO_NAME)
 RESTORE_TARGET: Final = "/dev/sda"
 LOG_LINE_MAX: Final = 300
 READY_SECONDS: Final = 15.0
+# HTTP clients served at once (each a thread): a boot fetches a few files in turn, so
+# this is a whole lab booting; more are closed at once rather than queued
+HTTP_CONNECTIONS_MAX: Final = 64
+HTTP_IDLE_SECONDS: Final = 30.0  # a client silent this long loses its connection
 VALUE_REFUSED: Final = frozenset("\"$\\'")  # iPXE expands ${...}; the kernel keeps quotes
 
 Kind = Literal["menu", "restore", "cast"]
@@ -229,6 +233,7 @@ class _Served:
 class _Handler(BaseHTTPRequestHandler):
     server: _HttpServer
     protocol_version = "HTTP/1.0"
+    timeout = HTTP_IDLE_SECONDS
 
     def do_GET(self) -> None:
         self._answer(body=True)
@@ -279,8 +284,32 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _HttpServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``limit`` at once: a peer opening connections
+    without end gets each one beyond the limit closed, not a thread."""
+
     daemon_threads = True
     served: _Served
+
+    def __init__(self, address: tuple[str, int], limit: int = HTTP_CONNECTIONS_MAX) -> None:
+        super().__init__(address, _Handler)
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.served.reporter(Noted(f"http: {client_address[0]} refused: too many clients"))
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 @dataclass(frozen=True)
@@ -338,7 +367,7 @@ class PxeServer:
         files = _kernel_from_iso(self.settings.iso, runtime / "http")
         files[ISO_NAME] = self.settings.iso
         try:
-            http = _HttpServer((self.interface.address, self.settings.http_port), _Handler)
+            http = _HttpServer((self.interface.address, self.settings.http_port))
         except OSError as exc:
             raise PxeServeError(
                 f"HTTP port {self.settings.http_port}: {exc.strerror}; give another --http-port",

@@ -65,6 +65,19 @@ class DeploymentRequest(BaseModel):
     sender: str = Field(max_length=255)  # the host that reads the repository and sends
 
 
+class BareMetalRequest(BaseModel):
+    """Machines without an OS, named by MAC, booted over PXE by the ``server`` host's
+    agent and given the snapshot by multicast (see ``pxe-deploy``)."""
+
+    repo: str = Field(min_length=1, max_length=4096)
+    snapshot: str = Field(min_length=1, max_length=128)
+    macs: list[str] = Field(min_length=1, max_length=256)
+    server: str = Field(max_length=255)  # the host that boots them and sends
+    interface: str = Field(min_length=1, max_length=15)  # the server's card on their network
+    iso: str = Field(min_length=1, max_length=4096)  # the rescue ISO on the server
+    target: str | None = Field(default=None, max_length=255)  # each machine's disk to write
+
+
 SECRET_PARAMS: Final = frozenset({"code", "password"})  # never shown back
 
 
@@ -246,6 +259,22 @@ class Desk:
         self.announce(session, parent, *children)
         return parent
 
+    def deploy_bare_metal(
+        self, session: Session, who: Principal, body: BareMetalRequest, address: str | None
+    ) -> Job:
+        server = self.host_for(session, who, body.server)
+        now = self.center.clock()
+        try:
+            job = queue.deploy_bare_metal(
+                session, body.model_dump(exclude={"server"}), server, who.actor, now
+            )
+        except queue.JobError as error:
+            raise HTTPException(422, str(error)) from None
+        detail = {"job": job.id, "macs": job.params["macs"], "server": body.server}
+        audit(session, who.actor, "job.deploy-bare-metal", body.snapshot, detail, address, at=now)
+        self.announce(session, job)
+        return job
+
     def register(self, session: Session, who: Principal, body: RepositoryRequest) -> Repository:
         try:
             repo = maintenance.register(
@@ -298,6 +327,16 @@ def install(app: FastAPI, center: Center) -> None:
         ``cast-receive`` job per host (its agent refuses its system disk) and a
         ``cast-send`` job on the sender host; follow them at ``/jobs?parent=ID``."""
         return job_view(desk.deploy(session, who, body, _address(request)), None)
+
+    @api.post("/deployments/bare-metal", status_code=201, summary="Deploy to bare metal by MAC")
+    def create_bare_metal_deployment(
+        body: BareMetalRequest, who: Operator, session: DB, request: Request
+    ) -> dict[str, Any]:
+        """Deploy one snapshot to machines without an OS, named by MAC: a ``pxe-deploy``
+        job on the ``server`` host, whose agent serves the rescue system by PXE with a
+        cast action for each MAC, wakes them by Wake-on-LAN, sends the cast to as many
+        receivers and stops serving when done."""
+        return job_view(desk.deploy_bare_metal(session, who, body, _address(request)), body.server)
 
     @api.get("/jobs")
     def list_jobs(

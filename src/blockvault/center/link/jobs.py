@@ -384,7 +384,7 @@ def _cast_receive(job: _Job) -> dict[str, Any]:
     )
 
 
-def _cast_send(job: _Job) -> dict[str, Any]:
+def _cast_send(job: _Job, *options: str) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", prefix="cast-code-") as key:  # owner-only
         key.write(str(job.params["code"]) + "\n")
         key.flush()
@@ -398,9 +398,43 @@ def _cast_send(job: _Job) -> dict[str, Any]:
                 "--key-file",
                 key.name,
                 "--min-receivers",
-                str(job.params["receivers"]),
+                str(job.params.get("receivers") or len(job.params["macs"])),
+                "--port",
+                "0",  # any free one: two deployments from one sender host at once
+                *options,
             )
         )
+
+
+def _pxe_deploy(job: _Job) -> dict[str, Any]:
+    """Boot the machines named by MAC into the rescue system with a cast action, wake
+    them, send them the snapshot; ``pxe serve`` stops when the cast ends."""
+    from blockvault.events import Event, Noted
+    from blockvault.rescue.pxe import BootAction, BootActions, PxeServer, PxeSettings
+    from blockvault.rescue.wol import wake
+
+    macs = [str(mac) for mac in job.params["macs"]]
+    interface = str(job.params["interface"])
+    cast = BootAction("cast", str(job.params["session"]))
+    settings = PxeSettings(
+        interface,
+        Path(str(job.params["iso"])),
+        BootActions(BootAction("menu"), dict.fromkeys(macs, cast)),
+        cast_code=str(job.params["code"]),
+        target=job.params.get("target"),
+    )
+
+    def reporter(event: Event) -> None:
+        if isinstance(event, Noted) and event.message.startswith("boot:"):
+            job.log(f"pxe {event.message}")  # which machine asked for its action
+
+    with PxeServer(settings, reporter) as server:
+        job.log(f"serving the rescue system on {interface} ({server.base_url})")
+        woken = wake(macs, broadcast=server.interface.broadcast, interface=interface)
+        job.progress(0, len(macs), f"woke {len(woken)}; casting", force=True)
+        sent = _cast_send(job, "--interface", interface)
+    job.progress(len(macs), len(macs), "cast done", force=True)
+    return {"macs": macs, "cast": sent}
 
 
 _HANDLERS: Final[dict[str, Callable[[_Job], dict[str, Any]]]] = {
@@ -413,6 +447,7 @@ _HANDLERS: Final[dict[str, Callable[[_Job], dict[str, Any]]]] = {
     "run-plan": _run_plan,
     "cast-receive": _cast_receive,
     "cast-send": _cast_send,
+    "pxe-deploy": _pxe_deploy,
 }
 
 

@@ -13,10 +13,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from blockvault.center import maintenance
 from blockvault.center.api.jobs import (
+    BareMetalRequest,
     DeploymentRequest,
     DeployTarget,
     RepositoryRequest,
@@ -255,14 +257,22 @@ def install(app: FastAPI, center: Center) -> None:
     def deployments_page(
         request: Request, session: DB, who: Principal, error: str | None = None, status: int = 200
     ) -> Response:
-        rows = session.scalars(
-            select(Job).where(Job.kind == "deploy").order_by(Job.id.desc()).limit(50)
+        query = (  # a bare-metal one's host is its boot server, seen as its group allows
+            select(Job, Host.name)
+            .outerjoin(Host, Job.host_id == Host.id)
+            .outerjoin(Group, Host.group_id == Group.id)
+            .where(Job.kind.in_(("deploy", "pxe-deploy")))
+            .order_by(Job.id.desc())
+            .limit(50)
         )
+        if who.groups is not None:
+            query = query.where(Job.host_id.is_(None) | Group.name.in_(who.groups))
+        rows = session.execute(query)
         return page(
             request,
             "jobs_deployments.html",
             status_code=status,
-            deployments=[job_view(j, None) for j in rows],
+            deployments=[job_view(job, host) for job, host in rows],
             hosts=_hosts(session, who),
             error=error,
         )
@@ -293,6 +303,38 @@ def install(app: FastAPI, center: Center) -> None:
                 hosts=[DeployTarget(host=h, disk=d) for h, d in pairs],
             )
             return _to_job(desk_of(request).deploy(session, who, body, None))
+        except HTTPException as refused:
+            return deployments_page(request, session, who, str(refused.detail), refused.status_code)
+
+    @router.post("/deployments/bare-metal")
+    def bare_metal_add(
+        request: Request,
+        who: Operator,
+        session: DB,
+        repo: Text,
+        snapshot: Annotated[str, Form(max_length=128)],
+        server: Annotated[str, Form(max_length=255)],
+        interface: Annotated[str, Form(max_length=15)],
+        iso: Text,
+        macs: Annotated[str, Form(max_length=10_000)],
+        target: Annotated[str, Form(max_length=255)] = "",
+    ) -> Response:
+        """``macs``: the machines' MAC addresses, separated by spaces or lines."""
+        try:
+            body = BareMetalRequest(
+                repo=repo,
+                snapshot=snapshot,
+                server=server,
+                interface=interface,
+                iso=iso,
+                macs=macs.split()[:257] or [""],  # 257: past the limit, so it is refused
+                target=target or None,
+            )
+        except ValidationError as refused:
+            error = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in refused.errors())
+            return deployments_page(request, session, who, error, 422)
+        try:
+            return _to_job(desk_of(request).deploy_bare_metal(session, who, body, None))
         except HTTPException as refused:
             return deployments_page(request, session, who, str(refused.detail), refused.status_code)
 

@@ -80,7 +80,13 @@ def register(group: click.Group) -> None:
     @interface_option
     @session_option
     @key_file_option
-    @click.option("--port", type=int, default=9520, show_default=True, help="TCP control port.")
+    @click.option(
+        "--port",
+        type=click.IntRange(0, 65535),
+        default=9520,
+        show_default=True,
+        help="TCP control port (0: any free one; receivers learn it from the announcement).",
+    )
     @click.option(
         "--min-receivers",
         type=click.IntRange(1),
