@@ -176,7 +176,7 @@ def _build(tmp: Path, installed: Path) -> None:
         _run("mkfs.fat", "-i", esp_serial, f"{loop}p2")
         _run("mkfs.ext4", "-q", "-U", root_uuid, "-d", root, f"{loop}p3")
         parts = partitions(loop)
-        with system_chroot(loop, parts, parts[2], "bios") as (tree, _):
+        with system_chroot(loop, parts, parts[2]) as (tree, _):
             for argv in (["grub-install", "--target=i386-pc", loop], ["update-grub"]):
                 _run("chroot", tree, *argv)
     shutil.rmtree(root)

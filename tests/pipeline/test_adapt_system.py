@@ -173,3 +173,20 @@ def test_a_boot_folder_that_is_a_link_out_of_the_image_is_not_followed(tmp_path:
     assert not os.path.ismount(outside)
     assert sorted(p.name for p in outside.iterdir()) == ["precious"]
     assert_nothing_left(target)
+
+
+def test_uefi_without_an_esp_says_so_and_creates_none(tmp_path: Path) -> None:
+    tree = linux_tree(tmp_path, "/dev/sda1 / ext4 defaults 0 1\n")
+    for folder in ("usr/sbin", "usr/lib/grub/x86_64-efi"):
+        (tree / folder).mkdir(parents=True)
+    (tree / "usr/sbin/grub-install").write_text("")  # present, never run: no ESP to install in
+    repo = backed_up(tmp_path, tree)
+    target = blank(tmp_path / "target.img")
+    done = adapt(
+        "-r", repo, "restore", "latest", target, "--yes", "--adapt", "--adapt-firmware", "uefi"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "GRUB: no EFI System Partition on " in done.stdout, done.stdout
+    assert "UEFI cannot boot it (none is created)" in done.stdout
+    assert sh("sfdisk", "--dump", target).count("start=") == 2  # still two partitions
+    assert_nothing_left(target)

@@ -13,8 +13,11 @@ target
     device with partition scanning for the duration.
 root
     The target's partition whose filesystem holds ``/etc/fstab`` and ``/usr/bin``,
-    mounted read-write with its ``/boot`` and ``/boot/efi`` (as its ``fstab`` says)
-    under a private temporary directory.
+    mounted read-write with its ``/boot`` (as its ``fstab`` says) under a private
+    temporary directory.
+ESP
+    The EFI System Partition (FAT), never mounted: a kernel without vfat cannot, and
+    GRUB's files are written into it by mtools, from the running machine.
 chroot
     That root with a private ``/dev`` (a tmpfs holding only the target's nodes, the
     character devices tools need and ``/dev/disk/by-*`` links), ``/proc``, ``/sys``
@@ -46,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from blockvault.disk.rescan import reread_partitions
 from blockvault.disk.system import BIOS_BOOT_GUID, ESP_GUID, ESP_MBR_TYPE
 from blockvault.errors import AdaptError, UsageError
 from blockvault.events import Noted, Reporter, Warned, quiet
@@ -73,7 +77,17 @@ DRIVERS: Final = ("nvme", "ahci", "sd_mod", "virtio_blk", "virtio_scsi", "usb_st
 INITRAMFS_OVERRIDE: Final = "etc/initramfs-tools/conf.d/zz-blockvault-adapt.conf"
 FSTAB_MAX: Final = 1 << 20  # bytes: a larger fstab or crypttab is not one
 SAVED_SUFFIX: Final = ".before-adapt"
-EFI_LOADER: Final = "\\EFI\\BOOT\\BOOTX64.EFI"
+EFI_PATH: Final = "EFI/BOOT/BOOTX64.EFI"  # where UEFI looks on a disk it has no entry for
+EFI_LOADER: Final = "\\" + EFI_PATH.replace("/", "\\")
+# the loader's own menu: search does not load the filesystem drivers it needs; if
+# the search fails, configfile would read this menu again and again
+FIRST_MENU: Final = (
+    "insmod part_gpt\ninsmod part_msdos\ninsmod ext2\ninsmod xfs\ninsmod btrfs\n"
+    "if search --no-floppy --fs-uuid --set=root {uuid}; then\n"
+    "  configfile ($root){prefix}/grub.cfg\n"
+    "fi\n"
+    'echo "blockvault adapt: no filesystem {uuid} holding {prefix}/grub.cfg"\n'
+)
 EFI_VARS: Final = Path("/sys/firmware/efi/efivars")
 ENTRY_LABEL: Final = "blockvault adapted"
 # a kernel device name of a partition, as fstab lines of installers without UUIDs
@@ -103,7 +117,7 @@ TOOLS: Final = {
     "losetup": "mount",
     "partx": "util-linux",
     "blkid": "util-linux",
-    "findmnt": "util-linux",
+    "mcopy": "mtools",
 }
 CHROOT_ENV: Final = {
     "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
@@ -181,7 +195,7 @@ def adapt_system(
         disk = stack.enter_context(block_device(Path(target)))
         parts = partitions(disk)
         root = _find_root(disk, parts, stack)
-        with system_chroot(disk, parts, root, mode) as (tree, mounted):
+        with system_chroot(disk, parts, root) as (tree, mounted):
             reporter(Noted(f"adapt: root filesystem on {root.path}; {', '.join(mounted)}"))
             for name in ("fstab", "crypttab"):
                 _fix_table(tree, name, parts, change, skip)
@@ -200,26 +214,17 @@ def block_device(target: Path) -> Iterator[str]:
     with partition scanning, detached after."""
     mode = os.stat(target).st_mode
     if stat.S_ISBLK(mode):
-        _scan_partitions(str(target))
+        reread_partitions(str(target))
         yield str(target)
         return
     if not stat.S_ISREG(mode):
         raise AdaptError("is neither a block device nor an image file", target=target)
     device = _run(["losetup", "--find", "--show", "--partscan", str(target)], target).strip()
     try:
-        _scan_partitions(device)
+        reread_partitions(device)
         yield device
     finally:
         subprocess.run(["losetup", "--detach", device], capture_output=True, check=False)
-
-
-def _scan_partitions(disk: str) -> None:
-    """Have the kernel see the partition table just restored (the restore does not
-    ask it, and some kernels' loop driver leaves its own scan undone)."""
-    if not partitions(disk):
-        _run(["partx", "--add", disk], disk)
-    else:
-        subprocess.run(["partx", "--update", disk], capture_output=True, check=False)
 
 
 def partitions(disk: str) -> list[Partition]:
@@ -308,9 +313,9 @@ def _unmount(where: Path) -> None:
 
 @contextmanager
 def system_chroot(
-    disk: str, parts: list[Partition], root: Partition, firmware: FirmwareMode
+    disk: str, parts: list[Partition], root: Partition
 ) -> Iterator[tuple[Path, list[str]]]:
-    """``root`` mounted read-write with its /boot and /boot/efi, set up for chroot;
+    """``root`` mounted read-write with its /boot, set up for chroot;
     yields the tree and what was mounted (``/ on /dev/loop3p3``, ...)."""
     with ExitStack() as stack:
         tree = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="blockvault-adapt-")))
@@ -323,24 +328,23 @@ def system_chroot(
         mount([root.path], tree, f"the root filesystem {root.path}")
         mounted.append(f"/ on {root.path}")
         table = _read_table(tree, "fstab")
-        # the ESP only matters to UEFI (and a kernel without vfat cannot mount it)
-        for point in ("/boot", "/boot/efi") if firmware == "uefi" else ("/boot",):
-            spec = next((f[0] for f in _entries(table) if len(f) > 1 and f[1] == point), None)
-            part = _resolve(spec, parts) if spec else None
-            if part is None and point == "/boot/efi" and firmware == "uefi":
-                part = next((p for p in parts if p.part_type in ESP_TYPES), None)
-            if part is None:
-                continue
-            where = _inside(tree, point)
-            where.mkdir(exist_ok=True)
-            mount([part.path], where, f"{point} ({part.path})")
-            mounted.append(f"{point} on {part.path}")
+        # the ESP is not mounted (see the glossary): mtools writes it
+        part = _mounted_at(table, "/boot", parts)
+        if part is not None:
+            mount([part.path], _inside(tree, "boot"), f"/boot ({part.path})")
+            mounted.append(f"/boot on {part.path}")
         mount(["-t", "tmpfs", "-o", "mode=755,size=8m", "bv-dev"], _inside(tree, "dev"), "/dev")
         _private_dev(_inside(tree, "dev"), disk, parts)
         mount(["-t", "proc", "bv-proc"], _inside(tree, "proc"), "/proc")
         mount(["-t", "sysfs", "bv-sys"], _inside(tree, "sys"), "/sys")
         mount(["-t", "tmpfs", "-o", "mode=755", "bv-run"], _inside(tree, "run"), "/run")
         yield tree, mounted
+
+
+def _mounted_at(table: str | None, point: str, parts: list[Partition]) -> Partition | None:
+    """The target's partition ``fstab`` mounts at ``point``, if any."""
+    spec = next((f[0] for f in _entries(table) if len(f) > 1 and f[1] == point), None)
+    return _resolve(spec, parts) if spec else None
 
 
 def _private_dev(dev: Path, disk: str, parts: list[Partition]) -> None:
@@ -497,24 +501,17 @@ def _boot_loader(
         if not _inside(tree, "usr/lib/grub/x86_64-efi").is_dir():
             skip("GRUB: no GRUB for UEFI in the restored system (install grub-efi-amd64-bin in it)")
             return
-        efi = _inside(tree, "boot/efi")
-        if not os.path.ismount(efi):
-            skip(f"GRUB: no EFI System Partition on {disk}: UEFI cannot boot it (make one)")
-            return
-        _chroot(
-            tree,
-            [
-                "grub-install",
-                "--target=x86_64-efi",
-                "--efi-directory=/boot/efi",
-                "--removable",
-                "--no-nvram",
-            ],
-            disk,
+        esp = _mounted_at(_read_table(tree, "fstab"), "/boot/efi", parts) or next(
+            (p for p in parts if p.part_type in ESP_TYPES), None
         )
-        change("GRUB: installed for UEFI at the removable-media path EFI/BOOT/BOOTX64.EFI")
+        if esp is None or esp.fs_type != "vfat":
+            why = "no EFI System Partition" if esp is None else f"no FAT filesystem on {esp.path}"
+            skip(f"GRUB: {why} on {disk}: UEFI cannot boot it (none is created)")
+            return
+        _efi_loader(tree, disk, parts, esp)
+        change(f"GRUB: installed for UEFI at the removable-media path {EFI_PATH} on {esp.path}")
         if nvram:
-            _boot_entry(disk, efi, parts, change, skip)
+            _boot_entry(disk, esp, change, skip)
         else:
             skip("UEFI boot entry: not written (not this machine's firmware, or no efivars)")
     for tool in (["update-grub"], ["grub-mkconfig", "-o", "/boot/grub/grub.cfg"]):
@@ -525,12 +522,56 @@ def _boot_loader(
     skip("GRUB: neither update-grub nor grub-mkconfig in the restored system")
 
 
-def _boot_entry(disk: str, efi: Path, parts: list[Partition], change: Change, skip: Change) -> None:
+def _efi_loader(tree: Path, disk: str, parts: list[Partition], esp: Partition) -> None:
+    """GRUB for UEFI at the removable-media path of the ESP, without mounting it.
+
+    grub-install refuses an EFI directory that is not a mounted FAT filesystem, so
+    the restored system's own grub-mkstandalone builds the loader (every GRUB
+    module inside it) into the chroot's private /run, with a first menu that finds
+    the filesystem holding /boot/grub by UUID and hands over to the grub.cfg that
+    update-grub writes there; mtools copies it into the ESP."""
+    grub = _inside(tree, "boot/grub")
+    if not grub.is_dir():
+        raise AdaptError("the restored system has no /boot/grub folder", target=disk)
+    device = grub.stat().st_dev
+    holder = next((p for p in parts if os.makedev(p.major, p.minor) == device), None)
+    uuid = holder.probe.get("UUID", "") if holder else ""
+    if not re.fullmatch(r"[0-9A-Fa-f-]{1,64}", uuid):
+        raise AdaptError("the filesystem holding /boot/grub has no plain UUID", target=disk)
+    prefix = "/boot/grub" if os.stat(tree).st_dev == device else "/grub"
+    staging = _inside(tree, "run") / "blockvault-esp"
+    (staging / "EFI" / "BOOT").mkdir(parents=True)
+    (staging / "first.cfg").write_text(FIRST_MENU.format(uuid=uuid, prefix=prefix))
+    _chroot(
+        tree,
+        [
+            "grub-mkstandalone",
+            "--format=x86_64-efi",
+            f"--output=/run/blockvault-esp/{EFI_PATH}",
+            "boot/grub/grub.cfg=/run/blockvault-esp/first.cfg",
+        ],
+        disk,
+    )
+    mtools = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}  # partitions need not fit a geometry
+    for folder in ("::/EFI", "::/EFI/BOOT"):
+        if subprocess.run(
+            ["mdir", "-b", "-i", esp.path, folder], env=mtools, capture_output=True, check=False
+        ).returncode:
+            _run(["mmd", "-i", esp.path, folder], esp.path, env=mtools)
+    _run(
+        ["mcopy", "-o", "-i", esp.path, str(staging / EFI_PATH), f"::/{EFI_PATH}"],
+        esp.path,
+        env=mtools,
+    )
+    listing = _run(["mdir", "-b", "-i", esp.path, f"::/{EFI_PATH}"], esp.path, env=mtools)
+    if "BOOTX64.EFI" not in listing.upper():
+        raise AdaptError(f"{EFI_PATH} is not on the ESP after copying it", target=esp.path)
+
+
+def _boot_entry(disk: str, part: Partition, change: Change, skip: Change) -> None:
     """An NVRAM entry for the loader just installed, written by this machine's
     efibootmgr (the rescue system booted UEFI on the machine being adapted)."""
-    device = os.stat(_source_of(efi)).st_rdev
-    part = next((p for p in parts if os.makedev(p.major, p.minor) == device), None)
-    if shutil.which("efibootmgr") is None or part is None:
+    if shutil.which("efibootmgr") is None:
         skip("UEFI boot entry: efibootmgr is not installed here (the removable path boots)")
         return
     _run(
@@ -549,7 +590,3 @@ def _boot_entry(disk: str, efi: Path, parts: list[Partition], change: Change, sk
         disk,
     )
     change(f"UEFI boot entry '{ENTRY_LABEL}' -> {EFI_LOADER} on partition {part.number}")
-
-
-def _source_of(where: Path) -> str:
-    return _run(["findmnt", "--noheadings", "--output", "SOURCE", str(where)], where).strip()

@@ -10,18 +10,21 @@ are written; unused space on the target is left alone unless ``zero_unused``.
 from __future__ import annotations
 
 import contextlib
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from blockvault.disk.device import Device, Reader
 from blockvault.disk.device import Region as Window
 from blockvault.disk.fs.probe import probe
+from blockvault.disk.rescan import reread_partitions
 from blockvault.disk.table import PartitionTable
 from blockvault.disk.table.probe import read_table
 from blockvault.disk.volumes.stack import content_reader
 from blockvault.errors import UsageError
-from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted
+from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted, Warned
 from blockvault.events import quiet as quiet_reporter
 from blockvault.extents import ExtentMap
 from blockvault.pipeline.onto import Onto, write_onto
@@ -84,6 +87,16 @@ def restore(
         zero_unused=zero_unused,
     )
     done = write_onto(source, target, onto, reporter=reporter)
+    # the kernel does not see a table by its sectors being written: without this the
+    # restored disk's partitions had no devices until a reboot
+    whole_disk = partition is None and stat.S_ISBLK(Path(target).stat().st_mode)
+    if whole_disk and not reread_partitions(target):
+        reporter(
+            Warned(
+                f"the kernel has not taken up the partition table restored on {target} "
+                "(a partition of it in use?): run 'partx --update' on it or reboot"
+            )
+        )
     return RestoreResult(
         snapshot.id,
         target,

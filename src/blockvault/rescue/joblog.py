@@ -17,6 +17,7 @@ mounted ``nosuid,nodev,noexec``, and the copy is written by the safe tree writer
 
 from __future__ import annotations
 
+import contextlib
 import stat
 import subprocess
 import tempfile
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Final, TextIO
 
+from blockvault.disk.rescan import reread_partitions
 from blockvault.errors import BlockvaultError
 from blockvault.pipeline.tree import TreeWriter
 
@@ -69,10 +71,9 @@ def keep_on_target(log: Path, device: str, *, now: float | None = None) -> str |
     Linux root."""
     with open(log, "rb") as file:
         data = file.read(LOG_MAX + 64 * 1024)  # the bound, its note and the final line
-    # the restore wrote a new partition table the kernel has not read (a partition or
-    # a filesystem without one: blockdev fails, and nothing needed it)
-    for argv in (["blockdev", "--rereadpt", device], ["udevadm", "settle", "--timeout=10"]):
-        subprocess.run(argv, check=False, capture_output=True)
+    # a restore takes up the table it wrote; a clone or a cast receive may not
+    with contextlib.suppress(BlockvaultError, OSError):  # not a disk: nothing to re-read
+        reread_partitions(device)
     for candidate in _filesystems(device):
         with tempfile.TemporaryDirectory(prefix="blockvault-target-", dir="/run") as point:
             mount = ["mount", "-o", MOUNT_OPTIONS, candidate, point]
