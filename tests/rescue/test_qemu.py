@@ -203,6 +203,7 @@ def test_unattended_restore_from_an_sftp_repository_then_the_system_boots(
             stop(server.proc)
 
 
+@pytest.mark.qemu_extra  # the SFTP case covers the network path in CI's time box
 def test_unattended_restore_from_an_s3_repository_then_the_system_boots(
     tmp_path: Path, blank: Path, rescue_iso: Path, loop: Callable[..., str]
 ) -> None:

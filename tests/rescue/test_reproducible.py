@@ -67,6 +67,7 @@ def test_the_medium_records_the_installed_versions(tmp_path: Path, rescue_iso: P
     assert inputs["source_date_epoch"] > 0
 
 
+@pytest.mark.qemu_extra  # a second preset build: minutes; the plain ISO's size is checked in CI
 def test_a_stick_with_an_image_is_reproducible_and_fits_1_gb(
     tmp_path: Path, rescue_iso: Path
 ) -> None:
