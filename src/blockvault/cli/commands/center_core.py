@@ -241,7 +241,13 @@ def _register_users(center: click.Group) -> None:
     @user.command("add")
     @state_option
     @click.argument("name")
-    @click.option("--role", type=click.Choice(["admin", "operator", "viewer"]), required=True)
+    @click.option(
+        "--role",
+        type=click.Choice(["admin", "operator", "viewer"]),
+        required=True,
+        help="viewer: reads; operator: also runs, restores, deploys; "
+        "admin: also plans, users, agents, settings.",
+    )
     @click.option(
         "--group",
         "groups",
