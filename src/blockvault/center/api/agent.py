@@ -145,7 +145,9 @@ def install(app: FastAPI, center: Center) -> None:
         host.os, host.agent_version, host.address = body.os, body.agent_version, _address(request)
         action = "host.rekey" if done.rekeyed else "host.enrol"
         audit(session, f"agent:{host.name}", action, host.name, address=_address(request), at=now)
-        fleet.publish_after_commit(session, center.bus, "host", id=host.id, state="enrolled")
+        fleet.publish_after_commit(
+            session, center.bus, "host", id=host.id, host_id=host.id, state="enrolled"
+        )
         return EnrolReply(host_id=host.id, group=done.group)
 
     @router.post("/challenge", summary="Agent: get a nonce to sign")
@@ -186,10 +188,12 @@ def install(app: FastAPI, center: Center) -> None:
         acked, added = fleet.record_runs(session, host, body.runs, now)
         for run in added:
             fleet.publish_after_commit(
-                session, center.bus, "run", id=run.id, host=host.id, status=run.status
+                session, center.bus, "run", id=run.id, host_id=host.id, status=run.status
             )
         if not was_online or added:
-            fleet.publish_after_commit(session, center.bus, "host", id=host.id, state="online")
+            fleet.publish_after_commit(
+                session, center.bus, "host", id=host.id, host_id=host.id, state="online"
+            )
         plans = fleet.plans_for(session, host)
         version = fleet.plans_version(plans)
         return HeartbeatReply(

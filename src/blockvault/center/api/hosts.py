@@ -270,7 +270,9 @@ def install(app: FastAPI, center: Center) -> None:
         host = _visible_host(session, who, host_id)
         agentauth.revoke(session, host, now)
         audit(session, who.actor, "host.revoke", host.name, at=now)
-        fleet.publish_after_commit(session, center.bus, "host", id=host.id, state="revoked")
+        fleet.publish_after_commit(
+            session, center.bus, "host", id=host.id, host_id=host.id, state="revoked"
+        )
         return {"id": host.id, "name": host.name, "revoked": host.revoked}
 
     @router.post(

@@ -174,7 +174,7 @@ class Desk:
         """Commit now, then tell the bus (and the hosts' polls) what changed."""
         session.commit()
         for job in jobs:
-            self.center.bus.publish("job", id=job.id, state=job.state, host=job.host_id)
+            self.center.bus.publish("job", id=job.id, state=job.state, host_id=job.host_id)
             if job.state == "queued" and job.host_id is not None:
                 self.doorbell.ring(job.host_id)
             elif job.state == "queued":
@@ -428,7 +428,7 @@ def install(app: FastAPI, center: Center) -> None:
                 for j in jobs
             ]
         for job in jobs:
-            center.bus.publish("job", id=job.id, state=job.state, host=host_id)
+            center.bus.publish("job", id=job.id, state=job.state, host_id=host_id)
         return handed
 
     @agent.post("/jobs/{job_id}/progress", summary="Agent: report a job's progress")
@@ -521,7 +521,7 @@ def install(app: FastAPI, center: Center) -> None:
         with transaction(center.sessions) as session:
             failed = queue.fail_offline(session, center.clock())
         for job in failed:
-            center.bus.publish("job", id=job.id, state=job.state, host=job.host_id)
+            center.bus.publish("job", id=job.id, state=job.state, host_id=job.host_id)
         maintenance.remove_old_downloads(downloads(center), center.clock())
 
     center.workers.append(Periodic("jobs-watch", 30, watch))
