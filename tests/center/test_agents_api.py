@@ -259,3 +259,5 @@ def test_events_are_published_once_committed(center: Center, client: TestClient)
     assert client.post(f"/api/v1/hosts/{host_id}/revoke", headers=admin).status_code == 200
     topics = [(e["topic"], e.get("state") or e.get("status")) for e in bus.published]
     assert topics == [("host", "enrolled"), ("run", "ok"), ("host", "online"), ("host", "revoked")]
+    # each names its host where the dashboard's stream scopes events (web/events.py)
+    assert [e["host_id"] for e in bus.published] == [host_id] * 4

@@ -14,7 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -392,18 +392,26 @@ def test_a_plan_runs_live_and_a_file_is_restored(
     page.select_option("select[name=target]", label="group lab")
     page.fill("input[name=repo]", repo.location)
     page.fill("textarea[name=sources]", disk)
-    page.fill("input[name=schedule]", "every 5s")
+    # half a day away: the run below is the "Run now" button's, not the schedule's
+    later = datetime.now() + timedelta(hours=12)
+    page.fill("input[name=schedule]", f"daily {later:%H:%M}")
     page.get_by_role("button", name="Save plan").click()
     expect(page).to_have_url(re.compile(r"/plans\?saved=\d+$"))
     agent.start()
     page.goto(served.url + "/hosts")
     page.get_by_role("link", name="pc1").click()
     expect(page.locator("h1 .badge")).to_have_text("ok", timeout=60_000)
+    # the host caches the central plan at a heartbeat; then "Run now" queues a
+    # run-plan job, whose page follows it live until the agent ran the plan
+    expect(page.get_by_role("button", name="Run nightly now")).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Run nightly now").click()
+    expect(page).to_have_url(re.compile(r"/jobs/\d+$"))
+    expect(page.locator("#main")).to_contain_text("done", timeout=120_000)
     page.get_by_role("link", name="Runs", exact=True).click()
     history = page.locator("#runs-table")
-    # the agent runs the plan on its schedule and reports at its next heartbeat: the
-    # page shows it without a reload
+    # the run the job made reaches the center at the agent's next heartbeat
     expect(history).to_contain_text("center:nightly", timeout=90_000)
+    expect(history).to_contain_text("manual", timeout=30_000)
     expect(history.locator(".badge").first).to_have_text("ok", timeout=30_000)
     page.get_by_role("link", name="Snapshots", exact=True).click()
     restore = page.locator("form", has=page.get_by_role("button", name="Restore files"))

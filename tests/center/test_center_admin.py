@@ -14,7 +14,7 @@ from blockvault.center.app import create_app
 from blockvault.center.auth import CSRF_HEADER, Viewer, start_session, verify_password
 from blockvault.center.context import Center
 from blockvault.center.db import transaction
-from blockvault.center.models import Audit, User, WebSession
+from blockvault.center.models import Alert, AlertDelivery, AlertTarget, Audit, User, WebSession
 from blockvault.center.settings import change_settings, get_setting
 from blockvault.center.users import Actor
 from tests.center.conftest import add_user, api_token, log_in
@@ -280,3 +280,38 @@ def test_housekeeping_keeps_the_audit_log_as_long_as_set(center: Center) -> None
     with center.sessions() as session:
         assert [a.action for a in session.scalars(select(Audit))] == ["recent", "settings.update"]
         assert [s.expires > now for s in session.scalars(select(WebSession))] == [True]
+
+
+def test_housekeeping_forgets_old_alerts_and_deliveries(center: Center) -> None:
+    add_user(center, "ada", "admin")
+    now, day = center.clock(), timedelta(days=1)
+    with transaction(center.sessions) as session:
+        change_settings(session, Actor("user:ada", now), {"audit_keep_days": 30})
+        target = AlertTarget(name="ops", kind="webhook", address="https://ops.invalid/hook")
+        old = Alert(condition="a", event="run-failed", message="old", closed=now - 40 * day)
+        recent = Alert(condition="b", event="run-failed", message="recent", closed=now - day)
+        still_open = Alert(condition="c", event="run-failed", message="open")
+        still_open.opened = now - 400 * day
+        session.add_all([target, old, recent, still_open])
+        session.flush()
+
+        def delivery(alert: Alert, note: str, **fields: object) -> AlertDelivery:
+            return AlertDelivery(
+                alert_id=alert.id, target_id=target.id, kind="opened", error=note, **fields
+            )
+
+        session.add_all(
+            [
+                delivery(old, "of an old alert", next_try=now - 40 * day, sent=now - 40 * day),
+                delivery(still_open, "sent long ago", next_try=now - 90 * day, sent=now - 90 * day),
+                delivery(still_open, "sent lately", next_try=now - day, sent=now - day),
+                delivery(still_open, "gave up long ago", next_try=now - 90 * day, attempts=8),
+                delivery(still_open, "still trying", next_try=now - 90 * day, attempts=3),
+                delivery(recent, "of a recent alert", next_try=now - day, sent=now - day),
+            ]
+        )
+    housekeeping(center)
+    with center.sessions() as session:
+        assert sorted(a.message for a in session.scalars(select(Alert))) == ["open", "recent"]
+        left = sorted(d.error or "" for d in session.scalars(select(AlertDelivery)))
+        assert left == ["of a recent alert", "sent lately", "still trying"]

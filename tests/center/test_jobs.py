@@ -19,6 +19,7 @@ from blockvault.center.db import transaction
 from blockvault.center.fleet import offline_after
 from blockvault.center.models import AgentToken, Audit, Group, Host
 from tests.center.conftest import add_user, api_token
+from tests.center.test_agents_api import RecordingBus
 
 
 def add_host(center: Center, name: str, group: str | None = None) -> dict[str, str]:
@@ -56,6 +57,7 @@ BROWSE = {"repo": "/srv/repo", "snapshot": "latest", "path": "1/etc", "page": 0}
 def test_a_job_goes_from_queued_to_done_through_the_agent(
     center: Center, client: TestClient
 ) -> None:
+    bus = center.bus = RecordingBus()
     user = operator(center)
     agent = add_host(center, "web1")
     other = add_host(center, "web2")
@@ -98,6 +100,12 @@ def test_a_job_goes_from_queued_to_done_through_the_agent(
     assert [x["message"] for x in rest.json()["lines"]] == ["line 2"]
     listed = client.get("/api/v1/jobs?host=web1&state=done", headers=user).json()
     assert [j["id"] for j in listed["jobs"]] == [job["id"]]
+    # every job event names its host where the dashboard's stream scopes events
+    with center.sessions() as session:
+        web1 = session.scalar(select(Host.id).where(Host.name == "web1"))
+    jobs = [e for e in bus.published if e["topic"] == "job"]
+    assert [e["state"] for e in jobs] == ["queued", "running", "running", "done"]
+    assert {e["host_id"] for e in jobs} == {web1}
     with center.sessions() as session:
         actions = set(session.scalars(select(Audit.action)))
     assert {"job.browse", "job.result"} <= actions

@@ -15,6 +15,7 @@ from types import ModuleType
 from fastapi import FastAPI
 
 from blockvault.center.api import admin, agent, alerts, health, hosts, jobs
+from blockvault.center.bodies import install_body_limit
 from blockvault.center.context import Center
 from blockvault.center.web import alerts_pages, jobs_pages, pages
 
@@ -54,6 +55,7 @@ def create_app(center: Center) -> FastAPI:
         redoc_url=None,
     )
     app.state.center = center
+    install_body_limit(app)
     for part in PARTS:
         part.install(app, center)
     return app

@@ -13,7 +13,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -176,6 +176,7 @@ class HostStatus:
     overdue_plans: tuple[str, ...]
     stored_bytes: int  # added to repositories by this host's backups, all told
     change_rate: float | None  # new bytes / read bytes over its recent good backups
+    last_backup_failed: bool  # its latest backup that ended ok or failed, failed
 
     def document(self, now: datetime) -> dict[str, Any]:
         return {
@@ -206,50 +207,92 @@ def _good_time() -> Any:
 
 
 def host_statuses(session: Session, hosts: Sequence[Host], now: datetime) -> list[HostStatus]:
-    """The status of each of ``hosts``, in a few queries whatever their number."""
+    """The status of each of ``hosts``, in a fixed number of queries whatever their
+    number: one grouped scan of the runs gives every figure a status needs."""
     ids = [h.id for h in hosts]
     central = list(session.scalars(select(CentralPlan)))
-    rates = _change_rates(session, ids, now)
-    good = (Run.status == "ok") & (Run.kind == "backup") & Run.host_id.in_(ids)
-    last_good: dict[tuple[int, str], datetime] = {
-        (host_id, plan): when
-        for host_id, plan, when in session.execute(
-            select(Run.host_id, Run.plan, func.max(_good_time()))
-            .where(good)
-            .group_by(Run.host_id, Run.plan)
-        )
-    }
-    stored: dict[int, int | None] = dict(
-        session.execute(
-            select(Run.host_id, func.sum(Run.bytes_stored))
-            .where(Run.host_id.in_(ids))
-            .group_by(Run.host_id)
-        ).all()
-    )
-    newest: dict[int, datetime] = {}
-    for (host_id, _plan), when in last_good.items():
-        newest[host_id] = max(when, newest.get(host_id, when))
+    figures = _run_figures(session, ids, now)
     groups = {g.id: g.name for g in session.scalars(select(Group))}
     silent = offline_after(session)
     factor = get_setting(session, "overdue_factor")
     statuses = []
     for host in hosts:
         plans = _chosen(host, central)
-        overdue = tuple(sorted(_overdue_plans(host, plans, last_good, now, factor)))
+        mine = figures.get(host.id, _Figures())
+        overdue = tuple(sorted(_overdue_plans(host, plans, mine.last_good, now, factor)))
         statuses.append(
             HostStatus(
                 host=host,
                 group=groups.get(host.group_id) if host.group_id is not None else None,
                 online=host.last_seen is not None and now - host.last_seen <= silent,
-                last_good=_utc(newest[host.id]) if host.id in newest else None,
+                last_good=max(mine.last_good.values(), default=None),
                 next_run=_next_run(host),
                 overdue=bool(overdue),
                 overdue_plans=overdue,
-                stored_bytes=int(stored.get(host.id) or 0),
-                change_rate=rates.get(host.id),
+                stored_bytes=mine.stored,
+                change_rate=mine.new / mine.read if mine.read else None,
+                last_backup_failed=mine.last_backup_failed,
             )
         )
     return statuses
+
+
+@dataclass
+class _Figures:
+    """One host's runs, summed up (``_run_figures``)."""
+
+    last_good: dict[str, datetime] = field(default_factory=dict)  # per plan
+    stored: int = 0
+    new: int = 0  # bytes new and read by good backups within ``CHANGE_WINDOW``
+    read: int = 0
+    latest_failed: datetime | None = None  # started, of backups that ended so
+    latest_ok: datetime | None = None
+
+    @property
+    def last_backup_failed(self) -> bool:
+        failed, ok = self.latest_failed, self.latest_ok
+        return failed is not None and (ok is None or failed > ok)
+
+
+def _run_figures(session: Session, ids: Sequence[int], now: datetime) -> dict[int, _Figures]:
+    """Per host: the last good backup of each plan, the bytes stored, the change rate
+    (new over read bytes of its good backups received in the last ``CHANGE_WINDOW``)
+    and whether its latest finished backup failed, in one scan grouped by host and plan."""
+    backup = Run.kind == "backup"
+    good = (Run.status == "ok") & backup
+    recent = good & (Run.received > now - CHANGE_WINDOW)
+
+    def latest(status: str) -> Any:
+        return func.max(case((backup & (Run.status == status), Run.started)))
+
+    rows = session.execute(
+        select(
+            Run.host_id,
+            Run.plan,
+            func.max(case((good, _good_time()))),
+            func.sum(Run.bytes_stored),
+            func.sum(case((recent, Run.bytes_new), else_=0)),
+            func.sum(case((recent, Run.bytes_read), else_=0)),
+            latest("failed"),
+            latest("ok"),
+        )
+        .where(Run.host_id.in_(ids))
+        .group_by(Run.host_id, Run.plan)
+    )
+    figures: dict[int, _Figures] = {}
+    for host_id, plan, good_end, stored, new, read, failed, ok in rows:
+        mine = figures.setdefault(host_id, _Figures())
+        if good_end is not None:
+            mine.last_good[plan] = _utc(good_end)
+        mine.stored += int(stored or 0)
+        mine.new, mine.read = mine.new + int(new or 0), mine.read + int(read or 0)
+        mine.latest_failed = _later(mine.latest_failed, failed)
+        mine.latest_ok = _later(mine.latest_ok, ok)
+    return figures
+
+
+def _later(one: datetime | None, other: datetime | None) -> datetime | None:
+    return other if one is None else one if other is None else max(one, other)
 
 
 def _utc(moment: datetime) -> datetime:
@@ -289,7 +332,7 @@ def _period(schedule: str, window: str | None) -> timedelta:
 def _overdue_plans(
     host: Host,
     plans: Sequence[CentralPlan],
-    last_good: dict[tuple[int, str], datetime],
+    last_good: dict[str, datetime],
     now: datetime,
     factor: float,
 ) -> list[str]:
@@ -297,8 +340,8 @@ def _overdue_plans(
         return []
     late = []
     for name, (period, since) in _periods(host, plans).items():
-        good = last_good.get((host.id, name))
-        reference = _utc(good) if good is not None else since
+        good = last_good.get(name)
+        reference = good if good is not None else since
         if now - reference > period * factor:
             late.append(name)
     return late
@@ -315,15 +358,3 @@ def _next_run(host: Host) -> datetime | None:
             except ValueError:
                 continue
     return min(moments) if moments else None
-
-
-def _change_rates(session: Session, ids: Sequence[int], now: datetime) -> dict[int, float]:
-    """Per host: new bytes over read bytes of its good backups received in the last
-    ``CHANGE_WINDOW`` (hosts without any have none)."""
-    good = (Run.status == "ok") & (Run.kind == "backup") & (Run.received > now - CHANGE_WINDOW)
-    rows = session.execute(
-        select(Run.host_id, func.sum(Run.bytes_new), func.sum(Run.bytes_read))
-        .where(good, Run.host_id.in_(ids))
-        .group_by(Run.host_id)
-    )
-    return {host: int(new or 0) / int(read) for host, new, read in rows if read}

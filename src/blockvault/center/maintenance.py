@@ -255,7 +255,7 @@ def run_center_jobs(center: Center) -> None:
                 return
             job.state, job.started = "running", center.clock()
             job_id, kind, params = job.id, job.kind, dict(job.params)
-        center.bus.publish("job", id=job_id, state="running", host=None)
+        center.bus.publish("job", id=job_id, state="running", host_id=None)
         try:
             result, error = _run(center, kind, params), None
         except (BlockvaultError, queue.JobError) as failure:
@@ -265,7 +265,7 @@ def run_center_jobs(center: Center) -> None:
             assert job is not None
             queue.finish(session, job, center.clock(), ok=error is None, result=result, error=error)
             state = job.state
-        center.bus.publish("job", id=job_id, state=state, host=None)
+        center.bus.publish("job", id=job_id, state=state, host_id=None)
 
 
 def _run(center: Center, kind: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -191,7 +191,11 @@ class Run(Base):
     outage); ``received`` is the center's time, the others the agent's."""
 
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_host_agent_run", "host_id", "agent_run_id", unique=True),)
+    __table_args__ = (
+        Index("ix_runs_host_agent_run", "host_id", "agent_run_id", unique=True),
+        # host statuses scan the runs grouped by host and plan (fleet._run_figures)
+        Index("ix_runs_host_plan", "host_id", "plan"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
     agent_run_id: Mapped[int] = mapped_column(Integer)  # the agent's history row id

@@ -65,7 +65,7 @@ def evaluate(center: Center, awake_since: datetime | None = None) -> list[tuple[
     close): while the center was down no agent could report, and a fleet must get
     the time to reconnect and send its backlog before anyone is told it is silent."""
     now = center.clock()
-    changes: list[tuple[int, str, str]] = []
+    changes: list[tuple[int, str, str, int | None]] = []
     with center.sessions() as session, session.begin():
         settling = awake_since is not None and now - awake_since < offline_after(session)
         unjudged = SETTLING_EVENTS if settling else frozenset()
@@ -78,14 +78,14 @@ def evaluate(center: Center, awake_since: datetime | None = None) -> list[tuple[
         for key, finding in found.items():
             if key not in open_alerts:
                 alert = _open(session, finding, now)
-                changes.append((alert.id, "open", alert.event))
+                changes.append((alert.id, "open", alert.event, alert.host_id))
         for key, alert in open_alerts.items():
             if key not in found:
                 _close(session, alert, now)
-                changes.append((alert.id, "closed", alert.event))
-    for alert_id, state, event in changes:
-        center.bus.publish("alert", id=alert_id, state=state, event=event)
-    return [(alert_id, state) for alert_id, state, _ in changes]
+                changes.append((alert.id, "closed", alert.event, alert.host_id))
+    for alert_id, state, event, host_id in changes:
+        center.bus.publish("alert", id=alert_id, state=state, event=event, host_id=host_id)
+    return [(alert_id, state) for alert_id, state, _, _ in changes]
 
 
 def _open(session: Session, finding: Finding, now: datetime) -> Alert:

@@ -28,7 +28,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from typing import Any, Final
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from blockvault.center.alerting.config import smtp_of
@@ -43,6 +43,7 @@ __all__ = [
     "SIGNATURE_HEADER",
     "Message",
     "deliver",
+    "prune_history",
     "send",
     "send_test",
     "signature",
@@ -229,3 +230,18 @@ def _message(session: Session, alert: Alert, kind: str, now: datetime) -> Messag
         opened=alert.opened,
         closed=alert.closed,
     )
+
+
+def prune_history(session: Session, before: datetime) -> None:
+    """Forget what is over since before ``before``: alerts closed then, with their
+    deliveries, and deliveries sent or given up then (housekeeping calls this with the
+    audit log's limit, so the tables stop growing with the years)."""
+    old = select(Alert.id).where(Alert.closed < before)
+    done = AlertDelivery.sent < before
+    gave_up = AlertDelivery.sent.is_(None) & (AlertDelivery.attempts >= ATTEMPTS)
+    session.execute(
+        delete(AlertDelivery).where(
+            AlertDelivery.alert_id.in_(old) | done | (gave_up & (AlertDelivery.next_try < before))
+        )
+    )
+    session.execute(delete(Alert).where(Alert.closed < before))

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, select
 
+from blockvault.center.alerting.delivery import prune_history
 from blockvault.center.auth import DB, Admin, Principal, Role, Viewer, center_of, verify_password
 from blockvault.center.context import Center
 from blockvault.center.db import transaction
@@ -120,12 +121,13 @@ class SettingOut(BaseModel):
 
 
 def housekeeping(center: Center) -> None:
-    """One round of the admin part's worker: the audit log beyond ``audit_keep_days``
-    and expired browser sessions go."""
+    """One round of the admin part's worker: the audit log, closed alerts and done
+    alert deliveries beyond ``audit_keep_days`` and expired browser sessions go."""
     with transaction(center.sessions) as session:
         now = center.clock()
         keep = timedelta(days=get_setting(session, "audit_keep_days"))
         session.execute(delete(Audit).where(Audit.at < now - keep))
+        prune_history(session, now - keep)
         session.execute(delete(WebSession).where(WebSession.expires <= now))
 
 

@@ -136,7 +136,7 @@ def install(app: FastAPI, center: Center) -> None:
     router = APIRouter(prefix=PREFIX, tags=["agent"])
     app.add_middleware(BoundedBodies, limits=BODY_LIMITS)
 
-    @router.post("/enrol")
+    @router.post("/enrol", summary="Agent: enrol with a one-time token and a public key")
     def enrol(body: EnrolRequest, request: Request, session: DB) -> EnrolReply:
         """Register a machine with a one-time enrolment token and its own public key."""
         now = center.clock()
@@ -145,15 +145,21 @@ def install(app: FastAPI, center: Center) -> None:
         host.os, host.agent_version, host.address = body.os, body.agent_version, _address(request)
         action = "host.rekey" if done.rekeyed else "host.enrol"
         audit(session, f"agent:{host.name}", action, host.name, address=_address(request), at=now)
-        fleet.publish_after_commit(session, center.bus, "host", id=host.id, state="enrolled")
+        fleet.publish_after_commit(
+            session, center.bus, "host", id=host.id, host_id=host.id, state="enrolled"
+        )
         return EnrolReply(host_id=host.id, group=done.group)
 
-    @router.post("/challenge")
+    @router.post("/challenge", summary="Agent: get a nonce to sign")
     def challenge(body: ChallengeRequest, session: DB) -> ChallengeReply:
         """A nonce for the host's agent to sign (single use, valid for a minute)."""
         return ChallengeReply(nonce=agentauth.challenge(session, body.host, center.clock()))
 
-    @router.post("/session", response_model=SessionReply)
+    @router.post(
+        "/session",
+        summary="Agent: trade a signed nonce for a session token",
+        response_model=SessionReply,
+    )
     def sign_in(body: SessionRequest, session: DB) -> SessionReply | JSONResponse:
         """A short-lived agent token for a correctly signed nonce (401 otherwise; the
         nonce is spent either way)."""
@@ -162,7 +168,7 @@ def install(app: FastAPI, center: Center) -> None:
             return JSONResponse({"detail": signed}, status_code=401)
         return SessionReply(token=signed[0], expires=signed[1])
 
-    @router.post("/heartbeat")
+    @router.post("/heartbeat", summary="Agent: report inventory and runs, receive plans")
     def heartbeat(
         body: Heartbeat, host: CurrentHost, request: Request, session: DB
     ) -> HeartbeatReply:
@@ -182,10 +188,12 @@ def install(app: FastAPI, center: Center) -> None:
         acked, added = fleet.record_runs(session, host, body.runs, now)
         for run in added:
             fleet.publish_after_commit(
-                session, center.bus, "run", id=run.id, host=host.id, status=run.status
+                session, center.bus, "run", id=run.id, host_id=host.id, status=run.status
             )
         if not was_online or added:
-            fleet.publish_after_commit(session, center.bus, "host", id=host.id, state="online")
+            fleet.publish_after_commit(
+                session, center.bus, "host", id=host.id, host_id=host.id, state="online"
+            )
         plans = fleet.plans_for(session, host)
         version = fleet.plans_version(plans)
         return HeartbeatReply(

@@ -158,7 +158,7 @@ def install(app: FastAPI, center: Center) -> None:
 
     # --- groups and enrolment tokens -------------------------------------------
 
-    @router.get("/groups")
+    @router.get("/groups", summary="List groups")
     def list_groups(who: Viewer, session: DB) -> list[dict[str, Any]]:
         groups = session.scalars(select(Group).order_by(Group.name))
         return [
@@ -167,7 +167,7 @@ def install(app: FastAPI, center: Center) -> None:
             if who.sees(g.name)
         ]
 
-    @router.post("/groups", status_code=201)
+    @router.post("/groups", summary="Create a group", status_code=201)
     def add_group(body: GroupIn, who: Admin, session: DB) -> dict[str, Any]:
         if session.scalar(select(Group).where(Group.name == body.name)) is not None:
             raise HTTPException(409, f"a group named {body.name} exists")
@@ -177,7 +177,9 @@ def install(app: FastAPI, center: Center) -> None:
         audit(session, who.actor, "group.create", body.name, at=center.clock())
         return {"id": group.id, "name": group.name, "description": group.description}
 
-    @router.post("/enrol-tokens", status_code=201)
+    @router.post(
+        "/enrol-tokens", summary="Create a one-time enrolment token (shown once)", status_code=201
+    )
     def add_enrol_token(body: EnrolTokenIn, who: Admin, session: DB) -> dict[str, Any]:
         """A one-time enrolment token (shown only in this reply)."""
         now = center.clock()
@@ -204,7 +206,7 @@ def install(app: FastAPI, center: Center) -> None:
             "uses": row.uses_left,
         }
 
-    @router.get("/enrol-tokens")
+    @router.get("/enrol-tokens", summary="List enrolment tokens")
     def list_enrol_tokens(who: Admin, session: DB) -> list[dict[str, Any]]:
         names = _group_names(session)
         rows = session.scalars(select(EnrolToken).order_by(EnrolToken.id))
@@ -221,7 +223,7 @@ def install(app: FastAPI, center: Center) -> None:
             for t in rows
         ]
 
-    @router.delete("/enrol-tokens/{token_id}", status_code=204)
+    @router.delete("/enrol-tokens/{token_id}", summary="Revoke an enrolment token", status_code=204)
     def revoke_enrol_token(token_id: int, who: Admin, session: DB) -> Response:
         if session.execute(delete(EnrolToken).where(EnrolToken.id == token_id)).rowcount == 0:  # type: ignore[attr-defined]
             raise HTTPException(404, "no such enrolment token")
@@ -230,7 +232,7 @@ def install(app: FastAPI, center: Center) -> None:
 
     # --- hosts ---------------------------------------------------------------------
 
-    @router.get("/hosts")
+    @router.get("/hosts", summary="List hosts with their status")
     def list_hosts(who: Viewer, session: DB) -> list[dict[str, Any]]:
         """Every visible host with its status: online, last good backup and its age,
         next run, overdue, stored bytes, change rate."""
@@ -242,7 +244,7 @@ def install(app: FastAPI, center: Center) -> None:
         hosts = list(session.scalars(query))
         return [s.document(now) for s in fleet.host_statuses(session, hosts, now)]
 
-    @router.get("/hosts/{host_id}")
+    @router.get("/hosts/{host_id}", summary="One host: status, inventory, plans, latest runs")
     def show_host(host_id: int, who: Viewer, session: DB) -> dict[str, Any]:
         """A host's status, inventory (disks, partitions, local plans), central plans
         and its latest runs."""
@@ -261,17 +263,21 @@ def install(app: FastAPI, center: Center) -> None:
             "runs": [_run_doc(r) for r in runs],
         }
 
-    @router.post("/hosts/{host_id}/revoke")
+    @router.post("/hosts/{host_id}/revoke", summary="Revoke a host's agent")
     def revoke_host(host_id: int, who: Admin, session: DB) -> dict[str, Any]:
         """Refuse this host's agent from now on (its tokens die at once)."""
         now = center.clock()
         host = _visible_host(session, who, host_id)
         agentauth.revoke(session, host, now)
         audit(session, who.actor, "host.revoke", host.name, at=now)
-        fleet.publish_after_commit(session, center.bus, "host", id=host.id, state="revoked")
+        fleet.publish_after_commit(
+            session, center.bus, "host", id=host.id, host_id=host.id, state="revoked"
+        )
         return {"id": host.id, "name": host.name, "revoked": host.revoked}
 
-    @router.post("/hosts/{host_id}/rekey", status_code=201)
+    @router.post(
+        "/hosts/{host_id}/rekey", summary="Create a re-key token for a host", status_code=201
+    )
     def rekey_host(host_id: int, who: Admin, session: DB) -> dict[str, Any]:
         """A single-use enrolment token for this host only: when its agent enrols with
         it (``agent enrol --token``), the new key replaces the old one."""
@@ -300,13 +306,13 @@ def install(app: FastAPI, center: Center) -> None:
     def _host_names(session: Session) -> dict[int, str]:
         return {host_id: name for host_id, name in session.execute(select(Host.id, Host.name))}
 
-    @router.get("/plans")
+    @router.get("/plans", summary="List central plans")
     def list_plans(who: Viewer, session: DB) -> list[dict[str, Any]]:
         names, hosts = _group_names(session), _host_names(session)
         plans = session.scalars(select(CentralPlan).order_by(CentralPlan.name, CentralPlan.id))
         return [_plan_doc(p, names, hosts) for p in plans if who.sees(_plan_group(session, p))]
 
-    @router.post("/plans", status_code=201)
+    @router.post("/plans", summary="Create a central plan for a host or a group", status_code=201)
     def add_plan(body: PlanIn, who: Admin, session: DB) -> dict[str, Any]:
         """A plan for one host or one group."""
         if (body.host is None) == (body.group is None):
@@ -347,12 +353,12 @@ def install(app: FastAPI, center: Center) -> None:
         )
         return _plan_doc(plan, _group_names(session), _host_names(session))
 
-    @router.get("/plans/{plan_id}")
+    @router.get("/plans/{plan_id}", summary="One central plan")
     def show_plan(plan_id: int, who: Viewer, session: DB) -> dict[str, Any]:
         plan = _visible_plan(session, who, plan_id)
         return _plan_doc(plan, _group_names(session), _host_names(session))
 
-    @router.put("/plans/{plan_id}")
+    @router.put("/plans/{plan_id}", summary="Change a central plan")
     def change_plan(plan_id: int, body: PlanChange, who: Admin, session: DB) -> dict[str, Any]:
         plan = _visible_plan(session, who, plan_id)
         now = center.clock()
@@ -361,14 +367,14 @@ def install(app: FastAPI, center: Center) -> None:
         audit(session, who.actor, "plan.change", plan.name, {"version": plan.version}, at=now)
         return _plan_doc(plan, _group_names(session), _host_names(session))
 
-    @router.delete("/plans/{plan_id}", status_code=204)
+    @router.delete("/plans/{plan_id}", summary="Delete a central plan", status_code=204)
     def remove_plan(plan_id: int, who: Admin, session: DB) -> Response:
         plan = _visible_plan(session, who, plan_id)
         session.delete(plan)
         audit(session, who.actor, "plan.delete", plan.name, at=center.clock())
         return Response(status_code=204)
 
-    @router.get("/plans/{plan_id}/preview")
+    @router.get("/plans/{plan_id}/preview", summary="A plan's next run times")
     def preview_plan(
         plan_id: int, who: Viewer, session: DB, count: int = Query(PREVIEW_RUNS, ge=1, le=50)
     ) -> dict[str, Any]:
@@ -387,7 +393,7 @@ def install(app: FastAPI, center: Center) -> None:
 
     # --- runs ----------------------------------------------------------------------
 
-    @router.get("/runs")
+    @router.get("/runs", summary="List runs (filtered, paged)")
     def list_runs(
         who: Viewer,
         session: DB,

@@ -24,8 +24,8 @@ from sqlalchemy.orm import Session
 
 from blockvault.center import jobs as queue
 from blockvault.center import maintenance
-from blockvault.center.agentauth import CurrentHost
-from blockvault.center.auth import DB, Admin, Operator, Principal, Viewer, audit
+from blockvault.center.agentauth import CurrentHost, current_host
+from blockvault.center.auth import DB, Admin, Operator, Principal, Viewer, audit, center_of
 from blockvault.center.context import Center
 from blockvault.center.db import transaction
 from blockvault.center.models import Group, Host, Job, JobLog, Repository
@@ -133,15 +133,23 @@ async def bounded_json(request: Request, limit: int = BODY_LIMIT) -> dict[str, A
     return value
 
 
+def _authenticate(request: Request) -> None:
+    with transaction(center_of(request).sessions) as session:
+        current_host(request, session)
+
+
 def _reader(limit: int) -> Any:
     async def read(request: Request) -> dict[str, Any]:
+        # the agent is authenticated first (401 before a byte of the body is read), in
+        # a transaction of its own that ends before the body is awaited, so none waits
+        # on the network; the route's ``CurrentHost`` then loads the host in its own
+        await run_in_threadpool(_authenticate, request)
         return await bounded_json(request, limit)
 
     return Depends(read)
 
 
-# an agent's body, read (bounded) before the route touches the database: declared
-# before ``CurrentHost``, so no read transaction waits on the network
+# an agent's body, read (bounded) once ``CurrentHost`` let the request in
 Body = Annotated[dict[str, Any], _reader(BODY_LIMIT)]
 ResultBody = Annotated[dict[str, Any], _reader(RESULT_BODY_LIMIT)]
 PieceBody = Annotated[dict[str, Any], _reader(PIECE_LIMIT * 4 // 3 + 1024)]
@@ -179,7 +187,7 @@ class Desk:
         """Commit now, then tell the bus (and the hosts' polls) what changed."""
         session.commit()
         for job in jobs:
-            self.center.bus.publish("job", id=job.id, state=job.state, host=job.host_id)
+            self.center.bus.publish("job", id=job.id, state=job.state, host_id=job.host_id)
             if job.state == "queued" and job.host_id is not None:
                 self.doorbell.ring(job.host_id)
             elif job.state == "queued":
@@ -310,7 +318,7 @@ def install(app: FastAPI, center: Center) -> None:
 
     # --- users' side ------------------------------------------------------------------
 
-    @api.post("/jobs", status_code=201)
+    @api.post("/jobs", summary="Queue a remote job", status_code=201)
     def create_job(
         body: JobRequest, who: Operator, session: DB, request: Request
     ) -> dict[str, Any]:
@@ -319,7 +327,7 @@ def install(app: FastAPI, center: Center) -> None:
         job = desk.submit(session, who, body.kind, body.host, body.params, _address(request))
         return job_view(job, body.host)
 
-    @api.post("/deployments", status_code=201)
+    @api.post("/deployments", summary="Queue a multicast deployment", status_code=201)
     def create_deployment(
         body: DeploymentRequest, who: Operator, session: DB, request: Request
     ) -> dict[str, Any]:
@@ -338,7 +346,7 @@ def install(app: FastAPI, center: Center) -> None:
         receivers and stops serving when done."""
         return job_view(desk.deploy_bare_metal(session, who, body, _address(request)), body.server)
 
-    @api.get("/jobs")
+    @api.get("/jobs", summary="List jobs")
     def list_jobs(
         who: Viewer,
         session: DB,
@@ -372,11 +380,11 @@ def install(app: FastAPI, center: Center) -> None:
             "more": len(rows) > limit,
         }
 
-    @api.get("/jobs/{job_id}")
+    @api.get("/jobs/{job_id}", summary="One job")
     def get_job(job_id: int, who: Viewer, session: DB) -> dict[str, Any]:
         return job_view(*visible_job(session, who, job_id))
 
-    @api.get("/jobs/{job_id}/log")
+    @api.get("/jobs/{job_id}/log", summary="A job's log lines")
     def job_log(
         job_id: int,
         who: Viewer,
@@ -400,11 +408,11 @@ def install(app: FastAPI, center: Center) -> None:
             "more": len(lines) > limit,
         }
 
-    @api.post("/jobs/{job_id}/cancel")
+    @api.post("/jobs/{job_id}/cancel", summary="Cancel a job")
     def cancel_job(job_id: int, who: Operator, session: DB) -> dict[str, Any]:
         return job_view(*desk.cancel(session, who, job_id))
 
-    @api.get("/jobs/{job_id}/download")
+    @api.get("/jobs/{job_id}/download", summary="The file a finished download job fetched")
     def download(job_id: int, who: Operator, session: DB) -> FileResponse:
         """The file a finished ``download`` job brought to the center."""
         job, _ = visible_job(session, who, job_id)
@@ -414,12 +422,12 @@ def install(app: FastAPI, center: Center) -> None:
         name = Path(str(job.params.get("path", "file"))).name or "file"
         return FileResponse(path, filename=name, media_type="application/octet-stream")
 
-    @api.get("/repositories")
+    @api.get("/repositories", summary="List repositories")
     def list_repositories(who: Viewer, session: DB) -> list[dict[str, Any]]:
         rows = session.scalars(select(Repository).order_by(Repository.name))
         return [maintenance.repository_view(r) for r in rows]
 
-    @api.post("/repositories", status_code=201)
+    @api.post("/repositories", summary="Register a repository", status_code=201)
     def add_repository(body: RepositoryRequest, who: Admin, session: DB) -> dict[str, Any]:
         """Register a repository for the center to scan and maintain; a password given
         here is stored sealed with the center's key (and then travels to agents in
@@ -434,7 +442,7 @@ def install(app: FastAPI, center: Center) -> None:
             raise HTTPException(404, f"no job {job_id} of host {host.name}")
         return job
 
-    @agent.get("/jobs")
+    @agent.get("/jobs", summary="Agent: long-poll for queued jobs")
     async def poll(
         host: CurrentHost, session: DB, wait: float = Query(0, ge=0, le=POLL_LIMIT)
     ) -> list[dict[str, Any]]:
@@ -459,10 +467,10 @@ def install(app: FastAPI, center: Center) -> None:
                 for j in jobs
             ]
         for job in jobs:
-            center.bus.publish("job", id=job.id, state=job.state, host=host_id)
+            center.bus.publish("job", id=job.id, state=job.state, host_id=host_id)
         return handed
 
-    @agent.post("/jobs/{job_id}/progress")
+    @agent.post("/jobs/{job_id}/progress", summary="Agent: report a job's progress")
     def progress(job_id: int, body: Body, host: CurrentHost, session: DB) -> dict[str, Any]:
         """Record progress; the answer says whether the job was cancelled."""
         job = own_job(session, host, job_id)
@@ -473,7 +481,7 @@ def install(app: FastAPI, center: Center) -> None:
         committed(session, job)
         return {"cancel": cancelled}
 
-    @agent.post("/jobs/{job_id}/log")
+    @agent.post("/jobs/{job_id}/log", summary="Agent: add a line to a job's log")
     def log(job_id: int, body: Body, host: CurrentHost, session: DB) -> dict[str, Any]:
         job = own_job(session, host, job_id)
         try:
@@ -484,7 +492,7 @@ def install(app: FastAPI, center: Center) -> None:
             raise HTTPException(400, str(error)) from None
         return {"cancel": job.state == "cancelled"}
 
-    @agent.post("/jobs/{job_id}/result")
+    @agent.post("/jobs/{job_id}/result", summary="Agent: report a job's result")
     def result(job_id: int, body: ResultBody, host: CurrentHost, session: DB) -> dict[str, Any]:
         job = own_job(session, host, job_id)
         value = body.get("result")
@@ -514,7 +522,7 @@ def install(app: FastAPI, center: Center) -> None:
         committed(session, job, *([parent] if parent is not None else []))
         return {"state": job.state}
 
-    @agent.post("/jobs/{job_id}/upload")
+    @agent.post("/jobs/{job_id}/upload", summary="Agent: upload a piece of a download job's file")
     def upload(job_id: int, body: PieceBody, host: CurrentHost, session: DB) -> dict[str, Any]:
         """One piece of a download job's file, {offset, data (base64, at most
         ``PIECE_LIMIT`` bytes)}, appended at ``offset`` (the size received so far)."""
@@ -552,7 +560,7 @@ def install(app: FastAPI, center: Center) -> None:
         with transaction(center.sessions) as session:
             failed = queue.fail_offline(session, center.clock())
         for job in failed:
-            center.bus.publish("job", id=job.id, state=job.state, host=job.host_id)
+            center.bus.publish("job", id=job.id, state=job.state, host_id=job.host_id)
         maintenance.remove_old_downloads(downloads(center), center.clock())
 
     center.workers.append(Periodic("jobs-watch", 30, watch))

@@ -2,8 +2,8 @@
 
 Each bus event becomes one SSE event named by its topic, its fields as JSON data;
 pages re-read the parts the topic touches (htmx's SSE extension, see base.html). An
-event about a host (it carries ``host_id`` or ``group``; a ``host`` event's ``id`` is
-the host's) reaches only users who see that host's group. Every ``KEEPALIVE``
+event about a host (every publisher puts it in ``host_id``, or names a ``group``)
+reaches only users who see that host's group. Every ``KEEPALIVE``
 seconds without events the stream sends a comment, so proxies keep it open, and
 checks the login again: a stream ends when its session does (logout, expiry, user
 disabled).
@@ -50,7 +50,7 @@ def _group_of(center: Center, event: dict[str, Any], cache: dict[int, str | None
     if "group" in event:
         group = event["group"]
         return group if isinstance(group, str) or group is None else str(group)
-    host_id = event.get("id") if event.get("topic") == "host" else event.get("host_id")
+    host_id = event.get("host_id")
     if not isinstance(host_id, int):
         return _NO_GROUP
     if host_id not in cache:

@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
-from sqlalchemy import case, func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from blockvault.center import fleet as facts
 from blockvault.center.auth import Principal
-from blockvault.center.models import Group, Host, Run
+from blockvault.center.models import Group, Host
 
 __all__ = ["STATES", "HostState", "HostStatus", "fleet"]
 
@@ -36,25 +36,6 @@ class HostStatus:
     stored_bytes: int
 
 
-def _failing(session: Session, ids: list[int]) -> set[int]:
-    """The hosts whose latest finished backup failed: one grouped scan, no join (the
-    overview of a thousand hosts with a hundred thousand runs stays fast)."""
-
-    def latest(status: str) -> Any:
-        return func.max(case((Run.status == status, Run.started)))
-
-    rows = session.execute(
-        select(Run.host_id, latest("failed"), latest("ok"))
-        .where(Run.kind == "backup", Run.host_id.in_(ids))
-        .group_by(Run.host_id)
-    )
-    return {
-        host_id
-        for host_id, failed, ok in rows
-        if failed is not None and (ok is None or failed > ok)
-    }
-
-
 def fleet(
     session: Session, now: datetime, who: Principal, hosts: Iterable[int] | None = None
 ) -> list[HostStatus]:
@@ -63,7 +44,6 @@ def fleet(
     if hosts is not None:
         query = query.where(Host.id.in_(list(hosts)))
     visible = [h for h, g in session.execute(query.order_by(Host.name)) if who.sees(g)]
-    failing = _failing(session, [h.id for h in visible])
     found = []
     for status in facts.host_statuses(session, visible, now):
         host = status.host
@@ -72,7 +52,7 @@ def fleet(
             state = "revoked"
         elif not status.online:
             state = "offline"
-        elif host.id in failing:
+        elif status.last_backup_failed:
             state = "failing"
         elif status.overdue:
             state = "overdue"

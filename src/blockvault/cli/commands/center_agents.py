@@ -15,8 +15,7 @@ from sqlalchemy import select
 
 from blockvault.cli import render
 from blockvault.cli.commands import json_option
-from blockvault.cli.commands.center_core import _accounts as center_database
-from blockvault.cli.commands.center_core import state_option
+from blockvault.cli.commands.center_core import center_database, state_option
 from blockvault.errors import UsageError
 
 __all__ = ["register"]

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from blockvault.center.users import Actor
 
-__all__ = ["register"]
+__all__ = ["center_database", "register"]
 
 state_option = click.option(
     "--state",
@@ -202,8 +202,9 @@ def register(center: click.Group) -> None:
 
 
 @contextlib.contextmanager
-def _accounts(state: Path) -> Iterator[Session]:
-    """A transaction on the center's database in ``state``."""
+def center_database(state: Path) -> Iterator[Session]:
+    """A transaction on the center's database in ``state`` (for every center command
+    that changes its tables from the command line)."""
     from blockvault.center.context import open_configured
     from blockvault.center.db import transaction
 
@@ -241,7 +242,13 @@ def _register_users(center: click.Group) -> None:
     @user.command("add")
     @state_option
     @click.argument("name")
-    @click.option("--role", type=click.Choice(["admin", "operator", "viewer"]), required=True)
+    @click.option(
+        "--role",
+        type=click.Choice(["admin", "operator", "viewer"]),
+        required=True,
+        help="viewer: reads; operator: also runs, restores, deploys; "
+        "admin: also plans, users, agents, settings.",
+    )
     @click.option(
         "--group",
         "groups",
@@ -255,7 +262,7 @@ def _register_users(center: click.Group) -> None:
     ) -> None:
         """Add user NAME."""
         password, show = _new_password(password_file)
-        with _accounts(state) as session:
+        with center_database(state) as session:
             users.add_user(session, _actor(), name, role, password, list(groups) or None)
         click.echo(
             f"added {role} {name}" + (f", password (shown once): {password}" if show else "")
@@ -266,7 +273,7 @@ def _register_users(center: click.Group) -> None:
     @json_option
     def list_(state: Path, as_json: bool) -> None:
         """List the users (never their password hashes)."""
-        with _accounts(state) as session:
+        with center_database(state) as session:
             found = users.all_users(session)
         if as_json:
             emit_json([users.user_view(u) for u in found])
@@ -283,7 +290,7 @@ def _register_users(center: click.Group) -> None:
     def passwd(state: Path, name: str, password_file: str | None) -> None:
         """Set NAME's password (ends NAME's browser sessions)."""
         password, show = _new_password(password_file)
-        with _accounts(state) as session:
+        with center_database(state) as session:
             users.update_user(session, _actor(), name, password=password)
         click.echo(f"password of {name} changed" + (f" (shown once): {password}" if show else ""))
 
@@ -293,7 +300,7 @@ def _register_users(center: click.Group) -> None:
         @state_option
         @click.argument("name")
         def toggle(state: Path, name: str, disabled: bool = disabled, verb: str = verb) -> None:
-            with _accounts(state) as session:
+            with center_database(state) as session:
                 users.update_user(session, _actor(), name, disabled=disabled)
             click.echo(f"{verb}d {name}")
 
@@ -302,6 +309,6 @@ def _register_users(center: click.Group) -> None:
     @click.argument("name")
     def delete(state: Path, name: str) -> None:
         """Delete user NAME with its sessions and API tokens."""
-        with _accounts(state) as session:
+        with center_database(state) as session:
             users.delete_user(session, _actor(), name)
         click.echo(f"deleted {name}")
