@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,19 @@ from blockvault_demo.servers import Database, postgresql_bin, start_postgresql
 from tests.center.server import center_server  # noqa: F401  (a real server process)
 
 _names = itertools.count()
+
+
+class SteppedClock:
+    """The center's clock (``Center.clock``), moved only by the test."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def step(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
 
 
 @pytest.fixture(scope="session")

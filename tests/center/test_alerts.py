@@ -10,13 +10,11 @@ import email.policy
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -46,22 +44,11 @@ from blockvault.center.models import (
     Setting,
 )
 from blockvault_demo.servers import free_port
-from tests.center.conftest import add_user, api_token, log_in
+from tests.center.conftest import SteppedClock, add_user, api_token, log_in
 from tests.center.server import CenterServer
-from tests.conftest import blockvault
+from tests.conftest import Hook, blockvault
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
-
-
-class SteppedClock:
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def step(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 @pytest.fixture
@@ -95,37 +82,6 @@ def mailbox(center: Center) -> Iterator[Mailbox]:
         )
     yield box
     controller.stop()
-
-
-@dataclass
-class Hook:
-    url: str = ""
-    bodies: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    answers: list[int] = field(default_factory=list)  # statuses to give first, then 204
-
-
-@pytest.fixture
-def hook() -> Iterator[Hook]:
-    record = Hook()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            size = int(self.headers["Content-Length"])
-            record.bodies.append((dict(self.headers), self.rfile.read(size)))
-            self.send_response(record.answers.pop(0) if record.answers else 204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    record.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/alerts"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield record
-    server.shutdown()
-    server.server_close()
 
 
 def add_host(center: Center, name: str, group: str | None = None) -> int:

@@ -20,7 +20,7 @@ from blockvault.center.app import create_app
 from blockvault.center.context import Center
 from blockvault.center.models import Repository, SeenSnapshot
 from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk, make_tree
-from tests.center.conftest import add_user, api_token
+from tests.center.conftest import SteppedClock, add_user, api_token
 from tests.center.test_jobs import add_host
 from tests.conftest import blockvault as run_cli
 
@@ -36,16 +36,6 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_disk(spec, work / "disk.img").path
 
 
-class Clock:
-    """The center's clock, stepped by the test."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 def admin(center: Center) -> dict[str, str]:
     add_user(center, "ada", "admin")
     return {"Authorization": f"Bearer {api_token(center, 'ada', ['admin'])}"}
@@ -54,7 +44,7 @@ def admin(center: Center) -> dict[str, str]:
 def test_prune_counts_from_first_seen_not_from_a_forged_time(
     center: Center, image: Path, tmp_path: Path
 ) -> None:
-    clock = Clock()
+    clock = SteppedClock(datetime.now(UTC))
     center.clock = clock
     client = TestClient(create_app(center))  # no lifespan: the test runs the rounds
     headers = admin(center)

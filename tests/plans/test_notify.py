@@ -41,7 +41,7 @@ from blockvault.plans.notify import (
 )
 from blockvault.plans.store import History, PlanBook
 from blockvault_demo.servers import free_port
-from tests.plans.conftest import Hook
+from tests.conftest import Hook
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
