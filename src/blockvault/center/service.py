@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from blockvault.plans.service import unit_word
+from blockvault.plans.service import SANDBOX, unit_word
 
 __all__ = ["CENTER_UNIT", "center_unit"]
 
@@ -47,17 +47,7 @@ def center_unit(state: Path, command: Sequence[str] | None = None) -> str:
         "PrivateDevices=yes",
         "NoNewPrivileges=yes",
         "ProtectHome=read-only",  # a --cert may live in a home directory
-        "ProtectKernelTunables=yes",
-        "ProtectKernelModules=yes",
-        "ProtectKernelLogs=yes",
-        "ProtectControlGroups=yes",
-        "ProtectClock=yes",
-        "ProtectHostname=yes",
-        "RestrictRealtime=yes",
-        "RestrictSUIDSGID=yes",
-        "LockPersonality=yes",
-        "SystemCallArchitectures=native",
-        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        *SANDBOX,
         "CapabilityBoundingSet=",
         "UMask=0077",
         "",

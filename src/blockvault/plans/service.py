@@ -35,6 +35,7 @@ from blockvault.plans.metrics import parse_address
 from blockvault.plans.store import PlanBook
 
 __all__ = [
+    "SANDBOX",
     "UNIT_NAME",
     "Installed",
     "agent_unit",
@@ -44,6 +45,21 @@ __all__ = [
     "unit_dir",
     "unit_word",
 ]
+
+# what both blockvault services (the agent, the center) deny themselves in their units
+SANDBOX: Final = (
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "RestrictRealtime=yes",
+    "RestrictSUIDSGID=yes",
+    "LockPersonality=yes",
+    "SystemCallArchitectures=native",
+    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+)
 
 UNIT_NAME: Final = "blockvault-agent.service"
 SYSTEM_UNITS: Final = Path("/etc/systemd/system")
@@ -111,17 +127,7 @@ def agent_unit(
         "PrivateTmp=yes",
         "NoNewPrivileges=yes",
         "ProtectHome=read-only",
-        "ProtectKernelTunables=yes",
-        "ProtectKernelModules=yes",
-        "ProtectKernelLogs=yes",
-        "ProtectControlGroups=yes",
-        "ProtectClock=yes",
-        "ProtectHostname=yes",
-        "RestrictRealtime=yes",
-        "RestrictSUIDSGID=yes",
-        "LockPersonality=yes",
-        "SystemCallArchitectures=native",
-        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        *SANDBOX,
         "UMask=0077",
     ]
     if not user:  # a user manager cannot grant capabilities; it has none to bound
