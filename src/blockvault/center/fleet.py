@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, Field
 from sqlalchemy import case, func, or_, select
@@ -35,6 +35,8 @@ __all__ = [
     "CENTRAL_PREFIX",
     "MAX_INVENTORY",
     "MAX_RUNS_PER_REPORT",
+    "STATES",
+    "HostState",
     "HostStatus",
     "ReportedRun",
     "central_spec",
@@ -46,6 +48,9 @@ __all__ = [
     "record_runs",
 ]
 
+# a host in one word, as the dashboard shows it
+HostState = Literal["ok", "failing", "overdue", "offline", "revoked"]
+STATES: Final[tuple[HostState, ...]] = ("ok", "failing", "overdue", "offline", "revoked")
 CHANGE_WINDOW: Final = timedelta(days=7)  # the good backups a change rate is taken over
 MAX_INVENTORY: Final = 512 * 1024  # bytes of one host's inventory, as JSON
 MAX_RUNS_PER_REPORT: Final = 100
@@ -177,6 +182,18 @@ class HostStatus:
     stored_bytes: int  # added to repositories by this host's backups, all told
     change_rate: float | None  # new bytes / read bytes over its recent good backups
     last_backup_failed: bool  # its latest backup that ended ok or failed, failed
+
+    @property
+    def state(self) -> HostState:
+        """The one word, first match wins: revoked, offline (not online), failing (its
+        latest backup that ended ok or failed, failed), overdue, else ok."""
+        if self.host.revoked is not None:
+            return "revoked"
+        if not self.online:
+            return "offline"
+        if self.last_backup_failed:
+            return "failing"
+        return "overdue" if self.overdue else "ok"
 
     def document(self, now: datetime) -> dict[str, Any]:
         return {

@@ -34,7 +34,7 @@ from blockvault.center.auth import (
     new_secret,
 )
 from blockvault.center.context import Center
-from blockvault.center.fleet import CENTRAL_PREFIX, plans_for
+from blockvault.center.fleet import CENTRAL_PREFIX, STATES, plans_for
 from blockvault.center.models import (
     Audit,
     CentralPlan,
@@ -51,7 +51,7 @@ from blockvault.center.web import events, login
 from blockvault.center.web.charts import bars_and_line, daily_backups, human_bytes, human_duration
 from blockvault.center.web.plan_form import PlanForm, next_runs
 from blockvault.center.web.render import TEMPLATES, page
-from blockvault.center.web.status import STATES, fleet
+from blockvault.center.web.status import fleet
 from blockvault.errors import (
     CenterSettingError,
     CenterStateError,
