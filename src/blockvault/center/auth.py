@@ -46,6 +46,7 @@ __all__ = [
     "Viewer",
     "audit",
     "center_of",
+    "client_address",
     "create_user",
     "database",
     "end_session",
@@ -157,6 +158,11 @@ def audit(
     session.add(
         Audit(at=at, actor=actor, action=action, target=target, detail=detail, address=address)
     )
+
+
+def client_address(request: Request) -> str | None:
+    """The peer's address, as the audit log and the login limit record it."""
+    return request.client.host if request.client else None
 
 
 def center_of(request: Request) -> Center:

@@ -17,7 +17,16 @@ from pydantic import BaseModel, Field
 from sqlalchemy import delete, select
 
 from blockvault.center.alerting.delivery import prune_history
-from blockvault.center.auth import DB, Admin, Principal, Role, Viewer, center_of, verify_password
+from blockvault.center.auth import (
+    DB,
+    Admin,
+    Principal,
+    Role,
+    Viewer,
+    center_of,
+    client_address,
+    verify_password,
+)
 from blockvault.center.context import Center
 from blockvault.center.db import transaction
 from blockvault.center.models import ApiToken, Audit, User, WebSession
@@ -155,7 +164,7 @@ async def _refused(_request: Request, exc: Exception) -> JSONResponse:
 
 def actor_of(request: Request, who: Principal) -> Actor:
     """The audit log's view of this request: who, when (the center's clock), from where."""
-    address = request.client.host if request.client else None
+    address = client_address(request)
     return Actor(who.actor, center_of(request).clock(), address)
 
 

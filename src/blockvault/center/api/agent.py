@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from blockvault.center import agentauth, fleet
 from blockvault.center.agentauth import HOST_NAME, CurrentHost
-from blockvault.center.auth import DB, audit
+from blockvault.center.auth import DB, audit, client_address
 from blockvault.center.context import Center
 
 __all__ = ["install"]
@@ -128,10 +128,6 @@ class BoundedBodies:
         await self.app(scope, replay, send)
 
 
-def _address(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
 def install(app: FastAPI, center: Center) -> None:
     router = APIRouter(prefix=PREFIX, tags=["agent"])
     app.add_middleware(BoundedBodies, limits=BODY_LIMITS)
@@ -142,9 +138,20 @@ def install(app: FastAPI, center: Center) -> None:
         now = center.clock()
         done = agentauth.enrol(session, body.token, body.name, body.public_key, now)
         host = done.host
-        host.os, host.agent_version, host.address = body.os, body.agent_version, _address(request)
+        host.os, host.agent_version, host.address = (
+            body.os,
+            body.agent_version,
+            client_address(request),
+        )
         action = "host.rekey" if done.rekeyed else "host.enrol"
-        audit(session, f"agent:{host.name}", action, host.name, address=_address(request), at=now)
+        audit(
+            session,
+            f"agent:{host.name}",
+            action,
+            host.name,
+            address=client_address(request),
+            at=now,
+        )
         fleet.publish_after_commit(
             session, center.bus, "host", id=host.id, host_id=host.id, state="enrolled"
         )
@@ -180,7 +187,7 @@ def install(app: FastAPI, center: Center) -> None:
         was_online = host.last_seen is not None and now - host.last_seen <= fleet.offline_after(
             session
         )
-        host.last_seen, host.address, host.inventory = now, _address(request), body.inventory
+        host.last_seen, host.address, host.inventory = now, client_address(request), body.inventory
         for key in ("os", "agent_version"):
             value = body.inventory.get(key)
             if isinstance(value, str):

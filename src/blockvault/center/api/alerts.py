@@ -25,7 +25,7 @@ from blockvault.center.alerting.config import (
     smtp_shown,
 )
 from blockvault.center.alerting.delivery import deliver, send_test
-from blockvault.center.auth import DB, Admin, Operator, Principal, Viewer, audit
+from blockvault.center.auth import DB, Admin, Operator, Principal, Viewer, audit, client_address
 from blockvault.center.context import Center
 from blockvault.center.models import Alert, AlertDelivery, AlertRule, AlertTarget, Group, Host
 from blockvault.center.workers import Periodic
@@ -312,7 +312,7 @@ def audit_change(
     target: str | None,
     detail: object,
 ) -> None:
-    address = request.client.host if request.client else None
+    address = client_address(request)
     audit(session, who.actor, action, target, {"detail": detail}, address, at=center.clock())
 
 

@@ -25,7 +25,16 @@ from sqlalchemy.orm import Session
 from blockvault.center import jobs as queue
 from blockvault.center import maintenance
 from blockvault.center.agentauth import CurrentHost, current_host
-from blockvault.center.auth import DB, Admin, Operator, Principal, Viewer, audit, center_of
+from blockvault.center.auth import (
+    DB,
+    Admin,
+    Operator,
+    Principal,
+    Viewer,
+    audit,
+    center_of,
+    client_address,
+)
 from blockvault.center.context import Center
 from blockvault.center.db import transaction
 from blockvault.center.models import Group, Host, Job, JobLog, Repository
@@ -302,10 +311,6 @@ def desk_of(request: Request) -> Desk:
     return desk
 
 
-def _address(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
 def install(app: FastAPI, center: Center) -> None:
     """Routes of jobs and repositories, the worker that fails jobs of vanished hosts,
     and the maintenance worker."""
@@ -324,7 +329,7 @@ def install(app: FastAPI, center: Center) -> None:
     ) -> dict[str, Any]:
         """Queue a remote operation on ``host`` (or, without one, a prune, gc or check
         of a registered repository by the center's maintenance role)."""
-        job = desk.submit(session, who, body.kind, body.host, body.params, _address(request))
+        job = desk.submit(session, who, body.kind, body.host, body.params, client_address(request))
         return job_view(job, body.host)
 
     @api.post("/deployments", summary="Queue a multicast deployment", status_code=201)
@@ -334,7 +339,7 @@ def install(app: FastAPI, center: Center) -> None:
         """Deploy one snapshot to many hosts by multicast: a parent job, a
         ``cast-receive`` job per host (its agent refuses its system disk) and a
         ``cast-send`` job on the sender host; follow them at ``/jobs?parent=ID``."""
-        return job_view(desk.deploy(session, who, body, _address(request)), None)
+        return job_view(desk.deploy(session, who, body, client_address(request)), None)
 
     @api.post("/deployments/bare-metal", status_code=201, summary="Deploy to bare metal by MAC")
     def create_bare_metal_deployment(
@@ -344,7 +349,9 @@ def install(app: FastAPI, center: Center) -> None:
         job on the ``server`` host, whose agent serves the rescue system by PXE with a
         cast action for each MAC, wakes them by Wake-on-LAN, sends the cast to as many
         receivers and stops serving when done."""
-        return job_view(desk.deploy_bare_metal(session, who, body, _address(request)), body.server)
+        return job_view(
+            desk.deploy_bare_metal(session, who, body, client_address(request)), body.server
+        )
 
     @api.get("/jobs", summary="List jobs")
     def list_jobs(

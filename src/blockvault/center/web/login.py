@@ -29,6 +29,7 @@ from blockvault.center.auth import (
     Viewer,
     audit,
     center_of,
+    client_address,
     end_session,
     principal_of,
     start_session,
@@ -99,7 +100,7 @@ def install(app: FastAPI, center: Center) -> None:
         next: Annotated[str, Form()] = "/",
     ) -> Response:
         target = safe_next(next)
-        address = request.client.host if request.client else "unknown"
+        address = client_address(request) or "unknown"
         now = center.clock()
         wait = retry_after(session, name, address, now)
         if wait is not None:
@@ -142,7 +143,7 @@ def install(app: FastAPI, center: Center) -> None:
     @app.post("/logout", include_in_schema=False)
     def log_out(request: Request, session: DB, who: Viewer) -> Response:
         end_session(session, request.cookies.get(SESSION_COOKIE, ""))
-        address = request.client.host if request.client else None
+        address = client_address(request)
         audit(
             session, who.actor, "logout", who.name, address=address, at=center_of(request).clock()
         )

@@ -31,6 +31,7 @@ from blockvault.center.auth import (
     Principal,
     Viewer,
     audit,
+    client_address,
     new_secret,
 )
 from blockvault.center.context import Center
@@ -198,7 +199,7 @@ def _overview_and_hosts(app: FastAPI, center: Center) -> None:
         host, _group = _host_or_404(session, who, host_id)
         if plan not in {p.name for p in plans_for(session, host)}:
             raise HTTPException(404, f"host {host.name} runs no central plan {plan!r}")
-        address = request.client.host if request.client else None
+        address = client_address(request)
         job = desk_of(request).submit(
             session, who, "run-plan", host.name, {"plan": CENTRAL_PREFIX + plan}, address
         )
@@ -590,7 +591,7 @@ def _admin(app: FastAPI, center: Center) -> None:
         return names or None  # users.py checks each name
 
     def actor(request: Request, who: Principal) -> Actor:
-        address = request.client.host if request.client else None
+        address = client_address(request)
         return Actor(who.actor, center.clock(), address)
 
     def users_page(request: Request, session: Session, error: str, status: int) -> Response:
