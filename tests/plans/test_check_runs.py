@@ -2,7 +2,7 @@
 recorded in the plan's history with what it read and the damage it found, and told to
 the plan's notify targets like a backup. A real repository holding a real backup of
 a disk made by sfdisk and mkfs, one flipped byte in one chunk, and a real webhook
-receiver on loopback (tests/plans/conftest.py)."""
+receiver on loopback (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ from blockvault.plans.store import History, PlanBook
 from blockvault.repo import format as fmt
 from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk, make_tree
 from tests.cli.runner import ok, run
-from tests.conftest import need_tools
-from tests.plans.conftest import Hook
+from tests.conftest import Hook, need_tools
 
 MiB = 1024 * 1024
 

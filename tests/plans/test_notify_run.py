@@ -16,8 +16,7 @@ import pytest
 from blockvault.plans.store import PlanBook
 from blockvault_demo.sample import DiskSpec, PartitionSpec, build_disk, make_tree
 from blockvault_demo.servers import free_port
-from tests.conftest import blockvault, needs_root, sh
-from tests.plans.conftest import Hook
+from tests.conftest import Hook, blockvault, needs_root, sh
 
 pytestmark = [needs_root, pytest.mark.root]
 MiB = 1 << 20
