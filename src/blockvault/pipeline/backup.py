@@ -33,6 +33,7 @@ from blockvault.errors import SourceError, UsageError
 from blockvault.events import Reporter, TaskAdvanced, TaskFinished, TaskStarted, Warned
 from blockvault.events import quiet as quiet_reporter
 from blockvault.extents import ExtentMap
+from blockvault.pipeline.parent import NO_PARENT, ParentChunks
 from blockvault.pipeline.stages import is_zero, ordered_map, read_chunk, workers
 from blockvault.repo import (
     Index,
@@ -276,8 +277,12 @@ def _backup(
         reporter(Warned(warning))
     plan_regions(layout, numbers)  # a partition asked for that is not there: refused now
     with WriterSession(repo, kind="backup", timing=timing) as writer:
-        writer.choose_parent(_manifest(repo, layout, numbers, tags, view))
-        index, stats = _store_layout(writer, device, layout, numbers, reporter, view.origin)
+        parent = ParentChunks.load(
+            repo, writer.choose_parent(_manifest(repo, layout, numbers, tags, view))
+        )
+        index, stats = _store_layout(
+            writer, device, layout, numbers, reporter, view.origin, parent=parent
+        )
         if view.rereads:
             layout, index, stats = _read_until_stable(
                 writer, device, luks_keys, partitions, index, stats, reporter, view.origin
@@ -322,12 +327,14 @@ def _store_layout(
     reporter: Reporter,
     description: str,
     task_name: str = "backup",
+    parent: ParentChunks = NO_PARENT,
 ) -> tuple[Index, Stats]:
-    """One pass: read and store the chosen regions of ``layout`` from ``device``."""
+    """One pass: read and store the chosen regions of ``layout`` from ``device``
+    (``parent``: the chunks of the snapshot this one is made after, by position)."""
     regions = plan_regions(layout, partitions)
     tasks = chunk_tasks(regions, writer.repo.config.chunk_size, boot_area_map(layout))
     units = device_units(device, tasks)
-    return store_regions(writer, regions, units, reporter, description, task_name)
+    return store_regions(writer, regions, units, reporter, description, task_name, parent)
 
 
 def _read_until_stable(
@@ -446,11 +453,14 @@ def store_regions(
     reporter: Reporter,
     description: str,
     task_name: str = "backup",
+    parent: ParentChunks = NO_PARENT,
 ) -> tuple[Index, Stats]:
     """Hash, deduplicate, compress and store the chunks of ``units`` on a thread pool;
     returns the index of ``regions`` (a disk region's used map refined to the boot-area
     bytes kept and the non-zero blocks) and the statistics. ``units`` come in region
-    order and hold every chunk of ``regions`` with a used byte."""
+    order and hold every chunk of ``regions`` with a used byte. ``parent`` is the
+    parent snapshot's chunks by position, for stages that reuse or build on them."""
+    del parent  # no stage uses it yet
     repo = writer.repo
     chunk_size = repo.config.chunk_size
 
